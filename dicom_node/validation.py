@@ -1,0 +1,118 @@
+"""The one home of field validators.
+
+Each validator returns ``(ok, reason)``; :func:`require` turns a failure into ValueError naming the
+field. The config loader, the ORM models, the REST schemas and the command line all call these,
+through the pydantic types at the bottom or directly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Callable
+
+from pydantic import AfterValidator
+
+OUTPUT_KINDS = ("sr", "sc", "seg", "kos")
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def check_ae_title(value: object) -> tuple[bool, str]:
+    """AE title per PS3.5 6.2 (VR AE): 1-16 characters, no backslash or control characters,
+    not only spaces. Leading/trailing spaces are not significant; we refuse them to avoid two
+    spellings of one title."""
+    if not isinstance(value, str):
+        return False, "must be a string"
+    if value == "" or value.strip() == "":
+        return False, "must not be empty"
+    if len(value) > 16:
+        return False, f"is {len(value)} characters long, at most 16 are allowed"
+    if value != value.strip():
+        return False, "must not start or end with spaces"
+    if "\\" in value:
+        return False, "must not contain a backslash"
+    if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+        return False, "must contain only printable ASCII characters"
+    return True, ""
+
+
+def check_port(value: object) -> tuple[bool, str]:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False, "must be an integer"
+    if not 1 <= value <= 65535:
+        return False, f"{value} is out of range 1-65535"
+    return True, ""
+
+
+def check_host(value: object) -> tuple[bool, str]:
+    """A host name or an IPv4/IPv6 address."""
+    if not isinstance(value, str) or not value:
+        return False, "must be a host name or an IP address"
+    try:
+        ipaddress.ip_address(value)
+        return True, ""
+    except ValueError:
+        pass
+    if not _HOSTNAME_RE.match(value):
+        return False, f"{value[:80]!r} is neither a host name nor an IP address"
+    return True, ""
+
+
+def check_seconds(value: object, *, minimum: float = 0.0, maximum: float = 7 * 24 * 3600) -> tuple[bool, str]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False, "must be a number of seconds"
+    if not minimum <= float(value) <= maximum:
+        return False, f"{value} is out of range {minimum:g}-{maximum:g} seconds"
+    return True, ""
+
+
+def check_quiet_seconds(value: object) -> tuple[bool, str]:
+    return check_seconds(value, minimum=0.1, maximum=24 * 3600)
+
+
+def check_output_kinds(value: object) -> tuple[bool, str]:
+    if not isinstance(value, (list, tuple)):
+        return False, f"must be a list of {', '.join(OUTPUT_KINDS)}"
+    bad = [v for v in value if v not in OUTPUT_KINDS]
+    if bad:
+        return False, f"unknown output kind(s) {', '.join(map(str, bad))}; known: {', '.join(OUTPUT_KINDS)}"
+    if len(set(value)) != len(value):
+        return False, "lists an output kind twice"
+    return True, ""
+
+
+def check_regex(value: object) -> tuple[bool, str]:
+    if not isinstance(value, str):
+        return False, "must be a string"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return False, f"is not a valid regular expression: {exc}"
+    return True, ""
+
+
+def require(field: str, check: Callable[[object], tuple[bool, str]], value: object) -> object:
+    """Raise ValueError("FIELD: reason") unless ``check(value)`` passes; return the value."""
+    ok, reason = check(value)
+    if not ok:
+        raise ValueError(f"{field}: {reason}")
+    return value
+
+
+def _pydantic(check: Callable[[object], tuple[bool, str]]) -> Callable[[object], object]:
+    def validate(value: object) -> object:
+        ok, reason = check(value)
+        if not ok:
+            raise ValueError(reason)
+        return value
+
+    return validate
+
+
+AETitle = Annotated[str, AfterValidator(_pydantic(check_ae_title))]
+Port = Annotated[int, AfterValidator(_pydantic(check_port))]
+Host = Annotated[str, AfterValidator(_pydantic(check_host))]
+QuietSeconds = Annotated[float, AfterValidator(_pydantic(check_quiet_seconds))]
+OutputKinds = Annotated[list[str], AfterValidator(_pydantic(check_output_kinds))]
+Regex = Annotated[str, AfterValidator(_pydantic(check_regex))]

@@ -1,0 +1,92 @@
+"""What the model returns for one series: the contract between model/ and the rest of the node.
+
+The JSON form (:meth:`SeriesResult.to_json`) is the output of ``dicom-node model predict`` and is
+read by others: keep its keys stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CLASSES: tuple[str, ...] = ("covid", "cap", "normal")
+DECISIONS: tuple[str, ...] = ("covid", "cap", "normal", "no_decision")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    classes: tuple[str, ...] = CLASSES
+    # sha256 of the weights file: the node derives the SR device UID from it, so that every
+    # retrained model gets a new Device UID.
+    weights_sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "classes": list(self.classes), "weights_sha256": self.weights_sha256}
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected region of the thresholded joint map, in the series' slice order.
+
+    Indices are 0-based into the sorted slices (ascending along the slice normal) and the
+    original matrix; bounds are inclusive.
+    """
+
+    index: int  # 1-based label in SeriesResult.region_labels
+    slice_range: tuple[int, int]
+    bbox: tuple[int, int, int, int, int, int]  # (z0, y0, x0, z1, y1, x1), inclusive
+    volume_ml: float
+    mean_score: float
+    max_score: float
+    peak: tuple[int, int, int]  # (z, y, x) of the maximum
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "slice_range": list(self.slice_range),
+            "bbox": list(self.bbox),
+            "volume_ml": round(float(self.volume_ml), 3),
+            "mean_score": round(float(self.mean_score), 4),
+            "max_score": round(float(self.max_score), 4),
+            "peak": list(self.peak),
+        }
+
+
+@dataclass
+class SeriesResult:
+    probabilities: dict[str, float]  # keys: CLASSES; sum to 1; all 0 for no_decision is not allowed: use uniform
+    decision: str  # one of DECISIONS
+    reason: str  # why that decision (always set; for no_decision it says what is missing)
+    model: ModelInfo
+    regions: list[Region] = field(default_factory=list)
+    lung_involvement_percent: float | None = None
+    # Per sorted slice: the SOP Instance UID of the source image (for references in SR/SC/SEG/KOS).
+    sop_instance_uids: list[str] = field(default_factory=list)
+    # Indices into the sorted slices of the slices with the strongest findings, strongest first.
+    key_slices: list[int] = field(default_factory=list)
+    # Per sorted slice: True where the slice contains lung (the ones the model looked at).
+    lung_slices: list[bool] = field(default_factory=list)
+    # Arrays in the original series geometry (slices, rows, columns), slices ascending along
+    # the slice normal. None for no_decision.
+    heatmap: np.ndarray | None = None  # float32 in [0, 1], zero outside the lungs
+    region_labels: np.ndarray | None = None  # uint16, 0 = background, k = Region.index
+    lung_mask: np.ndarray | None = None  # bool
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probabilities": {c: round(float(self.probabilities.get(c, 0.0)), 6) for c in CLASSES},
+            "decision": self.decision,
+            "reason": self.reason,
+            "regions": [r.to_json() for r in self.regions],
+            "lung_involvement_percent": None if self.lung_involvement_percent is None else round(float(self.lung_involvement_percent), 3),
+            "key_slices": list(self.key_slices),
+            "sop_instance_uids": list(self.sop_instance_uids),
+            "model": self.model.to_json(),
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "notice": "Not for clinical use.",
+        }
