@@ -1,0 +1,247 @@
+"""Weakly supervised localisation: multi-scale CAMs, Integrated Gradients, the joint map, regions.
+
+From the method (Hu et al. 2020, the authors' code):
+
+- per scale s (P3, P4, P5) the CAM channel of the target class, upsampled bilinearly to the slice;
+- Integrated Gradients of each scale's pooled logit of the target class, 25 steps from a constant
+  baseline of -1 in the normalised input space, shown as the absolute attribution clipped at its
+  99th percentile (the authors' grayscale visualisation) -> S3, S4, S5;
+- joint map ``(S5 + 2) * (S4 + 2) * (S3 + 2)``, min-max normalised to [0, 1], restricted to lungs.
+
+Ours (the method leaves it open):
+
+- Per-scale maps M_s. CAMs are normalised by the series maximum of that scale over all lung slices,
+  not per slice, so that slices without evidence stay dark. In "cam+ig" mode, on the IG slices (the
+  most suspicious ones) M_s = CAM_s * IG_s, where IG_s is the attribution above smoothed by a
+  Gaussian and normalised to [0, 1] within the slice; the IG factor sharpens the CAM to the pixels
+  whose intensity drives the logit. Other slices keep M_s = CAM_s * c, c being the mean IG factor
+  over the lungs of the IG slices, so the two kinds of slices stay comparable.
+- The joint map is built per series, min-max normalised over the lung voxels of the whole series.
+- Regions: threshold the joint map, 3D connected components (26-connectivity) inside the lungs,
+  components under ``min_volume_ml`` dropped; numbered strongest (max score) first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from model.network import WeaklySupervisedNet
+from model.result import Region
+
+LOCALISATION_MODES: tuple[str, ...] = ("cam", "cam+ig")
+IG_STEPS = 25
+IG_BASELINE = -1.0
+
+
+@dataclass(frozen=True)
+class LocalisationSettings:
+    """How the joint map and its regions are made (all settings of the predictor)."""
+
+    mode: str = "cam+ig"
+    ig_slices: int = 8  # IG runs on this many of the most suspicious lung slices
+    ig_steps: int = IG_STEPS
+    ig_baseline: float = IG_BASELINE
+    ig_batch: int = 25  # interpolation steps per backward pass
+    ig_sigma: float = 2.0  # Gaussian smoothing of IG maps, in pixels of the network input
+    threshold: float = 0.5  # of the joint map in [0, 1], for regions
+    min_volume_ml: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.mode not in LOCALISATION_MODES:
+            raise ValueError(f"localisation mode must be one of {LOCALISATION_MODES}, got {self.mode!r}")
+        if self.ig_slices < 0 or self.ig_steps < 1 or self.ig_batch < 1:
+            raise ValueError("ig_slices must be >= 0, ig_steps and ig_batch >= 1")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
+        if self.min_volume_ml < 0:
+            raise ValueError(f"min_volume_ml must be >= 0, got {self.min_volume_ml!r}")
+
+
+def upsample_cams(cams: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:
+    """Per-scale CAMs (n, h_s, w_s) of one class -> (n, scales, H, W), bilinear."""
+    out = [F.interpolate(c.float().unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0] for c in cams]
+    return torch.stack(out, dim=1).clamp_min(0.0)
+
+
+def normalise_cams_series(cams: torch.Tensor) -> torch.Tensor:
+    """Divide each scale by its maximum over the whole series (n, scales, H, W) -> [0, 1]."""
+    peak = cams.amax(dim=(0, 2, 3), keepdim=True)
+    return cams / peak.clamp_min(1e-12)
+
+
+def integrated_gradients(
+    network: WeaklySupervisedNet,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    steps: int = IG_STEPS,
+    baseline: float = IG_BASELINE,
+    batch: int = IG_STEPS,
+) -> torch.Tensor:
+    """Integrated Gradients of every scale's pooled logit of ``targets`` w.r.t. the input.
+
+    ``images`` (n, 1, S, S) in the normalised space, ``targets`` (n,) class indices. Riemann
+    midpoint rule over ``steps``; interpolated inputs are run ``batch`` at a time (they may mix
+    slices), and one backward per scale serves the whole batch because in eval mode each sample's
+    logit depends on its own input only. Returns raw attributions (n, scales, S, S), float32.
+    Needs autograd: do not call under ``torch.inference_mode``.
+    """
+    if network.training:
+        raise RuntimeError("integrated_gradients needs the network in eval mode (no dropout, fixed BatchNorm)")
+    n = images.shape[0]
+    n_scales = len(network.heads)
+    device = images.device
+    images = images.float()
+    base = torch.full_like(images[:1], baseline)
+    alphas = (torch.arange(steps, device=device, dtype=torch.float32) + 0.5) / steps
+    grads = torch.zeros((n, n_scales) + tuple(images.shape[1:]), dtype=torch.float32, device=device)
+    # (slice, alpha) pairs, flattened, run in chunks of ``batch``.
+    pairs = [(i, k) for i in range(n) for k in range(steps)]
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        idx = torch.tensor([i for i, _ in chunk], device=device)
+        a = alphas[torch.tensor([k for _, k in chunk], device=device)].view(-1, 1, 1, 1)
+        x = (base + a * (images[idx] - base)).detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = network(x)
+            tgt = targets[idx].view(-1, 1)
+            for s, logits in enumerate(out.logits):
+                y = logits.float().gather(1, tgt).sum()
+                (g,) = torch.autograd.grad(y, x, retain_graph=s < n_scales - 1)
+                grads[:, s].index_add_(0, idx, g.float())
+    grads /= steps
+    return (images - base).unsqueeze(1) * grads
+
+
+def visualise_attribution(attr: torch.Tensor, percentile: float = 99.0) -> torch.Tensor:
+    """The authors' grayscale view: |attr| summed over channels, (x - min) / (p99 - min), clipped."""
+    mag = attr.abs()
+    if mag.dim() == 5:  # (n, scales, channels, H, W)
+        mag = mag.sum(dim=2)
+    flat = mag.flatten(start_dim=-2)
+    vmax = torch.quantile(flat, percentile / 100.0, dim=-1, keepdim=True).unsqueeze(-1)
+    vmin = flat.amin(dim=-1, keepdim=True).unsqueeze(-1)
+    return ((mag - vmin) / (vmax - vmin).clamp_min(1e-12)).clamp(0.0, 1.0)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (..., H, W) maps."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3 * sigma)))
+    xs = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+    kernel = torch.exp(-0.5 * (xs / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    shape = maps.shape
+    x = maps.reshape(-1, 1, shape[-2], shape[-1]).float()
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return x.reshape(shape)
+
+
+def ig_factor(attr: torch.Tensor, lung: torch.Tensor | None, sigma: float) -> torch.Tensor:
+    """IG attributions (n, scales, 1, S, S) -> smoothed factor in [0, 1] per slice and scale.
+
+    ``lung`` (n, S, S) bool restricts the per-slice normalisation to the lungs where given.
+    """
+    vis = gaussian_blur(visualise_attribution(attr), sigma)
+    if lung is not None:
+        vis = vis * lung.unsqueeze(1).to(vis.dtype)
+    peak = vis.amax(dim=(2, 3), keepdim=True)
+    return vis / peak.clamp_min(1e-12)
+
+
+def joint_map(maps: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """The method's joint map of per-scale maps (..., scales, H, W): product of (M_s + 2)."""
+    out = maps[..., 0, :, :] + 2.0
+    for s in range(1, maps.shape[-3]):
+        out = out * (maps[..., s, :, :] + 2.0)
+    return out
+
+
+def min_max(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Min-max normalise to [0, 1] (over ``mask`` where given; 0 outside it); flat input -> 0."""
+    ref = values[mask] if mask is not None else values
+    if ref.size == 0:
+        return np.zeros_like(values, dtype=np.float32)
+    lo, hi = float(ref.min()), float(ref.max())
+    out = np.zeros_like(values, dtype=np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
+    if mask is not None:
+        out[~mask] = 0.0
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def resize_slices(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (n, S, S) maps to (n, rows, cols), matching the network input's resize."""
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).unsqueeze(1)
+    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def find_regions(
+    heatmap: np.ndarray,
+    lung_mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    threshold: float,
+    min_volume_ml: float = 0.0,
+) -> tuple[np.ndarray, list[Region]]:
+    """Threshold + 3D connected components (26-connectivity) of the heatmap inside the lungs.
+
+    Returns (labels uint16 of the heatmap's shape, regions numbered 1.. by descending max score).
+    ``spacing`` is (dz, dy, dx) in mm.
+    """
+    if heatmap.shape != lung_mask.shape:
+        raise ValueError(f"heatmap {heatmap.shape} and lung mask {lung_mask.shape} differ in shape")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    fg = (heatmap >= threshold) & lung_mask
+    raw, count = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
+    labels = np.zeros(heatmap.shape, dtype=np.uint16)
+    if count == 0:
+        return labels, []
+    objects = ndimage.find_objects(raw)
+    candidates: list[tuple[float, int, tuple[slice, ...]]] = []
+    for k, box in enumerate(objects, start=1):
+        if box is None:
+            continue
+        sub = raw[box] == k
+        n_vox = int(sub.sum())
+        if n_vox * voxel_ml < min_volume_ml:
+            continue
+        candidates.append((float(heatmap[box][sub].max()), k, box))
+    candidates.sort(key=lambda c: -c[0])
+    regions: list[Region] = []
+    for index, (_, k, box) in enumerate(candidates, start=1):
+        if index > np.iinfo(np.uint16).max:
+            break
+        sub = raw[box] == k
+        scores = heatmap[box][sub]
+        labels[box][sub] = index
+        local_peak = np.argwhere(sub)[int(np.argmax(scores))]
+        peak = tuple(int(p + b.start) for p, b in zip(local_peak, box))
+        z0, y0, x0 = (b.start for b in box)
+        z1, y1, x1 = (b.stop - 1 for b in box)
+        regions.append(
+            Region(
+                index=index,
+                slice_range=(int(z0), int(z1)),
+                bbox=(int(z0), int(y0), int(x0), int(z1), int(y1), int(x1)),
+                volume_ml=float(sub.sum()) * voxel_ml,
+                mean_score=float(scores.mean()),
+                max_score=float(scores.max()),
+                peak=(peak[0], peak[1], peak[2]),
+            )
+        )
+    return labels, regions
+
+
+def involvement_percent(region_labels: np.ndarray, lung_mask: np.ndarray) -> float:
+    """Share of the lung voxels inside a region, in percent (0 when there is no lung)."""
+    lung = int(np.count_nonzero(lung_mask))
+    if lung == 0:
+        return 0.0
+    return 100.0 * float(np.count_nonzero((region_labels > 0) & lung_mask)) / lung

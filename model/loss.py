@@ -1,0 +1,59 @@
+"""The training loss of the method: class-balanced focal-style cross-entropy, averaged over scales.
+
+Per scale and per sample: ``alpha[y] * (1 - p_y) ** gamma * CE``, where ``p_y`` is the softmax
+probability of the true class, ``CE = -log p_y`` and ``alpha[c] = N / N_c`` (inverse class
+frequency in the training set). A scale's loss is the batch mean; the total is the mean over scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def class_balance_weights(labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``alpha[c] = N / N_c`` over the training labels (one per slice, as the authors count).
+
+    A class absent from the training set cannot be balanced: that is a data error, not a weight.
+    """
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if y.numel() == 0:
+        raise ValueError("no training labels")
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        raise ValueError(f"labels must be in 0..{num_classes - 1}")
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
+    missing = [c for c in range(num_classes) if counts[c] == 0]
+    if missing:
+        raise ValueError(f"classes {missing} have no training samples")
+    return (y.numel() / counts).to(torch.float32)
+
+
+def focal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None, gamma: float = 1.0) -> torch.Tensor:
+    """Batch mean of ``alpha[y] * (1 - p_y) ** gamma * CE(logits, y)`` for one scale."""
+    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p_t = log_p.gather(1, target.view(-1, 1)).squeeze(1)
+    p_t = log_p_t.exp()
+    loss = (1.0 - p_t).pow(gamma) * (-log_p_t)
+    if alpha is not None:
+        loss = alpha.to(loss.device, loss.dtype)[target] * loss
+    return loss.mean()
+
+
+class MultiScaleFocalLoss(nn.Module):
+    """The mean over scales of :func:`focal_cross_entropy`."""
+
+    def __init__(self, alpha: torch.Tensor | None = None, gamma: float = 1.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma!r}")
+        self.gamma = gamma
+        self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32))
+
+    def forward(self, logits_per_scale: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        if not logits_per_scale:
+            raise ValueError("no scales")
+        losses = [focal_cross_entropy(logits, target, self.alpha, self.gamma) for logits in logits_per_scale]
+        return torch.stack(losses).mean()

@@ -1,0 +1,176 @@
+"""Saving and loading model weights with their metadata (a MONAI-style model folder).
+
+A weights folder holds ``model.safetensors`` (the network's state dict) and ``metadata.json``:
+name, version, classes, architecture, input spec, aggregation rule, training data and
+configuration, held-out metrics, the sha256 of the weights file and "not for clinical use".
+:func:`load_model` caches per (folder, device), so a worker process reads the weights once.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.network import WeaklySupervisedNet
+from model.result import CLASSES, ModelInfo
+
+WEIGHTS_FILE = "model.safetensors"
+METADATA_FILE = "metadata.json"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+NOT_FOR_CLINICAL_USE = "Not for clinical use: trained on synthetic phantoms; proves the pipeline, nothing clinical."
+
+# The pre-processing the network expects (method.md); recorded with every set of weights.
+DEFAULT_INPUT_SPEC: dict[str, Any] = {
+    "image_size": 224,
+    "channels": 1,
+    "window": {"width": 1500, "level": -600},
+    "resize": "bilinear, whole slice to image_size x image_size",
+    "normalisation": "per-slice z-score ((x - mean) / std) after windowing",
+    "slices": "lung slices only (model.lung.segment_lungs), ascending along the slice normal",
+}
+
+
+class WeightsError(ValueError):
+    """A weights folder that is missing, incomplete or inconsistent with its metadata."""
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with the metadata it was saved with."""
+
+    network: WeaklySupervisedNet
+    metadata: dict[str, Any]
+    device: torch.device
+    weights_dir: Path
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.metadata["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.metadata["input"]["image_size"])
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=str(self.metadata["name"]),
+            version=str(self.metadata["version"]),
+            classes=self.classes,
+            weights_sha256=str(self.metadata.get("weights_sha256", "")),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def validate_classes(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Classes must be distinct names from :data:`model.result.CLASSES`, at least two."""
+    out = tuple(classes)
+    if len(out) < 2 or len(set(out)) != len(out) or any(c not in CLASSES for c in out):
+        raise ValueError(f"classes must be two or three distinct names from {CLASSES}, got {out!r}")
+    return out
+
+
+def save_weights(network: WeaklySupervisedNet, out_dir: Path, metadata: dict[str, Any], half: bool = False) -> Path:
+    """Write the state dict and the metadata (with architecture and sha256 added) to ``out_dir``.
+
+    ``half`` stores float tensors as float16 (halves the size; loading casts back to float32).
+    Returns the weights file path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = validate_classes(metadata["classes"])
+    if len(classes) != network.num_classes:
+        raise WeightsError(f"metadata names {len(classes)} classes, the network has {network.num_classes}")
+    state = {}
+    for key, value in network.state_dict().items():
+        tensor = value.detach().cpu().contiguous()
+        if half and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor
+    weights_path = out_dir / WEIGHTS_FILE
+    save_file(state, str(weights_path), metadata={"format": "pt"})
+    meta = dict(metadata)
+    meta["architecture"] = network.architecture()
+    meta["weights_file"] = WEIGHTS_FILE
+    meta["weights_dtype"] = "float16" if half else "float32"
+    meta["weights_sha256"] = sha256_file(weights_path)
+    meta.setdefault("notice", NOT_FOR_CLINICAL_USE)
+    (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    return weights_path
+
+
+def read_metadata(weights_dir: Path) -> dict[str, Any]:
+    """The metadata of a weights folder, checked for the keys inference needs."""
+    path = Path(weights_dir) / METADATA_FILE
+    if not path.is_file():
+        raise WeightsError(f"{path} not found")
+    meta = json.loads(path.read_text())
+    for key in ("name", "version", "classes", "input", "architecture"):
+        if key not in meta:
+            raise WeightsError(f"{path} lacks {key!r}")
+    validate_classes(meta["classes"])
+    return meta
+
+
+def build_network(metadata: dict[str, Any]) -> WeaklySupervisedNet:
+    """An untrained network with the architecture recorded in the metadata."""
+    arch = metadata["architecture"]
+    return WeaklySupervisedNet(
+        num_classes=int(arch["num_classes"]),
+        in_channels=int(arch["in_channels"]),
+        widths=tuple(arch["widths"]),
+        depths=tuple(arch["depths"]),
+        head_blocks=tuple(arch["head_blocks"]),
+        dropout=float(arch["dropout"]),
+    )
+
+
+def load_weights(weights_dir: Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a weights folder (not cached): the network in eval mode on ``device``.
+
+    The sha256 in the metadata must match the file, so a result's model identity is the weights'.
+    """
+    weights_dir = Path(weights_dir).resolve()
+    meta = read_metadata(weights_dir)
+    weights_path = weights_dir / meta.get("weights_file", WEIGHTS_FILE)
+    if not weights_path.is_file():
+        raise WeightsError(f"{weights_path} not found")
+    actual = sha256_file(weights_path)
+    expected = meta.get("weights_sha256")
+    if expected and expected != actual:
+        raise WeightsError(f"{weights_path}: sha256 {actual} differs from metadata {expected}")
+    meta["weights_sha256"] = actual
+    network = build_network(meta)
+    state = load_file(str(weights_path))
+    reference = network.state_dict()
+    state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+    network.load_state_dict(state, strict=True)
+    dev = torch.device(device)
+    network.to(dev).eval()
+    return LoadedModel(network=network, metadata=meta, device=dev, weights_dir=weights_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(weights_dir: str, device: str) -> LoadedModel:
+    return load_weights(Path(weights_dir), device)
+
+
+def load_model(weights_dir: Path | None = None, device: str = "cpu") -> LoadedModel:
+    """The cached :func:`load_weights`: once per process per (folder, device). Default: shipped."""
+    folder = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+    return _load_cached(str(folder.resolve()), str(torch.device(device)))
