@@ -1,0 +1,340 @@
+"""From a series (a DICOM folder or a loaded volume) to a :class:`model.result.SeriesResult`.
+
+Pipeline: read (model.io) -> lung mask (model.lung) -> lung slices -> window, resize, z-score
+(model.preprocess) -> the network over batches of slices (torch.inference_mode; AMP and
+channels_last on CUDA) -> the series decision -> localisation (model.localise) in the original
+geometry -> regions.
+
+The series rule (documented in model/README.md, evaluated by ``dicom-node model evaluate``):
+slice logits are the mean of the three scales' logits; slices are ranked by abnormality
+(1 - p(normal) of the slice; for a model without a normal class, its top probability); the series
+logits are the mean over the k most abnormal lung slices, k = max(top_k_min, ceil(top_k_fraction *
+lung slices)), capped at the number of lung slices; softmax gives the series probabilities and the
+decision is their argmax. The alternative rule "mean" averages the logits of all lung slices.
+
+``no_decision`` (probabilities uniform over the model's classes, reason always set) when the series
+cannot be read, is not CT, has no lungs (not a chest CT) or fewer than ``min_lung_slices`` lung
+slices. Regions, lung involvement and key slices are reported for covid/cap decisions only; for a
+normal decision the heatmap still shows where the evidence for the likelier abnormal class is.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model import localise
+from model.localise import LocalisationSettings
+from model.result import CLASSES, SeriesResult
+from model.weights import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from model.io import Volume
+
+AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
+ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
+CLASS_WORDS = {"covid": "COVID-19 pattern", "cap": "community-acquired pneumonia pattern", "normal": "no pneumonia pattern"}
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """Inference settings. ``device`` "cpu" or "cuda" (or "cuda:N")."""
+
+    device: str = "cpu"
+    batch_size: int = 32
+    aggregation: str = "top_k"
+    top_k_fraction: float = 0.1
+    top_k_min: int = 3
+    min_lung_slices: int = 5
+    min_lung_volume_ml: float = 100.0
+    key_slices: int = 5
+    localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATION_RULES:
+            raise ValueError(f"aggregation must be one of {AGGREGATION_RULES}, got {self.aggregation!r}")
+        if not 0.0 < self.top_k_fraction <= 1.0 or self.top_k_min < 1:
+            raise ValueError("top_k_fraction must be in (0, 1] and top_k_min >= 1")
+        if self.batch_size < 1 or self.min_lung_slices < 1 or self.key_slices < 0:
+            raise ValueError("batch_size and min_lung_slices must be >= 1, key_slices >= 0")
+
+
+def abnormality(logits: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Per slice: 1 - p(normal), or the top probability for a model without a normal class."""
+    probs = _softmax(logits)
+    if "normal" in classes:
+        return 1.0 - probs[:, list(classes).index("normal")]
+    return probs.max(axis=1)
+
+
+def aggregate_series(
+    logits: np.ndarray, classes: Sequence[str], rule: str = "top_k", top_k_fraction: float = 0.1, top_k_min: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Series probabilities from slice logits (n, classes), and the slice indices used.
+
+    See the module docstring for the rule. Returns (probabilities (classes,), indices used,
+    most abnormal first for "top_k").
+    """
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"need (n >= 1, classes) slice logits, got shape {logits.shape}")
+    n = logits.shape[0]
+    if rule == "mean":
+        used = np.arange(n)
+    elif rule == "top_k":
+        k = min(n, max(top_k_min, math.ceil(top_k_fraction * n)))
+        used = np.argsort(-abnormality(logits, classes), kind="stable")[:k]
+    else:
+        raise ValueError(f"aggregation must be one of {AGGREGATION_RULES}, got {rule!r}")
+    return _softmax(logits[used].mean(axis=0, keepdims=True))[0], used
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def full_probabilities(probs: np.ndarray | Sequence[float], classes: Sequence[str]) -> dict[str, float]:
+    """The model's probabilities keyed by all of CLASSES (0 for a class the model lacks)."""
+    out = {c: 0.0 for c in CLASSES}
+    for c, p in zip(classes, probs):
+        out[c] = float(p)
+    return out
+
+
+@dataclass
+class SliceAnalysis:
+    """The network's view of a series' lung slices (what evaluation needs beyond the result)."""
+
+    lung_indices: np.ndarray  # (n,) indices into the sorted slices
+    logits: np.ndarray  # (n, classes) mean-over-scales logits
+    cams: list[np.ndarray]  # per scale (n, classes, h_s, w_s) float32
+    inputs: torch.Tensor  # (n, 1, S, S) pre-processed slices (CPU)
+
+
+class Predictor:
+    """Weights loaded once; ``predict`` per series. Thread-compatible, not thread-safe."""
+
+    def __init__(self, model: LoadedModel, settings: PredictorSettings | None = None) -> None:
+        self.settings = settings or PredictorSettings()
+        self.device = torch.device(self.settings.device)
+        if model.device != self.device:
+            raise ValueError(f"model loaded on {model.device}, settings ask for {self.device}")
+        self.model = model
+        self.network = model.network.eval()
+        if self.device.type == "cuda":
+            self.network.to(memory_format=torch.channels_last)
+        self.classes = model.classes
+        self.image_size = model.image_size
+
+    # -- the network ------------------------------------------------------------------------------
+
+    def _batch_to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def forward_slices(self, inputs: torch.Tensor) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Mean logits (n, classes) and per-scale CAMs of pre-processed slices, in batches."""
+        logits: list[np.ndarray] = []
+        cams: list[list[np.ndarray]] = [[] for _ in self.network.heads]
+        amp = self.device.type == "cuda"
+        with torch.inference_mode():
+            for start in range(0, inputs.shape[0], self.settings.batch_size):
+                x = self._batch_to_device(inputs[start : start + self.settings.batch_size])
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=amp):
+                    out = self.network(x)
+                logits.append(out.mean_logits.float().cpu().numpy())
+                for s, cam in enumerate(out.cams):
+                    cams[s].append(cam.float().cpu().numpy())
+        return np.concatenate(logits), [np.concatenate(c) for c in cams]
+
+    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray) -> SliceAnalysis:
+        """Pre-process the lung slices and run the network over them."""
+        from model.preprocess import preprocess_slices
+
+        inputs = torch.from_numpy(np.ascontiguousarray(preprocess_slices(hu[lung_indices], size=self.image_size), dtype=np.float32))
+        logits, cams = self.forward_slices(inputs)
+        return SliceAnalysis(lung_indices=np.asarray(lung_indices), logits=logits, cams=cams, inputs=inputs)
+
+    # -- the series -------------------------------------------------------------------------------
+
+    def predict(self, source: Path | str | Volume) -> SeriesResult:
+        """The full result for one series; ``no_decision`` (with a reason) instead of errors for
+        series that cannot be read or are not chest CT."""
+        return self.predict_with_analysis(source)[0]
+
+    def predict_with_analysis(self, source: Path | str | Volume) -> tuple[SeriesResult, SliceAnalysis | None]:
+        """:meth:`predict` plus the slice-level analysis (None for an early no_decision)."""
+        from model.io import SeriesReadError, load_series
+        from model.lung import segment_lungs
+        from model.preprocess import lung_slice_indices
+
+        timings: dict[str, float] = {}
+        t_total = time.perf_counter()
+        t = time.perf_counter()
+        if isinstance(source, (str, Path)):
+            try:
+                volume = load_series(Path(source))
+            except SeriesReadError as exc:
+                return self._no_decision(f"series could not be read: {exc}", timings, t_total), None
+        else:
+            volume = source
+        timings["read"] = time.perf_counter() - t
+        uids = [str(u) for u in getattr(volume, "sop_instance_uids", [])]
+        modality = str(getattr(volume, "modality", "") or "")
+        if modality.upper() != "CT":
+            return self._no_decision(f"not a CT series (modality {modality or 'missing'})", timings, t_total, uids), None
+
+        hu = volume.hu
+        spacing = tuple(float(s) for s in volume.spacing)
+        t = time.perf_counter()
+        lung_mask = np.asarray(segment_lungs(hu, spacing), dtype=bool)
+        lung_indices = np.asarray(lung_slice_indices(lung_mask), dtype=np.int64)
+        timings["lungs"] = time.perf_counter() - t
+        lung_slices = [False] * hu.shape[0]
+        for i in lung_indices:
+            lung_slices[int(i)] = True
+        lung_ml = float(np.count_nonzero(lung_mask)) * float(np.prod(spacing)) / 1000.0
+        if lung_indices.size == 0 or lung_ml < self.settings.min_lung_volume_ml:
+            return self._no_decision(f"no lungs found ({lung_ml:.0f} ml of lung): not a chest CT", timings, t_total, uids, lung_slices), None
+        if lung_indices.size < self.settings.min_lung_slices:
+            reason = f"too few lung slices: {lung_indices.size} (minimum {self.settings.min_lung_slices})"
+            return self._no_decision(reason, timings, t_total, uids, lung_slices), None
+
+        t = time.perf_counter()
+        analysis = self.analyse_slices(hu, lung_indices)
+        timings["network"] = time.perf_counter() - t
+        probs, used = aggregate_series(analysis.logits, self.classes, self.settings.aggregation, self.settings.top_k_fraction, self.settings.top_k_min)
+        decision = self.classes[int(np.argmax(probs))]
+        target_name = decision if decision in ABNORMAL_CLASSES or not any(c in ABNORMAL_CLASSES for c in self.classes) else max(
+            (c for c in self.classes if c in ABNORMAL_CLASSES), key=lambda c: probs[self.classes.index(c)]
+        )
+        target = self.classes.index(target_name)
+        rule = f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices" if self.settings.aggregation == "top_k" else f"mean logits of all {lung_indices.size} lung slices"
+        reason = f"{CLASS_WORDS[decision]}: p={probs[int(np.argmax(probs))]:.3f} ({rule}). Not for clinical use."
+
+        heatmap = self.heatmap(analysis, target, lung_mask, timings)
+        t = time.perf_counter()
+        abnormal = decision in ABNORMAL_CLASSES
+        if abnormal:
+            region_labels, regions = localise.find_regions(heatmap, lung_mask, spacing, self.settings.localisation.threshold, self.settings.localisation.min_volume_ml)
+            involvement = localise.involvement_percent(region_labels, lung_mask)
+            key = self._key_slices(analysis, target, region_labels)
+        else:
+            region_labels, regions, involvement, key = np.zeros(hu.shape, dtype=np.uint16), [], 0.0, []
+        timings["regions"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_total
+        result = SeriesResult(
+            probabilities=full_probabilities(probs, self.classes),
+            decision=decision,
+            reason=reason,
+            model=self.model.info,
+            regions=regions,
+            lung_involvement_percent=involvement,
+            sop_instance_uids=uids,
+            key_slices=key,
+            lung_slices=lung_slices,
+            heatmap=heatmap,
+            region_labels=region_labels,
+            lung_mask=lung_mask,
+            timings=timings,
+        )
+        return result, analysis
+
+    def _no_decision(self, reason: str, timings: dict[str, float], t_total: float, uids: list[str] | None = None, lung_slices: list[bool] | None = None) -> SeriesResult:
+        timings["total"] = time.perf_counter() - t_total
+        uniform = np.full(len(self.classes), 1.0 / len(self.classes))
+        return SeriesResult(
+            probabilities=full_probabilities(uniform, self.classes),
+            decision="no_decision",
+            reason=f"no decision: {reason}. Not for clinical use.",
+            model=self.model.info,
+            sop_instance_uids=uids or [],
+            lung_slices=lung_slices or [],
+            timings=timings,
+        )
+
+    def _key_slices(self, analysis: SliceAnalysis, target: int, region_labels: np.ndarray) -> list[int]:
+        """Lung slices by the slice probability of the target class (ties: more region area)."""
+        if self.settings.key_slices == 0:
+            return []
+        p = _softmax(analysis.logits)[:, target]
+        area = np.array([np.count_nonzero(region_labels[int(i)]) for i in analysis.lung_indices])
+        order = np.lexsort((-area, -np.round(p, 3)))
+        return [int(analysis.lung_indices[i]) for i in order[: self.settings.key_slices]]
+
+    # -- localisation -----------------------------------------------------------------------------
+
+    def heatmap(self, analysis: SliceAnalysis, target: int, lung_mask: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
+        """The joint map of ``target`` in the series geometry: float32 [0, 1], zero outside lungs."""
+        settings = self.settings.localisation
+        timings = timings if timings is not None else {}
+        t = time.perf_counter()
+        n = analysis.lung_indices.size
+        size = self.image_size
+        rows, cols = lung_mask.shape[1:]
+        # Series-normalised CAMs of the target class, per scale, at the network input size.
+        peaks = [max(float(c[:, target].max()), 1e-12) for c in analysis.cams]
+        factor: dict[int, torch.Tensor] = {}
+        scale_level = torch.ones(len(peaks))
+        timings["cam"] = time.perf_counter() - t
+        if settings.mode == "cam+ig" and settings.ig_slices > 0:
+            t = time.perf_counter()
+            p = _softmax(analysis.logits)[:, target]
+            chosen = np.argsort(-p, kind="stable")[: min(settings.ig_slices, n)]
+            lung_small = self._lung_at_input_size(lung_mask[analysis.lung_indices[chosen]])
+            attr = self.integrated_gradients(analysis.inputs[chosen], target)
+            f = localise.ig_factor(attr.cpu(), lung_small, settings.ig_sigma)  # (m, scales, S, S)
+            cam_chosen = self._cams_at(analysis, chosen, target, peaks)
+            # The CAM-weighted mean IG factor per scale: what an unexamined slice is scaled by.
+            weight = cam_chosen * lung_small.unsqueeze(1)
+            scale_level = (weight * f).sum(dim=(0, 2, 3)) / weight.sum(dim=(0, 2, 3)).clamp_min(1e-12)
+            factor = {int(i): f[j] for j, i in enumerate(chosen)}
+            timings["ig"] = time.perf_counter() - t
+        t = time.perf_counter()
+        heat = np.zeros(lung_mask.shape, dtype=np.float32)
+        chunk = max(1, self.settings.batch_size)
+        for start in range(0, n, chunk):
+            idx = np.arange(start, min(n, start + chunk))
+            m = self._cams_at(analysis, idx, target, peaks)
+            for j, i in enumerate(idx):
+                m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
+            joint = localise.joint_map(m).numpy()
+            heat[analysis.lung_indices[idx]] = localise.resize_slices(joint, (rows, cols))
+        heat = localise.min_max(heat, lung_mask)
+        timings["cam"] += time.perf_counter() - t
+        return heat
+
+    def _cams_at(self, analysis: SliceAnalysis, idx: np.ndarray, target: int, peaks: list[float]) -> torch.Tensor:
+        cams = [torch.from_numpy(c[idx, target]) / peak for c, peak in zip(analysis.cams, peaks)]
+        return localise.upsample_cams(cams, self.image_size).clamp(0.0, 1.0)
+
+    def _lung_at_input_size(self, lung: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(lung.astype(np.float32)).unsqueeze(1)
+        return F.interpolate(t, size=(self.image_size, self.image_size), mode="area")[:, 0] > 0
+
+    def integrated_gradients(self, inputs: torch.Tensor, target: int) -> torch.Tensor:
+        """IG of each scale's pooled logit for ``target`` (batched over steps), outside inference mode."""
+        settings = self.settings.localisation
+        x = self._batch_to_device(inputs)
+        targets = torch.full((x.shape[0],), target, dtype=torch.long, device=self.device)
+        return localise.integrated_gradients(self.network, x, targets, settings.ig_steps, settings.ig_baseline, settings.ig_batch)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_predictor(weights_dir: str | None, settings: PredictorSettings) -> Predictor:
+    return Predictor(load_model(Path(weights_dir) if weights_dir else None, settings.device), settings)
+
+
+def get_predictor(weights_dir: Path | str | None = None, settings: PredictorSettings | None = None) -> Predictor:
+    """A process-wide predictor per (weights folder, settings): weights are read once per process."""
+    folder = str(Path(weights_dir).resolve()) if weights_dir is not None else None
+    return _cached_predictor(folder, settings or PredictorSettings())

@@ -1,0 +1,124 @@
+"""Localisation building blocks: CAM upsampling, Integrated Gradients, the joint map, regions.
+
+Covers model/localise.py on tensors and hand-made arrays (IG's completeness axiom, batching
+invariance, the method's joint-map formula, 3D components with volumes in ml). Not covered here:
+the whole series map of a trained model and its match with lesion masks (test_predict.py,
+test_evaluate.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model import localise
+from model.localise import LocalisationSettings
+from model.network import WeaklySupervisedNet
+
+
+def _tiny_net() -> WeaklySupervisedNet:
+    torch.manual_seed(1)
+    net = WeaklySupervisedNet(widths=(4, 4, 8, 8, 8), depths=(1, 1, 1, 1, 1))
+    # Non-trivial BatchNorm statistics, then eval mode (IG needs a deterministic network).
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(8, 1, 32, 32))
+    return net.eval()
+
+
+def test_integrated_gradients_completeness_per_scale() -> None:
+    net = _tiny_net()
+    x = torch.randn(2, 1, 32, 32)
+    target = torch.tensor([0, 2])
+    attr = localise.integrated_gradients(net, x, target, steps=200, baseline=-1.0, batch=100)
+    assert tuple(attr.shape) == (2, 3, 1, 32, 32)
+    with torch.no_grad():
+        hi = net(x).logits
+        lo = net(torch.full_like(x, -1.0)).logits
+    for s in range(3):
+        delta = (hi[s] - lo[s]).gather(1, target.view(-1, 1)).squeeze(1)
+        got = attr[:, s].sum(dim=(1, 2, 3))
+        assert torch.allclose(got, delta, atol=0.05 * float(delta.abs().max()) + 1e-3), (s, got, delta)
+
+
+def test_integrated_gradients_batching_does_not_change_result() -> None:
+    net = _tiny_net()
+    x = torch.randn(3, 1, 32, 32)
+    target = torch.tensor([1, 1, 0])
+    a = localise.integrated_gradients(net, x, target, steps=5, batch=1)
+    b = localise.integrated_gradients(net, x, target, steps=5, batch=7)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_integrated_gradients_refuses_training_mode() -> None:
+    net = _tiny_net().train()
+    with pytest.raises(RuntimeError):
+        localise.integrated_gradients(net, torch.zeros(1, 1, 32, 32), torch.tensor([0]), steps=2)
+
+
+def test_visualise_attribution_matches_authors_view() -> None:
+    attr = torch.zeros(1, 1, 1, 10, 10)
+    attr[0, 0, 0, 0, :] = torch.arange(10, dtype=torch.float32) - 5  # |.| in 0..5
+    vis = localise.visualise_attribution(attr)
+    assert tuple(vis.shape) == (1, 1, 10, 10)
+    assert float(vis.min()) == 0.0 and float(vis.max()) == 1.0
+
+
+def test_joint_map_formula() -> None:
+    maps = np.array([[[[0.0, 1.0]], [[0.5, 1.0]], [[0.0, 0.0]]]])  # (1, 3 scales, 1, 2)
+    joint = localise.joint_map(maps)
+    assert joint.shape == (1, 1, 2)
+    assert joint[0, 0, 0] == pytest.approx(2.0 * 2.5 * 2.0)
+    assert joint[0, 0, 1] == pytest.approx(3.0 * 3.0 * 2.0)
+
+
+def test_min_max_inside_mask_only() -> None:
+    values = np.array([[5.0, 7.0, 100.0]])
+    mask = np.array([[True, True, False]])
+    out = localise.min_max(values, mask)
+    assert out.tolist() == [[0.0, 1.0, 0.0]]
+    assert localise.min_max(np.ones((2, 2)), np.ones((2, 2), bool)).max() == 0.0
+
+
+def test_upsample_and_series_normalisation() -> None:
+    cams = [torch.ones(2, 2, 2), torch.ones(2, 1, 1) * 3]
+    up = localise.upsample_cams(cams, 8)
+    assert tuple(up.shape) == (2, 2, 8, 8)
+    norm = localise.normalise_cams_series(up)
+    assert float(norm.max()) == pytest.approx(1.0)
+
+
+def test_find_regions_volumes_and_order() -> None:
+    heat = np.zeros((6, 20, 20), dtype=np.float32)
+    lung = np.ones_like(heat, dtype=bool)
+    heat[1:3, 2:6, 2:6] = 0.7  # 2*4*4 = 32 voxels
+    heat[4, 10:12, 10:13] = 0.9  # 6 voxels, stronger
+    heat[4, 10, 10] = 1.0
+    heat[0, 19, 19] = 0.8  # one voxel: dropped by min volume
+    lung[0, 19, 19] = True
+    labels, regions = localise.find_regions(heat, lung, spacing=(2.0, 0.5, 0.5), threshold=0.5, min_volume_ml=0.002)
+    assert [r.index for r in regions] == [1, 2]
+    strong, weak = regions
+    assert strong.max_score == pytest.approx(1.0) and strong.peak == (4, 10, 10)
+    assert strong.slice_range == (4, 4) and strong.bbox == (4, 10, 10, 4, 11, 12)
+    assert strong.volume_ml == pytest.approx(6 * 0.5 / 1000)
+    assert weak.volume_ml == pytest.approx(32 * 0.5 / 1000) and weak.mean_score == pytest.approx(0.7)
+    assert labels.dtype == np.uint16 and int((labels == 2).sum()) == 32 and labels[0, 19, 19] == 0
+    assert localise.involvement_percent(labels, lung) == pytest.approx(100 * 38 / lung.sum())
+
+
+def test_find_regions_respects_lung_mask() -> None:
+    heat = np.ones((2, 4, 4), dtype=np.float32)
+    lung = np.zeros_like(heat, dtype=bool)
+    labels, regions = localise.find_regions(heat, lung, (1.0, 1.0, 1.0), 0.5)
+    assert regions == [] and labels.max() == 0
+    assert localise.involvement_percent(labels, lung) == 0.0
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValueError):
+        LocalisationSettings(mode="gradcam")
+    with pytest.raises(ValueError):
+        LocalisationSettings(threshold=1.0)
