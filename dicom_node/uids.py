@@ -9,6 +9,7 @@ file path.
 from __future__ import annotations
 
 import re
+import uuid
 
 from pydicom.uid import generate_uid
 
@@ -48,7 +49,11 @@ def derived_uid(*parts: str) -> str:
     """
     if not parts:
         raise ValueError("derived_uid needs at least one part")
-    return str(generate_uid(prefix=None, entropy_srcs=["covid-ct-node", *map(str, parts)]))
+    # A name-based (SHA-1, version 5) UUID of the parts. pydicom's generate_uid ignores
+    # entropy_srcs when prefix is None (it returns a random UUID), so it cannot be used here.
+    # The unit separator keeps ("ab", "c") and ("a", "bc") apart.
+    name = "\x1f".join(["covid-ct-node", *map(str, parts)])
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, name).int}"
 
 
 def new_uid() -> str:
