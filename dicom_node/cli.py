@@ -40,7 +40,7 @@ def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]
         except ModuleNotFoundError as exc:
             # Only tolerate the module itself being absent (a part not built yet), never a
             # missing dependency inside it.
-            if exc.name != module_name:
+            if exc.name is None or not module_name.startswith(exc.name):
                 raise
             continue
         out.append(module.register)

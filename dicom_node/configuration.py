@@ -1,0 +1,261 @@
+"""Configuration changes (local AEs, sources, destinations): one home for the command line and
+the admin API.
+
+Input schemas are pydantic models built from dicom_node.validation's types, so a bad value is
+refused with the field and the reason wherever it comes from. Functions take an open session and
+return the row; the caller commits (and audits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import Destination, LocalAE, Source
+from dicom_node.filters import SeriesFilter
+from dicom_node.uids import check_uid
+from dicom_node.validation import OUTPUT_KINDS, AETitle, Host, OutputKinds, Port, QuietSeconds
+
+
+class ConfigError(ValueError):
+    """A refused change; ``field`` names what is wrong (None for the whole object)."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def _sop_classes(value: list[str]) -> list[str]:
+    for uid in value:
+        if uid == "*":
+            continue
+        ok, reason = check_uid(uid)
+        if not ok:
+            raise ValueError(f"{uid!r}: {reason}")
+    return value
+
+
+class LocalAEIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle
+    port: Port
+    enabled: bool = True
+    quiet_seconds: QuietSeconds = 5.0
+    max_wait_seconds: float = Field(default=1800.0, ge=1.0, le=7 * 24 * 3600)
+    filters: SeriesFilter = Field(default_factory=SeriesFilter)
+    extra_sop_classes: list[str] = Field(default_factory=list)
+    return_to_caller: bool = False
+    require_known_source: bool = True
+    description: str = Field(default="", max_length=200)
+    send_results_to: list[AETitle] = Field(default_factory=list)
+
+    @field_validator("extra_sop_classes")
+    @classmethod
+    def _v_sop(cls, value: list[str]) -> list[str]:
+        return _sop_classes(value)
+
+
+class LocalAEPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle | None = None
+    port: Port | None = None
+    enabled: bool | None = None
+    quiet_seconds: QuietSeconds | None = None
+    max_wait_seconds: float | None = Field(default=None, ge=1.0, le=7 * 24 * 3600)
+    filters: SeriesFilter | None = None
+    extra_sop_classes: list[str] | None = None
+    return_to_caller: bool | None = None
+    require_known_source: bool | None = None
+    description: str | None = Field(default=None, max_length=200)
+    send_results_to: list[AETitle] | None = None
+
+    @field_validator("extra_sop_classes")
+    @classmethod
+    def _v_sop(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _sop_classes(value)
+
+
+class SourceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle
+    host: Host | None = None
+    port: Port | None = None
+    enabled: bool = True
+    description: str = Field(default="", max_length=200)
+
+
+class SourcePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle | None = None
+    host: Host | None = None
+    port: Port | None = None
+    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=200)
+
+
+class DestinationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle
+    host: Host
+    port: Port
+    tls: bool = False
+    outputs: OutputKinds = Field(default_factory=lambda: list(OUTPUT_KINDS))
+    enabled: bool = True
+    description: str = Field(default="", max_length=200)
+
+
+class DestinationPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: AETitle | None = None
+    host: Host | None = None
+    port: Port | None = None
+    tls: bool | None = None
+    outputs: OutputKinds | None = None
+    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=200)
+
+
+def parse(schema: type[BaseModel], data: dict[str, Any]) -> Any:
+    """Validate ``data``; raise ConfigError naming the first bad field."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise ConfigError(field, err["msg"].removeprefix("Value error, ")) from None
+
+
+# --- serialisation -------------------------------------------------------------------------
+
+
+def local_ae_dict(row: LocalAE) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "title": row.title,
+        "port": row.port,
+        "enabled": row.enabled,
+        "quiet_seconds": row.quiet_seconds,
+        "max_wait_seconds": row.max_wait_seconds,
+        "filters": SeriesFilter.from_json(row.filters).model_dump(),
+        "extra_sop_classes": list(row.extra_sop_classes or []),
+        "return_to_caller": row.return_to_caller,
+        "require_known_source": row.require_known_source,
+        "description": row.description,
+        "send_results_to": [d.title for d in row.destinations],
+    }
+
+
+def source_dict(row: Source) -> dict[str, Any]:
+    return {"id": row.id, "title": row.title, "host": row.host, "port": row.port, "enabled": row.enabled, "description": row.description}
+
+
+def destination_dict(row: Destination) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "title": row.title,
+        "host": row.host,
+        "port": row.port,
+        "tls": row.tls,
+        "outputs": list(row.outputs or []),
+        "enabled": row.enabled,
+        "description": row.description,
+    }
+
+
+# --- changes -------------------------------------------------------------------------------
+
+
+def _destinations(session: Session, titles: list[str]) -> list[Destination]:
+    rows = []
+    for title in titles:
+        row = session.scalar(select(Destination).where(Destination.title == title))
+        if row is None:
+            raise ConfigError("send_results_to", f"no destination titled {title!r}")
+        rows.append(row)
+    return rows
+
+
+def _check_unique_local(session: Session, title: str | None, port: int | None, exclude_id: int | None = None) -> None:
+    if title is not None:
+        other = session.scalar(select(LocalAE).where(LocalAE.title == title))
+        if other is not None and other.id != exclude_id:
+            raise ConfigError("title", f"a local AE titled {title!r} exists already")
+    if port is not None:
+        other = session.scalar(select(LocalAE).where(LocalAE.port == port))
+        if other is not None and other.id != exclude_id:
+            raise ConfigError("port", f"port {port} is used by local AE {other.title!r}")
+
+
+def add_local_ae(session: Session, data: LocalAEIn) -> LocalAE:
+    _check_unique_local(session, data.title, data.port)
+    values = data.model_dump(exclude={"send_results_to", "filters"})
+    row = LocalAE(**values, filters=data.filters.model_dump(exclude_defaults=True))
+    row.destinations = _destinations(session, data.send_results_to)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_local_ae(session: Session, row: LocalAE, patch: LocalAEPatch) -> LocalAE:
+    changes = patch.model_dump(exclude_unset=True)
+    _check_unique_local(session, changes.get("title"), changes.get("port"), exclude_id=row.id)
+    if "send_results_to" in changes:
+        row.destinations = _destinations(session, changes.pop("send_results_to") or [])
+    if "filters" in changes:
+        changes.pop("filters")
+        row.filters = (patch.filters or SeriesFilter()).model_dump(exclude_defaults=True)
+    for key, value in changes.items():
+        if value is None and key not in ("description",):
+            continue
+        setattr(row, key, value)
+    session.flush()
+    return row
+
+
+def add_source(session: Session, data: SourceIn) -> Source:
+    other = session.scalar(select(Source).where(Source.title == data.title, Source.host.is_(None) if data.host is None else Source.host == data.host))
+    if other is not None:
+        raise ConfigError("title", f"source {data.title!r}{' from ' + data.host if data.host else ''} exists already")
+    row = Source(**data.model_dump())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_source(session: Session, row: Source, patch: SourcePatch) -> Source:
+    for key, value in patch.model_dump(exclude_unset=True).items():
+        setattr(row, key, value)
+    session.flush()
+    return row
+
+
+def add_destination(session: Session, data: DestinationIn) -> Destination:
+    if session.scalar(select(Destination).where(Destination.title == data.title)) is not None:
+        raise ConfigError("title", f"a destination titled {data.title!r} exists already")
+    row = Destination(**data.model_dump())
+    session.add(row)
+    session.flush()
+    return row
+
+
+def update_destination(session: Session, row: Destination, patch: DestinationPatch) -> Destination:
+    changes = patch.model_dump(exclude_unset=True)
+    if changes.get("title") and changes["title"] != row.title:
+        if session.scalar(select(Destination).where(Destination.title == changes["title"])) is not None:
+            raise ConfigError("title", f"a destination titled {changes['title']!r} exists already")
+    for key, value in changes.items():
+        if value is None and key != "description":
+            continue
+        setattr(row, key, value)
+    session.flush()
+    return row

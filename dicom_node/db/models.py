@@ -1,0 +1,329 @@
+"""SQLAlchemy 2 models: configuration (AEs, sources, destinations) and state (series, instances,
+jobs, the outbox, exports, events).
+
+Field checks use dicom_node.validation, the same validators as the config loader, the REST schemas
+and the command line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+
+from dicom_node.validation import (
+    OUTPUT_KINDS,
+    check_ae_title,
+    check_host,
+    check_output_kinds,
+    check_port,
+    check_quiet_seconds,
+    require,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SeriesStatus(str, enum.Enum):
+    RECEIVING = "receiving"  # instances arriving; completion not reached
+    COMPLETE = "complete"  # complete and selected for analysis (see its jobs)
+    NOT_ANALYSED = "not_analysed"  # complete, stored, but the AE's filters did not select it
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"  # written with the completion, in the outbox, not yet handed to the queue
+    QUEUED = "queued"  # handed to the queue
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # the series re-opened before this job started; a newer job follows
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class ExportStatus(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"  # failed for good: a permanent refusal, or retries beyond the maximum age
+
+
+local_ae_destinations = Table(
+    "local_ae_destinations",
+    Base.metadata,
+    Column("local_ae_id", ForeignKey("local_aes.id", ondelete="CASCADE"), primary_key=True),
+    Column("destination_id", ForeignKey("destinations.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class LocalAE(Base):
+    """An AE title this node listens as, each on its own port."""
+
+    __tablename__ = "local_aes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(16), unique=True)
+    port: Mapped[int] = mapped_column(Integer, unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    quiet_seconds: Mapped[float] = mapped_column(Float, default=5.0)
+    max_wait_seconds: Mapped[float] = mapped_column(Float, default=1800.0)
+    # Which series are analysed; see dicom_node.filters.SeriesFilter for the keys.
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Storage SOP classes accepted here besides CT and Enhanced CT.
+    extra_sop_classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Also send results back to the calling AE where its return port is known (sources.port).
+    return_to_caller: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A calling AE not on the allow-list is refused unless this is turned off.
+    require_known_source: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    destinations: Mapped[list["Destination"]] = relationship(secondary=local_ae_destinations, lazy="selectin")
+
+    @validates("title")
+    def _v_title(self, key: str, value: str) -> str:
+        return str(require("title", check_ae_title, value))
+
+    @validates("port")
+    def _v_port(self, key: str, value: int) -> int:
+        return int(require("port", check_port, value))  # type: ignore[call-overload]
+
+    @validates("quiet_seconds")
+    def _v_quiet(self, key: str, value: float) -> float:
+        return float(require("quiet_seconds", check_quiet_seconds, value))  # type: ignore[arg-type]
+
+
+class Source(Base):
+    """A calling AE allowed to send to this node (title, optionally host, optional return port)."""
+
+    __tablename__ = "sources"
+    __table_args__ = (UniqueConstraint("title", "host", name="uq_sources_title_host"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(16))
+    # None: any host may use this title.
+    host: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    # Port of the source's own storage SCP, for sending results back to it.
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @validates("title")
+    def _v_title(self, key: str, value: str) -> str:
+        return str(require("title", check_ae_title, value))
+
+    @validates("host")
+    def _v_host(self, key: str, value: str | None) -> str | None:
+        return None if value in (None, "") else str(require("host", check_host, value))
+
+    @validates("port")
+    def _v_port(self, key: str, value: int | None) -> int | None:
+        return None if value is None else int(require("port", check_port, value))  # type: ignore[call-overload]
+
+
+class Destination(Base):
+    """A storage SCP that receives results (a PACS)."""
+
+    __tablename__ = "destinations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=lambda: list(OUTPUT_KINDS))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @validates("title")
+    def _v_title(self, key: str, value: str) -> str:
+        return str(require("title", check_ae_title, value))
+
+    @validates("host")
+    def _v_host(self, key: str, value: str) -> str:
+        return str(require("host", check_host, value))
+
+    @validates("port")
+    def _v_port(self, key: str, value: int) -> int:
+        return int(require("port", check_port, value))  # type: ignore[call-overload]
+
+    @validates("outputs")
+    def _v_outputs(self, key: str, value: list[str]) -> list[str]:
+        return list(require("outputs", check_output_kinds, value))  # type: ignore[call-overload]
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    local_ae_id: Mapped[int | None] = mapped_column(ForeignKey("local_aes.id", ondelete="SET NULL"), nullable=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    calling_host: Mapped[str] = mapped_column(String(253), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    image_type: Mapped[str] = mapped_column(String(200), default="")
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    # Images: instances times frames (Enhanced CT holds a whole series in one instance).
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=SeriesStatus.RECEIVING.value, index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # Incremented each time the series re-opens after completion.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Start of the current generation: the maximum wait counts from here.
+    opened_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    jobs: Mapped[list["Job"]] = relationship(back_populates="series", order_by="Job.id")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    frames: Mapped[int] = mapped_column(Integer, default=1)
+    # Relative to the storage root (dicom_node.storage).
+    path: Mapped[str] = mapped_column(String(300))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One analysis of one series (one generation of it)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_series_status", "series_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING.value, index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    model_name: Mapped[str] = mapped_column(String(64), default="")
+    model_version: Mapped[str] = mapped_column(String(64), default="")
+    decision: Mapped[str] = mapped_column(String(16), default="")
+    # SeriesResult.to_json() of the finished analysis.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Seconds per stage (queue wait, load, inference, encoding, export...).
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The objects written: [{kind, sop_class_uid, sop_instance_uid, series_uid, path}].
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    series: Mapped[Series] = relationship(back_populates="jobs")
+    exports: Mapped[list["Export"]] = relationship(back_populates="job", order_by="Export.id")
+
+
+class OutboxMessage(Base):
+    """Written in the same transaction as the state change it announces; relayed to the dispatcher
+    afterwards, so a crash between the two loses nothing (at-least-once, consumers idempotent)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic: Mapped[str] = mapped_column(String(32))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Export(Base):
+    """The results of one job going to one destination."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("job_id", "destination_key", name="uq_exports_job_dest"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    destination_id: Mapped[int | None] = mapped_column(ForeignKey("destinations.id", ondelete="SET NULL"), nullable=True)
+    # "dest:<id>" or "caller:<title>@<host>:<port>": what the export goes to, kept if the
+    # destination row is deleted.
+    destination_key: Mapped[str] = mapped_column(String(300))
+    title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.PENDING.value, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    objects_sent: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="exports")
+
+
+class Event(Base):
+    """What happened, for admins: refused associations, bad instances, completions, failures."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    category: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    calling_host: Mapped[str] = mapped_column(String(253), default="")
+    local_ae: Mapped[str] = mapped_column(String(16), default="")

@@ -1,0 +1,327 @@
+"""Receiving (Storage SCP): the C-ECHO and C-STORE handlers of one local AE.
+
+Knows nothing of Celery. A C-STORE is answered with success only after the instance is durably on
+disk (dicom_node.storage) and indexed (dicom_node.index); anything else gets a named failure
+status (dicom_node.status) and a log line that says why. The data set is stored exactly as
+received; it is parsed only to check it.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, Callable
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2K,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import evt
+from pynetdicom.presentation import StoragePresentationContexts
+
+from dicom_node.index import Index, LocalAESnapshot, ReceivedInstance
+from dicom_node.status import Status
+from dicom_node.storage import Storage
+from dicom_node.uids import check_uid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOP_CLASSES: tuple[str, ...] = (CTImageStorage, EnhancedCTImageStorage)
+
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    ExplicitVRBigEndian,
+)
+
+# "*" in a SOP class list: every storage SOP class pynetdicom knows.
+ALL_STORAGE = "*"
+_IMAGE_WORDS = ("Image Storage", "Multi-frame", "Photograph", "Volume Storage")
+
+
+def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
+    """CT and Enhanced CT, plus the configured extras ("*" = all storage classes)."""
+    out = list(DEFAULT_SOP_CLASSES)
+    for uid in extra:
+        if uid == ALL_STORAGE:
+            out.extend(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+        else:
+            out.append(uid)
+    seen: set[str] = set()
+    return [u for u in out if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
+
+
+def requires_pixel_data(sop_class_uid: str) -> bool:
+    name = UID(sop_class_uid).name
+    return any(word in name for word in _IMAGE_WORDS) and "Presentation State" not in name
+
+
+class RejectedInstance(Exception):
+    """An instance we refuse; carries the status to answer and the reason to log."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Header:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    frames: int
+    instance_number: int | None
+    patient_id: str
+    modality: str
+    body_part: str
+    series_description: str
+    series_number: int | None
+    image_type: str
+
+
+def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, command_sop_instance: str) -> Header:
+    """Parse the received data set completely (a truncated one fails here) and check what the
+    node relies on. Raises RejectedInstance with the status to answer."""
+    ts = UID(transfer_syntax)
+    data = raw
+    if ts == DeflatedExplicitVRLittleEndian:
+        try:
+            data = zlib.decompress(raw, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
+    try:
+        ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+    except (EOFError, ValueError, NotImplementedError, OSError, KeyError, IndexError, TypeError) as exc:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}") from None
+    if len(ds) == 0:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
+    try:
+        return _header_of(ds, command_sop_class, command_sop_instance)
+    except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}") from None
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1 and not isinstance(value, str):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -> Header:
+    uids: dict[str, str] = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = ds.get(keyword)
+        if value in (None, ""):
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword} is missing")
+        ok, reason = check_uid(str(value))
+        if not ok:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword}: {reason}")
+        uids[keyword] = str(value).rstrip("\x00").strip()
+    if uids["SOPInstanceUID"] != command_sop_instance.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND,
+            f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's {command_sop_instance}",
+        )
+    if uids["SOPClassUID"] != command_sop_class.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {uids['SOPClassUID']} differs from the request's {command_sop_class}",
+        )
+    if requires_pixel_data(uids["SOPClassUID"]) and not any(
+        k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+    ):
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
+    return Header(
+        study_uid=uids["StudyInstanceUID"],
+        series_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        frames=max(1, _int(ds, "NumberOfFrames") or 1),
+        instance_number=_int(ds, "InstanceNumber"),
+        patient_id=_text(ds, "PatientID"),
+        modality=_text(ds, "Modality"),
+        body_part=_text(ds, "BodyPartExamined"),
+        series_description=_text(ds, "SeriesDescription"),
+        series_number=_int(ds, "SeriesNumber"),
+        image_type=_text(ds, "ImageType"),
+    )
+
+
+class Receiver:
+    """The C-STORE logic of the node, independent of the network: check, store durably, index."""
+
+    def __init__(self, storage: Storage, index: Index, *, min_free_bytes: int) -> None:
+        self.storage = storage
+        self.index = index
+        self.min_free_bytes = min_free_bytes
+
+    def store(
+        self,
+        local_ae: LocalAESnapshot,
+        *,
+        calling_ae: str,
+        calling_host: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | memoryview,
+    ) -> Status:
+        try:
+            return self._store(local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset)
+        except RejectedInstance as exc:
+            log.warning(
+                "C-STORE refused (0x%04X %s): %s; SOP instance %s from %s@%s to %s",
+                exc.status.value,
+                exc.status.name,
+                exc.reason,
+                str(sop_instance_uid)[:80],
+                calling_ae,
+                calling_host,
+                local_ae.title,
+            )
+            self.index.event(
+                "store",
+                f"refused {str(sop_instance_uid)[:80]} with 0x{exc.status.value:04X}: {exc.reason}",
+                level="warning",
+                calling_ae=calling_ae,
+                calling_host=calling_host,
+                local_ae=local_ae.title,
+            )
+            return exc.status
+
+    def _store(
+        self,
+        local_ae: LocalAESnapshot,
+        calling_ae: str,
+        calling_host: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes | memoryview,
+    ) -> Status:
+        if self.storage.free_bytes() < self.min_free_bytes + len(dataset):
+            raise RejectedInstance(Status.OUT_OF_RESOURCES, f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB")
+        ok, reason = check_uid(sop_instance_uid)
+        if not ok:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"request's AffectedSOPInstanceUID: {reason}")
+        header = parse_header(bytes(dataset), transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid)
+        relative = self.storage.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
+        if self.index.has_instance(header.sop_instance_uid):
+            log.info("instance %s received again: already stored, answering success", header.sop_instance_uid)
+            return Status.SUCCESS
+        try:
+            stored = self.storage.write(
+                relative,
+                dataset,
+                sop_class_uid=header.sop_class_uid,
+                sop_instance_uid=header.sop_instance_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                source_ae_title=calling_ae,
+            )
+        except OSError as exc:
+            raise RejectedInstance(Status.OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from None
+        self.index.record(
+            ReceivedInstance(
+                local_ae_id=local_ae.id,
+                calling_ae=calling_ae,
+                calling_host=calling_host,
+                study_uid=header.study_uid,
+                series_uid=header.series_uid,
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=str(transfer_syntax_uid),
+                path=stored.relative,
+                size_bytes=stored.size,
+                frames=header.frames,
+                instance_number=header.instance_number,
+                patient_id=header.patient_id,
+                modality=header.modality,
+                body_part=header.body_part,
+                series_description=header.series_description,
+                series_number=header.series_number,
+                image_type=header.image_type,
+            )
+        )
+        return Status.SUCCESS
+
+
+def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[Any, Callable[..., Any]]]:
+    """pynetdicom event handlers binding one local AE to the receiver."""
+
+    def on_requested(event: evt.Event) -> None:
+        assoc = event.assoc
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
+        if not ok:
+            log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
+            receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
+            # Rejected-permanent, service-user, calling AE title not recognised (PS3.8 7.1.1.9).
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+
+    def on_echo(event: evt.Event) -> int:
+        return int(Status.SUCCESS)
+
+    def on_store(event: evt.Event) -> int:
+        request = event.request
+        status = receiver.store(
+            local_ae,
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            calling_host=str(event.assoc.requestor.address),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            dataset=request.DataSet.getbuffer(),  # type: ignore[union-attr]
+        )
+        return int(status)
+
+    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]

@@ -1,0 +1,138 @@
+"""``dicom-node serve``: listener processes, series completion, the outbox relay and the admin app.
+
+The parent process supervises listener children (restarting any that die), runs completion and
+the relay in a thread, and the admin app (when present) in another.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from multiprocessing.process import BaseProcess
+from typing import Callable
+
+from dicom_node.completion import Completion
+from dicom_node.db import Database, upgrade
+from dicom_node.dispatch import OutboxRelay, load_dispatcher
+from dicom_node.listener import run_listener_process
+from dicom_node.settings import Settings
+from dicom_node.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+class BackgroundLoop(threading.Thread):
+    """Runs ``step`` every ``interval`` seconds until stopped; a failing step is logged and
+    tried again (a database restart must not end completion for good)."""
+
+    def __init__(self, name: str, step: Callable[[], object], interval: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.step = step
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        while not self.stopped.is_set():
+            try:
+                self.step()
+                if failing:
+                    log.info("%s works again", self.name)
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.exception("%s failed; trying again every %g s", self.name, self.interval)
+                else:
+                    log.debug("%s still failing: %s", self.name, exc)
+                failing = True
+            self.stopped.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class Node:
+    def __init__(self, settings: Settings, *, admin: bool = True) -> None:
+        self.settings = settings
+        self.admin = admin
+        self._stop = threading.Event()
+        self._children: list[BaseProcess] = []
+        self._ctx = multiprocessing.get_context("spawn")
+
+    def _spawn_listener(self) -> BaseProcess:
+        proc = self._ctx.Process(
+            target=run_listener_process, args=(self.settings.model_dump_json(),), name="listener", daemon=True
+        )
+        proc.start()
+        return proc
+
+    def run(self) -> int:
+        settings = self.settings
+        upgrade(settings.effective_database_url)
+        Storage(settings.storage_dir)  # creates the layout's root
+        db = Database(settings.effective_database_url)
+        completion = Completion(
+            db,
+            default_quiet_seconds=settings.completion.default_quiet_seconds,
+            default_max_wait_seconds=settings.completion.default_max_wait_seconds,
+        )
+        relay = OutboxRelay(db, load_dispatcher(settings.dispatcher, settings=settings))
+
+        def tick() -> None:
+            completion.run_once()
+            relay.relay_once()
+
+        loops = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]
+        admin_server = self._admin_server(db) if self.admin else None
+        if admin_server is not None:
+            loops.append(admin_server)  # type: ignore[arg-type]
+        for loop in loops:
+            loop.start()
+        self._children = [self._spawn_listener() for _ in range(settings.listener.processes)]
+        log.info("node running: %d listener process(es), data in %s", len(self._children), settings.data_dir)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        while not self._stop.wait(1.0):
+            for i, child in enumerate(self._children):
+                if not child.is_alive():
+                    log.error("listener process %s exited with %s; starting another", child.pid, child.exitcode)
+                    self._children[i] = self._spawn_listener()
+        log.info("stopping")
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+        for loop in loops:
+            loop.stop()  # type: ignore[attr-defined]
+        db.dispose()
+        return 0
+
+    def _admin_server(self, db: Database) -> threading.Thread | None:
+        try:
+            from dicom_node.admin.server import AdminServerThread
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("dicom_node.admin", "dicom_node.admin.server"):
+                raise
+            log.warning("admin app not installed; serving DICOM only")
+            return None
+        return AdminServerThread(self.settings, db)
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    """Block until something accepts TCP connections on host:port (for tests and `up`)."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s") from None
+            time.sleep(0.1)

@@ -1,0 +1,202 @@
+"""Typed settings: environment variables (DICOM_NODE_*) over a YAML file over defaults.
+
+Validated once at start-up by :func:`load_settings`; a bad value is refused with the field and the
+reason. The settings object is passed explicitly; nothing reads the environment at import time.
+Nested sections are set from the environment with a double underscore, e.g.
+``DICOM_NODE_WORKER__DEVICE=cuda``. The YAML file is config/dicom-node.yaml's format, found
+through ``--config`` or ``DICOM_NODE_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from dicom_node.validation import AETitle, Host, OutputKinds, Port, QuietSeconds, check_seconds
+
+ENV_PREFIX = "DICOM_NODE_"
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSSettings(_Section):
+    """TLS for the DICOM listeners. Off unless cert_file and key_file are set."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # When set, clients must present a certificate signed by this CA.
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TLSSettings":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file needs cert_file and key_file")
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class ListenerSettings(_Section):
+    host: str = "0.0.0.0"
+    # Listener processes sharing each port (SO_REUSEPORT): several senders at once use several cores.
+    processes: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
+    # Below this much free space under the data dir, C-STORE answers 0xA700 (out of resources).
+    min_free_disk_mb: int = Field(default=1024, ge=0)
+    # Largest PDU we accept (0 = unlimited); larger PDUs mean fewer round trips per image.
+    max_pdu_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
+    # How often listener processes re-read the AE table (adding an AE takes effect this fast).
+    reload_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Storage SOP classes accepted by every local AE in addition to CT and Enhanced CT.
+    extra_sop_classes: list[str] = Field(default_factory=list)
+    network_timeout_seconds: float = Field(default=60.0, gt=0)
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+
+
+class CompletionSettings(_Section):
+    default_quiet_seconds: QuietSeconds = 5.0
+    # A series still receiving after this long is completed anyway.
+    default_max_wait_seconds: float = 1800.0
+    poll_seconds: float = Field(default=0.5, gt=0, le=60)
+
+    @field_validator("default_max_wait_seconds")
+    @classmethod
+    def _max_wait(cls, v: float) -> float:
+        ok, reason = check_seconds(v, minimum=1.0)
+        if not ok:
+            raise ValueError(reason)
+        return v
+
+
+class WorkerSettings(_Section):
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    concurrency: int = Field(default=1, ge=1, le=64)
+    weights_dir: Path | None = None  # None: the weights shipped in the package
+    localisation: Literal["cam", "cam+ig"] = "cam+ig"
+    sc_slices: Literal["lung", "key"] = "key"
+    # Seconds a job may stay unacknowledged before the broker hands it to another worker.
+    visibility_timeout_seconds: int = Field(default=3600, ge=30)
+
+
+class ExportSettings(_Section):
+    calling_ae_title: AETitle = "COVIDCTNODE"
+    backoff_base_seconds: float = Field(default=10.0, gt=0)
+    backoff_cap_seconds: float = Field(default=600.0, gt=0)
+    max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    default_outputs: OutputKinds = Field(default_factory=lambda: ["sr", "sc", "seg", "kos"])
+
+
+class AdminSettings(_Section):
+    host: str = "127.0.0.1"
+    # Secret for session cookies and CSRF tokens; generated and kept under the data dir if unset.
+    secret_key: str | None = None
+    session_hours: float = Field(default=12.0, gt=0)
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("dicom-node", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """All settings of the node. See config/dicom-node.yaml for the documented file form."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: SQLite file under data_dir
+    broker_url: str | None = None  # default: a SQLite-file broker under data_dir (no server needed)
+    admin_port: Port = 8080
+    # module:Class implementing dicom_node.dispatch.Dispatcher; the worker package's Celery one.
+    dispatcher: str = "worker.dispatch:CeleryDispatcher"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    completion: CompletionSettings = Field(default_factory=CompletionSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+
+    _yaml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = os.environ.get(CONFIG_ENV)
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @field_validator("database_url", "broker_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:
+            raise ValueError(f"{v!r} is not a URL (scheme://...)")
+        return v
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'dicom-node.sqlite3'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+
+class SettingsError(ValueError):
+    """Settings could not be loaded; the message names each bad field and why."""
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings once. Raises SettingsError naming every bad field."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"config file {path} does not exist")
+        os.environ[CONFIG_ENV] = str(path)
+    else:
+        env_file = os.environ.get(CONFIG_ENV)
+        if env_file and not Path(env_file).is_file():
+            raise SettingsError(f"{CONFIG_ENV}={env_file}: file does not exist")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"setting {field}: {msg}")
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Celery workers: run the model on complete series and send the results to PACS."""
