@@ -256,6 +256,9 @@ class Job(Base):
     queued_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Written every few seconds by the worker running the job; a running job whose heartbeat
+    # stopped lost its worker (worker.pipeline claims and recovers such jobs).
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     model_name: Mapped[str] = mapped_column(String(64), default="")
     model_version: Mapped[str] = mapped_column(String(64), default="")
     decision: Mapped[str] = mapped_column(String(16), default="")
@@ -327,3 +330,95 @@ class Event(Base):
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     calling_host: Mapped[str] = mapped_column(String(253), default="")
     local_ae: Mapped[str] = mapped_column(String(16), default="")
+
+
+# --- admin: users, API tokens, sessions, audit log ------------------------------------------
+
+
+class Role(str, enum.Enum):
+    ADMIN = "admin"  # reads and changes everything
+    VIEWER = "viewer"  # reads
+
+
+class User(Base):
+    """A person (or script owner) who may use the admin pages and API. No default user exists."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # argon2id hash (argon2-cffi's encoded form, parameters included).
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16), default=Role.VIEWER.value)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    @validates("role")
+    def _v_role(self, key: str, value: str) -> str:
+        if value not in {r.value for r in Role}:
+            raise ValueError(f"role: {value!r} is not one of {', '.join(r.value for r in Role)}")
+        return value
+
+
+class ApiToken(Base):
+    """A bearer token for the REST API, acting as its user with the user's role. Only the sha256
+    of the token is kept; the token itself is shown once, when it is created."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the token, to tell tokens apart in lists.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    revoked_by: Mapped[str] = mapped_column(String(100), default="")
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class AdminSession(Base):
+    """A logged-in browser. The cookie carries a random id; only its sha256 is kept here, so
+    logging out (or disabling the user) ends the session on the server side."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    remote_addr: Mapped[str] = mapped_column(String(64), default="")
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class AuditEntry(Base):
+    """Who changed what, when, with the values before and after (None for a creation or a
+    deletion). Written in the transaction of the change itself."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    # The user name, or "cli:<os user>" for the command line.
+    actor: Mapped[str] = mapped_column(String(100))
+    # How: "web" (session), "api-token <id>", "cli".
+    via: Mapped[str] = mapped_column(String(32), default="")
+    # "<target_type>.<verb>", e.g. "source.create", "token.revoke", "job.retry", "user.login".
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str] = mapped_column(String(32), default="")
+    target_id: Mapped[str] = mapped_column(String(64), default="")
+    # A readable name of the target (an AE title, a user name), kept if the row is deleted.
+    target: Mapped[str] = mapped_column(String(200), default="")
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    remote_addr: Mapped[str] = mapped_column(String(64), default="")
