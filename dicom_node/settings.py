@@ -85,12 +85,30 @@ class CompletionSettings(_Section):
 
 class WorkerSettings(_Section):
     device: Literal["cpu", "cuda", "auto"] = "auto"
-    concurrency: int = Field(default=1, ge=1, le=64)
+    # Worker processes; None: 1 on CPU, one per GPU on CUDA.
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+    # "solo" runs jobs in the worker process itself; "prefork" in child processes; "auto":
+    # solo for one process, prefork for more.
+    pool: Literal["auto", "solo", "prefork"] = "auto"
+    # Torch CPU threads per worker process; None: the CPU cores divided by the processes.
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
     weights_dir: Path | None = None  # None: the weights shipped in the package
     localisation: Literal["cam", "cam+ig"] = "cam+ig"
     sc_slices: Literal["lung", "key"] = "key"
-    # Seconds a job may stay unacknowledged before the broker hands it to another worker.
-    visibility_timeout_seconds: int = Field(default=3600, ge=30)
+    # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.
+    visibility_timeout_seconds: int = Field(default=3600, ge=10)
+    # A running job's worker writes the job's heartbeat this often; a heartbeat older than three
+    # of these means the worker is gone and another delivery may take the job over.
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    # `serve` requeues a running job whose heartbeat is older than this (a worker killed with a
+    # broker that does not redeliver, or Redis before its visibility timeout).
+    lost_after_seconds: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _lost_after(self) -> "WorkerSettings":
+        if self.lost_after_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError("lost_after_seconds must be at least 3 x heartbeat_seconds")
+        return self
 
 
 class ExportSettings(_Section):
@@ -100,6 +118,9 @@ class ExportSettings(_Section):
     max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
     default_outputs: OutputKinds = Field(default_factory=lambda: ["sr", "sc", "seg", "kos"])
+    # An export queued or sending without progress for this long is handed to the queue again
+    # (its message or its worker was lost).
+    stale_after_seconds: float = Field(default=300.0, gt=0)
 
 
 class AdminSettings(_Section):
