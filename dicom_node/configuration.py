@@ -3,18 +3,23 @@ the admin API.
 
 Input schemas are pydantic models built from dicom_node.validation's types, so a bad value is
 refused with the field and the reason wherever it comes from. Functions take an open session and
-return the row; the caller commits (and audits).
+return the row; the caller commits. A caller that calls :func:`audit_changes` on its session first
+gets every creation, change and deletion of a local AE, source or destination written to the audit
+log in the same transaction (the admin app and the command line both do).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import getpass
+import os
+from types import SimpleNamespace
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, inspect, select
+from sqlalchemy.orm import RelationshipProperty, Session
 
-from dicom_node.db.models import Destination, LocalAE, Source
+from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.filters import SeriesFilter
 from dicom_node.uids import check_uid
 from dicom_node.validation import OUTPUT_KINDS, AETitle, Host, OutputKinds, Port, QuietSeconds
@@ -259,3 +264,88 @@ def update_destination(session: Session, row: Destination, patch: DestinationPat
         setattr(row, key, value)
     session.flush()
     return row
+
+
+# --- audit hook ----------------------------------------------------------------------------
+
+_AUDITED: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
+    LocalAE: ("local_ae", local_ae_dict),
+    Source: ("source", source_dict),
+    Destination: ("destination", destination_dict),
+}
+
+
+def cli_actor() -> str:
+    """The audit actor of a command-line change: ``cli:<os user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry for this uid (containers)
+        return f"cli:uid-{os.getuid()}"
+
+
+def _previous(row: Any) -> SimpleNamespace:
+    """The row as it was before this flush's changes (attribute history), for serialising."""
+    state = inspect(row)
+    values: dict[str, Any] = {}
+    for prop in state.mapper.attrs:
+        history = state.attrs[prop.key].history
+        if not history.has_changes():
+            values[prop.key] = getattr(row, prop.key)
+        elif isinstance(prop, RelationshipProperty) and prop.uselist:
+            values[prop.key] = [*history.unchanged, *history.deleted]
+        else:
+            values[prop.key] = history.deleted[0] if history.deleted else None
+    return SimpleNamespace(**values)
+
+
+def audit_changes(session: Session, actor: str, *, via: str = "", remote_addr: str = "") -> None:
+    """Record every local AE, source and destination that ``session`` creates, changes or deletes
+    from now on as an AuditEntry (before and after), in the same transaction. Calling it again on
+    the same session changes the actor."""
+    info = {"actor": actor[:100], "via": via[:32], "remote_addr": remote_addr[:64]}
+    already = "audit" in session.info
+    session.info["audit"] = info
+    session.info.setdefault("audit_new", [])
+    if already:
+        return
+
+    def entry(action: str, kind: str, row: Any, before: dict[str, Any] | None, after: dict[str, Any] | None) -> AuditEntry:
+        current = session.info["audit"]
+        return AuditEntry(
+            actor=current["actor"],
+            via=current["via"],
+            remote_addr=current["remote_addr"],
+            action=f"{kind}.{action}",
+            target_type=kind,
+            target_id=str(row.id),
+            target=str(row.title),
+            before=before,
+            after=after,
+        )
+
+    def before_flush(sess: Session, _context: Any, _instances: Any) -> None:
+        for row in list(sess.dirty):
+            audited = _AUDITED.get(type(row))
+            if audited is None or not sess.is_modified(row):
+                continue
+            kind, serialise = audited
+            before, after = serialise(_previous(row)), serialise(row)
+            if before != after:
+                sess.add(entry("update", kind, row, before, after))
+        for row in list(sess.deleted):
+            audited = _AUDITED.get(type(row))
+            if audited is not None:
+                kind, serialise = audited
+                sess.add(entry("delete", kind, row, serialise(_previous(row)), None))
+        sess.info["audit_new"].extend(row for row in sess.new if type(row) in _AUDITED)
+
+    def after_flush_postexec(sess: Session, _context: Any) -> None:
+        # New rows have their ids only now; these entries go out with the next flush (a commit
+        # flushes until nothing is left).
+        created, sess.info["audit_new"] = sess.info["audit_new"], []
+        for row in created:
+            kind, serialise = _AUDITED[type(row)]
+            sess.add(entry("create", kind, row, None, serialise(row)))
+
+    event.listen(session, "before_flush", before_flush)
+    event.listen(session, "after_flush_postexec", after_flush_postexec)

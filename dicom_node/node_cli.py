@@ -58,11 +58,12 @@ def _redact(url: str) -> str:
 
 
 def _apply(args: argparse.Namespace, change: Any) -> int:
-    from dicom_node.configuration import ConfigError
+    from dicom_node.configuration import ConfigError, audit_changes, cli_actor
 
     db = database_from(args)
     try:
         with db.session() as s:
+            audit_changes(s, cli_actor(), via="cli")
             result = change(s)
     except ConfigError as exc:
         return fail(f"refused: {exc}")
