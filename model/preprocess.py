@@ -94,3 +94,19 @@ def to_original_geometry(maps: np.ndarray, rows: int, columns: int) -> np.ndarra
         if x.shape[-2:] != (side, side):
             x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
         return x[:, 0, top : top + rows, left : left + columns].numpy().copy()
+
+
+def mask_to_network_geometry(mask: np.ndarray, size: int) -> np.ndarray:
+    """Masks (n, rows, columns) -> (n, size, size) bool in the geometry of :func:`preprocess_slices`
+    (same square padding, area resize; a pixel is set where any of its area is set)."""
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (n, rows, columns), got shape {mask.shape}")
+    rows, columns = mask.shape[1:]
+    top, bottom, left, right = _square_pad(rows, columns)
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)).unsqueeze(1)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=0.0)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] >= size else "nearest")
+        return (x[:, 0] > 0).numpy()
