@@ -177,12 +177,6 @@ def min_max(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def resize_slices(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (n, S, S) maps to (n, rows, cols), matching the network input's resize."""
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32)).unsqueeze(1)
-    return F.interpolate(t, size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
-
-
 def find_regions(
     heatmap: np.ndarray,
     lung_mask: np.ndarray,

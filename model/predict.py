@@ -25,19 +25,17 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from model import localise
+from model.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.localise import LocalisationSettings
+from model.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
 from model.result import CLASSES, SeriesResult
-from model.weights import LoadedModel, load_model
-
-if TYPE_CHECKING:
-    from model.io import Volume
+from model.weights import DEFAULT_WEIGHTS_DIR, LoadedModel, load_model, read_metadata
 
 AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
 ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
@@ -158,8 +156,6 @@ class Predictor:
 
     def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray) -> SliceAnalysis:
         """Pre-process the lung slices and run the network over them."""
-        from model.preprocess import preprocess_slices
-
         inputs = torch.from_numpy(np.ascontiguousarray(preprocess_slices(hu[lung_indices], size=self.image_size), dtype=np.float32))
         logits, cams = self.forward_slices(inputs)
         return SliceAnalysis(lung_indices=np.asarray(lung_indices), logits=logits, cams=cams, inputs=inputs)
@@ -173,9 +169,7 @@ class Predictor:
 
     def predict_with_analysis(self, source: Path | str | Volume) -> tuple[SeriesResult, SliceAnalysis | None]:
         """:meth:`predict` plus the slice-level analysis (None for an early no_decision)."""
-        from model.io import SeriesReadError, load_series
         from model.lung import segment_lungs
-        from model.preprocess import lung_slice_indices
 
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
@@ -188,10 +182,10 @@ class Predictor:
         else:
             volume = source
         timings["read"] = time.perf_counter() - t
-        uids = [str(u) for u in getattr(volume, "sop_instance_uids", [])]
-        modality = str(getattr(volume, "modality", "") or "")
-        if modality.upper() != "CT":
-            return self._no_decision(f"not a CT series (modality {modality or 'missing'})", timings, t_total, uids), None
+        uids = [str(u) for u in volume.sop_instance_uids]
+        chest_ok, why_not = check_chest_ct(volume)
+        if not chest_ok:
+            return self._no_decision(why_not, timings, t_total, uids), None
 
         hu = volume.hu
         spacing = tuple(float(s) for s in volume.spacing)
@@ -308,7 +302,7 @@ class Predictor:
             for j, i in enumerate(idx):
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
             joint = localise.joint_map(m).numpy()
-            heat[analysis.lung_indices[idx]] = localise.resize_slices(joint, (rows, cols))
+            heat[analysis.lung_indices[idx]] = to_original_geometry(joint, rows, cols)
         heat = localise.min_max(heat, lung_mask)
         timings["cam"] += time.perf_counter() - t
         return heat
@@ -318,8 +312,7 @@ class Predictor:
         return localise.upsample_cams(cams, self.image_size).clamp(0.0, 1.0)
 
     def _lung_at_input_size(self, lung: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(lung.astype(np.float32)).unsqueeze(1)
-        return F.interpolate(t, size=(self.image_size, self.image_size), mode="area")[:, 0] > 0
+        return torch.from_numpy(mask_to_network_geometry(lung, self.image_size))
 
     def integrated_gradients(self, inputs: torch.Tensor, target: int) -> torch.Tensor:
         """IG of each scale's pooled logit for ``target`` (batched over steps), outside inference mode."""
@@ -327,6 +320,34 @@ class Predictor:
         x = self._batch_to_device(inputs)
         targets = torch.full((x.shape[0],), target, dtype=torch.long, device=self.device)
         return localise.integrated_gradients(self.network, x, targets, settings.ig_steps, settings.ig_baseline, settings.ig_batch)
+
+
+def settings_for(
+    weights_dir: Path | str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    mode: str | None = None,
+    ig_slices: int | None = None,
+    threshold: float | None = None,
+    aggregation: str | None = None,
+) -> PredictorSettings:
+    """Settings from the weights' ``inference`` metadata (chosen on validation data when the
+    weights were made), overridden by any argument that is not None."""
+    meta = read_metadata(Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR)
+    rec = dict(meta.get("inference", {}))
+    loc = dict(rec.pop("localisation", {}))
+    for key, value in (("mode", mode), ("ig_slices", ig_slices), ("threshold", threshold)):
+        if value is not None:
+            loc[key] = value
+    if aggregation is not None:
+        rec["aggregation"] = aggregation
+    known = {f for f in PredictorSettings.__dataclass_fields__ if f not in ("device", "batch_size", "localisation")}
+    return PredictorSettings(
+        device=device,
+        batch_size=batch_size,
+        localisation=LocalisationSettings(**{k: v for k, v in loc.items() if k in LocalisationSettings.__dataclass_fields__}),
+        **{k: v for k, v in rec.items() if k in known},
+    )
 
 
 @functools.lru_cache(maxsize=8)

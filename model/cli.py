@@ -1,0 +1,158 @@
+"""``dicom-node model train | evaluate | predict``: the model's command line.
+
+The output of ``predict`` is fixed (others read it): the JSON of :meth:`SeriesResult.to_json` and,
+with ``--heatmap``, a float32 .npy in [0, 1] of shape (slices, rows, columns) of the input series,
+slices ascending along the slice normal. Torch is imported inside the handlers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+NOTICE = "Not for clinical use."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``model`` with its sub-commands to the ``dicom-node`` parser."""
+    parser = subparsers.add_parser("model", help="train, evaluate and run the COVID-19 / CAP / normal model (not for clinical use)")
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("train", help="train the network on a labelled data set (patient-level folds)")
+    p.add_argument("--data", required=True, type=Path, help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)")
+    p.add_argument("--labels", required=True, type=Path, help="labels CSV (series,label,patient_id)")
+    p.add_argument("--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)")
+    p.add_argument("--iterations", type=int, default=10_000, help="maximum iterations (default 10000, the paper's)")
+    p.add_argument("--batch", type=int, default=24, help="slices per batch (default 24)")
+    p.add_argument("--image-size", type=int, default=224, help="network input size (default 224, divisible by 32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--classes", default="covid,cap,normal", help="comma separated: the three-way model (default) or a pair for the paper's binary models")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--lr-step", type=int, default=3000, help="multiply the learning rate by --lr-gamma every N iterations (default 3000)")
+    p.add_argument("--lr-gamma", type=float, default=0.1)
+    p.add_argument("--validate-every", type=int, default=500, help="iterations between validations (default 500)")
+    p.add_argument("--patience", type=int, default=1000, help="stop after N iterations without improvement (default 1000)")
+    p.add_argument("--focal-gamma", type=float, default=1.0)
+    p.add_argument("--folds", type=int, default=5, help="patient-level folds (default 5); 1 trains on everything without validation")
+    p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
+    p.add_argument("--cross-validate", action="store_true", help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None, help="model name in the metadata")
+    p.add_argument("--version", default=None, help="model version in the metadata")
+    p.add_argument("--cache", type=Path, default=None, help="folder for cached pre-processed slices")
+    p.add_argument("--log", type=Path, default=None, help="also log to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="slice/series metrics, ROC AUC, pointing game and Dice; PNGs beside the JSON")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--labels", required=True, type=Path)
+    p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
+    p.add_argument("--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it")
+    _add_inference_options(p)
+    p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("predict", help="classify and localise one series")
+    p.add_argument("series", type=Path, help="folder of the series' DICOM files")
+    p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
+    p.add_argument("--json", required=True, type=Path, help="result JSON to write ('-' for stdout)")
+    p.add_argument("--heatmap", type=Path, default=None, help="write the joint map as float32 .npy (slices, rows, columns)")
+    _add_inference_options(p)
+    p.set_defaults(handler=_predict)
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--localisation", choices=("cam", "cam+ig"), default=None, help="joint map from CAMs only, or CAMs + Integrated Gradients (default: the weights' setting)")
+    p.add_argument("--ig-slices", type=int, default=None, help="Integrated Gradients on this many most suspicious slices")
+    p.add_argument("--threshold", type=float, default=None, help="joint-map threshold for regions, in (0, 1)")
+    p.add_argument("--aggregation", choices=("top_k", "mean"), default=None, help="series rule (default: the weights' setting)")
+    p.add_argument("--batch", type=int, default=32, help="slices per forward batch")
+
+
+def _settings(args: argparse.Namespace):  # -> PredictorSettings
+    from model.predict import settings_for
+
+    return settings_for(
+        args.weights,
+        device=args.device,
+        batch_size=args.batch,
+        mode=args.localisation,
+        ig_slices=args.ig_slices,
+        threshold=args.threshold,
+        aggregation=args.aggregation,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from model.predict import get_predictor
+
+    predictor = get_predictor(args.weights, _settings(args))
+    result = predictor.predict(args.series)
+    text = json.dumps(result.to_json(), indent=2)
+    if str(args.json) == "-":
+        print(text)
+    else:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    if args.heatmap is not None:
+        if result.heatmap is None:
+            print(f"no heatmap written: {result.reason}", file=sys.stderr)
+        else:
+            args.heatmap.parent.mkdir(parents=True, exist_ok=True)
+            np.save(args.heatmap, result.heatmap.astype(np.float32, copy=False))
+    print(f"{result.decision}: {result.reason}", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.train import TrainConfig, train_folder
+
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    config = TrainConfig(
+        image_size=args.image_size,
+        batch_size=args.batch,
+        iterations=args.iterations,
+        learning_rate=args.lr,
+        lr_step=args.lr_step,
+        lr_gamma=args.lr_gamma,
+        validate_every=args.validate_every,
+        patience=args.patience,
+        focal_gamma=args.focal_gamma,
+        folds=args.folds,
+        fold=args.fold,
+        seed=args.seed,
+        device=args.device,
+        classes=classes,
+    )
+    summary = train_folder(
+        args.data,
+        args.labels,
+        args.out,
+        config,
+        cross_validate=args.cross_validate,
+        name=args.name,
+        version=args.version,
+        cache_dir=args.cache,
+        log_file=args.log,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    print(NOTICE, file=sys.stderr)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate_folder
+
+    report = evaluate_folder(args.data, args.labels, args.weights, args.json, _settings(args), overlays=args.overlays, progress=not args.no_progress)
+    headline = {k: report["headline"][k] for k in report["headline"]}
+    print(json.dumps(headline, indent=2))
+    print(NOTICE, file=sys.stderr)
+    return 0

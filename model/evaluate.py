@@ -1,0 +1,292 @@
+"""``dicom-node model evaluate``: the model on a labelled data set, slice and series level, and
+its localisation against lesion masks where they exist (phantoms).
+
+Every series goes through the full predict path (:class:`model.predict.Predictor`). Reported:
+
+- slice level (every lung slice carries its series' label, as the authors count): accuracy,
+  weighted precision/recall/F1, weighted sensitivity/specificity, per-class ROC AUC, confusion;
+- series level, for both aggregation rules ("top_k", the default, and "mean" over all lung slices),
+  the same metrics; the headline uses the predictor's rule;
+- localisation (series with a lesion mask): the pointing game (series peak and per lesion slice,
+  10 mm in-plane tolerance) and the Dice of the thresholded joint map (``>= threshold``, inside the
+  lung mask) against the lesion mask, overall and per class;
+- ROC curves (series and slice level) and example overlays as PNG files beside the JSON.
+
+Phantom results prove the pipeline, nothing clinical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from model import metrics
+from model.predict import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series, get_predictor
+from model.result import SeriesResult
+
+log = logging.getLogger(__name__)
+
+POINTING_TOLERANCE_MM = 10.0
+NOTICE = "Not for clinical use. Results on synthetic phantoms prove the pipeline works; they prove nothing clinical."
+
+
+@dataclass
+class EvalSeries:
+    """One labelled series to evaluate: where to read it, and its lesion mask if known."""
+
+    series_id: str
+    label: str
+    patient_id: str
+    source: Any  # a folder / file list for model.io.load_series, or a model.io.Volume
+    lesion_mask: Any = None  # callable () -> bool array (slices, rows, columns) in sorted order, or None
+
+
+def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: Sequence[float], threshold: float) -> dict[str, Any]:
+    heat = result.heatmap
+    assert heat is not None and result.lung_mask is not None
+    if lesion.shape != heat.shape:
+        raise ValueError(f"lesion mask {lesion.shape} and heatmap {heat.shape} differ in shape")
+    pg = metrics.pointing_game(heat, lesion, spacing, POINTING_TOLERANCE_MM)
+    predicted = (heat >= threshold) & result.lung_mask
+    lesion_in_lung = lesion & result.lung_mask
+    return {
+        "pointing_series_hit": pg["series_hit"],
+        "pointing_slice_hits": pg["slice_hits"],
+        "lesion_slices": pg["slices_with_lesion"],
+        "dice": metrics.dice(predicted, lesion),
+        "dice_lesion_in_lung": metrics.dice(predicted, lesion_in_lung),
+        "lesion_ml": float(lesion.sum()) * float(np.prod(spacing)) / 1000.0,
+        "lesion_in_lung_fraction": float(lesion_in_lung.sum()) / max(int(lesion.sum()), 1),
+    }
+
+
+def evaluate_series(
+    predictor: Predictor,
+    items: Sequence[EvalSeries],
+    out_dir: Path | None = None,
+    overlays: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the predictor over ``items`` and compute every metric (see the module docstring)."""
+    from model.io import load_series
+
+    classes = predictor.classes
+    settings = predictor.settings
+    threshold = settings.localisation.threshold
+    slice_true: list[int] = []
+    slice_probs: list[np.ndarray] = []
+    series_true: list[int] = []
+    series_probs: dict[str, list[np.ndarray]] = {rule: [] for rule in AGGREGATION_RULES}
+    rows: list[dict[str, Any]] = []
+    overlay_items: list[tuple[EvalSeries, SeriesResult, np.ndarray | None, Any]] = []
+    timings: dict[str, list[float]] = {}
+    iterator: Any = items
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(items, desc="evaluate", unit="series", dynamic_ncols=True)
+    for item in iterator:
+        if item.label not in classes:
+            raise ValueError(f"series {item.series_id}: label {item.label!r} is not one of the model's classes {classes}")
+        y = classes.index(item.label)
+        volume = item.source if hasattr(item.source, "hu") else load_series(item.source)
+        result, analysis = predictor.predict_with_analysis(volume)
+        row: dict[str, Any] = {
+            "series": item.series_id,
+            "label": item.label,
+            "decision": result.decision,
+            "probabilities": {c: round(p, 6) for c, p in result.probabilities.items()},
+            "reason": result.reason,
+            "regions": len(result.regions),
+            "lung_involvement_percent": result.lung_involvement_percent,
+        }
+        for k, v in result.timings.items():
+            timings.setdefault(k, []).append(v)
+        if analysis is None:
+            row["no_decision"] = True
+            rows.append(row)
+            continue
+        series_true.append(y)
+        for rule in AGGREGATION_RULES:
+            probs, _ = aggregate_series(analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min)
+            series_probs[rule].append(probs)
+        z = analysis.logits - analysis.logits.max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        slice_probs.append(p)
+        slice_true.extend([y] * len(p))
+        lesion = None
+        if item.lesion_mask is not None:
+            lesion = np.asarray(item.lesion_mask(), dtype=bool)
+            if lesion.any():
+                row.update(_per_series_localisation(result, lesion, volume.spacing, threshold))
+        rows.append(row)
+        if out_dir is not None and len(overlay_items) < overlays and (lesion is not None and lesion.any() or item.label != "normal"):
+            overlay_items.append((item, result, lesion, volume))
+        elif out_dir is not None and len(overlay_items) < overlays and item.label == "normal" and not any(o[0].label == "normal" for o in overlay_items):
+            overlay_items.append((item, result, lesion, volume))
+
+    report: dict[str, Any] = {"notice": NOTICE, "model": predictor.model.info.to_json(), "classes": list(classes)}
+    report["settings"] = _settings_json(settings)
+    report["series_count"] = len(items)
+    report["no_decision_count"] = sum(1 for r in rows if r.get("no_decision"))
+    sp = np.concatenate(slice_probs) if slice_probs else np.zeros((0, len(classes)))
+    report["slice_level"] = metrics.classification_report(slice_true, sp, classes)
+    report["series_level"] = {rule: metrics.classification_report(series_true, np.array(series_probs[rule]).reshape(-1, len(classes)), classes) for rule in AGGREGATION_RULES}
+    loc_rows = [r for r in rows if "dice" in r]
+    report["localisation"] = _localisation_summary(loc_rows, threshold)
+    report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in timings.items()}
+    main = report["series_level"][settings.aggregation]
+    covid_auc = main["per_class"].get("covid", {}).get("roc_auc")
+    report["headline"] = {
+        "series_accuracy": main["accuracy"],
+        "covid_vs_rest_auc": covid_auc,
+        "pointing_game": report["localisation"].get("pointing_game_series"),
+        "lesion_dice": report["localisation"].get("dice_mean"),
+        "slice_accuracy": report["slice_level"]["accuracy"],
+        "aggregation": settings.aggregation,
+        "series": len(items),
+        "notice": "Not for clinical use.",
+    }
+    report["series"] = rows
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report["figures"] = _figures(out_dir, classes, series_true, np.array(series_probs[settings.aggregation]).reshape(-1, len(classes)), slice_true, sp, overlay_items, predictor)
+    return report
+
+
+def _settings_json(settings: PredictorSettings) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(settings)
+
+
+def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    if not rows:
+        return {"series_with_lesions": 0}
+    out: dict[str, Any] = {
+        "series_with_lesions": len(rows),
+        "threshold": threshold,
+        "tolerance_mm": POINTING_TOLERANCE_MM,
+        "pointing_game_series": float(np.mean([r["pointing_series_hit"] for r in rows])),
+        "pointing_game_slices": float(sum(r["pointing_slice_hits"] for r in rows) / max(sum(r["lesion_slices"] for r in rows), 1)),
+        "dice_mean": float(np.mean([r["dice"] for r in rows])),
+        "dice_median": float(np.median([r["dice"] for r in rows])),
+        "dice_lesion_in_lung_mean": float(np.mean([r["dice_lesion_in_lung"] for r in rows])),
+        "lesion_in_lung_fraction_mean": float(np.mean([r["lesion_in_lung_fraction"] for r in rows])),
+        "per_class": {},
+    }
+    for label in sorted({r["label"] for r in rows}):
+        sub = [r for r in rows if r["label"] == label]
+        out["per_class"][label] = {
+            "series": len(sub),
+            "pointing_game_series": float(np.mean([r["pointing_series_hit"] for r in sub])),
+            "dice_mean": float(np.mean([r["dice"] for r in sub])),
+        }
+    return out
+
+
+def _figures(out_dir: Path, classes: Sequence[str], series_true: list[int], series_probs: np.ndarray, slice_true: list[int], slice_probs: np.ndarray, overlay_items: list, predictor: Predictor) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    for level, y, probs in (("series", series_true, series_probs), ("slice", slice_true, slice_probs)):
+        if len(y) == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for c, name in enumerate(classes):
+            truth = np.asarray(y) == c
+            auc = metrics.roc_auc(truth, probs[:, c])
+            if auc is None:
+                continue
+            fpr, tpr = metrics.roc_curve(truth, probs[:, c])
+            ax.plot(fpr, tpr, label=f"{name} vs rest (AUC {auc:.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.set_title(f"{level}-level ROC, {predictor.model.info.name} {predictor.model.info.version}\nNot for clinical use", fontsize=9)
+        ax.legend(loc="lower right", fontsize=8)
+        path = out_dir / f"roc_{level}.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path.name)
+    for item, result, lesion, volume in overlay_items:
+        path = out_dir / f"overlay_{_safe(item.series_id)}.png"
+        _overlay(path, item, result, lesion, volume, plt)
+        written.append(path.name)
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
+
+
+def _overlay(path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndarray | None, volume: Any, plt: Any) -> None:
+    """The key slice (or the middle lung slice): CT in the lung window, the joint map, lesion outline."""
+    if result.heatmap is None:
+        return
+    lung_idx = [i for i, v in enumerate(result.lung_slices) if v]
+    if result.key_slices:
+        z = result.key_slices[0]
+    elif lesion is not None and lesion.any():
+        z = int(np.argmax(lesion.reshape(lesion.shape[0], -1).sum(axis=1)))
+    else:
+        z = lung_idx[len(lung_idx) // 2]
+    ct = np.clip((volume.hu[z] + 1350.0) / 1500.0, 0, 1)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(ct, cmap="gray", vmin=0, vmax=1)
+    heat = np.ma.masked_less(result.heatmap[z], 0.05)
+    ax.imshow(heat, cmap="magma", alpha=0.5, vmin=0, vmax=1)
+    if lesion is not None and lesion[z].any():
+        ax.contour(lesion[z], levels=[0.5], colors="cyan", linewidths=0.8)
+    if result.region_labels is not None and result.region_labels[z].any():
+        ax.contour(result.region_labels[z] > 0, levels=[0.5], colors="lime", linewidths=0.8)
+    probs = ", ".join(f"{c} {p:.2f}" for c, p in result.probabilities.items())
+    ax.set_title(f"{item.series_id} (truth {item.label}) slice {z}: {result.decision}\n{probs}\ncyan: lesion mask, green: regions. Not for clinical use", fontsize=8)
+    ax.axis("off")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+def evaluate_folder(
+    data_dir: Path,
+    labels_csv: Path,
+    weights_dir: Path | None,
+    json_out: Path,
+    settings: PredictorSettings | None = None,
+    overlays: int = 6,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it."""
+    from model.datasets import evaluation_items
+
+    started = time.perf_counter()
+    predictor = get_predictor(weights_dir, settings)
+    items = evaluation_items(Path(data_dir), Path(labels_csv))
+    json_out = Path(json_out)
+    report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
+    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv)}
+    report["seconds"] = time.perf_counter() - started
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
