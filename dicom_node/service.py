@@ -79,10 +79,16 @@ class Node:
             default_quiet_seconds=settings.completion.default_quiet_seconds,
             default_max_wait_seconds=settings.completion.default_max_wait_seconds,
         )
-        relay = OutboxRelay(db, load_dispatcher(settings.dispatcher, settings=settings))
+        dispatcher = load_dispatcher(settings.dispatcher, settings=settings)
+        relay = OutboxRelay(db, dispatcher)
+        # A dispatcher may also schedule through the outbox (worker.dispatch's requeues lost jobs
+        # and due exports).
+        housekeeping = getattr(dispatcher, "housekeeping", None)
 
         def tick() -> None:
             completion.run_once()
+            if housekeeping is not None:
+                housekeeping(db)
             relay.relay_once()
 
         loops = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]
