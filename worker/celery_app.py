@@ -4,16 +4,61 @@ Broker from settings (DICOM_NODE_BROKER_URL): Redis in production; without one, 
 SQLAlchemy transport on a SQLite file under the data dir, so one machine runs everything with
 nothing else installed. Late acknowledgement and a visibility timeout: a worker killed in the
 middle of a job does not lose it.
+
+What each broker does with a message whose worker was killed (SIGKILL, power loss):
+
+- Redis keeps every delivered, unacknowledged message; once it is older than
+  ``worker.visibility_timeout_seconds``, the next sweep of a running worker (every
+  ``unacked_restore_interval`` seconds, set here to a quarter of the timeout, at most 10 s, with
+  every sweep scanning) puts it back in the queue, marked redelivered. A worker starting up
+  sweeps at once.
+- kombu's SQLAlchemy transport marks a message invisible when it delivers it and keeps the
+  acknowledgement in the worker's memory only: a clean shutdown puts unacknowledged messages
+  back, a killed worker loses them. The database state covers that: ``serve`` requeues a running
+  job whose heartbeat stopped (worker.jobs.recover_lost) and re-sends stale exports
+  (worker.exports.dispatch_due), each through the outbox.
+
+Either way the job state machine (worker.jobs) makes a second delivery harmless.
+
+Two queues: exports first, so finished results do not wait behind analyses in the queue.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from kombu import Queue
 
 from dicom_node.settings import Settings
 
 ANALYSE_TASK = "worker.tasks.analyse"
 EXPORT_TASK = "worker.tasks.export"
+ANALYSE_QUEUE = "dicom-node"
+EXPORT_QUEUE = "dicom-node-export"
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
+
+
+def is_sqlalchemy(broker_url: str) -> bool:
+    return broker_url.startswith(("sqla+", "sqlalchemy+"))
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    broker = settings.effective_broker_url
+    if is_redis(broker):
+        timeout = settings.worker.visibility_timeout_seconds
+        return {
+            "visibility_timeout": timeout,
+            "unacked_restore_interval": max(1, min(10, timeout // 4)),
+            "unacked_restore_throttle": 1,
+        }
+    if is_sqlalchemy(broker):
+        # The virtual transport polls; 0.2 s keeps queue latency low at little cost.
+        return {"polling_interval": 0.2}
+    return {}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -30,11 +75,15 @@ def make_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
-        # Redis: an unacknowledged task goes back to the queue after this long (a killed worker).
-        broker_transport_options=(
-            {"visibility_timeout": settings.worker.visibility_timeout_seconds} if broker.startswith(("redis", "rediss")) else {}
-        ),
+        broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
-        task_default_queue="dicom-node",
+        task_default_queue=ANALYSE_QUEUE,
+        task_queues=[Queue(EXPORT_QUEUE), Queue(ANALYSE_QUEUE)],
+        task_routes={EXPORT_TASK: {"queue": EXPORT_QUEUE}, ANALYSE_TASK: {"queue": ANALYSE_QUEUE}},
+        # Children load torch and the model before they report for work.
+        worker_proc_alive_timeout=120.0,
+        # Remote control needs fanout exchanges, which the SQLAlchemy transport lacks.
+        worker_enable_remote_control=is_redis(broker),
+        worker_send_task_events=False,
     )
     return app

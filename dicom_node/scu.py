@@ -1,0 +1,264 @@
+"""The sending role: C-STORE SCU of result objects to a destination (a PACS).
+
+One call of :func:`send_files` is one batch over one association, opened and released here, so an
+association is never shared between threads. Each output SOP class present in the batch is
+requested explicitly with Explicit and Implicit VR Little Endian (and, in its own presentation
+context, the file's transfer syntax when that is another one, e.g. RLE Lossless).
+
+Every answer is classified (dicom-outputs.md, "Sending"):
+
+- success: 0x0000 and the storage warnings 0xB000, 0xB006, 0xB007 (any other warning, 0x0001 or
+  0xBxxx, is also kept as sent: the peer stored the object);
+- retriable: no answer (pynetdicom returns an empty Dataset on a timeout or an abort), 0xA7xx (out
+  of resources), 0x0110 (processing failure: a peer's generic failure, often passing), no TCP
+  connection, an association aborted, and an A-ASSOCIATE-RJ whose result is "rejected (transient)"
+  (PS3.8 7.1.1.7 says such a rejection may succeed later; the retries back off, so no storm);
+- permanent: 0xA9xx, 0xCxxx, every other failure status (0x0122 SOP class not supported, 0x0124
+  not authorised, 0x0111 duplicate...), an association rejected for good ("rejected
+  (permanent)", e.g. an unknown called AE title), and a SOP class the peer accepts in no
+  presentation context. A permanent refusal is not retried.
+
+A batch's outcome is its worst object: permanent over retriable over success. Objects after a
+retriable failure that ended the association are not attempted; after a permanent refusal of one
+object the others are still sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pydicom
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+
+from dicom_node.status import SUCCESS_STATUSES, Status
+
+log = logging.getLogger(__name__)
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# A-ASSOCIATE-RJ result values (PS3.8 9.3.4).
+REJECTED_PERMANENT = 0x01
+REJECTED_TRANSIENT = 0x02
+
+
+class Outcome(str, enum.Enum):
+    SUCCESS = "success"
+    RETRIABLE = "retriable"
+    PERMANENT = "permanent"
+
+
+_SEVERITY = {Outcome.SUCCESS: 0, Outcome.RETRIABLE: 1, Outcome.PERMANENT: 2}
+
+
+def worst(outcomes: Sequence[Outcome]) -> Outcome:
+    """The most severe of ``outcomes`` (SUCCESS for none)."""
+    return max(outcomes, key=_SEVERITY.__getitem__, default=Outcome.SUCCESS)
+
+
+def status_name(code: int | None) -> str:
+    """``NAME (0xXXXX)`` for a status code; ``no response`` for None."""
+    if code is None:
+        return "no response"
+    try:
+        return f"{Status(code).name} (0x{code:04X})"
+    except ValueError:
+        return f"0x{code:04X}"
+
+
+def classify_status(code: int | None) -> Outcome:
+    """Success, retriable or permanent for one C-STORE response status (None: no response)."""
+    if code is None:
+        return Outcome.RETRIABLE
+    if code in SUCCESS_STATUSES or code == 0x0001 or code & 0xF000 == 0xB000:
+        return Outcome.SUCCESS
+    if code & 0xFF00 == Status.OUT_OF_RESOURCES & 0xFF00 or code == Status.PROCESSING_FAILURE:
+        return Outcome.RETRIABLE
+    return Outcome.PERMANENT
+
+
+@dataclass(frozen=True)
+class ObjectResult:
+    """The answer for one object of a batch."""
+
+    path: Path
+    sop_instance_uid: str
+    status: int | None  # None: not answered (timeout, abort) or not sent
+    outcome: Outcome
+    detail: str = ""
+
+
+@dataclass
+class SendResult:
+    """What happened to one batch."""
+
+    outcome: Outcome
+    reason: str  # empty on success
+    objects: list[ObjectResult] = field(default_factory=list)
+    associations: int = 0  # associations established (0 or 1)
+    seconds: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return sum(1 for o in self.objects if o.outcome is Outcome.SUCCESS)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where a batch goes."""
+
+    title: str
+    host: str
+    port: int
+    tls: bool = False
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: Path
+    sop_class_uid: UID
+    sop_instance_uid: str
+    transfer_syntax_uid: UID
+
+
+def _read_info(path: Path) -> _FileInfo:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return _FileInfo(path, UID(ds.SOPClassUID), str(ds.SOPInstanceUID), UID(ds.file_meta.TransferSyntaxUID))
+
+
+def _request_contexts(ae: AE, files: Sequence[_FileInfo]) -> None:
+    """One context per SOP class with both little-endian syntaxes, plus one per other syntax."""
+    seen: set[tuple[str, str]] = set()
+    for info in files:
+        key = (info.sop_class_uid, "uncompressed")
+        if key not in seen:
+            seen.add(key)
+            ae.add_requested_context(info.sop_class_uid, list(UNCOMPRESSED))
+        if info.transfer_syntax_uid not in UNCOMPRESSED:
+            key = (info.sop_class_uid, info.transfer_syntax_uid)
+            if key not in seen:
+                seen.add(key)
+                ae.add_requested_context(info.sop_class_uid, [info.transfer_syntax_uid])
+
+
+def _accepted(assoc: Any, info: _FileInfo) -> tuple[bool, bool]:
+    """(accepted in the file's own syntax, accepted uncompressed) for the file's SOP class."""
+    own = uncompressed = False
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax != info.sop_class_uid:
+            continue
+        if cx.transfer_syntax and cx.transfer_syntax[0] == info.transfer_syntax_uid:
+            own = True
+        if cx.transfer_syntax and cx.transfer_syntax[0] in UNCOMPRESSED:
+            uncompressed = True
+    return own, uncompressed
+
+
+def _dataset_for(info: _FileInfo, own: bool) -> Path | pydicom.Dataset:
+    """The file itself, or, when the peer took only uncompressed contexts for a compressed file,
+    its decompressed data set (lossless: the pixel values are the same)."""
+    if own or info.transfer_syntax_uid in UNCOMPRESSED:
+        return info.path
+    ds = pydicom.dcmread(info.path)
+    ds.decompress()
+    return ds
+
+
+def send_files(
+    paths: Sequence[Path],
+    peer: Peer,
+    *,
+    calling_ae_title: str,
+    timeout: float = 30.0,
+    max_pdu: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> SendResult:
+    """Send ``paths`` (DICOM Part 10 files) to ``peer`` over one association and classify the
+    outcome. Never raises for a network or DICOM failure: those are in the result.
+    ``on_progress(stored so far)`` is called after every object the peer stored."""
+    started = time.monotonic()
+    files = [_read_info(Path(p)) for p in paths]
+    if not files:
+        return SendResult(Outcome.SUCCESS, "", seconds=0.0)
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.maximum_pdu_size = max_pdu
+    _request_contexts(ae, files)
+
+    rejection: dict[str, Any] = {}
+
+    def on_acse_recv(event: Any) -> None:
+        primitive = event.primitive
+        if getattr(primitive, "result", None) in (REJECTED_PERMANENT, REJECTED_TRANSIENT):
+            rejection.update(
+                result=primitive.result,
+                text=f"{primitive.result_str}, source: {primitive.source_str}, reason: {primitive.reason_str}",
+            )
+        elif getattr(primitive, "result", None) == 0x00:
+            rejection["accepted"] = True
+
+    tls_args = None
+    if peer.tls:
+        tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host)
+    where = f"{peer.title}@{peer.host}:{peer.port}"
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)]
+    )
+    if not assoc.is_established:
+        not_sent = [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
+        if assoc.is_rejected:
+            transient = rejection.get("result") == REJECTED_TRANSIENT
+            outcome = Outcome.RETRIABLE if transient else Outcome.PERMANENT
+            reason = f"association rejected by {where}: {rejection.get('text', 'no detail')}"
+        elif rejection.get("accepted"):
+            outcome = Outcome.PERMANENT
+            classes = sorted({f.sop_class_uid.name for f in files})
+            reason = f"{where} accepted none of the presentation contexts ({', '.join(classes)})"
+        else:
+            outcome = Outcome.RETRIABLE
+            reason = f"no association with {where} (connection refused, timed out or aborted)"
+        log.warning("export to %s: %s", where, reason)
+        return SendResult(outcome, reason, not_sent, 0, time.monotonic() - started)
+
+    results: list[ObjectResult] = []
+    try:
+        for i, info in enumerate(files):
+            own, uncompressed = _accepted(assoc, info)
+            if not (own or uncompressed):
+                detail = f"{where} accepted no presentation context for {info.sop_class_uid.name}"
+                results.append(ObjectResult(info.path, info.sop_instance_uid, None, Outcome.PERMANENT, detail))
+                continue
+            rsp = assoc.send_c_store(_dataset_for(info, own))
+            code = int(rsp.Status) if "Status" in rsp else None
+            outcome = classify_status(code)
+            detail = "" if outcome is Outcome.SUCCESS else f"{info.sop_class_uid.name} {info.sop_instance_uid}: {status_name(code)}"
+            if code is not None and outcome is not Outcome.SUCCESS and "ErrorComment" in rsp:
+                detail += f" ({rsp.ErrorComment})"
+            results.append(ObjectResult(info.path, info.sop_instance_uid, code, outcome, detail))
+            if outcome is Outcome.SUCCESS and on_progress is not None:
+                on_progress(sum(1 for r in results if r.outcome is Outcome.SUCCESS))
+            if code is None or not assoc.is_established:
+                # The association is gone (timeout, abort): the rest waits for the next attempt.
+                results.extend(ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files[i + 1 :])
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    outcome = worst([r.outcome for r in results])
+    failures = [r.detail for r in results if r.outcome is not Outcome.SUCCESS and r.detail != "not sent"]
+    reason = ""
+    if outcome is not Outcome.SUCCESS:
+        sent = sum(1 for r in results if r.outcome is Outcome.SUCCESS)
+        reason = f"{sent} of {len(files)} objects stored by {where}; " + "; ".join(failures[:5])
+        if len(failures) > 5:
+            reason += f"; and {len(failures) - 5} more"
+        log.warning("export to %s: %s", where, reason)
+    return SendResult(outcome, reason, results, 1, time.monotonic() - started)

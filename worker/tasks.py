@@ -1,0 +1,103 @@
+"""The Celery tasks: thin. Each takes a job id, reads state from the database and calls a plain
+function of worker.pipeline, which records every transition in the database.
+
+One :class:`worker.pipeline.Runtime` per worker process (settings, database engine, the
+predictor): a prefork child builds it, model included, in ``worker_process_init`` so the first job
+does not pay for loading; the solo pool's process builds it before the worker starts
+(worker.cli). Process ``i`` of a CUDA worker uses GPU ``i mod count``.
+
+A database that is away (OperationalError) makes the task retry itself with backoff (capped at
+60 s, shorter than any visibility timeout); every other failure is recorded by the pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+from celery import shared_task, signals
+from sqlalchemy.exc import OperationalError
+
+from dicom_node.settings import load_settings
+from worker import pipeline
+from worker.celery_app import ANALYSE_TASK, EXPORT_TASK
+
+log = logging.getLogger(__name__)
+
+
+def _process_index() -> int:
+    from billiard.process import current_process
+
+    return int(getattr(current_process(), "index", 0) or 0)
+
+
+@functools.cache
+def runtime() -> pipeline.Runtime:
+    """This process's runtime (built once)."""
+    settings = load_settings()
+    device = pipeline.resolve_device(settings.worker.device, _process_index())
+    rt = pipeline.Runtime.create(settings, device=device)
+    set_torch_threads(settings.worker.torch_threads, processes=settings.worker.concurrency or 1)
+    log.info("worker process %s: device %s", rt.worker_name, device)
+    return rt
+
+
+def set_torch_threads(threads: int | None, *, processes: int) -> None:
+    """Torch CPU threads: the setting, or the cores shared out between the worker processes."""
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, processes)))
+
+
+def warm_up() -> None:
+    """Build the runtime and load the model now; a model that can not be loaded is logged here
+    and fails each job with the reason (so an admin sees it) until it can be."""
+    rt = runtime()
+    try:
+        rt.predictor()
+    except Exception:
+        log.exception("the model could not be loaded on %s; jobs will fail with the reason", rt.device)
+
+
+@signals.worker_process_init.connect
+def _child_init(**_: Any) -> None:
+    warm_up()
+
+
+def _redelivered(request: Any) -> bool:
+    info = getattr(request, "delivery_info", None) or {}
+    return bool(info.get("redelivered"))
+
+
+@shared_task(
+    name=ANALYSE_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=20,
+    ignore_result=True,
+)
+def analyse(self: Any, job_id: int) -> str:
+    """Analyse one job (worker.pipeline.analyse)."""
+    return pipeline.analyse(runtime(), int(job_id), redelivered=_redelivered(self.request))
+
+
+@shared_task(
+    name=EXPORT_TASK,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=20,
+    ignore_result=True,
+)
+def export(self: Any, job_id: int) -> dict[int, str]:
+    """Send the job's due exports (worker.pipeline.export_job)."""
+    return pipeline.export_job(runtime(), int(job_id))
