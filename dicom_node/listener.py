@@ -14,14 +14,16 @@ import socket
 import ssl
 import threading
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
+from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.index import Index, LocalAESnapshot
-from dicom_node.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, handlers_for
+from dicom_node.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage import Storage
 
@@ -29,9 +31,14 @@ log = logging.getLogger(__name__)
 
 
 class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling processes share a port."""
+    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling processes share a port,
+    creating event-driven acceptors (dicom_node.reactor)."""
 
     daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", EventDrivenRequestHandler)
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -110,6 +117,7 @@ class ListenerSet:
             evt_handlers=handlers_for(snap, self.receiver),
             server_class=ReusePortServer,
         )
+        server.store_handler = fast_store_handler(snap, self.receiver)  # type: ignore[attr-defined]
         return server
 
     def run(self) -> None:
@@ -145,6 +153,10 @@ def run_listener_process(settings_json: str) -> None:
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings, process_name="listener")
+    if settings.log_level != "DEBUG":
+        # pynetdicom's standard handlers describe every PDU and message for its debug log,
+        # decoding each command set to do so; without DEBUG nobody reads them.
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
     db = Database(settings.effective_database_url)
     listeners = ListenerSet(settings, db)

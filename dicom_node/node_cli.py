@@ -48,6 +48,18 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_reindex(args: argparse.Namespace) -> int:
+    from dicom_node.recovery import recover_index
+    from dicom_node.storage import Storage
+
+    settings = settings_from(args)
+    db = database_from(args)
+    added = recover_index(Storage(settings.storage_dir), db)
+    db.dispose()
+    print(f"indexed {added} stored instance(s) the index did not know")
+    return 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -286,6 +298,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     db_sub = db.add_subparsers(dest="db_command", required=True)
     p = db_sub.add_parser("upgrade", help="create or migrate the database to the current schema")
     p.set_defaults(handler=cmd_db_upgrade)
+    p = db_sub.add_parser("reindex", help="index stored files the database does not know (after a crash)")
+    p.set_defaults(handler=cmd_db_reindex)
 
     ae = sub.add_parser("ae", help="local AE titles, allowed sources, result destinations")
     ae_sub = ae.add_subparsers(dest="ae_command", required=True)

@@ -114,6 +114,28 @@ class Header:
     series_number: int | None
     image_type: str
 
+    def received(self, *, local_ae_id: int | None, calling_ae: str, calling_host: str, transfer_syntax_uid: str, path: str, size_bytes: int) -> ReceivedInstance:
+        return ReceivedInstance(
+            local_ae_id=local_ae_id,
+            calling_ae=calling_ae,
+            calling_host=calling_host,
+            study_uid=self.study_uid,
+            series_uid=self.series_uid,
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            path=path,
+            size_bytes=size_bytes,
+            frames=self.frames,
+            instance_number=self.instance_number,
+            patient_id=self.patient_id,
+            modality=self.modality,
+            body_part=self.body_part,
+            series_description=self.series_description,
+            series_number=self.series_number,
+            image_type=self.image_type,
+        )
+
 
 def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, command_sop_instance: str) -> Header:
     """Parse the received data set completely (a truncated one fails here) and check what the
@@ -156,7 +178,8 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -> Header:
+def header_of(ds: Dataset) -> Header:
+    """What the index keeps of an instance; its UIDs checked. Raises RejectedInstance."""
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
         value = ds.get(keyword)
@@ -166,20 +189,6 @@ def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword}: {reason}")
         uids[keyword] = str(value).rstrip("\x00").strip()
-    if uids["SOPInstanceUID"] != command_sop_instance.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.CANNOT_UNDERSTAND,
-            f"SOPInstanceUID {uids['SOPInstanceUID']} differs from the request's {command_sop_instance}",
-        )
-    if uids["SOPClassUID"] != command_sop_class.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"SOPClassUID {uids['SOPClassUID']} differs from the request's {command_sop_class}",
-        )
-    if requires_pixel_data(uids["SOPClassUID"]) and not any(
-        k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-    ):
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
     return Header(
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
@@ -194,6 +203,23 @@ def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -
         series_number=_int(ds, "SeriesNumber"),
         image_type=_text(ds, "ImageType"),
     )
+
+
+def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -> Header:
+    header = header_of(ds)
+    if header.sop_instance_uid != command_sop_instance.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND,
+            f"SOPInstanceUID {header.sop_instance_uid} differs from the request's {command_sop_instance}",
+        )
+    if header.sop_class_uid != command_sop_class.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {header.sop_class_uid} differs from the request's {command_sop_class}",
+        )
+    if requires_pixel_data(header.sop_class_uid) and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
+    return header
 
 
 class Receiver:
@@ -213,10 +239,11 @@ class Receiver:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax_uid: str,
-        dataset: bytes | memoryview,
-    ) -> Status:
+        dataset: bytes,
+    ) -> tuple[Status, str]:
+        """Store one instance; return the status to answer and, for a failure, why."""
         try:
-            return self._store(local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset)
+            return self._store(local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset), ""
         except RejectedInstance as exc:
             log.warning(
                 "C-STORE refused (0x%04X %s): %s; SOP instance %s from %s@%s to %s",
@@ -236,7 +263,7 @@ class Receiver:
                 calling_host=calling_host,
                 local_ae=local_ae.title,
             )
-            return exc.status
+            return exc.status, exc.reason
 
     def _store(
         self,
@@ -246,16 +273,18 @@ class Receiver:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax_uid: str,
-        dataset: bytes | memoryview,
+        dataset: bytes,
     ) -> Status:
         if self.storage.free_bytes() < self.min_free_bytes + len(dataset):
             raise RejectedInstance(Status.OUT_OF_RESOURCES, f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB")
         ok, reason = check_uid(sop_instance_uid)
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"request's AffectedSOPInstanceUID: {reason}")
-        header = parse_header(bytes(dataset), transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid)
+        header = parse_header(dataset, transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid)
         relative = self.storage.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-        if self.index.has_instance(header.sop_instance_uid):
+        # The layout is a function of the UIDs, so an existing file is the cheap duplicate check;
+        # the index decides (a crash between rename and index leaves a file to index now).
+        if self.storage.exists(relative) and self.index.has_instance(header.sop_instance_uid):
             log.info("instance %s received again: already stored, answering success", header.sop_instance_uid)
             return Status.SUCCESS
         try:
@@ -266,29 +295,18 @@ class Receiver:
                 sop_instance_uid=header.sop_instance_uid,
                 transfer_syntax_uid=transfer_syntax_uid,
                 source_ae_title=calling_ae,
+                series_record={"local_ae_id": local_ae.id, "local_ae": local_ae.title, "calling_ae": calling_ae, "calling_host": calling_host},
             )
         except OSError as exc:
             raise RejectedInstance(Status.OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from None
         self.index.record(
-            ReceivedInstance(
+            header.received(
                 local_ae_id=local_ae.id,
                 calling_ae=calling_ae,
                 calling_host=calling_host,
-                study_uid=header.study_uid,
-                series_uid=header.series_uid,
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
                 transfer_syntax_uid=str(transfer_syntax_uid),
                 path=stored.relative,
                 size_bytes=stored.size,
-                frames=header.frames,
-                instance_number=header.instance_number,
-                patient_id=header.patient_id,
-                modality=header.modality,
-                body_part=header.body_part,
-                series_description=header.series_description,
-                series_number=header.series_number,
-                image_type=header.image_type,
             )
         )
         return Status.SUCCESS
@@ -311,17 +329,45 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[An
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)
 
-    def on_store(event: evt.Event) -> int:
+    def on_store(event: evt.Event) -> Dataset:
+        # Messages the fast lane (dicom_node.fastlane) did not take come here.
         request = event.request
-        status = receiver.store(
+        status, reason = receiver.store(
             local_ae,
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
             calling_host=str(event.assoc.requestor.address),
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            dataset=request.DataSet.getbuffer(),  # type: ignore[union-attr]
+            dataset=request.DataSet.getvalue(),  # type: ignore[union-attr]
         )
-        return int(status)
+        return status_dataset(status, reason)
 
     return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]
+
+
+def status_dataset(status: Status, reason: str) -> Dataset:
+    """A C-STORE-RSP status with an Error Comment saying why (PS3.7 C.4)."""
+    ds = Dataset()
+    ds.Status = int(status)
+    if reason and not status.is_success:
+        ds.ErrorComment = reason[:64]
+    return ds
+
+
+def fast_store_handler(local_ae: LocalAESnapshot, receiver: Receiver) -> Callable[..., tuple[int, str]]:
+    """The store handler of the fast lane (dicom_node.fastlane) for one local AE."""
+
+    def store(assoc: Any, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: bytes) -> tuple[int, str]:
+        status, reason = receiver.store(
+            local_ae,
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            calling_host=str(assoc.requestor.address),
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax,
+            dataset=dataset,
+        )
+        return int(status), reason
+
+    return store

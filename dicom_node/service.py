@@ -18,6 +18,7 @@ from dicom_node.completion import Completion
 from dicom_node.db import Database, upgrade
 from dicom_node.dispatch import OutboxRelay, load_dispatcher
 from dicom_node.listener import run_listener_process
+from dicom_node.recovery import clean_stop, recover_index, unclean_start
 from dicom_node.settings import Settings
 from dicom_node.storage import Storage
 
@@ -72,8 +73,11 @@ class Node:
     def run(self) -> int:
         settings = self.settings
         upgrade(settings.effective_database_url)
-        Storage(settings.storage_dir)  # creates the layout's root
+        storage = Storage(settings.storage_dir)
         db = Database(settings.effective_database_url)
+        if unclean_start(settings.data_dir):
+            log.warning("the previous run did not stop cleanly: checking the index against the stored files")
+            log.warning("index recovery added %d instance(s)", recover_index(storage, db))
         completion = Completion(
             db,
             default_quiet_seconds=settings.completion.default_quiet_seconds,
@@ -116,6 +120,7 @@ class Node:
         for loop in loops:
             loop.stop()  # type: ignore[attr-defined]
         db.dispose()
+        clean_stop(settings.data_dir)
         return 0
 
     def _admin_server(self, db: Database) -> threading.Thread | None:

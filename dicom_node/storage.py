@@ -12,15 +12,14 @@ nothing under the layout (stale temporaries in ``.incoming/`` are removed at sta
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from io import BytesIO
+import struct
 from pathlib import Path
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
+from typing import Any, Iterator
 
 from dicom_node import __version__
 from dicom_node.uids import clean_uid, derived_uid
@@ -28,6 +27,7 @@ from dicom_node.uids import clean_uid, derived_uid
 IMPLEMENTATION_CLASS_UID = derived_uid("implementation-class")
 IMPLEMENTATION_VERSION_NAME = f"COVIDCT_{__version__}"[:16]
 INCOMING = ".incoming"
+SERIES_RECORD = "series.json"
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class Storage:
     def absolute(self, relative: str) -> Path:
         return self.root / relative
 
+    def exists(self, relative: str) -> bool:
+        return (self.root / relative).is_file()
+
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
@@ -69,8 +72,13 @@ class Storage:
         sop_instance_uid: str,
         transfer_syntax_uid: str,
         source_ae_title: str = "",
+        series_record: dict[str, Any] | None = None,
     ) -> StoredFile:
-        """Write a Part 10 file durably and atomically; return where it is."""
+        """Write a Part 10 file durably and atomically; return where it is.
+
+        ``series_record`` is kept as ``series.json`` beside the first instance of a series (who
+        sent it, to which local AE), so that the index can be rebuilt from the files alone.
+        """
         header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title)
         target = self.root / relative
         tmp = self.incoming / f"{uuid.uuid4().hex}.part"
@@ -88,7 +96,8 @@ class Storage:
             raise
         os.close(fd)
         try:
-            self._ensure_dir(target.parent)
+            if self._ensure_dir(target.parent) and series_record is not None:
+                self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         except BaseException:
@@ -96,17 +105,49 @@ class Storage:
             raise
         return StoredFile(target, relative, len(header) + len(dataset_bytes))
 
-    def _ensure_dir(self, directory: Path) -> None:
+    def _ensure_dir(self, directory: Path) -> bool:
+        """Create the directory (durably) if needed; True if it is new."""
         if directory in self._known_dirs:
-            return
+            return False
+        created = False
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             # The new directory entries must be durable too.
             _fsync_dir(directory.parent)
             _fsync_dir(directory.parent.parent)
+            created = True
         if len(self._known_dirs) > 10000:
             self._known_dirs.clear()
         self._known_dirs.add(directory)
+        return created
+
+    def _write_small(self, target: Path, data: bytes) -> None:
+        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fdatasync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+
+    def series_dirs(self) -> Iterator[Path]:
+        """Every series directory of the layout."""
+        for study in sorted(self.root.iterdir()):
+            if study.name == INCOMING or not study.is_dir():
+                continue
+            for series in sorted(study.iterdir()):
+                if series.is_dir():
+                    yield series
+
+    def series_record(self, series_dir: Path) -> dict[str, Any]:
+        path = series_dir / SERIES_RECORD
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def relative_of(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def remove_stale_incoming(self) -> int:
         """Remove temporaries left by a crash (nothing was acknowledged for them)."""
@@ -118,18 +159,42 @@ class Storage:
 
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str = "") -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Preamble, "DICM" and the File Meta Information (PS3.10 7.1), explicit VR little endian.
+
+    Encoded here rather than with pydicom: this runs once per received instance and pydicom's
+    general writer costs more than the rest of the header work together.
+    """
+    elements = [
+        _long_element(0x0001, b"OB", b"\x00\x01"),
+        _short_element(0x0002, b"UI", _ui(sop_class_uid)),
+        _short_element(0x0003, b"UI", _ui(sop_instance_uid)),
+        _short_element(0x0010, b"UI", _ui(transfer_syntax_uid)),
+        _short_element(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
+        _short_element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
+    ]
     if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title
-    buf = BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
+        elements.append(_short_element(0x0016, b"AE", _text(source_ae_title[:16])))
+    body = b"".join(elements)
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+def _ui(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _short_element(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _long_element(element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,187 @@
+"""The admin application: ``create_app(settings, db)``.
+
+Access rule, applied to every route by one middleware: /health, /metrics, /login and /static/
+are public; anything else needs a logged-in browser session or an API bearer token, and answers
+401 (API, /openapi.json) or redirects to the login page (pages) without one. Admins change,
+viewers read (checked per route). Page forms carry a per-session CSRF token; a logged-in browser
+that writes to the API must send it in X-CSRF-Token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.responses import Response
+
+from dicom_node import __version__
+from dicom_node.admin import jobs
+from dicom_node.admin.api import api_router, monitoring_router
+from dicom_node.admin.auth import AuthError, Passwords, Principal, csrf_matches, principal_for_session, principal_for_token, secret_key
+from dicom_node.admin.deps import HERE, NOTICE, SAFE_METHODS, AdminContext, render, templates
+from dicom_node.admin.metrics import AdminMetrics
+from dicom_node.admin.pages import pages_router
+from dicom_node.configuration import ConfigError
+from dicom_node.db import Database
+from dicom_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/login", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+SESSION_COOKIE = "dicom_node_session"
+
+Next = Callable[[Request], Awaitable[Response]]
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def wants_json(path: str) -> bool:
+    return path.startswith("/api/") or path in ("/api", "/openapi.json", "/health", "/metrics")
+
+
+def _resolve(context: AdminContext, request: Request) -> tuple[Principal | None, str]:
+    """(principal, why not) from the bearer token or else the session cookie."""
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    with context.db.session() as s:
+        if header:
+            if scheme.lower() != "bearer" or not credentials.strip():
+                return None, "use 'Authorization: Bearer <token>'"
+            who = principal_for_token(s, credentials.strip())
+            return (who, "") if who is not None else (None, "the token is unknown or revoked")
+        sid = request.session.get("sid")
+        if sid:
+            who = principal_for_session(s, str(sid))
+            if who is not None:
+                return who, ""
+            request.session.pop("sid", None)
+            return None, "the session has ended; log in again"
+    return None, "log in, or send an API token as 'Authorization: Bearer <token>'"
+
+
+def error_response(request: Request, status: int, message: str, errors: list[dict[str, Any]] | None = None) -> Response:
+    """JSON for the API, a page for people."""
+    if wants_json(request.url.path):
+        return JSONResponse({"detail": errors if errors is not None else message}, status_code=status)
+    return render(request, "error.html", {"status": status, "message": message, "errors": errors or []}, status_code=status)
+
+
+def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        field = ".".join(p for p in loc if p not in ("body", "query", "path")) or None
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        out.append({"field": field, "loc": loc, "msg": msg, "type": err.get("type", "")})
+    return out
+
+
+def create_app(settings: Settings, db: Database) -> FastAPI:
+    """The admin app over ``db`` (migrated already: ``dicom-node serve`` does it at start)."""
+    app = FastAPI(
+        title="COVID-CT AI node admin",
+        version=__version__,
+        description=(
+            "Local AE titles, allowed sources, destinations, series and jobs of the node. "
+            "Authenticate with 'Authorization: Bearer <token>' (`dicom-node admin create-token`). "
+            + NOTICE
+        ),
+        openapi_url="/openapi.json",
+        docs_url=None,  # Swagger UI and ReDoc load their code from a CDN: nothing is fetched at run time
+        redoc_url=None,
+    )
+    context = AdminContext(
+        settings=settings,
+        db=db,
+        passwords=Passwords(),
+        metrics=AdminMetrics(db),
+        templates=templates(),
+    )
+    app.state.ctx = context
+
+    async def authenticate(request: Request, call_next: Next) -> Response:
+        path = request.url.path
+        request.state.principal = None
+        if is_public(path):
+            return await call_next(request)
+        who, why = await run_in_threadpool(_resolve, context, request)
+        if who is None:
+            if wants_json(path):
+                return JSONResponse({"detail": f"not authenticated: {why}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            target = path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        if who.via == "web" and request.method not in SAFE_METHODS and wants_json(path):
+            if not csrf_matches(request.session.get("csrf"), request.headers.get("x-csrf-token")):
+                return JSONResponse({"detail": "a browser session writing to the API must send its CSRF token in X-CSRF-Token"}, status_code=403)
+        request.state.principal = who
+        return await call_next(request)
+
+    async def measure(request: Request, call_next: Next) -> Response:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "unmatched")
+        context.metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    # Starlette runs the last added middleware first: measure, then the session cookie, then auth.
+    app.add_middleware(BaseHTTPMiddleware, dispatch=authenticate)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret_key(settings),
+        session_cookie=SESSION_COOKIE,
+        max_age=int(settings.admin.session_hours * 3600),
+        same_site="lax",
+        https_only=False,  # served on the hospital network or behind a TLS proxy; see docs
+    )
+    app.add_middleware(BaseHTTPMiddleware, dispatch=measure)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        response = error_response(request, exc.status_code, str(exc.detail))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        errors = _field_errors(exc)
+        return error_response(request, 422, "; ".join(f"{e['field']}: {e['msg']}" for e in errors), errors)
+
+    @app.exception_handler(ConfigError)
+    async def refused_config(request: Request, exc: ConfigError) -> Response:
+        return error_response(request, 422, str(exc), [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}])
+
+    @app.exception_handler(AuthError)
+    async def refused_auth(request: Request, exc: AuthError) -> Response:
+        return error_response(request, 422, str(exc), [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}])
+
+    @app.exception_handler(jobs.NotFound)
+    async def not_found(request: Request, exc: jobs.NotFound) -> Response:
+        return error_response(request, 404, str(exc))
+
+    @app.exception_handler(jobs.Conflict)
+    async def conflict(request: Request, exc: jobs.Conflict) -> Response:
+        return error_response(request, 409, str(exc))
+
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(monitoring_router)
+    app.include_router(api_router())
+    app.include_router(pages_router())
+    return app

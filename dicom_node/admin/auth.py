@@ -1,0 +1,351 @@
+"""Who may do what: users and their passwords, API tokens, browser sessions, CSRF tokens.
+
+- No default user or password: ``dicom-node admin create-user`` makes the first one.
+- Passwords are kept as argon2id hashes (argon2-cffi's encoded form, parameters included).
+- API bearer tokens and session ids are random (256 bits); only their sha256 is stored, so a copy
+  of the database does not log anyone in. A token is shown once, when it is created.
+- Roles: ``admin`` changes things, ``viewer`` reads (:class:`dicom_node.db.models.Role`).
+- The secret that signs the session cookie comes from ``settings.admin.secret_key`` or a file
+  generated once under the data dir (mode 0600).
+
+This module knows nothing of FastAPI; :mod:`dicom_node.admin.app` applies it to requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from dicom_node.db.models import AdminSession, ApiToken, Role, User, utcnow
+from dicom_node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROLES = tuple(r.value for r in Role)
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+TOKEN_PREFIX = "dnt_"
+SECRET_FILE = "admin-secret.key"
+# last_used_at / last_seen_at are written at most this often (SQLite has one writer at a time).
+TOUCH_SECONDS = 60.0
+
+_USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+class AuthError(ValueError):
+    """A refused user or token operation; ``field`` names the bad input (None: the whole request)."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+# --- validators (return (ok, reason) like dicom_node.validation) -------------------------
+
+
+def check_user_name(value: object) -> tuple[bool, str]:
+    """1-64 characters: letters, digits and . _ @ -, starting with a letter or digit."""
+    if not isinstance(value, str) or not value:
+        return False, "must not be empty"
+    if len(value) > 64:
+        return False, f"is {len(value)} characters long, at most 64 are allowed"
+    if not _USER_NAME_RE.match(value):
+        return False, "may contain only letters, digits and . _ @ - and must start with a letter or digit"
+    return True, ""
+
+
+def check_role(value: object) -> tuple[bool, str]:
+    if value not in ROLES:
+        return False, f"must be one of {', '.join(ROLES)}"
+    return True, ""
+
+
+def check_password(value: object) -> tuple[bool, str]:
+    if not isinstance(value, str):
+        return False, "must be a string"
+    if len(value) < MIN_PASSWORD_LENGTH:
+        return False, f"must be at least {MIN_PASSWORD_LENGTH} characters long"
+    if len(value) > MAX_PASSWORD_LENGTH:
+        return False, f"must be at most {MAX_PASSWORD_LENGTH} characters long"
+    return True, ""
+
+
+def _require(field: str, check: Callable[[object], tuple[bool, str]], value: object) -> None:
+    ok, reason = check(value)
+    if not ok:
+        raise AuthError(field, reason)
+
+
+# --- passwords -----------------------------------------------------------------------------
+
+
+class Passwords:
+    """argon2id hashing; one instance per process (the hasher holds only its parameters)."""
+
+    def __init__(self) -> None:
+        self._hasher = PasswordHasher()
+        # Verified against when the user does not exist, so that the answer takes as long.
+        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+
+    def hash(self, password: str) -> str:
+        _require("password", check_password, password)
+        return self._hasher.hash(password)
+
+    def verify(self, password_hash: str | None, password: str) -> bool:
+        try:
+            return self._hasher.verify(password_hash or self._dummy, password) and password_hash is not None
+        except VerificationError:
+            return False
+        except InvalidHashError:
+            log.error("a stored password hash is not an argon2 hash; that user can not log in")
+            return False
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+def create_user(session: Session, passwords: Passwords, name: str, role: str, password: str) -> User:
+    _require("name", check_user_name, name)
+    _require("role", check_role, role)
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise AuthError("name", f"a user named {name!r} exists already")
+    user = User(name=name, role=role, password_hash=passwords.hash(password), enabled=True)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, passwords: Passwords, user: User, password: str) -> None:
+    user.password_hash = passwords.hash(password)
+    # A new password ends every session of the user.
+    session.execute(delete(AdminSession).where(AdminSession.user_id == user.id))
+    session.flush()
+
+
+def find_user(session: Session, name: str) -> User:
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise AuthError("name", f"no user named {name!r}")
+    return user
+
+
+def check_login(session: Session, passwords: Passwords, name: str, password: str) -> User | None:
+    """The enabled user with this name and password, or None (same time either way)."""
+    user = session.scalar(select(User).where(User.name == name))
+    ok = passwords.verify(user.password_hash if user is not None else None, password)
+    if user is None or not ok or not user.enabled:
+        return None
+    return user
+
+
+def user_dict(user: User) -> dict[str, object]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "role": user.role,
+        "enabled": user.enabled,
+        "created_at": user.created_at,
+        "last_login_at": user.last_login_at,
+    }
+
+
+# --- API tokens ----------------------------------------------------------------------------
+
+
+def create_token(session: Session, user: User, name: str, created_by: str) -> tuple[ApiToken, str]:
+    """A new bearer token for ``user``; returns the row and the token (shown once)."""
+    if len(name) > 100:
+        raise AuthError("name", f"is {len(name)} characters long, at most 100 are allowed")
+    raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(user_id=user.id, name=name, token_hash=sha256_hex(raw), prefix=raw[: len(TOKEN_PREFIX) + 6], created_by=created_by)
+    session.add(row)
+    session.flush()
+    return row, raw
+
+
+def revoke_token(session: Session, token_id: int, revoked_by: str) -> ApiToken:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise AuthError("id", f"no token with id {token_id}")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        row.revoked_by = revoked_by
+        session.flush()
+    return row
+
+
+def token_dict(row: ApiToken) -> dict[str, object]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "user": row.user.name,
+        "role": row.user.role,
+        "prefix": row.prefix,
+        "created_by": row.created_by,
+        "created_at": row.created_at,
+        "last_used_at": row.last_used_at,
+        "revoked_at": row.revoked_at,
+        "revoked_by": row.revoked_by,
+    }
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes; everything written is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _stale(value: dt.datetime | None, now: dt.datetime) -> bool:
+    return value is None or (now - _aware(value)).total_seconds() >= TOUCH_SECONDS
+
+
+# --- who is asking -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The user behind a request, and how they proved it."""
+
+    user_id: int
+    name: str
+    role: str
+    # "web" (a session cookie) or "api-token <id>".
+    via: str
+    token_id: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN.value
+
+    @property
+    def actor(self) -> str:
+        return self.name
+
+
+def principal_for_token(session: Session, raw: str) -> Principal | None:
+    """The principal of a bearer token; None if unknown, revoked, or its user is disabled."""
+    if not raw.startswith(TOKEN_PREFIX):
+        return None
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == sha256_hex(raw)))
+    if row is None or row.revoked_at is not None or not row.user.enabled:
+        return None
+    now = utcnow()
+    if _stale(row.last_used_at, now):
+        row.last_used_at = now
+    return Principal(row.user.id, row.user.name, row.user.role, f"api-token {row.id}", row.id)
+
+
+def start_session(session: Session, user: User, *, hours: float, remote_addr: str) -> str:
+    """Record a login; returns the session id for the cookie."""
+    raw = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(
+        AdminSession(
+            token_hash=sha256_hex(raw),
+            user_id=user.id,
+            created_at=now,
+            last_seen_at=now,
+            expires_at=now + dt.timedelta(hours=hours),
+            remote_addr=remote_addr[:64],
+        )
+    )
+    user.last_login_at = now
+    # Expired sessions of anyone go now; there is no other cleaner.
+    session.execute(delete(AdminSession).where(AdminSession.expires_at < now))
+    session.flush()
+    return raw
+
+
+def end_session(session: Session, raw: str) -> None:
+    session.execute(delete(AdminSession).where(AdminSession.token_hash == sha256_hex(raw)))
+
+
+def principal_for_session(session: Session, raw: str) -> Principal | None:
+    """The principal of a session id; None if unknown, expired, or its user is disabled."""
+    row = session.scalar(select(AdminSession).where(AdminSession.token_hash == sha256_hex(raw)))
+    now = utcnow()
+    if row is None or _aware(row.expires_at) <= now or not row.user.enabled:
+        return None
+    if _stale(row.last_seen_at, now):
+        row.last_seen_at = now
+    return Principal(row.user.id, row.user.name, row.user.role, "web")
+
+
+# --- secrets and CSRF ----------------------------------------------------------------------
+
+
+def secret_key(settings: Settings) -> str:
+    """settings.admin.secret_key, or one generated once and kept under the data dir (0600)."""
+    if settings.admin.secret_key:
+        return settings.admin.secret_key
+    path = Path(settings.data_dir) / SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key) < 32:
+            raise ValueError(f"{path} holds no usable secret (fewer than 32 characters); delete it to have a new one made") from None
+        return key
+    key = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def csrf_matches(expected: str | None, given: str | None) -> bool:
+    return bool(expected) and bool(given) and hmac.compare_digest(str(expected), str(given))
+
+
+class LoginThrottle:
+    """After ``max_failures`` wrong passwords for one name within ``window`` seconds, that name
+    is refused for ``lockout`` seconds (in this process: the admin app runs in one)."""
+
+    def __init__(self, max_failures: int = 5, window: float = 300.0, lockout: float = 60.0) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.lockout = lockout
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def locked(self, name: str) -> float:
+        """Seconds this name is still locked out (0 when it may try)."""
+        with self._lock:
+            return max(0.0, self._locked_until.get(name.lower(), 0.0) - time.monotonic())
+
+    def failed(self, name: str) -> None:
+        key, now = name.lower(), time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get(key, []) if now - t < self.window] + [now]
+            self._failures[key] = recent
+            if len(recent) >= self.max_failures:
+                self._locked_until[key] = now + self.lockout
+                self._failures[key] = []
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name.lower(), None)

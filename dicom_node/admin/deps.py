@@ -1,0 +1,123 @@
+"""What every route needs: the app's context, the principal of the request, role and CSRF
+checks, the template renderer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from dicom_node import __version__
+from dicom_node.admin.auth import LoginThrottle, Passwords, Principal, csrf_matches, new_csrf_token
+from dicom_node.admin.metrics import AdminMetrics
+from dicom_node.db import Database
+from dicom_node.settings import Settings
+
+HERE = Path(__file__).parent
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+NOTICE = "Not for clinical use."
+
+
+@dataclass
+class AdminContext:
+    """Everything one admin app holds; kept on ``app.state.ctx``."""
+
+    settings: Settings
+    db: Database
+    passwords: Passwords
+    metrics: AdminMetrics
+    templates: Jinja2Templates
+    throttle: LoginThrottle = field(default_factory=LoginThrottle)
+
+
+def ctx(request: Request) -> AdminContext:
+    context: AdminContext = request.app.state.ctx
+    return context
+
+
+def principal(request: Request) -> Principal:
+    """The authenticated user (the auth middleware let only those through)."""
+    who: Principal | None = getattr(request.state, "principal", None)
+    if who is None:
+        raise HTTPException(401, "not authenticated")
+    return who
+
+
+def admin(request: Request) -> Principal:
+    """The authenticated user, who must be an admin."""
+    who = principal(request)
+    if not who.is_admin:
+        raise HTTPException(403, f"only an admin may do this; {who.name} is a {who.role}")
+    return who
+
+
+def client_addr(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def csrf_token(request: Request) -> str:
+    """This browser session's CSRF token (made on first use)."""
+    token = request.session.get("csrf")
+    if not token:
+        token = new_csrf_token()
+        request.session["csrf"] = token
+    return str(token)
+
+
+async def form(request: Request) -> FormData:
+    """The posted form, after checking its CSRF token (bearer-token callers need none: a browser
+    never sends those by itself)."""
+    data = await request.form()
+    who: Principal | None = getattr(request.state, "principal", None)
+    if who is not None and who.via != "web":
+        return data
+    given = data.get("csrf_token") or request.headers.get("x-csrf-token")
+    if not csrf_matches(request.session.get("csrf"), str(given) if given else None):
+        raise HTTPException(403, "this form has expired or did not come from this site (CSRF token missing or wrong); reload the page and try again")
+    return data
+
+
+def when(value: Any) -> str:
+    """A time for people: UTC, to the second; "" for none."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return aware.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
+def seconds(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return f"{value:.2f} s" if value < 100 else f"{value:.0f} s"
+    return str(value)
+
+
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.filters["when"] = when
+    t.env.filters["seconds"] = seconds
+    return t
+
+
+def render(request: Request, template: str, context: dict[str, Any] | None = None, *, status_code: int = 200) -> Response:
+    """A page, with what every page shows (who is logged in, the CSRF token, the notice)."""
+    values: dict[str, Any] = {
+        "who": getattr(request.state, "principal", None),
+        "csrf_token": csrf_token(request),
+        "notice": NOTICE,
+        "version": __version__,
+    }
+    values.update(context or {})
+    return ctx(request).templates.TemplateResponse(request, template, values, status_code=status_code)

@@ -1,0 +1,93 @@
+"""The C-ECHO test of a destination: does its storage SCP answer, how, and how fast."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicom_node.status import Status
+
+# The answer should come quickly; the export timeout (30 s by default) is too long for a page.
+MAX_ECHO_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class EchoResult:
+    ok: bool
+    # "Success", "association rejected", "no answer" ...
+    outcome: str
+    status: str  # "0x0000" or "" when no DIMSE status came back
+    detail: str
+    # C-ECHO request to response; None when no echo was sent.
+    round_trip_ms: float | None
+    # Connecting and associating included.
+    total_ms: float
+    calling_ae_title: str
+    called_ae_title: str
+    host: str
+    port: int
+    tls: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _status_name(code: int) -> str:
+    try:
+        return Status(code).name.replace("_", " ").lower()
+    except ValueError:
+        return "unknown status"
+
+
+def c_echo(
+    host: str,
+    port: int,
+    called_ae_title: str,
+    *,
+    calling_ae_title: str,
+    tls: bool = False,
+    timeout: float = MAX_ECHO_SECONDS,
+) -> EchoResult:
+    """Associate, send one C-ECHO, release; report what happened (never raises for a peer's
+    refusal or silence: those are the answer)."""
+    ae = AE(ae_title=calling_ae_title)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    tls_args = (ssl.create_default_context(), host) if tls else None
+    common = {"calling_ae_title": calling_ae_title, "called_ae_title": called_ae_title, "host": host, "port": port, "tls": tls}
+    start = time.perf_counter()
+    assoc = ae.associate(host, port, ae_title=called_ae_title, tls_args=tls_args)
+
+    def ms(since: float) -> float:
+        return round((time.perf_counter() - since) * 1000.0, 1)
+
+    if assoc.is_rejected:
+        rj = assoc.acceptor.primitive
+        reason = f"result {rj.result_str}, source {rj.source_str}, reason {rj.reason_str}" if rj is not None else ""
+        return EchoResult(False, "association rejected", "", reason, None, ms(start), **common)
+    if assoc.is_aborted:
+        detail = f"could not connect to {host}:{port}, or the peer aborted the association"
+        return EchoResult(False, "no association", "", detail, None, ms(start), **common)
+    if not assoc.is_established:
+        detail = f"could not connect to {host}:{port} or no answer within {timeout:g} s"
+        return EchoResult(False, "no association", "", detail, None, ms(start), **common)
+    try:
+        echo_start = time.perf_counter()
+        answer = assoc.send_c_echo()
+        rtt = ms(echo_start)
+    finally:
+        assoc.release()
+    total = ms(start)
+    if not answer or "Status" not in answer:
+        return EchoResult(False, "no answer", "", "the association timed out or was aborted before a C-ECHO response", None, total, **common)
+    code = int(answer.Status)
+    ok = code == Status.SUCCESS
+    return EchoResult(ok, "Success" if ok else "failure", f"0x{code:04X}", _status_name(code), rtt, total, **common)

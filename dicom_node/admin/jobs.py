@@ -1,0 +1,239 @@
+"""Series, jobs and exports as the admin app shows them; retries; the heatmap preview.
+
+Reads go to the database only (the listener, completion and worker processes write it). The
+preview is the secondary capture the worker wrote for the job (an RGB picture of the slice with the
+heatmap burned in), turned into PNG: the admin sees exactly what PACS receives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dicom_node.completion import requeue_job
+from dicom_node.db import Database
+from dicom_node.db.models import ACTIVE_JOB_STATUSES, Export, Job, JobStatus, LocalAE, Series
+from dicom_node.node_cli import series_rows
+
+NOTICE = "Not for clinical use."
+PREVIEW_KIND = "sc"
+
+
+class NotFound(LookupError):
+    """The job, series, export or preview asked for does not exist."""
+
+
+class Conflict(ValueError):
+    """The action does not fit the object's current state (e.g. retrying a running job)."""
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
+
+
+def series_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Series with their latest job, newest first (the command line's listing)."""
+    return series_rows(db, status, limit)
+
+
+def export_dict(row: Export) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "job_id": row.job_id,
+        "destination_id": row.destination_id,
+        "title": row.title,
+        "host": row.host,
+        "port": row.port,
+        "outputs": list(row.outputs or []),
+        "status": row.status,
+        "attempts": row.attempts,
+        "objects_sent": row.objects_sent,
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "last_error": row.last_error,
+        "created_at": _iso(row.created_at),
+        "finished_at": _iso(row.finished_at),
+    }
+
+
+def _previews(job: Job) -> int:
+    return sum(1 for o in job.outputs or [] if isinstance(o, dict) and o.get("kind") == PREVIEW_KIND)
+
+
+def job_dict(job: Job, series: Series, local_ae: str = "", *, with_exports: bool = True) -> dict[str, Any]:
+    result = job.result or {}
+    out: dict[str, Any] = {
+        "id": job.id,
+        "series_id": series.id,
+        "series_uid": series.series_uid,
+        "study_uid": series.study_uid,
+        "series_description": series.series_description,
+        "patient_id": series.patient_id,
+        "local_ae": local_ae,
+        "calling_ae": series.calling_ae,
+        "instances": series.instances,
+        "generation": job.generation,
+        "status": job.status,
+        "reason": job.reason,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "created_at": _iso(job.created_at),
+        "queued_at": _iso(job.queued_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "heartbeat_at": _iso(job.heartbeat_at),
+        "model_name": job.model_name,
+        "model_version": job.model_version,
+        "decision": job.decision,
+        "probabilities": dict(result.get("probabilities") or {}),
+        "result_reason": result.get("reason", ""),
+        "lung_involvement_percent": result.get("lung_involvement_percent"),
+        "timings": dict(job.timings or {}),
+        "outputs": list(job.outputs or []),
+        "previews": _previews(job),
+        "notice": NOTICE,
+    }
+    if with_exports:
+        out["exports"] = [export_dict(e) for e in job.exports]
+    return out
+
+
+def _ae_titles(session: Session) -> dict[int, str]:
+    return {a.id: a.title for a in session.scalars(select(LocalAE))}
+
+
+def job_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Jobs newest first, with their series and the state of their exports."""
+    with db.session() as s:
+        q = select(Job, Series).join(Series, Series.id == Job.series_id).order_by(Job.id.desc()).limit(limit)
+        if status:
+            q = q.where(Job.status == status)
+        titles = _ae_titles(s)
+        rows = s.execute(q).all()
+        exports: dict[int, list[Export]] = {}
+        if rows:
+            for e in s.scalars(select(Export).where(Export.job_id.in_([j.id for j, _ in rows])).order_by(Export.id)):
+                exports.setdefault(e.job_id, []).append(e)
+        out = []
+        for job, series in rows:
+            d = job_dict(job, series, titles.get(series.local_ae_id or -1, ""), with_exports=False)
+            d["exports"] = [export_dict(e) for e in exports.get(job.id, [])]
+            out.append(d)
+        return out
+
+
+def job_detail(db: Database, job_id: int) -> dict[str, Any]:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        series = job.series
+        return job_dict(job, series, _ae_titles(s).get(series.local_ae_id or -1, ""))
+
+
+def series_detail(db: Database, series_id: int) -> dict[str, Any]:
+    with db.session() as s:
+        series = s.get(Series, series_id)
+        if series is None:
+            raise NotFound(f"no series with id {series_id}")
+        local_ae = _ae_titles(s).get(series.local_ae_id or -1, "")
+        return {
+            "id": series.id,
+            "series_uid": series.series_uid,
+            "study_uid": series.study_uid,
+            "patient_id": series.patient_id,
+            "modality": series.modality,
+            "body_part": series.body_part,
+            "series_description": series.series_description,
+            "series_number": series.series_number,
+            "instances": series.instances,
+            "frames": series.frames,
+            "status": series.status,
+            "reason": series.reason,
+            "generation": series.generation,
+            "local_ae": local_ae,
+            "calling_ae": series.calling_ae,
+            "calling_host": series.calling_host,
+            "first_received_at": _iso(series.first_received_at),
+            "last_received_at": _iso(series.last_received_at),
+            "completed_at": _iso(series.completed_at),
+            "jobs": [job_dict(j, series, local_ae) for j in series.jobs],
+        }
+
+
+def job_counts(db: Database) -> dict[str, int]:
+    """Jobs per status (every status, zero included)."""
+    with db.engine.connect() as conn:
+        counts = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return {s.value: int(counts.get(s.value, 0)) for s in JobStatus}
+
+
+def retry_job(db: Database, job_id: int) -> dict[str, Any]:
+    """Queue a job's analysis again (it re-runs and re-exports). Refused while it is active.
+    Returns the job as it was before, for the audit log."""
+    before = job_detail(db, job_id)
+    if before["status"] in {s.value for s in ACTIVE_JOB_STATUSES}:
+        raise Conflict(f"job {job_id} is {before['status']}; only a finished job can be retried")
+    requeue_job(db, job_id, reason="retry requested by an admin")
+    return before
+
+
+# --- preview -------------------------------------------------------------------------------
+
+
+def _sc_path(results_dir: Path, job_id: int, output: dict[str, Any]) -> Path:
+    """The file of one output entry; relative paths are under results_dir/<job_id>/ (or
+    results_dir/). Never a path outside results_dir."""
+    raw = Path(str(output.get("path", "")))
+    root = results_dir.resolve()
+    candidates = [raw] if raw.is_absolute() else [results_dir / str(job_id) / raw, results_dir / raw]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if resolved.is_relative_to(root) and resolved.is_file():
+            return resolved
+    raise NotFound(f"the picture {raw} of job {job_id} is not in {results_dir}")
+
+
+def rgb_png(ds: pydicom.Dataset) -> bytes:
+    """PNG of a secondary capture's pixels (RGB, or monochrome shown as grey)."""
+    pixels = ds.pixel_array
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric.startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        pixels = convert_color_space(pixels, photometric, "RGB")
+    if pixels.ndim == 4:  # multi-frame: the first frame
+        pixels = pixels[0]
+    elif pixels.ndim == 3 and photometric.startswith("MONOCHROME"):
+        pixels = pixels[0]
+    if pixels.dtype != np.uint8:
+        lo, hi = float(pixels.min()), float(pixels.max())
+        pixels = np.rint((pixels.astype(np.float32) - lo) / max(1.0, hi - lo) * 255).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def preview_png(db: Database, results_dir: Path, job_id: int, index: int = 0) -> bytes:
+    """The ``index``-th secondary capture (heatmap overlay) of a finished job as PNG."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        pictures = [o for o in job.outputs or [] if isinstance(o, dict) and o.get("kind") == PREVIEW_KIND]
+    if not pictures:
+        raise NotFound(f"job {job_id} has no heatmap pictures")
+    if not 0 <= index < len(pictures):
+        raise NotFound(f"job {job_id} has {len(pictures)} heatmap picture(s); there is no number {index}")
+    return rgb_png(pydicom.dcmread(_sc_path(results_dir, job_id, pictures[index])))

@@ -1,0 +1,98 @@
+"""The three kinds of configuration object an admin edits (local AEs, allowed sources, result
+destinations), described once for the REST API and the pages.
+
+Everything a kind does is :mod:`dicom_node.configuration`'s: its input schemas (the same
+validators as the command line), its add/update functions, its serialiser. This module only
+names them and adds the output schema for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
+
+from dicom_node import configuration as c
+from dicom_node.db.models import Destination, LocalAE, Source
+
+
+class LocalAEOut(c.LocalAEIn):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+
+
+class SourceOut(c.SourceIn):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+
+
+class DestinationOut(c.DestinationIn):
+    model_config = ConfigDict(extra="forbid")
+
+    id: int
+
+
+@dataclass(frozen=True)
+class ConfigKind:
+    """One kind of configuration object and the functions that handle it."""
+
+    slug: str  # in URLs: /api/<slug>, /<slug>
+    name: str  # audit target_type
+    label: str  # one, for people
+    plural: str
+    model: type[Any]
+    create_schema: type[BaseModel]
+    patch_schema: type[BaseModel]
+    out_schema: type[BaseModel]
+    add: Callable[[Session, Any], Any]
+    update: Callable[[Session, Any, Any], Any]
+    to_dict: Callable[[Any], dict[str, Any]]
+
+
+LOCAL_AES = ConfigKind(
+    slug="local-aes",
+    name="local_ae",
+    label="local AE",
+    plural="Local AE titles",
+    model=LocalAE,
+    create_schema=c.LocalAEIn,
+    patch_schema=c.LocalAEPatch,
+    out_schema=LocalAEOut,
+    add=c.add_local_ae,
+    update=c.update_local_ae,
+    to_dict=c.local_ae_dict,
+)
+
+SOURCES = ConfigKind(
+    slug="sources",
+    name="source",
+    label="source",
+    plural="Allowed sources",
+    model=Source,
+    create_schema=c.SourceIn,
+    patch_schema=c.SourcePatch,
+    out_schema=SourceOut,
+    add=c.add_source,
+    update=c.update_source,
+    to_dict=c.source_dict,
+)
+
+DESTINATIONS = ConfigKind(
+    slug="destinations",
+    name="destination",
+    label="destination",
+    plural="Destinations",
+    model=Destination,
+    create_schema=c.DestinationIn,
+    patch_schema=c.DestinationPatch,
+    out_schema=DestinationOut,
+    add=c.add_destination,
+    update=c.update_destination,
+    to_dict=c.destination_dict,
+)
+
+KINDS: tuple[ConfigKind, ...] = (LOCAL_AES, SOURCES, DESTINATIONS)

@@ -1,0 +1,104 @@
+"""The dashboard, series and jobs (lists that refresh themselves), one job with its exports and
+heatmap previews, and the retry button."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from starlette.datastructures import FormData
+from starlette.responses import Response
+
+from dicom_node.admin import audit
+from dicom_node.admin import jobs as j
+from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
+from dicom_node.admin.health import health
+from dicom_node.db.models import Event, JobStatus, SeriesStatus
+
+router = APIRouter()
+
+REFRESH_SECONDS = 3
+SERIES_STATES = [SeriesStatus.RECEIVING.value, SeriesStatus.NOT_ANALYSED.value] + [s.value for s in JobStatus]
+
+
+@router.get("/")
+def dashboard(request: Request) -> Response:
+    principal(request)
+    context = ctx(request)
+    report = health(context.settings, context.db)
+    with context.db.session() as s:
+        events = s.scalars(select(Event).order_by(Event.id.desc()).limit(10)).all()
+        recent = audit.entries(s, limit=10)
+    return render(
+        request,
+        "dashboard.html",
+        {"health": report, "counts": j.job_counts(context.db), "events": events, "audit": recent},
+    )
+
+
+@router.get("/series")
+def series_page(request: Request, status: str = "") -> Response:
+    principal(request)
+    rows = j.series_list(ctx(request).db, status or None)
+    return render(
+        request,
+        "series.html",
+        {"rows": rows, "status": status, "states": SERIES_STATES, "refresh_seconds": REFRESH_SECONDS},
+    )
+
+
+@router.get("/series/rows")
+def series_rows_fragment(request: Request, status: str = "") -> Response:
+    principal(request)
+    return render(request, "_series_rows.html", {"rows": j.series_list(ctx(request).db, status or None)})
+
+
+@router.get("/series/{series_id}")
+def one_series(series_id: int, request: Request) -> Response:
+    principal(request)
+    return render(request, "series_detail.html", {"series": j.series_detail(ctx(request).db, series_id)})
+
+
+@router.get("/jobs")
+def jobs_page(request: Request, status: str = "") -> Response:
+    principal(request)
+    rows = j.job_list(ctx(request).db, status or None)
+    flash = request.session.pop("flash", "")
+    return render(
+        request,
+        "jobs.html",
+        {"rows": rows, "status": status, "states": [s.value for s in JobStatus], "refresh_seconds": REFRESH_SECONDS, "flash": flash},
+    )
+
+
+@router.get("/jobs/rows")
+def jobs_rows_fragment(request: Request, status: str = "") -> Response:
+    principal(request)
+    return render(request, "_jobs_rows.html", {"rows": j.job_list(ctx(request).db, status or None)})
+
+
+@router.get("/jobs/{job_id}")
+def one_job(job_id: int, request: Request) -> Response:
+    principal(request)
+    job = j.job_detail(ctx(request).db, job_id)
+    flash = request.session.pop("flash", "")
+    with ctx(request).db.session() as s:
+        history = audit.entries(s, target_type="job", target_id=str(job_id), limit=20)
+    return render(request, "job.html", {"job": job, "flash": flash, "history": history, "refresh_seconds": REFRESH_SECONDS})
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(job_id: int, request: Request, data: FormData = Depends(form)) -> Response:
+    who = admin(request)
+    db = ctx(request).db
+    before = j.retry_job(db, job_id)
+    after = j.job_detail(db, job_id)
+    with db.session() as s:
+        audit.record(
+            s, who, "job.retry", target_type="job", target_id=job_id, target=before["series_uid"],
+            before={"status": before["status"], "reason": before["reason"]},
+            after={"status": after["status"], "reason": after["reason"]},
+            remote_addr=client_addr(request),
+        )
+    request.session["flash"] = f"Job {job_id} queued again."
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)

@@ -1,0 +1,38 @@
+// The node's admin pages: a few lines of our own instead of a framework.
+// Elements with data-refresh-url are re-filled from that URL (server-rendered HTML, escaped by the
+// server) every data-refresh-seconds, while the tab is visible. A lost session reloads the page,
+// which then goes to the login form.
+"use strict";
+
+function startRefresh(el) {
+  const every = 1000 * Number(el.dataset.refreshSeconds || 3);
+  const stamp = document.querySelector('[data-refresh-stamp="' + el.id + '"]');
+  async function tick() {
+    if (!document.hidden) {
+      try {
+        const response = await fetch(el.dataset.refreshUrl, {
+          credentials: "same-origin",
+          redirect: "manual",
+          headers: { "X-Requested-With": "fetch" },
+        });
+        if (response.type === "opaqueredirect" || response.status === 401) {
+          window.location.reload();
+          return;
+        }
+        if (response.ok) {
+          el.innerHTML = await response.text();
+          el.dataset.refreshedAt = String(Date.now());
+          if (stamp) stamp.textContent = "(updated " + new Date().toLocaleTimeString() + ")";
+        }
+      } catch (err) {
+        // The node restarting or the network blinking: try again at the next tick.
+      }
+    }
+    window.setTimeout(tick, every);
+  }
+  window.setTimeout(tick, every);
+}
+
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
+});
