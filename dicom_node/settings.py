@@ -93,7 +93,8 @@ class WorkerSettings(_Section):
     # Torch CPU threads per worker process; None: the CPU cores divided by the processes.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     weights_dir: Path | None = None  # None: the weights shipped in the package
-    localisation: Literal["cam", "cam+ig"] = "cam+ig"
+    # None: what the weights' metadata chose (model.predict.settings_for).
+    localisation: Literal["cam", "cam+ig"] | None = None
     sc_slices: Literal["lung", "key"] = "key"
     # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.
     visibility_timeout_seconds: int = Field(default=3600, ge=10)
