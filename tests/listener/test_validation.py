@@ -1,0 +1,79 @@
+"""Unit tests of the field validators (AE title, port, host, output kinds) and the UID rule.
+
+Covers the one validator each field has, as the CLI, the ORM, the REST API and the settings use
+it. Does not cover the REST layer's 422 answers (tests/admin).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_node.uids import check_uid, clean_uid, derived_uid, new_uid
+from dicom_node.validation import check_ae_title, check_host, check_output_kinds, check_port, require
+
+
+@pytest.mark.parametrize("title", ["A", "COVIDNODE", "X" * 16, "AE-1_2.3", "MY AE"])
+def test_valid_ae_titles(title: str) -> None:
+    assert check_ae_title(title) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("title", "reason"),
+    [
+        ("X" * 17, "17 characters"),
+        ("A\\B", "backslash"),
+        ("", "empty"),
+        ("   ", "empty"),
+        (" LEAD", "spaces"),
+        ("TAB\tAE", "printable"),
+        ("ÄRZTE", "printable"),
+        (None, "string"),
+    ],
+)
+def test_invalid_ae_titles_name_the_reason(title: object, reason: str) -> None:
+    ok, why = check_ae_title(title)
+    assert not ok and reason in why
+
+
+@pytest.mark.parametrize(("port", "ok"), [(1, True), (104, True), (65535, True), (0, False), (65536, False), (-1, False), (True, False), ("104", False)])
+def test_ports(port: object, ok: bool) -> None:
+    assert check_port(port)[0] is ok
+
+
+@pytest.mark.parametrize(("host", "ok"), [("127.0.0.1", True), ("::1", True), ("pacs.example.org", True), ("pacs", True), ("bad host", False), ("", False), ("a..b", False)])
+def test_hosts(host: str, ok: bool) -> None:
+    assert check_host(host)[0] is ok
+
+
+def test_output_kinds() -> None:
+    assert check_output_kinds(["sr", "seg"])[0]
+    ok, why = check_output_kinds(["sr", "pdf"])
+    assert not ok and "pdf" in why
+    assert not check_output_kinds(["sr", "sr"])[0]
+
+
+def test_require_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"^title: is 17 characters"):
+        require("title", check_ae_title, "X" * 17)
+
+
+@pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "2.25.1234567890", "1.2.3\x00"])
+def test_valid_uids(uid: str) -> None:
+    assert check_uid(uid)[0]
+
+
+@pytest.mark.parametrize("uid", ["../../x", "1.2/3", "1..2", "1.02", "", "1." + "1" * 64, "1.2.3 4", "/etc/passwd", None])
+def test_invalid_uids_never_become_paths(uid: object) -> None:
+    assert not check_uid(uid)[0]
+    with pytest.raises(ValueError):
+        clean_uid(uid)
+
+
+def test_derived_uids_are_deterministic_and_distinct() -> None:
+    a = derived_uid("1.2.3", "1.0.0", "sr")
+    assert a == derived_uid("1.2.3", "1.0.0", "sr")
+    assert a != derived_uid("1.2.3", "1.0.1", "sr")
+    assert a != derived_uid("1.2.3", "1.0.0", "seg")
+    assert derived_uid("ab", "c") != derived_uid("a", "bc")
+    assert a.startswith("2.25.") and len(a) <= 64 and check_uid(a)[0]
+    assert new_uid() != new_uid()
