@@ -187,15 +187,27 @@ def retry_job(db: Database, job_id: int) -> dict[str, Any]:
     return before
 
 
+def resend(db: Database, job_id: int, *, destination: str | None = None, default_outputs: list[str] | None = None) -> list[int]:
+    """Send a done job's results again (to every destination, or to the one titled
+    ``destination``), through the worker's re-export; returns the export ids."""
+    from worker.exports import reexport
+
+    job_detail(db, job_id)  # NotFound when there is no such job
+    try:
+        return reexport(db, job_id, destination=destination, default_outputs=tuple(default_outputs or ("sr", "sc", "seg", "kos")))
+    except ValueError as exc:
+        raise Conflict(str(exc)) from None
+
+
 # --- preview -------------------------------------------------------------------------------
 
 
 def _sc_path(results_dir: Path, job_id: int, output: dict[str, Any]) -> Path:
-    """The file of one output entry; relative paths are under results_dir/<job_id>/ (or
-    results_dir/). Never a path outside results_dir."""
+    """The file of one output entry: Job.outputs paths are relative to the results dir
+    (``<job id>/dicom/sc/<uid>.dcm``, see worker.artefacts). Never a path outside results_dir."""
     raw = Path(str(output.get("path", "")))
     root = results_dir.resolve()
-    candidates = [raw] if raw.is_absolute() else [results_dir / str(job_id) / raw, results_dir / raw]
+    candidates = [raw] if raw.is_absolute() else [results_dir / raw]
     for candidate in candidates:
         resolved = candidate.resolve()
         if resolved.is_relative_to(root) and resolved.is_file():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from dicom_node.admin import audit
@@ -12,6 +13,7 @@ from dicom_node.admin import jobs as j
 from dicom_node.admin.auth import Principal
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import Event
+from dicom_node.validation import AETitle
 
 router = APIRouter(tags=["Series and jobs"])
 
@@ -64,6 +66,25 @@ def retry_job(job_id: int, request: Request, who: Principal = Depends(admin)) ->
             remote_addr=client_addr(request),
         )
     return after
+
+
+class ResendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    destination: AETitle | None = Field(None, description="only to this destination (default: every destination of the job)")
+
+
+@router.post("/jobs/{job_id}/export", status_code=202, summary="Send a done job's results again (admin)")
+def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Principal = Depends(admin)) -> dict[str, Any]:
+    context = ctx(request)
+    destination = data.destination if data is not None else None
+    ids = j.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    with context.db.session() as s:
+        audit.record(
+            s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",
+            after={"exports": ids}, remote_addr=client_addr(request),
+        )
+    return {"job_id": job_id, "exports": ids, "status": "pending"}
 
 
 @router.get(

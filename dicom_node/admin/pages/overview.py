@@ -102,3 +102,18 @@ def retry(job_id: int, request: Request, data: FormData = Depends(form)) -> Resp
         )
     request.session["flash"] = f"Job {job_id} queued again."
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/export")
+def resend(job_id: int, request: Request, data: FormData = Depends(form)) -> Response:
+    who = admin(request)
+    context = ctx(request)
+    destination = str(data.get("destination", "")) or None
+    ids = j.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    with context.db.session() as s:
+        audit.record(
+            s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",
+            after={"exports": ids}, remote_addr=client_addr(request),
+        )
+    request.session["flash"] = f"Results of job {job_id} are being sent again to {destination or 'every destination'}."
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)

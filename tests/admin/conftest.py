@@ -1,0 +1,164 @@
+"""Fixtures of the admin tests: the admin app served by uvicorn on a loopback port over a real
+database (SQLite and PostgreSQL), with an admin and a viewer user and a token for each; helpers
+for browser-like sessions (login form, CSRF token) and for a finished job's files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+from dicom_node.admin.auth import Passwords, create_token, create_user
+from dicom_node.admin.server import AdminServerThread
+from dicom_node.db import Database, upgrade
+from dicom_node.db.models import Export, ExportStatus, Job, JobStatus, Series, SeriesStatus, utcnow
+from dicom_node.settings import Settings
+from dicom_node.uids import derived_uid
+from tests.peers import free_port, wait_until
+
+ADMIN, VIEWER = "alice", "victor"
+PASSWORD = "correct horse battery staple"
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+@dataclass
+class AdminApp:
+    url: str
+    settings: Settings
+    db: Database
+    admin_token: str
+    viewer_token: str
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, follow_redirects=False)
+
+    def admin(self) -> httpx.Client:
+        return self.client(self.admin_token)
+
+    def viewer(self) -> httpx.Client:
+        return self.client(self.viewer_token)
+
+    def browser(self, name: str = ADMIN, password: str = PASSWORD) -> "Browser":
+        """A cookie-holding client logged in through the login form."""
+        b = Browser(self.client())
+        b.login(name, password)
+        return b
+
+
+class Browser:
+    """httpx with the session cookie and the page's CSRF token, like a browser's form posts."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.csrf = ""
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        response = self.http.get(path, **kw)
+        found = CSRF_RE.search(response.text) if response.headers.get("content-type", "").startswith("text/html") else None
+        if found:
+            self.csrf = found.group(1)
+        return response
+
+    def post(self, path: str, data: dict[str, Any] | None = None, *, csrf: bool = True) -> httpx.Response:
+        form = dict(data or {})
+        if csrf:
+            form["csrf_token"] = self.csrf
+        return self.http.post(path, data=form)
+
+    def login(self, name: str, password: str) -> httpx.Response:
+        self.get("/login")
+        response = self.post("/login", {"name": name, "password": password, "next": "/"})
+        assert response.status_code == 303, response.text
+        self.get("/")  # the login made a new CSRF token
+        return response
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
+    return Settings(data_dir=data_dir, database_url=database_url, admin_port=free_port(), **overrides)
+
+
+@pytest.fixture
+def admin_app(database_url: str, tmp_path: Path) -> Iterator[AdminApp]:
+    settings = make_settings(tmp_path / "node-data", database_url)
+    upgrade(database_url)
+    db = Database(database_url)
+    passwords = Passwords()
+    with db.session() as s:
+        alice = create_user(s, passwords, ADMIN, "admin", PASSWORD)
+        victor = create_user(s, passwords, VIEWER, "viewer", PASSWORD)
+        _, admin_token = create_token(s, alice, "tests", created_by="pytest")
+        _, viewer_token = create_token(s, victor, "tests", created_by="pytest")
+    server = AdminServerThread(settings, db)
+    server.start()
+    wait_until(lambda: server.started or not server.is_alive(), 30, "the admin app to start")
+    assert server.started, "the admin app did not start"
+    yield AdminApp(f"http://127.0.0.1:{settings.admin_port}", settings, db, admin_token, viewer_token)
+    server.stop()
+    server.join(15)
+    db.dispose()
+
+
+# --- a finished job, written as the worker writes one (worker.artefacts) ------------------
+
+
+def write_sc(path: Path, rgb: np.ndarray, seed: str) -> str:
+    """A secondary capture with RGB pixels (what the worker's SC writer sends to PACS)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = derived_uid(seed, "sc")
+    ds.StudyInstanceUID = derived_uid(seed, "study")
+    ds.SeriesInstanceUID = derived_uid(seed, "sc-series")
+    ds.Modality = "OT"
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return str(ds.SOPInstanceUID)
+
+
+def finished_job(app: AdminApp, *, status: JobStatus = JobStatus.DONE, seed: str = "admin-job") -> tuple[int, int, np.ndarray]:
+    """A series with a done job, one SC picture in the results dir and one export; returns
+    (series id, job id, the picture's pixels)."""
+    now = utcnow()
+    rgb = np.zeros((32, 48, 3), dtype=np.uint8)
+    rgb[..., 0] = np.arange(48, dtype=np.uint8)[None, :] * 5
+    rgb[..., 1] = np.arange(32, dtype=np.uint8)[:, None] * 7
+    rgb[8:16, 8:24, 2] = 255
+    with app.db.session() as s:
+        series = Series(
+            series_uid=derived_uid(seed, "series"), study_uid=derived_uid(seed, "study"), calling_ae="CT1", patient_id="PAT1",
+            modality="CT", series_description="CHEST", instances=20, frames=20, status=SeriesStatus.COMPLETE.value,
+            completed_at=now,
+        )
+        s.add(series)
+        s.flush()
+        job = Job(
+            series_id=series.id, status=status.value, decision="covid", model_name="cam-net", model_version="0.1",
+            result={"probabilities": {"covid": 0.8, "cap": 0.15, "normal": 0.05}, "decision": "covid", "reason": "test"},
+            timings={"load": 0.5, "inference": 2.5, "encoding": 0.3}, started_at=now, finished_at=now,
+        )
+        s.add(job)
+        s.flush()
+        relative = f"{job.id}/dicom/sc/{derived_uid(seed, 'sc')}.dcm"
+        uid = write_sc(app.settings.results_dir / relative, rgb, seed)
+        job.outputs = [{"kind": "sc", "sop_class_uid": SecondaryCaptureImageStorage, "sop_instance_uid": uid, "series_uid": "", "path": relative}]
+        s.add(Export(job_id=job.id, destination_key="dest:none", title="PACS", host="127.0.0.1", port=104, outputs=["sc"],
+                     status=ExportStatus.DONE.value, attempts=1, objects_sent=1, finished_at=now))
+        return series.id, job.id, rgb
