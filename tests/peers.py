@@ -121,8 +121,9 @@ def node_env(data_dir: Path, **settings: Any) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([DICOM_NODE, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``dicom-node ARGS``; ``input`` goes to its standard input (e.g. --password-stdin)."""
+    proc = subprocess.run([DICOM_NODE, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"dicom-node {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
