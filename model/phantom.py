@@ -720,15 +720,15 @@ def _cap_lesions(
         center = None
         for b in (candidates[i] for i in rng.permutation(len(candidates))):
             idx = np.round(_to_index(grid, b.p1) / np.array(dp.stride)).astype(int)
-            if np.all(idx >= 0) and np.all(idx < np.array(dp.depth.shape)) and dp.side[tuple(idx)] == code and 12.0 <= dp.depth[tuple(idx)] <= 45.0:
+            if np.all(idx >= 0) and np.all(idx < np.array(dp.depth.shape)) and dp.side[tuple(idx)] == code and 18.0 <= dp.depth[tuple(idx)] <= 50.0:
                 center = b.p1 + rng.uniform(-5.0, 5.0, 3)
                 break
         if center is None:
-            center = _pick_point(dp, grid, ctx, rng, code, 12.0, 45.0, posterior=0.8, lower=0.6)
+            center = _pick_point(dp, grid, ctx, rng, code, 18.0, 50.0, posterior=0.8, lower=0.6)
         if center is None:
             continue
-        radius = rng.uniform(22.0, 45.0)
-        axes = radius * rng.uniform(0.7, 1.3, 3)
+        radius = rng.uniform(18.0, 36.0)
+        axes = radius * rng.uniform(0.75, 1.25, 3)
         outer = _blob_weight(grid, hu.shape, center, axes * 1.08, 5.0, rng, irregular=0.18)
         if outer is None:
             continue
