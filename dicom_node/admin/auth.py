@@ -100,8 +100,16 @@ class Passwords:
 
     def __init__(self) -> None:
         self._hasher = PasswordHasher()
-        # Verified against when the user does not exist, so that the answer takes as long.
-        self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        self._dummy: str | None = None
+        self._lock = threading.Lock()
+
+    def _dummy_hash(self) -> str:
+        # Verified against when the user does not exist, so that the answer takes as long; made
+        # on first need (a hash costs as much as a login).
+        with self._lock:
+            if self._dummy is None:
+                self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+            return self._dummy
 
     def hash(self, password: str) -> str:
         _require("password", check_password, password)
@@ -109,7 +117,7 @@ class Passwords:
 
     def verify(self, password_hash: str | None, password: str) -> bool:
         try:
-            return self._hasher.verify(password_hash or self._dummy, password) and password_hash is not None
+            return self._hasher.verify(password_hash or self._dummy_hash(), password) and password_hash is not None
         except VerificationError:
             return False
         except InvalidHashError:

@@ -4,6 +4,7 @@ for browser-like sessions (login form, CSRF token) and for a finished job's file
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from dicom_node.admin.auth import Passwords, create_token, create_user
+from dicom_node.admin.auth import Passwords, create_token
 from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
-from dicom_node.db.models import Export, ExportStatus, Job, JobStatus, Series, SeriesStatus, utcnow
+from dicom_node.db.models import Export, ExportStatus, Job, JobStatus, Series, SeriesStatus, User, utcnow
 from dicom_node.settings import Settings
 from dicom_node.uids import derived_uid
-from tests.peers import free_port, wait_until
+from tests.peers import NodeProcess, cli, free_port, node_env, wait_until
 
 ADMIN, VIEWER = "alice", "victor"
 PASSWORD = "correct horse battery staple"
@@ -82,6 +83,11 @@ class Browser:
         return response
 
 
+@functools.lru_cache(maxsize=1)
+def password_hash() -> str:
+    return Passwords().hash(PASSWORD)
+
+
 def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settings:
     return Settings(data_dir=data_dir, database_url=database_url, admin_port=free_port(), **overrides)
 
@@ -91,10 +97,13 @@ def admin_app(database_url: str, tmp_path: Path) -> Iterator[AdminApp]:
     settings = make_settings(tmp_path / "node-data", database_url)
     upgrade(database_url)
     db = Database(database_url)
-    passwords = Passwords()
     with db.session() as s:
-        alice = create_user(s, passwords, ADMIN, "admin", PASSWORD)
-        victor = create_user(s, passwords, VIEWER, "viewer", PASSWORD)
+        # Users as create_user makes them, with one argon2 hash for all tests (a hash takes as
+        # long as a login: most of a second on a busy two-core machine).
+        alice = User(name=ADMIN, role="admin", password_hash=password_hash(), enabled=True)
+        victor = User(name=VIEWER, role="viewer", password_hash=password_hash(), enabled=True)
+        s.add_all([alice, victor])
+        s.flush()
         _, admin_token = create_token(s, alice, "tests", created_by="pytest")
         _, viewer_token = create_token(s, victor, "tests", created_by="pytest")
     server = AdminServerThread(settings, db)
@@ -162,3 +171,41 @@ def finished_job(app: AdminApp, *, status: JobStatus = JobStatus.DONE, seed: str
         s.add(Export(job_id=job.id, destination_key="dest:none", title="PACS", host="127.0.0.1", port=104, outputs=["sc"],
                      status=ExportStatus.DONE.value, attempts=1, objects_sent=1, finished_at=now))
         return series.id, job.id, rgb
+
+
+# --- a running node (dicom-node serve / up as a subprocess) ---------------------------------
+
+
+@dataclass
+class LiveNode:
+    env: dict[str, str]
+    process: NodeProcess
+    url: str
+    token: str
+    data_dir: Path
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
+
+
+def start_live_node(data_dir: Path, command: tuple[str, ...] = ("serve",), **settings: Any) -> LiveNode:
+    """The node as a subprocess with its admin app on a free port, an admin user made with
+    ``dicom-node admin create-user`` and an API token made with ``create-token``."""
+    port = free_port()
+    env = node_env(data_dir, admin_port=port, listener__processes=1, completion__poll_seconds=0.2, **settings)
+    cli(env, "admin", "create-user", ADMIN, "--role", "admin", "--password-stdin", input=PASSWORD + "\n")
+    token = cli(env, "admin", "create-token", ADMIN, "--name", "tests").stdout.strip()
+    process = NodeProcess(env, command).start()
+    try:
+        process.wait_for_port(port, timeout=90)
+    except AssertionError:
+        process.stop()
+        raise
+    return LiveNode(env, process, f"http://127.0.0.1:{port}", token, data_dir)
+
+
+@pytest.fixture
+def live_node(tmp_path: Path) -> Iterator[LiveNode]:
+    node = start_live_node(tmp_path / "node-data")
+    yield node
+    node.process.stop()
