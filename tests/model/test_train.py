@@ -1,0 +1,114 @@
+"""Training: patient-level folds, the schedule (step decay, validation, best checkpoint, early stop)
+and a short run that overfits a few phantoms.
+
+Covers model/train.py with tiny networks on small images. Not covered here: the shipped weights'
+quality (``dicom-node model evaluate``, recorded in model/weights/metadata.json) and the data
+layouts' readers (the data side's tests; the ``train_folder`` layouts are in test_cli.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from model.train import TrainConfig, patient_folds, predict_slices, split_by_patient, train
+
+TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
+
+
+@dataclass
+class _Series:
+    series_id: str
+    patient_id: str
+    label: str
+    slices: np.ndarray
+
+
+def _blob_series(label: str, n: int, seed: int, size: int = 32, patient: str | None = None) -> _Series:
+    """Slices whose class is a bright (covid), dark-square (cap) or absent (normal) blob."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 0.3, (n, 1, size, size)).astype(np.float32)
+    for k in range(n):
+        cy, cx = rng.integers(6, size - 6, 2)
+        if label == "covid":
+            x[k, 0, cy - 3 : cy + 3, cx - 3 : cx + 3] += 3.0
+        elif label == "cap":
+            x[k, 0, cy - 3 : cy + 3, cx - 3 : cx + 3] -= 3.0
+    return _Series(f"{label}-{seed}", patient or f"p-{label}-{seed}", label, x)
+
+
+def test_patient_folds_never_split_a_patient_and_are_stratified() -> None:
+    patients = [f"p{i // 2}" for i in range(40)]  # two series per patient
+    labels = [("covid", "cap", "normal", "covid")[(i // 2) % 4] for i in range(40)]
+    folds = patient_folds(patients, labels, folds=5, seed=3)
+    by_patient: dict[str, set[int]] = {}
+    for p, f in zip(patients, folds):
+        by_patient.setdefault(p, set()).add(f)
+    assert all(len(f) == 1 for f in by_patient.values())
+    assert set(folds) == set(range(5))
+    for label in ("covid", "cap", "normal"):
+        per_fold = [sum(1 for f, lb in zip(folds, labels) if f == k and lb == label) for k in range(5)]
+        assert max(per_fold) - min(per_fold) <= 2
+    assert patient_folds(patients, labels, 5, seed=3) == folds  # deterministic
+
+
+def test_split_by_patient() -> None:
+    series = [_blob_series(lb, 2, i, patient=f"p{i % 6}") for i, lb in enumerate(["covid", "cap", "normal"] * 4)]
+    train_set, val_set = split_by_patient(series, folds=3, fold=1)
+    assert {s.patient_id for s in train_set}.isdisjoint({s.patient_id for s in val_set})
+    assert len(train_set) + len(val_set) == len(series) and val_set
+    everything, none = split_by_patient(series, folds=1, fold=0)
+    assert len(everything) == len(series) and none == []
+
+
+def test_config_validation() -> None:
+    assert TrainConfig().to_json()["iterations"] == 10_000  # the paper's defaults
+    with pytest.raises(ValueError):
+        TrainConfig(image_size=100)
+    with pytest.raises(ValueError):
+        TrainConfig(fold=5, folds=5)
+    with pytest.raises(ValueError):
+        TrainConfig(batch_size=0)
+
+
+def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
+    train_set = [_blob_series(lb, 16, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
+    val_set = [_blob_series(lb, 8, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"])]
+    config = TrainConfig(image_size=32, batch_size=12, iterations=200, learning_rate=3e-3, lr_step=50, validate_every=10, patience=30, **TINY)
+    seen: list[int] = []
+    result = train(train_set, val_set, config, on_validation=lambda it, m: seen.append(it))
+    assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.6  # chance: 1/3
+    assert result.stopped_early and result.iterations_run < 200
+    assert result.iterations_run - result.best_iteration >= 30
+    assert seen == [int(h["iteration"]) for h in result.history]
+    # The learning rate decays by 0.1 every lr_step iterations.
+    lrs = {int(h["iteration"]): h["lr"] for h in result.history}
+    assert lrs[10] == pytest.approx(3e-3) and lrs[50] == pytest.approx(3e-4)
+    # The returned network is the best checkpoint.
+    logits = predict_slices(result.network, np.concatenate([s.slices for s in val_set]), torch.device("cpu"))
+    truth = np.repeat([0, 1, 2], 8)
+    assert float((logits.argmax(1) == truth).mean()) == pytest.approx(result.best_val_accuracy)
+    assert result.class_weights == pytest.approx([3.0, 3.0, 3.0])
+
+
+def test_training_without_validation_runs_all_iterations() -> None:
+    train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
+    config = TrainConfig(image_size=32, batch_size=4, iterations=5, classes=("covid", "normal"), **TINY)
+    result = train(train_set, [], config)
+    assert result.iterations_run == 5 and result.best_val_accuracy is None and not result.stopped_early
+    assert result.network.num_classes == 2 and not result.network.training
+
+
+def test_training_rejects_unknown_labels_and_too_little_data() -> None:
+    config = TrainConfig(image_size=32, batch_size=4, iterations=1, classes=("covid", "normal"), **TINY)
+    with pytest.raises(ValueError, match="not in"):
+        train([_blob_series("cap", 8, 0)], [], config)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train([_blob_series("covid", 1, 0), _blob_series("normal", 1, 1)], [], config)
+    with pytest.raises(ValueError, match="no training samples"):
+        train([_blob_series("covid", 8, 0)], [], config)
+    assert dataclasses.replace(config, fold=0).fold == 0
