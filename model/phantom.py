@@ -32,12 +32,13 @@ the seed), so two phantoms with one patient seed are one "patient" scanned twice
 
 from __future__ import annotations
 
+import csv
 import datetime
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -1112,3 +1113,88 @@ def _save(ds: Dataset, path: Path, ts: str, stored: np.ndarray) -> None:
     else:
         meta.TransferSyntaxUID = UID(ts)
     ds.save_as(path, enforce_file_format=True)
+
+
+# -- data sets --------------------------------------------------------------------------------------
+
+LABELS_CSV = "labels.csv"
+LABELS_COLUMNS: tuple[str, ...] = ("series", "label", "patient_id")
+
+
+@dataclass(frozen=True)
+class PhantomPlan:
+    """One series of a phantom data set: its folder name, class, patient and seeds."""
+
+    name: str
+    kind: str
+    patient_id: str
+    seed: int
+    patient_seed: int
+    slices: int
+
+
+def plan_phantom_dataset(
+    count: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS, slices_min: int = 48, slices_max: int = 96, series_per_patient: int = 1
+) -> list[PhantomPlan]:
+    """Class-balanced series (classes dealt in turn over patients; every series of a patient has
+    the patient's class), with seeds and slice counts derived from ``seed``."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    if not 4 <= slices_min <= slices_max:
+        raise ValueError(f"need 4 <= slices_min <= slices_max, got {slices_min}, {slices_max}")
+    if series_per_patient < 1:
+        raise ValueError(f"series_per_patient must be >= 1, got {series_per_patient}")
+    rng = np.random.default_rng([seed, 6])
+    plans = []
+    for i in range(count):
+        p = i // series_per_patient
+        kind = kinds[p % len(kinds)]
+        series_seed = int(np.random.default_rng([seed, 7, i]).integers(2**31 - 1))
+        patient_seed = int(np.random.default_rng([seed, 8, p]).integers(2**31 - 1))
+        plans.append(
+            PhantomPlan(
+                name=f"series_{i:04d}",
+                kind=kind,
+                patient_id=f"PHANTOM-{seed}-{p:04d}",
+                seed=series_seed,
+                patient_seed=patient_seed,
+                slices=int(rng.integers(slices_min, slices_max + 1)),
+            )
+        )
+    return plans
+
+
+def write_phantom_dataset(
+    out_dir: Path | str,
+    count: int,
+    *,
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    slices_min: int = 48,
+    slices_max: int = 96,
+    rows: int = 512,
+    columns: int = 512,
+    series_per_patient: int = 1,
+    transfer_syntax: str = "explicit",
+    progress: Callable[[int, int, PhantomPlan], None] | None = None,
+) -> Path:
+    """Write ``count`` phantom series (:func:`plan_phantom_dataset`) as ``out_dir/series_NNNN/``
+    with their masks beside them, and ``out_dir/labels.csv`` (columns series, label, patient_id;
+    series = folder name relative to ``out_dir``). Returns the path of labels.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plan_phantom_dataset(count, seed=seed, kinds=kinds, slices_min=slices_min, slices_max=slices_max, series_per_patient=series_per_patient)
+    for i, plan in enumerate(plans):
+        phantom = make_phantom(plan.kind, seed=plan.seed, patient_seed=plan.patient_seed, slices=plan.slices, rows=rows, columns=columns)
+        write_phantom_series(phantom, out / plan.name, transfer_syntax=transfer_syntax, patient_id=plan.patient_id, series_number=1 + i % 1000)
+        if progress is not None:
+            progress(i + 1, len(plans), plan)
+    labels = out / LABELS_CSV
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LABELS_COLUMNS)
+        for plan in plans:
+            writer.writerow([plan.name, plan.kind, plan.patient_id])
+    return labels

@@ -1,0 +1,99 @@
+"""``dicom-node phantom`` and ``dicom-node phantom-dataset``: write synthetic chest CT phantoms.
+
+Phantoms are synthetic: they prove the pipeline works, nothing clinical. Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+KIND_CHOICES = ("covid", "cap", "normal")
+SYNTAX_CHOICES = ("explicit", "implicit", "deflate", "rle", "jpeg-ls", "jpeg2000")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the phantom sub-commands to ``dicom-node``."""
+    one = subparsers.add_parser(
+        "phantom",
+        help="write one synthetic chest CT series (with its lung/lesion masks beside it)",
+        description="Write one synthetic chest CT phantom as a DICOM series in OUT_DIR; the masks go to "
+        "OUT_DIR.masks.npz beside it. Synthetic data, not for clinical use.",
+    )
+    one.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    one.add_argument("--kind", choices=KIND_CHOICES, required=True)
+    one.add_argument("--slices", type=int, default=None, help="number of slices (default: drawn from the seed, 80-160)")
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--rows", type=int, default=512, help="matrix rows (and columns unless --columns)")
+    one.add_argument("--columns", type=int, default=None)
+    one.add_argument("--slice-spacing", type=float, default=None, help="mm between slices (default: cover the chest)")
+    one.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
+    one.add_argument("--multiframe", action="store_true", help="one Enhanced CT multi-frame file instead of one file per slice")
+    one.add_argument("--patient-id", default=None)
+    one.set_defaults(handler=_phantom)
+
+    many = subparsers.add_parser(
+        "phantom-dataset",
+        help="write a class-balanced set of synthetic chest CT series and labels.csv",
+        description="Write COUNT phantom series (covid, cap, normal in turn) under OUT_DIR with labels.csv "
+        "(series,label,patient_id). Synthetic data, not for clinical use.",
+    )
+    many.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    many.add_argument("--count", type=int, required=True)
+    many.add_argument("--seed", type=int, default=0)
+    many.add_argument("--slices-min", type=int, default=48)
+    many.add_argument("--slices-max", type=int, default=96)
+    many.add_argument("--rows", type=int, default=512)
+    many.add_argument("--columns", type=int, default=None)
+    many.add_argument("--series-per-patient", type=int, default=1)
+    many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
+    many.add_argument("--quiet", action="store_true")
+    many.set_defaults(handler=_phantom_dataset)
+
+
+def _phantom(args: argparse.Namespace) -> int:
+    from model.phantom import make_phantom, masks_path, write_phantom_series
+
+    if args.rows < 32 or (args.columns is not None and args.columns < 32):
+        print("error: --rows and --columns must be >= 32", file=sys.stderr)
+        return 2
+    phantom = make_phantom(
+        args.kind, seed=args.seed, slices=args.slices, rows=args.rows, columns=args.columns or args.rows, slice_spacing=args.slice_spacing
+    )
+    out = write_phantom_series(
+        phantom, args.out_dir, transfer_syntax=args.transfer_syntax, multiframe=args.multiframe, patient_id=args.patient_id
+    )
+    print(
+        f"{out}: {phantom.kind} phantom, {phantom.shape[0]} slices of {phantom.shape[1]}x{phantom.shape[2]}, "
+        f"spacing {phantom.spacing[0]:.2f}/{phantom.spacing[1]:.3f} mm, lesions {100 * phantom.lesion_fraction:.1f}% of lung; "
+        f"masks in {masks_path(out)}. Synthetic, not for clinical use."
+    )
+    return 0
+
+
+def _phantom_dataset(args: argparse.Namespace) -> int:
+    from model.phantom import PhantomPlan, write_phantom_dataset
+
+    def progress(done: int, total: int, plan: PhantomPlan) -> None:
+        if not args.quiet:
+            print(f"[{done}/{total}] {plan.name}: {plan.kind}, {plan.slices} slices, patient {plan.patient_id}", flush=True)
+
+    try:
+        labels = write_phantom_dataset(
+            args.out_dir,
+            args.count,
+            seed=args.seed,
+            slices_min=args.slices_min,
+            slices_max=args.slices_max,
+            rows=args.rows,
+            columns=args.columns or args.rows,
+            series_per_patient=args.series_per_patient,
+            transfer_syntax=args.transfer_syntax,
+            progress=progress,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{labels}: {args.count} series. Synthetic, not for clinical use.")
+    return 0
