@@ -1175,19 +1175,20 @@ def write_phantom_dataset(
     slices_min: int = 48,
     slices_max: int = 96,
     rows: int = 512,
-    columns: int = 512,
+    columns: int | None = None,
     series_per_patient: int = 1,
     transfer_syntax: str = "explicit",
     progress: Callable[[int, int, PhantomPlan], None] | None = None,
 ) -> Path:
     """Write ``count`` phantom series (:func:`plan_phantom_dataset`) as ``out_dir/series_NNNN/``
     with their masks beside them, and ``out_dir/labels.csv`` (columns series, label, patient_id;
-    series = folder name relative to ``out_dir``). Returns the path of labels.csv."""
+    series = folder name relative to ``out_dir``). ``columns`` defaults to ``rows``. Returns the path
+    of labels.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_phantom_dataset(count, seed=seed, kinds=kinds, slices_min=slices_min, slices_max=slices_max, series_per_patient=series_per_patient)
     for i, plan in enumerate(plans):
-        phantom = make_phantom(plan.kind, seed=plan.seed, patient_seed=plan.patient_seed, slices=plan.slices, rows=rows, columns=columns)
+        phantom = make_phantom(plan.kind, seed=plan.seed, patient_seed=plan.patient_seed, slices=plan.slices, rows=rows, columns=columns or rows)
         write_phantom_series(phantom, out / plan.name, transfer_syntax=transfer_syntax, patient_id=plan.patient_id, series_number=1 + i % 1000)
         if progress is not None:
             progress(i + 1, len(plans), plan)
