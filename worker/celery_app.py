@@ -55,9 +55,12 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": max(1, min(10, timeout // 4)),
             "unacked_restore_throttle": 1,
         }
-    if is_sqlalchemy(broker):
-        # The virtual transport polls; 0.2 s keeps queue latency low at little cost.
-        return {"polling_interval": 0.2}
+    if broker.startswith("sqla+sqlite"):
+        # Passed to create_engine by kombu: wait for the file's write lock as long as the node's
+        # own database does (several processes share the file). kombu hands every option to
+        # create_engine, so its virtual-transport "polling_interval" can not be set here: a
+        # message waits up to its default 1 s to be picked up.
+        return {"connect_args": {"timeout": 30}}
     return {}
 
 
