@@ -127,7 +127,9 @@ def _segment_coarse(
         return np.zeros(c.shape, dtype=bool)
     airway = find_airways(c, inside, spacing, superior_last)
     if airway.any():
-        grown = ndi.binary_dilation(airway, structure=_SLICE8)
+        # The airway was grown on smoothed HU, which shrinks it: take back its partial-volume rim
+        # (two voxels of geodesic dilation through air) so no ring of it joins the lungs.
+        grown = ndi.binary_dilation(airway, structure=np.ones((3, 3, 3), dtype=bool), iterations=2, mask=c < -500.0)
         inside &= ~grown
     labels, count = ndi.label(inside)
     if count == 0:
