@@ -64,7 +64,8 @@ def build_outputs(
     kinds = list(kinds)
     require("kinds", check_output_kinds, kinds)
     options = options or OutputOptions()
-    created = options.created or datetime.datetime.now().replace(microsecond=0)
+    # One time stamp for the whole build, to the second (the DA/TM/DT values written).
+    created = (options.created or datetime.datetime.now()).replace(microsecond=0)
     ctx = BuildContext(result=result, sources=sources, slices=resolve_slices(result, sources), options=options, created=created)
     writers = _writers()
     return {kind: writers[kind](ctx) for kind in kinds}

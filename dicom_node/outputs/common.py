@@ -18,7 +18,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
-from pydicom.valuerep import DA, DT, TM
 
 from dicom_node import NOT_FOR_CLINICAL_USE, __version__
 from dicom_node.outputs import codes
@@ -84,7 +83,7 @@ class VolumeLike(Protocol):
 
     hu: np.ndarray
     frame_numbers: Sequence[int | None]
-    source_files: Sequence[str | Path]
+    source_files: Sequence[str | Path | None]
 
 
 @dataclass(frozen=True)
@@ -123,9 +122,24 @@ class SourceSeries:
         return cls(datasets=datasets, hu=hu, frame_numbers=None if frame_numbers is None else tuple(frame_numbers))
 
     @classmethod
+    def from_datasets(
+        cls,
+        datasets: Iterable[Dataset],
+        *,
+        hu: np.ndarray | None = None,
+        frame_numbers: Sequence[int | None] | None = None,
+    ) -> SourceSeries:
+        """From datasets already in memory (pixel data, if any, is not used)."""
+        by_uid = {clean_uid(ds.SOPInstanceUID): ds for ds in datasets}
+        return cls(datasets=by_uid, hu=hu, frame_numbers=None if frame_numbers is None else tuple(frame_numbers))
+
+    @classmethod
     def from_volume(cls, volume: VolumeLike) -> SourceSeries:
         """From ``model.io.load_series``'s Volume: its files' metadata, HU volume and frame numbers."""
-        return cls.from_files(volume.source_files, hu=volume.hu, frame_numbers=volume.frame_numbers)
+        if any(path is None for path in volume.source_files):
+            raise ValueError("the volume was loaded from in-memory datasets: use SourceSeries.from_datasets")
+        paths = [path for path in volume.source_files if path is not None]
+        return cls.from_files(paths, hu=volume.hu, frame_numbers=volume.frame_numbers)
 
 
 @dataclass(frozen=True)
@@ -409,7 +423,7 @@ class BuildContext:
 def stamp(ds: Dataset, created: datetime.datetime) -> None:
     """Write the build's time stamp over every date/time highdicom filled with "now", so that two
     builds with the same ``created`` are byte-identical."""
-    date, time = DA(created.date()), TM(created.time())
+    date, time = created.strftime("%Y%m%d"), created.strftime("%H%M%S")
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
     if "ContentDate" in ds:
@@ -420,4 +434,4 @@ def stamp(ds: Dataset, created: datetime.datetime) -> None:
         ds.TimeOfSecondaryCapture = time
     for item in ds.get("ContributingEquipmentSequence", []):
         if item.get("ManufacturerModelName") == "highdicom":
-            item.ContributionDateTime = DT(created)
+            item.ContributionDateTime = created.strftime("%Y%m%d%H%M%S")

@@ -70,17 +70,30 @@ def blend_heatmap(grey: np.ndarray, heat: np.ndarray, threshold: float = DEFAULT
     return rgb
 
 
-def _fitted_font(rows: int, cols: int, lines: tuple[str, ...]) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """The largest font (about 1/40 of the matrix, 6-24 px) with which every line fits in 62 % of
-    the width, so the label stays in its corner on small matrices too."""
+def _wrap(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> list[str]:
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    out: list[str] = []
+    for word in line.split(" "):
+        if out and probe.textlength(f"{out[-1]} {word}", font=font) <= width:
+            out[-1] = f"{out[-1]} {word}"
+        else:
+            out.append(word)
+    return out
+
+
+def _fitted_label(rows: int, cols: int, lines: tuple[str, ...]) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, list[str]]:
+    """The largest font (about 1/40 of the matrix, 6-24 px) with which every line fits in 58 % of
+    the width, so the label stays in its corner; on very small matrices the lines are wrapped."""
+    width = 0.58 * cols
     size = max(7, min(24, min(rows, cols) // 40))
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     while size > 6:
         font = _font(size)
-        if all(probe.textlength(line, font=font) <= 0.62 * cols for line in lines):
-            return font
+        if all(probe.textlength(line, font=font) <= width for line in lines):
+            return font, list(lines)
         size -= 1
-    return _font(6)
+    font = _font(6)
+    return font, [part for line in lines for part in _wrap(line, font, width)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,12 +108,12 @@ def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: I
 
 
 @functools.lru_cache(maxsize=16)
-def _annotation(rows: int, cols: int, lines: tuple[str, ...], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _annotation(rows: int, cols: int, label: tuple[str, ...], threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """The label and colour bar drawn once per (size, text): RGB values and a coverage mask."""
     canvas = Image.new("RGB", (cols, rows), (0, 0, 0))
     mask = Image.new("L", (cols, rows), 0)
     draw, mdraw = ImageDraw.Draw(canvas), ImageDraw.Draw(mask)
-    font = _fitted_font(rows, cols, lines)
+    font, lines = _fitted_label(rows, cols, label)
     margin = max(1, cols // 128)
     # Label: white text on a black box, top-left.
     if lines:

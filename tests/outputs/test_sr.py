@@ -1,0 +1,227 @@
+"""What the SR says: the TID 1500 tree of a COVID-19 result with two regions, of a normal result
+and of a no-decision result, read back item by item.
+
+Covers: document flags, device observer and its Device UID rule, procedure reported, the
+image-level group (finding, site, algorithm, probabilities, involvement, qualitative evaluation,
+source images), region groups (tracking UID = SEG TrackingUID, referenced segment, source images,
+volume, algorithm under the measurement), the readable decision and "not for clinical use" text,
+evidence and contributing equipment.
+Not covered: validation by external tools (test_validators.py), multi-frame references
+(test_multiframe.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
+
+from dicom_node.outputs import OutputOptions, build_outputs
+from dicom_node.uids import derived_uid
+from model.result import ModelInfo
+from tests.outputs.conftest import CREATED, Case
+
+
+def children(item: Dataset, code_value: str | None = None) -> list[Dataset]:
+    out = list(item.get("ContentSequence", []))
+    if code_value is not None:
+        out = [c for c in out if "ConceptNameCodeSequence" in c and c.ConceptNameCodeSequence[0].CodeValue == code_value]
+    return out
+
+
+def child(item: Dataset, code_value: str) -> Dataset:
+    found = children(item, code_value)
+    assert len(found) == 1, f"{len(found)} items {code_value}"
+    return found[0]
+
+
+def walk(item: Dataset) -> Iterator[Dataset]:
+    for c in children(item):
+        yield c
+        yield from walk(c)
+
+
+def code(item: Dataset) -> tuple[str, str]:
+    value = item.ConceptCodeSequence[0]
+    return value.CodeValue, value.CodingSchemeDesignator
+
+
+def groups(sr: Dataset) -> list[Dataset]:
+    return children(child(sr, "126010"), "125007")
+
+
+def texts(item: Dataset, code_value: str) -> list[str]:
+    return [c.TextValue for c in children(item, code_value)]
+
+
+def test_document_flags_and_class(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
+    assert sr.Modality == "SR"
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("COMPLETE", "UNVERIFIED", "PRELIMINARY")
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
+
+
+def test_device_observer_and_its_uid(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    model = covid.result.model
+    assert code(child(sr, "121005")) == ("121007", "DCM")  # observer type: device
+    device_uid = child(sr, "121012").UID
+    assert device_uid == derived_uid("device", model.name, model.version, model.weights_sha256)
+    assert child(sr, "121013").TextValue == model.name
+    assert child(sr, "121014").TextValue == "COVID-CT AI node"
+    # Retrained weights, same name and version: another Device UID.
+    retrained = dataclasses.replace(covid.result, model=dataclasses.replace(model, weights_sha256="cd" * 32))
+    other = build_outputs(retrained, covid.sources, kinds=["sr"], options=OutputOptions(created=CREATED))["sr"][0]
+    assert child(other, "121012").UID != device_uid
+
+
+def test_procedure_reported_is_a_cid_100_ct_code(covid: Case) -> None:
+    assert code(child(covid.outputs["sr"][0], "121058")) == ("25045-6", "LN")
+
+
+def test_image_level_group(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    result = covid.result
+    group = groups(sr)[0]
+    assert group.ContentTemplateSequence[0].TemplateIdentifier == "1501"
+    assert texts(group, "112039") == ["Series classification"]
+    assert code(child(group, "121071")) == ("840539006", "SCT")  # finding: COVID-19
+    assert code(child(group, "363698007")) == ("39607008", "SCT")  # finding site: lung
+    assert texts(group, "111001") == [result.model.name]
+    assert texts(group, "111003") == [result.model.version]
+    # The three class probabilities, each named by its Equivalent Meaning.
+    probabilities = {}
+    for num in children(group, "122157"):
+        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "1"
+        meaning = child(num, "121050").TextValue
+        probabilities[meaning] = float(num.MeasuredValueSequence[0].NumericValue)
+    assert probabilities == pytest.approx(
+        {
+            "Probability of COVID-19": result.probabilities["covid"],
+            "Probability of CAP": result.probabilities["cap"],
+            "Probability of non-pneumonia": result.probabilities["normal"],
+        }
+    )
+    involvement = child(group, "113288")
+    assert involvement.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert float(involvement.MeasuredValueSequence[0].NumericValue) == pytest.approx(result.lung_involvement_percent, abs=1e-3)
+    # Qualitative evaluation: COVID-19 present (a code, not a number).
+    evaluations = children(group, "840539006")
+    assert [code(e) for e in evaluations] == [("52101004", "SCT")]
+    # Source images: the lung slices the model looked at, in slice order.
+    sources = [c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in children(group) if c.ValueType == "IMAGE"]
+    expected = [uid for uid, lung in zip(result.sop_instance_uids, result.lung_slices) if lung]
+    assert sources == expected
+
+
+def test_region_groups_reference_the_seg_segments(covid: Case) -> None:
+    sr, seg = covid.outputs["sr"][0], covid.outputs["seg"][0]
+    result = covid.result
+    region_groups = groups(sr)[1:]
+    assert len(region_groups) == len(result.regions) == len(seg.SegmentSequence)
+    for number, (group, region, segment) in enumerate(zip(region_groups, result.regions, seg.SegmentSequence), start=1):
+        assert group.ContentTemplateSequence[0].TemplateIdentifier == "1411"
+        tracking_uid = child(group, "112040").UID
+        assert tracking_uid == segment.TrackingUID
+        assert texts(group, "112039") == [segment.TrackingID]
+        reference = child(group, "121191")  # Referenced Segment
+        ref = reference.ReferencedSOPSequence[0]
+        assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (SegmentationStorage, seg.SOPInstanceUID)
+        assert ref.ReferencedSegmentNumber == number == segment.SegmentNumber
+        sources = [c.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for c in children(group, "121233")]
+        z0, z1 = region.slice_range
+        assert sources == result.sop_instance_uids[z0 : z1 + 1]
+        assert children(group, "121233")[0].ConceptNameCodeSequence[0].CodeMeaning == "Source image for segmentation"
+        volume = child(group, "118565006")
+        assert float(volume.MeasuredValueSequence[0].NumericValue) == pytest.approx(region.volume_ml, abs=1e-3)
+        # TID 4019 under the measurement (TID 1419 row 20), not on the group.
+        assert texts(volume, "111001") == [result.model.name]
+        assert children(group, "111001") == []
+
+
+def test_decision_and_disclaimer_are_readable(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    evaluations = child(sr, "C0034375")
+    assert code(child(evaluations, "840539006")) == ("52101004", "SCT")
+    impression = child(evaluations, "121073").TextValue
+    assert impression.startswith("AI result: COVID-19")
+    assert "COVID-19 0.820" in impression and covid.result.reason in impression
+    assert "NOT FOR CLINICAL USE" in child(evaluations, "121106").TextValue
+
+
+def test_evidence_is_the_source_series_and_the_seg(covid: Case) -> None:
+    sr, seg = covid.outputs["sr"][0], covid.outputs["seg"][0]
+    source = covid.source(0)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence
+    assert len(evidence) == 1 and evidence[0].StudyInstanceUID == source.StudyInstanceUID
+    by_series = {s.SeriesInstanceUID: [i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence] for s in evidence[0].ReferencedSeriesSequence}
+    assert sorted(by_series[source.SeriesInstanceUID]) == sorted(covid.result.sop_instance_uids)
+    assert by_series[seg.SeriesInstanceUID] == [seg.SOPInstanceUID]
+
+
+def test_contributing_equipment_names_the_algorithm(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    model = covid.result.model
+    items = [i for i in sr.ContributingEquipmentSequence if i.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]
+    ours = [i for i in items if i.Manufacturer == "COVID-CT AI node"]
+    assert len(ours) == 1
+    item = ours[0]
+    assert item.ManufacturerModelName == model.name
+    assert model.version in item.SoftwareVersions
+    assert item.DeviceUID == derived_uid("device", model.name, model.version, model.weights_sha256)
+    assert str(item.ContributionDateTime) == CREATED.strftime("%Y%m%d%H%M%S")
+    assert "NOT FOR CLINICAL USE" in item.ContributionDescription
+    # The scanner is named as acquisition equipment.
+    assert any(i.PurposeOfReferenceCodeSequence[0].CodeValue == "109101" and i.Manufacturer == "Synthetic Scanner Co" for i in sr.ContributingEquipmentSequence)
+
+
+def test_normal_result(normal: Case) -> None:
+    sr = normal.outputs["sr"][0]
+    assert len(groups(sr)) == 1  # no region groups
+    group = groups(sr)[0]
+    assert code(child(group, "121071")) == ("233604007", "SCT")  # pneumonia ...
+    assert code(child(group, "233604007")) == ("272519000", "SCT")  # ... absent
+    assert len(children(group, "122157")) == 3
+    assert "CurrentRequestedProcedureEvidenceSequence" in sr
+    assert len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 1  # no SEG referenced
+
+
+def test_no_decision_says_so_and_why(no_decision: Case) -> None:
+    sr = no_decision.outputs["sr"][0]
+    group = groups(sr)[0]
+    assert len(groups(sr)) == 1
+    assert code(child(group, "233604007")) == ("82334004", "SCT")  # pneumonia: indeterminate
+    assert children(group, "122157") == []  # no probabilities the model stands behind
+    assert children(group, "113288") == []
+    # All slices are the source (no lung slices were found).
+    assert len([c for c in children(group) if c.ValueType == "IMAGE"]) == len(no_decision.result.sop_instance_uids)
+    evaluations = child(sr, "C0034375")
+    assert code(child(evaluations, "233604007")) == ("82334004", "SCT")
+    impression = child(evaluations, "121073").TextValue
+    assert impression == f"AI result: no decision. Reason: {no_decision.result.reason}"
+    assert "NOT FOR CLINICAL USE" in child(evaluations, "121106").TextValue
+
+
+def test_cap_decision_uses_the_cap_finding(covid: Case) -> None:
+    cap = dataclasses.replace(covid.result, decision="cap", probabilities={"covid": 0.2, "cap": 0.7, "normal": 0.1})
+    sr = build_outputs(cap, covid.sources, kinds=["sr"], options=OutputOptions(created=CREATED))["sr"][0]
+    group = groups(sr)[0]
+    assert code(child(group, "121071")) == ("385093006", "SCT")
+    assert code(child(group, "385093006")) == ("52101004", "SCT")
+    assert all(code(child(g, "121071")) == ("385093006", "SCT") for g in groups(sr)[1:])
+
+
+def test_long_model_names_do_not_break_coded_meanings(covid: Case) -> None:
+    """highdicom refuses code meanings over 64 characters; nothing the model sends ends up in one."""
+    long_name = "m" * 90
+    result = dataclasses.replace(covid.result, model=ModelInfo(name=long_name, version="9" * 40))
+    sr = build_outputs(result, covid.sources, kinds=["sr"], options=OutputOptions(created=CREATED))["sr"][0]
+    for item in walk(sr):
+        for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            if seq in item:
+                assert len(item[seq][0].CodeMeaning) <= 64

@@ -1,0 +1,172 @@
+"""Run the validators nobody here wrote (dicom3tools' dciodvfy, pixelmed's DicomSRValidator and
+DicomInstanceValidator, DCMTK's dsrdump) and sort their messages into known disagreements and
+everything else.
+
+A missing tool raises AssertionError naming its Debian package: the tests fail, never skip.
+
+Known disagreements are messages of the 2022 Debian builds about items the current standard
+requires or allows (or about items it does not require). Each has a name, the exact message
+pattern, where it may occur, and the section of the standard that decides. Every other message
+is a failure.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.peers import require_tool
+
+PIXELMED_JARS = (
+    "/usr/share/java/pixelmed.jar",
+    "/usr/share/java/commons-codec.jar",
+    "/usr/share/java/slf4j-api.jar",
+    "/usr/share/java/slf4j-simple.jar",
+)
+# The command line of /work/shared/docs/dicom-outputs.md, plus -XX:TieredStopAtLevel=1 (C1 JIT
+# only: the same validation for 40 % less CPU in these short runs).
+PIXELMED_JAVA_FLAGS = (
+    "-XX:TieredStopAtLevel=1",
+    "-Djdk.xml.xpathExprOpLimit=0",
+    "-Djdk.xml.xpathExprGrpLimit=0",
+    "-Djdk.xml.xpathTotalOpLimit=0",
+)
+TOOL_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class KnownDisagreement:
+    """A validator message that is expected, with the reason."""
+
+    name: str
+    tool: str  # "dciodvfy", "pixelmed-sr" or "pixelmed-iod"
+    pattern: re.Pattern[str]
+    why: str
+
+
+DCIODVFY_CONTRIBUTING_DEVICE_UID = KnownDisagreement(
+    name="dciodvfy-2022: Device UID in the Contributing Equipment Sequence",
+    tool="dciodvfy",
+    pattern=re.compile(
+        r"^Warning - (Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID"
+        r"|Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class)\s*$"
+    ),
+    why=(
+        "PS3.3 C.12.1 (SOP Common Module, Table C.12-1): the Contributing Equipment Sequence item has "
+        "Device UID (0018,1002), Type 3, in the current standard (highdicom 0.28's module tables list it); "
+        "IHE AIR asks for the algorithm's Device UID there. dicom3tools' 2022 tables predate it (a warning)."
+    ),
+)
+
+# The image-level group is always the first group of Imaging Measurements: content item 1.8.1.
+_IMAGE_GROUP = r"1\.8\.1"
+PIXELMED_ONE_TEMPLATE_PER_CONTAINER = KnownDisagreement(
+    name="pixelmed-2022: one measurement-group template for all groups of Imaging Measurements",
+    tool="pixelmed-sr",
+    pattern=re.compile(
+        r"^(Error: Template 1411 VolumetricROIMeasurements/\[Row 1\] CONTAINER \(125007,DCM,\"Measurement Group\"\)"
+        r"/\[Row (5|7|10)\] [A-Z0-9]+ \((111030|121191|121231),DCM,\"[^\"]+\"\): within " + _IMAGE_GROUP + r": .*"
+        r": Missing conditional content item"
+        r"|Warning: " + _IMAGE_GROUP + r"\.\d+: .*: Content Item not in template)$"
+    ),
+    why=(
+        "PS3.16 TID 1500 rows 7-9 include TID 1410, TID 1411 and TID 1501 measurement groups side by side "
+        "(each 1-n) in Imaging Measurements. Pixelmed's 2022 TID 1500 picks one template for all groups of "
+        "the container (TID 1411 as soon as one group references a segment), so it checks the image-level "
+        "TID 1501 group (content item 1.8.1) against TID 1411: three 'missing' ROI references and its TID 1501 "
+        "items 'not in template'. Only the image-level group may be affected."
+    ),
+)
+PIXELMED_TID1501_QUALITATIVE_EVALUATION = KnownDisagreement(
+    name="pixelmed-2022: qualitative evaluation in TID 1501",
+    tool="pixelmed-sr",
+    pattern=re.compile(
+        r"^Warning: " + _IMAGE_GROUP + r"\.\d+: /CONTAINER \(126000,DCM,\"Imaging Measurement Report\"\)"
+        r"/CONTAINER \(126010,DCM,\"Imaging Measurements\"\)/CONTAINER \(125007,DCM,\"Measurement Group\"\)"
+        r"/CODE \((840539006|385093006|233604007),SCT,\"[^\"]+\"\): Content Item not in template$"
+    ),
+    why=(
+        "PS3.16 TID 1501 'Measurement and Qualitative Evaluation Group' has coded qualitative evaluations "
+        "(CONTAINS CODE, concept $QualType) next to the measurements; highdicom 0.28 writes them there "
+        "(MeasurementsAndQualitativeEvaluations). Pixelmed's 2022 TID 1501 ('MeasurementGroup') has no such row."
+    ),
+)
+PIXELMED_GENERAL_SERIES_LATERALITY = KnownDisagreement(
+    name="pixelmed-2022: General Series Laterality demanded without a paired body part",
+    tool="pixelmed-iod",
+    pattern=re.compile(r"^Error: GeneralSeriesModule/Laterality/: : Missing conditional attribute$"),
+    why=(
+        "PS3.3 C.7.3.1 (General Series Module): Laterality (0020,0060) is Type 2C, required only if the body "
+        "part examined is a paired structure and Image/Frame Laterality are absent. The SEG covers the chest "
+        "(both lungs). Pixelmed 2022 asks for it whenever Image and Frame Laterality are absent; dciodvfy "
+        "reports an error if it is present without its condition (tested)."
+    ),
+)
+PIXELMED_IOD_UNRECOGNIZED = KnownDisagreement(
+    name="pixelmed-2022: DicomInstanceValidator has no rules for this SOP class",
+    tool="pixelmed-iod",
+    pattern=re.compile(r"^IOD \(SOP Class\) unrecognized$"),
+    why=(
+        "Pixelmed's 2022 DicomInstanceValidator has IOD rules only for Enhanced/Legacy Converted CT and MR, "
+        "MR Spectroscopy, Raw Data and Segmentation; for Secondary Capture and Key Object Selection it says "
+        "'IOD (SOP Class) unrecognized' and checks nothing. SC is checked by dciodvfy, KOS by dciodvfy and "
+        "DicomSRValidator (TID 2010)."
+    ),
+)
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """dciodvfy's error and warning lines for one file."""
+    tool = require_tool("dciodvfy", "dicom3tools")
+    proc = _run([tool, str(path)])
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line.rstrip() for line in lines if line.startswith(("Error", "Warning"))]
+
+
+def pixelmed_command(validator: str, path: Path) -> list[str]:
+    """The documented pixelmed command line for ``validator`` ("sr" or "iod")."""
+    java = require_tool("java", "default-jre-headless (and pixelmed-apps)")
+    for jar in PIXELMED_JARS:
+        if not Path(jar).exists():
+            raise AssertionError(f"{jar} is missing: the pixelmed validators need the Debian package pixelmed-apps")
+    main = "com.pixelmed.validate.DicomSRValidator" if validator == "sr" else "com.pixelmed.validate.DicomInstanceValidator"
+    options = ["-checktemplateid"] if validator == "sr" else []
+    return [java, *PIXELMED_JAVA_FLAGS, "-cp", ":".join(PIXELMED_JARS), main, *options, str(path)]
+
+
+def pixelmed(validator: str, path: Path) -> list[str]:
+    """Pixelmed's output lines for one file (SLF4J start-up noise dropped). Raises AssertionError
+    if the validator did not finish (no 'IOD validation complete' and no 'unrecognized')."""
+    proc = _run(pixelmed_command(validator, path))
+    lines = [line.rstrip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not line.startswith("SLF4J")]
+    finished = any(line in ("IOD validation complete", "IOD (SOP Class) unrecognized") for line in lines)
+    if not finished:
+        raise AssertionError(f"pixelmed {validator} validator did not finish on {path.name}: {lines[-20:]}")
+    return lines
+
+
+def pixelmed_messages(lines: list[str]) -> list[str]:
+    """The lines that say something about the object (errors, warnings, 'unrecognized')."""
+    return [line for line in lines if line.startswith(("Error", "Warning")) or line == "IOD (SOP Class) unrecognized"]
+
+
+def dsrdump(path: Path) -> tuple[int, str, str]:
+    """``dsrdump -Ec``: (exit status, stdout, stderr). Encoding errors go to stderr."""
+    tool = require_tool("dsrdump", "dcmtk")
+    proc = _run([tool, "-Ec", str(path)])
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def unexplained(messages: list[str], known: tuple[KnownDisagreement, ...]) -> list[str]:
+    """The messages that no known disagreement explains."""
+    return [m for m in messages if not any(k.pattern.match(m) for k in known)]
+
+
+def explained_by(messages: list[str], disagreement: KnownDisagreement) -> list[str]:
+    return [m for m in messages if disagreement.pattern.match(m)]
