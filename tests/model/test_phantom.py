@@ -1,0 +1,135 @@
+"""model.phantom and model.phantom_cli: synthetic chest CT, its ground truth and its DICOM.
+
+Covers: determinism by seed (arrays and written files, UIDs included), that the masks line up with
+the drawn signs (GGO / consolidation HU under the lesion mask, lesions inside the lungs, empty for
+normal), that a class changes only the lungs (anatomy, noise, spacing and scanner are the same for
+one seed: no shortcut outside the signs), covid bilateral/peripheral vs cap deeper, the CT Image
+attributes of the written files, class-balanced data sets with patients, and the two CLI commands.
+Not covered: clinical realism (a phantom proves the pipeline, nothing clinical).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage as ndi
+
+from dicom_node.cli import main
+from dicom_node.uids import check_uid
+from model.phantom import Phantom, make_phantom, masks_path, plan_phantom_dataset, read_phantom_truth, write_phantom_dataset, write_phantom_series
+
+
+def test_same_seed_same_phantom_other_seed_other_phantom() -> None:
+    a = make_phantom("covid", seed=7, rows=64, columns=64, slices=12)
+    b = make_phantom("covid", seed=7, rows=64, columns=64, slices=12)
+    c = make_phantom("covid", seed=8, rows=64, columns=64, slices=12)
+    assert np.array_equal(a.hu, b.hu) and np.array_equal(a.lung_mask, b.lung_mask) and np.array_equal(a.lesion_mask, b.lesion_mask)
+    assert a.findings == b.findings
+    assert not np.array_equal(a.hu, c.hu)
+
+
+def test_same_seed_same_files(tmp_path: Path) -> None:
+    p = make_phantom("cap", seed=3, rows=64, columns=64, slices=8)
+    one = write_phantom_series(p, tmp_path / "one")
+    two = write_phantom_series(p, tmp_path / "two")
+    names = sorted(f.name for f in one.iterdir())
+    assert names == sorted(f.name for f in two.iterdir())
+    for name in names:
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+    other = write_phantom_series("cap", tmp_path / "other", seed=4, rows=64, columns=64, slices=8)
+    uid = lambda d: pydicom.dcmread(next(d.iterdir()), stop_before_pixels=True).SeriesInstanceUID  # noqa: E731
+    assert uid(one) != uid(other)
+
+
+def test_masks_line_up_with_the_signs(small_phantoms: dict[str, Phantom]) -> None:
+    covid, cap, normal = small_phantoms["covid"], small_phantoms["cap"], small_phantoms["normal"]
+    assert not normal.lesion_mask.any()
+    for p in (covid, cap):
+        assert p.lesion_mask.any()
+        assert not (p.lesion_mask & ~p.lung_mask).any()
+    lung_only = normal.lung_mask & (normal.hu < -500)
+    ggo = np.median(covid.hu[covid.lesion_mask])
+    consolidation = np.median(cap.hu[cap.lesion_mask])
+    assert np.median(normal.hu[lung_only]) < -780
+    assert -750 <= ggo <= -300, ggo
+    assert -250 <= consolidation <= 80, consolidation
+    # Air bronchograms: air inside the consolidation.
+    assert np.count_nonzero(cap.lesion_mask & (cap.hu < -900)) > 0
+
+
+def test_class_changes_only_the_lungs(small_phantoms: dict[str, Phantom]) -> None:
+    normal = small_phantoms["normal"]
+    for kind in ("covid", "cap"):
+        p = small_phantoms[kind]
+        changed = p.hu != normal.hu
+        assert changed.any()
+        assert not (changed & ~normal.lung_mask).any(), kind
+        assert (p.spacing, p.slice_thickness, p.noise_sigma, p.kvp) == (normal.spacing, normal.slice_thickness, normal.noise_sigma, normal.kvp)
+
+
+def test_covid_is_bilateral_and_peripheral_cap_is_deeper() -> None:
+    covid_depth, cap_depth, bilateral = [], [], 0
+    for seed in range(3):
+        for kind in ("covid", "cap"):
+            p = make_phantom(kind, seed=100 + seed, rows=96, columns=96, slices=24, noise=False)
+            depth = ndi.distance_transform_edt(p.lung_mask, sampling=p.spacing)
+            d = float(np.median(depth[p.lesion_mask]))
+            (covid_depth if kind == "covid" else cap_depth).append(d)
+            if kind == "covid":
+                sides = {f["side"] for f in p.findings if "ground-glass" in f["type"]}
+                bilateral += sides == {"left", "right"}
+    assert np.mean(covid_depth) < np.mean(cap_depth)
+    assert bilateral >= 2
+
+
+def test_ct_image_attributes(covid_series: Path) -> None:
+    files = sorted(covid_series.iterdir())
+    ds = pydicom.dcmread(files[0])
+    assert ds.SOPClassUID == pydicom.uid.CTImageStorage
+    assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert str(ds.PatientName) == "PHANTOM^COVID" and ds.BodyPartExamined == "CHEST" and ds.Modality == "CT"
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    for keyword in (
+        "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+        "AccessionNumber", "SeriesNumber", "PatientPosition", "FrameOfReferenceUID", "PositionReferenceIndicator",
+        "Manufacturer", "InstanceNumber", "KVP", "AcquisitionNumber", "SliceThickness", "RescaleSlope", "RescaleType",
+    ):
+        assert keyword in ds, keyword
+    for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID):
+        assert check_uid(str(uid)) == (True, "")
+    assert ds.pixel_array.shape == (128, 128)
+    assert masks_path(covid_series).is_file()
+    assert read_phantom_truth(covid_series).kind == "covid"
+
+
+def test_dataset_is_balanced_with_patients(tmp_path: Path) -> None:
+    plans = plan_phantom_dataset(12, seed=1, series_per_patient=2, slices_min=8, slices_max=10)
+    kinds = [p.kind for p in plans]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"covid": 4, "cap": 4, "normal": 4}
+    by_patient: dict[str, set[str]] = {}
+    for p in plans:
+        by_patient.setdefault(p.patient_id, set()).add(p.kind)
+    assert len(by_patient) == 6 and all(len(v) == 1 for v in by_patient.values())
+    labels = write_phantom_dataset(tmp_path / "ds", 3, seed=2, rows=48, slices_min=6, slices_max=6, series_per_patient=1)
+    with labels.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["label"] for r in rows] == ["covid", "cap", "normal"]
+    assert all((tmp_path / "ds" / r["series"]).is_dir() and masks_path(tmp_path / "ds" / r["series"]).is_file() for r in rows)
+    assert list(rows[0]) == ["series", "label", "patient_id"]
+
+
+def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["phantom", str(tmp_path / "one"), "--kind", "cap", "--rows", "48", "--slices", "6", "--seed", "2", "--transfer-syntax", "rle"]) == 0
+    assert len(list((tmp_path / "one").iterdir())) == 6
+    ds = pydicom.dcmread(next((tmp_path / "one").iterdir()), stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert main(["phantom", str(tmp_path / "mf"), "--kind", "normal", "--rows", "48", "--slices", "6", "--multiframe"]) == 0
+    assert len(list((tmp_path / "mf").iterdir())) == 1
+    assert main(["phantom-dataset", str(tmp_path / "ds"), "--count", "2", "--rows", "48", "--slices-min", "6", "--slices-max", "6", "--quiet"]) == 0
+    assert (tmp_path / "ds" / "labels.csv").is_file()
+    assert "not for clinical use" in capsys.readouterr().out.lower()
+    assert main(["phantom-dataset", str(tmp_path / "bad"), "--count", "0"]) == 2
