@@ -74,7 +74,8 @@ def evaluate_series(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the predictor over ``items`` and compute every metric (see the module docstring)."""
-    from model.io import load_series
+    from model.datasets import load_volume
+    from model.io import SeriesReadError
 
     classes = predictor.classes
     settings = predictor.settings
@@ -95,7 +96,11 @@ def evaluate_series(
         if item.label not in classes:
             raise ValueError(f"series {item.series_id}: label {item.label!r} is not one of the model's classes {classes}")
         y = classes.index(item.label)
-        volume = item.source if hasattr(item.source, "hu") else load_series(item.source)
+        try:
+            volume = load_volume(item.source)
+        except SeriesReadError as exc:
+            rows.append({"series": item.series_id, "label": item.label, "decision": "no_decision", "reason": f"series could not be read: {exc}", "no_decision": True})
+            continue
         result, analysis = predictor.predict_with_analysis(volume)
         row: dict[str, Any] = {
             "series": item.series_id,

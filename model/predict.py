@@ -33,6 +33,7 @@ import torch
 from model import localise
 from model.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.localise import LocalisationSettings
+from model.lung import segment_lungs
 from model.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
 from model.result import CLASSES, SeriesResult
 from model.weights import DEFAULT_WEIGHTS_DIR, LoadedModel, load_model, read_metadata
@@ -169,8 +170,6 @@ class Predictor:
 
     def predict_with_analysis(self, source: Path | str | Volume) -> tuple[SeriesResult, SliceAnalysis | None]:
         """:meth:`predict` plus the slice-level analysis (None for an early no_decision)."""
-        from model.lung import segment_lungs
-
         timings: dict[str, float] = {}
         t_total = time.perf_counter()
         t = time.perf_counter()
@@ -190,7 +189,7 @@ class Predictor:
         hu = volume.hu
         spacing = tuple(float(s) for s in volume.spacing)
         t = time.perf_counter()
-        lung_mask = np.asarray(segment_lungs(hu, spacing), dtype=bool)
+        lung_mask = np.asarray(segment_lungs(hu, spacing, superior_last=volume.superior_last), dtype=bool)
         lung_indices = np.asarray(lung_slice_indices(lung_mask), dtype=np.int64)
         timings["lungs"] = time.perf_counter() - t
         lung_slices = [False] * hu.shape[0]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -322,3 +324,154 @@ def cross_validate(series: Sequence[SeriesSlices], config: TrainConfig = TrainCo
         log.info("fold %d/%d: %d training, %d validation series", fold + 1, config.folds, len(train_set), len(val_set))
         results.append(train(train_set, val_set, dataclasses.replace(config, fold=fold), progress=progress))
     return results
+
+
+# -- from a data folder to a weights folder ---------------------------------------------------------
+
+
+def _default_cache_dir() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("covid-ct-node") / "slices"
+
+
+def _phantom_seeds(records: Sequence[Any]) -> list[int]:
+    """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
+    from model.phantom import masks_path
+
+    seeds = []
+    for r in records:
+        path = masks_path(r.source) if r.layout == "dicom" else None
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                seeds.append(int(json.loads(str(data["meta"]))["seed"]))
+    return sorted(seeds)
+
+
+def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[SeriesSlices], skipped: Sequence[tuple[Any, str]], records: Sequence[Any]) -> dict[str, Any]:
+    per_class: dict[str, int] = {}
+    for s in series:
+        per_class[s.label] = per_class.get(s.label, 0) + 1
+    out: dict[str, Any] = {
+        "folder": str(data_dir),
+        "labels": str(labels_csv) if labels_csv else None,
+        "layouts": sorted({r.layout for r in records}),
+        "series": len(series),
+        "patients": len({s.patient_id for s in series}),
+        "per_class": per_class,
+        "lung_slices": int(sum(s.slices.shape[0] for s in series)),
+        "skipped": [{"series": r.series_id, "reason": why} for r, why in skipped],
+    }
+    seeds = _phantom_seeds(records)
+    if seeds:
+        out["phantom_seeds"] = seeds
+        out["synthetic"] = "model.phantom chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"
+    return out
+
+
+def default_metadata(config: TrainConfig, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+    """The metadata of freshly trained weights, before data and metrics are added."""
+    from model.weights import DEFAULT_INPUT_SPEC, NOT_FOR_CLINICAL_USE
+
+    classes = list(config.classes)
+    return {
+        "name": name or ("covid-ct-multiscale-cam" if len(classes) == 3 else "covid-ct-multiscale-cam-" + "-".join(classes)),
+        "version": version or "0.0.0+local",
+        "classes": classes,
+        "method": "Hu et al., IEEE Access 8 (2020), doi:10.1109/ACCESS.2020.3005510: 2D multi-scale CAM network, weak (series) labels",
+        "input": dict(DEFAULT_INPUT_SPEC, image_size=config.image_size),
+        "aggregation": {
+            "rule": "top_k",
+            "description": "series logits = mean of the mean-over-scales slice logits over the k most abnormal lung slices "
+            "(1 - p(normal)), k = max(top_k_min, ceil(top_k_fraction * lung slices)); softmax; decision = argmax",
+        },
+        "inference": {"aggregation": "top_k", "top_k_fraction": 0.1, "top_k_min": 3, "min_lung_slices": 5, "localisation": {"mode": "cam+ig", "ig_slices": 8, "threshold": 0.5}},
+        "training": {"config": config.to_json()},
+        "notice": NOT_FOR_CLINICAL_USE,
+    }
+
+
+def _result_json(result: TrainResult) -> dict[str, Any]:
+    return {
+        "best_iteration": result.best_iteration,
+        "best_val_slice_accuracy": result.best_val_accuracy,
+        "iterations_run": result.iterations_run,
+        "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 1),
+        "class_weights": result.class_weights,
+        "history": [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in h.items()} for h in result.history],
+    }
+
+
+def train_folder(
+    data_dir: Path,
+    labels_csv: Path | None,
+    out_dir: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    cross_validate: bool = False,
+    name: str | None = None,
+    version: str | None = None,
+    cache_dir: Path | None = None,
+    log_file: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Prepare (cached) slices of a data folder, train (one fold, or every fold with
+    ``cross_validate``), and write weights + metadata to ``out_dir`` (``out_dir/fold-N`` per fold).
+    Returns a summary (also in the metadata)."""
+    from model.datasets import discover, prepare_dataset
+    from model.weights import save_weights
+
+    handler = None
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.getLogger("model").addHandler(handler)
+        logging.getLogger("model").setLevel(logging.INFO)
+    try:
+        data_dir, out_dir = Path(data_dir), Path(out_dir)
+        records = discover(data_dir, labels_csv)
+        unknown = sorted({r.label for r in records} - set(config.classes))
+        if unknown:
+            log.info("leaving out series labelled %s (not among the classes %s)", unknown, config.classes)
+            records = [r for r in records if r.label in config.classes]
+        cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+        started = time.monotonic()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(records), desc="prepare", unit="series", dynamic_ncols=True)
+        prepared = prepare_dataset(records, cache, size=config.image_size, progress=(lambda i, n, r: bar.update(1)) if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        series = prepared.series
+        log.info("prepared %d series (%d skipped) in %.0f s", len(series), len(prepared.skipped), time.monotonic() - started)
+        data_json = _describe_data(data_dir, labels_csv, series, prepared.skipped, records)
+        summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
+        folds = range(config.folds) if cross_validate and config.folds > 1 else [config.fold]
+        for fold in folds:
+            fold_config = dataclasses.replace(config, fold=fold)
+            train_set, val_set = split_by_patient(series, fold_config.folds, fold, fold_config.seed)
+            log.info("fold %d: %d training series, %d validation series", fold, len(train_set), len(val_set))
+            result = train(train_set, val_set, fold_config, progress=progress)
+            target = out_dir / f"fold-{fold}" if cross_validate and config.folds > 1 else out_dir
+            meta = default_metadata(fold_config, name, version)
+            meta["training"].update(_result_json(result))
+            meta["training"]["fold"] = fold
+            meta["training"]["train_series"] = [s.series_id for s in train_set]
+            meta["training"]["validation_series"] = [s.series_id for s in val_set]
+            meta["training_data"] = data_json
+            save_weights(result.network, target, meta)
+            summary["folds"].append({"fold": fold, "weights": str(target), "best_val_slice_accuracy": result.best_val_accuracy, "best_iteration": result.best_iteration, "iterations_run": result.iterations_run})
+        accs = [f["best_val_slice_accuracy"] for f in summary["folds"] if f["best_val_slice_accuracy"] is not None]
+        if len(accs) > 1:
+            summary["cross_validation"] = {"mean_val_slice_accuracy": float(np.mean(accs)), "std_val_slice_accuracy": float(np.std(accs))}
+            (out_dir / "cross_validation.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary["seconds"] = round(time.monotonic() - started, 1)
+        return summary
+    finally:
+        if handler is not None:
+            logging.getLogger("model").removeHandler(handler)
+            handler.close()
