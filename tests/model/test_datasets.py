@@ -1,0 +1,161 @@
+"""model.datasets and model.preprocess: the three data layouts, the slice cache, pre-processing.
+
+Covers: label aliases; the DICOM + labels.csv layout (phantom data set) through the cache, that
+cached slices equal the inference path's (load_series -> segment_lungs -> lung_slice_indices ->
+preprocess_slices), that the cache is used the second time, and evaluation items with lesion
+masks; the NIfTI layout (both stored orientations read back to the phantom's HU); the CC-CCII
+layout (classes, patients, numeric slice order, JPEG and PNG); labels.csv errors; window, resize,
+z-score, square padding and its inverse. Not covered: the real public collections themselves
+(not shippable here): replicas generated from phantoms stand in for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import datasets
+from model.datasets import CCCCII_CLASSES, discover, evaluation_items, load_volume, normalise_label, prepare_dataset
+from model.io import load_series
+from model.lung import segment_lungs
+from model.phantom import make_phantom, read_phantom_truth, write_phantom_dataset
+from model.preprocess import LUNG_WINDOW, lung_slice_indices, preprocess_slices, to_original_geometry, window_bounds
+
+SIZE = 64
+
+
+def test_label_aliases() -> None:
+    for alias, label in {"NCP": "covid", "COVID-19": "covid", "cp": "cap", "CAP": "cap", "Normal": "normal", "NP": "normal", "non-pneumonia": "normal"}.items():
+        assert normalise_label(alias) == label
+    with pytest.raises(ValueError, match="flu"):
+        normalise_label("flu")
+
+
+@pytest.fixture(scope="module")
+def dicom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dicom-data")
+    write_phantom_dataset(out, 3, seed=4, rows=96, slices_min=20, slices_max=24)
+    return out
+
+
+def test_dicom_layout_through_the_cache(dicom_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = discover(dicom_data)
+    assert [(r.label, r.layout) for r in records] == [("covid", "dicom"), ("cap", "dicom"), ("normal", "dicom")]
+    prepared = prepare_dataset(dicom_data, tmp_path / "cache", size=SIZE)
+    assert not prepared.skipped and len(prepared.series) == 3
+    for s, r in zip(prepared.series, records):
+        assert (s.series_id, s.label, s.patient_id) == (r.series_id, r.label, r.patient_id)
+        x = s.slices
+        assert x.dtype == np.float32 and x.shape == (s.count, 1, SIZE, SIZE) and s.count >= 5
+        # The same code path as inference.
+        volume = load_series(r.source)
+        mask = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
+        idx = lung_slice_indices(mask)
+        assert list(idx) == list(s.lung_indices)
+        assert np.array_equal(np.asarray(x), preprocess_slices(volume.hu[idx], size=SIZE))
+
+    def must_not_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cache was not used")
+
+    monkeypatch.setattr(datasets, "load_volume", must_not_read)
+    again = prepare_dataset(dicom_data, tmp_path / "cache", size=SIZE)
+    assert [s.path for s in again.series] == [s.path for s in prepared.series]
+
+
+def test_evaluation_items_carry_lesion_masks(dicom_data: Path) -> None:
+    items = evaluation_items(dicom_data)
+    assert [i.label for i in items] == ["covid", "cap", "normal"]
+    covid = items[0]
+    lesion = covid.lesion_mask()
+    assert lesion.any() and np.array_equal(lesion, read_phantom_truth(covid.source).lesion_mask)
+    assert lesion.shape == load_volume(covid.source).shape
+
+
+def test_nifti_layout(tmp_path: Path) -> None:
+    labels = datasets.write_nifti_replica(tmp_path / "nii", 2, seed=0, rows=64, slices=20)
+    records = discover(tmp_path / "nii", labels)
+    assert [(r.layout, r.label) for r in records] == [("nifti", "covid"), ("nifti", "cap")]
+    for i, r in enumerate(records):
+        p = make_phantom(r.label, seed=i, rows=64, columns=64, slices=20)
+        v = load_volume(r.source)
+        assert np.array_equal(v.hu, np.rint(p.hu)), r.series_id  # both stored orientations
+        assert v.spacing == pytest.approx(p.spacing, rel=1e-5)
+    prepared = prepare_dataset(records, tmp_path / "cache", size=SIZE)
+    assert len(prepared.series) == 2 and prepared.series[0].slices.shape[1:] == (1, SIZE, SIZE)
+
+
+def test_ccccii_layout(tmp_path: Path) -> None:
+    root = datasets.write_ccccii_replica(tmp_path / "cc", 3, seed=1, rows=64, slices=20)
+    records = discover(root)
+    assert {r.label for r in records} == {"covid", "cap", "normal"}
+    assert all(r.patient_id.split("/")[0] in CCCCII_CLASSES for r in records)
+    low, high = window_bounds(LUNG_WINDOW)
+    for r in records:
+        i = int(r.series_id.split("/")[-1]) - 3000
+        p = make_phantom(r.label, seed=1000 + i, rows=64, columns=64, slices=20)
+        expected = np.rint((np.clip(p.hu, low, high) - low) / (high - low) * 255.0) * (high - low) / 255.0 + low
+        if i % 2:
+            expected = expected[::-1]  # written head -> feet: numeric order follows the files
+        v = load_volume(r.source, "ccccii")
+        png = next(r.source.iterdir()).suffix == ".png"
+        error = float(np.abs(v.hu - expected).mean())
+        assert error < (1e-3 if png else 15.0), (r.series_id, error)  # PNG exact, JPEG lossy
+    prepared = prepare_dataset(root, tmp_path / "cache", size=SIZE)
+    assert len(prepared.series) == 3 and not prepared.skipped
+
+
+def test_labels_csv_errors(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "labels.csv").write_text("series,label\na,flu\n")
+    with pytest.raises(ValueError, match="labels.csv:2"):
+        discover(tmp_path)
+    (tmp_path / "labels.csv").write_text("series,label\n../outside,covid\n")
+    with pytest.raises(ValueError, match="outside"):
+        discover(tmp_path)
+    (tmp_path / "labels.csv").write_text("name,class\na,covid\n")
+    with pytest.raises(ValueError, match="series,label"):
+        discover(tmp_path)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="no labels.csv"):
+        discover(tmp_path / "other")
+
+
+def test_unreadable_series_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "labels.csv").write_text("series,label,patient_id\nempty,covid,p1\n")
+    prepared = prepare_dataset(tmp_path, tmp_path / "cache", size=SIZE)
+    assert not prepared.series and "no DICOM images" in prepared.skipped[0][1]
+    with pytest.raises(Exception, match="no DICOM images"):
+        prepare_dataset(tmp_path, tmp_path / "cache", size=SIZE, skip_unreadable=False)
+
+
+def test_preprocess_window_resize_zscore() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-2000, 2000, (3, 100, 80)).astype(np.float32)
+    x = preprocess_slices(hu, size=32)
+    assert x.shape == (3, 1, 32, 32) and x.dtype == np.float32
+    assert np.allclose(x.mean(axis=(1, 2, 3)), 0.0, atol=1e-4) and np.allclose(x.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+    # Values beyond the window are clipped: shifting them further changes nothing.
+    low, high = window_bounds()
+    assert (low, high) == (-1350.0, 150.0)
+    wider = np.where(hu > high, hu + 500, np.where(hu < low, hu - 500, hu))
+    assert np.allclose(preprocess_slices(wider, size=32), x, atol=1e-5)
+    assert not preprocess_slices(np.full((2, 40, 40), 30.0, np.float32), size=16).any()  # uniform: zeros
+    # Inverse geometry of the square padding and resize.
+    maps = np.zeros((1, 32, 32), np.float32)
+    maps[0, 16:, :] = 1.0  # lower half of the padded square
+    back = to_original_geometry(maps, 100, 80)
+    assert back.shape == (1, 100, 80)
+    assert back[0, :40].max() < 0.1 and back[0, 60:].min() > 0.9
+
+
+def test_lung_slice_indices() -> None:
+    mask = np.zeros((6, 10, 10), bool)
+    mask[1, :5, :5] = True  # 25 px
+    mask[2, :1, :1] = True  # 1 px: below 5 % of the largest
+    mask[3:5, :4, :4] = True
+    assert list(lung_slice_indices(mask)) == [1, 3, 4]
+    assert list(lung_slice_indices(mask, min_fraction=0.0)) == [1, 2, 3, 4]
+    assert lung_slice_indices(np.zeros((3, 4, 4), bool)).size == 0
