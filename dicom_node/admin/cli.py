@@ -141,7 +141,7 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
         return 0
     for t in tokens:
         state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
-        print(f"{t['id']:>4}  {t['prefix']}…  {t['user']:<16} {t['name'][:30]:<30} {state}")
+        print(f"{t['id']:>4}  {t['prefix']}…  {t['user']:<16} {str(t['name'])[:30]:<30} {state}")
     return 0
 
 

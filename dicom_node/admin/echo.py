@@ -62,8 +62,12 @@ def c_echo(
     ae.network_timeout = timeout
     ae.connection_timeout = timeout
     tls_args = (ssl.create_default_context(), host) if tls else None
-    common = {"calling_ae_title": calling_ae_title, "called_ae_title": called_ae_title, "host": host, "port": port, "tls": tls}
     start = time.perf_counter()
+
+    def result(ok: bool, outcome: str, status: str, detail: str, rtt: float | None) -> EchoResult:
+        total = round((time.perf_counter() - start) * 1000.0, 1)
+        return EchoResult(ok, outcome, status, detail, rtt, total, calling_ae_title, called_ae_title, host, port, tls)
+
     assoc = ae.associate(host, port, ae_title=called_ae_title, tls_args=tls_args)
 
     def ms(since: float) -> float:
@@ -72,22 +76,21 @@ def c_echo(
     if assoc.is_rejected:
         rj = assoc.acceptor.primitive
         reason = f"result {rj.result_str}, source {rj.source_str}, reason {rj.reason_str}" if rj is not None else ""
-        return EchoResult(False, "association rejected", "", reason, None, ms(start), **common)
+        return result(False, "association rejected", "", reason, None)
     if assoc.is_aborted:
         detail = f"could not connect to {host}:{port}, or the peer aborted the association"
-        return EchoResult(False, "no association", "", detail, None, ms(start), **common)
+        return result(False, "no association", "", detail, None)
     if not assoc.is_established:
         detail = f"could not connect to {host}:{port} or no answer within {timeout:g} s"
-        return EchoResult(False, "no association", "", detail, None, ms(start), **common)
+        return result(False, "no association", "", detail, None)
     try:
         echo_start = time.perf_counter()
         answer = assoc.send_c_echo()
         rtt = ms(echo_start)
     finally:
         assoc.release()
-    total = ms(start)
     if not answer or "Status" not in answer:
-        return EchoResult(False, "no answer", "", "the association timed out or was aborted before a C-ECHO response", None, total, **common)
+        return result(False, "no answer", "", "the association timed out or was aborted before a C-ECHO response", None)
     code = int(answer.Status)
     ok = code == Status.SUCCESS
-    return EchoResult(ok, "Success" if ok else "failure", f"0x{code:04X}", _status_name(code), rtt, total, **common)
+    return result(ok, "Success" if ok else "failure", f"0x{code:04X}", _status_name(code), rtt)

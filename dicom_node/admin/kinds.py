@@ -52,6 +52,11 @@ class ConfigKind:
     update: Callable[[Session, Any, Any], Any]
     to_dict: Callable[[Any], dict[str, Any]]
 
+    @property
+    def heading(self) -> str:
+        """The label at the start of a sentence ("Local AE", not "Local ae")."""
+        return self.label[:1].upper() + self.label[1:]
+
 
 LOCAL_AES = ConfigKind(
     slug="local-aes",

@@ -209,3 +209,12 @@ def live_node(tmp_path: Path) -> Iterator[LiveNode]:
     node = start_live_node(tmp_path / "node-data")
     yield node
     node.process.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item, so that a fixture can see whether the test
+    failed (the browser fixture saves a screenshot of the page it failed on)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)

@@ -170,9 +170,10 @@ def _save(request: Request, kind: ConfigKind, data: FormData, item_id: int | Non
                 row = kind.update(s, row, kind.patch_schema.model_validate(parsed.model_dump()))
             title = row.title
     except ConfigError as exc:
-        errors = {exc.field if any(f.name == exc.field for f in fields) else GENERAL: exc.reason}
+        where = exc.field if exc.field is not None and any(f.name == exc.field for f in fields) else GENERAL
+        errors = {where: exc.reason}
         return _page(request, kind, item=item, values=shown_values(fields, raw), errors=errors, status_code=422)
-    request.session["flash"] = f"{kind.label.capitalize()} {title} {'added' if item_id is None else 'saved'}."
+    request.session["flash"] = f"{kind.heading} {title} {'added' if item_id is None else 'saved'}."
     return RedirectResponse(f"/{kind.slug}", status_code=303)
 
 
@@ -212,7 +213,7 @@ def _register(kind: ConfigKind) -> None:
             title = row.title
             audit.watch(s, who, client_addr(request))
             s.delete(row)
-        request.session["flash"] = f"{kind.label.capitalize()} {title} removed."
+        request.session["flash"] = f"{kind.heading} {title} removed."
         return RedirectResponse(f"/{slug}", status_code=303)
 
     router.add_api_route(f"/{slug}", list_page, methods=["GET"])

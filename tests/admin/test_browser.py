@@ -1,0 +1,248 @@
+"""The admin pages in headless Chromium (Debian's chromium and chromedriver, driven by selenium)
+against a real node: ``dicom-node up`` (listener, completion, admin app and a Celery worker with
+the real pipeline), DCMTK's storescu as the modality, Orthanc as the PACS.
+
+Covers, as a person would do it: log in; a form refusing a 17-character AE title at its field;
+add a source and a destination; C-ECHO the destination (Orthanc) and read the answer; change the
+local AE's quiet period (30 s -> 2 s) and its destinations, send a series and see, in the series
+list that refreshes itself, that it completes after the new quiet period; the jobs list turning
+the job to done by itself; open the finished job and see its heatmap preview (the SC the worker
+wrote) with the "not for clinical use" notice and its export to Orthanc; delete the source after
+the confirmation page. Screenshots of each step are saved under test-artifacts/admin-browser/.
+
+The worker runs a small untrained network (saved with model.weights for this test, CAM
+localisation): the pipeline is the real one, the model's answer is meaningless and not checked
+(tests/model covers the model). Not covered: API details (test_api.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
+from tests.peers import REPO, Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
+
+ARTIFACTS = REPO / "test-artifacts" / "admin-browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+LOCAL_AE = "CTNODE"
+CALLING = "MODALITY1"
+OLD_QUIET, NEW_QUIET = 30, 2
+
+
+def untrained_weights(folder: Path) -> Path:
+    """A small network with random weights (seeded), saved as the worker loads weights."""
+    import torch
+
+    from model.network import WeaklySupervisedNet
+    from model.weights import DEFAULT_INPUT_SPEC, save_weights
+
+    torch.manual_seed(0)
+    network = WeaklySupervisedNet(widths=(8, 16, 16), depths=(1, 1, 1), head_blocks=(2, 3))
+    metadata = {"name": "admin-test-untrained", "version": "0.0", "classes": ["covid", "cap", "normal"], "input": DEFAULT_INPUT_SPEC}
+    save_weights(network, folder, metadata)
+    return folder
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[LiveNode, int]]:
+    """``dicom-node up`` with a local AE (quiet period 30 s) made on the command line; yields
+    the node and the AE's port."""
+    data_dir = tmp_path / "node-data"
+    port = free_port()
+    settings = {
+        "worker__weights_dir": untrained_weights(tmp_path / "weights"),
+        "worker__device": "cpu",
+        "worker__localisation": "cam",
+        "worker__sc_slices": "lung",
+    }
+    cli(node_env(data_dir, **settings), "ae", "add-local", LOCAL_AE, "--port", str(port), "--quiet-seconds", str(OLD_QUIET))
+    live = start_live_node(data_dir, ("up",), **settings)
+    yield live, port
+    live.process.stop(timeout=40)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    require_tool("chromium", "chromium")
+    require_tool("chromedriver", "chromium-driver")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "failed.png"))
+        (ARTIFACTS / "failed.html").write_text(driver.page_source)
+    driver.quit()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Orthanc]:
+    server = Orthanc(tmp_path / "orthanc").start()
+    yield server
+    server.stop()
+
+
+class Pages:
+    """The steps a person takes, with a screenshot after each."""
+
+    def __init__(self, driver: WebDriver, base: str) -> None:
+        self.driver = driver
+        self.base = base
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base + path)
+
+    def shot(self, name: str) -> None:
+        self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+    def wait(self, condition: Any, timeout: float = 20) -> Any:
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(condition)
+
+    def by_id(self, element_id: str) -> Any:
+        return self.driver.find_element(By.ID, element_id)
+
+    def fill(self, values: dict[str, str]) -> None:
+        for element_id, value in values.items():
+            field = self.by_id(element_id)
+            field.clear()
+            field.send_keys(value)
+
+    def text(self) -> str:
+        return str(self.driver.find_element(By.TAG_NAME, "body").text)
+
+
+def _aware(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
+    node: tuple[LiveNode, int], browser: WebDriver, pacs: Orthanc, tmp_path: Path
+) -> None:
+    from model.phantom import write_phantom_series
+
+    live, ae_port = node
+    p = Pages(browser, live.url)
+
+    # Log in.
+    p.open("/series")
+    p.wait(EC.url_contains("/login?next="))
+    p.shot("01-login")
+    p.fill({"name": ADMIN, "password": PASSWORD})
+    p.by_id("login").click()
+    p.wait(EC.url_to_be(live.url + "/series"))
+
+    # A source: first refused at the field, then added.
+    p.open("/sources/new")
+    p.fill({"title": "A" * 17})
+    p.by_id("save").click()
+    error = p.wait(EC.visibility_of_element_located((By.ID, "error-title")))
+    assert error.text == "is 17 characters long, at most 16 are allowed"
+    p.shot("02-source-refused-at-the-field")
+    p.fill({"title": CALLING, "host": "127.0.0.1"})
+    p.by_id("save").click()
+    p.wait(EC.text_to_be_present_in_element((By.ID, "flash"), f"Source {CALLING} added."))
+    p.shot("03-source-added")
+
+    # A destination (Orthanc), then its C-ECHO test.
+    p.open("/destinations/new")
+    p.fill({"title": pacs.aet, "host": "127.0.0.1", "port": str(pacs.dicom_port)})
+    p.by_id("save").click()
+    p.wait(EC.text_to_be_present_in_element((By.ID, "flash"), f"Destination {pacs.aet} added."))
+    browser.find_element(By.LINK_TEXT, pacs.aet).click()
+    p.by_id("echo").click()
+    answer = p.wait(EC.visibility_of_element_located((By.ID, "echo-result"))).text
+    assert answer.startswith("Success") and "status 0x0000" in answer and "round trip" in answer, answer
+    p.shot("04-destination-c-echo")
+
+    # The local AE: quiet period 30 s -> 2 s, results to Orthanc.
+    p.open("/local-aes")
+    browser.find_element(By.LINK_TEXT, LOCAL_AE).click()
+    assert p.by_id("quiet_seconds").get_attribute("value") == str(float(OLD_QUIET))
+    p.fill({"quiet_seconds": str(NEW_QUIET)})
+    browser.find_element(By.CSS_SELECTOR, f"input[name='send_results_to'][value='{pacs.aet}']").click()
+    p.by_id("save").click()
+    p.wait(EC.text_to_be_present_in_element((By.ID, "flash"), f"Local AE {LOCAL_AE} saved."))
+    row = browser.find_element(By.CSS_SELECTOR, f"tr[data-title='{LOCAL_AE}']").text
+    assert "listening" in row and pacs.aet in row, row
+    p.shot("05-local-ae-changed")
+
+    # Send a series; the series list (not reloaded) shows it receiving, then analysed.
+    p.open("/series")
+    browser.execute_script("window.notReloaded = true;")
+    series_dir = write_phantom_series("covid", tmp_path / "scanner", seed=3, slices=24, rows=128, columns=128, write_masks=False)
+    sent = storescu(series_dir, ae_port, calling=CALLING, called=LOCAL_AE)
+    assert sent.returncode == 0, sent.stderr
+    state = (By.CSS_SELECTOR, "#series-rows tr[data-series-uid] td.state")
+    p.wait(EC.presence_of_element_located(state), 20)
+    p.wait(lambda d: d.find_element(*state).text not in ("receiving", ""), 60)
+    assert browser.execute_script("return window.notReloaded === true;")
+    p.shot("06-series-completed")
+    with live.api() as api:
+        series = api.get("/api/series").json()[0]
+        detail = api.get(f"/api/series/{series['id']}").json()
+    quiet = (_aware(detail["completed_at"]) - _aware(detail["last_received_at"])).total_seconds()
+    assert NEW_QUIET <= quiet < OLD_QUIET, f"completed {quiet:.1f} s after the last image"
+    job_id = series["job_id"]
+    assert job_id is not None, series
+
+    # The jobs list turns the job to done by itself (the worker runs the pipeline).
+    p.open("/jobs")
+    browser.execute_script("window.notReloaded = true;")
+    job_state = (By.CSS_SELECTOR, f"#job-rows tr[data-job-id='{job_id}'] td.state")
+    p.wait(lambda d: d.find_element(*job_state).text in ("done", "failed"), 180)
+    assert browser.find_element(*job_state).text == "done", browser.find_element(By.ID, "job-rows").text
+    assert browser.execute_script("return window.notReloaded === true;")
+    p.shot("07-jobs-list-done")
+
+    # The finished job: its heatmap previews with the notice, and its export to Orthanc.
+    with live.api() as api:
+        wait_until(lambda: all(e["status"] == "done" for e in api.get(f"/api/jobs/{job_id}").json()["exports"]), 90, "the export to Orthanc")
+    p.open(f"/jobs/{job_id}")
+    assert "Not for clinical use." in p.text()
+    first = p.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#previews img.preview")))
+    p.wait(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first), 30)
+    assert browser.execute_script("return arguments[0].naturalWidth;", first) == 128
+    exports = p.by_id("exports").text
+    assert pacs.aet in exports and "done" in exports, exports
+    p.shot("08-job-preview")
+    assert len(pacs.instances()) > 0
+
+    # Deleting asks first.
+    p.open("/sources")
+    browser.find_element(By.CSS_SELECTOR, f"tr[data-title='{CALLING}'] a.danger").click()
+    p.wait(EC.presence_of_element_located((By.ID, "confirm-delete")))
+    p.shot("09-delete-confirmation")
+    p.by_id("confirm-delete").click()
+    p.wait(EC.text_to_be_present_in_element((By.ID, "flash"), f"Source {CALLING} removed."))
+    p.open("/audit")
+    log = p.text()
+    for action in ("source.create", "destination.create", "local_ae.update", "source.delete"):
+        assert action in log, action
+    p.shot("10-audit-log")
