@@ -363,7 +363,7 @@ def cache_key(record: SeriesRecord, size: int, min_fraction: float) -> str:
         "size": size,
         "min_fraction": min_fraction,
         "preprocess": PREPROCESS_VERSION,
-        "lung": getattr(lung, "LUNG_VERSION", 1),
+        "lung": lung.LUNG_VERSION,
         "cache": CACHE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
