@@ -141,6 +141,16 @@ def done_and_exported(series_uid: str) -> Callable[[list[dict[str, Any]]], dict[
     return check
 
 
+def running(series_uid: str) -> Callable[[list[dict[str, Any]]], dict[str, Any] | None]:
+    def check(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        job = job_of(jobs, series_uid)
+        if job and job["status"] in ("done", "failed"):
+            raise AssertionError(f"the job ended ({job['status']}) before the worker could be killed")
+        return job if job and job["status"] == "running" else None
+
+    return check
+
+
 def series_uids(folder: Path) -> tuple[str, str]:
     """(StudyInstanceUID, SeriesInstanceUID) of a series folder."""
     first = next(p for p in sorted(folder.iterdir()) if p.suffix == ".dcm")

@@ -1,0 +1,70 @@
+"""``dicom-node up`` alone, with the embedded defaults (SQLite database, SQLite-file broker, no
+server to install): a series sent with storescu comes back as SR, SC, SEG and KOS in Orthanc
+(validated as in test_results.py), the admin app answers when it is installed; then ``up`` and its
+worker are killed (SIGKILL) during the analysis of a second series, and after a restart that job
+completes exactly once: that broker loses the killed worker's message, the job's stopped heartbeat
+brings it back (the lost-job scan, ``worker.lost_after_seconds`` = 10 s here).
+
+Not covered: Redis redelivery (test_faults.py), PostgreSQL (test_results.py).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from dicom_node.db.models import OutboxMessage
+from tests.e2e.stack import Node, check_results, done_and_exported, job_of, running, series_uids
+from tests.peers import Orthanc, port_open, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_up_alone_then_killed_during_inference(tmp_path: Path, orthanc: Orthanc, phantom: Callable[[int], Path]) -> None:
+    first, second = phantom(11), phantom(12)
+    study_uid, series_uid = series_uids(first)
+    node = Node(tmp_path, worker__lost_after_seconds=10)
+    admin_port = int(node.env["DICOM_NODE_ADMIN_PORT"])
+    node.configure([("ORTHANC", orthanc.dicom_port)])
+    try:
+        up = node.start("up", "--shutdown-seconds", "5")
+        up.wait_for_port(node.port, timeout=120)
+        node.send(first)
+        job = node.wait(done_and_exported(series_uid), 300, "the first job to be done and exported")
+        assert job["attempts"] == 1
+        check_results(orthanc, tmp_path / "pacs", job, study_uid, series_uid, node.db)
+        if _admin_installed():
+            wait_until(lambda: port_open(admin_port), 30, "the admin app")
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/", timeout=10) as resp:
+                assert resp.status == 200
+
+        _, second_uid = series_uids(second)
+        node.send(second)
+        node.wait(running(second_uid), 180, "the second job to run")
+        time.sleep(1.0)
+        assert job_of(node.jobs(), second_uid)["status"] == "running"  # type: ignore[index]
+        node.kill_tree(up)
+        count_before = len(orthanc.instances())
+
+        node.start("up", "--shutdown-seconds", "5").wait_for_port(node.port, timeout=120)
+        job2 = node.wait(done_and_exported(second_uid), 300, "the killed job to be done after a restart")
+        assert job2["attempts"] == 2
+        with node.db.session() as s:
+            messages = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse", OutboxMessage.job_id == job2["id"]))
+        assert messages == 2, "the lost-job scan requeues the job once"
+        in_pacs = [orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances()]
+        assert len(in_pacs) == len(set(in_pacs)) == count_before + sum(job2["outputs"].values())
+    finally:
+        node.stop()
+    assert all(p.proc is not None and p.proc.poll() is not None for p in node.processes)
+
+
+def _admin_installed() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("dicom_node.admin.server") is not None
