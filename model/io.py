@@ -407,6 +407,8 @@ def _sorted_frames(frames: list[_FrameRef]) -> tuple[list[_FrameRef], np.ndarray
 
 def _decode(frames: list[_FrameRef], rows: int, cols: int) -> np.ndarray:
     """Stored values of every frame in order, rescaled to float32 HU."""
+    if str(frames[0].header.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        raise SeriesReadError("MONOCHROME1 images (inverted grey scale) are not CT-like: not supported")
     hu = np.empty((len(frames), rows, cols), dtype=np.float32)
     by_source: dict[int, list[int]] = {}
     sources: dict[int, Path | Dataset] = {}
@@ -437,8 +439,6 @@ def _decode(frames: list[_FrameRef], rows: int, cols: int) -> np.ndarray:
                 raise SeriesReadError(f"pixel data of {where} has shape {frame.shape}, header says {rows}x{cols}")
             np.multiply(frame, np.float32(f.slope), out=hu[i], casting="unsafe")
             hu[i] += np.float32(f.intercept)
-    if str(frames[0].header.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        raise SeriesReadError("MONOCHROME1 images are not CT-like (inverted grey scale): not supported")
     return hu
 
 

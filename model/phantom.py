@@ -177,7 +177,7 @@ class _Grid:
 
     x: np.ndarray  # (columns,)
     y: np.ndarray  # (rows,)
-    t: np.ndarray  # (slices,)
+    t: np.ndarray  # (slices,) mm above the lowest lung point
     ps: float
     dz: float
     origin: tuple[float, float, float]  # patient (x, y, z) of voxel (0, 0, 0)
@@ -308,15 +308,14 @@ def _make_grid(
     ps = fov / max(rows, columns)
     # Lungs centred in the covered range when the spacing is given (partial coverage).
     t0 = 0.0 if slice_spacing is None else (below + anatomy.lung_height / 2.0) - dz * (n - 1) / 2.0
-    t = (t0 + dz * np.arange(n)).astype(np.float32)
+    t = t0 + dz * np.arange(n)  # mm from the scan start
     cx, cy = anatomy.body_dx, anatomy.body_dy + anatomy.b * 0.05
     x = (np.arange(columns) - (columns - 1) / 2.0) * ps - cx
     y = (np.arange(rows) - (rows - 1) / 2.0) * ps - cy
     table_z = -rng.uniform(150.0, 450.0)
     origin = (float(x[0] + cx), float(y[0] + cy), float(table_z + t0))
-    grid = _Grid(x=x.astype(np.float32), y=y.astype(np.float32), t=t, ps=ps, dz=dz, origin=origin, body_center=(cx, cy))
-    # Store "t" relative to the scan start at the lung base margin: the lung base is at ``below``.
-    grid.t = (t - below).astype(np.float32)
+    # Anatomy is drawn in t = mm above the lowest lung point (which lies ``below`` mm above the scan start).
+    grid = _Grid(x=x.astype(np.float32), y=y.astype(np.float32), t=(t - below).astype(np.float32), ps=ps, dz=dz, origin=origin, body_center=(cx, cy))
     return grid, thickness
 
 
