@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SESSION_COOKIE = "dicom_node_session"
+# Only this site's own scripts, styles, pictures and forms; no framing.
+CSP = "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 Next = Callable[[Request], Awaitable[Response]]
 
@@ -138,6 +140,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CSP)
         return response
 
     # Starlette runs the last added middleware first: measure, then the session cookie, then auth.

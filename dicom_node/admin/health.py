@@ -1,4 +1,4 @@
-"""/health: is the node able to do its work right now?
+"""/health: is the node able to do its work right now? (Public: it names no URL, path or secret.)
 
 Four checks, each with its own answer: the database answers a query; the broker accepts a
 connection (settings.effective_broker_url); the data dir has more free space than
@@ -39,18 +39,10 @@ def check_database(db: Database) -> dict[str, Any]:
     return {"ok": True, "dialect": db.engine.dialect.name, "ms": _ms(start)}
 
 
-def _redacted(url: str) -> str:
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
-
-
 def check_broker(url: str) -> dict[str, Any]:
     """Connect to the broker. kombu's SQLAlchemy transport (``sqla+<database url>``) is checked
     with a query on that database; anything else with kombu's own connection."""
     start = time.perf_counter()
-    shown = _redacted(url)
     if url.startswith("sqla+"):
         database_url = url.removeprefix("sqla+")
         engine_kwargs: dict[str, Any] = {}
@@ -61,10 +53,10 @@ def check_broker(url: str) -> dict[str, Any]:
             with engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except SQLAlchemyError as exc:
-            return {"ok": False, "url": shown, "error": str(exc).splitlines()[0][:300], "ms": _ms(start)}
+            return {"ok": False, "error": str(exc).splitlines()[0][:300], "ms": _ms(start)}
         finally:
             engine.dispose()
-        return {"ok": True, "url": shown, "ms": _ms(start)}
+        return {"ok": True, "ms": _ms(start)}
     from kombu import Connection
     from kombu.exceptions import OperationalError
 
@@ -72,8 +64,8 @@ def check_broker(url: str) -> dict[str, Any]:
         with Connection(url, connect_timeout=TIMEOUT_SECONDS) as conn:
             conn.ensure_connection(max_retries=1, timeout=TIMEOUT_SECONDS)
     except (OperationalError, OSError) as exc:
-        return {"ok": False, "url": shown, "error": str(exc)[:300], "ms": _ms(start)}
-    return {"ok": True, "url": shown, "ms": _ms(start)}
+        return {"ok": False, "error": str(exc)[:300], "ms": _ms(start)}
+    return {"ok": True, "ms": _ms(start)}
 
 
 def check_disk(settings: Settings) -> dict[str, Any]:
@@ -81,7 +73,7 @@ def check_disk(settings: Settings) -> dict[str, Any]:
     usage = shutil.disk_usage(path if path.exists() else path.parent)
     free_mb = usage.free // (1024 * 1024)
     minimum = settings.listener.min_free_disk_mb
-    return {"ok": free_mb > minimum, "path": str(path), "free_mb": int(free_mb), "min_free_mb": minimum}
+    return {"ok": free_mb > minimum, "free_mb": int(free_mb), "min_free_mb": minimum}
 
 
 def _probe_host(listen_host: str) -> str:

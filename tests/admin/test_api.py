@@ -400,6 +400,8 @@ def test_openapi_and_every_page_renders(admin_app: AdminApp) -> None:
     for page in pages:
         response = browser.get(page)
         assert response.status_code == 200, (page, response.text[:500])
+        assert "script-src 'self'" in response.headers["content-security-policy"] and response.headers["x-frame-options"] == "DENY"
+        assert " on" + "change=" not in response.text and "javascript:" not in response.text  # no inline script
     for page in ("/series", "/jobs", f"/jobs/{job_id}", f"/series/{series_id}"):
         assert "Not for clinical use." in browser.get(page).text, page
     assert browser.get("/jobs/999").status_code == 404

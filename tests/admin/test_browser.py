@@ -29,7 +29,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
 from tests.peers import REPO, Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
@@ -220,6 +220,9 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     assert browser.find_element(*job_state).text == "done", browser.find_element(By.ID, "job-rows").text
     assert browser.execute_script("return window.notReloaded === true;")
     p.shot("07-jobs-list-done")
+    Select(p.by_id("status")).select_by_value("done")  # the filter applies when chosen (own JS, no inline handler)
+    p.wait(EC.url_contains("/jobs?status=done"))
+    assert browser.find_element(*job_state).text == "done"
 
     # The finished job: its heatmap previews with the notice, and its export to Orthanc.
     with live.api() as api:
@@ -227,8 +230,12 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.open(f"/jobs/{job_id}")
     assert "Not for clinical use." in p.text()
     first = p.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#previews img.preview")))
+    browser.execute_script("arguments[0].scrollIntoView();", p.by_id("previews"))
     p.wait(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first), 30)
     assert browser.execute_script("return arguments[0].naturalWidth;", first) == 128
+    browser.find_element(By.CSS_SELECTOR, "a[data-preview-index='1']").click()  # the next picture, same page
+    p.wait(lambda d: first.get_attribute("src").endswith("index=1") and d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first), 30)
+    assert p.by_id("preview-caption").text.startswith("2 / ")
     exports = p.by_id("exports").text
     assert pacs.aet in exports and "done" in exports, exports
     p.shot("08-job-preview")

@@ -35,4 +35,20 @@ function startRefresh(el) {
 
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("[data-refresh-url]").forEach(startRefresh);
+  // Filters apply when chosen (no inline handlers: the pages' Content-Security-Policy forbids them).
+  // The job page's picture chooser swaps the one large preview (the links work without JS too).
+  document.querySelectorAll("a[data-preview-index]").forEach(function (link) {
+    link.addEventListener("click", function (event) {
+      event.preventDefault();
+      const image = document.getElementById("preview");
+      image.src = link.href;
+      image.alt = image.alt.replace(/overlay \d+/, "overlay " + (Number(link.dataset.previewIndex) + 1));
+      document.getElementById("preview-caption").textContent = (Number(link.dataset.previewIndex) + 1) + " / " + link.dataset.previewTotal;
+      document.querySelectorAll("a[data-preview-index]").forEach(function (other) { other.removeAttribute("aria-current"); });
+      link.setAttribute("aria-current", "true");
+    });
+  });
+  document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
+    select.addEventListener("change", function () { select.form.submit(); });
+  });
 });
