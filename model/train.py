@@ -73,6 +73,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256, 256)
     depths: tuple[int, ...] = (2, 2, 3, 3, 3)
     eval_batch: int = 64
+    max_minutes: float | None = None  # wall-time budget: stop (after a last validation) when spent
 
     def __post_init__(self) -> None:
         for name in ("image_size", "batch_size", "iterations", "validate_every", "folds", "eval_batch"):
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
         if self.learning_rate <= 0 or self.lr_step < 1 or not 0 < self.lr_gamma <= 1:
             raise ValueError("learning_rate must be > 0, lr_step >= 1, lr_gamma in (0, 1]")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -226,10 +229,14 @@ def train(
     config: TrainConfig = TrainConfig(),
     progress: bool = False,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train one network; keep the checkpoint with the best validation slice accuracy.
 
     Without validation series the last iteration's weights are kept and there is no early stop.
+    ``checkpoint``: also write the best state so far there (``torch.save``), so a run that is
+    killed still leaves its best weights. ``config.max_minutes`` ends training early (after a
+    last validation) when the wall time is spent.
     """
     seed_everything(config.seed)
     device = torch.device(config.device)
@@ -253,6 +260,7 @@ def train(
     stopped_early = False
     started = time.monotonic()
     iteration = 0
+    out_of_time = False
     running_loss = 0.0
     bar = None
     if progress:
@@ -279,7 +287,8 @@ def train(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{running_loss:.4f}", best=f"{best_acc:.3f}" if best_acc is not None else "-")
-                last = iteration == config.iterations
+                out_of_time = config.max_minutes is not None and time.monotonic() - started > 60.0 * config.max_minutes
+                last = iteration == config.iterations or out_of_time
                 if val_series and (iteration % config.validate_every == 0 or last):
                     metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
                     metrics.update(iteration=float(iteration), train_loss=running_loss, lr=schedule.get_last_lr()[0], seconds=time.monotonic() - started)
@@ -287,6 +296,8 @@ def train(
                     if best_acc is None or acc > best_acc:
                         best_acc, best_iter, last_improvement = acc, iteration, iteration
                         best_state = copy.deepcopy(network.state_dict())
+                        if checkpoint is not None:
+                            torch.save({"state_dict": best_state, "iteration": iteration, "metrics": metrics}, checkpoint)
                     metrics["best_val_slice_accuracy"] = float(best_acc)
                     history.append(metrics)
                     log.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
@@ -296,7 +307,12 @@ def train(
                         stopped_early = True
                         break
                 if last:
+                    if out_of_time:
+                        log.info("stopping at iteration %d: the %.1f minute budget is spent", iteration, config.max_minutes)
+                        stopped_early = True
                     break
+            if out_of_time:
+                break
     finally:
         if bar is not None:
             bar.close()
@@ -455,8 +471,10 @@ def train_folder(
             fold_config = dataclasses.replace(config, fold=fold)
             train_set, val_set = split_by_patient(series, fold_config.folds, fold, fold_config.seed)
             log.info("fold %d: %d training series, %d validation series", fold, len(train_set), len(val_set))
-            result = train(train_set, val_set, fold_config, progress=progress)
             target = out_dir / f"fold-{fold}" if cross_validate and config.folds > 1 else out_dir
+            target.mkdir(parents=True, exist_ok=True)
+            checkpoint = target / "best-checkpoint.pt"
+            result = train(train_set, val_set, fold_config, progress=progress, checkpoint=checkpoint)
             meta = default_metadata(fold_config, name, version)
             meta["training"].update(_result_json(result))
             meta["training"]["fold"] = fold
@@ -464,6 +482,7 @@ def train_folder(
             meta["training"]["validation_series"] = [s.series_id for s in val_set]
             meta["training_data"] = data_json
             save_weights(result.network, target, meta)
+            checkpoint.unlink(missing_ok=True)
             summary["folds"].append({"fold": fold, "weights": str(target), "best_val_slice_accuracy": result.best_val_accuracy, "best_iteration": result.best_iteration, "iterations_run": result.iterations_run})
         accs = [f["best_val_slice_accuracy"] for f in summary["folds"] if f["best_val_slice_accuracy"] is not None]
         if len(accs) > 1:
