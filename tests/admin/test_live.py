@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from tests.admin.conftest import LiveNode
-from tests.outputs.synthetic import write_ct_series
 from tests.peers import free_port, port_open, require_tool, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -66,8 +65,10 @@ def test_changes_reach_the_running_listener(live_node: LiveNode, tmp_path: Path)
         accepted = echo(port)
         assert accepted.returncode == 0, accepted.stderr
 
-        files, _ = write_ct_series(tmp_path / "scanner", slices=4, size=32, seed="live")
-        sent = storescu(files, port, calling=CALLING, called=CALLED)
+        from model.phantom import write_phantom_series
+
+        scanner = write_phantom_series("normal", tmp_path / "scanner", seed=1, slices=4, rows=64, columns=64, write_masks=False)
+        sent = storescu(scanner, port, calling=CALLING, called=CALLED)
         assert sent.returncode == 0, sent.stderr
         series = wait_until(lambda: api.get("/api/series").json(), 15, "the series to be listed")
         assert series[0]["instances"] == 4 and series[0]["local_ae"] == CALLED and series[0]["calling_ae"] == CALLING
