@@ -6,7 +6,8 @@ tests call these functions directly.
 (model.io.load_series on the indexed instances), run the predictor (loaded once per process),
 write the artefacts (worker.artefacts: result.json, maps, the DICOM objects built by
 dicom_node.outputs.build_outputs with the job's creation time, so a job run twice gives the same
-bytes), then DONE with the exports in one transaction. Timings in ``Job.timings`` (seconds):
+bytes), then DONE with the exports in one transaction, and send them right away (the
+"export" outbox message is the durable copy of that intent). Timings in ``Job.timings`` (seconds):
 ``queue_wait`` (queued to this attempt's claim; a takeover counts the lost attempt's time as
 waiting), ``load`` (reading the series), ``model_load`` (first job of a process only),
 ``inference`` (the predictor; its own stages under ``stages``), ``encoding`` (building and writing
@@ -151,6 +152,11 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
             jobs.fail(rt.db, claimed, reason, timings=timings)
             return "failed"
     log.info("job %d %s in %.1f s", job_id, status, sum(v for k, v in timings.items() if k in ("load", "model_load", "inference", "encoding")))
+    if status == "done":
+        # Send at once rather than after the outbox relay and the broker (a second or two); the
+        # job's "export" outbox message, written with DONE, finds the exports sent, or sends
+        # whatever this could not.
+        export_job(rt, job_id)
     return status
 
 
