@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from dicom_node.settings import Settings
 
@@ -81,8 +81,13 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         task_default_queue=ANALYSE_QUEUE,
-        task_queues=[Queue(EXPORT_QUEUE), Queue(ANALYSE_QUEUE)],
-        task_routes={EXPORT_TASK: {"queue": EXPORT_QUEUE}, ANALYSE_TASK: {"queue": ANALYSE_QUEUE}},
+        # Each queue its own exchange and routing key: queues declared by name alone share the
+        # default ones, and every message would reach both.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)],
+        task_routes={
+            EXPORT_TASK: {"queue": EXPORT_QUEUE, "exchange": EXPORT_QUEUE, "routing_key": EXPORT_QUEUE},
+            ANALYSE_TASK: {"queue": ANALYSE_QUEUE, "exchange": ANALYSE_QUEUE, "routing_key": ANALYSE_QUEUE},
+        },
         # Children load torch and the model before they report for work.
         worker_proc_alive_timeout=120.0,
         # Remote control needs fanout exchanges, which the SQLAlchemy transport lacks.
