@@ -45,6 +45,9 @@ def _apply_overrides(args: argparse.Namespace) -> None:
 
 
 def _gpu_count() -> int:
+    # NVML answers without initialising CUDA in this process, which prefork children would
+    # otherwise inherit half set up.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
