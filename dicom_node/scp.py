@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -38,12 +40,11 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import evt
-from pynetdicom.presentation import StoragePresentationContexts
 
 from dicom_node.index import Index, LocalAESnapshot, ReceivedInstance
 from dicom_node.status import Status
 from dicom_node.storage import Storage
-from dicom_node.uids import check_uid
+from dicom_node.uids import check_received_uid, check_uid
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,13 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRBigEndian,
 )
 
-# "*" in a SOP class list: every storage SOP class pynetdicom knows.
+# "*" in a SOP class list: every storage SOP class of the standard, retired ones included.
 ALL_STORAGE = "*"
+_ALL_STORAGE_CLASSES: tuple[str, ...] = tuple(
+    uid
+    for uid, (name, kind, *_rest) in UID_dictionary.items()
+    if kind == "SOP Class" and "Storage" in name and "Commitment" not in name and "Directory" not in name
+)
 _IMAGE_WORDS = ("Image Storage", "Multi-frame", "Photograph", "Volume Storage")
 
 
@@ -78,7 +84,7 @@ def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
     out = list(DEFAULT_SOP_CLASSES)
     for uid in extra:
         if uid == ALL_STORAGE:
-            out.extend(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+            out.extend(_ALL_STORAGE_CLASSES)
         else:
             out.append(uid)
     seen: set[str] = set()
@@ -153,10 +159,29 @@ def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, co
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}") from None
     if len(ds) == 0:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
+    _check_complete(ds, len(data))
     try:
         return _header_of(ds, command_sop_class, command_sop_instance)
     except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}") from None
+
+
+def _check_complete(ds: Dataset, size: int) -> None:
+    """pydicom reads a value cut short by the end of the data without complaint: check that every
+    top-level element got all its bytes and that nothing is missing after the last one."""
+    end = 0
+    for elem in ds._dict.values():
+        if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
+            continue
+        got = len(elem.value) if elem.value is not None else 0
+        if got != elem.length:
+            raise RejectedInstance(
+                Status.CANNOT_UNDERSTAND,
+                f"data set is truncated: element {elem.tag} has {got} of its {elem.length} bytes",
+            )
+        end = max(end, elem.value_tell + elem.length)
+    if end > size:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set is truncated at byte {size}")
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -185,10 +210,12 @@ def header_of(ds: Dataset) -> Header:
         value = ds.get(keyword)
         if value in (None, ""):
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword} is missing")
-        ok, reason = check_uid(str(value))
+        ok, reason = check_received_uid(str(value))
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword}: {reason}")
         uids[keyword] = str(value).rstrip("\x00").strip()
+        if not check_uid(uids[keyword])[0]:
+            log.warning("%s %r does not conform to PS3.5 9.1; stored as sent", keyword, uids[keyword][:80])
     return Header(
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
@@ -277,7 +304,7 @@ class Receiver:
     ) -> Status:
         if self.storage.free_bytes() < self.min_free_bytes + len(dataset):
             raise RejectedInstance(Status.OUT_OF_RESOURCES, f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB")
-        ok, reason = check_uid(sop_instance_uid)
+        ok, reason = check_received_uid(sop_instance_uid)
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"request's AffectedSOPInstanceUID: {reason}")
         header = parse_header(dataset, transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid)
@@ -325,6 +352,9 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[An
             receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
             # Rejected-permanent, service-user, calling AE title not recognised (PS3.8 7.1.1.9).
             assoc.acse.send_reject(0x01, 0x01, 0x03)
+            # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
+            # and the peer has closed, before the server shuts the socket down.
+            assoc.kill()
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)

@@ -49,7 +49,7 @@ class Storage:
         parts = []
         for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance_uid)):
             try:
-                parts.append(clean_uid(uid))
+                parts.append(clean_uid(uid, received=True))
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return f"{parts[0]}/{parts[1]}/{parts[2]}.dcm"

@@ -92,3 +92,19 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     (storage.incoming / "crashed.part").write_bytes(b"x")
     assert storage.remove_stale_incoming() == 1
     assert SERIES_RECORD == "series.json"
+
+
+@pytest.mark.parametrize(("name", "cut"), [("CT_small.dcm", 10), ("CT_small.dcm", 3000), ("JPEG2000.dcm", 10), ("SC_rgb_rle.dcm", 3000)])
+def test_truncated_data_sets_are_refused(name: str, cut: int) -> None:
+    from dicom_node.scp import RejectedInstance, parse_header
+    from dicom_node.status import Status
+
+    path = get_testdata_file(name)
+    meta = pydicom.filereader.read_file_meta_info(path)
+    data = Path(path).read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength :]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    header = parse_header(data, meta.TransferSyntaxUID, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID)
+    assert header.sop_instance_uid == ds.SOPInstanceUID
+    with pytest.raises(RejectedInstance) as exc:
+        parse_header(data[:-cut], meta.TransferSyntaxUID, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID)
+    assert exc.value.status == Status.CANNOT_UNDERSTAND

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.uids import check_uid, clean_uid, derived_uid, new_uid
+from dicom_node.uids import check_received_uid, check_uid, clean_uid, derived_uid, new_uid
 from dicom_node.validation import check_ae_title, check_host, check_output_kinds, check_port, require
 
 
@@ -67,6 +67,17 @@ def test_invalid_uids_never_become_paths(uid: object) -> None:
     assert not check_uid(uid)[0]
     with pytest.raises(ValueError):
         clean_uid(uid)
+
+
+@pytest.mark.parametrize("uid", ["1.2.03.4", "dccc9599087131742838cc1162a630fe", "1.2." + "3" * 70])
+def test_non_conformant_but_harmless_received_uids_are_stored_as_sent(uid: str) -> None:
+    assert not check_uid(uid)[0]
+    assert check_received_uid(uid) == (True, "")
+
+
+@pytest.mark.parametrize("uid", ["../../x", "1.2/3", "..", ".hidden", "a b", "", "x" * 129])
+def test_received_uids_that_could_leave_the_storage_root_are_refused(uid: str) -> None:
+    assert not check_received_uid(uid)[0]
 
 
 def test_derived_uids_are_deterministic_and_distinct() -> None:
