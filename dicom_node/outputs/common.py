@@ -17,6 +17,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicom_node import NOT_FOR_CLINICAL_USE, __version__
@@ -31,7 +32,11 @@ NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Settings of the output writers (one set per destination, if destinations differ).
+    """Settings of the output writers.
+
+    The UIDs do not depend on the options, so options that change an object's content (thresholds,
+    series numbers, names) must be the same for every destination; ``sc_slices`` may differ (the
+    SC of one slice is the same object in both modes, a "key" series is a subset).
 
     ``created`` is the time stamp written into every object (instance creation, content, secondary
     capture and contribution date/time). The worker passes the job's creation time, so a job that
@@ -81,9 +86,14 @@ class OutputOptions:
 class VolumeLike(Protocol):
     """What :meth:`SourceSeries.from_volume` needs of ``model.io``'s Volume."""
 
-    hu: np.ndarray
-    frame_numbers: Sequence[int | None]
-    source_files: Sequence[str | Path | None]
+    @property
+    def hu(self) -> np.ndarray: ...
+
+    @property
+    def frame_numbers(self) -> Sequence[int | None]: ...
+
+    @property
+    def source_files(self) -> Sequence[str | Path | None]: ...
 
 
 @dataclass(frozen=True)
@@ -158,11 +168,6 @@ class SliceRef:
     def sop_class_uid(self) -> str:
         return str(self.dataset.SOPClassUID)
 
-    @property
-    def frames(self) -> list[int] | None:
-        """``referenced_frame_numbers`` for highdicom (None for a single-frame instance)."""
-        return None if self.frame is None else [self.frame]
-
 
 def is_multiframe(ds: Dataset) -> bool:
     return int(ds.get("NumberOfFrames", 1) or 1) > 1
@@ -179,12 +184,19 @@ def _frame_groups(s: SliceRef) -> list[Dataset]:
     return groups
 
 
+def _floats(value: object) -> list[float]:
+    """DS/FD values (one or many) as floats."""
+    items = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    return [float(str(v)) for v in items]
+
+
 def _from_groups(s: SliceRef, sequence: str, attribute: str) -> list[float] | None:
+    """An attribute of a slice from its frame's functional groups, else from the dataset."""
     for group in _frame_groups(s):
         if sequence in group and attribute in group[sequence][0]:
-            return [float(v) for v in group[sequence][0][attribute].value]
+            return _floats(group[sequence][0][attribute].value)
     value = s.dataset.get(attribute)
-    return None if value is None else [float(v) for v in value]
+    return None if value is None or value == "" else _floats(value)
 
 
 def slice_orientation(s: SliceRef) -> list[float]:
@@ -259,14 +271,13 @@ def resolve_slices(result: SeriesResult, sources: SourceSeries) -> list[SliceRef
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of the suspected infection: what the SEG encodes and the SR's region group
-    references. ``label_value`` is the value in ``mask_source`` that belongs to the segment."""
+    """One segment of the suspected infection: what the SEG encodes (as ``number`` in
+    :meth:`BuildContext.label_volume`) and what the SR's region group references."""
 
     number: int  # SEG segment number, 1-based
     label: str
     tracking_id: str
     tracking_uid: str
-    label_value: int
     volume_ml: float
     slice_indices: tuple[int, ...]  # sorted slices with content
 
@@ -318,9 +329,10 @@ class BuildContext:
         return params
 
     def sr_algorithm(self) -> hd.sr.AlgorithmIdentification:
-        """TID 4019 Algorithm Identification, for every SR measurement group."""
+        """TID 4019 Algorithm Identification (one "Algorithm Parameters" text per parameter)."""
         model = self.result.model
-        return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=self.algorithm_parameters())
+        parameters = [f"{key}={value}" for key, value in self.algorithm_parameters().items()]
+        return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=parameters)
 
     def seg_algorithm(self) -> hd.AlgorithmIdentificationSequence:
         model = self.result.model
@@ -347,12 +359,14 @@ class BuildContext:
         item.DeviceUID = self.device_uid
         return item
 
-    def equipment_kwargs(self) -> dict[str, object]:
-        """General Equipment attributes of every output (besides manufacturer and institution)."""
-        return {
-            "manufacturer_model_name": self.result.model.name[:64],
-            "software_versions": [self.options.software_version, self.result.model.version],
-        }
+    @property
+    def model_name(self) -> str:
+        """Manufacturer's Model Name of every output (LO: at most 64 characters)."""
+        return self.result.model.name[:64]
+
+    def set_software_versions(self, ds: Dataset) -> None:
+        """Software Versions of every output: the node's, then the model's."""
+        ds.add_new("SoftwareVersions", "LO", [self.options.software_version, self.result.model.version[:64]])
 
     def series_description(self, what: str) -> str:
         text = f"AI: {what} {NOT_FOR_DIAGNOSTIC_USE}"
@@ -396,7 +410,6 @@ class BuildContext:
                         label=f"Suspected infection {number}",
                         tracking_id=f"Suspected infection region {number} ({finding})"[:64],
                         tracking_uid=self.uid("region", str(number), "tracking"),
-                        label_value=number,
                         volume_ml=float(region.volume_ml),
                         slice_indices=tuple(int(i) for i in z),
                     )
@@ -413,7 +426,6 @@ class BuildContext:
             label="Suspected infection",
             tracking_id=f"Suspected infection ({finding})"[:64],
             tracking_uid=self.uid("region", "1", "tracking"),
-            label_value=1,
             volume_ml=float(mask.sum()) * voxel_volume_ml(self.slices),
             slice_indices=tuple(int(i) for i in z),
         )

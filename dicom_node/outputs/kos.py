@@ -71,8 +71,9 @@ def build_kos(ctx: BuildContext) -> list[Dataset]:
         institution_name=options.institution_name,
         series_description=ctx.series_description("COVID-CT key slices"),
         contributing_equipment=[ctx.contributing_equipment()],
-        **ctx.equipment_kwargs(),
+        manufacturer_model_name=ctx.model_name,
     )
+    ctx.set_software_versions(kos)
     for item in kos.ContentSequence:
         if item.ValueType != "IMAGE":
             continue

@@ -35,7 +35,8 @@ def lung_window(hu: np.ndarray, center: float = LUNG_WINDOW_CENTER, width: float
     """HU to uint8 grey: ``(hu - (center - width/2)) / width`` clipped to [0, 1], times 255, rounded."""
     low = center - width / 2.0
     grey = np.clip((np.asarray(hu, dtype=np.float32) - low) / width, 0.0, 1.0)
-    return np.rint(grey * 255.0).astype(np.uint8)
+    out: np.ndarray = np.rint(grey * 255.0).astype(np.uint8)
+    return out
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,15 +15,17 @@ same SC (same UID, same bytes) whichever slices are shown.
 from __future__ import annotations
 
 from copy import copy as shallow_copy
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
 from highdicom.frame import encode_frame
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
 from pydicom.tag import Tag
+from pydicom.uid import UID
 from pydicom.valuerep import DS
 
 from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, slice_orientation, stamp
@@ -112,7 +114,9 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
     if ctx.sources.hu is None:
         raise ValueError("sources.hu is needed for the secondary-capture overlays")
     result, options = ctx.result, ctx.options
-    assert result.heatmap is not None
+    heatmap = result.heatmap
+    if heatmap is None:
+        return []
     lines = label_lines(result, node_version=options.software_version)
     derivation = (
         f"Heatmap of model {result.model.name} {result.model.version} (inferno colormap, opaque above "
@@ -120,14 +124,15 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
     )
     template: Dataset | None = None
     template_key: tuple[str, ...] = ()
-    out = []
+    out: list[Dataset] = []
     for i in indices:
         s = ctx.slices[i]
-        rgb = np.ascontiguousarray(render_overlay(ctx.sources.hu[i], result.heatmap[i], lines, threshold=options.overlay_threshold))
+        rgb = np.ascontiguousarray(render_overlay(ctx.sources.hu[i], heatmap[i], lines, threshold=options.overlay_threshold))
         frame_part = () if s.frame is None else (str(s.frame),)
         sop_instance_uid = ctx.instance_uid("sc", s.sop_instance_uid, *frame_part)
         spacing = pixel_spacing(s)
         orientation = patient_orientation(slice_orientation(s))
+        sc: Dataset
         if template is None or _acquisition_key(s.dataset) != template_key or (spacing is not None) != ("PixelSpacing" in template):
             sc = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=s.dataset,
@@ -140,14 +145,18 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
                 sop_instance_uid=sop_instance_uid,
                 instance_number=i + 1,
                 manufacturer=options.manufacturer,
-                pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
                 patient_orientation=orientation,
                 transfer_syntax_uid=options.sc_transfer_syntax_uid,
                 series_description=ctx.series_description("COVID-CT heatmap"),
                 institution_name=options.institution_name,
                 contributing_equipment=[ctx.contributing_equipment()],
-                **ctx.equipment_kwargs(),
+                manufacturer_model_name=ctx.model_name,
             )
+            ctx.set_software_versions(sc)
+            if spacing is not None:
+                # SC Image Module, Basic Pixel Spacing Calibration Macro (set here: highdicom 0.28
+                # types this argument as integers).
+                sc.PixelSpacing = [DS(v, auto_format=True) for v in spacing[:2]]
             sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
             sc.DerivationDescription = derivation[:1024]
             sc.BurnedInAnnotation = "NO"
@@ -159,8 +168,8 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
             template, template_key = sc, _acquisition_key(s.dataset)
         else:
             sc = _copy_without_pixels(template)
-            sc.SOPInstanceUID = sop_instance_uid
-            sc.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+            sc.SOPInstanceUID = UID(sop_instance_uid)
+            sc.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
             sc.InstanceNumber = i + 1
             sc.PatientOrientation = list(orientation)
             if spacing is not None:
@@ -171,22 +180,25 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
     return out
 
 
-def _clone(ds: Dataset, into: Dataset | None = None) -> Dataset:
+_D = TypeVar("_D", bound=Dataset)
+
+
+def _clone(ds: Dataset, into: _D) -> _D:
     """A copy with new data elements and sequences all the way down (values of other elements
     are immutable or shallow-copied). ~10 times faster than copy.deepcopy on pydicom datasets."""
-    out = Dataset() if into is None else into
+    out = into
     for elem in ds:
         if elem.tag == PIXEL_DATA:
             continue
         if elem.VR == "SQ":
-            out.add(DataElement(elem.tag, "SQ", Sequence([_clone(item) for item in elem.value])))
+            out.add(DataElement(elem.tag, "SQ", Sequence([_clone(item, Dataset()) for item in elem.value])))
         else:
             out.add(DataElement(elem.tag, elem.VR, shallow_copy(elem.value)))
     return out
 
 
 def _copy_without_pixels(template: Dataset) -> Dataset:
-    copy = _clone(template)
+    copy = _clone(template, Dataset())
     copy.file_meta = _clone(template.file_meta, FileMetaDataset())
     return copy
 

@@ -61,7 +61,8 @@ def build_seg(ctx: BuildContext) -> list[Dataset]:
         source = ctx.slices[0].dataset
         frames = np.zeros((int(source.NumberOfFrames), *labels.shape[1:]), dtype=labels.dtype)
         for s in ctx.slices:
-            assert s.frame is not None
+            if s.frame is None:
+                raise ValueError(f"slice {s.index} of the multi-frame source has no frame number")
             frames[s.frame - 1] = labels[s.index]
         source_images = [source]
         pixel_array = frames
@@ -79,9 +80,9 @@ def build_seg(ctx: BuildContext) -> list[Dataset]:
         sop_instance_uid=ctx.instance_uid("seg", "1"),
         instance_number=1,
         manufacturer=options.manufacturer,
-        manufacturer_model_name=ctx.result.model.name[:64],
+        manufacturer_model_name=ctx.model_name,
         software_versions=options.software_version,
-        device_serial_number=ctx.device_uid[-16:],
+        device_serial_number=ctx.device_uid,  # software: the Device UID identifies this trained model
         omit_empty_frames=True,
         content_label="AI_INFECTION",
         content_description=f"Suspected infection ({ctx.result.model.name}); not for clinical use"[:64],
@@ -89,7 +90,7 @@ def build_seg(ctx: BuildContext) -> list[Dataset]:
         institution_name=options.institution_name,
         contributing_equipment=[ctx.contributing_equipment()],
     )
-    seg.SoftwareVersions = [options.software_version, ctx.result.model.version]
+    ctx.set_software_versions(seg)
     _fix_dimension_organization(seg, ctx.uid("seg", "dimension-organization"))
     stamp(seg, ctx.created)
     return [seg]

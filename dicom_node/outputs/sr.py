@@ -238,7 +238,8 @@ def build_sr(ctx: BuildContext) -> Dataset:
         institution_name=ctx.options.institution_name,
         series_description=ctx.series_description("COVID-CT report"),
         contributing_equipment=[ctx.contributing_equipment()],
-        **ctx.equipment_kwargs(),
+        manufacturer_model_name=ctx.model_name,
     )
+    ctx.set_software_versions(sr)
     stamp(sr, ctx.created)
     return sr

@@ -1,6 +1,6 @@
-"""Fixtures of the output-writer tests: a small CT series on disk (24 slices, 128 x 128), the same
-series as one multi-frame Legacy Converted Enhanced CT instance, hand-made results (COVID-19 with
-two regions, normal, no decision) and their outputs, built once per session.
+"""Fixtures of the output-writer tests: a small phantom chest CT on disk (model.phantom, 24 slices
+of 128 x 128), the same phantom as one multi-frame Enhanced CT instance, hand-made results
+(COVID-19 with two regions, normal, no decision) and their outputs, built once per session.
 
 Session-scoped outputs are shared: tests must not modify them (build a fresh set to modify).
 """
@@ -12,14 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
-from dicom_node.uids import derived_uid
+from model.phantom import Phantom
 from model.result import SeriesResult
 from tests.outputs import synthetic, validators
 
@@ -30,76 +28,65 @@ CREATED = datetime.datetime(2024, 3, 4, 5, 6, 7)
 class Case:
     """One source series with one result and its outputs."""
 
-    paths: list[Path]
-    hu: np.ndarray
+    series: synthetic.Series
     sources: SourceSeries
     result: SeriesResult
     outputs: dict[str, list[Dataset]]
+
+    @property
+    def paths(self) -> list[Path]:
+        return self.series.paths
+
+    @property
+    def hu(self) -> np.ndarray:
+        return self.series.hu
 
     def source(self, index: int) -> Dataset:
         return self.sources.datasets[self.result.sop_instance_uids[index]]
 
 
-def _uids(paths: list[Path]) -> list[str]:
-    return [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+@pytest.fixture(scope="session")
+def phantom() -> Phantom:
+    """24 slices of 128 x 128: small, but real anatomy from model.phantom."""
+    return synthetic.make_test_phantom()
 
 
 @pytest.fixture(scope="session")
-def series(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], np.ndarray]:
-    return synthetic.write_ct_series(tmp_path_factory.mktemp("ct"), slices=24, size=128)
+def series(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> synthetic.Series:
+    return synthetic.write_series(phantom, tmp_path_factory.mktemp("ct"))
 
 
 @pytest.fixture(scope="session")
-def sources(series: tuple[list[Path], np.ndarray]) -> SourceSeries:
-    paths, hu = series
-    return SourceSeries.from_files(paths, hu=hu)
+def sources(series: synthetic.Series) -> SourceSeries:
+    return SourceSeries.from_files(series.paths, hu=series.hu)
 
 
-def _case(series: tuple[list[Path], np.ndarray], sources: SourceSeries, result: SeriesResult) -> Case:
-    paths, hu = series
+def _case(series: synthetic.Series, sources: SourceSeries, result: SeriesResult) -> Case:
     outputs = build_outputs(result, sources, options=OutputOptions(created=CREATED))
-    return Case(paths=paths, hu=hu, sources=sources, result=result, outputs=outputs)
+    return Case(series=series, sources=sources, result=result, outputs=outputs)
 
 
 @pytest.fixture(scope="session")
-def covid(series: tuple[list[Path], np.ndarray], sources: SourceSeries) -> Case:
-    paths, hu = series
-    return _case(series, sources, synthetic.blob_result(hu, _uids(paths)))
+def covid(series: synthetic.Series, sources: SourceSeries) -> Case:
+    return _case(series, sources, synthetic.blob_result(series))
 
 
 @pytest.fixture(scope="session")
-def normal(series: tuple[list[Path], np.ndarray], sources: SourceSeries) -> Case:
-    paths, hu = series
-    return _case(series, sources, synthetic.normal_result(hu, _uids(paths)))
+def normal(series: synthetic.Series, sources: SourceSeries) -> Case:
+    return _case(series, sources, synthetic.normal_result(series))
 
 
 @pytest.fixture(scope="session")
-def no_decision(series: tuple[list[Path], np.ndarray], sources: SourceSeries) -> Case:
-    paths, _hu = series
-    return _case(series, sources, synthetic.no_decision_result(_uids(paths)))
+def no_decision(series: synthetic.Series, sources: SourceSeries) -> Case:
+    return _case(series, sources, synthetic.no_decision_result(series))
 
 
 @pytest.fixture(scope="session")
-def multiframe(series: tuple[list[Path], np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Case:
-    """The fixture series converted to one Legacy Converted Enhanced CT instance. Its frames are in
-    instance-number order, which runs against the slice order: slice i is frame 24 - i."""
-    paths, hu = series
-    legacy = [pydicom.dcmread(p) for p in paths]
-    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
-        legacy_datasets=legacy,
-        series_instance_uid=derived_uid("fixture", "multiframe", "series"),
-        series_number=4,
-        sop_instance_uid=derived_uid("fixture", "multiframe", "instance"),
-        instance_number=1,
-    )
-    path = tmp_path_factory.mktemp("multiframe") / "enhanced.dcm"
-    enhanced.save_as(path, enforce_file_format=True)
-    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in enhanced.PerFrameFunctionalGroupsSequence]
-    frame_of_slice = [int(i) + 1 for i in np.argsort(z)]
-    sources = SourceSeries.from_files([path], hu=hu, frame_numbers=frame_of_slice)
-    result = synthetic.blob_result(hu, [str(enhanced.SOPInstanceUID)] * len(paths))
-    outputs = build_outputs(result, sources, options=OutputOptions(created=CREATED))
-    return Case(paths=[path], hu=hu, sources=sources, result=result, outputs=outputs)
+def multiframe(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """The phantom as one Enhanced CT instance whose frames run against the slice order."""
+    series = synthetic.write_series(phantom, tmp_path_factory.mktemp("enhanced"), multiframe=True)
+    sources = SourceSeries.from_files(series.paths, hu=series.hu, frame_numbers=series.frame_numbers)
+    return _case(series, sources, synthetic.blob_result(series))
 
 
 @pytest.fixture(scope="session")

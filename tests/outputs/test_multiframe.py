@@ -1,5 +1,5 @@
-"""Outputs of a multi-frame source: one Legacy Converted Enhanced CT instance whose frames run
-against the slice order (slice i is frame 24 - i).
+"""Outputs of a multi-frame source: the phantom as one Enhanced CT instance whose frames run
+against the slice order.
 
 Covers: SR and KOS references carry Referenced Frame Number (one IMAGE item per instance with its
 frames), the SEG's frames derive from the right source frames, one SC per frame referencing its
@@ -52,6 +52,7 @@ def test_kos_references_the_key_frames(multiframe: Case) -> None:
 def test_seg_frames_derive_from_the_right_source_frames(multiframe: Case) -> None:
     (seg,) = multiframe.outputs["seg"]
     result = multiframe.result
+    assert result.region_labels is not None
     slice_of_frame = {frame_of(multiframe, i): i for i in range(len(result.sop_instance_uids))}
     pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     for frame, pixel in zip(seg.PerFrameFunctionalGroupsSequence, pixels):
@@ -62,7 +63,7 @@ def test_seg_frames_derive_from_the_right_source_frames(multiframe: Case) -> Non
         assert np.array_equal(pixel.astype(bool), result.region_labels[z] == result.regions[number - 1].index)
 
 
-def test_sc_per_frame(multiframe: Case) -> None:
+def test_sc_per_frame(multiframe: Case, covid: Case) -> None:
     scs = multiframe.outputs["sc"]
     assert len(scs) == sum(multiframe.result.lung_slices)
     for sc in scs:
@@ -71,7 +72,7 @@ def test_sc_per_frame(multiframe: Case) -> None:
         assert source.ReferencedSOPInstanceUID == multiframe.result.sop_instance_uids[0]
         assert int(source.ReferencedFrameNumber) == frame_of(multiframe, index)
         assert list(sc.PatientOrientation) == ["L", "P"]
-        assert [float(v) for v in sc.PixelSpacing] == [2.5, 2.5]
+        assert sc.PixelSpacing == covid.outputs["sc"][0].PixelSpacing  # same phantom, single-frame
     assert len({sc.SOPInstanceUID for sc in scs}) == len(scs)
 
 

@@ -91,6 +91,7 @@ def test_key_slice_setting(covid: Case) -> None:
 
 
 def test_background_is_the_ct_in_lung_window_and_colour_only_above_threshold(covid: Case) -> None:
+    assert covid.result.heatmap is not None
     checked_transparent = 0
     for sc in covid.outputs["sc"]:
         index = sc.InstanceNumber - 1
@@ -141,6 +142,7 @@ def test_rle_lossless_gives_the_same_pixels(covid: Case) -> None:
 
 
 def test_renderer_is_a_plain_function(covid: Case) -> None:
+    assert covid.result.heatmap is not None
     index = covid.result.key_slices[0]
     lines = label_lines(covid.result)
     rgb = render_overlay(covid.hu[index], covid.result.heatmap[index], lines)
@@ -160,6 +162,7 @@ def test_png_preview_is_the_sc_picture(covid: Case) -> None:
     decoded = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     sc = next(sc for sc in covid.outputs["sc"] if sc.InstanceNumber == index + 1)
     assert np.array_equal(decoded, sc.pixel_array)
+    assert covid.result.heatmap is not None
     assert overlay_png(covid.hu[index], covid.result.heatmap[index], label_lines(covid.result)) == png
     with pytest.raises(ValueError, match="outside"):
         preview_png(covid.result, covid.hu, len(covid.hu))

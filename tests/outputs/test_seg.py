@@ -57,6 +57,7 @@ def test_only_frames_with_content_each_at_its_source_slice(covid: Case) -> None:
     (seg,) = covid.outputs["seg"]
     result = covid.result
     labels = result.region_labels
+    assert labels is not None
     slices = frame_slices(seg, result)
     expected = sum(int(np.any(labels == region.index, axis=(1, 2)).sum()) for region in result.regions)
     assert seg.NumberOfFrames == len(slices) == expected
@@ -89,12 +90,13 @@ def test_thresholded_heatmap_when_the_result_has_no_region_labels(covid: Case) -
     out = build_outputs(result, covid.sources, kinds=["seg", "sr"], options=OutputOptions(seg_threshold=0.6, created=CREATED))
     (seg,) = out["seg"]
     assert len(seg.SegmentSequence) == 1 and seg.SegmentSequence[0].SegmentLabel == "Suspected infection"
-    mask = result.heatmap >= 0.6
+    assert result.heatmap is not None
+    mask = np.asarray(result.heatmap >= 0.6)
     slices = frame_slices(seg, result)
     assert sorted(slices) == [z for z in range(mask.shape[0]) if mask[z].any()]
     pixels = seg.pixel_array.reshape(len(slices), seg.Rows, seg.Columns)
     assert all(np.array_equal(p.astype(bool), mask[z]) for p, z in zip(pixels, slices))
-    # The SR's region group has the volume from the voxel size (2.5 x 2.5 x 5 mm).
+    # The SR's region group has the volume from the voxel size.
     sr = out["sr"][0]
     volumes = [
         float(item.MeasuredValueSequence[0].NumericValue)
@@ -102,4 +104,4 @@ def test_thresholded_heatmap_when_the_result_has_no_region_labels(covid: Case) -
         for item in group.ContentSequence
         if item.ConceptNameCodeSequence[0].CodeValue == "118565006"
     ]
-    assert volumes == [pytest.approx(mask.sum() * 2.5 * 2.5 * 5.0 / 1000.0, abs=1e-3)]
+    assert volumes == [pytest.approx(mask.sum() * covid.series.voxel_ml, rel=1e-4)]

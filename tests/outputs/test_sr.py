@@ -177,7 +177,8 @@ def test_contributing_equipment_names_the_algorithm(covid: Case) -> None:
     assert str(item.ContributionDateTime) == CREATED.strftime("%Y%m%d%H%M%S")
     assert "NOT FOR CLINICAL USE" in item.ContributionDescription
     # The scanner is named as acquisition equipment.
-    assert any(i.PurposeOfReferenceCodeSequence[0].CodeValue == "109101" and i.Manufacturer == "Synthetic Scanner Co" for i in sr.ContributingEquipmentSequence)
+    scanner = covid.source(0).Manufacturer
+    assert any(i.PurposeOfReferenceCodeSequence[0].CodeValue == "109101" and i.Manufacturer == scanner for i in sr.ContributingEquipmentSequence)
 
 
 def test_normal_result(normal: Case) -> None:

@@ -64,7 +64,7 @@ def test_pixelmed_sr_validator_finds_only_known_disagreements(name: str, pixelme
     assert "Found Root Template TID_1500 (MeasurementReport)" in lines
     messages = v.pixelmed_messages(lines)
     with_regions = name == "covid_sr"
-    known = (v.PIXELMED_TID1501_QUALITATIVE_EVALUATION,)
+    known: tuple[v.KnownDisagreement, ...] = (v.PIXELMED_TID1501_QUALITATIVE_EVALUATION,)
     if with_regions:
         known += (v.PIXELMED_ONE_TEMPLATE_PER_CONTAINER,)
     assert v.unexplained(messages, known) == [], messages

@@ -1,0 +1,70 @@
+"""Time dicom_node.outputs.build_outputs (SR, SC, SEG, KOS) for one phantom series.
+
+Usage: ``nice -n 10 .venv/bin/python -m benchmarks.outputs_build [--slices 128] [--size 512]``.
+Prints the seconds per kind and for all four, building and encoding (what the export sends),
+best of ``--repeat`` runs. CPU only; the phantom and the hand-made result come from the test
+helpers (tests/outputs/synthetic.py). Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=128)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+    from dicom_node.validation import OUTPUT_KINDS
+    from tests.outputs import synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        phantom = synthetic.make_test_phantom(slices=args.slices, size=args.size)
+        series = synthetic.write_series(phantom, Path(tmp) / "ct")
+        print(f"phantom {args.slices} x {args.size} x {args.size}: {time.perf_counter() - t:.1f} s (not timed below)")
+        t = time.perf_counter()
+        sources = SourceSeries.from_files(series.paths, hu=series.hu)
+        print(f"read metadata: {time.perf_counter() - t:.2f} s")
+        result = synthetic.blob_result(series)
+        options = OutputOptions(created=datetime.datetime(2024, 1, 1))
+        build_outputs(result, sources, kinds=["kos"], options=options)  # imports
+        for kinds in ([k] for k in OUTPUT_KINDS):
+            best = min(_timed(lambda: build_outputs(result, sources, kinds=kinds, options=options)) for _ in range(args.repeat))
+            print(f"{kinds[0]:>4}: {best:.2f} s")
+        timings = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            out = build_outputs(result, sources, options=options)
+            built = time.perf_counter() - t
+            size = 0
+            for datasets in out.values():
+                for ds in datasets:
+                    buffer = io.BytesIO()
+                    ds.save_as(buffer, enforce_file_format=True)
+                    size += buffer.tell()
+            timings.append((built, time.perf_counter() - t, size))
+        built, total, size = min(timings)
+        counts = {k: len(v) for k, v in out.items()}
+        print(f"all four {counts}: build {built:.2f} s, build + encode {total:.2f} s, {size / 1e6:.0f} MB")
+    return 0
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
