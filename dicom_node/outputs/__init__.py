@@ -6,7 +6,12 @@ the admin preview); :mod:`.common` holds what they share (options, source series
 
 Every object is deterministic: its UIDs derive from the source series UID, the model version and
 the output kind, and with ``OutputOptions.created`` set (the job's creation time) the bytes are
-identical too. Not for clinical use.
+identical too.
+
+Multi-frame sources (one Enhanced CT instance, ``SourceSeries.frame_numbers``): the SR and KOS
+reference the instance with Referenced Frame Number, the SEG's frames derive from the source
+frames, and there is one SC per shown frame (Source Image Sequence with the frame number). A
+series made of several multi-frame instances is refused for the SEG. Not for clinical use.
 """
 
 from __future__ import annotations
