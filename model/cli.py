@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train the network on a labelled data set (patient-level folds)")
     p.add_argument("--data", required=True, type=Path, help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)")
-    p.add_argument("--labels", required=True, type=Path, help="labels CSV (series,label,patient_id)")
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV (series,label,patient_id); default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)")
     p.add_argument("--iterations", type=int, default=10_000, help="maximum iterations (default 10000, the paper's)")
     p.add_argument("--batch", type=int, default=24, help="slices per batch (default 24)")
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="slice/series metrics, ROC AUC, pointing game and Dice; PNGs beside the JSON")
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--labels", required=True, type=Path)
+    p.add_argument("--labels", type=Path, default=None, help="labels CSV; default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
     p.add_argument("--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it")
     _add_inference_options(p)

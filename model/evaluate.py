@@ -263,7 +263,7 @@ def _overlay(path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndar
 
 def evaluate_folder(
     data_dir: Path,
-    labels_csv: Path,
+    labels_csv: Path | None,
     weights_dir: Path | None,
     json_out: Path,
     settings: PredictorSettings | None = None,
@@ -275,10 +275,10 @@ def evaluate_folder(
 
     started = time.perf_counter()
     predictor = get_predictor(weights_dir, settings)
-    items = evaluation_items(Path(data_dir), Path(labels_csv))
+    items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
     json_out = Path(json_out)
     report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
-    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv)}
+    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv) if labels_csv is not None else None}
     report["seconds"] = time.perf_counter() - started
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")

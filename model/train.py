@@ -191,7 +191,7 @@ def predict_slices(network: WeaklySupervisedNet, slices: np.ndarray | torch.Tens
     network.eval()
     out: list[np.ndarray] = []
     for start in range(0, slices.shape[0], batch):
-        x = torch.as_tensor(np.asarray(slices[start : start + batch], dtype=np.float32))
+        x = torch.from_numpy(np.array(slices[start : start + batch], dtype=np.float32))
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             logits = network(_to_device(x, device)).mean_logits
         out.append(logits.float().cpu().numpy())

@@ -1,0 +1,95 @@
+"""``dicom-node model train | evaluate | predict`` end to end on tiny phantom data sets.
+
+Covers model/cli.py and model/train.py's ``train_folder`` on each data layout (DICOM phantom data
+set, NIfTI and CC-CCII replicas), with the full-width network at a 32-pixel input for a few
+iterations (the layouts and the plumbing, not the learning), then evaluate and predict with the
+weights it wrote; plus a short run that overfits a few phantoms. Not covered: the shipped weights'
+quality (metadata.json) and GPU training (benchmarks/gpu_train.sh).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicom_node.cli import main
+from model.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
+from model.phantom import write_phantom_dataset
+from model.predict import aggregate_series
+from model.train import TrainConfig, predict_slices, train
+from model.weights import read_metadata
+
+
+@pytest.fixture(scope="module")
+def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("phantom-set")
+    write_phantom_dataset(out, 6, seed=5, rows=64, slices_min=20, slices_max=24, transfer_syntax="jpeg-ls")
+    return out
+
+
+def _train_args(data: Path, labels: Path | None, out: Path, cache: Path, folds: int = 2) -> list[str]:
+    args = ["model", "train", "--data", str(data), "--out", str(out), "--iterations", "3", "--batch", "4", "--image-size", "32"]
+    args += ["--validate-every", "2", "--folds", str(folds), "--cache", str(cache), "--no-progress", "--max-minutes", "5"]
+    return args + (["--labels", str(labels)] if labels is not None else [])
+
+
+def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "weights"
+    assert main(_train_args(phantom_set, phantom_set / "labels.csv", weights, tmp_path / "cache") + ["--version", "9.9.9", "--log", str(tmp_path / "train.log")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data"]["series"] == 6 and len(summary["data"]["phantom_seeds"]) == 6
+    meta = read_metadata(weights)
+    assert meta["version"] == "9.9.9" and meta["input"]["image_size"] == 32 and meta["training"]["config"]["iterations"] == 3
+    assert set(meta["training"]["train_series"]).isdisjoint(meta["training"]["validation_series"])
+    assert not (weights / "best-checkpoint.pt").exists() and (tmp_path / "train.log").stat().st_size > 0
+
+    out_json = tmp_path / "eval" / "metrics.json"
+    assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress"]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == 4
+    assert (out_json.parent / "roc_series.png").is_file() and any(p.name.startswith("overlay_") for p in out_json.parent.iterdir())
+    capsys.readouterr()
+
+    series = phantom_set / "series_0000"
+    result_json, heat_npy = tmp_path / "result.json", tmp_path / "heat.npy"
+    assert main(["model", "predict", str(series), "--weights", str(weights), "--json", str(result_json), "--heatmap", str(heat_npy), "--localisation", "cam+ig", "--ig-slices", "1"]) == 0
+    result = json.loads(result_json.read_text())
+    assert set(result["probabilities"]) == {"covid", "cap", "normal"}
+    assert result["decision"] in ("covid", "cap", "normal") and result["reason"]
+    assert result["model"]["version"] == "9.9.9" and "notice" in result and isinstance(result["regions"], list)
+    heat = np.load(heat_npy)
+    n_files = len(list(series.iterdir()))
+    assert heat.dtype == np.float32 and heat.shape == (n_files, 64, 64) and 0.0 <= heat.min() and heat.max() <= 1.0
+
+
+@pytest.mark.parametrize("layout", ["nifti", "ccccii"])
+def test_train_on_public_layouts(layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / layout
+    if layout == "nifti":
+        labels: Path | None = write_nifti_replica(data, 3, seed=2, rows=64, slices=20)
+    else:
+        write_ccccii_replica(data, 3, seed=2, rows=64, slices=20)
+        labels = None
+    weights = tmp_path / "weights"
+    assert main(_train_args(data, labels, weights, tmp_path / "cache", folds=1)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data"]["series"] == 3 and summary["data"]["layouts"] == [layout]
+    assert read_metadata(weights)["training"]["iterations_run"] == 3
+
+
+@pytest.mark.slow
+def test_short_training_overfits_a_few_phantoms(tmp_path: Path) -> None:
+    """The full-width network at 64 pixels learns its own few phantoms (series decisions)."""
+    labels = write_phantom_dataset(tmp_path / "set", 3, seed=8, rows=64, slices_min=24, slices_max=24)
+    series = prepare_dataset(tmp_path / "set", tmp_path / "cache", labels_csv=labels, size=64).series
+    config = TrainConfig(image_size=64, batch_size=12, iterations=60, learning_rate=1e-3, validate_every=20, patience=1000)
+    result = train(series, series, config)
+    assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.8
+    classes = config.classes
+    for s in series:
+        logits = predict_slices(result.network, np.asarray(s.slices), result.network.blocks[0][0].weight.device)
+        probs, _ = aggregate_series(logits, classes)
+        assert classes[int(np.argmax(probs))] == s.label, s.series_id
