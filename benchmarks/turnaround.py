@@ -97,8 +97,9 @@ def one_run(db: Database, orthanc: Orthanc, node_port: int, title: str, folder: 
         raise RuntimeError(f"no results in Orthanc after {timeout:.0f} s")
     with db.session() as s:
         series = s.scalar(select(Series).where(Series.series_uid == series_uid))
-        job = s.scalar(select(Job).where(Job.series_id == series.id).order_by(Job.id.desc()))  # type: ignore[union-attr]
-        assert series is not None and job is not None and series.completed_at and job.started_at and job.finished_at
+        assert series is not None and series.completed_at
+        job = s.scalar(select(Job).where(Job.series_id == series.id).order_by(Job.id.desc()))
+        assert job is not None and job.started_at and job.finished_at
         start = dt.datetime.fromtimestamp(t0, dt.timezone.utc)
         end = dt.datetime.fromtimestamp(t_end, dt.timezone.utc)
         timings = job.timings

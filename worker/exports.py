@@ -33,7 +33,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -41,12 +41,26 @@ from sqlalchemy.orm import Session
 from dicom_node.db import Database
 from dicom_node.db.models import Destination, Event, Export, ExportStatus, Job, JobStatus, LocalAE, OutboxMessage, Series, Source, utcnow
 from dicom_node.scu import Outcome, Peer, SendResult
+from dicom_node.settings import ExportSettings
 from worker.jobs import aware
 
 log = logging.getLogger(__name__)
 
 EXPORT_TOPIC = "export"
 OPEN_EXPORT_STATUSES = (ExportStatus.PENDING.value, ExportStatus.SENDING.value, ExportStatus.RETRYING.value)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff base and cap, and the maximum age of an export (seconds; ExportSettings)."""
+
+    backoff_base: float
+    backoff_cap: float
+    max_age: float
+
+    @classmethod
+    def from_settings(cls, settings: ExportSettings) -> "RetryPolicy":
+        return cls(settings.backoff_base_seconds, settings.backoff_cap_seconds, settings.max_age_seconds)
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -240,16 +254,7 @@ def touch(db: Database, export_id: int, attempt: int, sent: int) -> None:
         )
 
 
-def record(
-    db: Database,
-    claim_: ExportClaim,
-    result: SendResult,
-    *,
-    backoff_base: float,
-    backoff_cap: float,
-    max_age: float,
-    now: dt.datetime | None = None,
-) -> str:
+def record(db: Database, claim_: ExportClaim, result: SendResult, policy: RetryPolicy, *, now: dt.datetime | None = None) -> str:
     """End one sending attempt (see the module docstring). Returns the export's new status."""
     now = now or utcnow()
     with db.session() as s:
@@ -268,9 +273,9 @@ def record(
         elif result.outcome is Outcome.PERMANENT:
             _end(s, row, ExportStatus.FAILED, f"refused (not retried): {result.reason}", now)
         else:
-            delay = backoff_seconds(row.attempts, backoff_base, backoff_cap)
+            delay = backoff_seconds(row.attempts, policy.backoff_base, policy.backoff_cap)
             started = aware(row.created_at) or now
-            if (now + dt.timedelta(seconds=delay) - started).total_seconds() > max_age:
+            if (now + dt.timedelta(seconds=delay) - started).total_seconds() > policy.max_age:
                 hours = (now - started).total_seconds() / 3600
                 _end(s, row, ExportStatus.FAILED, f"gave up after {row.attempts} attempts in {hours:.1f} h: {result.reason}", now)
             else:
@@ -282,9 +287,9 @@ def record(
         return row.status
 
 
-def record_error(db: Database, claim_: ExportClaim, reason: str, **kwargs: Any) -> str:
+def record_error(db: Database, claim_: ExportClaim, reason: str, policy: RetryPolicy) -> str:
     """An attempt that could not even try (a result file missing...): retriable, with ``reason``."""
-    return record(db, claim_, SendResult(Outcome.RETRIABLE, reason), **kwargs)
+    return record(db, claim_, SendResult(Outcome.RETRIABLE, reason), policy)
 
 
 def _end(s: Session, row: Export, status: ExportStatus, reason: str, now: dt.datetime) -> None:

@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from dicom_node.completion import ANALYSE_TOPIC
 from dicom_node.db import Database
@@ -147,11 +147,12 @@ def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt
 def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None) -> bool:
     """Write the heartbeat of a running attempt; False if the attempt no longer owns the job."""
     with db.session() as s:
-        changed = s.execute(
+        result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
             update(Job)
             .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING.value)
             .values(heartbeat_at=now or utcnow())
-        ).rowcount
+        )
+        changed = result.rowcount
     return bool(changed)
 
 
@@ -267,7 +268,7 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
             beat_at = aware(job.heartbeat_at or job.started_at)
             if beat_at is None or beat_at >= cutoff:
                 continue
-            changed = s.execute(
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Job)
                 .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
                 .values(
@@ -275,8 +276,8 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
                     reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
                     heartbeat_at=None,
                 )
-            ).rowcount
-            if changed:
+            )
+            if result.rowcount:
                 s.add(OutboxMessage(topic=ANALYSE_TOPIC, job_id=job.id, payload={"job_id": job.id, "recovered": True}))
                 requeued.append(job.id)
                 series = s.get(Series, job.series_id)

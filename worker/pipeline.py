@@ -238,12 +238,12 @@ def export(rt: Runtime, export_id: int) -> str:
     claimed = exports.claim(rt.db, export_id, stale_after=settings.stale_after_seconds)
     if claimed is None:
         return "skipped"
-    policy = {"backoff_base": settings.backoff_base_seconds, "backoff_cap": settings.backoff_cap_seconds, "max_age": settings.max_age_seconds}
+    policy = exports.RetryPolicy.from_settings(settings)
     artefacts = JobArtefacts(rt.settings.results_dir, claimed.job_id)
     paths = [artefacts.absolute(p) for p in claimed.files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        return exports.record_error(rt.db, claimed, f"result files missing: {', '.join(missing[:3])}", **policy)
+        return exports.record_error(rt.db, claimed, f"result files missing: {', '.join(missing[:3])}", policy)
     log.info("export %d (job %d): %d object(s) to %s@%s:%d, attempt %d", export_id, claimed.job_id, len(paths), claimed.peer.title, claimed.peer.host, claimed.peer.port, claimed.attempt)
     last_touch = [time.monotonic()]
 
@@ -259,7 +259,7 @@ def export(rt: Runtime, export_id: int) -> str:
         )
     except Exception as exc:  # an unreadable result file, a bug: recorded, retried with backoff
         log.exception("export %d to %s could not be attempted", export_id, claimed.peer.title)
-        return exports.record_error(rt.db, claimed, f"could not send: {type(exc).__name__}: {exc}", **policy)
-    status = exports.record(rt.db, claimed, result, **policy)
+        return exports.record_error(rt.db, claimed, f"could not send: {type(exc).__name__}: {exc}", policy)
+    status = exports.record(rt.db, claimed, result, policy)
     log.info("export %d to %s: %s (%d of %d stored, %.2f s)", export_id, claimed.peer.title, status, result.sent, len(paths), result.seconds)
     return status

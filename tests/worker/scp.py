@@ -54,6 +54,7 @@ class Scp:
         return self
 
     def stop(self) -> None:
+        assert self.server is not None
         self.server.shutdown()
 
     @property

@@ -37,7 +37,7 @@ from worker import exports, jobs
 pytestmark = pytest.mark.integration
 
 STALE = 15.0
-POLICY = {"backoff_base": 10.0, "backoff_cap": 40.0, "max_age": 300.0}
+POLICY = exports.RetryPolicy(backoff_base=10.0, backoff_cap=40.0, max_age=300.0)
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_retriable_failures_back_off_then_fail_after_the_maximum_age(db: Databas
     for attempt in range(1, 20):
         claimed = _claim_export(db, job_id, now=now)
         assert claimed.attempt == attempt
-        status = exports.record(db, claimed, retriable, now=now, **POLICY)
+        status = exports.record(db, claimed, retriable, POLICY, now=now)
         if status == ExportStatus.FAILED.value:
             break
         assert status == ExportStatus.RETRYING.value
@@ -257,7 +257,7 @@ def test_retriable_failures_back_off_then_fail_after_the_maximum_age(db: Databas
 def test_a_permanent_refusal_fails_at_once(db: Database) -> None:
     job_id, _ = done_job(db)
     claimed = _claim_export(db, job_id)
-    status = exports.record(db, claimed, SendResult(Outcome.PERMANENT, "association rejected by PACS0"), **POLICY)
+    status = exports.record(db, claimed, SendResult(Outcome.PERMANENT, "association rejected by PACS0"), POLICY)
     assert status == ExportStatus.FAILED.value
     row = get(db, Export, claimed.export_id)
     assert row.attempts == 1 and row.last_error.startswith("refused (not retried)")  # type: ignore[attr-defined]
@@ -270,7 +270,7 @@ def test_success_records_objects_and_the_export_time(db: Database) -> None:
     job_id, _ = done_job(db)
     claimed = _claim_export(db, job_id)
     result = SendResult(Outcome.SUCCESS, "", seconds=1.25)
-    assert exports.record(db, claimed, result, **POLICY) == ExportStatus.DONE.value
+    assert exports.record(db, claimed, result, POLICY) == ExportStatus.DONE.value
     job = get(db, Job, job_id)
     assert job.timings["export"] == 1.25 and job.timings["export_by_destination"] == {"PACS0": 1.25}  # type: ignore[attr-defined]
 
@@ -278,7 +278,7 @@ def test_success_records_objects_and_the_export_time(db: Database) -> None:
 def test_scheduler_dispatches_due_and_stale_exports_once(db: Database) -> None:
     job_id, _ = done_job(db)
     claimed = _claim_export(db, job_id)
-    exports.record(db, claimed, SendResult(Outcome.RETRIABLE, "busy"), **POLICY)
+    exports.record(db, claimed, SendResult(Outcome.RETRIABLE, "busy"), POLICY)
     now = utcnow()
     assert exports.dispatch_due(db, stale_after=300, now=now) == []
     later = now + dt.timedelta(seconds=11)
@@ -306,7 +306,7 @@ def test_an_older_job_does_not_export_over_a_newer_one(db: Database) -> None:
 def test_reexport_resets_the_rows_and_adds_a_new_destination(db: Database) -> None:
     job_id, _ = done_job(db)
     claimed = _claim_export(db, job_id)
-    exports.record(db, claimed, SendResult(Outcome.PERMANENT, "refused"), **POLICY)
+    exports.record(db, claimed, SendResult(Outcome.PERMANENT, "refused"), POLICY)
     with db.session() as s:
         s.add(Destination(title="ARCHIVE", host="127.0.0.1", port=10500, outputs=["sr"]))
     ids = exports.reexport(db, job_id)
