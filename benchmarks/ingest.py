@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from dicom_node.uids import derived_uid  # noqa: E402
 from model.phantom import write_phantom_series  # noqa: E402
-from tests.peers import NodeProcess, cli, free_port, node_env, require_tool, wait_until  # noqa: E402
+from tests.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until  # noqa: E402
 
 
 def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         node = NodeProcess(env, ["serve", "--no-admin"]).start()
         try:
             node.wait_for_port(node_port)
-            wait_until(lambda: subprocess.run(["nc", "-z", "127.0.0.1", str(scp_port)]).returncode == 0, 10, "storescp")
+            wait_until(lambda: port_open(scp_port), 10, "storescp")
             # Warm-up of both (page cache, imports, connections).
             send(template, scp_port, "ANY")
             send(template, node_port, "COVIDNODE")

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.filereader import read_dataset
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import (
@@ -41,6 +43,7 @@ from pydicom.uid import (
 )
 from pynetdicom import evt
 
+from dicom_node import header as fast_header
 from dicom_node.index import Index, LocalAESnapshot, ReceivedInstance
 from dicom_node.status import Status
 from dicom_node.storage import Storage
@@ -144,8 +147,9 @@ class Header:
 
 
 def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, command_sop_instance: str) -> Header:
-    """Parse the received data set completely (a truncated one fails here) and check what the
-    node relies on. Raises RejectedInstance with the status to answer."""
+    """Read what the node keeps of a received data set, check that the data set is whole (a
+    truncated one fails here) and matches its request. Raises RejectedInstance with the status
+    to answer."""
     ts = UID(transfer_syntax)
     data = raw
     if ts == DeflatedExplicitVRLittleEndian:
@@ -153,6 +157,36 @@ def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, co
             data = zlib.decompress(raw, -zlib.MAX_WBITS)
         except zlib.error as exc:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
+    if len(data) == 0:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
+    header, has_pixels = _read_header(data, ts)
+    if header.sop_instance_uid != command_sop_instance.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND,
+            f"SOPInstanceUID {header.sop_instance_uid} differs from the request's {command_sop_instance}",
+        )
+    if header.sop_class_uid != command_sop_class.rstrip("\x00").strip():
+        raise RejectedInstance(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {header.sop_class_uid} differs from the request's {command_sop_class}",
+        )
+    if requires_pixel_data(header.sop_class_uid) and not has_pixels:
+        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
+    return header
+
+
+def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
+    """(header, has pixel data): the fast reader for little endian data, pydicom otherwise."""
+    if ts.is_little_endian:
+        try:
+            values, has_pixels = fast_header.scan(data, implicit=ts.is_implicit_VR)
+        except fast_header.Truncated as exc:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set is truncated: {exc}") from None
+        except fast_header.Unsupported as exc:
+            log.debug("fast header reader: %s; reading with pydicom", exc)
+        else:
+            encodings = _encodings(fast_header.text(values.get("SpecificCharacterSet")))
+            return _make_header(lambda k: fast_header.text(values.get(k), encodings)), has_pixels
     try:
         ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
     except (EOFError, ValueError, NotImplementedError, OSError, KeyError, IndexError, TypeError) as exc:
@@ -161,9 +195,18 @@ def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, co
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
     _check_complete(ds, len(data))
     try:
-        return _header_of(ds, command_sop_class, command_sop_instance)
+        return header_of(ds), any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}") from None
+
+
+def _encodings(specific_character_set: str) -> list[str]:
+    if not specific_character_set:
+        return ["iso8859"]
+    try:
+        return list(convert_encodings([v.strip() for v in specific_character_set.split("\\")]))
+    except LookupError:
+        return ["iso8859"]
 
 
 def _check_complete(ds: Dataset, size: int) -> None:
@@ -188,65 +231,50 @@ def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or getattr(value, "VM", 1) > 1 and not isinstance(value, str):
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
-    return str(value)
+    return str(value).rstrip("\x00 ")
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value in (None, ""):
-        return None
+def _int(text: str) -> int | None:
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        return int(text.split("\\")[0]) if text else None
+    except ValueError:
         return None
 
 
 def header_of(ds: Dataset) -> Header:
-    """What the index keeps of an instance; its UIDs checked. Raises RejectedInstance."""
+    """What the index keeps of an instance read by pydicom; its UIDs checked. Raises
+    RejectedInstance."""
+    return _make_header(lambda k: _text(ds, k))
+
+
+def _make_header(text: Callable[[str], str]) -> Header:
     uids: dict[str, str] = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = ds.get(keyword)
-        if value in (None, ""):
+        value = text(keyword).rstrip("\x00").strip()
+        if not value:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword} is missing")
-        ok, reason = check_received_uid(str(value))
+        ok, reason = check_received_uid(value)
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"{keyword}: {reason}")
-        uids[keyword] = str(value).rstrip("\x00").strip()
-        if not check_uid(uids[keyword])[0]:
-            log.warning("%s %r does not conform to PS3.5 9.1; stored as sent", keyword, uids[keyword][:80])
+        uids[keyword] = value
+        if not check_uid(value)[0]:
+            log.warning("%s %r does not conform to PS3.5 9.1; stored as sent", keyword, value[:80])
     return Header(
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        frames=max(1, _int(ds, "NumberOfFrames") or 1),
-        instance_number=_int(ds, "InstanceNumber"),
-        patient_id=_text(ds, "PatientID"),
-        modality=_text(ds, "Modality"),
-        body_part=_text(ds, "BodyPartExamined"),
-        series_description=_text(ds, "SeriesDescription"),
-        series_number=_int(ds, "SeriesNumber"),
-        image_type=_text(ds, "ImageType"),
+        frames=max(1, _int(text("NumberOfFrames")) or 1),
+        instance_number=_int(text("InstanceNumber")),
+        patient_id=text("PatientID"),
+        modality=text("Modality"),
+        body_part=text("BodyPartExamined"),
+        series_description=text("SeriesDescription"),
+        series_number=_int(text("SeriesNumber")),
+        image_type=text("ImageType"),
     )
-
-
-def _header_of(ds: Dataset, command_sop_class: str, command_sop_instance: str) -> Header:
-    header = header_of(ds)
-    if header.sop_instance_uid != command_sop_instance.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.CANNOT_UNDERSTAND,
-            f"SOPInstanceUID {header.sop_instance_uid} differs from the request's {command_sop_instance}",
-        )
-    if header.sop_class_uid != command_sop_class.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"SOPClassUID {header.sop_class_uid} differs from the request's {command_sop_class}",
-        )
-    if requires_pixel_data(header.sop_class_uid) and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
-    return header
 
 
 class Receiver:

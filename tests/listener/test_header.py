@@ -1,0 +1,84 @@
+"""The fast header reader against pydicom, on every Part 10 file of the pydicom-data package and
+pydicom's own test files.
+
+Covers: the same header (UIDs, frames, modality, text values) as pydicom's reading for every file
+the fast reader handles; truncation anywhere inside the data found; big endian and other
+unsupported encodings handed to pydicom. Does not cover the network path (tests/integration).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import data_store
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_node import header as fast_header
+from dicom_node.scp import RejectedInstance, _read_header, header_of
+
+PYDICOM_DATA = Path(data_store.__file__).parent / "data"
+PYDICOM_TEST_FILES = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "emri_small.dcm", "rtplan.dcm", "693_UNCI.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm")]
+
+
+def _part10_files() -> list[Path]:
+    out = []
+    for f in [*sorted(PYDICOM_DATA.glob("*.dcm")), *map(Path, PYDICOM_TEST_FILES)]:
+        try:
+            pydicom.filereader.read_file_meta_info(f)
+        except pydicom.errors.InvalidDicomError:
+            continue
+        out.append(f)
+    return out
+
+
+def _data(path: Path) -> tuple[bytes, pydicom.uid.UID]:
+    meta = pydicom.filereader.read_file_meta_info(path)
+    return path.read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength :], meta.TransferSyntaxUID
+
+
+@pytest.mark.parametrize("path", _part10_files(), ids=lambda p: p.name)
+def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
+    data, ts = _data(path)
+    try:
+        expected = header_of(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    except (RejectedInstance, AttributeError, ValueError, KeyError) as exc:
+        pytest.fail(f"pydicom cannot read the reference header: {exc}")
+    if not ts.is_little_endian:
+        with pytest.raises(fast_header.Unsupported):
+            fast_header.scan(data, implicit=ts.is_implicit_VR)
+        return
+    if ts.is_deflated:
+        import zlib
+
+        data = zlib.decompress(data, -zlib.MAX_WBITS)
+    try:
+        values, _ = fast_header.scan(data, implicit=ts.is_implicit_VR)
+    except fast_header.Unsupported:
+        return  # handed to pydicom, which _read_header then uses
+    except fast_header.Truncated:
+        assert "too_short" in path.name
+        return
+    got, _ = _read_header(data, ts)
+    assert got == expected
+
+
+@pytest.mark.parametrize("cut", [1, 7, 100, 3000, 20000])
+def test_truncation_anywhere_is_found(cut: int) -> None:
+    data, ts = _data(Path(get_testdata_file("CT_small.dcm")))
+    with pytest.raises(fast_header.Truncated):
+        fast_header.scan(data[:-cut], implicit=ts.is_implicit_VR)
+
+
+def test_encapsulated_truncation_is_found() -> None:
+    data, ts = _data(Path(get_testdata_file("JPEG2000.dcm")))
+    fast_header.scan(data, implicit=False)
+    with pytest.raises(fast_header.Truncated):
+        fast_header.scan(data[:-10], implicit=False)
+
+
+def test_sequences_of_undefined_length_are_walked() -> None:
+    data, ts = _data(Path(get_testdata_file("rtplan.dcm")))
+    values, has_pixels = fast_header.scan(data, implicit=ts.is_implicit_VR)
+    assert values["SOPInstanceUID"] and not has_pixels
