@@ -4,7 +4,8 @@
 its housekeeping, the admin app when installed) in this process and ``dicom-node worker`` as a
 child process, restarted if it dies. With no database or broker configured it uses the embedded
 defaults: SQLite files under the data dir, nothing else to install. With no local AE at all it
-creates one (``--ae-title``, ``--port``; any calling AE accepted) and says so.
+creates one (``--ae-title``, ``--port``) and says so; the calling-AE allow-list stays on, so
+nothing is accepted until a source is added.
 
 What ``up`` guarantees on the SQLite-file broker: Ctrl-C or SIGTERM stops the listeners, then
 asks the worker for a warm shutdown (a running job finishes, up to ``--shutdown-seconds``;
@@ -211,7 +212,8 @@ class WorkerSupervisor(threading.Thread):
 
 
 def ensure_local_ae(settings: Any, title: str, port: int) -> str | None:
-    """Create a local AE (any calling AE accepted) when none exists; return a notice or None."""
+    """Create a local AE when none exists; return a notice or None. The calling-AE allow-list
+    stays on: nothing is accepted until a source is added."""
     from sqlalchemy import func, select
 
     from dicom_node import configuration as c
@@ -223,13 +225,14 @@ def ensure_local_ae(settings: Any, title: str, port: int) -> str | None:
         with db.session() as s:
             if s.scalar(select(func.count()).select_from(LocalAE)):
                 return None
-            c.add_local_ae(s, c.parse(c.LocalAEIn, {"title": title, "port": port, "require_known_source": False}))
+            c.add_local_ae(s, c.parse(c.LocalAEIn, {"title": title, "port": port}))
     finally:
         db.dispose()
     return (
-        f"no local AE was configured: listening as {title} on port {port}, accepting any calling AE "
-        "(restrict with `dicom-node ae add-source`, `dicom-node ae add-local ...`; send results to PACS with "
-        "`dicom-node ae add-destination` and `dicom-node ae update-local --send-results-to`)"
+        f"no local AE was configured: listening as {title} on port {port}. No calling AE is allowed yet: "
+        "allow a scanner or PACS with `dicom-node ae add-source TITLE [--host H]`; send results to PACS with "
+        "`dicom-node ae add-destination` and `dicom-node ae update-local "
+        f"{title} --send-results-to DEST`"
     )
 
 
