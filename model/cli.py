@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="model name in the metadata")
     p.add_argument("--version", default=None, help="model version in the metadata")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached pre-processed slices")
+    p.add_argument("--workers", type=int, default=1, help="processes that prepare (read, segment, pre-process) series in parallel")
     p.add_argument("--log", type=Path, default=None, help="also log to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
@@ -144,6 +145,7 @@ def _train(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         log_file=args.log,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     print(json.dumps(summary, indent=2))
     print(NOTICE, file=sys.stderr)

@@ -385,6 +385,39 @@ def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[Ser
     return out
 
 
+def _prepare_one(args: tuple[Any, Path, int]) -> tuple[Any, Any, str | None]:
+    from model.datasets import prepare_series
+    from model.io import SeriesReadError
+
+    torch.set_num_threads(1)
+    record, cache, size = args
+    try:
+        return record, prepare_series(record, cache, size=size), None
+    except (SeriesReadError, ValueError) as exc:
+        return record, None, str(exc)
+
+
+def _prepare_parallel(records: Sequence[Any], cache: Path, size: int, workers: int, tick: Callable[[int, int, Any], None] | None) -> Any:
+    """model.datasets.prepare_dataset over ``workers`` processes (same cache, same skipping)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from model.datasets import PreparedDataset
+
+    out = PreparedDataset(series=[])
+    by_id: dict[str, Any] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for i, (record, cached, error) in enumerate(pool.map(_prepare_one, [(r, cache, size) for r in records]), start=1):
+            if cached is None:
+                log.warning("skipping %s: %s", record.series_id, error)
+                out.skipped.append((record, str(error)))
+            else:
+                by_id[record.series_id] = cached
+            if tick is not None:
+                tick(i, len(records), record)
+    out.series = [by_id[r.series_id] for r in records if r.series_id in by_id]
+    return out
+
+
 def default_metadata(config: TrainConfig, name: str | None = None, version: str | None = None) -> dict[str, Any]:
     """The metadata of freshly trained weights, before data and metrics are added."""
     from model.weights import DEFAULT_INPUT_SPEC, NOT_FOR_CLINICAL_USE
@@ -431,10 +464,12 @@ def train_folder(
     cache_dir: Path | None = None,
     log_file: Path | None = None,
     progress: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Prepare (cached) slices of a data folder, train (one fold, or every fold with
     ``cross_validate``), and write weights + metadata to ``out_dir`` (``out_dir/fold-N`` per fold).
-    Returns a summary (also in the metadata)."""
+    ``workers`` > 1 prepares series in that many processes. Returns a summary (also in the
+    metadata)."""
     from model.datasets import discover, prepare_dataset
     from model.weights import save_weights
 
@@ -459,7 +494,11 @@ def train_folder(
             from tqdm import tqdm
 
             bar = tqdm(total=len(records), desc="prepare", unit="series", dynamic_ncols=True)
-        prepared = prepare_dataset(records, cache, size=config.image_size, progress=(lambda i, n, r: bar.update(1)) if bar is not None else None)
+        tick = (lambda i, n, r: bar.update(1)) if bar is not None else None
+        if workers > 1:
+            prepared = _prepare_parallel(records, cache, config.image_size, workers, tick)
+        else:
+            prepared = prepare_dataset(records, cache, size=config.image_size, progress=tick)
         if bar is not None:
             bar.close()
         series = prepared.series
