@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Database
@@ -309,8 +309,11 @@ def dispatch_due(db: Database, *, stale_after: float, now: dt.datetime | None = 
     stale = now - dt.timedelta(seconds=stale_after)
     jobs: dict[int, list[int]] = {}
     with db.session() as s:
-        rows = s.scalars(select(Export).where(Export.status.in_(OPEN_EXPORT_STATUSES))).all()
-        for row in rows:
+        due = or_(
+            and_(Export.status == ExportStatus.RETRYING.value, or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now)),
+            and_(Export.status.in_([ExportStatus.PENDING.value, ExportStatus.SENDING.value]), Export.updated_at <= stale),
+        )
+        for row in s.scalars(select(Export).where(due)).all():
             updated = aware(row.updated_at) or now
             if row.status == ExportStatus.RETRYING.value:
                 next_at = aware(row.next_attempt_at)

@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 
 from dicom_node.completion import ANALYSE_TOPIC
 from dicom_node.db import Database
@@ -263,8 +263,8 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
     cutoff = now - dt.timedelta(seconds=lost_after)
     requeued = []
     with db.session() as s:
-        rows = s.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value)).all()
-        for job in rows:
+        silent = or_(Job.heartbeat_at < cutoff, and_(Job.heartbeat_at.is_(None), Job.started_at < cutoff))
+        for job in s.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value, silent)).all():
             beat_at = aware(job.heartbeat_at or job.started_at)
             if beat_at is None or beat_at >= cutoff:
                 continue
