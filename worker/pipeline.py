@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from dicom_node.db import Database
-from dicom_node.db.models import Instance, Job, Series
+from dicom_node.db.models import Instance, Job, JobStatus, Series
 from dicom_node.scu import send_files
 from dicom_node.settings import Settings
 from dicom_node.storage import Storage
@@ -146,13 +147,17 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
         except jobs.LostOwnership as exc:
             log.warning("%s; its results are dropped", exc)
             return "lost"
+        except OperationalError:
+            # The database is away: nothing can be recorded; the task retries (worker.tasks) and
+            # takes the job over once this attempt's heartbeat is stale.
+            raise
         except Exception as exc:
             reason = _failure_reason(exc)
             log.exception("job %d failed: %s", job_id, reason)
             jobs.fail(rt.db, claimed, reason, timings=timings)
             return "failed"
     log.info("job %d %s in %.1f s", job_id, status, sum(v for k, v in timings.items() if k in ("load", "model_load", "inference", "encoding")))
-    if status == "done":
+    if status == JobStatus.DONE.value:
         # Send at once rather than after the outbox relay and the broker (a second or two); the
         # job's "export" outbox message, written with DONE, finds the exports sent, or sends
         # whatever this could not.
