@@ -14,9 +14,10 @@ waiting), ``load`` (reading the series), ``model_load`` (first job of a process 
 the objects), ``export`` (the slowest destination's last successful send).
 
 Failures: a series that can not be read, a model that can not be loaded or any error of the
-analysis ends the job FAILED with the reason (admins see it and may retry it). An error that
-keeps even that from being written (the database away) leaves the job RUNNING without a
-heartbeat; ``serve``'s lost-job scan requeues it.
+analysis ends the job FAILED with the reason (admins see it and may retry it). A database error
+(OperationalError) is not the job's fault: it propagates, the task retries with backoff, and the
+retry takes the job over once this attempt's heartbeat is stale; if the retries run out, the job
+is RUNNING without a heartbeat and ``serve``'s lost-job scan requeues it.
 """
 
 from __future__ import annotations
