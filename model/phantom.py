@@ -1133,10 +1133,15 @@ class PhantomPlan:
 
 
 def plan_phantom_dataset(
-    count: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS, slices_min: int = 48, slices_max: int = 96, series_per_patient: int = 1
+    count: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS, slices_min: int = 48, slices_max: int = 96, series_per_patient: int = 1,
+    matched: bool = False,
 ) -> list[PhantomPlan]:
     """Class-balanced series (classes dealt in turn over patients; every series of a patient has
-    the patient's class), with seeds and slice counts derived from ``seed``."""
+    the patient's class), with seeds and slice counts derived from ``seed``.
+
+    ``matched``: instead, every patient is scanned once per kind (same anatomy; disease, noise and
+    scanner differ), so the anatomy carries no information about the label: training sets that
+    resist patient memorisation (``series_per_patient`` is then the number of kinds)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not kinds or any(k not in KINDS for k in kinds):
@@ -1148,8 +1153,8 @@ def plan_phantom_dataset(
     rng = np.random.default_rng([seed, 6])
     plans = []
     for i in range(count):
-        p = i // series_per_patient
-        kind = kinds[p % len(kinds)]
+        p = i // len(kinds) if matched else i // series_per_patient
+        kind = kinds[i % len(kinds)] if matched else kinds[p % len(kinds)]
         series_seed = int(np.random.default_rng([seed, 7, i]).integers(2**31 - 1))
         patient_seed = int(np.random.default_rng([seed, 8, p]).integers(2**31 - 1))
         plans.append(
@@ -1178,6 +1183,7 @@ def write_phantom_dataset(
     series_per_patient: int = 1,
     transfer_syntax: str = "explicit",
     progress: Callable[[int, int, PhantomPlan], None] | None = None,
+    matched: bool = False,
 ) -> Path:
     """Write ``count`` phantom series (:func:`plan_phantom_dataset`) as ``out_dir/series_NNNN/``
     with their masks beside them, and ``out_dir/labels.csv`` (columns series, label, patient_id;
@@ -1185,7 +1191,7 @@ def write_phantom_dataset(
     of labels.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plans = plan_phantom_dataset(count, seed=seed, kinds=kinds, slices_min=slices_min, slices_max=slices_max, series_per_patient=series_per_patient)
+    plans = plan_phantom_dataset(count, seed=seed, kinds=kinds, slices_min=slices_min, slices_max=slices_max, series_per_patient=series_per_patient, matched=matched)
     for i, plan in enumerate(plans):
         phantom = make_phantom(plan.kind, seed=plan.seed, patient_seed=plan.patient_seed, slices=plan.slices, rows=rows, columns=columns or rows)
         write_phantom_series(phantom, out / plan.name, transfer_syntax=transfer_syntax, patient_id=plan.patient_id, series_number=1 + i % 1000)

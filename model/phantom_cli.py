@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument("--rows", type=int, default=512)
     many.add_argument("--columns", type=int, default=None)
     many.add_argument("--series-per-patient", type=int, default=1)
+    many.add_argument("--matched", action="store_true", help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about the label")
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
     many.add_argument("--quiet", action="store_true")
     many.set_defaults(handler=_phantom_dataset)
@@ -90,6 +91,7 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
             columns=args.columns or args.rows,
             series_per_patient=args.series_per_patient,
             transfer_syntax=args.transfer_syntax,
+            matched=args.matched,
             progress=progress,
         )
     except ValueError as exc:
