@@ -74,6 +74,9 @@ class TrainConfig:
     depths: tuple[int, ...] = (2, 2, 3, 3, 3)
     eval_batch: int = 64
     max_minutes: float | None = None  # wall-time budget: stop (after a last validation) when spent
+    # Not in the method (the authors trained without): random left-right flip and a small affine
+    # (shift, scale, rotation) per training slice. For small training sets, against memorisation.
+    augment: bool = False
 
     def __post_init__(self) -> None:
         for name in ("image_size", "batch_size", "iterations", "validate_every", "folds", "eval_batch"):
@@ -173,6 +176,26 @@ class _SliceIndex:
         return torch.from_numpy(x), torch.from_numpy(self.labels[np.asarray(indices)])
 
 
+def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.06, scale: float = 0.1, degrees: float = 8.0) -> torch.Tensor:
+    """Random left-right flip and affine (shift as a fraction of the size, scale, rotation) per
+    slice, bilinear, edges replicated. Up-down is never flipped (posterior signs stay posterior)."""
+    n = x.shape[0]
+    u = torch.rand(n, 5, generator=generator)
+    flip = torch.where(u[:, 0] < 0.5, -1.0, 1.0)
+    s = 1.0 + scale * (2 * u[:, 1] - 1)
+    a = torch.deg2rad(degrees * (2 * u[:, 2] - 1))
+    tx, ty = shift * 2 * (2 * u[:, 3] - 1), shift * 2 * (2 * u[:, 4] - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = flip * torch.cos(a) / s
+    theta[:, 0, 1] = -torch.sin(a) / s
+    theta[:, 1, 0] = flip * torch.sin(a) / s
+    theta[:, 1, 1] = torch.cos(a) / s
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def _prepare(network: WeaklySupervisedNet, device: torch.device) -> WeaklySupervisedNet:
     network.to(device)
     if device.type == "cuda":
@@ -251,6 +274,7 @@ def train(
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.lr_step, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     rng = np.random.default_rng(config.seed)
+    aug_gen = torch.Generator().manual_seed(config.seed)
 
     best_state = copy.deepcopy(network.state_dict())
     best_acc: float | None = None
@@ -273,6 +297,8 @@ def train(
             for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
                 network.train()
                 x, y = data.batch(order[start : start + config.batch_size])
+                if config.augment:
+                    x = augment_batch(x, aug_gen)
                 x, y = _to_device(x, device), y.to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                     out = network(x)

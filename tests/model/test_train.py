@@ -78,16 +78,16 @@ def test_config_validation() -> None:
 def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     train_set = [_blob_series(lb, 16, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
     val_set = [_blob_series(lb, 8, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"])]
-    config = TrainConfig(image_size=32, batch_size=12, iterations=200, learning_rate=3e-3, lr_step=50, validate_every=10, patience=30, **TINY)
+    config = TrainConfig(image_size=32, batch_size=12, iterations=120, learning_rate=3e-3, lr_step=20, validate_every=10, patience=20, **TINY)
     seen: list[int] = []
     result = train(train_set, val_set, config, on_validation=lambda it, m: seen.append(it))
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.6  # chance: 1/3
-    assert result.stopped_early and result.iterations_run < 200
-    assert result.iterations_run - result.best_iteration >= 30
+    assert result.stopped_early and result.iterations_run < 120
+    assert result.iterations_run - result.best_iteration >= 20
     assert seen == [int(h["iteration"]) for h in result.history]
     # The learning rate decays by 0.1 every lr_step iterations.
     lrs = {int(h["iteration"]): h["lr"] for h in result.history}
-    assert lrs[10] == pytest.approx(3e-3) and lrs[50] == pytest.approx(3e-4)
+    assert lrs[10] == pytest.approx(3e-3) and lrs[20] == pytest.approx(3e-4)
     # The returned network is the best checkpoint.
     logits = predict_slices(result.network, np.concatenate([s.slices for s in val_set]), torch.device("cpu"))
     truth = np.repeat([0, 1, 2], 8)
@@ -112,3 +112,23 @@ def test_training_rejects_unknown_labels_and_too_little_data() -> None:
     with pytest.raises(ValueError, match="no training samples"):
         train([_blob_series("covid", 8, 0)], [], config)
     assert dataclasses.replace(config, fold=0).fold == 0
+
+
+def test_time_budget_checkpoint_and_augmentation(tmp_path) -> None:
+    train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
+    config = TrainConfig(image_size=32, batch_size=4, iterations=50, classes=("covid", "normal"), augment=True, max_minutes=1e-6, **TINY)
+    checkpoint = tmp_path / "best.pt"
+    result = train(train_set, train_set[:1], config, checkpoint=checkpoint)
+    assert result.iterations_run == 1 and result.stopped_early and len(result.history) == 1
+    saved = torch.load(checkpoint)
+    assert saved["iteration"] == 1 and set(saved["state_dict"]) == set(result.network.state_dict())
+
+
+def test_augmentation_flips_left_right_only() -> None:
+    from model.train import augment_batch
+
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, 0, 2, 1] = 1.0
+    out = augment_batch(x, torch.Generator().manual_seed(0), shift=0.0, scale=0.0, degrees=0.0)
+    rows_cols = {tuple(out[i, 0].nonzero()[0].tolist()) for i in range(64)}
+    assert rows_cols == {(2, 1), (2, 6)}
