@@ -26,7 +26,7 @@ from model.weights import read_metadata
 @pytest.fixture(scope="module")
 def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantom-set")
-    write_phantom_dataset(out, 3, seed=5, rows=64, slices_min=16, slices_max=20, transfer_syntax="jpeg-ls")
+    write_phantom_dataset(out, 6, seed=5, rows=64, slices_min=16, slices_max=20, transfer_syntax="jpeg-ls")
     return out
 
 
@@ -40,7 +40,7 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     weights = tmp_path / "weights"
     assert main(_train_args(phantom_set, phantom_set / "labels.csv", weights, tmp_path / "cache") + ["--version", "9.9.9", "--log", str(tmp_path / "train.log")]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["data"]["series"] == 3 and len(summary["data"]["phantom_seeds"]) == 3
+    assert summary["data"]["series"] == 6 and len(summary["data"]["phantom_seeds"]) == 6
     meta = read_metadata(weights)
     assert meta["version"] == "9.9.9" and meta["input"]["image_size"] == 32 and meta["training"]["config"]["iterations"] == 3
     assert set(meta["training"]["train_series"]).isdisjoint(meta["training"]["validation_series"])
@@ -49,7 +49,7 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     out_json = tmp_path / "eval" / "metrics.json"
     assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress"]) == 0
     report = json.loads(out_json.read_text())
-    assert report["series_count"] == 3 and report["localisation"]["series_with_lesions"] == 2
+    assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == 4
     assert (out_json.parent / "roc_series.png").is_file() and any(p.name.startswith("overlay_") for p in out_json.parent.iterdir())
     capsys.readouterr()
 
