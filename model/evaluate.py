@@ -33,6 +33,8 @@ from model.result import SeriesResult
 log = logging.getLogger(__name__)
 
 POINTING_TOLERANCE_MM = 10.0
+# Region thresholds whose Dice is reported too (to choose the threshold on validation data).
+THRESHOLD_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 NOTICE = "Not for clinical use. Results on synthetic phantoms prove the pipeline works; they prove nothing clinical."
 
 
@@ -55,7 +57,9 @@ def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: 
     pg = metrics.pointing_game(heat, lesion, spacing, POINTING_TOLERANCE_MM)
     predicted = (heat >= threshold) & result.lung_mask
     lesion_in_lung = lesion & result.lung_mask
+    by_threshold = {f"{t:.1f}": metrics.dice((heat >= t) & result.lung_mask, lesion) for t in THRESHOLD_GRID}
     return {
+        "dice_by_threshold": by_threshold,
         "pointing_series_hit": pg["series_hit"],
         "pointing_slice_hits": pg["slice_hits"],
         "lesion_slices": pg["slices_with_lesion"],
@@ -184,6 +188,7 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
         "dice_median": float(np.median([r["dice"] for r in rows])),
         "dice_lesion_in_lung_mean": float(np.mean([r["dice_lesion_in_lung"] for r in rows])),
         "lesion_in_lung_fraction_mean": float(np.mean([r["lesion_in_lung_fraction"] for r in rows])),
+        "dice_mean_by_threshold": {t: float(np.mean([r["dice_by_threshold"][t] for r in rows])) for t in rows[0]["dice_by_threshold"]},
         "per_class": {},
     }
     for label in sorted({r["label"] for r in rows}):

@@ -95,7 +95,7 @@ def test_evaluate_series_over_phantoms(tiny_predictor: Predictor, small_phantoms
     assert report["slice_level"]["n"] > 3
     loc = report["localisation"]
     assert loc["series_with_lesions"] == 2 and 0.0 <= loc["dice_mean"] <= 1.0 and 0.0 <= loc["pointing_game_series"] <= 1.0
-    assert set(loc["per_class"]) == {"covid", "cap"}
+    assert set(loc["per_class"]) == {"covid", "cap"} and set(loc["dice_mean_by_threshold"]) == {"0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
     head = report["headline"]
     assert {"series_accuracy", "covid_vs_rest_auc", "pointing_game", "lesion_dice", "slice_accuracy"} <= set(head)
     figures = report["figures"]
