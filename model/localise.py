@@ -165,16 +165,25 @@ def joint_map(maps: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     return out
 
 
-def min_max(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Min-max normalise to [0, 1] (over ``mask`` where given; 0 outside it); flat input -> 0."""
+def min_max(values: np.ndarray, mask: np.ndarray | None = None, inplace: bool = False) -> np.ndarray:
+    """Min-max normalise to [0, 1] (over ``mask`` where given; 0 outside it); flat input -> 0.
+
+    ``inplace`` reuses ``values`` (float32) for the result: no full-size temporaries, for maps of a
+    whole series.
+    """
     ref = values[mask] if mask is not None else values
-    if ref.size == 0:
-        return np.zeros_like(values, dtype=np.float32)
-    lo, hi = float(ref.min()), float(ref.max())
-    out = np.zeros_like(values, dtype=np.float32) if hi <= lo else ((values - lo) / (hi - lo)).astype(np.float32)
+    lo, hi = (float(ref.min()), float(ref.max())) if ref.size else (0.0, 0.0)
+    del ref
+    out = values if inplace and values.dtype == np.float32 else values.astype(np.float32)
+    if hi <= lo:
+        out[...] = 0.0
+        return out
+    out -= np.float32(lo)
+    out *= np.float32(1.0 / (hi - lo))
+    np.clip(out, 0.0, 1.0, out=out)
     if mask is not None:
-        out[~mask] = 0.0
-    return np.clip(out, 0.0, 1.0, out=out)
+        np.multiply(out, mask, out=out)
+    return out
 
 
 def find_regions(

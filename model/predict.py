@@ -302,7 +302,7 @@ class Predictor:
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
             joint = localise.joint_map(m).numpy()
             heat[analysis.lung_indices[idx]] = to_original_geometry(joint, rows, cols)
-        heat = localise.min_max(heat, lung_mask)
+        heat = localise.min_max(heat, lung_mask, inplace=True)
         timings["cam"] += time.perf_counter() - t
         return heat
 
