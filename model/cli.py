@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it")
     _add_inference_options(p)
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
+    p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the weights' metadata.json (e.g. held_out_metrics, validation_metrics)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
 
@@ -157,7 +158,8 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_folder
 
-    report = evaluate_folder(args.data, args.labels, args.weights, args.json, _settings(args), overlays=args.overlays, progress=not args.no_progress)
+    command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
+    report = evaluate_folder(args.data, args.labels, args.weights, args.json, _settings(args), overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
     headline = {k: report["headline"][k] for k in report["headline"]}
     print(json.dumps(headline, indent=2))
     print(NOTICE, file=sys.stderr)

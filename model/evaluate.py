@@ -274,20 +274,71 @@ def evaluate_folder(
     settings: PredictorSettings | None = None,
     overlays: int = 6,
     progress: bool = False,
+    record: str | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it."""
-    from model.datasets import evaluation_items
+    """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it. ``record``:
+    also store the summary under that key of the weights' metadata (e.g. ``held_out_metrics``)."""
+    from model.datasets import discover, evaluation_items
+    from model.train import phantom_seeds
 
     started = time.perf_counter()
     predictor = get_predictor(weights_dir, settings)
     items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
     json_out = Path(json_out)
     report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
-    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv) if labels_csv is not None else None}
+    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv) if labels_csv is not None else None, "phantom_seeds": phantom_seeds(discover(Path(data_dir), labels_csv))}
     report["seconds"] = time.perf_counter() - started
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    if record is not None:
+        record_metrics(predictor.model.weights_dir, record, report, command)
     return report
+
+
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation report that goes into weights metadata."""
+    main_rule = report["settings"]["aggregation"]
+    out: dict[str, Any] = {
+        "headline": report["headline"],
+        "series_count": report["series_count"],
+        "no_decision_count": report["no_decision_count"],
+        "per_class_series": {c: v["support"] for c, v in report["series_level"][main_rule]["per_class"].items()},
+        "series_level": {},
+        "slice_level": {k: report["slice_level"][k] for k in ("accuracy", "weighted_f1", "weighted_sensitivity", "weighted_specificity")},
+        "localisation": {k: v for k, v in report["localisation"].items() if k != "per_class"} | {"per_class": report["localisation"].get("per_class", {})},
+        "settings": report["settings"],
+        "data": report.get("data", {}),
+        "phantom_seeds": report.get("data", {}).get("phantom_seeds", []),
+        "notice": NOTICE,
+    }
+    out["slice_level"]["roc_auc"] = {c: v["roc_auc"] for c, v in report["slice_level"]["per_class"].items()}
+    for rule, rep in report["series_level"].items():
+        out["series_level"][rule] = {
+            "accuracy": rep["accuracy"],
+            "weighted_f1": rep["weighted_f1"],
+            "weighted_sensitivity": rep["weighted_sensitivity"],
+            "weighted_specificity": rep["weighted_specificity"],
+            "roc_auc": {c: v["roc_auc"] for c, v in rep["per_class"].items()},
+            "confusion_matrix": rep["confusion_matrix"]["counts"],
+        }
+    return out
+
+
+def record_metrics(weights_dir: Path, key: str, report: dict[str, Any], command: str | None = None) -> None:
+    """Store :func:`summarise` of ``report`` under ``key`` in the weights' metadata (for example
+    ``held_out_metrics``), with the command that produced it."""
+    from model.weights import read_metadata, update_metadata
+
+    summary = summarise(report)
+    if command:
+        summary["command"] = command
+    if key == "held_out_metrics":
+        training = read_metadata(weights_dir).get("training_data", {}).get("phantom_seeds", [])
+        overlap = sorted(set(training) & set(summary["phantom_seeds"]))
+        if overlap:
+            raise ValueError(f"held-out phantom seeds {overlap} were used in training")
+    update_metadata(weights_dir, {key: json.loads(json.dumps(summary, default=_json_default))})
 
 
 def _json_default(value: Any) -> Any:

@@ -377,7 +377,7 @@ def _default_cache_dir() -> Path:
     return user_cache_path("covid-ct-node") / "slices"
 
 
-def _phantom_seeds(records: Sequence[Any]) -> list[int]:
+def phantom_seeds(records: Sequence[Any]) -> list[int]:
     """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
     from model.phantom import masks_path
 
@@ -404,7 +404,7 @@ def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[Ser
         "lung_slices": int(sum(s.slices.shape[0] for s in series)),
         "skipped": [{"series": r.series_id, "reason": why} for r, why in skipped],
     }
-    seeds = _phantom_seeds(records)
+    seeds = phantom_seeds(records)
     if seeds:
         out["phantom_seeds"] = seeds
         out["synthetic"] = "model.phantom chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"

@@ -127,6 +127,21 @@ def read_metadata(weights_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def update_metadata(weights_dir: Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Set top-level keys of a weights folder's metadata (metrics, chosen inference settings).
+
+    The weights file and its sha256 are untouched. Returns the new metadata.
+    """
+    meta = read_metadata(weights_dir)
+    for key in ("weights_sha256", "weights_file", "architecture"):
+        if key in updates:
+            raise ValueError(f"{key!r} describes the weights file and cannot be updated")
+    meta.update(updates)
+    (Path(weights_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    _load_cached.cache_clear()
+    return meta
+
+
 def build_network(metadata: dict[str, Any]) -> WeaklySupervisedNet:
     """An untrained network with the architecture recorded in the metadata."""
     arch = metadata["architecture"]

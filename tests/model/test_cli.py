@@ -47,8 +47,10 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     assert not (weights / "best-checkpoint.pt").exists() and (tmp_path / "train.log").stat().st_size > 0
 
     out_json = tmp_path / "eval" / "metrics.json"
-    assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress"]) == 0
+    assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress", "--record", "validation_metrics"]) == 0
     report = json.loads(out_json.read_text())
+    recorded = read_metadata(weights)["validation_metrics"]
+    assert recorded["series_count"] == 6 and set(recorded["series_level"]) == {"top_k", "mean"} and recorded["phantom_seeds"]
     assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == 4
     assert (out_json.parent / "roc_series.png").is_file() and any(p.name.startswith("overlay_") for p in out_json.parent.iterdir())
     capsys.readouterr()
