@@ -118,6 +118,8 @@ class ListenerSet:
             server_class=ReusePortServer,
         )
         server.store_handler = fast_store_handler(snap, self.receiver)  # type: ignore[attr-defined]
+        # As AE.start_server does: the AE tracks its servers, and server.shutdown() removes it.
+        ae._servers.append(server)
         return server
 
     def run(self) -> None:

@@ -112,3 +112,25 @@ def test_filters() -> None:
     assert not ok and "LOCALIZER" in why
     with pytest.raises(ValueError):
         SeriesFilter(series_description_pattern="(unclosed")
+
+
+def test_listeners_start_and_stop_with_the_ae_table(env: Path) -> None:
+    """The reconcile step of a listener process: a new AE listens, a disabled one stops cleanly."""
+    from dicom_node.db import Database, upgrade
+    from dicom_node.listener import ListenerSet
+    from dicom_node.settings import load_settings
+    from tests.peers import free_port, port_open
+
+    settings = load_settings()
+    upgrade(settings.effective_database_url)
+    db = Database(settings.effective_database_url)
+    port = free_port()
+    assert main(["ae", "add-local", "RECONCILE", "--port", str(port)]) == 0
+    listeners = ListenerSet(settings, db)
+    listeners.reconcile()
+    assert listeners.ports == [port] and port_open(port)
+    assert main(["ae", "update-local", "RECONCILE", "--disable"]) == 0
+    listeners.reconcile()  # raised ValueError before the AE tracked its servers
+    assert listeners.ports == [] and not port_open(port)
+    listeners.close()
+    db.dispose()
