@@ -99,7 +99,7 @@ class Storage:
             if self._ensure_dir(target.parent) and series_record is not None:
                 self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -113,8 +113,8 @@ class Storage:
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             # The new directory entries must be durable too.
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+            fsync_dir(directory.parent)
+            fsync_dir(directory.parent.parent)
             created = True
         if len(self._known_dirs) > 10000:
             self._known_dirs.clear()
@@ -122,13 +122,7 @@ class Storage:
         return created
 
     def _write_small(self, target: Path, data: bytes) -> None:
-        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fdatasync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        write_file_atomic(target, data, tmp=self.incoming / f"{uuid.uuid4().hex}.part")
 
     def series_dirs(self) -> Iterator[Path]:
         """Every series directory of the layout."""
@@ -197,9 +191,34 @@ def _long_element(element: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (renames, new files) durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(target: Path, data: bytes, *, tmp: Path | None = None) -> None:
+    """Write ``data`` to ``target`` durably and atomically: a temporary file on the same file
+    system (``tmp``, default beside the target), fsync'ed, renamed, the directory fsync'ed."""
+    tmp = tmp or target.with_name(target.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fdatasync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)

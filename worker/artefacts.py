@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_node.storage import fsync_dir, fsync_file, write_file_atomic
 from dicom_node.uids import clean_uid
 from model.result import SeriesResult
 
@@ -46,7 +47,7 @@ class JobArtefacts:
     def write_result(self, result: SeriesResult) -> None:
         """result.json and, when the result has maps, maps.npz."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.root / RESULT_FILE, json.dumps(result.to_json(), indent=2).encode())
+        write_file_atomic(self.root / RESULT_FILE, json.dumps(result.to_json(), indent=2).encode())
         maps = self.root / MAPS_FILE
         if result.heatmap is None:
             maps.unlink(missing_ok=True)
@@ -58,7 +59,7 @@ class JobArtefacts:
             arrays["lung_mask"] = np.asarray(result.lung_mask, dtype=bool)
         tmp = maps.with_suffix(".tmp.npz")
         np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
-        _fsync(tmp)
+        fsync_file(tmp)
         os.replace(tmp, maps)
 
     def write_objects(self, objects: dict[str, list[Dataset]], attempt: int) -> list[dict[str, Any]]:
@@ -76,7 +77,7 @@ class JobArtefacts:
                 uid = clean_uid(ds.SOPInstanceUID)
                 path = folder / f"{uid}.dcm"
                 pydicom.dcmwrite(path, ds, enforce_file_format=True)
-                _fsync(path)
+                fsync_file(path)
                 rows.append(
                     {
                         "kind": kind,
@@ -86,7 +87,7 @@ class JobArtefacts:
                         "path": f"{self.job_id}/{DICOM_DIR}/{kind}/{uid}.dcm",
                     }
                 )
-            _fsync_dir(folder)
+            fsync_dir(folder)
         staging.mkdir(parents=True, exist_ok=True)
         if final.exists():
             old = self.root / f"{DICOM_DIR}.old"
@@ -95,33 +96,8 @@ class JobArtefacts:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return rows
 
     def files(self, rows: Iterable[dict[str, Any]]) -> list[Path]:
         return [self.absolute(r["path"]) for r in rows]
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
