@@ -4,7 +4,8 @@
 # their metadata), evaluate them on held-out phantoms, and benchmark inference on CUDA and on the
 # CPU cores. Writes under $OUT (at most 8 files come back): weights/model.safetensors,
 # weights/metadata.json, train.log, metrics.json, inference_cuda.json, inference_cpu.json,
-# timings.txt. SMALL=1: a seconds-long dry run of the plumbing on the CPU.
+# timings.txt. SMALL=1: a seconds-long dry run of the plumbing on the CPU. ITER, LR_STEP,
+# MAX_MINUTES: training length; THRESHOLD: the region threshold evaluated; BENCHMARKS=0: no benchmarks.
 # Synthetic phantoms: the numbers prove the pipeline, nothing clinical. Not for clinical use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${SMALL:-0}" = 1 ]; then
     DEVICE=cpu; SETS=2; PER=3; HELD=3; ROWS=64; HROWS=64; TRAIN=(--iterations 4 --image-size 64 --batch 4 --validate-every 2 --folds 2); BENCH=(--slices 16 --rows 64 --ig-slices 1 --skip-memory); JOBS=2
 else
-    DEVICE=cuda; SETS=12; PER=12; HELD=5; ROWS=256; HROWS=512; TRAIN=(--iterations 4000 --image-size 128 --batch 16 --lr 5e-4 --lr-step 3000 --validate-every 250 --patience 1500 --augment --max-minutes 4); BENCH=(--repeat 2); JOBS=16
+    ITER=${ITER:-4000}; LR_STEP=${LR_STEP:-3000}
+    DEVICE=cuda; SETS=12; PER=12; HELD=5; ROWS=256; HROWS=512; JOBS=16; BENCH=(--repeat 2)
+    TRAIN=(--iterations "$ITER" --image-size 128 --batch 16 --lr 5e-4 --lr-step "$LR_STEP" --validate-every 250 --patience 3000 --augment --max-minutes "${MAX_MINUTES:-4}")
 fi
 
 # Phantoms: matched training sets (each patient scanned once per class: anatomy says nothing of
@@ -51,11 +54,12 @@ stamp "phantoms ($(($(wc -l < "$W/train/labels.csv") - 1)) training, $(($(wc -l 
 stamp "trained:"
 
 "$PY" -m dicom_node.cli model evaluate --data "$W/held" --labels "$W/held/labels.csv" --weights "$OUT/weights" --device "$DEVICE" \
-    --json "$W/eval/metrics.json" --record held_out_metrics --no-progress > "$W/eval_summary.json"
+    --json "$W/eval/metrics.json" --record held_out_metrics ${THRESHOLD:+--threshold "$THRESHOLD"} --no-progress > "$W/eval_summary.json"
 cp "$W/eval/metrics.json" "$OUT/metrics.json"
 stamp "evaluated:"
 cat "$W/eval_summary.json"
 
+[ "${BENCHMARKS:-1}" = 1 ] || exit 0
 if [ "$DEVICE" = cuda ]; then
     "$PY" benchmarks/inference.py --weights "$OUT/weights" --device cuda "${BENCH[@]}" --json "$OUT/inference_cuda.json" | tail -12
     stamp "benchmark cuda:"

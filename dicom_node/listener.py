@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import threading
+from typing import Any
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]

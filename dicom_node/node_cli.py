@@ -220,53 +220,9 @@ def _json_arg(name: str, value: str) -> Any:
 # --- series --------------------------------------------------------------------------------
 
 
-def series_rows(db: Any, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Series with the state of their latest job, newest first (also used by the admin app)."""
-    from sqlalchemy import select
-
-    from dicom_node.db.models import Job, LocalAE, Series, SeriesStatus
-
-    with db.session() as s:
-        q = select(Series).order_by(Series.last_received_at.desc()).limit(limit)
-        rows = s.scalars(q).all()
-        ae_titles = {a.id: a.title for a in s.scalars(select(LocalAE))}
-        out = []
-        for r in rows:
-            job = s.scalar(select(Job).where(Job.series_id == r.id).order_by(Job.id.desc()).limit(1))
-            effective = r.status
-            reason = r.reason
-            if r.status == SeriesStatus.COMPLETE.value and job is not None:
-                effective = job.status
-                reason = job.reason
-            if status and effective != status:
-                continue
-            out.append(
-                {
-                    "id": r.id,
-                    "study_uid": r.study_uid,
-                    "series_uid": r.series_uid,
-                    "patient_id": r.patient_id,
-                    "modality": r.modality,
-                    "series_description": r.series_description,
-                    "instances": r.instances,
-                    "frames": r.frames,
-                    "status": effective,
-                    "series_status": r.status,
-                    "reason": reason,
-                    "local_ae": ae_titles.get(r.local_ae_id or -1, ""),
-                    "calling_ae": r.calling_ae,
-                    "generation": r.generation,
-                    "first_received_at": r.first_received_at.isoformat(),
-                    "last_received_at": r.last_received_at.isoformat(),
-                    "completed_at": r.completed_at.isoformat() if r.completed_at else None,
-                    "job_id": job.id if job else None,
-                    "decision": job.decision if job else "",
-                }
-            )
-    return out
-
-
 def cmd_series_list(args: argparse.Namespace) -> int:
+    from dicom_node.queries import series_rows
+
     db = database_from(args)
     rows = series_rows(db, args.status, args.limit)
     db.dispose()

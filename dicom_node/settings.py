@@ -17,7 +17,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from dicom_node.validation import AETitle, Host, OutputKinds, Port, QuietSeconds, check_seconds
+from dicom_node.validation import AETitle, OutputKinds, Port, QuietSeconds, check_seconds
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"

@@ -100,7 +100,7 @@ def _redact(url: str) -> str:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from worker.jobs import job_rows
+    from dicom_node.queries import job_rows
 
     db = database_from(args)
     try:

@@ -7,7 +7,6 @@ heatmap burned in), turned into PNG: the admin sees exactly what PACS receives.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,23 @@ from sqlalchemy.orm import Session
 
 from dicom_node.completion import requeue_job
 from dicom_node.db import Database
-from dicom_node.db.models import ACTIVE_JOB_STATUSES, Export, Job, JobStatus, LocalAE, Series
-from dicom_node.node_cli import series_rows
+from dicom_node.db.models import ACTIVE_JOB_STATUSES, Job, JobStatus, LocalAE, Series
+from dicom_node.queries import iso as _iso
+from dicom_node.queries import job_dict, job_rows, series_rows
 
-NOTICE = "Not for clinical use."
 PREVIEW_KIND = "sc"
+
+
+def series_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    return series_rows(db, status, limit)
+
+
+def job_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    return job_rows(db, status=status, limit=limit)
+
+
+def _ae_titles(session: Session) -> dict[int, str]:
+    return {a.id: a.title for a in session.scalars(select(LocalAE))}
 
 
 class NotFound(LookupError):
@@ -33,102 +44,6 @@ class NotFound(LookupError):
 
 class Conflict(ValueError):
     """The action does not fit the object's current state (e.g. retrying a running job)."""
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
-
-
-def series_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Series with their latest job, newest first (the command line's listing)."""
-    return series_rows(db, status, limit)
-
-
-def export_dict(row: Export) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "job_id": row.job_id,
-        "destination_id": row.destination_id,
-        "title": row.title,
-        "host": row.host,
-        "port": row.port,
-        "outputs": list(row.outputs or []),
-        "status": row.status,
-        "attempts": row.attempts,
-        "objects_sent": row.objects_sent,
-        "next_attempt_at": _iso(row.next_attempt_at),
-        "last_error": row.last_error,
-        "created_at": _iso(row.created_at),
-        "finished_at": _iso(row.finished_at),
-    }
-
-
-def _previews(job: Job) -> int:
-    return sum(1 for o in job.outputs or [] if isinstance(o, dict) and o.get("kind") == PREVIEW_KIND)
-
-
-def job_dict(job: Job, series: Series, local_ae: str = "", *, with_exports: bool = True) -> dict[str, Any]:
-    result = job.result or {}
-    out: dict[str, Any] = {
-        "id": job.id,
-        "series_id": series.id,
-        "series_uid": series.series_uid,
-        "study_uid": series.study_uid,
-        "series_description": series.series_description,
-        "patient_id": series.patient_id,
-        "local_ae": local_ae,
-        "calling_ae": series.calling_ae,
-        "instances": series.instances,
-        "generation": job.generation,
-        "status": job.status,
-        "reason": job.reason,
-        "attempts": job.attempts,
-        "worker": job.worker,
-        "created_at": _iso(job.created_at),
-        "queued_at": _iso(job.queued_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "heartbeat_at": _iso(job.heartbeat_at),
-        "model_name": job.model_name,
-        "model_version": job.model_version,
-        "decision": job.decision,
-        "probabilities": dict(result.get("probabilities") or {}),
-        "result_reason": result.get("reason", ""),
-        "lung_involvement_percent": result.get("lung_involvement_percent"),
-        "timings": dict(job.timings or {}),
-        "outputs": list(job.outputs or []),
-        "previews": _previews(job),
-        "notice": NOTICE,
-    }
-    if with_exports:
-        out["exports"] = [export_dict(e) for e in job.exports]
-    return out
-
-
-def _ae_titles(session: Session) -> dict[int, str]:
-    return {a.id: a.title for a in session.scalars(select(LocalAE))}
-
-
-def job_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Jobs newest first, with their series and the state of their exports."""
-    with db.session() as s:
-        q = select(Job, Series).join(Series, Series.id == Job.series_id).order_by(Job.id.desc()).limit(limit)
-        if status:
-            q = q.where(Job.status == status)
-        titles = _ae_titles(s)
-        rows = s.execute(q).all()
-        exports: dict[int, list[Export]] = {}
-        if rows:
-            for e in s.scalars(select(Export).where(Export.job_id.in_([j.id for j, _ in rows])).order_by(Export.id)):
-                exports.setdefault(e.job_id, []).append(e)
-        out = []
-        for job, series in rows:
-            d = job_dict(job, series, titles.get(series.local_ae_id or -1, ""), with_exports=False)
-            d["exports"] = [export_dict(e) for e in exports.get(job.id, [])]
-            out.append(d)
-        return out
 
 
 def job_detail(db: Database, job_id: int) -> dict[str, Any]:

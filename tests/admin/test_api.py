@@ -306,8 +306,8 @@ def test_series_jobs_preview_retry_and_resend(admin_app: AdminApp) -> None:
         assert viewer.get(f"/api/series/{series_id}").json()["jobs"][0]["id"] == job_id
         job = viewer.get(f"/api/jobs/{job_id}").json()
         assert job["status"] == "done" and job["probabilities"]["covid"] == 0.8 and job["timings"]["inference"] == 2.5
-        assert job["exports"][0]["title"] == "PACS" and job["exports"][0]["status"] == "done"
-        assert job["previews"] == 1 and job["notice"] == "Not for clinical use."
+        assert job["exports"][0]["destination"] == "PACS" and job["exports"][0]["status"] == "done"
+        assert job["output_counts"]["sc"] == 1 and job["notice"] == "Not for clinical use."
         assert [j["id"] for j in viewer.get("/api/jobs", params={"status": "done"}).json()] == [job_id]
 
         png = viewer.get(f"/api/jobs/{job_id}/preview")

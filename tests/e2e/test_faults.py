@@ -55,7 +55,7 @@ def test_worker_killed_during_inference_finishes_once_after_redis_redelivers(
         assert any("attempt 2 runs on" in m for m in takeovers), takeovers
         assert analyse_messages == 1, "the job must come back through the broker, not a requeue"
         in_pacs = sorted(orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances())
-        assert len(in_pacs) == len(set(in_pacs)) and len(in_pacs) == sum(job["outputs"].values())
+        assert len(in_pacs) == len(set(in_pacs)) and len(in_pacs) == sum(job["output_counts"].values())
         assert [(e["status"], e["attempts"]) for e in job["exports"]] == [("done", 1)]
     finally:
         node.stop()
@@ -95,7 +95,7 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
         exports = {e["destination"]: e for e in job["exports"]}
         assert exports["ORTHANC"]["attempts"] >= 2
         assert exports["WRONGAET"]["status"] == "failed" and exports["WRONGAET"]["attempts"] == 1, "no retry of a refusal"
-        assert len(pacs.instances()) == sum(job["outputs"].values())
+        assert len(pacs.instances()) == sum(job["output_counts"].values())
         assert refusing.instances() == []
     finally:
         node.stop()

@@ -58,7 +58,7 @@ def test_up_alone_then_killed_during_inference(tmp_path: Path, orthanc: Orthanc,
             messages = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse", OutboxMessage.job_id == job2["id"]))
         assert messages == 2, "the lost-job scan requeues the job once"
         in_pacs = [orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances()]
-        assert len(in_pacs) == len(set(in_pacs)) == count_before + sum(job2["outputs"].values())
+        assert len(in_pacs) == len(set(in_pacs)) == count_before + sum(job2["output_counts"].values())
     finally:
         node.stop()
     assert all(p.proc is not None and p.proc.poll() is not None for p in node.processes)

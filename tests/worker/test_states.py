@@ -32,6 +32,7 @@ from dicom_node.db.models import (
     utcnow,
 )
 from dicom_node.scu import Outcome, Peer, SendResult
+from dicom_node.queries import job_rows
 from worker import exports, jobs
 
 pytestmark = pytest.mark.integration
@@ -324,10 +325,10 @@ def test_reexport_resets_the_rows_and_adds_a_new_destination(db: Database) -> No
 
 def test_job_rows_list_exports_per_destination(db: Database) -> None:
     job_id, _ = done_job(db, destinations=2)
-    rows = jobs.job_rows(db)
+    rows = job_rows(db)
     assert len(rows) == 1
     row = rows[0]
     assert row["id"] == job_id and row["status"] == "done" and row["decision"] == "covid" and row["attempts"] == 1
-    assert row["outputs"] == {"sr": 1, "sc": 1}
+    assert row["output_counts"] == {"sr": 1, "sc": 1}
     assert [(e["destination"], e["status"], e["attempts"]) for e in row["exports"]] == [("PACS0", "pending", 0), ("PACS1", "pending", 0)]
-    assert jobs.job_rows(db, status="failed") == []
+    assert job_rows(db, status="failed") == []

@@ -13,6 +13,7 @@ from dicom_node.admin import jobs as j
 from dicom_node.admin.auth import Principal
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import Event
+from dicom_node.queries import NOTICE
 from dicom_node.validation import AETitle
 
 router = APIRouter(tags=["Series and jobs"])
@@ -96,7 +97,7 @@ def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Pri
 def preview(job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)) -> Response:
     context = ctx(request)
     png = j.preview_png(context.db, context.settings.results_dir, job_id, index)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": j.NOTICE})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOTICE})
 
 
 @router.get("/events", summary="What the node reported: refused associations, bad instances, failures")
