@@ -129,6 +129,8 @@ class AdminSettings(_Section):
     # Secret for session cookies and CSRF tokens; generated and kept under the data dir if unset.
     secret_key: str | None = None
     session_hours: float = Field(default=12.0, gt=0)
+    # Mark the session cookie Secure: set it when the pages are served over HTTPS (TLS proxy).
+    secure_cookies: bool = False
 
 
 def _default_data_dir() -> Path:

@@ -151,7 +151,8 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         session_cookie=SESSION_COOKIE,
         max_age=int(settings.admin.session_hours * 3600),
         same_site="lax",
-        https_only=False,  # served on the hospital network or behind a TLS proxy; see docs
+        # Secure cookies once the pages are served over HTTPS (a TLS proxy in front).
+        https_only=settings.admin.secure_cookies,
     )
     app.add_middleware(BaseHTTPMiddleware, dispatch=measure)
 
