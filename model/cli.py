@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
     p.add_argument("--cross-validate", action="store_true", help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None, metavar="WEIGHTS_DIR", help="start from these weights (same classes and architecture) instead of Xavier: fine-tuning")
     p.add_argument("--augment", action="store_true", help="random left-right flip and small affine per training slice (not in the method; for small data sets)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; training stops after a last validation when spent")
     p.add_argument("--name", default=None, help="model name in the metadata")
@@ -149,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
         log_file=args.log,
         progress=not args.no_progress,
         workers=args.workers,
+        init_weights=args.init,
     )
     print(json.dumps(summary, indent=2))
     print(NOTICE, file=sys.stderr)

@@ -253,12 +253,14 @@ def train(
     progress: bool = False,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
     checkpoint: Path | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train one network; keep the checkpoint with the best validation slice accuracy.
 
     Without validation series the last iteration's weights are kept and there is no early stop.
     ``checkpoint``: also write the best state so far there (``torch.save``), so a run that is
-    killed still leaves its best weights. ``config.max_minutes`` ends training early (after a
+    killed still leaves its best weights. ``init_state``: start from these weights (fine-tuning,
+    e.g. the shipped weights on local data, or a larger input size) instead of Xavier. ``config.max_minutes`` ends training early (after a
     last validation) when the wall time is spent.
     """
     seed_everything(config.seed)
@@ -268,7 +270,10 @@ def train(
     if len(data) < config.batch_size:
         raise ValueError(f"{len(data)} training slices, fewer than one batch of {config.batch_size}")
     alpha = class_balance_weights(data.labels, len(classes))
-    network = _prepare(WeaklySupervisedNet(num_classes=len(classes), widths=config.widths, depths=config.depths, dropout=config.dropout), device)
+    network = WeaklySupervisedNet(num_classes=len(classes), widths=config.widths, depths=config.depths, dropout=config.dropout)
+    if init_state is not None:
+        network.load_state_dict(init_state, strict=True)
+    network = _prepare(network, device)
     loss_fn = MultiScaleFocalLoss(alpha=alpha, gamma=config.focal_gamma).to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.lr_step, gamma=config.lr_gamma)
@@ -491,11 +496,13 @@ def train_folder(
     log_file: Path | None = None,
     progress: bool = False,
     workers: int = 1,
+    init_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Prepare (cached) slices of a data folder, train (one fold, or every fold with
     ``cross_validate``), and write weights + metadata to ``out_dir`` (``out_dir/fold-N`` per fold).
-    ``workers`` > 1 prepares series in that many processes. Returns a summary (also in the
-    metadata)."""
+    ``workers`` > 1 prepares series in that many processes; ``init_weights`` (a weights folder of
+    the same architecture and classes) starts training from those weights. Returns a summary (also
+    in the metadata)."""
     from model.datasets import discover, prepare_dataset
     from model.weights import save_weights
 
@@ -531,6 +538,15 @@ def train_folder(
         log.info("prepared %d series (%d skipped) in %.0f s", len(series), len(prepared.skipped), time.monotonic() - started)
         data_json = _describe_data(data_dir, labels_csv, series, prepared.skipped, records)
         summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
+        init_state, init_meta = None, None
+        if init_weights is not None:
+            from model.weights import load_weights
+
+            loaded = load_weights(Path(init_weights))
+            if loaded.classes != tuple(config.classes) or loaded.network.architecture() != dict(WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()):
+                raise ValueError(f"{init_weights}: classes/architecture differ from the training configuration")
+            init_state = loaded.network.state_dict()
+            init_meta = {"weights": str(init_weights), "name": loaded.metadata["name"], "version": loaded.metadata["version"], "weights_sha256": loaded.metadata["weights_sha256"], "training": loaded.metadata.get("training", {}).get("config")}
         folds = range(config.folds) if cross_validate and config.folds > 1 else [config.fold]
         for fold in folds:
             fold_config = dataclasses.replace(config, fold=fold)
@@ -539,10 +555,12 @@ def train_folder(
             target = out_dir / f"fold-{fold}" if cross_validate and config.folds > 1 else out_dir
             target.mkdir(parents=True, exist_ok=True)
             checkpoint = target / "best-checkpoint.pt"
-            result = train(train_set, val_set, fold_config, progress=progress, checkpoint=checkpoint)
+            result = train(train_set, val_set, fold_config, progress=progress, checkpoint=checkpoint, init_state=init_state)
             meta = default_metadata(fold_config, name, version)
             meta["training"].update(_result_json(result))
             meta["training"]["fold"] = fold
+            if init_meta is not None:
+                meta["training"]["initialised_from"] = init_meta
             meta["training"]["train_series"] = [s.series_id for s in train_set]
             meta["training"]["validation_series"] = [s.series_id for s in val_set]
             meta["training_data"] = data_json

@@ -45,6 +45,11 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     assert meta["version"] == "9.9.9" and meta["input"]["image_size"] == 32 and meta["training"]["config"]["iterations"] == 3
     assert set(meta["training"]["train_series"]).isdisjoint(meta["training"]["validation_series"])
     assert not (weights / "best-checkpoint.pt").exists() and (tmp_path / "train.log").stat().st_size > 0
+    # Fine-tuning from those weights (--init) records where it started.
+    tuned = tmp_path / "tuned"
+    assert main(_train_args(phantom_set, phantom_set / "labels.csv", tuned, tmp_path / "cache") + ["--init", str(weights)]) == 0
+    assert read_metadata(tuned)["training"]["initialised_from"]["weights_sha256"] == meta["weights_sha256"]
+    capsys.readouterr()
 
     out_json = tmp_path / "eval" / "metrics.json"
     assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress", "--record", "validation_metrics"]) == 0
