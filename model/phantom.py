@@ -1139,9 +1139,10 @@ def plan_phantom_dataset(
     """Class-balanced series (classes dealt in turn over patients; every series of a patient has
     the patient's class), with seeds and slice counts derived from ``seed``.
 
-    ``matched``: instead, every patient is scanned once per kind (same anatomy; disease, noise and
-    scanner differ), so the anatomy carries no information about the label: training sets that
-    resist patient memorisation (``series_per_patient`` is then the number of kinds)."""
+    ``matched``: instead, every patient is scanned once per kind with one seed and slice count, so
+    the series of a patient are identical (anatomy, scanner, noise) except for the disease: only the
+    lesions carry information about the label, so training cannot memorise patients or scans
+    (``series_per_patient`` is then the number of kinds)."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not kinds or any(k not in KINDS for k in kinds):
@@ -1155,7 +1156,7 @@ def plan_phantom_dataset(
     for i in range(count):
         p = i // len(kinds) if matched else i // series_per_patient
         kind = kinds[i % len(kinds)] if matched else kinds[p % len(kinds)]
-        series_seed = int(np.random.default_rng([seed, 7, i]).integers(2**31 - 1))
+        series_seed = int(np.random.default_rng([seed, 7, p if matched else i]).integers(2**31 - 1))
         patient_seed = int(np.random.default_rng([seed, 8, p]).integers(2**31 - 1))
         plans.append(
             PhantomPlan(
@@ -1164,7 +1165,7 @@ def plan_phantom_dataset(
                 patient_id=f"PHANTOM-{seed}-{p:04d}",
                 seed=series_seed,
                 patient_seed=patient_seed,
-                slices=int(rng.integers(slices_min, slices_max + 1)),
+                slices=int(np.random.default_rng([seed, 9, p]).integers(slices_min, slices_max + 1)) if matched else int(rng.integers(slices_min, slices_max + 1)),
             )
         )
     return plans
