@@ -7,8 +7,12 @@ fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
+
+from dicom_node.settings import CONFIG_ENV
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,32 +28,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML settings file (also DICOM_NODE_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     node_cli.register(sub)
-    for register in _optional_registrars():
-        register(sub)
+    # Sub-commands owned by the other parts of the tree; each module exposes register(subparsers).
+    from dicom_node.admin import cli as admin_cli
+    from model import cli as model_cli
+    from model import phantom_cli
+    from worker import cli as worker_cli
+
+    for module in (phantom_cli, model_cli, worker_cli, admin_cli):
+        module.register(sub)
     return parser
-
-
-def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Sub-commands owned by other packages; each module exposes ``register(subparsers)``."""
-    import importlib
-
-    out = []
-    for module_name in ("model.phantom_cli", "model.cli", "worker.cli", "dicom_node.admin.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # Only tolerate the module itself being absent (a part not built yet), never a
-            # missing dependency inside it.
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
-            continue
-        out.append(module.register)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config:
+        # For this process's later loads and every process it starts (listeners, workers).
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)

@@ -10,6 +10,7 @@ through ``--config`` or ``DICOM_NODE_CONFIG``.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from dicom_node.validation import AETitle, OutputKinds, Port, QuietSeconds, chec
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"
+# The YAML file of the load_settings() call in progress (see there).
+_config_file: ContextVar[str | None] = ContextVar("dicom_node_config_file", default=None)
 
 
 class _Section(BaseModel):
@@ -167,7 +170,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = os.environ.get(CONFIG_ENV)
+        yaml_file = _config_file.get() or os.environ.get(CONFIG_ENV)
         if yaml_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
@@ -210,11 +213,14 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         path = Path(config_file)
         if not path.is_file():
             raise SettingsError(f"config file {path} does not exist")
-        os.environ[CONFIG_ENV] = str(path)
     else:
         env_file = os.environ.get(CONFIG_ENV)
         if env_file and not Path(env_file).is_file():
             raise SettingsError(f"{CONFIG_ENV}={env_file}: file does not exist")
+    # The file applies to this call only (no process-wide state: a later load_settings() in the
+    # same process reads its own arguments and the environment). The command line exports
+    # DICOM_NODE_CONFIG itself so that the processes it starts read the same file.
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -224,3 +230,5 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"setting {field}: {msg}")
         raise SettingsError("\n".join(lines)) from None
+    finally:
+        _config_file.reset(token)

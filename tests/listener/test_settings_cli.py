@@ -40,6 +40,9 @@ def test_yaml_then_environment(env: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("DICOM_NODE_ADMIN_PORT", "9001")
     s = load_settings(cfg)
     assert (s.admin_port, s.listener.processes, s.broker_url) == (9001, 3, "redis://127.0.0.1:6379/0")
+    # The file was for that call only: it leaves nothing behind in the process.
+    assert "DICOM_NODE_CONFIG" not in __import__("os").environ
+    assert load_settings().broker_url is None
 
 
 def test_the_shipped_example_config_is_valid(env: Path) -> None:
