@@ -71,8 +71,9 @@ def _redelivered(request: Any) -> bool:
     return bool(info.get("redelivered"))
 
 
-@shared_task(
-    name=ANALYSE_TASK,
+# Both tasks: acknowledged after they finish, requeued when their worker dies, retried while the
+# database is unreachable; results live in the database, not in a result backend.
+_DURABLE: dict[str, Any] = dict(
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
@@ -82,22 +83,15 @@ def _redelivered(request: Any) -> bool:
     max_retries=20,
     ignore_result=True,
 )
+
+
+@shared_task(name=ANALYSE_TASK, **_DURABLE)
 def analyse(self: Any, job_id: int) -> str:
     """Analyse one job (worker.pipeline.analyse)."""
     return pipeline.analyse(runtime(), int(job_id), redelivered=_redelivered(self.request))
 
 
-@shared_task(
-    name=EXPORT_TASK,
-    bind=True,
-    acks_late=True,
-    reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=20,
-    ignore_result=True,
-)
+@shared_task(name=EXPORT_TASK, **_DURABLE)
 def export(self: Any, job_id: int) -> dict[int, str]:
     """Send the job's due exports (worker.pipeline.export_job)."""
     return pipeline.export_job(runtime(), int(job_id))
