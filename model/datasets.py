@@ -395,7 +395,7 @@ def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 2
             raise ValueError(f"{record.series_id}: no lung slices found")
         indices = np.arange(volume.hu.shape[0])
         fallback = True
-    slices = preprocess_slices(volume.hu[indices], size=size)
+    slices = preprocess_slices(volume.hu[indices], size=size, lung_mask=None if fallback else mask[indices])
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = npy.with_suffix(".tmp.npy")
     np.save(tmp, slices)

@@ -2,8 +2,15 @@
 
 HU slices -> clip to the lung window (W1500/L-600, i.e. -1350..150 HU) -> pad to a square with the
 window minimum (keeps the aspect ratio of non-square matrices; a no-op for 512x512) -> bilinear
-resize to ``size`` x ``size`` (antialiased when shrinking) -> per-slice z-score ((x - mean) / std,
-as the authors' code does). One channel. No histogram matching (method.md: shortcut risk).
+resize to ``size`` x ``size`` (antialiased when shrinking) -> [with a lung mask: every pixel more
+than LUNG_MARGIN network pixels from the lungs set to the window minimum] -> per-slice z-score
+((x - mean) / std, as the authors' code does). One channel. No histogram matching (method.md:
+shortcut risk).
+
+Masking (ours, "lung segmentation first" read as: the network sees the lungs): the heart, the
+chest wall, the table and the abdomen are not what is classified, and with global max pooling any
+bright structure outside the lungs competes with the lesions for the maximum. Weights record it in
+their input spec (``outside_lungs``); weights without it get whole slices.
 
 :func:`to_original_geometry` is the inverse geometry (maps at the network size back to the
 series' rows x columns), for heatmaps.
@@ -18,7 +25,10 @@ from torch.nn import functional as F
 # (level, width) in HU: the radiologist's lung window.
 LUNG_WINDOW: tuple[float, float] = (-600.0, 1500.0)
 # Bumped whenever the output of preprocess_slices changes (invalidates dataset caches).
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
+# Lung mask dilation (network pixels) before masking: keeps pleural-based lesions and the mask's
+# edge errors in view.
+LUNG_MARGIN = 2
 # A slice whose clipped std is below this (HU) is uniform: its z-score is all zeros.
 _MIN_STD_HU = 1e-3
 _CHUNK = 64
@@ -56,10 +66,15 @@ def _square_pad(rows: int, columns: int) -> tuple[int, int, int, int]:
     return top, side - rows - top, left, side - columns - left
 
 
-def preprocess_slices(hu: np.ndarray, size: int = 224, window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
-    """HU slices (n, rows, columns) -> network input (n, 1, size, size) float32 (module docstring)."""
+def preprocess_slices(hu: np.ndarray, size: int = 224, window: tuple[float, float] = LUNG_WINDOW, lung_mask: np.ndarray | None = None) -> np.ndarray:
+    """HU slices (n, rows, columns) -> network input (n, 1, size, size) float32 (module docstring).
+
+    ``lung_mask`` (n, rows, columns), the lungs of the same slices: mask outside them.
+    """
     if hu.ndim != 3:
         raise ValueError(f"hu must be (slices, rows, columns), got shape {hu.shape}")
+    if lung_mask is not None and lung_mask.shape != hu.shape:
+        raise ValueError(f"lung_mask shape {lung_mask.shape} differs from the slices' {hu.shape}")
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     n, rows, columns = hu.shape
@@ -75,6 +90,11 @@ def preprocess_slices(hu: np.ndarray, size: int = 224, window: tuple[float, floa
                 x = F.pad(x, (left, right, top, bottom), value=low)
             if x.shape[-1] != size or x.shape[-2] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+            if lung_mask is not None:
+                m = torch.from_numpy(mask_to_network_geometry(lung_mask[start : start + _CHUNK], size)).unsqueeze(1).float()
+                if LUNG_MARGIN:
+                    m = F.max_pool2d(m, 2 * LUNG_MARGIN + 1, stride=1, padding=LUNG_MARGIN)
+                x = torch.where(m > 0, x, torch.full_like(x, low))
             mean = x.mean(dim=(2, 3), keepdim=True)
             std = x.std(dim=(2, 3), keepdim=True, unbiased=False)
             x = torch.where(std > _MIN_STD_HU, (x - mean) / std.clamp_min(_MIN_STD_HU), torch.zeros_like(x))

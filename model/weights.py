@@ -32,7 +32,8 @@ DEFAULT_INPUT_SPEC: dict[str, Any] = {
     "channels": 1,
     "window": {"width": 1500, "level": -600},
     "resize": "bilinear, whole slice to image_size x image_size",
-    "normalisation": "per-slice z-score ((x - mean) / std) after windowing",
+    "outside_lungs": "window minimum beyond 2 network pixels of the lung mask (model.preprocess.LUNG_MARGIN)",
+    "normalisation": "per-slice z-score ((x - mean) / std) after windowing and masking",
     "slices": "lung slices only (model.lung.segment_lungs), ascending along the slice normal",
 }
 
@@ -57,6 +58,11 @@ class LoadedModel:
     @property
     def image_size(self) -> int:
         return int(self.metadata["input"]["image_size"])
+
+    @property
+    def masks_lungs(self) -> bool:
+        """Whether the network was trained on slices masked to the lungs (its input spec says)."""
+        return "outside_lungs" in self.metadata["input"]
 
     @property
     def info(self) -> ModelInfo:

@@ -54,7 +54,7 @@ def test_dicom_layout_through_the_cache(dicom_data: Path, tmp_path: Path, monkey
         mask = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
         idx = lung_slice_indices(mask)
         assert list(idx) == list(s.lung_indices)
-        assert np.array_equal(np.asarray(x), preprocess_slices(volume.hu[idx], size=SIZE))
+        assert np.array_equal(np.asarray(x), preprocess_slices(volume.hu[idx], size=SIZE, lung_mask=mask[idx]))
 
     def must_not_read(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache was not used")
@@ -129,6 +129,22 @@ def test_unreadable_series_are_skipped_with_a_reason(tmp_path: Path) -> None:
     assert not prepared.series and "no DICOM images" in prepared.skipped[0][1]
     with pytest.raises(Exception, match="no DICOM images"):
         prepare_dataset(tmp_path, tmp_path / "cache", size=SIZE, skip_unreadable=False)
+
+
+def test_masking_keeps_the_lungs_and_a_margin_only() -> None:
+    hu = np.full((1, 64, 64), 40.0, np.float32)  # soft tissue everywhere ...
+    hu[0, 20:40, 10:30] = -850.0  # ... around one lung
+    hu[0, 50:60, 50:60] = 1000.0  # and bone far from it
+    lung = hu < -320
+    x = preprocess_slices(hu, size=32, lung_mask=lung)[0, 0]
+    outside = x[30:, 25:]  # bone and tissue far from the lung: all the window minimum (one value)
+    assert np.ptp(outside) == 0 and outside[0, 0] == x.min()
+    inside = x[11:19, 6:14]
+    assert np.ptp(inside) == 0 and inside[0, 0] > x.min()  # lung (-850 HU) above the minimum
+    assert x[10 - 1, 15] > x[11, 15]  # the tissue at the lung's edge stays in view (the margin)
+    assert np.allclose(x.mean(), 0.0, atol=1e-4) and np.isclose(x.std(), 1.0, atol=1e-3)
+    with pytest.raises(ValueError, match="lung_mask shape"):
+        preprocess_slices(hu, size=32, lung_mask=lung[:, :10])
 
 
 def test_preprocess_window_resize_zscore() -> None:
