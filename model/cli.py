@@ -8,6 +8,7 @@ slices ascending along the slice normal. Torch is imported inside the handlers o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_inference_options(p)
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
     p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the weights' metadata.json (e.g. held_out_metrics, validation_metrics)")
+    p.add_argument("--fit-class-bias", action="store_true", help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the weights' inference metadata")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
 
@@ -161,8 +163,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model.evaluate import evaluate_folder
 
     command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
-    report = evaluate_folder(args.data, args.labels, args.weights, args.json, _settings(args), overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
+    settings = _settings(args)
+    if args.fit_class_bias:
+        settings = dataclasses.replace(settings, class_bias=())  # fit on the raw series logits
+    report = evaluate_folder(args.data, args.labels, args.weights, args.json, settings, overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
     headline = {k: report["headline"][k] for k in report["headline"]}
+    if args.fit_class_bias:
+        from model.evaluate import store_class_bias
+        from model.weights import DEFAULT_WEIGHTS_DIR
+
+        headline["class_bias_fit"] = store_class_bias(args.weights or DEFAULT_WEIGHTS_DIR, report, command)
     print(json.dumps(headline, indent=2))
     print(NOTICE, file=sys.stderr)
     return 0

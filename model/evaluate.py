@@ -88,6 +88,7 @@ def evaluate_series(
     slice_probs: list[np.ndarray] = []
     series_true: list[int] = []
     series_probs: dict[str, list[np.ndarray]] = {rule: [] for rule in AGGREGATION_RULES}
+    series_logits: list[np.ndarray] = []  # the settings' rule, before any class bias
     rows: list[dict[str, Any]] = []
     overlay_items: list[tuple[EvalSeries, SeriesResult, np.ndarray | None, Any]] = []
     timings: dict[str, list[float]] = {}
@@ -123,8 +124,12 @@ def evaluate_series(
             continue
         series_true.append(y)
         for rule in AGGREGATION_RULES:
-            probs, _ = aggregate_series(analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min)
+            # The class bias is chosen for the weights' rule: only that rule gets it.
+            bias = settings.class_bias if rule == settings.aggregation else ()
+            probs, used = aggregate_series(analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min, bias)
             series_probs[rule].append(probs)
+            if rule == settings.aggregation:
+                series_logits.append(analysis.logits[used].mean(axis=0))
         z = analysis.logits - analysis.logits.max(axis=1, keepdims=True)
         p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
         slice_probs.append(p)
@@ -163,6 +168,7 @@ def evaluate_series(
         "notice": "Not for clinical use.",
     }
     report["series"] = rows
+    report["series_logits"] = {"labels": series_true, "logits": [[round(float(v), 6) for v in z] for z in series_logits]}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         report["figures"] = _figures(out_dir, classes, series_true, np.array(series_probs[settings.aggregation]).reshape(-1, len(classes)), slice_true, sp, overlay_items, predictor)
@@ -294,6 +300,53 @@ def evaluate_folder(
     if record is not None:
         record_metrics(predictor.model.weights_dir, record, report, command)
     return report
+
+
+def fit_class_bias(logits: np.ndarray, labels: Sequence[int], step: float = 0.05, limit: float = 4.0) -> tuple[tuple[float, ...], float]:
+    """The class bias (added to series logits; the last class's fixed at 0) that maximises the
+    series accuracy on these series (the middle of the region of such biases); and that accuracy.
+
+    A grid search (the bias has one or two free values): validation data, never held-out data.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
+        raise ValueError(f"need (series, classes) logits and one label per series, got {z.shape} and {y.shape}")
+    grid = np.arange(-limit, limit + step / 2, step)
+    free = z.shape[1] - 1
+    axes = np.meshgrid(*([grid] * free), indexing="ij")
+    candidates = np.stack([a.ravel() for a in axes] + [np.zeros(axes[0].size)], axis=1)  # (m, classes)
+    accuracy = np.array([np.mean(np.argmax(z + b, axis=1) == y) for b in candidates])
+    best = np.flatnonzero(accuracy == accuracy.max())
+    # The middle of the best region (away from its edges, where one series flips), if it is in
+    # the region; else the smallest best bias.
+    middle = candidates[best].mean(axis=0)
+    if np.mean(np.argmax(z + middle, axis=1) == y) == accuracy.max():
+        chosen = middle
+    else:
+        chosen = candidates[best[np.argmin(np.abs(candidates[best]).sum(axis=1))]]
+    return tuple(round(float(v), 4) + 0.0 for v in chosen), float(accuracy.max())
+
+
+def store_class_bias(weights_dir: Path, report: dict[str, Any], command: str | None = None) -> dict[str, Any]:
+    """Fit the class bias on this evaluation (validation data) and keep it in the weights'
+    inference metadata. Returns what was stored."""
+    from model.weights import read_metadata, update_metadata
+
+    fit = report["series_logits"]
+    bias, accuracy = fit_class_bias(np.array(fit["logits"]), fit["labels"])
+    meta = read_metadata(weights_dir)
+    inference = dict(meta.get("inference", {}))
+    inference["class_bias"] = list(bias)
+    inference["class_bias_fit"] = {
+        "series": len(fit["labels"]),
+        "series_accuracy_before": report["headline"]["series_accuracy"],
+        "series_accuracy_after": accuracy,
+        "data": report.get("data", {}).get("folder"),
+        "command": command,
+    }
+    update_metadata(weights_dir, {"inference": inference})
+    return inference["class_bias_fit"] | {"class_bias": list(bias)}
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,10 @@ class PredictorSettings:
     min_lung_slices: int = 5
     min_lung_volume_ml: float = 100.0
     key_slices: int = 5
+    # Added to the series logits before the softmax, one per class (empty: none). Chosen on
+    # validation data by `dicom-node model evaluate --fit-class-bias` and kept in the weights'
+    # inference metadata: a calibration of the series rule, not of the network.
+    class_bias: tuple[float, ...] = ()
     localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
 
     def __post_init__(self) -> None:
@@ -75,12 +79,18 @@ def abnormality(logits: np.ndarray, classes: Sequence[str]) -> np.ndarray:
 
 
 def aggregate_series(
-    logits: np.ndarray, classes: Sequence[str], rule: str = "top_k", top_k_fraction: float = 0.1, top_k_min: int = 3
+    logits: np.ndarray,
+    classes: Sequence[str],
+    rule: str = "top_k",
+    top_k_fraction: float = 0.1,
+    top_k_min: int = 3,
+    class_bias: Sequence[float] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Series probabilities from slice logits (n, classes), and the slice indices used.
 
-    See the module docstring for the rule. Returns (probabilities (classes,), indices used,
-    most abnormal first for "top_k").
+    See the module docstring for the rule; ``class_bias`` (one per class) is added to the series
+    logits before the softmax. Returns (probabilities (classes,), indices used, most abnormal
+    first for "top_k").
     """
     if logits.ndim != 2 or logits.shape[0] == 0:
         raise ValueError(f"need (n >= 1, classes) slice logits, got shape {logits.shape}")
@@ -92,7 +102,12 @@ def aggregate_series(
         used = np.argsort(-abnormality(logits, classes), kind="stable")[:k]
     else:
         raise ValueError(f"aggregation must be one of {AGGREGATION_RULES}, got {rule!r}")
-    return _softmax(logits[used].mean(axis=0, keepdims=True))[0], used
+    series_logits = logits[used].mean(axis=0)
+    if len(class_bias):
+        if len(class_bias) != logits.shape[1]:
+            raise ValueError(f"class_bias needs one value per class ({logits.shape[1]}), got {len(class_bias)}")
+        series_logits = series_logits + np.asarray(class_bias, dtype=series_logits.dtype)
+    return _softmax(series_logits[None, :])[0], used
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -155,9 +170,11 @@ class Predictor:
                     cams[s].append(cam.float().cpu().numpy())
         return np.concatenate(logits), [np.concatenate(c) for c in cams]
 
-    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray) -> SliceAnalysis:
-        """Pre-process the lung slices and run the network over them."""
-        inputs = torch.from_numpy(np.ascontiguousarray(preprocess_slices(hu[lung_indices], size=self.image_size), dtype=np.float32))
+    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray) -> SliceAnalysis:
+        """Pre-process the lung slices (masked to the lungs where the weights want it) and run the
+        network over them."""
+        mask = lung_mask[lung_indices] if self.model.masks_lungs else None
+        inputs = torch.from_numpy(np.ascontiguousarray(preprocess_slices(hu[lung_indices], size=self.image_size, lung_mask=mask), dtype=np.float32))
         logits, cams = self.forward_slices(inputs)
         return SliceAnalysis(lung_indices=np.asarray(lung_indices), logits=logits, cams=cams, inputs=inputs)
 
@@ -203,9 +220,11 @@ class Predictor:
             return self._no_decision(reason, timings, t_total, uids, lung_slices), None
 
         t = time.perf_counter()
-        analysis = self.analyse_slices(hu, lung_indices)
+        analysis = self.analyse_slices(hu, lung_indices, lung_mask)
         timings["network"] = time.perf_counter() - t
-        probs, used = aggregate_series(analysis.logits, self.classes, self.settings.aggregation, self.settings.top_k_fraction, self.settings.top_k_min)
+        probs, used = aggregate_series(
+            analysis.logits, self.classes, self.settings.aggregation, self.settings.top_k_fraction, self.settings.top_k_min, self.settings.class_bias
+        )
         decision = self.classes[int(np.argmax(probs))]
         target_name = decision if decision in ABNORMAL_CLASSES or not any(c in ABNORMAL_CLASSES for c in self.classes) else max(
             (c for c in self.classes if c in ABNORMAL_CLASSES), key=lambda c: probs[self.classes.index(c)]
@@ -340,6 +359,8 @@ def settings_for(
             loc[key] = value
     if aggregation is not None:
         rec["aggregation"] = aggregation
+    if "class_bias" in rec:
+        rec["class_bias"] = tuple(float(b) for b in rec["class_bias"])
     known = {f for f in PredictorSettings.__dataclass_fields__ if f not in ("device", "batch_size", "localisation")}
     return PredictorSettings(
         device=device,

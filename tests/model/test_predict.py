@@ -139,6 +139,12 @@ def test_aggregation_rules_by_hand() -> None:
         aggregate_series(np.zeros((0, 3)), classes)
     with pytest.raises(ValueError):
         PredictorSettings(aggregation="median")
+    # A class bias is added to the series logits before the softmax.
+    biased, _ = aggregate_series(logits, classes, "mean", class_bias=(0.0, 2.0, -1.0))
+    expected = np.exp([1.8, 2.0, 2.5]) / np.exp([1.8, 2.0, 2.5]).sum()
+    assert biased == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="one value per class"):
+        aggregate_series(logits, classes, "mean", class_bias=(1.0,))
 
 
 def test_weights_metadata_checks_and_caching(tiny_weights: Path, tmp_path: Path) -> None:
