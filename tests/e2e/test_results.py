@@ -17,6 +17,7 @@ from typing import Callable
 
 import pytest
 
+from tests.e2e.conftest import KIND
 from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
 from tests.peers import Orthanc, cli
 
@@ -33,13 +34,13 @@ def test_results_arrive_in_pacs(tmp_path: Path, database_url: str, redis_url: st
         node.start("worker")
         node.send(series)
         job = node.wait(done_and_exported(series_uid), 300, "the job to be done and exported")
-        assert job["attempts"] == 1 and job["decision"] == "covid"
+        assert job["attempts"] == 1 and job["decision"] == KIND
         check_results(orthanc, tmp_path / "pacs", job, study_uid, series_uid, node.db)
 
         listed = json.loads(cli(node.env, "jobs", "list", "--json").stdout)
         assert [j["id"] for j in listed] == [job["id"]]
         row = listed[0]
-        assert row["status"] == "done" and row["probabilities"]["covid"] > 0.5
+        assert row["status"] == "done" and row["probabilities"][KIND] > 0.5
         assert set(row["timings"]) >= {"queue_wait", "load", "inference", "encoding", "export"}
         assert [(e["destination"], e["status"], e["attempts"]) for e in row["exports"]] == [("ORTHANC", "done", 1)]
     finally:
