@@ -1,4 +1,16 @@
-"""Shared fixtures: temporary data dirs, databases (SQLite and PostgreSQL), Redis, Orthanc."""
+"""Shared fixtures (temporary data dirs, databases on SQLite and PostgreSQL, Redis, Orthanc) and
+the test tiers.
+
+Tiers, by marker (pyproject.toml lists them):
+
+- ``services``: the test needs a server or an external program (PostgreSQL, Redis, Orthanc, DCMTK,
+  dicom3tools, pixelmed, Chromium, a ``dicom-node serve`` subprocess). Set here for every test of
+  an ``integration``, ``e2e`` or ``browser`` module, every test using the PostgreSQL, Redis or
+  Orthanc fixtures (the PostgreSQL half of ``database_url`` included), and by hand on the few
+  others that run a tool.
+- ``slow``: more than a few seconds of CPU (training, Integrated Gradients, whole-node runs).
+- ``unit``: set here on every other test: the fast tier, ``tests/run -m unit``.
+"""
 
 from __future__ import annotations
 
@@ -45,3 +57,24 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     server = Orthanc(tmp_path / "orthanc").start()
     yield server
     server.stop()
+
+
+SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "orthanc"})
+SERVICE_MARKERS = ("integration", "e2e", "browser")
+
+
+def _needs_services(item: pytest.Item) -> bool:
+    if any(item.get_closest_marker(name) for name in SERVICE_MARKERS):
+        return True
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("database_url") == "postgresql"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("services") is None and _needs_services(item):
+            item.add_marker(pytest.mark.services)
+        if item.get_closest_marker("services") is None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)

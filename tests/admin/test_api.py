@@ -408,6 +408,7 @@ def test_openapi_and_every_page_renders(admin_app: AdminApp) -> None:
     assert browser.get("/local-aes/999").status_code == 404
 
 
+@pytest.mark.services  # Orthanc
 def test_c_echo_of_a_destination(admin_app: AdminApp, tmp_path: Any) -> None:
     orthanc = Orthanc(tmp_path / "orthanc").start()
     try:

@@ -36,6 +36,7 @@ def _train_args(data: Path, labels: Path | None, out: Path, cache: Path, folds: 
     return args + (["--labels", str(labels)] if labels is not None else [])
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     weights = tmp_path / "weights"
     assert main(_train_args(phantom_set, phantom_set / "labels.csv", weights, tmp_path / "cache") + ["--version", "9.9.9", "--log", str(tmp_path / "train.log")]) == 0
@@ -72,6 +73,7 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     assert heat.dtype == np.float32 and heat.shape == (n_files, 64, 64) and 0.0 <= heat.min() and heat.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["nifti", "ccccii"])
 def test_train_on_public_layouts(layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / layout

@@ -79,6 +79,7 @@ def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     return Predictor(load_weights(out), settings_for(out, mode="cam"))
 
 
+@pytest.mark.slow
 def test_evaluate_series_over_phantoms(tiny_predictor: Predictor, small_phantoms: dict[str, Phantom], tmp_path: Path) -> None:
     items = []
     for kind, phantom in small_phantoms.items():

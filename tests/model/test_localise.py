@@ -28,6 +28,7 @@ def _tiny_net() -> WeaklySupervisedNet:
     return net.eval()
 
 
+@pytest.mark.slow
 def test_integrated_gradients_completeness_per_scale() -> None:
     net = _tiny_net()
     x = torch.randn(2, 1, 32, 32)
@@ -43,6 +44,7 @@ def test_integrated_gradients_completeness_per_scale() -> None:
         assert torch.allclose(got, delta, atol=0.05 * float(delta.abs().max()) + 1e-3), (s, got, delta)
 
 
+@pytest.mark.slow
 def test_integrated_gradients_batching_does_not_change_result() -> None:
     net = _tiny_net()
     x = torch.randn(3, 1, 32, 32)

@@ -54,6 +54,7 @@ def rle_series(tmp_path_factory: pytest.TempPathFactory, small_phantoms: dict[st
     return write_phantom_series(small_phantoms["covid"], out, transfer_syntax="rle", signed=True, reverse_instance_numbers=False)
 
 
+@pytest.mark.slow
 def test_predict_compressed_series_fills_every_field(tiny_weights: Path, rle_series: Path, small_phantoms: dict[str, Phantom]) -> None:
     predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights))
     assert predictor.settings.localisation.ig_slices == 2 and predictor.settings.localisation.threshold == 0.6

@@ -75,6 +75,7 @@ def test_config_validation() -> None:
         TrainConfig(batch_size=0)
 
 
+@pytest.mark.slow
 def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     train_set = [_blob_series(lb, 16, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
     val_set = [_blob_series(lb, 8, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"])]
@@ -95,6 +96,7 @@ def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     assert result.class_weights == pytest.approx([3.0, 3.0, 3.0])
 
 
+@pytest.mark.slow
 def test_training_without_validation_runs_all_iterations() -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
     config = TrainConfig(image_size=32, batch_size=4, iterations=5, classes=("covid", "normal"), **TINY)

@@ -20,6 +20,8 @@ import pytest
 
 from tests.outputs import validators as v
 
+pytestmark = pytest.mark.services  # dciodvfy, pixelmed (a JVM), dsrdump
+
 DCIODVFY_KNOWN = (v.DCIODVFY_CONTRIBUTING_DEVICE_UID,)
 
 
