@@ -21,7 +21,7 @@ if [ -d .wheels ] && ! "$PY" -c "import pydicom, monai, pydantic_settings" 2>/de
     export PYTHONPATH="$W/deps"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import torch, pydicom, monai, model.predict, dicom_node.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$OUT/timings.txt"
+"$PY" -c "import torch, pydicom, monai, model.inference.multiscale_cam, dicom_node.cli; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$OUT/timings.txt"
 
 if [ "${SMALL:-0}" = 1 ]; then
     DEVICE=cpu; SETS=2; PER=3; HELD=3; ROWS=64; HROWS=64; TRAIN=(--iterations 4 --image-size 64 --batch 4 --validate-every 2 --folds 2); BENCH=(--slices 16 --rows 64 --ig-slices 1 --skip-memory); JOBS=2

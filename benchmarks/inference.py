@@ -1,6 +1,6 @@
 """Inference speed and memory of the model: the full predict path against the bare network.
 
-On one phantom series (model.phantom, covid, by default 300 slices of 512 x 512, written as a DICOM
+On one phantom series (model.phantoms, covid, by default 300 slices of 512 x 512, written as a DICOM
 folder first), in one process:
 
 - full path, CAM-only: ``Predictor.predict(folder)`` (read DICOM, lungs, pre-processing, network,
@@ -40,8 +40,8 @@ if str(REPO) not in sys.path:
 
 
 def _predictor(weights: str | None, device: str, mode: str, ig_slices: int, batch: int) -> Any:
-    from model.predict import Predictor, settings_for
-    from model.weights import load_model
+    from model.inference.multiscale_cam import Predictor, settings_for
+    from model.inference.weights import load_model
 
     settings = settings_for(weights, device=device, batch_size=batch, mode=mode, ig_slices=ig_slices)
     return Predictor(load_model(Path(weights) if weights else None, device), settings)
@@ -93,8 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from model.phantom import make_phantom, write_phantom_series
-    from model.preprocess import preprocess_slices
+    from model.inference.preprocess import preprocess_slices
+    from model.phantoms.phantom import make_phantom
+    from model.phantoms.writer import write_phantom_series
 
     report: dict[str, Any] = {
         "device": args.device,
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lung_idx = np.flatnonzero(result.lung_slices)
         n_lung, n_all = int(lung_idx.size), len(result.lung_slices)
 
-        from model.io import load_series
+        from model.inference.io import load_series
 
         volume = load_series(folder)
         inputs = torch.from_numpy(preprocess_slices(volume.hu[lung_idx], size=cam.image_size))

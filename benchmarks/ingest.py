@@ -29,8 +29,8 @@ import pydicom
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_node.uids import derived_uid  # noqa: E402
-from model.phantom import write_phantom_series  # noqa: E402
+from model.contract.uids import derived_uid  # noqa: E402
+from model.phantoms.writer import write_phantom_series  # noqa: E402
 from tests.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until  # noqa: E402
 
 

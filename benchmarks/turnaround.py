@@ -3,7 +3,7 @@
 Runs the real thing on this machine: a private Orthanc as the PACS (Debian package), the node as
 ``dicom-node up`` (embedded SQLite database and SQLite-file broker: the README's first command)
 or as ``serve`` + ``worker`` with the given database and broker, DCMTK's storescu sending a
-COVID-19 phantom (model.phantom; by default 128 slices of 512 x 512). A warm-up series of 32
+COVID-19 phantom (model.phantoms; by default 128 slices of 512 x 512). A warm-up series of 32
 slices goes first, so the numbers are those of a running node (model loaded).
 
 For each run it prints, in seconds:
@@ -62,7 +62,7 @@ def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
 
 
 def write_series(root: Path, seed: int, slices: int, matrix: int) -> tuple[Path, str]:
-    from model.phantom import write_phantom_series
+    from model.phantoms.writer import write_phantom_series
 
     out = write_phantom_series("covid", root / f"covid-{seed}-{slices}", seed=seed, slices=slices, rows=matrix, columns=matrix)
     import pydicom

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands owned by the other parts of the tree; each module exposes register(subparsers).
     from dicom_node.admin import cli as admin_cli
     from model import cli as model_cli
-    from model import phantom_cli
+    from model.phantoms import cli as phantom_cli
     from worker import cli as worker_cli
 
     for module in (phantom_cli, model_cli, worker_cli, admin_cli):

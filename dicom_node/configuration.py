@@ -21,8 +21,8 @@ from sqlalchemy.orm import RelationshipProperty, Session
 
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.filters import SeriesFilter
-from dicom_node.uids import check_uid
 from dicom_node.validation import OUTPUT_KINDS, AETitle, Host, OutputKinds, Port, QuietSeconds
+from model.contract.uids import check_uid
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,7 @@ import socket
 import ssl
 import threading
 from typing import Any
+
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -22,8 +23,8 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
-from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.index import Index, LocalAESnapshot
+from dicom_node.reactor import EventDrivenRequestHandler
 from dicom_node.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage import Storage

@@ -14,24 +14,24 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
+from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 from pydicom.filereader import read_dataset
-from pydicom._uid_dict import UID_dictionary
+from pydicom.multival import MultiValue
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -47,7 +47,7 @@ from dicom_node import header as fast_header
 from dicom_node.index import Index, LocalAESnapshot, ReceivedInstance
 from dicom_node.status import Status
 from dicom_node.storage import Storage
-from dicom_node.uids import check_received_uid, check_uid
+from model.contract.uids import check_received_uid, check_uid
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ class WorkerSettings(_Section):
     # Torch CPU threads per worker process; None: the CPU cores divided by the processes.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     weights_dir: Path | None = None  # None: the weights shipped in the package
-    # None: what the weights' metadata chose (model.predict.settings_for).
+    # None: what the weights' metadata chose (model.inference.multiscale_cam.settings_for).
     localisation: Literal["cam", "cam+ig"] | None = None
     sc_slices: Literal["lung", "key"] = "key"
     # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.

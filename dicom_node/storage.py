@@ -1,7 +1,7 @@
 """The one storage layout, and durable writes into it.
 
 Layout under the storage root: ``<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
-Every UID is checked by dicom_node.uids.check_uid before it becomes part of a path, so a UID such
+Every UID is checked by model.contract.uids.check_uid before it becomes part of a path, so a UID such
 as ``../../x`` can never leave the root. Files are DICOM Part 10: a preamble, the File Meta
 Information we write, then the data set exactly as received (in the negotiated transfer syntax).
 
@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import uuid
 from dataclasses import dataclass
-import struct
 from pathlib import Path
 from typing import Any, Iterator
 
 from dicom_node import __version__
-from dicom_node.uids import clean_uid, derived_uid
+from model.contract.uids import clean_uid, derived_uid
 
 IMPLEMENTATION_CLASS_UID = derived_uid("implementation-class")
 IMPLEMENTATION_VERSION_NAME = f"COVIDCT_{__version__}"[:16]

@@ -13,7 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-NOTICE = "Not for clinical use."
+from model.contract.notice import NOT_FOR_CLINICAL_USE
+
+NOTICE = NOT_FOR_CLINICAL_USE
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +84,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace):  # -> PredictorSettings
-    from model.predict import settings_for
+    from model.inference.multiscale_cam import settings_for
 
     return settings_for(
         args.weights,
@@ -98,7 +100,7 @@ def _settings(args: argparse.Namespace):  # -> PredictorSettings
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from model.predict import get_predictor
+    from model.inference.multiscale_cam import get_predictor
 
     predictor = get_predictor(args.weights, _settings(args))
     result = predictor.predict(args.series)
@@ -119,7 +121,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, train_folder
+    from model.training.train import TrainConfig, train_folder
 
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     config = TrainConfig(
@@ -160,7 +162,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate_folder
+    from model.training.evaluate import evaluate_folder
 
     command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
     settings = _settings(args)
@@ -169,8 +171,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folder(args.data, args.labels, args.weights, args.json, settings, overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
     headline = {k: report["headline"][k] for k in report["headline"]}
     if args.fit_class_bias:
-        from model.evaluate import store_class_bias
-        from model.weights import DEFAULT_WEIGHTS_DIR
+        from model.inference.weights import DEFAULT_WEIGHTS_DIR
+        from model.training.evaluate import store_class_bias
 
         headline["class_bias_fit"] = store_class_bias(args.weights or DEFAULT_WEIGHTS_DIR, report, command)
     print(json.dumps(headline, indent=2))

@@ -24,8 +24,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.storage import fsync_dir, fsync_file, write_file_atomic
-from dicom_node.uids import clean_uid
-from model.result import SeriesResult
+from model.contract.result import SeriesResult
+from model.contract.uids import clean_uid
 
 RESULT_FILE = "result.json"
 MAPS_FILE = "maps.npz"

@@ -3,7 +3,7 @@ export), with :func:`export_job` for the "export" message of a job. Nothing here
 tests call these functions directly.
 
 :func:`analyse`: claim the job (worker.jobs), keep its heartbeat, read the series from storage
-(model.io.load_series on the indexed instances), run the predictor (loaded once per process),
+(model.inference.io.load_series on the indexed instances), run the predictor (loaded once per process),
 write the artefacts (worker.artefacts: result.json, maps, the DICOM objects built by
 dicom_node.outputs.build_outputs with the job's creation time, so a job run twice gives the same
 bytes), then DONE with the exports in one transaction, and send them right away (the
@@ -84,9 +84,9 @@ class Runtime:
         )
 
     def predictor(self) -> Any:
-        """model.predict's cached predictor for this process's device and the worker settings."""
+        """model.inference.multiscale_cam's cached predictor for this process's device and the worker settings."""
         if self._predictor is None:
-            from model.predict import get_predictor, settings_for
+            from model.inference.multiscale_cam import get_predictor, settings_for
 
             weights = self.settings.worker.weights_dir
             predictor_settings = settings_for(weights, device=self.device, mode=self.settings.worker.localisation)
@@ -167,7 +167,7 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
 
 
 def _failure_reason(exc: BaseException) -> str:
-    from model.io import SeriesReadError
+    from model.inference.io import SeriesReadError
 
     if isinstance(exc, SeriesReadError):
         return f"the series could not be read: {exc.reason}"
@@ -176,7 +176,7 @@ def _failure_reason(exc: BaseException) -> str:
 
 def _run(rt: Runtime, claimed: jobs.Claimed, heartbeat: jobs.Heartbeat, timings: dict[str, Any]) -> dict[str, Any]:
     from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
-    from model.io import load_series
+    from model.inference.io import load_series
 
     settings = rt.settings
     files = series_files(rt.db, Storage(settings.storage_dir), claimed.series_id)

@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from dicom_node.outputs.common import BuildContext, OutputOptions, SourceSeries, resolve_slices
 from dicom_node.outputs.render import label_lines, overlay_png, preview_png, render_overlay
 from dicom_node.validation import OUTPUT_KINDS, check_output_kinds, require
-from model.result import SeriesResult
+from model.contract.result import SeriesResult
 
 __all__ = [
     "OutputOptions",

@@ -1,7 +1,7 @@
 """What every output writer shares: the options, the source series, the per-slice references, the
 derived UIDs, the algorithm/device identification and the one time stamp of a build.
 
-One rule for UIDs: every UID an output carries comes from :func:`dicom_node.uids.derived_uid` with
+One rule for UIDs: every UID an output carries comes from :func:`model.contract.uids.derived_uid` with
 the source series UID, the model version and the output kind first, so a job that runs twice
 produces the same UIDs and PACS sees a replacement, not a duplicate.
 """
@@ -22,8 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicom_node import NOT_FOR_CLINICAL_USE, __version__
 from dicom_node.outputs import codes
-from dicom_node.uids import clean_uid, derived_uid
-from model.result import DECISIONS, SeriesResult
+from model.contract.result import DECISIONS, SeriesResult
+from model.contract.uids import clean_uid, derived_uid
 
 SC_SLICE_MODES = ("lung", "key")
 LOSSLESS_TRANSFER_SYNTAXES = (str(ExplicitVRLittleEndian), str(RLELossless))
@@ -84,7 +84,7 @@ class OutputOptions:
 
 
 class VolumeLike(Protocol):
-    """What :meth:`SourceSeries.from_volume` needs of ``model.io``'s Volume."""
+    """What :meth:`SourceSeries.from_volume` needs of ``model.inference.io``'s Volume."""
 
     @property
     def hu(self) -> np.ndarray: ...
@@ -145,7 +145,7 @@ class SourceSeries:
 
     @classmethod
     def from_volume(cls, volume: VolumeLike) -> SourceSeries:
-        """From ``model.io.load_series``'s Volume: its files' metadata, HU volume and frame numbers."""
+        """From ``model.inference.io.load_series``'s Volume: its files' metadata, HU volume and frame numbers."""
         if any(path is None for path in volume.source_files):
             raise ValueError("the volume was loaded from in-memory datasets: use SourceSeries.from_datasets")
         paths = [path for path in volume.source_files if path is not None]

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dicom_node import __version__
 from dicom_node.outputs import codes
-from model.result import CLASSES, SeriesResult
+from model.contract.result import CLASSES, SeriesResult
 
 LUNG_WINDOW_CENTER = -600.0
 LUNG_WINDOW_WIDTH = 1500.0

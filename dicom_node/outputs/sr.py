@@ -33,7 +33,7 @@ from pydicom.uid import SegmentationStorage
 from dicom_node import NOT_FOR_CLINICAL_USE
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import BuildContext, SliceRef, stamp
-from model.result import CLASSES
+from model.contract.result import CLASSES
 
 RelationshipType = hd.sr.RelationshipTypeValues
 

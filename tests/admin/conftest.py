@@ -22,7 +22,7 @@ from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Export, ExportStatus, Job, JobStatus, Series, SeriesStatus, User, utcnow
 from dicom_node.settings import Settings
-from dicom_node.uids import derived_uid
+from model.contract.uids import derived_uid
 from tests.peers import NodeProcess, cli, free_port, node_env, wait_until
 
 ADMIN, VIEWER = "alice", "victor"

@@ -10,7 +10,7 @@ the job to done by itself; open the finished job and see its heatmap preview (th
 wrote) with the "not for clinical use" notice and its export to Orthanc; delete the source after
 the confirmation page. Screenshots of each step are saved under test-artifacts/admin-browser/.
 
-The worker runs a small untrained network (saved with model.weights for this test, CAM
+The worker runs a small untrained network (saved with model.inference.weights for this test, CAM
 localisation): the pipeline is the real one, the model's answer is meaningless and not checked
 (tests/model covers the model). Not covered: API details (test_api.py).
 """
@@ -49,8 +49,8 @@ def untrained_weights(folder: Path) -> Path:
     """A small network with random weights (seeded), saved as the worker loads weights."""
     import torch
 
-    from model.network import WeaklySupervisedNet
-    from model.weights import DEFAULT_INPUT_SPEC, save_weights
+    from model.inference.network import WeaklySupervisedNet
+    from model.inference.weights import DEFAULT_INPUT_SPEC, save_weights
 
     torch.manual_seed(0)
     network = WeaklySupervisedNet(widths=(8, 16, 16), depths=(1, 1, 1), head_blocks=(2, 3))
@@ -153,7 +153,7 @@ def _aware(value: str) -> dt.datetime:
 def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     node: tuple[LiveNode, int], browser: WebDriver, pacs: Orthanc, tmp_path: Path
 ) -> None:
-    from model.phantom import write_phantom_series
+    from model.phantoms.writer import write_phantom_series
 
     live, ae_port = node
     p = Pages(browser, live.url)

@@ -65,7 +65,7 @@ def test_changes_reach_the_running_listener(live_node: LiveNode, tmp_path: Path)
         accepted = echo(port)
         assert accepted.returncode == 0, accepted.stderr
 
-        from model.phantom import write_phantom_series
+        from model.phantoms.writer import write_phantom_series
 
         scanner = write_phantom_series("normal", tmp_path / "scanner", seed=1, slices=4, rows=64, columns=64, write_masks=False)
         sent = storescu(scanner, port, calling=CALLING, called=CALLED)

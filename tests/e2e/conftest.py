@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests: pneumonia phantom series (model.phantom), each written once
+"""Fixtures of the end-to-end tests: pneumonia phantom series (model.phantoms), each written once
 per session when a test first asks for it.
 
 The tests follow a series through the whole path that a finding takes (SR with regions, overlays,
@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from model.phantom import write_phantom_series
+from model.phantoms.writer import write_phantom_series
 
 # The disease of the phantoms (and the decision the tests expect).
 KIND = "cap"

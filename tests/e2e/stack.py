@@ -18,10 +18,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database
+from dicom_node.queries import job_rows
 from dicom_node.settings import load_settings
 from tests.outputs import validators as v
 from tests.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
-from dicom_node.queries import job_rows
 
 # Settings that keep the tests short on a 2-core machine: one listener process, fast polling,
 # CAM localisation (integrated gradients cost minutes on a CPU), a short heartbeat and backoff.

@@ -21,9 +21,10 @@ from typing import Iterator
 import data_store
 import pydicom
 import pytest
-from pynetdicom import AE, _config as pynetdicom_config
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 
-from model.phantom import write_phantom_series
+from model.phantoms.writer import write_phantom_series
 from tests.peers import NodeProcess, cli, cli_json, create_postgres_database, drop_postgres_database, free_port, node_env, require_tool, storescu, wait_until
 
 pytestmark = pytest.mark.integration

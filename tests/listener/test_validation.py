@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.uids import check_received_uid, check_uid, clean_uid, derived_uid, new_uid
 from dicom_node.validation import check_ae_title, check_host, check_output_kinds, check_port, require
+from model.contract.uids import check_received_uid, check_uid, clean_uid, derived_uid, new_uid
 
 
 @pytest.mark.parametrize("title", ["A", "COVIDNODE", "X" * 16, "AE-1_2.3", "MY AE"])

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from model.phantom import Phantom, make_phantom, write_phantom_series
+from model.phantoms.phantom import Phantom, make_phantom
+from model.phantoms.writer import write_phantom_series
 
 SMALL = {"rows": 128, "columns": 128, "slices": 32}
 

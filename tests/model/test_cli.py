@@ -1,6 +1,6 @@
 """``dicom-node model train | evaluate | predict`` end to end on tiny phantom data sets.
 
-Covers model/cli.py and model/train.py's ``train_folder`` on each data layout (DICOM phantom data
+Covers model/cli.py and model/training/train.py's ``train_folder`` on each data layout (DICOM phantom data
 set, NIfTI and CC-CCII replicas), with the full-width network at a 32-pixel input for a few
 iterations (the layouts and the plumbing, not the learning), then evaluate and predict with the
 weights it wrote; plus a short run that overfits a few phantoms. Not covered: the shipped weights'
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from dicom_node.cli import main
-from model.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
-from model.phantom import write_phantom_dataset
-from model.predict import aggregate_series
-from model.train import TrainConfig, predict_slices, train
-from model.weights import read_metadata
+from model.inference.multiscale_cam import aggregate_series
+from model.inference.weights import read_metadata
+from model.phantoms.dataset import write_phantom_dataset
+from model.training.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
+from model.training.train import TrainConfig, predict_slices, train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""model.datasets and model.preprocess: the three data layouts, the slice cache, pre-processing.
+"""model.training.datasets and model.inference.preprocess: the three data layouts, the slice cache, pre-processing.
 
 Covers: label aliases; the DICOM + labels.csv layout (phantom data set) through the cache, that
 cached slices equal the inference path's (load_series -> segment_lungs -> lung_slice_indices ->
@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import datasets
-from model.datasets import CCCCII_CLASSES, discover, evaluation_items, load_volume, normalise_label, prepare_dataset
-from model.io import load_series
-from model.lung import segment_lungs
-from model.phantom import make_phantom, read_phantom_truth, write_phantom_dataset
-from model.preprocess import LUNG_WINDOW, lung_slice_indices, preprocess_slices, to_original_geometry, window_bounds
+from model.inference.io import load_series
+from model.inference.lung import segment_lungs
+from model.inference.preprocess import LUNG_WINDOW, lung_slice_indices, preprocess_slices, to_original_geometry, window_bounds
+from model.phantoms.dataset import write_phantom_dataset
+from model.phantoms.phantom import make_phantom
+from model.phantoms.writer import read_phantom_truth
+from model.training import datasets
+from model.training.datasets import CCCCII_CLASSES, discover, evaluation_items, load_volume, normalise_label, prepare_dataset
 
 SIZE = 64
 

@@ -1,7 +1,7 @@
 """Evaluation: the metrics on hand-computed cases, and an evaluation run over phantoms with a
 tiny network (JSON structure, both aggregation rules, localisation metrics, PNGs beside the JSON).
 
-Covers model/metrics.py and model/evaluate.py. Not covered here: the shipped weights' numbers
+Covers model/training/metrics.py and model/training/evaluate.py. Not covered here: the shipped weights' numbers
 (recorded in model/weights/metadata.json by ``dicom-node model evaluate``), the CLI (test_cli.py).
 """
 
@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from model import metrics
-from model.evaluate import EvalSeries, evaluate_series, fit_class_bias
-from model.network import WeaklySupervisedNet
-from model.phantom import Phantom, masks_path, read_phantom_truth, write_phantom_series
-from model.predict import Predictor, settings_for
-from model.train import TrainConfig, default_metadata
-from model.weights import load_weights, save_weights
+from model.inference.multiscale_cam import Predictor, settings_for
+from model.inference.network import WeaklySupervisedNet
+from model.inference.weights import load_weights, save_weights
+from model.phantoms.phantom import Phantom
+from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
+from model.training import metrics
+from model.training.evaluate import EvalSeries, evaluate_series, fit_class_bias
+from model.training.train import TrainConfig, default_metadata
 
 TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 

@@ -1,4 +1,4 @@
-"""model.io: reading one CT series into a HU volume in patient order.
+"""model.inference.io: reading one CT series into a HU volume in patient order.
 
 Covers: ordering by position along the normal (reversed instance numbers, shuffled file names,
 multi-frame frames in reverse), signed/unsigned encodings and every lossless transfer syntax the
@@ -18,8 +18,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from model.io import SeriesReadError, check_chest_ct, load_series, read_series_headers
-from model.phantom import Phantom, make_phantom, masks_path, read_phantom_truth, write_phantom_series
+from model.inference.io import SeriesReadError, check_chest_ct, load_series, read_series_headers
+from model.phantoms.phantom import Phantom, make_phantom
+from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def test_signed_and_unsigned_give_the_same_hu(tmp_path: Path, tiny: Phantom) -> 
 
 @pytest.mark.parametrize("syntax", ["implicit", "deflate", "rle", "jpeg-ls", "jpeg2000"])
 def test_transfer_syntaxes(tmp_path: Path, tiny: Phantom, syntax: str) -> None:
-    from model.phantom import transfer_syntax_uid
+    from model.phantoms.writer import transfer_syntax_uid
 
     folder = write_phantom_series(tiny, tmp_path / syntax, transfer_syntax=syntax)
     ds = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)

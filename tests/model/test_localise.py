@@ -1,6 +1,6 @@
 """Localisation building blocks: CAM upsampling, Integrated Gradients, the joint map, regions.
 
-Covers model/localise.py on tensors and hand-made arrays (IG's completeness axiom, batching
+Covers model/inference/localise.py on tensors and hand-made arrays (IG's completeness axiom, batching
 invariance, the method's joint-map formula, 3D components with volumes in ml). Not covered here:
 the whole series map of a trained model and its match with lesion masks (test_predict.py,
 test_evaluate.py).
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from model import localise
-from model.localise import LocalisationSettings
-from model.network import WeaklySupervisedNet
+from model.inference import localise
+from model.inference.localise import LocalisationSettings
+from model.inference.network import WeaklySupervisedNet
 
 
 def _tiny_net() -> WeaklySupervisedNet:

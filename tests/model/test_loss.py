@@ -1,6 +1,6 @@
 """The class-balanced focal loss of the method on hand-computed cases.
 
-Covers model/loss.py: alpha = N / N_c, (1 - p_t)^gamma * CE per sample, batch mean per scale, mean
+Covers model/training/loss.py: alpha = N / N_c, (1 - p_t)^gamma * CE per sample, batch mean per scale, mean
 over scales. Not covered: its use in training (test_train.py).
 """
 
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from model.loss import MultiScaleFocalLoss, class_balance_weights, focal_cross_entropy
+from model.training.loss import MultiScaleFocalLoss, class_balance_weights, focal_cross_entropy
 
 
 def test_class_balance_weights_are_inverse_frequency() -> None:

@@ -1,4 +1,4 @@
-"""model.lung: the classical lung segmentation, measured against the phantoms' lung masks.
+"""model.inference.lung: the classical lung segmentation, measured against the phantoms' lung masks.
 
 Covers: Dice >= 0.9 per class (covid, cap, normal) on 128 x 128 phantoms of two patients, that the
 infection is inside the mask (all of the covid GGO, most of the CAP consolidation), that the
@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from model.lung import segment_lungs
-from model.phantom import Phantom, make_phantom
+from model.inference.lung import segment_lungs
+from model.phantoms.phantom import Phantom, make_phantom
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

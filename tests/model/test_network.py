@@ -1,6 +1,6 @@
 """The network of the method: per-scale output shapes, parameter count, heads, init, validation.
 
-Covers model/network.py only (tiny networks through constructor arguments, one forward of the
+Covers model/inference/network.py only (tiny networks through constructor arguments, one forward of the
 full-size network at 224). Not covered here: training (test_train.py), localisation (test_localise.py).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.network import DEFAULT_DEPTHS, DEFAULT_WIDTHS, WeaklySupervisedNet, count_parameters
+from model.inference.network import DEFAULT_DEPTHS, DEFAULT_WIDTHS, WeaklySupervisedNet, count_parameters
 
 
 def _expected_parameters(widths: tuple[int, ...], depths: tuple[int, ...], heads: tuple[int, ...], classes: int, in_ch: int = 1) -> int:

@@ -1,4 +1,4 @@
-"""model.phantom and model.phantom_cli: synthetic chest CT, its ground truth and its DICOM.
+"""model.phantoms and model.phantoms.cli: synthetic chest CT, its ground truth and its DICOM.
 
 Covers: determinism by seed (arrays and written files, UIDs included), that the masks line up with
 the drawn signs (GGO / consolidation HU under the lesion mask, lesions inside the lungs, empty for
@@ -19,8 +19,10 @@ import pytest
 from scipy import ndimage as ndi
 
 from dicom_node.cli import main
-from dicom_node.uids import check_uid
-from model.phantom import Phantom, make_phantom, masks_path, plan_phantom_dataset, read_phantom_truth, write_phantom_dataset, write_phantom_series
+from model.contract.uids import check_uid
+from model.phantoms.dataset import plan_phantom_dataset, write_phantom_dataset
+from model.phantoms.phantom import Phantom, make_phantom
+from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 
 
 def test_same_seed_same_phantom_other_seed_other_phantom() -> None:

@@ -1,6 +1,6 @@
 """The predict path: from a (compressed) DICOM series or a Volume to a complete SeriesResult.
 
-Covers model/predict.py and model/weights.py with a tiny network (random weights, its covid head
+Covers model/inference/multiscale_cam.py and model/inference/weights.py with a tiny network (random weights, its covid head
 biased so the decision is known): every SeriesResult field and its geometry, the series
 aggregation rules, the no_decision paths, weights metadata and caching, the shipped weights'
 metadata. Not covered here: the quality of the shipped weights (``dicom-node model evaluate``;
@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from model.io import load_series
-from model.localise import LocalisationSettings
-from model.network import WeaklySupervisedNet
-from model.phantom import Phantom, write_phantom_series
-from model.predict import Predictor, PredictorSettings, aggregate_series, get_predictor, settings_for
-from model.result import CLASSES
-from model.train import TrainConfig, default_metadata
-from model.weights import DEFAULT_WEIGHTS_DIR, WeightsError, load_model, load_weights, read_metadata, save_weights, sha256_file
+from model.contract.result import CLASSES
+from model.inference.io import load_series
+from model.inference.localise import LocalisationSettings
+from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, get_predictor, settings_for
+from model.inference.network import WeaklySupervisedNet
+from model.inference.weights import WeightsError, load_model, load_weights, read_metadata, save_weights, sha256_file
+from model.phantoms.phantom import Phantom
+from model.phantoms.writer import write_phantom_series
+from model.training.train import TrainConfig, default_metadata
 
 TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 

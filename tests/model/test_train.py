@@ -1,7 +1,7 @@
 """Training: patient-level folds, the schedule (step decay, validation, best checkpoint, early stop)
 and a short run that overfits a few phantoms.
 
-Covers model/train.py with tiny networks on small images. Not covered here: the shipped weights'
+Covers model/training/train.py with tiny networks on small images. Not covered here: the shipped weights'
 quality (``dicom-node model evaluate``, recorded in model/weights/metadata.json) and the data
 layouts' readers (the data side's tests; the ``train_folder`` layouts are in test_cli.py).
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.train import TrainConfig, patient_folds, predict_slices, split_by_patient, train
+from model.training.train import TrainConfig, patient_folds, predict_slices, split_by_patient, train
 
 TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -127,7 +127,7 @@ def test_time_budget_checkpoint_and_augmentation(tmp_path) -> None:
 
 
 def test_augmentation_flips_left_right_only() -> None:
-    from model.train import augment_batch
+    from model.training.train import augment_batch
 
     x = torch.zeros(64, 1, 8, 8)
     x[:, 0, 2, 1] = 1.0

@@ -1,4 +1,4 @@
-"""Fixtures of the output-writer tests: a small phantom chest CT on disk (model.phantom, 24 slices
+"""Fixtures of the output-writer tests: a small phantom chest CT on disk (model.phantoms, 24 slices
 of 128 x 128), the same phantom as one multi-frame Enhanced CT instance, hand-made results
 (COVID-19 with two regions, normal, no decision) and their outputs, built once per session.
 
@@ -17,8 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
-from model.phantom import Phantom
-from model.result import SeriesResult
+from model.contract.result import SeriesResult
+from model.phantoms.phantom import Phantom
 from tests.outputs import synthetic, validators
 
 CREATED = datetime.datetime(2024, 3, 4, 5, 6, 7)
@@ -47,7 +47,7 @@ class Case:
 
 @pytest.fixture(scope="session")
 def phantom() -> Phantom:
-    """24 slices of 128 x 128: small, but real anatomy from model.phantom."""
+    """24 slices of 128 x 128: small, but real anatomy from model.phantoms."""
     return synthetic.make_test_phantom()
 
 

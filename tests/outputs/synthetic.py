@@ -1,4 +1,4 @@
-"""Inputs of the output-writer tests: a phantom chest CT written by model.phantom (single-frame CT
+"""Inputs of the output-writer tests: a phantom chest CT written by model.phantoms (single-frame CT
 Image Storage files, or one Enhanced CT instance), and SeriesResults made by hand (two blobs of
 "infection" in the heatmap, one per lung, with their region labels).
 
@@ -14,8 +14,9 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_rescale
 
-from model.phantom import Phantom, make_phantom, write_phantom_series
-from model.result import ModelInfo, Region, SeriesResult
+from model.contract.result import ModelInfo, Region, SeriesResult
+from model.phantoms.phantom import Phantom, make_phantom
+from model.phantoms.writer import write_phantom_series
 
 MODEL = ModelInfo(name="covidnet-ws", version="1.2.0", weights_sha256="ab" * 32)
 

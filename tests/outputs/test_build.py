@@ -1,6 +1,6 @@
 """The entry point ``build_outputs``: which kinds come back and when a kind is empty, the new
 series in the source study, deterministic UIDs and bytes, the inputs it refuses, and the source
-series read through model.io (the worker's path).
+series read through model.inference.io (the worker's path).
 
 Not covered here: the content of each kind (test_sr/sc/seg/kos.py), validators (test_validators.py).
 """
@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
-from dicom_node.uids import check_uid, derived_uid
 from dicom_node.validation import OUTPUT_KINDS
-from model.io import load_series
-from model.result import ModelInfo
+from model.contract.result import ModelInfo
+from model.contract.uids import check_uid, derived_uid
+from model.inference.io import load_series
 from tests.outputs.conftest import CREATED, Case
 
 SERIES_NUMBERS = {"sr": 9001, "sc": 9002, "seg": 9003, "kos": 9004}
@@ -160,7 +160,7 @@ def test_options_are_checked_when_made() -> None:
 
 
 def test_sources_from_model_io_volume(covid: Case) -> None:
-    """The worker's path: model.io.load_series, then SourceSeries.from_volume."""
+    """The worker's path: model.inference.io.load_series, then SourceSeries.from_volume."""
     volume = load_series(covid.paths[0].parent)
     assert volume.sop_instance_uids == covid.result.sop_instance_uids
     sources = SourceSeries.from_volume(volume)

@@ -13,7 +13,7 @@ import dataclasses
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from dicom_node.outputs import OutputOptions, build_outputs
-from dicom_node.uids import derived_uid
+from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case
 
 

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import OutputOptions, build_outputs
-from dicom_node.uids import derived_uid
-from model.result import SeriesResult
+from model.contract.result import SeriesResult
+from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case
 
 

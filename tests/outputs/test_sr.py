@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from dicom_node.outputs import OutputOptions, build_outputs
-from dicom_node.uids import derived_uid
-from model.result import ModelInfo
+from model.contract.result import ModelInfo
+from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case
 
 

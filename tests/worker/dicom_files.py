@@ -18,7 +18,7 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
-from dicom_node.uids import derived_uid
+from model.contract.uids import derived_uid
 
 OUTPUT_SOP_CLASSES = {
     "sr": Comprehensive3DSRStorage,

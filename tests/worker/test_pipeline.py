@@ -1,4 +1,4 @@
-"""worker.pipeline.analyse and export in-process: a stored series is read with model.io, the
+"""worker.pipeline.analyse and export in-process: a stored series is read with model.inference.io, the
 predictor is replaced by a hand-made result (the model is beside the unit here; tests/e2e runs the
 real one), the real output writers build the objects, the artefacts land under the results dir,
 the job ends DONE with its exports, which are sent at once to a real pynetdicom SCP.
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 
 class HandMadePredictor:
-    """Stands in for model.predict's predictor: two blobs of "infection" in the lungs of the
+    """Stands in for model.inference.multiscale_cam's predictor: two blobs of "infection" in the lungs of the
     series written by :func:`store_series`."""
 
     def __init__(self) -> None:

@@ -31,8 +31,8 @@ from dicom_node.db.models import (
     Source,
     utcnow,
 )
-from dicom_node.scu import Outcome, Peer, SendResult
 from dicom_node.queries import job_rows
+from dicom_node.scu import Outcome, Peer, SendResult
 from worker import exports, jobs
 
 pytestmark = pytest.mark.integration

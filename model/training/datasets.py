@@ -7,7 +7,7 @@ Layouts (:func:`discover`):
   (``dicom-node phantom-dataset``) have this layout, with masks beside each folder.
 - ``nifti``: ``DATA/<file>.nii[.gz]`` volumes (MosMedData style) + ``DATA/labels.csv`` (series =
   file relative to DATA). Arrays are reoriented to the closest canonical (RAS) orientation and then
-  laid out like :class:`model.io.Volume` (rows anterior -> posterior, columns patient right ->
+  laid out like :class:`model.inference.io.Volume` (rows anterior -> posterior, columns patient right ->
   left, slices feet -> head).
 - ``ccccii``: the CC-CCII layout ``ROOT/<CLASS>/<PATIENT>/<SCAN>/<n>.png|jpg`` with classes NCP,
   CP, Normal. Slices are ordered by the number in the file name (all that the layout gives). The
@@ -19,7 +19,7 @@ Labels are normalised to covid / cap / normal (:func:`normalise_label`).
 
 :func:`prepare_dataset` turns records into :class:`CachedSeries`: per series the label, patient
 and the pre-processed lung slices (n, 1, S, S) float32, exactly as inference computes them
-(:mod:`model.lung`, :mod:`model.preprocess`), cached as .npy under a cache folder keyed by the
+(:mod:`model.inference.lung`, :mod:`model.inference.preprocess`), cached as .npy under a cache folder keyed by the
 source files, the size and the pre-processing version, so training does not re-read DICOM.
 
 Writers of small NIfTI and CC-CCII replicas from phantoms are here too (tests, docs).
@@ -36,17 +36,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import nibabel as nib
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from model.io import AIR_HU, SeriesReadError, Volume, load_series
-from model.preprocess import LUNG_WINDOW, PREPROCESS_VERSION, lung_slice_indices, preprocess_slices, window_bounds
-from model.result import CLASSES
+from model.contract.result import CLASSES
+from model.contract.uids import derived_uid
+from model.inference import lung
+from model.inference.io import AIR_HU, SeriesReadError, Volume, load_series, scan_series
+from model.inference.lung import segment_lungs
+from model.inference.preprocess import LUNG_WINDOW, PREPROCESS_VERSION, lung_slice_indices, preprocess_slices, window_bounds
+from model.phantoms.phantom import KINDS, make_phantom
+from model.phantoms.writer import masks_path, read_phantom_truth
 
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("dicom", "nifti", "ccccii")
 LABELS_CSV = "labels.csv"
-# Bumped when the cached content changes for a reason other than model.preprocess (lung masks).
+# Bumped when the cached content changes for a reason other than model.inference.preprocess (lung masks).
 CACHE_VERSION = 1
 CCCCII_CLASSES: dict[str, str] = {"NCP": "covid", "CP": "cap", "Normal": "normal"}
 CCCCII_SPACING: tuple[float, float, float] = (5.0, 0.75, 0.75)
@@ -185,8 +192,6 @@ def _synthetic_volume(hu: np.ndarray, spacing: tuple[float, float, float], key: 
     """A Volume for a source without DICOM identity (NIfTI, image slices): UIDs derived from the
     key, axial geometry with the slices going feet -> head (true for NIfTI after reorientation;
     an assumption for image slices, whose direction is unknown)."""
-    from dicom_node.uids import derived_uid
-
     n, rows, cols = hu.shape
     positions = np.zeros((n, 3))
     positions[:, 2] = np.arange(n) * spacing[0]
@@ -209,9 +214,7 @@ def _synthetic_volume(hu: np.ndarray, spacing: tuple[float, float, float], key: 
 
 
 def read_nifti(path: Path | str) -> Volume:
-    """A NIfTI CT volume (HU, scaling applied) laid out like :class:`model.io.Volume`."""
-    import nibabel as nib
-
+    """A NIfTI CT volume (HU, scaling applied) laid out like :class:`model.inference.io.Volume`."""
     path = Path(path)
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
@@ -233,8 +236,6 @@ def read_nifti(path: Path | str) -> Volume:
 def read_image_slices(folder: Path | str, window: tuple[float, float] = LUNG_WINDOW, spacing: tuple[float, float, float] = CCCCII_SPACING) -> Volume:
     """A folder of 8-bit slice images (CC-CCII) ordered by the number in the file name, mapped to
     HU through the assumed ``window`` (0 -> window low, 255 -> window high)."""
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(folder)
     files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES]
     if not files:
@@ -262,7 +263,7 @@ def read_image_slices(folder: Path | str, window: tuple[float, float] = LUNG_WIN
 
 
 def load_volume(source: Volume | Path | str | Sequence[Path | str], layout: str | None = None) -> Volume:
-    """A Volume from a DICOM folder/file list (:func:`model.io.load_series`), a NIfTI file, a
+    """A Volume from a DICOM folder/file list (:func:`model.inference.io.load_series`), a NIfTI file, a
     CC-CCII scan folder of slice images, or a Volume (returned as it is)."""
     if isinstance(source, Volume):
         return source
@@ -278,21 +279,38 @@ def load_volume(source: Volume | Path | str | Sequence[Path | str], layout: str 
 
 
 def _has_dicom(folder: Path) -> bool:
-    from model.io import scan_series
-
     return bool(scan_series(folder))
 
 
 # -- evaluation -------------------------------------------------------------------------------------
 
 
-def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None) -> list[Any]:
-    """:class:`model.evaluate.EvalSeries` for every record of the data folder. ``source`` is the
+@dataclass
+class EvalSeries:
+    """One labelled series to evaluate: where to read it, and its lesion mask if known."""
+
+    series_id: str
+    label: str
+    patient_id: str
+    source: Any  # a folder / file list for model.inference.io.load_series, or a model.inference.io.Volume
+    lesion_mask: Any = None  # callable () -> bool array (slices, rows, columns) in sorted order, or None
+
+
+def phantom_seeds(records: Sequence[Any]) -> list[int]:
+    """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
+    seeds = []
+    for r in records:
+        path = masks_path(r.source) if r.layout == "dicom" else None
+        if path is not None and path.is_file():
+            with np.load(path) as data:
+                seeds.append(int(json.loads(str(data["meta"]))["seed"]))
+    return sorted(seeds)
+
+
+def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None) -> list[EvalSeries]:
+    """:class:`EvalSeries` for every record of the data folder. ``source`` is the
     path (read it with :func:`load_volume`); ``lesion_mask`` loads a phantom's lesion mask when
     its masks file is beside the series folder, else None."""
-    from model.evaluate import EvalSeries
-    from model.phantom import masks_path, read_phantom_truth
-
     items = []
     for r in discover(data_dir, labels_csv):
         lesion = None
@@ -314,7 +332,7 @@ def _lesion_loader(folder: Path, reader: Callable[[Path], Any]) -> Callable[[], 
 
 @dataclass(frozen=True)
 class CachedSeries:
-    """A series ready for training (``model.train.SeriesSlices``): label, patient and the
+    """A series ready for training (``model.training.train.SeriesSlices``): label, patient and the
     pre-processed lung slices, memory-mapped from the cache."""
 
     series_id: str
@@ -354,8 +372,6 @@ def _signature(source: Path) -> list[Any]:
 
 def cache_key(record: SeriesRecord, size: int, min_fraction: float) -> str:
     """Hash of the source files (names, sizes, times), the layout and the pre-processing."""
-    from model import lung
-
     payload = {
         "source": str(record.source.resolve()),
         "layout": record.layout,
@@ -372,12 +388,10 @@ def cache_key(record: SeriesRecord, size: int, min_fraction: float) -> str:
 def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 224, min_fraction: float = 0.05) -> CachedSeries:
     """Read, segment, select and pre-process one series (or take it from the cache).
 
-    Raises :class:`model.io.SeriesReadError` for unreadable input and ValueError for a series
+    Raises :class:`model.inference.io.SeriesReadError` for unreadable input and ValueError for a series
     without lung slices. A CC-CCII scan without a lung mask keeps all its slices (its images may
     already be cropped to the lungs).
     """
-    from model.lung import segment_lungs
-
     cache_dir = Path(cache_dir)
     key = cache_key(record, size, min_fraction)
     npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
@@ -452,9 +466,6 @@ def write_nifti_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows:
     """``count`` phantoms as .nii.gz (int16 HU) + labels.csv; half stored with the DICOM-like
     (LPS) array order and a flipped affine, half already canonical (RAS), so readers must use the
     affine. Returns labels.csv."""
-    import nibabel as nib
-
-    from model.phantom import KINDS, make_phantom
 
     out = Path(out_dir)
     (out / "volumes").mkdir(parents=True, exist_ok=True)
@@ -487,9 +498,6 @@ def write_ccccii_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows
     """``count`` phantoms as CC-CCII ``<NCP|CP|Normal>/<patient>/<scan>/<n>.png|jpg`` (8-bit, lung
     window W1500/L-600). File numbers are unpadded (so 10 sorts after 9 only numerically) and
     descend head -> feet in every other scan; JPEG for every third scan. Returns ``out_dir``."""
-    from PIL import Image
-
-    from model.phantom import KINDS, make_phantom
 
     names = {v: k for k, v in CCCCII_CLASSES.items()}
     out = Path(out_dir)

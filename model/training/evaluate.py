@@ -1,7 +1,7 @@
 """``dicom-node model evaluate``: the model on a labelled data set, slice and series level, and
 its localisation against lesion masks where they exist (phantoms).
 
-Every series goes through the full predict path (:class:`model.predict.Predictor`). Reported:
+Every series goes through the full predict path (:class:`model.inference.multiscale_cam.Predictor`). Reported:
 
 - slice level (every lung slice carries its series' label, as the authors count): accuracy,
   weighted precision/recall/F1, weighted sensitivity/specificity, per-class ROC AUC, confusion;
@@ -20,33 +20,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from model import metrics
-from model.predict import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series, get_predictor
-from model.result import SeriesResult
+from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
+from model.contract.result import SeriesResult
+from model.inference.io import SeriesReadError
+from model.inference.multiscale_cam import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series, get_predictor
+from model.inference.weights import read_metadata, update_metadata
+from model.training import metrics
+from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
 
 log = logging.getLogger(__name__)
 
 POINTING_TOLERANCE_MM = 10.0
 # Region thresholds whose Dice is reported too (to choose the threshold on validation data).
 THRESHOLD_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-NOTICE = "Not for clinical use. Results on synthetic phantoms prove the pipeline works; they prove nothing clinical."
-
-
-@dataclass
-class EvalSeries:
-    """One labelled series to evaluate: where to read it, and its lesion mask if known."""
-
-    series_id: str
-    label: str
-    patient_id: str
-    source: Any  # a folder / file list for model.io.load_series, or a model.io.Volume
-    lesion_mask: Any = None  # callable () -> bool array (slices, rows, columns) in sorted order, or None
+NOTICE = EVALUATION_NOTICE
 
 
 def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: Sequence[float], threshold: float) -> dict[str, Any]:
@@ -78,9 +72,6 @@ def evaluate_series(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the predictor over ``items`` and compute every metric (see the module docstring)."""
-    from model.datasets import load_volume
-    from model.io import SeriesReadError
-
     classes = predictor.classes
     settings = predictor.settings
     threshold = settings.localisation.threshold
@@ -94,8 +85,6 @@ def evaluate_series(
     timings: dict[str, list[float]] = {}
     iterator: Any = items
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(items, desc="evaluate", unit="series", dynamic_ncols=True)
     for item in iterator:
         if item.label not in classes:
@@ -165,7 +154,7 @@ def evaluate_series(
         "slice_accuracy": report["slice_level"]["accuracy"],
         "aggregation": settings.aggregation,
         "series": len(items),
-        "notice": "Not for clinical use.",
+        "notice": NOT_FOR_CLINICAL_USE,
     }
     report["series"] = rows
     report["series_logits"] = {"labels": series_true, "logits": [[round(float(v), 6) for v in z] for z in series_logits]}
@@ -176,8 +165,6 @@ def evaluate_series(
 
 
 def _settings_json(settings: PredictorSettings) -> dict[str, Any]:
-    from dataclasses import asdict
-
     return asdict(settings)
 
 
@@ -208,10 +195,11 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
 
 
 def _figures(out_dir: Path, classes: Sequence[str], series_true: list[int], series_probs: np.ndarray, slice_true: list[int], slice_probs: np.ndarray, overlay_items: list, predictor: Predictor) -> list[str]:
-    import matplotlib
+    # lazy: pyplot only once the non-interactive backend is chosen (and only for the figures).
+    import matplotlib  # lazy
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy
 
     written: list[str] = []
     for level, y, probs in (("series", series_true, series_probs), ("slice", slice_true, slice_probs)):
@@ -285,9 +273,6 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it. ``record``:
     also store the summary under that key of the weights' metadata (e.g. ``held_out_metrics``)."""
-    from model.datasets import discover, evaluation_items
-    from model.train import phantom_seeds
-
     started = time.perf_counter()
     predictor = get_predictor(weights_dir, settings)
     items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
@@ -331,8 +316,6 @@ def fit_class_bias(logits: np.ndarray, labels: Sequence[int], step: float = 0.05
 def store_class_bias(weights_dir: Path, report: dict[str, Any], command: str | None = None) -> dict[str, Any]:
     """Fit the class bias on this evaluation (validation data) and keep it in the weights'
     inference metadata. Returns what was stored."""
-    from model.weights import read_metadata, update_metadata
-
     fit = report["series_logits"]
     bias, accuracy = fit_class_bias(np.array(fit["logits"]), fit["labels"])
     meta = read_metadata(weights_dir)
@@ -381,8 +364,6 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
 def record_metrics(weights_dir: Path, key: str, report: dict[str, Any], command: str | None = None) -> None:
     """Store :func:`summarise` of ``report`` under ``key`` in the weights' metadata (for example
     ``held_out_metrics``), with the command that produced it."""
-    from model.weights import read_metadata, update_metadata
-
     summary = summarise(report)
     if command:
         summary["command"] = command

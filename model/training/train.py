@@ -20,16 +20,24 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from platformdirs import user_cache_path
+from tqdm import tqdm
 
-from model.loss import MultiScaleFocalLoss, class_balance_weights
-from model.network import WeaklySupervisedNet
-from model.result import CLASSES
+from model.contract.notice import WEIGHTS_NOTICE
+from model.contract.result import CLASSES
+from model.inference.io import SeriesReadError
+from model.inference.multiscale_cam import aggregate_series
+from model.inference.network import WeaklySupervisedNet
+from model.inference.weights import DEFAULT_INPUT_SPEC, load_weights, save_weights
+from model.training.datasets import PreparedDataset, discover, phantom_seeds, prepare_dataset, prepare_series
+from model.training.loss import MultiScaleFocalLoss, class_balance_weights
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +230,8 @@ def predict_slices(network: WeaklySupervisedNet, slices: np.ndarray | torch.Tens
 
 
 def validate(network: WeaklySupervisedNet, series: Sequence[SeriesSlices], classes: Sequence[str], device: torch.device, loss_fn: MultiScaleFocalLoss | None = None, batch: int = 64) -> dict[str, float]:
-    """Slice accuracy (the authors' selection metric), per-class slice accuracy, series accuracy."""
-    from model.predict import aggregate_series  # the series rule lives with inference
-
+    """Slice accuracy (the authors' selection metric), per-class slice accuracy, series accuracy.
+    Series accuracy uses inference's series rule (model.inference.multiscale_cam)."""
     correct = total = 0
     per_class_correct = np.zeros(len(classes))
     per_class_total = np.zeros(len(classes))
@@ -293,8 +300,6 @@ def train(
     running_loss = 0.0
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=config.iterations, desc="train", unit="it", dynamic_ncols=True)
     try:
         while iteration < config.iterations and not stopped_early:
@@ -377,22 +382,7 @@ def cross_validate(series: Sequence[SeriesSlices], config: TrainConfig = TrainCo
 
 
 def _default_cache_dir() -> Path:
-    from platformdirs import user_cache_path
-
     return user_cache_path("covid-ct-node") / "slices"
-
-
-def phantom_seeds(records: Sequence[Any]) -> list[int]:
-    """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
-    from model.phantom import masks_path
-
-    seeds = []
-    for r in records:
-        path = masks_path(r.source) if r.layout == "dicom" else None
-        if path is not None and path.is_file():
-            with np.load(path) as data:
-                seeds.append(int(json.loads(str(data["meta"]))["seed"]))
-    return sorted(seeds)
 
 
 def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[SeriesSlices], skipped: Sequence[tuple[Any, str]], records: Sequence[Any]) -> dict[str, Any]:
@@ -412,14 +402,11 @@ def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[Ser
     seeds = phantom_seeds(records)
     if seeds:
         out["phantom_seeds"] = seeds
-        out["synthetic"] = "model.phantom chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"
+        out["synthetic"] = "model.phantoms chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"
     return out
 
 
 def _prepare_one(args: tuple[Any, Path, int]) -> tuple[Any, Any, str | None]:
-    from model.datasets import prepare_series
-    from model.io import SeriesReadError
-
     torch.set_num_threads(1)
     record, cache, size = args
     try:
@@ -429,10 +416,7 @@ def _prepare_one(args: tuple[Any, Path, int]) -> tuple[Any, Any, str | None]:
 
 
 def _prepare_parallel(records: Sequence[Any], cache: Path, size: int, workers: int, tick: Callable[[int, int, Any], None] | None) -> Any:
-    """model.datasets.prepare_dataset over ``workers`` processes (same cache, same skipping)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from model.datasets import PreparedDataset
+    """model.training.datasets.prepare_dataset over ``workers`` processes (same cache, same skipping)."""
 
     out = PreparedDataset(series=[])
     by_id: dict[str, Any] = {}
@@ -451,8 +435,6 @@ def _prepare_parallel(records: Sequence[Any], cache: Path, size: int, workers: i
 
 def default_metadata(config: TrainConfig, name: str | None = None, version: str | None = None) -> dict[str, Any]:
     """The metadata of freshly trained weights, before data and metrics are added."""
-    from model.weights import DEFAULT_INPUT_SPEC, NOT_FOR_CLINICAL_USE
-
     classes = list(config.classes)
     return {
         "name": name or ("covid-ct-multiscale-cam" if len(classes) == 3 else "covid-ct-multiscale-cam-" + "-".join(classes)),
@@ -467,7 +449,7 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
         },
         "inference": {"aggregation": "top_k", "top_k_fraction": 0.1, "top_k_min": 3, "min_lung_slices": 5, "localisation": {"mode": "cam+ig", "ig_slices": 8, "threshold": 0.5}},
         "training": {"config": config.to_json()},
-        "notice": NOT_FOR_CLINICAL_USE,
+        "notice": WEIGHTS_NOTICE,
     }
 
 
@@ -503,9 +485,6 @@ def train_folder(
     ``workers`` > 1 prepares series in that many processes; ``init_weights`` (a weights folder of
     the same architecture and classes) starts training from those weights. Returns a summary (also
     in the metadata)."""
-    from model.datasets import discover, prepare_dataset
-    from model.weights import save_weights
-
     handler = None
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -524,8 +503,6 @@ def train_folder(
         started = time.monotonic()
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(records), desc="prepare", unit="series", dynamic_ncols=True)
         tick = (lambda i, n, r: bar.update(1)) if bar is not None else None
         if workers > 1:
@@ -540,8 +517,6 @@ def train_folder(
         summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
         init_state, init_meta = None, None
         if init_weights is not None:
-            from model.weights import load_weights
-
             loaded = load_weights(Path(init_weights))
             if loaded.classes != tuple(config.classes) or loaded.network.architecture() != dict(WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()):
                 raise ValueError(f"{init_weights}: classes/architecture differ from the training configuration")

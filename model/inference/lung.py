@@ -60,7 +60,7 @@ def segment_lungs(
     """Boolean lung mask (slices, rows, columns) of a HU volume (see the module docstring).
 
     ``spacing``: (slice distance, row spacing, column spacing) in mm. ``superior_last``: True when
-    the last slice is the head end (``model.io.Volume.superior_last``), False for the opposite,
+    the last slice is the head end (``model.inference.io.Volume.superior_last``), False for the opposite,
     None to look for the trachea at both ends.
     """
     if hu.ndim != 3:

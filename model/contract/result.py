@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from model.contract.notice import NOT_FOR_CLINICAL_USE
+
 CLASSES: tuple[str, ...] = ("covid", "cap", "normal")
 DECISIONS: tuple[str, ...] = ("covid", "cap", "normal", "no_decision")
 
@@ -88,5 +90,5 @@ class SeriesResult:
             "sop_instance_uids": list(self.sop_instance_uids),
             "model": self.model.to_json(),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
-            "notice": "Not for clinical use.",
+            "notice": NOT_FOR_CLINICAL_USE,
         }

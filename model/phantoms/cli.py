@@ -1,6 +1,8 @@
 """``dicom-node phantom`` and ``dicom-node phantom-dataset``: write synthetic chest CT phantoms.
 
 Phantoms are synthetic: they prove the pipeline works, nothing clinical. Not for clinical use.
+The phantom modules import torch: they are imported inside the handlers, so that registering
+these commands costs nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-KIND_CHOICES = ("covid", "cap", "normal")
+from model.contract.notice import PHANTOM_NOTICE
+from model.contract.result import CLASSES
+
+KIND_CHOICES = CLASSES
 SYNTAX_CHOICES = ("explicit", "implicit", "deflate", "rle", "jpeg-ls", "jpeg2000")
 
 
@@ -54,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _phantom(args: argparse.Namespace) -> int:
-    from model.phantom import make_phantom, masks_path, write_phantom_series
+    from model.phantoms.phantom import make_phantom
+    from model.phantoms.writer import masks_path, write_phantom_series
 
     if args.rows < 32 or (args.columns is not None and args.columns < 32):
         print("error: --rows and --columns must be >= 32", file=sys.stderr)
@@ -68,13 +74,13 @@ def _phantom(args: argparse.Namespace) -> int:
     print(
         f"{out}: {phantom.kind} phantom, {phantom.shape[0]} slices of {phantom.shape[1]}x{phantom.shape[2]}, "
         f"spacing {phantom.spacing[0]:.2f}/{phantom.spacing[1]:.3f} mm, lesions {100 * phantom.lesion_fraction:.1f}% of lung; "
-        f"masks in {masks_path(out)}. Synthetic, not for clinical use."
+        f"masks in {masks_path(out)}. {PHANTOM_NOTICE}"
     )
     return 0
 
 
 def _phantom_dataset(args: argparse.Namespace) -> int:
-    from model.phantom import PhantomPlan, write_phantom_dataset
+    from model.phantoms.dataset import PhantomPlan, write_phantom_dataset
 
     def progress(done: int, total: int, plan: PhantomPlan) -> None:
         if not args.quiet:
@@ -97,5 +103,5 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{labels}: {args.count} series. Synthetic, not for clinical use.")
+    print(f"{labels}: {args.count} series. {PHANTOM_NOTICE}")
     return 0

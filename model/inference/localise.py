@@ -32,8 +32,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from model.network import WeaklySupervisedNet
-from model.result import Region
+from model.contract.result import Region
+from model.inference.network import WeaklySupervisedNet
 
 LOCALISATION_MODES: tuple[str, ...] = ("cam", "cam+ig")
 IG_STEPS = 25

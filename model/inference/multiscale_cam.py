@@ -1,8 +1,8 @@
-"""From a series (a DICOM folder or a loaded volume) to a :class:`model.result.SeriesResult`.
+"""From a series (a DICOM folder or a loaded volume) to a :class:`model.contract.result.SeriesResult`.
 
-Pipeline: read (model.io) -> lung mask (model.lung) -> lung slices -> window, resize, z-score
-(model.preprocess) -> the network over batches of slices (torch.inference_mode; AMP and
-channels_last on CUDA) -> the series decision -> localisation (model.localise) in the original
+Pipeline: read (model.inference.io) -> lung mask (model.inference.lung) -> lung slices -> window, resize, z-score
+(model.inference.preprocess) -> the network over batches of slices (torch.inference_mode; AMP and
+channels_last on CUDA) -> the series decision -> localisation (model.inference.localise) in the original
 geometry -> regions.
 
 The series rule (documented in model/README.md, evaluated by ``dicom-node model evaluate``):
@@ -30,13 +30,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from model import localise
-from model.io import SeriesReadError, Volume, check_chest_ct, load_series
-from model.localise import LocalisationSettings
-from model.lung import segment_lungs
-from model.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
-from model.result import CLASSES, SeriesResult
-from model.weights import DEFAULT_WEIGHTS_DIR, LoadedModel, load_model, read_metadata
+from model.contract.notice import NOT_FOR_CLINICAL_USE
+from model.contract.result import CLASSES, SeriesResult
+from model.inference import localise
+from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
+from model.inference.localise import LocalisationSettings
+from model.inference.lung import segment_lungs
+from model.inference.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
+from model.inference.weights import DEFAULT_WEIGHTS_DIR, LoadedModel, load_model, read_metadata
 
 AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
 ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
@@ -231,7 +232,7 @@ class Predictor:
         )
         target = self.classes.index(target_name)
         rule = f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices" if self.settings.aggregation == "top_k" else f"mean logits of all {lung_indices.size} lung slices"
-        reason = f"{CLASS_WORDS[decision]}: p={probs[int(np.argmax(probs))]:.3f} ({rule}). Not for clinical use."
+        reason = f"{CLASS_WORDS[decision]}: p={probs[int(np.argmax(probs))]:.3f} ({rule}). {NOT_FOR_CLINICAL_USE}"
 
         heatmap = self.heatmap(analysis, target, lung_mask, timings)
         t = time.perf_counter()
@@ -267,7 +268,7 @@ class Predictor:
         return SeriesResult(
             probabilities=full_probabilities(uniform, self.classes),
             decision="no_decision",
-            reason=f"no decision: {reason}. Not for clinical use.",
+            reason=f"no decision: {reason}. {NOT_FOR_CLINICAL_USE}",
             model=self.model.info,
             sop_instance_uids=uids or [],
             lung_slices=lung_slices or [],
@@ -291,7 +292,6 @@ class Predictor:
         timings = timings if timings is not None else {}
         t = time.perf_counter()
         n = analysis.lung_indices.size
-        size = self.image_size
         rows, cols = lung_mask.shape[1:]
         # Series-normalised CAMs of the target class, per scale, at the network input size.
         peaks = [max(float(c[:, target].max()), 1e-12) for c in analysis.cams]

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.network import WeaklySupervisedNet
-from model.result import CLASSES, ModelInfo
+from model.contract.notice import WEIGHTS_NOTICE
+from model.contract.result import CLASSES, ModelInfo
+from model.inference.network import WeaklySupervisedNet
 
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-NOT_FOR_CLINICAL_USE = "Not for clinical use: trained on synthetic phantoms; proves the pipeline, nothing clinical."
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 # The pre-processing the network expects (method.md); recorded with every set of weights.
 DEFAULT_INPUT_SPEC: dict[str, Any] = {
@@ -32,9 +32,9 @@ DEFAULT_INPUT_SPEC: dict[str, Any] = {
     "channels": 1,
     "window": {"width": 1500, "level": -600},
     "resize": "bilinear, whole slice to image_size x image_size",
-    "outside_lungs": "window minimum beyond 2 network pixels of the lung mask (model.preprocess.LUNG_MARGIN)",
+    "outside_lungs": "window minimum beyond 2 network pixels of the lung mask (model.inference.preprocess.LUNG_MARGIN)",
     "normalisation": "per-slice z-score ((x - mean) / std) after windowing and masking",
-    "slices": "lung slices only (model.lung.segment_lungs), ascending along the slice normal",
+    "slices": "lung slices only (model.inference.lung.segment_lungs), ascending along the slice normal",
 }
 
 
@@ -84,7 +84,7 @@ def sha256_file(path: Path) -> str:
 
 
 def validate_classes(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """Classes must be distinct names from :data:`model.result.CLASSES`, at least two."""
+    """Classes must be distinct names from :data:`model.contract.result.CLASSES`, at least two."""
     out = tuple(classes)
     if len(out) < 2 or len(set(out)) != len(out) or any(c not in CLASSES for c in out):
         raise ValueError(f"classes must be two or three distinct names from {CLASSES}, got {out!r}")
@@ -115,7 +115,7 @@ def save_weights(network: WeaklySupervisedNet, out_dir: Path, metadata: dict[str
     meta["weights_file"] = WEIGHTS_FILE
     meta["weights_dtype"] = "float16" if half else "float32"
     meta["weights_sha256"] = sha256_file(weights_path)
-    meta.setdefault("notice", NOT_FOR_CLINICAL_USE)
+    meta.setdefault("notice", WEIGHTS_NOTICE)
     (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return weights_path
 
