@@ -29,9 +29,9 @@ import pydicom
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until  # noqa: E402
 from model.contract.uids import derived_uid  # noqa: E402
 from model.phantoms.writer import write_phantom_series  # noqa: E402
-from tests.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until  # noqa: E402
 
 
 def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
@@ -64,7 +64,7 @@ def send(folder: Path, port: int, called: str) -> float:
 def fsync_floor(folder: Path, work: Path) -> float:
     """What durability alone costs on this disk: the series' files written as the node writes
     them (temporary file, fdatasync, rename, directory fsync), without DICOM or an index."""
-    from dicom_node.storage import Storage
+    from dicom_node.storage.files import Storage
 
     storage = Storage(work / "floor")
     blobs = [f.read_bytes() for f in sorted(folder.glob("*.dcm"))]

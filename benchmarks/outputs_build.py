@@ -3,7 +3,7 @@
 Usage: ``nice -n 10 .venv/bin/python -m benchmarks.outputs_build [--slices 128] [--size 512]``.
 Prints the seconds per kind and for all four, building and encoding (what the export sends),
 best of ``--repeat`` runs. CPU only; the phantom and the hand-made result come from the test
-helpers (tests/outputs/synthetic.py). Not for clinical use.
+helpers (dicom_node/testing/synthetic.py). Not for clinical use.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+    from dicom_node.testing import synthetic
     from dicom_node.validation import OUTPUT_KINDS
-    from tests.outputs import synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

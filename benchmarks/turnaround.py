@@ -48,7 +48,7 @@ from sqlalchemy import select  # noqa: E402
 from dicom_node.db import Database  # noqa: E402
 from dicom_node.db.models import Job, Series  # noqa: E402
 from dicom_node.settings import load_settings  # noqa: E402
-from tests.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until  # noqa: E402
+from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until  # noqa: E402
 
 STAGES = ("quiet", "queue", "load", "inference", "encoding", "worker_other", "export", "total", "beyond_quiet")
 

@@ -1,7 +1,9 @@
 """The ``dicom-node`` command: one entry point, sub-commands registered by each part of the tree.
 
-Heavy imports (torch, celery, fastapi) happen inside the handlers, so ``dicom-node ae list`` stays
-fast.
+This is the composition root of the command line: the one module of dicom_node that knows the
+other top-level packages (model's and worker's commands). Each part registers its own
+sub-commands with ``register(subparsers)`` and imports its heavy dependencies (torch, Celery,
+FastAPI) inside its handlers, so ``dicom-node ae list`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,29 +14,27 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dicom_node import __version__
+from dicom_node.admin import cli as admin_cli
+from dicom_node.commands import activity, aes, database, run
 from dicom_node.settings import CONFIG_ENV
+from model import cli as model_cli
+from model.contract.notice import NOT_FOR_CLINICAL_USE
+from model.phantoms import cli as phantom_cli
+from worker import cli as worker_cli
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dicom_node import __version__, node_cli
-
     parser = argparse.ArgumentParser(
         prog="dicom-node",
-        description="COVID-CT AI node: DICOM listener, analysis workers, admin. Not for clinical use.",
+        description=f"COVID-CT AI node: DICOM listener, analysis workers, admin. {NOT_FOR_CLINICAL_USE}",
     )
     parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
     parser.add_argument("--config", help="YAML settings file (also DICOM_NODE_CONFIG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    node_cli.register(sub)
-    # Sub-commands owned by the other parts of the tree; each module exposes register(subparsers).
-    from dicom_node.admin import cli as admin_cli
-    from model import cli as model_cli
-    from model.phantoms import cli as phantom_cli
-    from worker import cli as worker_cli
-
-    for module in (phantom_cli, model_cli, worker_cli, admin_cli):
+    for module in (database, aes, activity, run, phantom_cli, model_cli, worker_cli, admin_cli):
         module.register(sub)
     return parser
 

@@ -16,11 +16,12 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from sqlalchemy import event, inspect, select
+from sqlalchemy import event, func, inspect, select
 from sqlalchemy.orm import RelationshipProperty, Session
 
+from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
-from dicom_node.filters import SeriesFilter
+from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.validation import OUTPUT_KINDS, AETitle, Host, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
 
@@ -264,6 +265,22 @@ def update_destination(session: Session, row: Destination, patch: DestinationPat
         setattr(row, key, value)
     session.flush()
     return row
+
+
+def ensure_local_ae(db: Database, title: str, port: int) -> str | None:
+    """Create a local AE titled ``title`` on ``port`` when none exists at all (``dicom-node up``'s
+    first start); return a notice saying so, or None. The calling-AE allow-list stays on: nothing
+    is accepted until a source is added."""
+    with db.session() as s:
+        if s.scalar(select(func.count()).select_from(LocalAE)):
+            return None
+        add_local_ae(s, parse(LocalAEIn, {"title": title, "port": port}))
+    return (
+        f"no local AE was configured: listening as {title} on port {port}. No calling AE is allowed yet: "
+        "allow a scanner or PACS with `dicom-node ae add-source TITLE [--host H]`; send results to PACS with "
+        "`dicom-node ae add-destination` and `dicom-node ae update-local "
+        f"{title} --send-results-to DEST`"
+    )
 
 
 # --- audit hook ----------------------------------------------------------------------------

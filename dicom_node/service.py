@@ -1,7 +1,11 @@
-"""``dicom-node serve``: listener processes, series completion, the outbox relay and the admin app.
+"""``dicom-node serve``: listener processes, series completion, the scheduling of lost jobs and
+due exports, the outbox relay and the admin app.
 
-The parent process supervises listener children (restarting any that die), runs completion and
-the relay in a thread, and the admin app (when present) in another.
+The parent process supervises listener children (restarting any that die), runs completion, the
+scheduling and the relay in a thread, and the admin app (when present) in another. The scheduling
+(:class:`Housekeeping`) is the node's own, whatever the dispatcher: lost jobs are requeued and due
+exports dispatched through the outbox (dicom_node.jobs), then the dispatcher does its broker's
+upkeep.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Callable
 
-from dicom_node.completion import Completion
 from dicom_node.db import Database, upgrade
-from dicom_node.dispatch import OutboxRelay, load_dispatcher
-from dicom_node.listener import run_listener_process
-from dicom_node.recovery import clean_stop, recover_index, unclean_start
+from dicom_node.jobs import analyses, exports
+from dicom_node.jobs.completion import Completion
+from dicom_node.jobs.outbox import Dispatcher, OutboxRelay, load_dispatcher
+from dicom_node.listener.servers import run_listener_process
 from dicom_node.settings import Settings
-from dicom_node.storage import Storage
+from dicom_node.storage.files import Storage
+from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,29 @@ class BackgroundLoop(threading.Thread):
         self.stopped.set()
 
 
+class Housekeeping:
+    """What ``serve`` schedules besides completion, at most once every ``interval`` seconds:
+    running jobs whose heartbeat stopped are requeued (dicom_node.jobs.analyses.recover_lost),
+    due and stale exports dispatched again (dicom_node.jobs.exports.dispatch_due), both through
+    the outbox; then the dispatcher's own upkeep."""
+
+    def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher, *, interval: float = 1.0) -> None:
+        self.db = db
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self._next = 0.0
+
+    def run_once(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        analyses.recover_lost(self.db, lost_after=self.settings.worker.lost_after_seconds)
+        exports.dispatch_due(self.db, stale_after=self.settings.export.stale_after_seconds)
+        self.dispatcher.housekeeping()
+
+
 class Node:
     def __init__(self, settings: Settings, *, admin: bool = True) -> None:
         self.settings = settings
@@ -78,21 +106,14 @@ class Node:
         if unclean_start(settings.data_dir):
             log.warning("the previous run did not stop cleanly: checking the index against the stored files")
             log.warning("index recovery added %d instance(s)", recover_index(storage, db))
-        completion = Completion(
-            db,
-            default_quiet_seconds=settings.completion.default_quiet_seconds,
-            default_max_wait_seconds=settings.completion.default_max_wait_seconds,
-        )
+        completion = Completion(db, settings.completion)
         dispatcher = load_dispatcher(settings.dispatcher, settings=settings)
+        housekeeping = Housekeeping(db, settings, dispatcher)
         relay = OutboxRelay(db, dispatcher)
-        # A dispatcher may also schedule through the outbox (worker.dispatch's requeues lost jobs
-        # and due exports).
-        housekeeping = getattr(dispatcher, "housekeeping", None)
 
         def tick() -> None:
             completion.run_once()
-            if housekeeping is not None:
-                housekeeping(db)
+            housekeeping.run_once()
             relay.relay_once()
 
         loops = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]

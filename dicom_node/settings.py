@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file under data_dir
     broker_url: str | None = None  # default: a SQLite-file broker under data_dir (no server needed)
     admin_port: Port = 8080
-    # module:Class implementing dicom_node.dispatch.Dispatcher; the worker package's Celery one.
+    # module:Class implementing dicom_node.jobs.outbox.Dispatcher; the worker package's Celery one.
     dispatcher: str = "worker.dispatch:CeleryDispatcher"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)

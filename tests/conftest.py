@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
+from dicom_node.testing.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
 
 
 @pytest.fixture

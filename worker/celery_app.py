@@ -15,10 +15,10 @@ What each broker does with a message whose worker was killed (SIGKILL, power los
 - kombu's SQLAlchemy transport marks a message invisible when it delivers it and keeps the
   acknowledgement in the worker's memory only: a clean shutdown puts unacknowledged messages
   back, a killed worker loses them. The database state covers that: ``serve`` requeues a running
-  job whose heartbeat stopped (worker.jobs.recover_lost) and re-sends stale exports
-  (worker.exports.dispatch_due), each through the outbox.
+  job whose heartbeat stopped (dicom_node.jobs.analyses.recover_lost) and re-sends stale exports
+  (dicom_node.jobs.exports.dispatch_due), each through the outbox.
 
-Either way the job state machine (worker.jobs) makes a second delivery harmless.
+Either way the job state machine (dicom_node.jobs.analyses) makes a second delivery harmless.
 
 Two queues: exports first, so finished results do not wait behind analyses in the queue.
 """
@@ -30,10 +30,12 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from dicom_node.settings import Settings
+from dicom_node.settings import Settings, load_settings
 
 ANALYSE_TASK = "worker.tasks.analyse"
 EXPORT_TASK = "worker.tasks.export"
+# The app's configuration key under which make_celery keeps the node's validated settings.
+SETTINGS_KEY = "dicom_node_settings"
 ANALYSE_QUEUE = "dicom-node"
 EXPORT_QUEUE = "dicom-node-export"
 
@@ -70,6 +72,7 @@ def make_celery(settings: Settings) -> Celery:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("dicom_node", broker=broker, include=["worker.tasks"])
     app.conf.update(
+        {SETTINGS_KEY: settings},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -95,3 +98,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings make_celery gave ``app``; a worker started without them (``celery -A``)
+    loads them from the environment and the config file."""
+    settings = app.conf.get(SETTINGS_KEY)
+    return settings if isinstance(settings, Settings) else load_settings()

@@ -1,12 +1,11 @@
-"""The Celery side of dicom_node.dispatch: hands outbox messages to the broker, and schedules.
+"""The Celery side of dicom_node.jobs.outbox: a :class:`~dicom_node.jobs.outbox.Dispatcher` that
+hands outbox messages to the broker as Celery tasks.
 
-:meth:`CeleryDispatcher.housekeeping` is run by ``serve``'s background loop after completion and
-before the outbox relay (at most once a second): it requeues jobs whose worker stopped
-(worker.jobs.recover_lost), dispatches due and stale exports (worker.exports.dispatch_due), and,
-for the SQLite-file broker, deletes messages delivered more than an hour ago (kombu's SQLAlchemy
-transport never deletes them; an acknowledgement lives only in the worker's memory). Everything
-it schedules goes through the outbox, so it survives restarts and never waits in the broker as a
-long countdown.
+:meth:`CeleryDispatcher.housekeeping` is the broker's upkeep, run by ``serve`` about once a second:
+for the SQLite-file broker it deletes messages delivered more than an hour ago (kombu's SQLAlchemy
+transport never deletes them; an acknowledgement lives only in the worker's memory). Lost jobs and
+due exports are not the dispatcher's business: ``serve`` schedules them itself, through the outbox
+(dicom_node.service), whatever the dispatcher.
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ import time
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import create_engine, text
 
-from dicom_node.db import Database
+from dicom_node.jobs.outbox import ANALYSE_TOPIC, EXPORT_TOPIC
 from dicom_node.settings import Settings
 from worker.celery_app import ANALYSE_TASK, EXPORT_TASK, is_sqlalchemy, make_celery
 
 log = logging.getLogger(__name__)
 
-_TASKS = {"analyse": ANALYSE_TASK, "export": EXPORT_TASK}
-HOUSEKEEPING_SECONDS = 1.0
+_TASKS = {ANALYSE_TOPIC: ANALYSE_TASK, EXPORT_TOPIC: EXPORT_TASK}
 BROKER_CLEANUP_SECONDS = 600.0
 BROKER_KEEP_DELIVERED = dt.timedelta(hours=1)
 
@@ -34,7 +33,6 @@ class CeleryDispatcher:
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
-        self._next_housekeeping = 0.0
         self._next_cleanup = time.monotonic() + 60.0
         self._broker_engine: Any = None
 
@@ -45,16 +43,9 @@ class CeleryDispatcher:
             raise ValueError(f"no task for outbox topic {topic!r}") from None
         self.app.send_task(task, args=[job_id])
 
-    def housekeeping(self, db: Database) -> None:
-        """Lost jobs, due exports, broker clean-up (see the module docstring)."""
-        from worker import exports, jobs
-
+    def housekeeping(self) -> None:
+        """Broker clean-up, every ten minutes (see the module docstring)."""
         now = time.monotonic()
-        if now < self._next_housekeeping:
-            return
-        self._next_housekeeping = now + HOUSEKEEPING_SECONDS
-        jobs.recover_lost(db, lost_after=self.settings.worker.lost_after_seconds)
-        exports.dispatch_due(db, stale_after=self.settings.export.stale_after_seconds)
         if now >= self._next_cleanup:
             self._next_cleanup = now + BROKER_CLEANUP_SECONDS
             self.clean_broker()
@@ -64,8 +55,6 @@ class CeleryDispatcher:
         url = self.settings.effective_broker_url
         if not is_sqlalchemy(url):
             return 0
-        from sqlalchemy import create_engine, text
-
         if self._broker_engine is None:
             self._broker_engine = create_engine(url.split("+", 1)[1])
         cutoff = dt.datetime.now() - BROKER_KEEP_DELIVERED  # kombu writes local naive times

@@ -1,10 +1,11 @@
-"""The Celery tasks: thin. Each takes a job id, reads state from the database and calls a plain
-function of worker.pipeline, which records every transition in the database.
+"""The Celery tasks: thin. Each takes a job id and calls a plain function of dicom_node.pipeline,
+which reads state from the database and records every transition there.
 
-One :class:`worker.pipeline.Runtime` per worker process (settings, database engine, the
-predictor): a prefork child builds it, model included, in ``worker_process_init`` so the first job
-does not pay for loading; the solo pool's process builds it before the worker starts
-(worker.cli). Process ``i`` of a CUDA worker uses GPU ``i mod count``.
+One :class:`dicom_node.pipeline.runtime.Runtime` per worker process (settings, database engine,
+the predictor): a prefork child builds it, model included, in ``worker_process_init`` so the first
+job does not pay for loading; the solo pool's process builds it before the worker starts
+(worker.cli). Its settings are the ones ``dicom-node worker`` validated and gave the Celery app
+(worker.celery_app.make_celery); process ``i`` of a CUDA worker uses GPU ``i mod count``.
 
 A database that is away (OperationalError) makes the task retry itself with backoff (capped at
 60 s, shorter than any visibility timeout); every other failure is recorded by the pipeline.
@@ -17,28 +18,29 @@ import logging
 import os
 from typing import Any
 
-from celery import shared_task, signals
+import torch
+from billiard.process import current_process
+from celery import current_app, shared_task, signals
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.settings import load_settings
-from worker import pipeline
-from worker.celery_app import ANALYSE_TASK, EXPORT_TASK
+from dicom_node.pipeline import analyse as analysis
+from dicom_node.pipeline import export as exporting
+from dicom_node.pipeline.runtime import Runtime, resolve_device
+from worker.celery_app import ANALYSE_TASK, EXPORT_TASK, settings_of
 
 log = logging.getLogger(__name__)
 
 
 def _process_index() -> int:
-    from billiard.process import current_process
-
     return int(getattr(current_process(), "index", 0) or 0)
 
 
 @functools.cache
-def runtime() -> pipeline.Runtime:
+def runtime() -> Runtime:
     """This process's runtime (built once)."""
-    settings = load_settings()
-    device = pipeline.resolve_device(settings.worker.device, _process_index())
-    rt = pipeline.Runtime.create(settings, device=device)
+    settings = settings_of(current_app)
+    device = resolve_device(settings.worker.device, _process_index())
+    rt = Runtime.create(settings, device=device)
     set_torch_threads(settings.worker.torch_threads, processes=settings.worker.concurrency or 1)
     log.info("worker process %s: device %s", rt.worker_name, device)
     return rt
@@ -46,8 +48,6 @@ def runtime() -> pipeline.Runtime:
 
 def set_torch_threads(threads: int | None, *, processes: int) -> None:
     """Torch CPU threads: the setting, or the cores shared out between the worker processes."""
-    import torch
-
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, processes)))
 
 
@@ -87,11 +87,11 @@ _DURABLE: dict[str, Any] = dict(
 
 @shared_task(name=ANALYSE_TASK, **_DURABLE)
 def analyse(self: Any, job_id: int) -> str:
-    """Analyse one job (worker.pipeline.analyse)."""
-    return pipeline.analyse(runtime(), int(job_id), redelivered=_redelivered(self.request))
+    """Analyse one job (dicom_node.pipeline.analyse.analyse)."""
+    return analysis.analyse(runtime(), int(job_id), redelivered=_redelivered(self.request))
 
 
 @shared_task(name=EXPORT_TASK, **_DURABLE)
 def export(self: Any, job_id: int) -> dict[int, str]:
-    """Send the job's due exports (worker.pipeline.export_job)."""
-    return pipeline.export_job(runtime(), int(job_id))
+    """Send the job's due exports (dicom_node.pipeline.export.export_job)."""
+    return exporting.export_job(runtime(), int(job_id))

@@ -25,7 +25,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.responses import Response
 
 from dicom_node import __version__
-from dicom_node.admin import jobs
+from dicom_node.admin import activity
 from dicom_node.admin.api import api_router, monitoring_router
 from dicom_node.admin.auth import AuthError, Passwords, Principal, csrf_matches, principal_for_session, principal_for_token, secret_key
 from dicom_node.admin.deps import HERE, NOTICE, SAFE_METHODS, AdminContext, render, templates
@@ -176,12 +176,12 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     async def refused_auth(request: Request, exc: AuthError) -> Response:
         return error_response(request, 422, str(exc), [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}])
 
-    @app.exception_handler(jobs.NotFound)
-    async def not_found(request: Request, exc: jobs.NotFound) -> Response:
+    @app.exception_handler(activity.NotFound)
+    async def not_found(request: Request, exc: activity.NotFound) -> Response:
         return error_response(request, 404, str(exc))
 
-    @app.exception_handler(jobs.Conflict)
-    async def conflict(request: Request, exc: jobs.Conflict) -> Response:
+    @app.exception_handler(activity.Conflict)
+    async def conflict(request: Request, exc: activity.Conflict) -> Response:
         return error_response(request, 409, str(exc))
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

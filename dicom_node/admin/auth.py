@@ -31,7 +31,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import AdminSession, ApiToken, Role, User, utcnow
+from dicom_node.db.models import AdminSession, ApiToken, Role, User
+from dicom_node.db.times import utcnow
 from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import json
 import sys
 from typing import Any, Callable
 
-from dicom_node.node_cli import database_from, fail
+from dicom_node.commands.common import database_from, fail, settings_from
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
     from dicom_node.admin.auth import AuthError
     from dicom_node.configuration import cli_actor
 
-    db = database_from(args)
+    db = database_from(settings_from(args))
     try:
         with db.session() as s:
             result = change(s, cli_actor())
@@ -96,7 +96,7 @@ def cmd_list_users(args: argparse.Namespace) -> int:
     from dicom_node.admin.auth import user_dict
     from dicom_node.db.models import User
 
-    db = database_from(args)
+    db = database_from(settings_from(args))
     with db.session() as s:
         users = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
     db.dispose()
@@ -132,7 +132,7 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
     from dicom_node.admin.auth import token_dict
     from dicom_node.db.models import ApiToken
 
-    db = database_from(args)
+    db = database_from(settings_from(args))
     with db.session() as s:
         tokens = [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]
     db.dispose()

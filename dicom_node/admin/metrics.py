@@ -18,7 +18,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dicom_node.db import Database
-from dicom_node.db.models import Export, ExportStatus, Instance, Job, JobStatus, OutboxMessage, Series, SeriesStatus
+from dicom_node.db.models import Export, Instance, Job, OutboxMessage, Series
+from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
 
 # Job.timings key the worker writes for running the model (seconds).
 INFERENCE_TIMING = "inference"

@@ -21,7 +21,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit is visible to every process at once and the database never
     # corrupts; a power cut may roll back the last commits. The stored files are fsync'ed and the
-    # index is rebuilt from them after an unclean stop (dicom_node.recovery), so no acknowledged
+    # index is rebuilt from them after an unclean stop (dicom_node.storage.recovery), so no acknowledged
     # instance is lost, and no C-STORE waits for a second fsync.
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

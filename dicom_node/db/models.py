@@ -1,6 +1,9 @@
 """SQLAlchemy 2 models: configuration (AEs, sources, destinations) and state (series, instances,
 jobs, the outbox, exports, events).
 
+State columns are strings without a default; their values and every transition between them are
+dicom_node.jobs' (dicom_node.jobs.status names them).
+
 Field checks use dicom_node.validation, the same validators as the config loader, the REST schemas
 and the command line.
 """
@@ -28,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
+from dicom_node.db.times import utcnow
 from dicom_node.validation import (
     OUTPUT_KINDS,
     check_ae_title,
@@ -47,39 +51,9 @@ NAMING = {
 }
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON, list[Any]: JSON}
-
-
-class SeriesStatus(str, enum.Enum):
-    RECEIVING = "receiving"  # instances arriving; completion not reached
-    COMPLETE = "complete"  # complete and selected for analysis (see its jobs)
-    NOT_ANALYSED = "not_analysed"  # complete, stored, but the AE's filters did not select it
-
-
-class JobStatus(str, enum.Enum):
-    PENDING = "pending"  # written with the completion, in the outbox, not yet handed to the queue
-    QUEUED = "queued"  # handed to the queue
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    SUPERSEDED = "superseded"  # the series re-opened before this job started; a newer job follows
-
-
-ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
-
-
-class ExportStatus(str, enum.Enum):
-    PENDING = "pending"
-    SENDING = "sending"
-    RETRYING = "retrying"
-    DONE = "done"
-    FAILED = "failed"  # failed for good: a permanent refusal, or retries beyond the maximum age
 
 
 local_ae_destinations = Table(
@@ -101,7 +75,7 @@ class LocalAE(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     quiet_seconds: Mapped[float] = mapped_column(Float, default=5.0)
     max_wait_seconds: Mapped[float] = mapped_column(Float, default=1800.0)
-    # Which series are analysed; see dicom_node.filters.SeriesFilter for the keys.
+    # Which series are analysed; see dicom_node.jobs.filters.SeriesFilter for the keys.
     filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Storage SOP classes accepted here besides CT and Enhanced CT.
     extra_sop_classes: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -210,7 +184,7 @@ class Series(Base):
     instances: Mapped[int] = mapped_column(Integer, default=0)
     # Images: instances times frames (Enhanced CT holds a whole series in one instance).
     frames: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default=SeriesStatus.RECEIVING.value, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.SeriesStatus
     reason: Mapped[str] = mapped_column(Text, default="")
     # Incremented each time the series re-opens after completion.
     generation: Mapped[int] = mapped_column(Integer, default=0)
@@ -233,7 +207,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     frames: Mapped[int] = mapped_column(Integer, default=1)
-    # Relative to the storage root (dicom_node.storage).
+    # Relative to the storage root (dicom_node.storage.files).
     path: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -248,7 +222,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING.value, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.JobStatus
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(200), default="")
@@ -257,7 +231,7 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     # Written every few seconds by the worker running the job; a running job whose heartbeat
-    # stopped lost its worker (worker.pipeline claims and recovers such jobs).
+    # stopped lost its worker (dicom_node.jobs.analyses claims and recovers such jobs).
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
     model_name: Mapped[str] = mapped_column(String(64), default="")
     model_version: Mapped[str] = mapped_column(String(64), default="")
@@ -305,7 +279,7 @@ class Export(Base):
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
     outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.PENDING.value, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.ExportStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     objects_sent: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

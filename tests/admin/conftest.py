@@ -20,10 +20,12 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from dicom_node.admin.auth import Passwords, create_token
 from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
-from dicom_node.db.models import Export, ExportStatus, Job, JobStatus, Series, SeriesStatus, User, utcnow
+from dicom_node.db.models import Export, Job, Series, User
+from dicom_node.db.times import utcnow
+from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import Settings
+from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, wait_until
 from model.contract.uids import derived_uid
-from tests.peers import NodeProcess, cli, free_port, node_env, wait_until
 
 ADMIN, VIEWER = "alice", "victor"
 PASSWORD = "correct horse battery staple"
@@ -116,7 +118,7 @@ def admin_app(database_url: str, tmp_path: Path) -> Iterator[AdminApp]:
     db.dispose()
 
 
-# --- a finished job, written as the worker writes one (worker.artefacts) ------------------
+# --- a finished job, written as the worker writes one (dicom_node.storage.results) ------------------
 
 
 def write_sc(path: Path, rgb: np.ndarray, seed: str) -> str:

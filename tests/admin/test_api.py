@@ -32,9 +32,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from dicom_node.db.models import AuditEntry, Instance, OutboxMessage, Source
+from dicom_node.testing.peers import Orthanc, free_port
 from dicom_node.validation import check_ae_title, check_port
 from tests.admin.conftest import ADMIN, PASSWORD, VIEWER, AdminApp, Browser, finished_job
-from tests.peers import Orthanc, free_port
 
 PUBLIC = {"/health", "/metrics"}
 

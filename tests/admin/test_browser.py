@@ -32,12 +32,12 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
 from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
-from tests.peers import REPO, Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
-ARTIFACTS = REPO / "test-artifacts" / "admin-browser"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin-browser"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 LOCAL_AE = "CTNODE"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from dicom_node.testing.peers import free_port, port_open, require_tool, storescu, wait_until
 from tests.admin.conftest import LiveNode
-from tests.peers import free_port, port_open, require_tool, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """The node as the end-to-end tests run it: ``dicom-node serve``, ``worker`` or ``up`` as
-subprocesses (tests.peers.NodeProcess), configured through the real command line, read back
+subprocesses (dicom_node.testing.peers.NodeProcess), configured through the real command line, read back
 through its database; and the checks of what arrives in Orthanc.
 
 ``TEST_WEIGHTS_DIR`` (optional) points the worker at another weights folder than the shipped
@@ -18,10 +18,10 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database
-from dicom_node.queries import job_rows
+from dicom_node.jobs.queries import job_rows
 from dicom_node.settings import load_settings
+from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from tests.outputs import validators as v
-from tests.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 
 # Settings that keep the tests short on a 2-core machine: one listener process, fast polling,
 # CAM localisation (integrated gradients cost minutes on a CPU), a short heartbeat and backoff.

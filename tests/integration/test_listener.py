@@ -24,8 +24,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
+from dicom_node.testing.peers import NodeProcess, cli, cli_json, create_postgres_database, drop_postgres_database, free_port, node_env, require_tool, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
-from tests.peers import NodeProcess, cli, cli_json, create_postgres_database, drop_postgres_database, free_port, node_env, require_tool, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

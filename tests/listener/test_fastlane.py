@@ -16,7 +16,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
-from dicom_node.fastlane import UNABLE_TO_PROCESS, FastLane, encode_store_response, p_data_tf, parse_command
+from dicom_node.listener.fastlane import UNABLE_TO_PROCESS, FastLane, encode_store_response, p_data_tf, parse_command
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

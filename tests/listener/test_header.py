@@ -15,8 +15,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node import header as fast_header
-from dicom_node.scp import RejectedInstance, _read_header, header_of
+from dicom_node.listener import header as fast_header
+from dicom_node.listener.scp import RejectedInstance, _read_header
+from dicom_node.storage.instance import header_of
 
 PYDICOM_DATA = Path(data_store.__file__).parent / "data"
 PYDICOM_TEST_FILES = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "emri_small.dcm", "rtplan.dcm", "693_UNCI.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm")]

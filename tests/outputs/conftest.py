@@ -17,9 +17,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+from dicom_node.testing import synthetic
 from model.contract.result import SeriesResult
 from model.phantoms.phantom import Phantom
-from tests.outputs import synthetic, validators
+from tests.outputs import validators
 
 CREATED = datetime.datetime(2024, 3, 4, 5, 6, 7)
 

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.peers import require_tool
+from dicom_node.testing.peers import require_tool
 
 PIXELMED_JARS = (
     "/usr/share/java/pixelmed.jar",

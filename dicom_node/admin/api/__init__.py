@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from dicom_node.admin.api import access, config, jobs, monitoring
+from dicom_node.admin.api import access, activity, config, monitoring
 from dicom_node.admin.kinds import KINDS
 
 
@@ -14,7 +14,7 @@ def api_router() -> APIRouter:
     for kind in KINDS:
         router.include_router(config.config_router(kind))
     router.include_router(config.echo_router())
-    router.include_router(jobs.router)
+    router.include_router(activity.router)
     router.include_router(access.router)
     return router
 

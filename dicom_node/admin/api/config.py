@@ -15,9 +15,9 @@ from sqlalchemy import select
 from dicom_node.admin import audit
 from dicom_node.admin.auth import Principal
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
-from dicom_node.admin.echo import c_echo
 from dicom_node.admin.kinds import ConfigKind
 from dicom_node.db.models import Destination
+from dicom_node.sending.echo import c_echo
 
 
 def config_router(kind: ConfigKind) -> APIRouter:

@@ -18,12 +18,12 @@ from starlette.responses import Response
 
 from dicom_node.admin import audit
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
-from dicom_node.admin.echo import c_echo
 from dicom_node.admin.health import check_listeners
 from dicom_node.admin.kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCES, ConfigKind
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
 from dicom_node.configuration import ConfigError
 from dicom_node.db.models import Destination
+from dicom_node.sending.echo import c_echo
 from dicom_node.validation import OUTPUT_KINDS
 
 router = APIRouter()

@@ -9,11 +9,11 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from dicom_node.admin import audit
-from dicom_node.admin import jobs as j
+from dicom_node.admin import activity, audit
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import health
-from dicom_node.db.models import Event, JobStatus, SeriesStatus
+from dicom_node.db.models import Event
+from dicom_node.jobs.status import JobStatus, SeriesStatus
 
 router = APIRouter()
 
@@ -32,14 +32,14 @@ def dashboard(request: Request) -> Response:
     return render(
         request,
         "dashboard.html",
-        {"health": report, "counts": j.job_counts(context.db), "events": events, "audit": recent},
+        {"health": report, "counts": activity.job_counts(context.db), "events": events, "audit": recent},
     )
 
 
 @router.get("/series")
 def series_page(request: Request, status: str = "") -> Response:
     principal(request)
-    rows = j.series_list(ctx(request).db, status or None)
+    rows = activity.series_list(ctx(request).db, status or None)
     return render(
         request,
         "series.html",
@@ -50,19 +50,19 @@ def series_page(request: Request, status: str = "") -> Response:
 @router.get("/series/rows")
 def series_rows_fragment(request: Request, status: str = "") -> Response:
     principal(request)
-    return render(request, "_series_rows.html", {"rows": j.series_list(ctx(request).db, status or None)})
+    return render(request, "_series_rows.html", {"rows": activity.series_list(ctx(request).db, status or None)})
 
 
 @router.get("/series/{series_id}")
 def one_series(series_id: int, request: Request) -> Response:
     principal(request)
-    return render(request, "series_detail.html", {"series": j.series_detail(ctx(request).db, series_id)})
+    return render(request, "series_detail.html", {"series": activity.series_detail(ctx(request).db, series_id)})
 
 
 @router.get("/jobs")
 def jobs_page(request: Request, status: str = "") -> Response:
     principal(request)
-    rows = j.job_list(ctx(request).db, status or None)
+    rows = activity.job_list(ctx(request).db, status or None)
     flash = request.session.pop("flash", "")
     return render(
         request,
@@ -74,13 +74,13 @@ def jobs_page(request: Request, status: str = "") -> Response:
 @router.get("/jobs/rows")
 def jobs_rows_fragment(request: Request, status: str = "") -> Response:
     principal(request)
-    return render(request, "_jobs_rows.html", {"rows": j.job_list(ctx(request).db, status or None)})
+    return render(request, "_jobs_rows.html", {"rows": activity.job_list(ctx(request).db, status or None)})
 
 
 @router.get("/jobs/{job_id}")
 def one_job(job_id: int, request: Request) -> Response:
     principal(request)
-    job = j.job_detail(ctx(request).db, job_id)
+    job = activity.job_detail(ctx(request).db, job_id)
     flash = request.session.pop("flash", "")
     with ctx(request).db.session() as s:
         history = audit.entries(s, target_type="job", target_id=str(job_id), limit=20)
@@ -91,8 +91,8 @@ def one_job(job_id: int, request: Request) -> Response:
 def retry(job_id: int, request: Request, data: FormData = Depends(form)) -> Response:
     who = admin(request)
     db = ctx(request).db
-    before = j.retry_job(db, job_id)
-    after = j.job_detail(db, job_id)
+    before = activity.retry_job(db, job_id)
+    after = activity.job_detail(db, job_id)
     with db.session() as s:
         audit.record(
             s, who, "job.retry", target_type="job", target_id=job_id, target=before["series_uid"],
@@ -109,7 +109,7 @@ def resend(job_id: int, request: Request, data: FormData = Depends(form)) -> Res
     who = admin(request)
     context = ctx(request)
     destination = str(data.get("destination", "")) or None
-    ids = j.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    ids = activity.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
     with context.db.session() as s:
         audit.record(
             s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",

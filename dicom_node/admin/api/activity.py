@@ -1,0 +1,118 @@
+"""Series, jobs, exports and events: read them, retry a job, see a finished job's heatmap."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from dicom_node.admin import activity, audit
+from dicom_node.admin.auth import Principal
+from dicom_node.admin.deps import admin, client_addr, ctx, principal
+from dicom_node.db.models import Event
+from dicom_node.jobs.queries import NOTICE
+from dicom_node.validation import AETitle
+
+router = APIRouter(tags=["Series and jobs"])
+
+
+@router.get("/series", summary="Series with their latest job's state, newest first")
+def list_series(
+    request: Request,
+    status: str | None = Query(None, description="only series in this state (receiving, not_analysed, or a job state)"),
+    limit: int = Query(200, ge=1, le=5000),
+    who: Principal = Depends(principal),
+) -> list[dict[str, Any]]:
+    return activity.series_list(ctx(request).db, status, limit)
+
+
+@router.get("/series/{series_id}", summary="One series with all its jobs")
+def get_series(series_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return activity.series_detail(ctx(request).db, series_id)
+
+
+@router.get("/jobs", summary="Jobs, newest first, with their exports")
+def list_jobs(
+    request: Request,
+    status: str | None = Query(None, description="pending, queued, running, done, failed, superseded"),
+    limit: int = Query(200, ge=1, le=5000),
+    who: Principal = Depends(principal),
+) -> list[dict[str, Any]]:
+    return activity.job_list(ctx(request).db, status, limit)
+
+
+@router.get("/jobs/{job_id}", summary="One job: status, reason, timings, outputs, export state per destination")
+def get_job(job_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
+    return activity.job_detail(ctx(request).db, job_id)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, summary="Run a finished or failed job again (admin)")
+def retry_job(job_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
+    db = ctx(request).db
+    before = activity.retry_job(db, job_id)
+    after = activity.job_detail(db, job_id)
+    with db.session() as s:
+        audit.record(
+            s,
+            who,
+            "job.retry",
+            target_type="job",
+            target_id=job_id,
+            target=before["series_uid"],
+            before={"status": before["status"], "reason": before["reason"]},
+            after={"status": after["status"], "reason": after["reason"]},
+            remote_addr=client_addr(request),
+        )
+    return after
+
+
+class ResendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    destination: AETitle | None = Field(None, description="only to this destination (default: every destination of the job)")
+
+
+@router.post("/jobs/{job_id}/export", status_code=202, summary="Send a done job's results again (admin)")
+def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Principal = Depends(admin)) -> dict[str, Any]:
+    context = ctx(request)
+    destination = data.destination if data is not None else None
+    ids = activity.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    with context.db.session() as s:
+        audit.record(
+            s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",
+            after={"exports": ids}, remote_addr=client_addr(request),
+        )
+    return {"job_id": job_id, "exports": ids, "status": "pending"}
+
+
+@router.get(
+    "/jobs/{job_id}/preview",
+    summary="A finished job's heatmap overlay (the secondary capture sent to PACS) as PNG. Not for clinical use.",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def preview(job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)) -> Response:
+    context = ctx(request)
+    png = activity.preview_png(context.db, context.settings.results_dir, job_id, index)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOTICE})
+
+
+@router.get("/events", summary="What the node reported: refused associations, bad instances, failures")
+def list_events(request: Request, limit: int = Query(100, ge=1, le=5000), who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+    with ctx(request).db.session() as s:
+        rows = s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all()
+        return [
+            {
+                "id": e.id,
+                "at": e.at,
+                "level": e.level,
+                "category": e.category,
+                "message": e.message,
+                "calling_ae": e.calling_ae,
+                "calling_host": e.calling_host,
+                "local_ae": e.local_ae,
+            }
+            for e in rows
+        ]

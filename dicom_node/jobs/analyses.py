@@ -1,0 +1,342 @@
+"""The job state machine in the database: claims, heartbeats, the end of a job, lost workers.
+
+States (dicom_node.jobs.status.JobStatus) and who moves a job between them::
+
+    PENDING --relay--> QUEUED --claim--> RUNNING --finish--> DONE
+       ^  |               |                 |   |
+       |  +---------------+--a late instance (supersede_waiting)--> SUPERSEDED
+       |                                  |   +--fail--> FAILED
+       +---- lost-job scan (serve) -------+   +--the series changed--> SUPERSEDED
+       +---- jobs retry (requeue) -------- DONE / FAILED
+
+Series completion writes the PENDING job (dicom_node.jobs.completion); the outbox relay marks it
+QUEUED (dicom_node.jobs.outbox); everything else is here.
+
+A delivery of the job's message *claims* it (:func:`claim`) in one transaction (row locked on
+PostgreSQL, BEGIN IMMEDIATE on SQLite):
+
+- PENDING or QUEUED: claimed; RUNNING, ``attempts`` + 1, the worker's name, a fresh heartbeat.
+- RUNNING with a heartbeat older than ``3 x heartbeat_seconds``: its worker is gone (a SIGKILL, a
+  lost machine); the delivery takes it over the same way (this is how a message that Redis
+  redelivers after its visibility timeout finishes the job).
+- RUNNING with a fresh heartbeat: another worker has it. The delivery is a duplicate (a visibility
+  timeout shorter than the job, a requeue racing a slow worker); :class:`Busy` tells the caller
+  to wait a little and claim again, or to drop the duplicate.
+- DONE, FAILED, SUPERSEDED: nothing to do.
+- A job older than its series (the series re-opened and a newer generation exists) becomes
+  SUPERSEDED instead of running.
+
+The attempt number is the claim's token: the heartbeat, :func:`finish` and :func:`fail` change
+the job only while it is still RUNNING under that attempt, so an attempt that lost the job to a
+takeover can not overwrite the newer attempt's state. A job that finishes after its series
+re-opened becomes SUPERSEDED and exports nothing: results are only ever exported for the newest
+generation (output UIDs are the same for every generation, so an older export would replace the
+newer results in PACS).
+
+Exactly-once effect = this state machine + deterministic outputs (UIDs derived from the source
+series UID, the model version and the output kind): a job run twice writes and sends the same
+objects, and PACS replaces rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import CursorResult, and_, or_, select, update
+
+from dicom_node.db import Database
+from dicom_node.db.models import Event, Job, LocalAE, Series
+from dicom_node.db.times import as_utc, utcnow
+from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
+from dicom_node.jobs.status import ACTIVE_JOB_STATUSES, FINISHED_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
+
+log = logging.getLogger(__name__)
+
+# A late instance re-opens its series (dicom_node.storage.index) and, in the same transaction,
+# supersedes the series' jobs that have not started, so that at most one job waits per series.
+# Plain SQL with :name parameters, run by the index on its DBAPI connection (see there why).
+SUPERSEDE_WAITING_SQL = (
+    "UPDATE jobs SET status = :superseded, reason = 'series re-opened by a late instance', finished_at = :now"
+    " WHERE series_id = :series_id AND status IN (:pending, :queued)"
+)
+
+
+def supersede_waiting_params(series_id: int, now: object) -> dict[str, object]:
+    """The parameters of :data:`SUPERSEDE_WAITING_SQL` (``now`` in the driver's time format)."""
+    pending, queued = (st.value for st in WAITING_JOB_STATUSES)
+    return {"superseded": JobStatus.SUPERSEDED.value, "now": now, "series_id": series_id, "pending": pending, "queued": queued}
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """This worker now runs the job under ``attempt``."""
+
+    job_id: int
+    attempt: int
+    series_id: int
+    series_uid: str
+    generation: int
+    created_at: dt.datetime
+    queue_wait: float  # seconds from queued (or created) to this claim
+    took_over_from: str  # the lost worker's name, when this claim took the job over
+
+
+@dataclass(frozen=True)
+class Busy:
+    """Another worker runs the job and its heartbeat is fresh."""
+
+    job_id: int
+    worker: str
+    heartbeat_age: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Nothing to do for this delivery: the job is finished, superseded or gone."""
+
+    job_id: int
+    status: str
+    reason: str
+
+
+def _for_update(db: Database) -> bool:
+    return db.engine.dialect.name == "postgresql"
+
+
+def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt.datetime | None = None) -> Claimed | Busy | Skipped:
+    """Claim ``job_id`` for ``worker`` (see the module docstring for the rule)."""
+    now = now or utcnow()
+    with db.session() as s:
+        job = s.get(Job, job_id, with_for_update=_for_update(db))
+        if job is None:
+            return Skipped(job_id, "missing", "no such job")
+        if job.status in {st.value for st in FINISHED_JOB_STATUSES}:
+            return Skipped(job_id, job.status, job.reason)
+        took_over = ""
+        if job.status == JobStatus.RUNNING.value:
+            beat = as_utc(job.heartbeat_at or job.started_at) or now
+            age = (now - beat).total_seconds()
+            if age < stale_after:
+                return Busy(job_id, job.worker, age)
+            took_over = job.worker or "an unknown worker"
+        series = s.get(Series, job.series_id)
+        if series is None:
+            return Skipped(job_id, "missing", "the series is gone")
+        if job.generation < series.generation:
+            reason = f"the series changed after this job was made (generation {job.generation}, now {series.generation})"
+            job.status = JobStatus.SUPERSEDED.value
+            job.reason = reason
+            job.finished_at = now
+            job.heartbeat_at = None
+            return Skipped(job_id, JobStatus.SUPERSEDED.value, reason)
+        waited_from = as_utc(job.queued_at or job.created_at) or now
+        job.status = JobStatus.RUNNING.value
+        job.attempts = (job.attempts or 0) + 1
+        job.worker = worker[:200]
+        job.started_at = now
+        job.heartbeat_at = now
+        job.finished_at = None
+        job.reason = f"attempt {job.attempts} took over from {took_over}, whose heartbeat stopped" if took_over else ""
+        if took_over:
+            _event(s, series, "warning", f"job {job.id}: worker {took_over} stopped; attempt {job.attempts} runs on {worker}")
+        return Claimed(
+            job_id=job.id,
+            attempt=job.attempts,
+            series_id=series.id,
+            series_uid=series.series_uid,
+            generation=job.generation,
+            created_at=as_utc(job.created_at) or now,
+            queue_wait=max(0.0, (now - waited_from).total_seconds()),
+            took_over_from=took_over,
+        )
+
+
+def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None) -> bool:
+    """Write the heartbeat of a running attempt; False if the attempt no longer owns the job."""
+    with db.session() as s:
+        result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            update(Job)
+            .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING.value)
+            .values(heartbeat_at=now or utcnow())
+        )
+        changed = result.rowcount
+    return bool(changed)
+
+
+class LostOwnership(RuntimeError):
+    """The attempt no longer owns its job (taken over, requeued or superseded meanwhile)."""
+
+
+class Heartbeat:
+    """A thread that writes the job's heartbeat every ``interval`` seconds while the attempt runs.
+
+    Use as a context manager; :meth:`check` raises :class:`LostOwnership` once a beat found the
+    job no longer RUNNING under this attempt. A failing beat (the database away for a moment) is
+    logged and tried again: only a definite "not yours" ends the attempt.
+    """
+
+    def __init__(self, db: Database, job_id: int, attempt: int, interval: float) -> None:
+        self.db = db
+        self.job_id = job_id
+        self.attempt = attempt
+        self.interval = interval
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-job-{job_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not beat(self.db, self.job_id, self.attempt):
+                    self._lost.set()
+                    return
+            except Exception as exc:  # the database may be away for a moment; keep beating
+                log.warning("job %d: heartbeat failed: %s", self.job_id, exc)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def check(self) -> None:
+        if self._lost.is_set():
+            raise LostOwnership(f"job {self.job_id}: attempt {self.attempt} no longer owns the job")
+
+
+def finish(
+    db: Database,
+    claimed: Claimed,
+    *,
+    fields: dict[str, Any],
+    on_done: Any = None,
+    now: dt.datetime | None = None,
+) -> str:
+    """End a claimed attempt: DONE with ``fields`` (decision, result, outputs, timings...), or
+    SUPERSEDED when the series re-opened meanwhile. ``on_done(session, job, series)`` runs in the
+    same transaction as DONE (the exports and their outbox message). Returns the job's status;
+    raises :class:`LostOwnership` when the attempt no longer owns the job."""
+    now = now or utcnow()
+    with db.session() as s:
+        job = s.get(Job, claimed.job_id, with_for_update=_for_update(db))
+        if job is None or job.status != JobStatus.RUNNING.value or job.attempts != claimed.attempt:
+            raise LostOwnership(f"job {claimed.job_id}: attempt {claimed.attempt} no longer owns the job")
+        series = s.get(Series, job.series_id)
+        job.finished_at = now
+        job.heartbeat_at = None
+        for key, value in fields.items():
+            setattr(job, key, value)
+        if series is not None and series.generation > job.generation:
+            job.status = JobStatus.SUPERSEDED.value
+            job.reason = f"the series re-opened while it was analysed (generation {job.generation}, now {series.generation}); its next job reports"
+            log.info("job %d superseded: %s", job.id, job.reason)
+            return job.status
+        job.status = JobStatus.DONE.value
+        if on_done is not None:
+            on_done(s, job, series)
+        return job.status
+
+
+def fail(db: Database, claimed: Claimed, reason: str, *, timings: dict[str, Any] | None = None, now: dt.datetime | None = None) -> bool:
+    """FAILED with ``reason`` if the attempt still owns the job; returns whether it did."""
+    now = now or utcnow()
+    with db.session() as s:
+        job = s.get(Job, claimed.job_id, with_for_update=_for_update(db))
+        if job is None or job.status != JobStatus.RUNNING.value or job.attempts != claimed.attempt:
+            return False
+        job.status = JobStatus.FAILED.value
+        job.reason = reason[:4000]
+        job.finished_at = now
+        job.heartbeat_at = None
+        if timings is not None:
+            job.timings = timings
+        series = s.get(Series, job.series_id)
+        if series is not None:
+            _event(s, series, "error", f"job {job.id} failed: {reason}"[:2000])
+    return True
+
+
+def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = None) -> list[int]:
+    """Requeue RUNNING jobs whose heartbeat is older than ``lost_after`` seconds (their worker
+    died and the broker will not, or not soon, deliver the message again): PENDING with a reason
+    and a new outbox message, in one transaction. Returns the job ids."""
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=lost_after)
+    requeued = []
+    with db.session() as s:
+        silent = or_(Job.heartbeat_at < cutoff, and_(Job.heartbeat_at.is_(None), Job.started_at < cutoff))
+        for job in s.scalars(select(Job).where(Job.status == JobStatus.RUNNING.value, silent)).all():
+            beat_at = as_utc(job.heartbeat_at or job.started_at)
+            if beat_at is None or beat_at >= cutoff:
+                continue
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
+                .values(
+                    status=JobStatus.PENDING.value,
+                    reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
+                    heartbeat_at=None,
+                )
+            )
+            if result.rowcount:
+                write_message(s, ANALYSE_TOPIC, job.id, recovered=True)
+                requeued.append(job.id)
+                series = s.get(Series, job.series_id)
+                if series is not None:
+                    _event(s, series, "warning", f"job {job.id}: worker {job.worker or '?'} stopped; job requeued")
+    for job_id in requeued:
+        log.warning("job %d: its worker stopped; requeued", job_id)
+    return requeued
+
+
+class JobNotFound(LookupError):
+    """No job has this id."""
+
+
+class JobActive(ValueError):
+    """The job is pending, queued or running: it is not retried unless forced."""
+
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"job {job_id} is {status}")
+        self.job_id = job_id
+        self.status = status
+
+
+def requeue(db: Database, job_id: int, *, reason: str = "retry requested", force: bool = False) -> int:
+    """Analyse a job again (retry on demand): PENDING with ``reason`` and a new outbox message, in
+    one transaction. Refused with :class:`JobActive` while the job is pending, queued or running,
+    unless ``force``. Returns the message id."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} does not exist")
+        if job.status in {st.value for st in ACTIVE_JOB_STATUSES} and not force:
+            raise JobActive(job_id, job.status)
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.PENDING.value, reason=reason, finished_at=None))
+        message = write_message(s, ANALYSE_TOPIC, job_id, retry=True)
+        s.flush()
+        return message.id
+
+
+def _event(s: Any, series: Series, level: str, message: str) -> None:
+    local_ae = s.get(LocalAE, series.local_ae_id) if series.local_ae_id is not None else None
+    s.add(
+        Event(
+            level=level,
+            category="job",
+            message=message,
+            calling_ae=series.calling_ae,
+            calling_host=series.calling_host,
+            local_ae=local_ae.title if local_ae is not None else "",
+        )
+    )

@@ -1,0 +1,142 @@
+"""The read model of what happened: series, jobs and exports as the command line prints them
+and the admin app shows them. One serialisation, so `series list --json`, `jobs list --json`
+and the REST API agree."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+
+from dicom_node.db import Database
+from dicom_node.db.models import Export, Job, LocalAE, Series
+from dicom_node.jobs.status import SeriesStatus
+
+NOTICE = "Not for clinical use."
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite returns naive datetimes; everything stored is UTC)."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
+
+
+def series_rows(db: Database, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Series with the state of their latest job, newest first: ``series list --json`` and the
+    admin app."""
+    with db.session() as s:
+        q = select(Series).order_by(Series.last_received_at.desc()).limit(limit)
+        rows = s.scalars(q).all()
+        ae_titles = {a.id: a.title for a in s.scalars(select(LocalAE))}
+        out = []
+        for r in rows:
+            job = s.scalar(select(Job).where(Job.series_id == r.id).order_by(Job.id.desc()).limit(1))
+            effective = r.status
+            reason = r.reason
+            if r.status == SeriesStatus.COMPLETE.value and job is not None:
+                effective = job.status
+                reason = job.reason
+            if status and effective != status:
+                continue
+            out.append(
+                {
+                    "id": r.id,
+                    "study_uid": r.study_uid,
+                    "series_uid": r.series_uid,
+                    "patient_id": r.patient_id,
+                    "modality": r.modality,
+                    "series_description": r.series_description,
+                    "instances": r.instances,
+                    "frames": r.frames,
+                    "status": effective,
+                    "series_status": r.status,
+                    "reason": reason,
+                    "local_ae": ae_titles.get(r.local_ae_id or -1, ""),
+                    "calling_ae": r.calling_ae,
+                    "generation": r.generation,
+                    "first_received_at": iso(r.first_received_at),
+                    "last_received_at": iso(r.last_received_at),
+                    "completed_at": iso(r.completed_at),
+                    "job_id": job.id if job else None,
+                    "decision": job.decision if job else "",
+                }
+            )
+    return out
+
+
+def export_dict(row: Export) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "job_id": row.job_id,
+        "destination_id": row.destination_id,
+        "destination": row.title,
+        "key": row.destination_key,
+        "host": row.host,
+        "port": row.port,
+        "outputs": list(row.outputs or []),
+        "status": row.status,
+        "attempts": row.attempts,
+        "objects_sent": row.objects_sent,
+        "next_attempt_at": iso(row.next_attempt_at),
+        "last_error": row.last_error,
+        "created_at": iso(row.created_at),
+        "finished_at": iso(row.finished_at),
+    }
+
+
+def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export] | None = None) -> dict[str, Any]:
+    result = job.result or {}
+    outputs = [o for o in job.outputs or [] if isinstance(o, dict)]
+    counts: dict[str, int] = {}
+    for o in outputs:
+        counts[o.get("kind", "?")] = counts.get(o.get("kind", "?"), 0) + 1
+    return {
+        "id": job.id,
+        "series_id": series.id,
+        "series_uid": series.series_uid,
+        "study_uid": series.study_uid,
+        "series_description": series.series_description,
+        "patient_id": series.patient_id,
+        "local_ae": local_ae,
+        "calling_ae": series.calling_ae,
+        "instances": series.instances,
+        "generation": job.generation,
+        "status": job.status,
+        "reason": job.reason,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "created_at": iso(job.created_at),
+        "queued_at": iso(job.queued_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "heartbeat_at": iso(job.heartbeat_at),
+        "model": {"name": job.model_name, "version": job.model_version},
+        "decision": job.decision,
+        "probabilities": dict(result.get("probabilities") or {}),
+        "result_reason": result.get("reason", ""),
+        "lung_involvement_percent": result.get("lung_involvement_percent"),
+        "timings": dict(job.timings or {}),
+        "outputs": outputs,
+        "output_counts": counts,
+        "exports": [export_dict(e) for e in (exports if exports is not None else job.exports)],
+        "notice": NOTICE,
+    }
+
+
+def job_rows(db: Database, *, status: str | None = None, job_ids: list[int] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Jobs, newest first, with their series and the state of their exports per destination."""
+    with db.session() as s:
+        q = select(Job, Series).join(Series, Series.id == Job.series_id).order_by(Job.id.desc()).limit(limit)
+        if status:
+            q = q.where(Job.status == status)
+        if job_ids is not None:
+            q = q.where(Job.id.in_(job_ids))
+        pairs = s.execute(q).all()
+        titles = {a.id: a.title for a in s.scalars(select(LocalAE))}
+        by_job: dict[int, list[Export]] = {job.id: [] for job, _ in pairs}
+        if by_job:
+            for e in s.scalars(select(Export).where(Export.job_id.in_(list(by_job))).order_by(Export.id)):
+                by_job[e.job_id].append(e)
+        return [job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id]) for job, series in pairs]

@@ -1,0 +1,44 @@
+"""The states of a series, an analysis job and an export: the one home of their names.
+
+The columns that hold them (dicom_node.db.models) are plain strings without a default: every row
+is written with a state from here, by the module that owns the transition (storage.index and
+jobs.completion for series; jobs.completion, jobs.analyses and jobs.outbox for jobs; jobs.exports
+for exports).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class SeriesStatus(str, enum.Enum):
+    RECEIVING = "receiving"  # instances arriving; completion not reached
+    COMPLETE = "complete"  # complete and selected for analysis (see its jobs)
+    NOT_ANALYSED = "not_analysed"  # complete, stored, but the AE's filters did not select it
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"  # written with the completion, in the outbox, not yet handed to the queue
+    QUEUED = "queued"  # handed to the queue
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # the series re-opened before this job started; a newer job follows
+
+
+# A job in one of these is not finished: it must not be retried unless forced.
+ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
+# A job in one of these has waited without starting; a late instance supersedes it.
+WAITING_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED)
+FINISHED_JOB_STATUSES = (JobStatus.DONE, JobStatus.FAILED, JobStatus.SUPERSEDED)
+
+
+class ExportStatus(str, enum.Enum):
+    PENDING = "pending"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"  # failed for good: a permanent refusal, or retries beyond the maximum age
+
+
+OPEN_EXPORT_STATUSES = (ExportStatus.PENDING, ExportStatus.SENDING, ExportStatus.RETRYING)

@@ -1,0 +1,308 @@
+"""Event-driven reactors for pynetdicom's association acceptor.
+
+pynetdicom's DUL and association threads poll: each loop sleeps about a millisecond when it finds
+nothing to do, and every C-STORE crosses several such loops (PDU in, DIMSE message to the service
+thread, response back to the DUL). With a 512x512 CT image that is most of the time a store takes.
+Here the same state machine, ACSE and DIMSE code runs, but the threads sleep until there is work:
+the DUL thread in ``select()`` on the peer's socket and a wake-up socket, the association thread
+on an event set whenever something is queued for it. Idle associations still wake every
+``_IDLE_WAKE`` seconds to check timers, as the originals do every millisecond.
+
+The overridden methods follow pynetdicom 3.0's (the version range pyproject.toml allows); the
+tests in tests/listener run the full protocol through them against DCMTK.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import select
+import socket
+import ssl
+import struct
+import threading
+from copy import deepcopy
+from datetime import datetime
+from typing import Any, Callable
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_node.listener.fastlane import FastLane
+
+LOGGER = logging.getLogger("pynetdicom")
+
+_IDLE_WAKE = 0.05  # seconds: how often an idle thread checks timers and kill flags
+
+
+class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+    """A queue that calls ``wake()`` after every put."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """The DUL thread, sleeping in select() instead of time.sleep()."""
+
+    def __init__(self, assoc: Association, user_wake: threading.Event) -> None:
+        super().__init__(assoc)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # Primitives from the local user (responses to send) wake this thread; primitives for
+        # the user (A-RELEASE, A-ABORT) wake the association thread.
+        self.to_provider_queue = _WakingQueue(self.wake)
+        self.fast_lane: FastLane | None = None
+        self.to_user_queue = _WakingQueue(user_wake.set)
+        self.event_queue = _WakingQueue(self.wake)
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a wake-up is already pending, or we are closing
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.wake()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU reader, with P-DATA-TF PDUs offered to the fast lane first."""
+        assert self.socket is not None
+        try:
+            header = self.socket.recv(6)
+            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        except (OSError, TimeoutError, struct.error):
+            self.event_queue.put("Evt17")  # transport closed
+            return
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            LOGGER.error("Unknown PDU type received '0x%02X'", pdu_type)
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = self.socket.recv(pdu_length)
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            LOGGER.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, pdu_length + 6)
+            self.event_queue.put("Evt17")
+            return
+        bytestream: bytes | bytearray | None = header + body
+        if pdu_type == 0x04 and self.fast_lane is not None and self.state_machine.current_state == "Sta6":
+            try:
+                bytestream = self.fast_lane.take(bytestream)
+            except ValueError as exc:
+                LOGGER.error("Invalid P-DATA-TF PDU: %s", exc)
+                self.event_queue.put("Evt19")
+                return
+            if bytestream is None:
+                return
+        try:
+            pdu, event = self._decode_pdu(bytearray(bytestream))
+        except Exception as exc:
+            LOGGER.error("Unable to decode the received PDU data: %s", exc)
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
+
+    def _wait_for_work(self) -> None:
+        if self.to_provider_queue.qsize() or self.event_queue.qsize():
+            return
+        sock = self.socket.socket if self.socket is not None else None
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        readers: list[Any] = [self._wake_r]
+        if sock is not None and sock.fileno() >= 0:
+            readers.append(sock)
+        try:
+            select.select(readers, [], [], _IDLE_WAKE)
+        except (OSError, ValueError):
+            return  # the socket closed under us; the transport check reports it
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def run_reactor(self) -> None:
+        """pynetdicom's DUL loop with ``time.sleep(delay)`` replaced by ``_wait_for_work()``."""
+        self._idle_timer.start()
+        sleep = False
+        try:
+            while True:
+                if not self.assoc._dul_ready.is_set():
+                    self.assoc._dul_ready.set()
+                    sleep = True
+                if sleep:
+                    self._wait_for_work()
+                if self._kill_thread:
+                    break
+                if self.artim_timer.expired:
+                    self.event_queue.put("Evt18")
+                try:
+                    if self._process_recv_primitive():
+                        pass
+                    elif self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception:
+                    # As pynetdicom does: bypass the state machine, send an A-ABORT, stop.
+                    abort_pdu = A_ABORT_RQ()
+                    abort_pdu.source = 0x02
+                    abort_pdu.reason_diagnostic = 0x00
+                    if self.socket is not None:
+                        self.socket.send(abort_pdu.encode())
+                    self.assoc.is_aborted = True
+                    self.assoc.is_established = False
+                    self.assoc._kill = True
+                    self._kill_thread = True
+                    raise
+                try:
+                    event = self.event_queue.get(block=False)
+                except queue.Empty:
+                    sleep = True
+                    continue
+                self.state_machine.do_action(event)
+                sleep = False
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+
+class FastSocket(AssociationSocket):
+    """Reads a PDU with few large recv_into() calls instead of 4 KiB recv()s."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        nr_read = 0
+        while nr_read < nr_bytes:
+            n = self.socket.recv_into(view[nr_read:], min(nr_bytes - nr_read, 1 << 20))
+            if n == 0:
+                view.release()
+                del buffer[nr_read:]
+                return buffer
+            nr_read += n
+        view.release()
+        return buffer
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor whose reactor waits on an event instead of polling every millisecond."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._user_wake = threading.Event()
+        self.dul = EventDrivenDUL(self, self._user_wake)
+        self.dimse.msg_queue = _WakingQueue(self._user_wake.set)
+        # Timeouts live partly on the DUL: set them again on the new one.
+        self.acse_timeout = self.ae.acse_timeout
+        self.connection_timeout = self.ae.connection_timeout
+        self.dimse_timeout = self.ae.dimse_timeout
+        self.network_timeout = self.ae.network_timeout
+
+    def kill(self) -> None:
+        self._user_wake.set()
+        super().kill()
+
+    def _has_user_work(self) -> bool:
+        return bool(self.dimse.msg_queue.qsize() or self.dul.to_user_queue.qsize())
+
+    def _run_reactor(self) -> None:
+        """pynetdicom's association loop, waiting on ``_user_wake`` instead of sleeping."""
+        self._is_paused = False
+        while not self._kill:
+            # Clear before looking, so a put after the look sets the event again.
+            self._user_wake.clear()
+            if not self._has_user_work():
+                self._user_wake.wait(_IDLE_WAKE)
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            if self.dul.idle_timer_expired():
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """Creates :class:`EventDrivenAssociation` acceptors (otherwise as pynetdicom's handler)."""
+
+    def _create_association(self) -> Association:
+        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        client = self.request
+        assert isinstance(client, socket.socket)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        assoc.set_socket(FastSocket(assoc, client_socket=client))
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        store = getattr(self.server, "store_handler", None)
+        if store is not None:
+            assoc.dul.fast_lane = FastLane(
+                functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), assoc.dul.socket.send
+            )
+        for event, handlers in self.server._handlers.items():
+            if event.is_intervention and handlers:
+                assoc.bind(event, *handlers)  # type: ignore[misc]
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in handlers:  # type: ignore[union-attr]
+                    assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
+        return assoc
+
+
+def _accepted_transfer_syntax(assoc: Association, context_id: int) -> str | None:
+    context = assoc._accepted_cx.get(context_id)
+    if context is None or not context.transfer_syntax:
+        return None
+    return str(context.transfer_syntax[0])

@@ -1,0 +1,76 @@
+"""What one worker process keeps between jobs (:class:`Runtime`): settings, its database engine,
+its name, its device and the predictor, loaded once.
+
+Whoever runs the work builds one Runtime per process (the Celery adapter: worker.tasks) and passes
+it to :func:`dicom_node.pipeline.analyse.analyse` and :func:`dicom_node.pipeline.export.export_job`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dicom_node.db import Database
+from dicom_node.settings import Settings
+from model.inference.multiscale_cam import get_predictor, settings_for
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def resolve_device(device: str, index: int = 0) -> str:
+    """"cpu", or "cuda:N" for worker process ``index`` (processes spread over the GPUs)."""
+    if device == "cpu":
+        return "cpu"
+    if device == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("worker.device is cuda but no CUDA device is available")
+    return f"cuda:{index % torch.cuda.device_count()}"
+
+
+@dataclass
+class Runtime:
+    """What one worker process keeps between jobs: settings, its database engine, its name and
+    the predictor (loaded on first use, then cached for the life of the process)."""
+
+    settings: Settings
+    db: Database
+    device: str = "cpu"
+    worker_name: str = field(default_factory=default_worker_name)
+    _predictor: Any = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, settings: Settings, *, device: str | None = None, worker_name: str | None = None, predictor: Any = None) -> "Runtime":
+        """``predictor``: one already loaded (tests stand a hand-made one in); by default the
+        weights of the settings are loaded on first use."""
+        return cls(
+            settings=settings,
+            db=Database(settings.effective_database_url),
+            device=device or resolve_device(settings.worker.device),
+            worker_name=worker_name or default_worker_name(),
+            _predictor=predictor,
+        )
+
+    @property
+    def predictor_loaded(self) -> bool:
+        return self._predictor is not None
+
+    def predictor(self) -> Any:
+        """This process's predictor: the weights of the settings on this process's device, loaded
+        on first use and kept for the life of the process."""
+        if self._predictor is None:
+            weights = self.settings.worker.weights_dir
+            predictor_settings = settings_for(weights, device=self.device, mode=self.settings.worker.localisation)
+            self._predictor = get_predictor(weights, predictor_settings)
+        return self._predictor
+
+    @property
+    def stale_after(self) -> float:
+        """A running job's heartbeat older than this means its worker is gone."""
+        return 3 * self.settings.worker.heartbeat_seconds

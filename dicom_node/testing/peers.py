@@ -1,0 +1,283 @@
+"""Real peers for the integration and end-to-end tests and the benchmarks: the node as a
+subprocess, DCMTK's storescu as the scanner, Orthanc as the PACS, PostgreSQL and Redis on this
+machine.
+
+A missing peer makes the caller fail with a message that names it; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+BIN = Path(sys.executable).parent
+DICOM_NODE = str(BIN / "dicom-node")
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        raise AssertionError(f"{name} is not installed: this test needs the Debian package {package} (.ci/run installs it)")
+    return path
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --- databases -----------------------------------------------------------------------------
+
+
+def create_postgres_database() -> tuple[str, str]:
+    """Create a fresh PostgreSQL database; return (url, name). Fails if PostgreSQL is down."""
+    from sqlalchemy import create_engine, text
+
+    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # make the missing peer obvious
+        raise AssertionError(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable: {exc}") from exc
+    finally:
+        admin.dispose()
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    return f"{base}/{name}", name
+
+
+def drop_postgres_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def redis_db_url() -> str:
+    """A Redis database URL for one test, emptied first. Fails if Redis is down."""
+    import redis
+
+    client = redis.Redis.from_url(f"{REDIS_URL}/0")
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise AssertionError(f"Redis at {REDIS_URL} is not reachable: {exc}") from exc
+    # One database per test process avoids two test runs sharing queues.
+    index = 1 + (os.getpid() % 14)
+    url = f"{REDIS_URL}/{index}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+# --- the node ------------------------------------------------------------------------------
+
+
+def node_env(data_dir: Path, **settings: Any) -> dict[str, str]:
+    """Environment for a node subprocess: DICOM_NODE_<KEY>=value for each setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    env["DICOM_NODE_DATA_DIR"] = str(data_dir)
+    env["TCP_NODELAY"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    for key, value in settings.items():
+        if value is not None:
+            env[f"DICOM_NODE_{key.upper()}"] = str(value)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``dicom-node ARGS``; ``input`` goes to its standard input (e.g. --password-stdin)."""
+    proc = subprocess.run([DICOM_NODE, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dicom-node {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    return json.loads(cli(env, *args).stdout)
+
+
+class NodeProcess:
+    """``dicom-node <command>`` (serve, worker, up) as a subprocess, its output kept in a log file."""
+
+    def __init__(self, env: dict[str, str], command: Sequence[str] = ("serve",), log_path: Path | None = None) -> None:
+        self.env = env
+        self.command = list(command)
+        self.log_path = log_path or Path(env["DICOM_NODE_DATA_DIR"]) / f"{self.command[0]}-{uuid.uuid4().hex[:6]}.out"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "NodeProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([DICOM_NODE, *self.command], env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_for_port(self, port: int, timeout: float = 60) -> None:
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dicom-node {' '.join(self.command)} exited {self.proc.returncode}:\n{self.output()}")
+            return port_open(port)
+
+        wait_until(up, timeout, f"dicom-node {' '.join(self.command)} to listen on {port}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+# --- DCMTK as the modality -----------------------------------------------------------------
+
+
+def storescu(
+    files: Iterable[Path] | Path,
+    port: int,
+    *,
+    calling: str = "STORESCU",
+    called: str = "COVIDNODE",
+    host: str = "127.0.0.1",
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Send with DCMTK's storescu (TCP_NODELAY=1: DCMTK stalls ~40 ms a message without it)."""
+    exe = require_tool("storescu", "dcmtk")
+    paths = [str(files)] if isinstance(files, Path) else [str(p) for p in files]
+    args = [exe, "-aet", calling, "-aec", called, *extra]
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        args += ["+sd", "+r"]
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run([*args, host, str(port), *paths], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# --- Orthanc as the PACS -------------------------------------------------------------------
+
+
+class Orthanc:
+    """A private Orthanc (Debian package) with its own ports and storage, read over REST."""
+
+    def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None) -> None:
+        self.exe = require_tool("Orthanc", "orthanc")
+        self.workdir = Path(workdir)
+        self.aet = aet
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.modalities = modalities or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> "Orthanc":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "test-pacs",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"),
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "UnknownSopClassAccepted": True,
+            "DicomModalities": self.modalities,
+            "Plugins": [],
+            "StableAge": 2,
+            "HttpServerEnabled": True,
+            "LogExportedResources": False,
+            "KeepAlive": True,
+            "OverwriteInstances": True,
+        }
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=2))
+        self._log = open(self.workdir / "orthanc.log", "ab")
+        self.proc = subprocess.Popen([self.exe, str(cfg)], stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(self._alive, 60, f"Orthanc on {self.url}", interval=0.2)
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"Orthanc exited {self.proc.returncode}: {(self.workdir / 'orthanc.log').read_text(errors='replace')[-3000:]}")
+        try:
+            self.get("/system")
+            return port_open(self.dicom_port)
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            self._log.close()
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            body = resp.read()
+            return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
+
+    def instances(self) -> list[str]:
+        return list(self.get("/instances"))
+
+    def instance_tags(self, instance_id: str) -> dict[str, Any]:
+        return dict(self.get(f"/instances/{instance_id}/simplified-tags"))
+
+    def instance_file(self, instance_id: str) -> bytes:
+        return bytes(self.get(f"/instances/{instance_id}/file"))

@@ -1,0 +1,175 @@
+"""dicom_node.pipeline (analyse, export) in-process: a stored series is read with model.inference.io, the
+predictor is replaced by a hand-made result (the model is beside the unit here; tests/e2e runs the
+real one), the real output writers build the objects, the artefacts land under the results dir,
+the job ends DONE with its exports, which are sent at once to a real pynetdicom SCP.
+
+Covers: artefacts and Job.outputs/timings, byte-identical objects when a job runs twice, a job
+without stored instances failing with the reason, export to a destination, a refusing
+destination failing without retry. Does not cover Celery (tests/e2e) or the model itself
+(tests/model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from dicom_node.db import Database, upgrade
+from dicom_node.db.models import Destination, Export, Instance, Job, LocalAE, Series
+from dicom_node.db.times import utcnow
+from dicom_node.jobs.analyses import requeue
+from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.pipeline.analyse import analyse
+from dicom_node.pipeline.export import export_job
+from dicom_node.pipeline.runtime import Runtime
+from dicom_node.settings import Settings, load_settings
+from dicom_node.storage.files import Storage
+from dicom_node.storage.results import MAPS_FILE, RESULT_FILE
+from dicom_node.testing.synthetic import Series as SyntheticSeries
+from dicom_node.testing.synthetic import blob_result, make_test_phantom, write_series
+from tests.sending.scp import Scp
+
+pytestmark = pytest.mark.integration
+
+
+class HandMadePredictor:
+    """Stands in for model.inference.multiscale_cam's predictor: two blobs of "infection" in the lungs of the
+    series written by :func:`store_series`."""
+
+    def __init__(self) -> None:
+        self.series: SyntheticSeries | None = None
+
+    def predict(self, volume: Any) -> Any:
+        assert self.series is not None and list(volume.sop_instance_uids) == self.series.sop_instance_uids
+        return blob_result(self.series)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'node.sqlite3'}")
+
+
+@pytest.fixture
+def scp() -> Iterator[Scp]:
+    server = Scp().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    upgrade(settings.effective_database_url)
+    runtime = Runtime.create(settings, device="cpu", worker_name="test-worker", predictor=HandMadePredictor())
+    yield runtime
+    runtime.db.dispose()
+
+
+def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = "PACS") -> int:
+    """Write a phantom series into storage, index it, make a queued job for it, and have the
+    hand-made predictor answer for it."""
+    settings, db = rt.settings, rt.db
+    written = write_series(make_test_phantom(slices=16, size=64), tmp_path / "scanner")
+    files = written.paths
+    storage = Storage(settings.storage_dir)
+    with db.session() as s:
+        ae = LocalAE(title="NODE", port=11112)
+        ae.destinations = [Destination(title=dest_title, host="127.0.0.1", port=dest_port)]
+        s.add(ae)
+        s.flush()
+        import pydicom
+
+        first = pydicom.dcmread(files[0], stop_before_pixels=True)
+        series = Series(series_uid=first.SeriesInstanceUID, study_uid=first.StudyInstanceUID, local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value)
+        s.add(series)
+        s.flush()
+        for path in files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            rel = storage.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+            target = storage.absolute(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+            s.add(
+                Instance(
+                    series_id=series.id,
+                    sop_instance_uid=ds.SOPInstanceUID,
+                    sop_class_uid=ds.SOPClassUID,
+                    transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                    path=rel,
+                    size_bytes=target.stat().st_size,
+                )
+            )
+        job = Job(series_id=series.id, status=JobStatus.QUEUED.value, queued_at=utcnow())
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    rt._predictor.series = written
+    return job_id
+
+
+def job_row(db: Database, job_id: int) -> Job:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_analyse_writes_artefacts_and_queues_exports(rt: Runtime, tmp_path: Path, scp: Scp) -> None:
+    job_id = store_series(rt, tmp_path, scp.port)
+    assert analyse(rt, job_id) == JobStatus.DONE.value
+    job = job_row(rt.db, job_id)
+    assert job.decision == "covid" and job.attempts == 1 and job.model_version == "1.2.0"
+    kinds = sorted({o["kind"] for o in job.outputs})
+    assert kinds == ["kos", "sc", "seg", "sr"]
+    for o in job.outputs:
+        path = rt.settings.results_dir / o["path"]
+        assert path.is_file() and path.name == f"{o['sop_instance_uid']}.dcm"
+    root = rt.settings.results_dir / str(job_id)
+    assert json.loads((root / RESULT_FILE).read_text())["decision"] == "covid"
+    maps = np.load(root / MAPS_FILE)
+    assert maps["heatmap"].dtype == np.float16 and maps["region_labels"].max() == 2
+    for key in ("queue_wait", "load", "inference", "encoding"):
+        assert job.timings[key] >= 0.0
+    with rt.db.session() as s:
+        export = s.scalar(select(Export).where(Export.job_id == job_id))
+        assert export is not None and export.status == ExportStatus.DONE.value  # sent right away
+    assert export_job(rt, job_id) == {}  # the outbox's "export" message finds nothing due
+    assert sorted(uid for uid, _ in scp.received) == sorted(o["sop_instance_uid"] for o in job.outputs)
+    assert job_row(rt.db, job_id).timings["export"] > 0
+
+
+def test_a_job_run_twice_writes_the_same_bytes(rt: Runtime, tmp_path: Path, scp: Scp) -> None:
+    job_id = store_series(rt, tmp_path, scp.port)
+    assert analyse(rt, job_id) == JobStatus.DONE.value
+    first = {o["sop_instance_uid"]: (rt.settings.results_dir / o["path"]).read_bytes() for o in job_row(rt.db, job_id).outputs}
+    requeue(rt.db, job_id)
+    assert analyse(rt, job_id) == JobStatus.DONE.value
+    job = job_row(rt.db, job_id)
+    second = {o["sop_instance_uid"]: (rt.settings.results_dir / o["path"]).read_bytes() for o in job.outputs}
+    assert job.attempts == 2
+    assert first == second
+    assert not list((rt.settings.results_dir / str(job_id)).glob("dicom.*"))  # no staging left
+
+
+def test_a_job_without_instances_fails_with_the_reason(rt: Runtime, tmp_path: Path, scp: Scp) -> None:
+    job_id = store_series(rt, tmp_path, scp.port)
+    with rt.db.session() as s:
+        for inst in s.scalars(select(Instance)):
+            s.delete(inst)
+    assert analyse(rt, job_id) == "failed"
+    job = job_row(rt.db, job_id)
+    assert job.status == JobStatus.FAILED.value and "no stored instance" in job.reason
+
+
+def test_a_refusing_destination_fails_once(rt: Runtime, tmp_path: Path, scp: Scp) -> None:
+    job_id = store_series(rt, tmp_path, scp.port, dest_title="WRONGAET")
+    assert analyse(rt, job_id) == JobStatus.DONE.value
+    assert export_job(rt, job_id) == {}  # failed at once, nothing due: not retried
+    with rt.db.session() as s:
+        export = s.scalar(select(Export).where(Export.job_id == job_id))
+        assert export is not None and export.attempts == 1 and "rejected" in export.last_error
+    assert scp.associations == 1  # one association request, rejected, never repeated
