@@ -24,9 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+    from dicom_node.outputs.build import build_outputs
+    from dicom_node.outputs.common import OutputOptions, SourceSeries
+    from dicom_node.outputs.kinds import OUTPUT_KINDS
     from dicom_node.testing import synthetic
-    from dicom_node.validation import OUTPUT_KINDS
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -22,7 +22,8 @@ from sqlalchemy.orm import RelationshipProperty, Session
 from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.jobs.filters import SeriesFilter
-from dicom_node.validation import OUTPUT_KINDS, AETitle, Host, OutputKinds, Port, QuietSeconds
+from dicom_node.outputs.kinds import OUTPUT_KINDS
+from dicom_node.validation import AETitle, Host, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
 
 

@@ -18,6 +18,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import AETitle, OutputKinds, Port, QuietSeconds, check_seconds
 
 ENV_PREFIX = "DICOM_NODE_"
@@ -121,7 +122,8 @@ class ExportSettings(_Section):
     backoff_cap_seconds: float = Field(default=600.0, gt=0)
     max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
-    default_outputs: OutputKinds = Field(default_factory=lambda: ["sr", "sc", "seg", "kos"])
+    # Outputs for the calling AE and for a destination that names none; default: every kind.
+    default_outputs: OutputKinds = Field(default_factory=lambda: list(OUTPUT_KINDS))
     # An export queued or sending without progress for this long is handed to the queue again
     # (its message or its worker was lost).
     stale_after_seconds: float = Field(default=300.0, gt=0)

@@ -13,7 +13,7 @@ from typing import Annotated, Callable
 
 from pydantic import AfterValidator
 
-OUTPUT_KINDS = ("sr", "sc", "seg", "kos")
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 

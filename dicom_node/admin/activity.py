@@ -23,8 +23,7 @@ from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import iso as _iso
 from dicom_node.jobs.queries import job_dict, job_rows, series_rows
 from dicom_node.jobs.status import JobStatus
-
-PREVIEW_KIND = "sc"
+from dicom_node.outputs.kinds import PREVIEW_KIND
 
 
 def series_list(db: Database, status: str | None = None, limit: int = 200) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from dicom_node import configuration as c
 from dicom_node.commands.common import csv_list, database_from, fail, json_arg, settings_from
 from dicom_node.configuration import ConfigError, audit_changes, cli_actor
 from dicom_node.db.models import Destination, LocalAE, Source
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 
 
 def _apply(args: argparse.Namespace, change: Any) -> int:
@@ -176,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tls", action="store_true")
-    p.add_argument("--outputs", metavar="KIND[,KIND]", help="which of sr,sc,seg,kos it gets (default all)")
+    p.add_argument("--outputs", metavar="KIND[,KIND]", help=f"which of {','.join(OUTPUT_KINDS)} it gets (default all)")
     p.set_defaults(handler=cmd_ae_add_destination)
 
     p = ae_sub.add_parser("remove", help="remove a local AE, source or destination")

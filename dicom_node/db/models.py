@@ -32,8 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from dicom_node.db.times import utcnow
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import (
-    OUTPUT_KINDS,
     check_ae_title,
     check_host,
     check_output_kinds,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from dicom_node import NOT_FOR_CLINICAL_USE, __version__
 from dicom_node.outputs import codes
+from dicom_node.outputs.kinds import KINDS
 from model.contract.result import DECISIONS, SeriesResult
 from model.contract.uids import clean_uid, derived_uid
 
@@ -45,10 +46,8 @@ class OutputOptions:
     """
 
     sc_slices: str = "lung"  # "lung": every lung slice; "key": only the key slices
-    sr_series_number: int = 9001
-    sc_series_number: int = 9002
-    seg_series_number: int = 9003
-    kos_series_number: int = 9004
+    # Series Number per kind, over each kind's own (dicom_node.outputs.kinds).
+    series_numbers: Mapping[str, int] = field(default_factory=dict)
     manufacturer: str = "COVID-CT AI node"
     institution_name: str | None = None
     software_version: str = __version__
@@ -59,13 +58,18 @@ class OutputOptions:
     sc_transfer_syntax_uid: str = str(ExplicitVRLittleEndian)
     created: datetime.datetime | None = None
 
+    def series_number(self, kind: str) -> int:
+        """The Series Number of ``kind``'s objects."""
+        return self.series_numbers.get(kind, KINDS[kind].series_number)
+
     def __post_init__(self) -> None:
         if self.sc_slices not in SC_SLICE_MODES:
             raise ValueError(f"sc_slices: {self.sc_slices!r} is not one of {', '.join(SC_SLICE_MODES)}")
-        for name in ("sr_series_number", "sc_series_number", "seg_series_number", "kos_series_number"):
-            value = getattr(self, name)
+        for kind, value in self.series_numbers.items():
+            if kind not in KINDS:
+                raise ValueError(f"series_numbers: {kind!r} is not an output kind ({', '.join(KINDS)})")
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
-                raise ValueError(f"{name}: {value!r} is not a positive integer")
+                raise ValueError(f"series_numbers[{kind!r}]: {value!r} is not a positive integer")
         for name in ("overlay_threshold", "seg_threshold"):
             value = getattr(self, name)
             if not 0.0 < float(value) < 1.0:

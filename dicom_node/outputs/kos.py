@@ -64,7 +64,7 @@ def build_kos(ctx: BuildContext) -> list[Dataset]:
         evidence=datasets,
         content=content,
         series_instance_uid=ctx.series_uid("kos"),
-        series_number=options.kos_series_number,
+        series_number=options.series_number("kos"),
         sop_instance_uid=ctx.instance_uid("kos", "1"),
         instance_number=1,
         manufacturer=options.manufacturer,

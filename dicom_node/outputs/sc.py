@@ -1,6 +1,6 @@
 """Secondary Capture heatmap overlays: one RGB SC image per shown source slice.
 
-A new series in the source study (series number ``sc_series_number``, description "AI: ... NOT FOR
+A new series in the source study (series number ``OutputOptions.series_number("sc")``, description "AI: ... NOT FOR
 DIAGNOSTIC USE"), one image per lung slice or per key slice (``OutputOptions.sc_slices``), in the
 source slice order, at the source matrix size. Each image references its source image (Source
 Image Sequence, with Referenced Frame Number for a multi-frame source) and the source series
@@ -141,7 +141,7 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
                 bits_allocated=8,
                 coordinate_system="PATIENT",
                 series_instance_uid=ctx.series_uid("sc"),
-                series_number=options.sc_series_number,
+                series_number=options.series_number("sc"),
                 sop_instance_uid=sop_instance_uid,
                 instance_number=i + 1,
                 manufacturer=options.manufacturer,

@@ -76,7 +76,7 @@ def build_seg(ctx: BuildContext) -> list[Dataset]:
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(ctx),
         series_instance_uid=ctx.series_uid("seg"),
-        series_number=options.seg_series_number,
+        series_number=options.series_number("seg"),
         sop_instance_uid=ctx.instance_uid("seg", "1"),
         instance_number=1,
         manufacturer=options.manufacturer,

@@ -228,7 +228,7 @@ def build_sr(ctx: BuildContext) -> Dataset:
         evidence=evidence,
         content=report[0],
         series_instance_uid=ctx.series_uid("sr"),
-        series_number=ctx.options.sr_series_number,
+        series_number=ctx.options.series_number("sr"),
         sop_instance_uid=ctx.instance_uid("sr", "1"),
         instance_number=1,
         manufacturer=ctx.options.manufacturer,

@@ -36,12 +36,13 @@ from dicom_node.db.models import Instance, Job, Series
 from dicom_node.db.times import as_utc
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.status import JobStatus
-from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions, SourceSeries
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.runtime import Runtime
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import JobArtefacts
-from dicom_node.validation import OUTPUT_KINDS
 from model.inference.io import SeriesReadError, load_series
 
 log = logging.getLogger(__name__)

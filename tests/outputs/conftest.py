@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.testing import synthetic
 from model.contract.result import SeriesResult
 from model.phantoms.phantom import Phantom

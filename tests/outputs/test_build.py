@@ -16,8 +16,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEGBaseline8Bit
 
-from dicom_node.outputs import OutputOptions, SourceSeries, build_outputs
-from dicom_node.validation import OUTPUT_KINDS
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions, SourceSeries
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from model.contract.result import ModelInfo
 from model.contract.uids import check_uid, derived_uid
 from model.inference.io import load_series
@@ -151,8 +152,10 @@ def test_refuses_a_result_that_does_not_match_the_sources(covid: Case, sources: 
 def test_options_are_checked_when_made() -> None:
     with pytest.raises(ValueError, match="sc_slices"):
         OutputOptions(sc_slices="all")
-    with pytest.raises(ValueError, match="sr_series_number"):
-        OutputOptions(sr_series_number=0)
+    with pytest.raises(ValueError, match=r"series_numbers\['sr'\]"):
+        OutputOptions(series_numbers={"sr": 0})
+    with pytest.raises(ValueError, match="not an output kind"):
+        OutputOptions(series_numbers={"pmap": 9005})
     with pytest.raises(ValueError, match="sc_transfer_syntax_uid"):
         OutputOptions(sc_transfer_syntax_uid=str(JPEGBaseline8Bit))
     with pytest.raises(ValueError, match="overlay_threshold"):

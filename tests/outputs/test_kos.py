@@ -12,7 +12,8 @@ import dataclasses
 
 from pydicom.uid import KeyObjectSelectionDocumentStorage
 
-from dicom_node.outputs import OutputOptions, build_outputs
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions
 from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case
 

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dicom_node.outputs import build_outputs
+from dicom_node.outputs.build import build_outputs
 from tests.outputs.conftest import Case
 
 

@@ -18,8 +18,9 @@ from matplotlib import colormaps
 from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage
 
-from dicom_node.outputs import OutputOptions, build_outputs, label_lines, overlay_png, preview_png, render_overlay
-from dicom_node.outputs.render import colormap_lut
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions
+from dicom_node.outputs.render import colormap_lut, label_lines, overlay_png, preview_png, render_overlay
 from tests.outputs.conftest import CREATED, Case
 
 THRESHOLD = OutputOptions().overlay_threshold

@@ -17,7 +17,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
-from dicom_node.outputs import OutputOptions, build_outputs
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions
 from model.contract.result import SeriesResult
 from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case

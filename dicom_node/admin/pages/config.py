@@ -23,8 +23,8 @@ from dicom_node.admin.kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCES, Conf
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
 from dicom_node.configuration import ConfigError
 from dicom_node.db.models import Destination
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.echo import c_echo
-from dicom_node.validation import OUTPUT_KINDS
 
 router = APIRouter()
 

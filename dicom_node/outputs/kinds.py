@@ -1,0 +1,37 @@
+"""The output kinds: the one list that validation, the settings, the command line, the admin pages,
+exports and the builder read.
+
+Adding a kind (a Parametric Map, say): write its writer module beside the others, a function
+``build_<kind>(ctx: BuildContext) -> list[Dataset]`` (dicom_node.outputs.common holds what writers
+share), add one :class:`OutputKind` line below and one line to ``WRITERS`` in
+dicom_node.outputs.build. Destinations may then name it in their ``outputs``; it is built for
+every job and sent to the destinations that take it.
+
+This module imports nothing heavy: the settings and validators read it at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    name: str  # in settings, destinations' outputs, Job.outputs and the result folders
+    title: str  # for people (admin pages, help)
+    series_number: int  # the Series Number of its objects (OutputOptions.series_numbers overrides it)
+    picture: bool = False  # its objects are the pictures the admin preview shows
+
+
+KINDS: dict[str, OutputKind] = {
+    kind.name: kind
+    for kind in (
+        OutputKind("sr", "Comprehensive 3D SR (TID 1500)", 9001),
+        OutputKind("sc", "secondary-capture heatmap overlays", 9002, picture=True),
+        OutputKind("seg", "segmentation of the suspected infection", 9003),
+        OutputKind("kos", "key object selection of the key slices", 9004),
+    )
+}
+OUTPUT_KINDS: tuple[str, ...] = tuple(KINDS)
+# The kind whose objects the admin app shows as pictures.
+PREVIEW_KIND: str = next(kind.name for kind in KINDS.values() if kind.picture)
