@@ -4,5 +4,3 @@ Not for clinical use.
 """
 
 __version__ = "0.1.0"
-
-NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE: research software, results unverified."

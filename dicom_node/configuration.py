@@ -23,7 +23,8 @@ from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.validation import AETitle, Host, OutputKinds, Port, QuietSeconds
+from dicom_node.settings import CompletionSettings
+from dicom_node.validation import AETitle, Host, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
 
 
@@ -52,8 +53,9 @@ class LocalAEIn(BaseModel):
     title: AETitle
     port: Port
     enabled: bool = True
-    quiet_seconds: QuietSeconds = 5.0
-    max_wait_seconds: float = Field(default=1800.0, ge=1.0, le=7 * 24 * 3600)
+    # None: the completion defaults of the settings (add_local_ae fills them in).
+    quiet_seconds: QuietSeconds | None = None
+    max_wait_seconds: MaxWaitSeconds | None = None
     filters: SeriesFilter = Field(default_factory=SeriesFilter)
     extra_sop_classes: list[str] = Field(default_factory=list)
     return_to_caller: bool = False
@@ -74,7 +76,7 @@ class LocalAEPatch(BaseModel):
     port: Port | None = None
     enabled: bool | None = None
     quiet_seconds: QuietSeconds | None = None
-    max_wait_seconds: float | None = Field(default=None, ge=1.0, le=7 * 24 * 3600)
+    max_wait_seconds: MaxWaitSeconds | None = None
     filters: SeriesFilter | None = None
     extra_sop_classes: list[str] | None = None
     return_to_caller: bool | None = None
@@ -203,9 +205,14 @@ def _check_unique_local(session: Session, title: str | None, port: int | None, e
             raise ConfigError("port", f"port {port} is used by local AE {other.title!r}")
 
 
-def add_local_ae(session: Session, data: LocalAEIn) -> LocalAE:
+def add_local_ae(session: Session, data: LocalAEIn, defaults: CompletionSettings) -> LocalAE:
+    """A new local AE; a quiet period or maximum wait not given is the settings' default."""
     _check_unique_local(session, data.title, data.port)
     values = data.model_dump(exclude={"send_results_to", "filters"})
+    if values["quiet_seconds"] is None:
+        values["quiet_seconds"] = defaults.default_quiet_seconds
+    if values["max_wait_seconds"] is None:
+        values["max_wait_seconds"] = defaults.default_max_wait_seconds
     row = LocalAE(**values, filters=data.filters.model_dump(exclude_defaults=True))
     row.destinations = _destinations(session, data.send_results_to)
     session.add(row)
@@ -268,14 +275,14 @@ def update_destination(session: Session, row: Destination, patch: DestinationPat
     return row
 
 
-def ensure_local_ae(db: Database, title: str, port: int) -> str | None:
+def ensure_local_ae(db: Database, title: str, port: int, defaults: CompletionSettings) -> str | None:
     """Create a local AE titled ``title`` on ``port`` when none exists at all (``dicom-node up``'s
     first start); return a notice saying so, or None. The calling-AE allow-list stays on: nothing
     is accepted until a source is added."""
     with db.session() as s:
         if s.scalar(select(func.count()).select_from(LocalAE)):
             return None
-        add_local_ae(s, parse(LocalAEIn, {"title": title, "port": port}))
+        add_local_ae(s, parse(LocalAEIn, {"title": title, "port": port}), defaults)
     return (
         f"no local AE was configured: listening as {title} on port {port}. No calling AE is allowed yet: "
         "allow a scanner or PACS with `dicom-node ae add-source TITLE [--host H]`; send results to PACS with "

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.validation import AETitle, OutputKinds, Port, QuietSeconds, check_seconds
+from dicom_node.validation import AETitle, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"
@@ -73,18 +73,13 @@ class ListenerSettings(_Section):
 
 
 class CompletionSettings(_Section):
+    """The one definition of the completion defaults: a local AE created without a quiet period or
+    a maximum wait (command line, admin pages, ``up``) gets these."""
+
     default_quiet_seconds: QuietSeconds = 5.0
     # A series still receiving after this long is completed anyway.
-    default_max_wait_seconds: float = 1800.0
+    default_max_wait_seconds: MaxWaitSeconds = 1800.0
     poll_seconds: float = Field(default=0.5, gt=0, le=60)
-
-    @field_validator("default_max_wait_seconds")
-    @classmethod
-    def _max_wait(cls, v: float) -> float:
-        ok, reason = check_seconds(v, minimum=1.0)
-        if not ok:
-            raise ValueError(reason)
-        return v
 
 
 class WorkerSettings(_Section):

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Callable
+from typing import Annotated, Callable, TypeVar
 
 from pydantic import AfterValidator
 
 from dicom_node.outputs.kinds import OUTPUT_KINDS
+
+T = TypeVar("T")
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 
@@ -68,7 +70,13 @@ def check_seconds(value: object, *, minimum: float = 0.0, maximum: float = 7 * 2
 
 
 def check_quiet_seconds(value: object) -> tuple[bool, str]:
+    """A series' quiet period: 0.1 s to a day."""
     return check_seconds(value, minimum=0.1, maximum=24 * 3600)
+
+
+def check_max_wait_seconds(value: object) -> tuple[bool, str]:
+    """A series' maximum wait: a second to a week."""
+    return check_seconds(value, minimum=1.0)
 
 
 def check_output_kinds(value: object) -> tuple[bool, str]:
@@ -92,7 +100,7 @@ def check_regex(value: object) -> tuple[bool, str]:
     return True, ""
 
 
-def require(field: str, check: Callable[[object], tuple[bool, str]], value: object) -> object:
+def require(field: str, check: Callable[[object], tuple[bool, str]], value: T) -> T:
     """Raise ValueError("FIELD: reason") unless ``check(value)`` passes; return the value."""
     ok, reason = check(value)
     if not ok:
@@ -114,5 +122,6 @@ AETitle = Annotated[str, AfterValidator(_pydantic(check_ae_title))]
 Port = Annotated[int, AfterValidator(_pydantic(check_port))]
 Host = Annotated[str, AfterValidator(_pydantic(check_host))]
 QuietSeconds = Annotated[float, AfterValidator(_pydantic(check_quiet_seconds))]
+MaxWaitSeconds = Annotated[float, AfterValidator(_pydantic(check_max_wait_seconds))]
 OutputKinds = Annotated[list[str], AfterValidator(_pydantic(check_output_kinds))]
 Regex = Annotated[str, AfterValidator(_pydantic(check_regex))]

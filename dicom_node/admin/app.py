@@ -28,12 +28,13 @@ from dicom_node import __version__
 from dicom_node.admin import activity
 from dicom_node.admin.api import api_router, monitoring_router
 from dicom_node.admin.auth import AuthError, Passwords, Principal, csrf_matches, principal_for_session, principal_for_token, secret_key
-from dicom_node.admin.deps import HERE, NOTICE, SAFE_METHODS, AdminContext, render, templates
+from dicom_node.admin.deps import HERE, SAFE_METHODS, AdminContext, render, templates
 from dicom_node.admin.metrics import AdminMetrics
 from dicom_node.admin.pages import pages_router
 from dicom_node.configuration import ConfigError
 from dicom_node.db import Database
 from dicom_node.settings import Settings
+from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         description=(
             "Local AE titles, allowed sources, destinations, series and jobs of the node. "
             "Authenticate with 'Authorization: Bearer <token>' (`dicom-node admin create-token`). "
-            + NOTICE
+            + NOT_FOR_CLINICAL_USE
         ),
         openapi_url="/openapi.json",
         docs_url=None,  # Swagger UI and ReDoc load their code from a CDN: nothing is fetched at run time

@@ -32,7 +32,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AdminSession, ApiToken, Role, User
-from dicom_node.db.times import utcnow
+from dicom_node.db.times import as_utc, utcnow
 from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -218,13 +218,8 @@ def token_dict(row: ApiToken) -> dict[str, object]:
     }
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite returns naive datetimes; everything written is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _stale(value: dt.datetime | None, now: dt.datetime) -> bool:
-    return value is None or (now - _aware(value)).total_seconds() >= TOUCH_SECONDS
+    return value is None or (now - as_utc(value)).total_seconds() >= TOUCH_SECONDS
 
 
 # --- who is asking -------------------------------------------------------------------------
@@ -292,7 +287,7 @@ def principal_for_session(session: Session, raw: str) -> Principal | None:
     """The principal of a session id; None if unknown, expired, or its user is disabled."""
     row = session.scalar(select(AdminSession).where(AdminSession.token_hash == sha256_hex(raw)))
     now = utcnow()
-    if row is None or _aware(row.expires_at) <= now or not row.user.enabled:
+    if row is None or as_utc(row.expires_at) <= now or not row.user.enabled:
         return None
     if _stale(row.last_seen_at, now):
         row.last_seen_at = now

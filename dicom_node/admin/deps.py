@@ -17,11 +17,12 @@ from dicom_node import __version__
 from dicom_node.admin.auth import LoginThrottle, Passwords, Principal, csrf_matches, new_csrf_token
 from dicom_node.admin.metrics import AdminMetrics
 from dicom_node.db import Database
+from dicom_node.db.times import as_utc
 from dicom_node.settings import Settings
+from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-NOTICE = "Not for clinical use."
 
 
 @dataclass
@@ -93,8 +94,7 @@ def when(value: Any) -> str:
         except ValueError:
             return value
     if isinstance(value, dt.datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-        return aware.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return as_utc(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
 
 
@@ -116,7 +116,7 @@ def render(request: Request, template: str, context: dict[str, Any] | None = Non
     values: dict[str, Any] = {
         "who": getattr(request.state, "principal", None),
         "csrf_token": csrf_token(request),
-        "notice": NOTICE,
+        "notice": NOT_FOR_CLINICAL_USE,
         "version": __version__,
     }
     values.update(context or {})

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node import configuration as c
 from dicom_node.db.models import Destination, LocalAE, Source
+from dicom_node.settings import Settings
 
 
 class LocalAEOut(c.LocalAEIn):
@@ -48,9 +49,12 @@ class ConfigKind:
     create_schema: type[BaseModel]
     patch_schema: type[BaseModel]
     out_schema: type[BaseModel]
-    add: Callable[[Session, Any], Any]
+    # (session, parsed input, the node's settings) -> the new row
+    add: Callable[[Session, Any, Settings], Any]
     update: Callable[[Session, Any, Any], Any]
     to_dict: Callable[[Any], dict[str, Any]]
+    # What a new item's form shows beyond the create schema's defaults (values the settings decide).
+    form_defaults: Callable[[Settings], dict[str, Any]] = lambda settings: {}
 
     @property
     def heading(self) -> str:
@@ -67,9 +71,13 @@ LOCAL_AES = ConfigKind(
     create_schema=c.LocalAEIn,
     patch_schema=c.LocalAEPatch,
     out_schema=LocalAEOut,
-    add=c.add_local_ae,
+    add=lambda s, data, settings: c.add_local_ae(s, data, settings.completion),
     update=c.update_local_ae,
     to_dict=c.local_ae_dict,
+    form_defaults=lambda settings: {
+        "quiet_seconds": settings.completion.default_quiet_seconds,
+        "max_wait_seconds": settings.completion.default_max_wait_seconds,
+    },
 )
 
 SOURCES = ConfigKind(
@@ -81,7 +89,7 @@ SOURCES = ConfigKind(
     create_schema=c.SourceIn,
     patch_schema=c.SourcePatch,
     out_schema=SourceOut,
-    add=c.add_source,
+    add=lambda s, data, settings: c.add_source(s, data),
     update=c.update_source,
     to_dict=c.source_dict,
 )
@@ -95,7 +103,7 @@ DESTINATIONS = ConfigKind(
     create_schema=c.DestinationIn,
     patch_schema=c.DestinationPatch,
     out_schema=DestinationOut,
-    add=c.add_destination,
+    add=lambda s, data, settings: c.add_destination(s, data),
     update=c.update_destination,
     to_dict=c.destination_dict,
 )

@@ -34,6 +34,8 @@ def _apply(args: argparse.Namespace, change: Any) -> int:
 
 
 def cmd_ae_add_local(args: argparse.Namespace) -> int:
+    defaults = settings_from(args).completion
+
     def change(s: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"title": args.title, "port": args.port}
         if args.quiet_seconds is not None:
@@ -52,7 +54,7 @@ def cmd_ae_add_local(args: argparse.Namespace) -> int:
             data["require_known_source"] = False
         if args.disabled:
             data["enabled"] = False
-        return c.local_ae_dict(c.add_local_ae(s, c.parse(c.LocalAEIn, data)))
+        return c.local_ae_dict(c.add_local_ae(s, c.parse(c.LocalAEIn, data), defaults))
 
     return _apply(args, change)
 
@@ -143,8 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ae_sub.add_parser("add-local", help="listen as a new AE title on its own port")
     p.add_argument("title")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--quiet-seconds", type=float, help="series complete after this long without new images (default 5)")
-    p.add_argument("--max-wait-seconds", type=float, help="series complete after this long regardless (default 1800)")
+    p.add_argument("--quiet-seconds", type=float, help="series complete after this long without new images (default: completion.default_quiet_seconds)")
+    p.add_argument("--max-wait-seconds", type=float, help="series complete after this long regardless (default: completion.default_max_wait_seconds)")
     p.add_argument("--send-results-to", metavar="DEST[,DEST]", help="destination titles")
     p.add_argument("--filters", metavar="JSON", help='which series are analysed, e.g. \'{"body_parts": ["CHEST"], "min_slices": 20}\'')
     p.add_argument("--sop-classes", metavar="UID[,UID]", help="storage SOP classes accepted besides CT and Enhanced CT ('*' = all)")

@@ -108,7 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)
     try:
-        notice = ensure_local_ae(db, args.ae_title, args.port)
+        notice = ensure_local_ae(db, args.ae_title, args.port, settings.completion)
     finally:
         db.dispose()
     if notice:

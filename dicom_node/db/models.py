@@ -36,6 +36,7 @@ from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import (
     check_ae_title,
     check_host,
+    check_max_wait_seconds,
     check_output_kinds,
     check_port,
     check_quiet_seconds,
@@ -73,8 +74,9 @@ class LocalAE(Base):
     title: Mapped[str] = mapped_column(String(16), unique=True)
     port: Mapped[int] = mapped_column(Integer, unique=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    quiet_seconds: Mapped[float] = mapped_column(Float, default=5.0)
-    max_wait_seconds: Mapped[float] = mapped_column(Float, default=1800.0)
+    # No defaults here: dicom_node.configuration.add_local_ae fills them from the settings.
+    quiet_seconds: Mapped[float] = mapped_column(Float)
+    max_wait_seconds: Mapped[float] = mapped_column(Float)
     # Which series are analysed; see dicom_node.jobs.filters.SeriesFilter for the keys.
     filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Storage SOP classes accepted here besides CT and Enhanced CT.
@@ -91,15 +93,19 @@ class LocalAE(Base):
 
     @validates("title")
     def _v_title(self, key: str, value: str) -> str:
-        return str(require("title", check_ae_title, value))
+        return require("title", check_ae_title, value)
 
     @validates("port")
     def _v_port(self, key: str, value: int) -> int:
-        return int(require("port", check_port, value))  # type: ignore[call-overload]
+        return require("port", check_port, value)
 
     @validates("quiet_seconds")
     def _v_quiet(self, key: str, value: float) -> float:
-        return float(require("quiet_seconds", check_quiet_seconds, value))  # type: ignore[arg-type]
+        return float(require("quiet_seconds", check_quiet_seconds, value))
+
+    @validates("max_wait_seconds")
+    def _v_max_wait(self, key: str, value: float) -> float:
+        return float(require("max_wait_seconds", check_max_wait_seconds, value))
 
 
 class Source(Base):
@@ -121,15 +127,15 @@ class Source(Base):
 
     @validates("title")
     def _v_title(self, key: str, value: str) -> str:
-        return str(require("title", check_ae_title, value))
+        return require("title", check_ae_title, value)
 
     @validates("host")
     def _v_host(self, key: str, value: str | None) -> str | None:
-        return None if value in (None, "") else str(require("host", check_host, value))
+        return None if value in (None, "") else require("host", check_host, value)
 
     @validates("port")
     def _v_port(self, key: str, value: int | None) -> int | None:
-        return None if value is None else int(require("port", check_port, value))  # type: ignore[call-overload]
+        return None if value is None else require("port", check_port, value)
 
 
 class Destination(Base):
@@ -150,19 +156,19 @@ class Destination(Base):
 
     @validates("title")
     def _v_title(self, key: str, value: str) -> str:
-        return str(require("title", check_ae_title, value))
+        return require("title", check_ae_title, value)
 
     @validates("host")
     def _v_host(self, key: str, value: str) -> str:
-        return str(require("host", check_host, value))
+        return require("host", check_host, value)
 
     @validates("port")
     def _v_port(self, key: str, value: int) -> int:
-        return int(require("port", check_port, value))  # type: ignore[call-overload]
+        return require("port", check_port, value)
 
     @validates("outputs")
     def _v_outputs(self, key: str, value: list[str]) -> list[str]:
-        return list(require("outputs", check_output_kinds, value))  # type: ignore[call-overload]
+        return list(require("outputs", check_output_kinds, value))
 
 
 class Series(Base):

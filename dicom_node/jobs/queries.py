@@ -11,16 +11,16 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Export, Job, LocalAE, Series
+from dicom_node.db.times import as_utc
 from dicom_node.jobs.status import SeriesStatus
-
-NOTICE = "Not for clinical use."
+from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 
 def iso(value: dt.datetime | None) -> str | None:
     """ISO 8601 in UTC (SQLite returns naive datetimes; everything stored is UTC)."""
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).isoformat()
+    return as_utc(value).isoformat()
 
 
 def series_rows(db: Database, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -121,7 +121,7 @@ def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export]
         "outputs": outputs,
         "output_counts": counts,
         "exports": [export_dict(e) for e in (exports if exports is not None else job.exports)],
-        "notice": NOTICE,
+        "notice": NOT_FOR_CLINICAL_USE,
     }
 
 

@@ -20,9 +20,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
-from dicom_node import NOT_FOR_CLINICAL_USE, __version__
+from dicom_node import __version__
 from dicom_node.outputs import codes
 from dicom_node.outputs.kinds import KINDS
+from model.contract.notice import DICOM_NOTICE
 from model.contract.result import DECISIONS, SeriesResult
 from model.contract.uids import clean_uid, derived_uid
 
@@ -358,7 +359,7 @@ class BuildContext:
             software_versions=[model.version, self.options.software_version],
             institution_name=self.options.institution_name,
             contribution_datetime=self.created,
-            contribution_description=f"AI analysis of chest CT by {model.name} {model.version}. {NOT_FOR_CLINICAL_USE}",
+            contribution_description=f"AI analysis of chest CT by {model.name} {model.version}. {DICOM_NOTICE}",
         )
         item.DeviceUID = self.device_uid
         return item

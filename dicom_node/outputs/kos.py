@@ -11,9 +11,9 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from dicom_node import NOT_FOR_CLINICAL_USE
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import BuildContext, SliceRef, stamp
+from model.contract.notice import DICOM_NOTICE
 
 
 def key_slice_refs(ctx: BuildContext) -> list[SliceRef]:
@@ -52,7 +52,7 @@ def build_kos(ctx: BuildContext) -> list[Dataset]:
     decision = codes.DECISION_NAMES[result.decision]
     description = (
         f"Key slices: the {len(refs)} slice(s) with the strongest suspected-infection findings of the AI model "
-        f"{model.name} {model.version} (result: {decision}). {NOT_FOR_CLINICAL_USE}"
+        f"{model.name} {model.version} (result: {decision}). {DICOM_NOTICE}"
     )
     content = hd.ko.KeyObjectSelection(
         document_title=codes.KOS_TITLE,

@@ -30,9 +30,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
-from dicom_node import NOT_FOR_CLINICAL_USE
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import BuildContext, SliceRef, stamp
+from model.contract.notice import DICOM_NOTICE
 from model.contract.result import CLASSES
 
 RelationshipType = hd.sr.RelationshipTypeValues
@@ -181,7 +181,7 @@ def _qualitative_evaluations(ctx: BuildContext) -> hd.sr.ContainerContentItem:
         [
             hd.sr.CodeContentItem(name=finding, value=evaluation, relationship_type=RelationshipType.CONTAINS),
             hd.sr.TextContentItem(name=codes.IMPRESSION, value=decision_text(ctx), relationship_type=RelationshipType.CONTAINS),
-            hd.sr.TextContentItem(name=codes.COMMENT, value=NOT_FOR_CLINICAL_USE, relationship_type=RelationshipType.CONTAINS),
+            hd.sr.TextContentItem(name=codes.COMMENT, value=DICOM_NOTICE, relationship_type=RelationshipType.CONTAINS),
         ]
     )
     return container

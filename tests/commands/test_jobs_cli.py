@@ -26,7 +26,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
     upgrade(url)
     database = Database(url)
     with database.session() as s:
-        ae = LocalAE(title="NODE", port=11112)
+        ae = LocalAE(title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0)
         ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=104)]
         s.add(ae)
         s.flush()

@@ -43,7 +43,7 @@ def make_job(db: Database, *, destinations: int = 1, return_to_caller: bool = Fa
     a job for it."""
     with db.session() as s:
         dests = [Destination(title=f"PACS{i}", host="127.0.0.1", port=10400 + i) for i in range(destinations)]
-        ae = LocalAE(title="NODE", port=11112, return_to_caller=return_to_caller)
+        ae = LocalAE(title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0, return_to_caller=return_to_caller)
         ae.destinations = dests
         s.add(ae)
         s.flush()

@@ -12,8 +12,8 @@ from dicom_node.admin import activity, audit
 from dicom_node.admin.auth import Principal
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import Event
-from dicom_node.jobs.queries import NOTICE
 from dicom_node.validation import AETitle
+from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 router = APIRouter(tags=["Series and jobs"])
 
@@ -96,7 +96,7 @@ def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Pri
 def preview(job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)) -> Response:
     context = ctx(request)
     png = activity.preview_png(context.db, context.settings.results_dir, job_id, index)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOTICE})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOT_FOR_CLINICAL_USE})
 
 
 @router.get("/events", summary="What the node reported: refused associations, bad instances, failures")

@@ -44,7 +44,7 @@ def config_router(kind: ConfigKind) -> APIRouter:
     def create_item(data: create_schema, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:  # type: ignore[valid-type]
         with ctx(request).db.session() as s:
             audit.watch(s, who, client_addr(request))
-            return kind.to_dict(kind.add(s, data))
+            return kind.to_dict(kind.add(s, data, ctx(request).settings))
 
     def update_item(item_id: int, data: patch_schema, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:  # type: ignore[valid-type]
         with ctx(request).db.session() as s:

@@ -25,6 +25,7 @@ from dicom_node.configuration import ConfigError
 from dicom_node.db.models import Destination
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.echo import c_echo
+from dicom_node.settings import Settings
 
 router = APIRouter()
 
@@ -81,14 +82,16 @@ def _choices(request: Request) -> dict[str, list[str]]:
     return {"destinations": destinations, "outputs": list(OUTPUT_KINDS)}
 
 
-def _defaults(kind: ConfigKind) -> dict[str, Any]:
-    """A new item's form: the create schema's defaults (required fields empty)."""
+def _defaults(kind: ConfigKind, settings: Settings) -> dict[str, Any]:
+    """A new item's form: the create schema's defaults (required fields empty), and the values
+    the settings decide (a local AE's quiet period and maximum wait)."""
     data: dict[str, Any] = {}
     for name, info in kind.create_schema.model_fields.items():
         if info.is_required():
             continue
         default = info.get_default(call_default_factory=True)
         data[name] = default.model_dump() if hasattr(default, "model_dump") else default
+    data.update(kind.form_defaults(settings))
     return data
 
 
@@ -162,7 +165,7 @@ def _save(request: Request, kind: ConfigKind, data: FormData, item_id: int | Non
         with ctx(request).db.session() as s:
             audit.watch(s, who, client_addr(request))
             if item_id is None:
-                row = kind.add(s, parsed)
+                row = kind.add(s, parsed, ctx(request).settings)
             else:
                 row = s.get(kind.model, item_id)
                 if row is None:
@@ -187,7 +190,7 @@ def _register(kind: ConfigKind) -> None:
     def new_page(request: Request) -> Response:
         admin(request)
         fields = FIELDS[slug]
-        return _page(request, kind, item=None, values=shown_values(fields, _defaults(kind)))
+        return _page(request, kind, item=None, values=shown_values(fields, _defaults(kind, ctx(request).settings)))
 
     def create(request: Request, data: FormData = Depends(form)) -> Response:
         return _save(request, kind, data, None)
