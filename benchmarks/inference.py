@@ -41,10 +41,10 @@ if str(REPO) not in sys.path:
 
 def _predictor(weights: str | None, device: str, mode: str, ig_slices: int, batch: int) -> Any:
     from model.inference.multiscale_cam import Predictor, settings_for
-    from model.inference.weights import load_model
+    from model.inference.weights import load_weights
 
     settings = settings_for(weights, device=device, batch_size=batch, mode=mode, ig_slices=ig_slices)
-    return Predictor(load_model(Path(weights) if weights else None, device), settings)
+    return Predictor(load_weights(weights, device), settings)
 
 
 def _sync(device: str) -> None:

@@ -91,8 +91,10 @@ class WorkerSettings(_Section):
     pool: Literal["auto", "solo", "prefork"] = "auto"
     # Torch CPU threads per worker process; None: the CPU cores divided by the processes.
     torch_threads: int | None = Field(default=None, ge=1, le=256)
-    weights_dir: Path | None = None  # None: the weights shipped in the package
-    # None: what the weights' metadata chose (model.inference.multiscale_cam.settings_for).
+    # A weights folder (model.inference.kinds loads it by the kind its metadata names); None: the
+    # weights shipped in model/weights (model.inference.weights.weights_folder).
+    weights_dir: Path | None = None
+    # None: what the weights' metadata chose.
     localisation: Literal["cam", "cam+ig"] | None = None
     sc_slices: Literal["lung", "key"] = "key"
     # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
@@ -60,8 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it")
     _add_inference_options(p)
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
-    p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the weights' metadata.json (e.g. held_out_metrics, validation_metrics)")
-    p.add_argument("--fit-class-bias", action="store_true", help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the weights' inference metadata")
+    p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the metadata.json of --weights (e.g. held_out_metrics, validation_metrics); needs --weights")
+    p.add_argument("--fit-class-bias", action="store_true", help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the inference metadata of --weights; needs --weights")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
 
@@ -97,12 +98,25 @@ def _settings(args: argparse.Namespace):  # -> PredictorSettings
     )
 
 
+def _options(args: argparse.Namespace) -> Any:  # -> model.inference.options.InferenceOptions
+    from model.inference.options import InferenceOptions
+
+    return InferenceOptions(
+        device=args.device,
+        batch_size=args.batch,
+        localisation=args.localisation,
+        ig_slices=args.ig_slices,
+        threshold=args.threshold,
+        aggregation=args.aggregation,
+    )
+
+
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from model.inference.multiscale_cam import get_predictor
+    from model.inference.kinds import load_predictor
 
-    predictor = get_predictor(args.weights, _settings(args))
+    predictor = load_predictor(args.weights, _options(args))
     result = predictor.predict(args.series)
     text = json.dumps(result.to_json(), indent=2)
     if str(args.json) == "-":
@@ -162,7 +176,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.training.evaluate import evaluate_folder
+    from model.training.evaluate import evaluate_folder, store_class_bias
+
+    if (args.fit_class_bias or args.record) and args.weights is None:
+        # Both write into the weights' metadata.json: never the shipped weights by default.
+        print("dicom-node: --fit-class-bias and --record write into a weights folder's metadata.json: name it with --weights (the shipped weights are model/weights)", file=sys.stderr)
+        return 2
 
     command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
     settings = _settings(args)
@@ -171,10 +190,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folder(args.data, args.labels, args.weights, args.json, settings, overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
     headline = {k: report["headline"][k] for k in report["headline"]}
     if args.fit_class_bias:
-        from model.inference.weights import DEFAULT_WEIGHTS_DIR
-        from model.training.evaluate import store_class_bias
-
-        headline["class_bias_fit"] = store_class_bias(args.weights or DEFAULT_WEIGHTS_DIR, report, command)
+        headline["class_bias_fit"] = store_class_bias(args.weights, report, command)
     print(json.dumps(headline, indent=2))
     print(NOTICE, file=sys.stderr)
     return 0

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from dicom_node.db import Database
 from dicom_node.settings import Settings
-from model.inference.multiscale_cam import get_predictor, settings_for
+from model.inference.kinds import SeriesPredictor, load_predictor
+from model.inference.options import InferenceOptions
 
 
 def default_worker_name() -> str:
@@ -43,10 +43,10 @@ class Runtime:
     db: Database
     device: str = "cpu"
     worker_name: str = field(default_factory=default_worker_name)
-    _predictor: Any = field(default=None, repr=False)
+    _predictor: SeriesPredictor | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, settings: Settings, *, device: str | None = None, worker_name: str | None = None, predictor: Any = None) -> "Runtime":
+    def create(cls, settings: Settings, *, device: str | None = None, worker_name: str | None = None, predictor: SeriesPredictor | None = None) -> "Runtime":
         """``predictor``: one already loaded (tests stand a hand-made one in); by default the
         weights of the settings are loaded on first use."""
         return cls(
@@ -61,13 +61,13 @@ class Runtime:
     def predictor_loaded(self) -> bool:
         return self._predictor is not None
 
-    def predictor(self) -> Any:
-        """This process's predictor: the weights of the settings on this process's device, loaded
-        on first use and kept for the life of the process."""
+    def predictor(self) -> SeriesPredictor:
+        """This process's predictor: the weights of ``worker.weights_dir`` (model.inference.kinds
+        picks the model by the kind their metadata names) on this process's device, loaded on
+        first use and kept for the life of the process."""
         if self._predictor is None:
-            weights = self.settings.worker.weights_dir
-            predictor_settings = settings_for(weights, device=self.device, mode=self.settings.worker.localisation)
-            self._predictor = get_predictor(weights, predictor_settings)
+            options = InferenceOptions(device=self.device, localisation=self.settings.worker.localisation)
+            self._predictor = load_predictor(self.settings.worker.weights_dir, options)
         return self._predictor
 
     @property

@@ -20,7 +20,6 @@ normal decision the heatmap still shows where the evidence for the likelier abno
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,13 +30,14 @@ import numpy as np
 import torch
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
-from model.contract.result import CLASSES, SeriesResult
+from model.contract.result import CLASSES, ModelInfo, SeriesResult
 from model.inference import localise
 from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.inference.localise import LocalisationSettings
 from model.inference.lung import segment_lungs
+from model.inference.options import InferenceOptions
 from model.inference.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
-from model.inference.weights import DEFAULT_WEIGHTS_DIR, LoadedModel, load_model, read_metadata
+from model.inference.weights import LoadedModel, load_weights, read_metadata, weights_folder
 
 AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
 ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
@@ -136,7 +136,8 @@ class SliceAnalysis:
 
 
 class Predictor:
-    """Weights loaded once; ``predict`` per series. Thread-compatible, not thread-safe."""
+    """The predictor of kind multiscale-cam-2d (a model.inference.kinds.SeriesPredictor): weights
+    loaded once; ``predict`` per series. Thread-compatible, not thread-safe."""
 
     def __init__(self, model: LoadedModel, settings: PredictorSettings | None = None) -> None:
         self.settings = settings or PredictorSettings()
@@ -149,6 +150,10 @@ class Predictor:
             self.network.to(memory_format=torch.channels_last)
         self.classes = model.classes
         self.image_size = model.image_size
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.model.info
 
     # -- the network ------------------------------------------------------------------------------
 
@@ -351,7 +356,7 @@ def settings_for(
 ) -> PredictorSettings:
     """Settings from the weights' ``inference`` metadata (chosen on validation data when the
     weights were made), overridden by any argument that is not None."""
-    meta = read_metadata(Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR)
+    meta = read_metadata(weights_folder(weights_dir))
     rec = dict(meta.get("inference", {}))
     loc = dict(rec.pop("localisation", {}))
     for key, value in (("mode", mode), ("ig_slices", ig_slices), ("threshold", threshold)):
@@ -370,12 +375,16 @@ def settings_for(
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_predictor(weights_dir: str | None, settings: PredictorSettings) -> Predictor:
-    return Predictor(load_model(Path(weights_dir) if weights_dir else None, settings.device), settings)
-
-
-def get_predictor(weights_dir: Path | str | None = None, settings: PredictorSettings | None = None) -> Predictor:
-    """A process-wide predictor per (weights folder, settings): weights are read once per process."""
-    folder = str(Path(weights_dir).resolve()) if weights_dir is not None else None
-    return _cached_predictor(folder, settings or PredictorSettings())
+def load(weights_dir: Path, options: InferenceOptions) -> Predictor:
+    """The loader of kind multiscale-cam-2d (model.inference.kinds): the weights on
+    ``options.device``, with the inference settings of their metadata overridden by ``options``."""
+    settings = settings_for(
+        weights_dir,
+        device=options.device,
+        batch_size=options.batch_size,
+        mode=options.localisation,
+        ig_slices=options.ig_slices,
+        threshold=options.threshold,
+        aggregation=options.aggregation,
+    )
+    return Predictor(load_weights(weights_dir, settings.device), settings)

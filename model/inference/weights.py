@@ -1,14 +1,17 @@
 """Saving and loading model weights with their metadata (a MONAI-style model folder).
 
 A weights folder holds ``model.safetensors`` (the network's state dict) and ``metadata.json``:
-name, version, classes, architecture, input spec, aggregation rule, training data and
-configuration, held-out metrics, the sha256 of the weights file and "not for clinical use".
-:func:`load_model` caches per (folder, device), so a worker process reads the weights once.
+the model kind (model.inference.kinds), name, version, classes, architecture, input spec,
+aggregation rule, training data and configuration, held-out metrics, the sha256 of the weights
+file and "not for clinical use". :func:`weights_folder` is the one place that says which folder
+"no folder" means: the weights shipped in model/weights/.
+
+Nothing here caches: whoever keeps a predictor (a worker process: dicom_node.pipeline.runtime)
+loads it once.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,7 +27,10 @@ from model.inference.network import WeaklySupervisedNet
 
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+# The kind of the weights this module writes and reads: the 2D multi-scale CAM network of
+# model.inference.network with the series rule of model.inference.multiscale_cam.
+MULTISCALE_CAM_2D = "multiscale-cam-2d"
 
 # The pre-processing the network expects (method.md); recorded with every set of weights.
 DEFAULT_INPUT_SPEC: dict[str, Any] = {
@@ -74,6 +80,11 @@ class LoadedModel:
         )
 
 
+def weights_folder(weights_dir: Path | str | None) -> Path:
+    """The weights folder to use: ``weights_dir``, or the shipped weights when it is None."""
+    return Path(weights_dir).resolve() if weights_dir is not None else SHIPPED_WEIGHTS_DIR
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -110,7 +121,7 @@ def save_weights(network: WeaklySupervisedNet, out_dir: Path, metadata: dict[str
         state[key] = tensor
     weights_path = out_dir / WEIGHTS_FILE
     save_file(state, str(weights_path), metadata={"format": "pt"})
-    meta = dict(metadata)
+    meta = {"kind": MULTISCALE_CAM_2D, **metadata}
     meta["architecture"] = network.architecture()
     meta["weights_file"] = WEIGHTS_FILE
     meta["weights_dtype"] = "float16" if half else "float32"
@@ -144,7 +155,6 @@ def update_metadata(weights_dir: Path, updates: dict[str, Any]) -> dict[str, Any
             raise ValueError(f"{key!r} describes the weights file and cannot be updated")
     meta.update(updates)
     (Path(weights_dir) / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    _load_cached.cache_clear()
     return meta
 
 
@@ -161,13 +171,17 @@ def build_network(metadata: dict[str, Any]) -> WeaklySupervisedNet:
     )
 
 
-def load_weights(weights_dir: Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a weights folder (not cached): the network in eval mode on ``device``.
+def load_weights(weights_dir: Path | str | None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a weights folder of kind multiscale-cam-2d (None: the shipped weights): the network in
+    eval mode on ``device``.
 
     The sha256 in the metadata must match the file, so a result's model identity is the weights'.
     """
-    weights_dir = Path(weights_dir).resolve()
+    weights_dir = weights_folder(weights_dir)
     meta = read_metadata(weights_dir)
+    kind = meta.get("kind", MULTISCALE_CAM_2D)
+    if kind != MULTISCALE_CAM_2D:
+        raise WeightsError(f"{weights_dir} holds weights of kind {kind!r}, not {MULTISCALE_CAM_2D!r}")
     weights_path = weights_dir / meta.get("weights_file", WEIGHTS_FILE)
     if not weights_path.is_file():
         raise WeightsError(f"{weights_path} not found")
@@ -184,14 +198,3 @@ def load_weights(weights_dir: Path, device: str | torch.device = "cpu") -> Loade
     dev = torch.device(device)
     network.to(dev).eval()
     return LoadedModel(network=network, metadata=meta, device=dev, weights_dir=weights_dir)
-
-
-@functools.lru_cache(maxsize=4)
-def _load_cached(weights_dir: str, device: str) -> LoadedModel:
-    return load_weights(Path(weights_dir), device)
-
-
-def load_model(weights_dir: Path | None = None, device: str = "cpu") -> LoadedModel:
-    """The cached :func:`load_weights`: once per process per (folder, device). Default: shipped."""
-    folder = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
-    return _load_cached(str(folder.resolve()), str(torch.device(device)))

@@ -30,8 +30,8 @@ from tqdm import tqdm
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
 from model.contract.result import SeriesResult
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series, get_predictor
-from model.inference.weights import read_metadata, update_metadata
+from model.inference.multiscale_cam import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series
+from model.inference.weights import load_weights, read_metadata, update_metadata
 from model.training import metrics
 from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
 
@@ -272,9 +272,12 @@ def evaluate_folder(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it. ``record``:
-    also store the summary under that key of the weights' metadata (e.g. ``held_out_metrics``)."""
+    also store the summary under that key of the weights' metadata (e.g. ``held_out_metrics``);
+    that needs ``weights_dir`` named, so that the shipped weights are never rewritten by default."""
+    if record is not None and weights_dir is None:
+        raise ValueError("recording metrics writes into a weights folder's metadata: name the folder")
     started = time.perf_counter()
-    predictor = get_predictor(weights_dir, settings)
+    predictor = Predictor(load_weights(weights_dir, (settings or PredictorSettings()).device), settings)
     items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
     json_out = Path(json_out)
     report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
@@ -283,7 +286,7 @@ def evaluate_folder(
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     if record is not None:
-        record_metrics(predictor.model.weights_dir, record, report, command)
+        record_metrics(Path(weights_dir), record, report, command)
     return report
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from dicom_node.cli import main
 from model.inference.multiscale_cam import aggregate_series
-from model.inference.weights import read_metadata
+from model.inference.weights import SHIPPED_WEIGHTS_DIR, read_metadata
 from model.phantoms.dataset import write_phantom_dataset
 from model.training.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
 from model.training.train import TrainConfig, predict_slices, train
@@ -102,3 +102,11 @@ def test_short_training_overfits_a_few_phantoms(tmp_path: Path) -> None:
         logits = predict_slices(result.network, np.asarray(s.slices), result.network.blocks[0][0].weight.device)
         probs, _ = aggregate_series(logits, classes)
         assert classes[int(np.argmax(probs))] == s.label, s.series_id
+
+
+def test_evaluate_writes_into_weights_metadata_only_when_they_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = (SHIPPED_WEIGHTS_DIR / "metadata.json").read_bytes()
+    for option in (["--fit-class-bias"], ["--record", "held_out_metrics"]):
+        assert main(["model", "evaluate", "--data", str(tmp_path), "--json", str(tmp_path / "m.json"), *option]) == 2
+        assert "--weights" in capsys.readouterr().err
+    assert (SHIPPED_WEIGHTS_DIR / "metadata.json").read_bytes() == shipped

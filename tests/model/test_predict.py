@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,14 @@ import pytest
 import torch
 
 from model.contract.result import CLASSES
+from model.inference import multiscale_cam
 from model.inference.io import load_series
+from model.inference.kinds import MODEL_KINDS, load_predictor
 from model.inference.localise import LocalisationSettings
-from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, get_predictor, settings_for
+from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, settings_for
 from model.inference.network import WeaklySupervisedNet
-from model.inference.weights import WeightsError, load_model, load_weights, read_metadata, save_weights, sha256_file
+from model.inference.options import InferenceOptions
+from model.inference.weights import MULTISCALE_CAM_2D, SHIPPED_WEIGHTS_DIR, WeightsError, load_weights, read_metadata, save_weights, sha256_file, weights_folder
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import write_phantom_series
 from model.training.train import TrainConfig, default_metadata
@@ -149,12 +153,10 @@ def test_aggregation_rules_by_hand() -> None:
         aggregate_series(logits, classes, "mean", class_bias=(1.0,))
 
 
-def test_weights_metadata_checks_and_caching(tiny_weights: Path, tmp_path: Path) -> None:
+def test_weights_metadata_checks(tiny_weights: Path, tmp_path: Path) -> None:
     meta = read_metadata(tiny_weights)
     assert meta["classes"] == list(CLASSES) and meta["input"]["image_size"] == 64 and "not for clinical use" in meta["notice"].lower()
-    assert load_model(tiny_weights) is load_model(tiny_weights)
-    settings = settings_for(tiny_weights)
-    assert get_predictor(tiny_weights, settings) is get_predictor(tiny_weights, settings)
+    assert meta["kind"] == MULTISCALE_CAM_2D
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "metadata.json").write_text(json.dumps(dict(meta, weights_sha256="0" * 64)))
@@ -172,3 +174,28 @@ def test_half_precision_weights_load_as_float32(tiny_weights: Path, tmp_path: Pa
     half = load_weights(tmp_path / "half")
     assert half.metadata["weights_dtype"] == "float16"
     assert all(p.dtype == torch.float32 for p in half.network.parameters())
+
+
+def test_predictors_are_loaded_by_the_kind_their_weights_name(tiny_weights: Path, tmp_path: Path) -> None:
+    predictor = load_predictor(tiny_weights, InferenceOptions(localisation="cam"))
+    assert isinstance(predictor, Predictor) and predictor.settings.localisation.mode == "cam"
+    assert predictor.info == load_weights(tiny_weights).info
+    assert MODEL_KINDS[MULTISCALE_CAM_2D] is multiscale_cam.load
+    # Weights from before the metadata named a kind are multiscale-cam-2d.
+    older = tmp_path / "older"
+    shutil.copytree(tiny_weights, older)
+    meta = read_metadata(older)
+    del meta["kind"]
+    (older / "metadata.json").write_text(json.dumps(meta))
+    assert isinstance(load_predictor(older), Predictor)
+    meta["kind"] = "transformer-3d"
+    (older / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="no model of kind 'transformer-3d'"):
+        load_predictor(older)
+    with pytest.raises(WeightsError, match="not 'multiscale-cam-2d'"):
+        load_weights(older)
+
+
+def test_no_folder_means_the_shipped_weights() -> None:
+    assert weights_folder(None) == SHIPPED_WEIGHTS_DIR and (SHIPPED_WEIGHTS_DIR / "model.safetensors").is_file()
+    assert read_metadata(weights_folder(None))["kind"] == MULTISCALE_CAM_2D
