@@ -24,7 +24,7 @@ from dicom_node import __version__
 from dicom_node.outputs import codes
 from dicom_node.outputs.kinds import KINDS
 from model.contract.notice import DICOM_NOTICE
-from model.contract.result import DECISIONS, SeriesResult
+from model.contract.result import SeriesResult
 from model.contract.uids import clean_uid, derived_uid
 
 SC_SLICE_MODES = ("lung", "key")
@@ -242,17 +242,12 @@ def voxel_volume_ml(slices: Sequence[SliceRef]) -> float:
 def resolve_slices(result: SeriesResult, sources: SourceSeries) -> list[SliceRef]:
     """Pair every slice of the result with its source instance (and frame); raise ValueError on any
     mismatch between the result, the source metadata and the HU volume."""
-    if result.decision not in DECISIONS:
-        raise ValueError(f"decision: {result.decision!r} is not one of {', '.join(DECISIONS)}")
+    # The result's own rules (decision, per-slice lengths) were checked when it was made.
     if not result.sop_instance_uids:
         raise ValueError("result.sop_instance_uids is empty: nothing to reference")
     n = len(result.sop_instance_uids)
     if sources.frame_numbers is not None and len(sources.frame_numbers) != n:
         raise ValueError(f"sources.frame_numbers has {len(sources.frame_numbers)} entries for {n} slices")
-    for name in ("heatmap", "region_labels", "lung_mask"):
-        array = getattr(result, name)
-        if array is not None and array.shape[0] != n:
-            raise ValueError(f"result.{name} has {array.shape[0]} slices, sop_instance_uids {n}")
     if sources.hu is not None and sources.hu.shape[0] != n:
         raise ValueError(f"sources.hu has {sources.hu.shape[0]} slices, result.sop_instance_uids {n}")
     slices = []

@@ -58,8 +58,15 @@ class Region:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeriesResult:
+    """The result for one series. Its rules are checked when it is made (ValueError naming the
+    field): a known decision and a reason; probabilities over known classes, each in [0, 1],
+    summing to 1; per-slice lists and arrays of one length, that of ``sop_instance_uids``; key
+    slices inside the series; no maps and no regions for ``no_decision``. What depends on the
+    source series (its instances, frames, pixels) is checked by whoever reads it with them
+    (dicom_node.outputs)."""
+
     probabilities: dict[str, float]  # keys: CLASSES; sum to 1; all 0 for no_decision is not allowed: use uniform
     decision: str  # one of DECISIONS
     reason: str  # why that decision (always set; for no_decision it says what is missing)
@@ -78,6 +85,36 @@ class SeriesResult:
     region_labels: np.ndarray | None = None  # uint16, 0 = background, k = Region.index
     lung_mask: np.ndarray | None = None  # bool
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def __post_init__(self) -> None:
+        if self.decision not in DECISIONS:
+            raise ValueError(f"decision: {self.decision!r} is not one of {', '.join(DECISIONS)}")
+        if not self.reason:
+            raise ValueError("reason: a result always says why")
+        unknown = sorted(set(self.probabilities) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"probabilities: unknown class(es) {', '.join(unknown)}; known: {', '.join(CLASSES)}")
+        if any(not 0.0 <= float(p) <= 1.0 for p in self.probabilities.values()):
+            raise ValueError(f"probabilities: {self.probabilities} are not all in [0, 1]")
+        if abs(sum(float(p) for p in self.probabilities.values()) - 1.0) > 1e-3:
+            raise ValueError(f"probabilities: {self.probabilities} do not sum to 1")
+        n = len(self.sop_instance_uids)
+        if self.lung_slices and len(self.lung_slices) != n:
+            raise ValueError(f"lung_slices has {len(self.lung_slices)} entries, sop_instance_uids {n}")
+        if any(not 0 <= int(i) < n for i in self.key_slices):
+            raise ValueError(f"key_slices {list(self.key_slices)} are not all inside the series (0-{n - 1})")
+        shapes = set()
+        for name in ("heatmap", "region_labels", "lung_mask"):
+            array = getattr(self, name)
+            if array is None:
+                continue
+            if array.ndim != 3 or array.shape[0] != n:
+                raise ValueError(f"{name} has shape {array.shape}; (slices, rows, columns) with {n} slices (sop_instance_uids) is needed")
+            shapes.add(array.shape)
+        if len(shapes) > 1:
+            raise ValueError(f"heatmap, region_labels and lung_mask differ in shape: {sorted(shapes)}")
+        if self.decision == "no_decision" and (self.heatmap is not None or self.regions):
+            raise ValueError("a no_decision result has no heatmap and no regions")
 
     def to_json(self) -> dict[str, Any]:
         return {
