@@ -20,12 +20,13 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from dicom_node.status import Status
+
 log = logging.getLogger(__name__)
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
-UNABLE_TO_PROCESS = 0xC211  # what pynetdicom answers when a handler raises
 
 _TAG_GROUP_LENGTH = 0x00000000
 _TAG_AFFECTED_SOP_CLASS = 0x00000002
@@ -182,7 +183,7 @@ class FastLane:
         except Exception:
             # As pynetdicom does for a handler that raises: log it, answer a failure.
             log.exception("C-STORE handler failed for %s", message.sop_instance_uid)
-            status, comment = UNABLE_TO_PROCESS, "internal error, see the node's log"
+            status, comment = int(Status.UNABLE_TO_PROCESS), "internal error, see the node's log"
         response = encode_store_response(
             sop_class_uid=message.sop_class_uid,
             sop_instance_uid=message.sop_instance_uid,

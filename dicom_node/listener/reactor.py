@@ -8,8 +8,13 @@ the DUL thread in ``select()`` on the peer's socket and a wake-up socket, the as
 on an event set whenever something is queued for it. Idle associations still wake every
 ``_IDLE_WAKE`` seconds to check timers, as the originals do every millisecond.
 
-The overridden methods follow pynetdicom 3.0's (the version range pyproject.toml allows); the
-tests in tests/listener run the full protocol through them against DCMTK.
+This is the one module of the node that reaches inside pynetdicom (private attributes, copies of
+private methods, its private configuration and server registry); everything else uses its public
+API. The copies follow pynetdicom 3.0.4, the version pyproject.toml pins (~=3.0.4).
+:data:`RELIES_ON` lists what this module copies or touches: tests/listener/test_pynetdicom_seam.py
+fails, naming the piece, as soon as an upgrade changes any of it. Then compare this module with
+the new pynetdicom source, adapt it, and record the new fingerprints in that test. The tests in
+tests/integration run the full protocol through this module against DCMTK.
 """
 
 from __future__ import annotations
@@ -26,18 +31,54 @@ from copy import deepcopy
 from datetime import datetime
 from typing import Any, Callable
 
-from pynetdicom import evt
+from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from dicom_node.listener.fastlane import FastLane
 
 LOGGER = logging.getLogger("pynetdicom")
 
 _IDLE_WAKE = 0.05  # seconds: how often an idle thread checks timers and kill flags
+# A-ABORT (PS3.8 9.3.8): source "DUL service provider", reason "not specified"; what pynetdicom sends.
+_ABORT_SOURCE_PROVIDER = 0x02
+_ABORT_REASON_NOT_SPECIFIED = 0x00
+
+# What this module copies from or relies on inside pynetdicom (see the module docstring).
+RELIES_ON: tuple[str, ...] = (
+    "pynetdicom.dul.DULServiceProvider.__init__",  # the queues replaced by EventDrivenDUL
+    "pynetdicom.dul.DULServiceProvider._read_pdu_data",  # copied: EventDrivenDUL._read_pdu_data
+    "pynetdicom.dul.DULServiceProvider.run_reactor",  # copied: EventDrivenDUL.run_reactor
+    "pynetdicom.dul.DULServiceProvider.kill_dul",  # extended
+    "pynetdicom.dul.DULServiceProvider._decode_pdu",  # called by the copies
+    "pynetdicom.dul.DULServiceProvider._process_recv_primitive",
+    "pynetdicom.dul.DULServiceProvider._is_transport_event",
+    "pynetdicom.association.Association.__init__",  # the DUL and DIMSE queue replaced
+    "pynetdicom.association.Association._run_reactor",  # copied: EventDrivenAssociation._run_reactor
+    "pynetdicom.association.Association.kill",  # extended
+    "pynetdicom.association.Association._serve_request",  # called by the copy
+    "pynetdicom.transport.AssociationSocket.recv",  # replaced: FastSocket.recv
+    "pynetdicom.transport.RequestHandler._create_association",  # copied: EventDrivenRequestHandler
+    "pynetdicom.transport.AssociationServer.shutdown",  # removes the server from AE._servers
+    "pynetdicom._config.LOG_HANDLER_LEVEL",
+    "pynetdicom._globals.MODE_ACCEPTOR",
+)
+
+
+def register_server(ae: AE, server: AssociationServer) -> None:
+    """Register a server made with ``AE.make_server`` with its AE, as ``AE.start_server`` does
+    (it takes no server class): ``server.shutdown()`` removes it from there again."""
+    ae._servers.append(server)  # type: ignore[arg-type]  # pynetdicom lists its threaded servers there
+
+
+def quiet_pdu_logs() -> None:
+    """pynetdicom's standard handlers describe every PDU and message for its debug log, decoding
+    each command set to do so; without DEBUG nobody reads them."""
+    pynetdicom_config.LOG_HANDLER_LEVEL = "none"
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -160,8 +201,8 @@ class EventDrivenDUL(DULServiceProvider):
                 except Exception:
                     # As pynetdicom does: bypass the state machine, send an A-ABORT, stop.
                     abort_pdu = A_ABORT_RQ()
-                    abort_pdu.source = 0x02
-                    abort_pdu.reason_diagnostic = 0x00
+                    abort_pdu.source = _ABORT_SOURCE_PROVIDER
+                    abort_pdu.reason_diagnostic = _ABORT_REASON_NOT_SPECIFIED
                     if self.socket is not None:
                         self.socket.send(abort_pdu.encode())
                     self.assoc.is_aborted = True

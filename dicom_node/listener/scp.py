@@ -13,7 +13,6 @@ import zlib
 from io import BytesIO
 from typing import Any, Callable
 
-from pydicom._uid_dict import UID_dictionary
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -38,11 +37,12 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    UID_dictionary,
 )
 from pynetdicom import evt
 
 from dicom_node.listener import header as fast_header
-from dicom_node.status import Status
+from dicom_node.status import AssociateResult, RejectReason, RejectSource, Status
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
 from dicom_node.storage.instance import Header, InvalidHeader, header_of, make_header
@@ -179,7 +179,8 @@ def _check_complete(ds: Dataset, size: int) -> None:
     """pydicom reads a value cut short by the end of the data without complaint: check that every
     top-level element got all its bytes and that nothing is missing after the last one."""
     end = 0
-    for elem in ds._dict.values():
+    for tag in ds.keys():
+        elem = ds.get_item(tag)  # the element as read, not converted
         if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
             continue
         got = len(elem.value) if elem.value is not None else 0
@@ -294,8 +295,7 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[An
         if not ok:
             log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
             receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
-            # Rejected-permanent, service-user, calling AE title not recognised (PS3.8 7.1.1.9).
-            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.acse.send_reject(AssociateResult.REJECTED_PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_TITLE_NOT_RECOGNISED)
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
             # and the peer has closed, before the server shuts the socket down.
             assoc.kill()

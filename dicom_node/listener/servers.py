@@ -13,18 +13,18 @@ import signal
 import socket
 import ssl
 import threading
-from typing import Any
+from typing import Any, Callable, cast
 
 from pynetdicom import AE
-from pynetdicom import _config as pynetdicom_config
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
-from dicom_node.listener.reactor import EventDrivenRequestHandler
+from dicom_node.listener.reactor import EventDrivenRequestHandler, quiet_pdu_logs, register_server
 from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
+from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
@@ -37,6 +37,8 @@ class ReusePortServer(ThreadedAssociationServer):
     creating event-driven acceptors (dicom_node.listener.reactor)."""
 
     daemon_threads = True
+    # The fast lane's store handler of this server's local AE (dicom_node.listener.scp).
+    store_handler: Callable[..., tuple[int, str]] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", EventDrivenRequestHandler)
@@ -112,16 +114,16 @@ class ListenerSet:
         ae.add_supported_context(Verification)
         for uid in accepted_sop_classes([*settings.extra_sop_classes, *snap.extra_sop_classes]):
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
-        server: ThreadedAssociationServer = ae.make_server(
+        # make_server returns an instance of server_class.
+        server = cast(ReusePortServer, ae.make_server(
             (settings.host, snap.port),
             ae_title=snap.title,
             ssl_context=self.ssl_context,
             evt_handlers=handlers_for(snap, self.receiver),
             server_class=ReusePortServer,
-        )
-        server.store_handler = fast_store_handler(snap, self.receiver)  # type: ignore[attr-defined]
-        # As AE.start_server does: the AE tracks its servers, and server.shutdown() removes it.
-        ae._servers.append(server)
+        ))
+        server.store_handler = fast_store_handler(snap, self.receiver)
+        register_server(ae, server)
         return server
 
     def run(self) -> None:
@@ -152,15 +154,10 @@ class ListenerSet:
 
 def run_listener_process(settings_json: str) -> None:
     """Entry point of a listener child process (multiprocessing, spawn)."""
-    from dicom_node.logs import configure_logging
-    from dicom_node.settings import Settings
-
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings, process_name="listener")
     if settings.log_level != "DEBUG":
-        # pynetdicom's standard handlers describe every PDU and message for its debug log,
-        # decoding each command set to do so; without DEBUG nobody reads them.
-        pynetdicom_config.LOG_HANDLER_LEVEL = "none"
+        quiet_pdu_logs()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with SIGTERM
     db = Database(settings.effective_database_url)
     listeners = ListenerSet(settings, db)

@@ -37,14 +37,11 @@ import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from dicom_node.status import SUCCESS_STATUSES, Status
+from dicom_node.status import SUCCESS_STATUSES, AssociateResult, Status
 
 log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-# A-ASSOCIATE-RJ result values (PS3.8 9.3.4).
-REJECTED_PERMANENT = 0x01
-REJECTED_TRANSIENT = 0x02
 
 
 class Outcome(str, enum.Enum):
@@ -75,7 +72,7 @@ def classify_status(code: int | None) -> Outcome:
     """Success, retriable or permanent for one C-STORE response status (None: no response)."""
     if code is None:
         return Outcome.RETRIABLE
-    if code in SUCCESS_STATUSES or code == 0x0001 or code & 0xF000 == 0xB000:
+    if code in SUCCESS_STATUSES or code == Status.OPTIONAL_ATTRIBUTES_NOT_SUPPORTED or code & 0xF000 == 0xB000:
         return Outcome.SUCCESS
     if code & 0xFF00 == Status.OUT_OF_RESOURCES & 0xFF00 or code == Status.PROCESSING_FAILURE:
         return Outcome.RETRIABLE
@@ -197,12 +194,12 @@ def send_files(
 
     def on_acse_recv(event: Any) -> None:
         primitive = event.primitive
-        if getattr(primitive, "result", None) in (REJECTED_PERMANENT, REJECTED_TRANSIENT):
+        if getattr(primitive, "result", None) in (AssociateResult.REJECTED_PERMANENT, AssociateResult.REJECTED_TRANSIENT):
             rejection.update(
                 result=primitive.result,
                 text=f"{primitive.result_str}, source: {primitive.source_str}, reason: {primitive.reason_str}",
             )
-        elif getattr(primitive, "result", None) == 0x00:
+        elif getattr(primitive, "result", None) == AssociateResult.ACCEPTED:
             rejection["accepted"] = True
 
     tls_args = None
@@ -215,7 +212,7 @@ def send_files(
     if not assoc.is_established:
         not_sent = [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
         if assoc.is_rejected:
-            transient = rejection.get("result") == REJECTED_TRANSIENT
+            transient = rejection.get("result") == AssociateResult.REJECTED_TRANSIENT
             outcome = Outcome.RETRIABLE if transient else Outcome.PERMANENT
             reason = f"association rejected by {where}: {rejection.get('text', 'no detail')}"
         elif rejection.get("accepted"):

@@ -16,7 +16,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
-from dicom_node.listener.fastlane import UNABLE_TO_PROCESS, FastLane, encode_store_response, p_data_tf, parse_command
+from dicom_node.listener.fastlane import FastLane, encode_store_response, p_data_tf, parse_command
+from dicom_node.status import Status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -112,4 +113,4 @@ def test_handler_exception_answers_failure() -> None:
     lane.take(p_data_tf(1, 0x03, _store_rq_command()))
     lane.take(p_data_tf(1, 0x02, b"XY"))
     response = parse_command(sent[0][12:])
-    assert struct.unpack("<H", response[0x00000900])[0] == UNABLE_TO_PROCESS
+    assert struct.unpack("<H", response[0x00000900])[0] == Status.UNABLE_TO_PROCESS
