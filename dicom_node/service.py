@@ -153,18 +153,3 @@ class Node:
             log.warning("admin app not installed; serving DICOM only")
             return None
         return AdminServerThread(self.settings, db)
-
-
-def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
-    """Block until something accepts TCP connections on host:port (for tests and `up`)."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:g} s") from None
-            time.sleep(0.1)

@@ -157,7 +157,6 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
 
-    _yaml_file: Path | None = None
 
     @classmethod
     def settings_customise_sources(

@@ -60,8 +60,10 @@ class Database:
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
+    def locks_rows(self) -> bool:
+        """Whether SELECT ... FOR UPDATE locks a row (PostgreSQL); SQLite's BEGIN IMMEDIATE
+        (see _sqlite_begin) locks the whole file instead."""
+        return self.engine.dialect.name == "postgresql"
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:

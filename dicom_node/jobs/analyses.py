@@ -103,15 +103,11 @@ class Skipped:
     reason: str
 
 
-def _for_update(db: Database) -> bool:
-    return db.engine.dialect.name == "postgresql"
-
-
 def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt.datetime | None = None) -> Claimed | Busy | Skipped:
     """Claim ``job_id`` for ``worker`` (see the module docstring for the rule)."""
     now = now or utcnow()
     with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=_for_update(db))
+        job = s.get(Job, job_id, with_for_update=db.locks_rows)
         if job is None:
             return Skipped(job_id, "missing", "no such job")
         if job.status in {st.value for st in FINISHED_JOB_STATUSES}:
@@ -228,7 +224,7 @@ def finish(
     raises :class:`LostOwnership` when the attempt no longer owns the job."""
     now = now or utcnow()
     with db.session() as s:
-        job = s.get(Job, claimed.job_id, with_for_update=_for_update(db))
+        job = s.get(Job, claimed.job_id, with_for_update=db.locks_rows)
         if job is None or job.status != JobStatus.RUNNING.value or job.attempts != claimed.attempt:
             raise LostOwnership(f"job {claimed.job_id}: attempt {claimed.attempt} no longer owns the job")
         series = s.get(Series, job.series_id)
@@ -251,7 +247,7 @@ def fail(db: Database, claimed: Claimed, reason: str, *, timings: dict[str, Any]
     """FAILED with ``reason`` if the attempt still owns the job; returns whether it did."""
     now = now or utcnow()
     with db.session() as s:
-        job = s.get(Job, claimed.job_id, with_for_update=_for_update(db))
+        job = s.get(Job, claimed.job_id, with_for_update=db.locks_rows)
         if job is None or job.status != JobStatus.RUNNING.value or job.attempts != claimed.attempt:
             return False
         job.status = JobStatus.FAILED.value

@@ -63,7 +63,7 @@ class Completion:
     def complete(self, series_id: int, seen_last: dt.datetime, now: dt.datetime) -> Completed | None:
         """Complete one series unless an instance arrived since ``seen_last``."""
         with self.db.session() as s:
-            series = s.get(Series, series_id, with_for_update=self.db.engine.dialect.name == "postgresql")
+            series = s.get(Series, series_id, with_for_update=self.db.locks_rows)
             if series is None or series.status != SeriesStatus.RECEIVING.value or as_utc(series.last_received_at) != as_utc(seen_last):
                 return None
             ae = s.get(LocalAE, series.local_ae_id) if series.local_ae_id is not None else None

@@ -214,9 +214,8 @@ def due_for_job(db: Database, job_id: int, *, stale_after: float, now: dt.dateti
 def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime | None = None) -> ExportClaim | None:
     """Claim one export for sending (see the module docstring); None when there is nothing to do."""
     now = now or utcnow()
-    pg = db.engine.dialect.name == "postgresql"
     with db.session() as s:
-        row = s.get(Export, export_id, with_for_update=pg)
+        row = s.get(Export, export_id, with_for_update=db.locks_rows)
         if row is None:
             return None
         if row.status == ExportStatus.RETRYING.value and row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:  # type: ignore[operator]
@@ -259,7 +258,7 @@ def record(db: Database, claim_: ExportClaim, result: SendResult, policy: RetryP
     """End one sending attempt (see the module docstring). Returns the export's new status."""
     now = now or utcnow()
     with db.session() as s:
-        row = s.get(Export, claim_.export_id, with_for_update=db.engine.dialect.name == "postgresql")
+        row = s.get(Export, claim_.export_id, with_for_update=db.locks_rows)
         if row is None or row.status != ExportStatus.SENDING.value or row.attempts != claim_.attempt:
             return row.status if row is not None else "missing"
         row.objects_sent = result.sent

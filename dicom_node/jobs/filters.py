@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from dicom_node.validation import Regex
 
@@ -63,12 +63,3 @@ def evaluate(rule: SeriesFilter, facts: SeriesFacts) -> tuple[bool, str]:
     if excluded:
         return False, f"image type {'/'.join(facts.image_type)} contains {', '.join(excluded)}"
     return True, ""
-
-
-def validation_errors(data: dict[str, Any]) -> list[str]:
-    """Human messages naming the field, for the CLI and the admin forms."""
-    try:
-        SeriesFilter.from_json(data)
-    except ValidationError as exc:
-        return [f"filters.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
-    return []

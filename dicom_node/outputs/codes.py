@@ -32,7 +32,6 @@ ABSENT = codes.SCT.Absent
 INDETERMINATE = codes.SCT.Indeterminate
 
 # Concept names.
-FINDING = codes.DCM.Finding
 PROBABILITY = codes.DCM.Probability  # DCM 122157
 VOLUME_RATIO = codes.DCM.VolumeRatio  # DCM 113288, CID 7469: infected / lung volume, in %
 VOLUME = codes.SCT.Volume

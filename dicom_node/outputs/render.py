@@ -158,11 +158,6 @@ def _annotation(rows: int, cols: int, label: tuple[str, ...], threshold: float) 
     return rgb, covered
 
 
-def annotation_mask(rows: int, cols: int, lines: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Where :func:`render_overlay` draws the label and the colour bar (bool, rows x cols)."""
-    return _annotation(rows, cols, tuple(lines), float(threshold))[1]
-
-
 def render_overlay(
     hu_slice: np.ndarray,
     heat_slice: np.ndarray | None,

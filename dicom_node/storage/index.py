@@ -87,7 +87,7 @@ def _sqlite_time(value: dt.datetime) -> str:
 class Index:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._postgres = db.engine.dialect.name == "postgresql"
+        self._postgres = db.locks_rows
         if self._postgres:
             # psycopg2 takes %(name)s; rows of the series are locked while an instance is counted.
             self._sql = {k: _PLACEHOLDER.sub(r"%(\1)s", v) for k, v in _SQL.items()}
