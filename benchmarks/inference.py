@@ -34,30 +34,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+
+from model.inference.io import load_series
+from model.inference.multiscale_cam import Predictor, settings_for
+from model.inference.preprocess import preprocess_slices
+from model.inference.weights import load_weights
+from model.phantoms.phantom import make_phantom
+from model.phantoms.writer import write_phantom_series
 
 
 def _predictor(weights: str | None, device: str, mode: str, ig_slices: int, batch: int) -> Any:
-    from model.inference.multiscale_cam import Predictor, settings_for
-    from model.inference.weights import load_weights
-
     settings = settings_for(weights, device=device, batch_size=batch, mode=mode, ig_slices=ig_slices)
     return Predictor(load_weights(weights, device), settings)
 
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.synchronize()
 
 
 def _bare_forward(predictor: Any, inputs: Any, device: str) -> float:
     """Seconds of the network alone over ``inputs`` (already pre-processed), as the predictor runs it."""
-    import torch
-
     net = predictor.network
     amp = device.startswith("cuda")
     _sync(device)
@@ -76,27 +75,16 @@ def child_peak_memory(folder: str, weights: str | None, device: str, mode: str, 
     """Run one full predict in this (fresh) process and report its peak memory."""
     predictor = _predictor(weights, device, mode, ig_slices, batch)
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     result = predictor.predict(Path(folder))
     out: dict[str, Any] = {"seconds": time.perf_counter() - t, "decision": result.decision, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
     if device.startswith("cuda"):
-        import torch
-
         out["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    from model.inference.preprocess import preprocess_slices
-    from model.phantoms.phantom import make_phantom
-    from model.phantoms.writer import write_phantom_series
-
     report: dict[str, Any] = {
         "device": args.device,
         "torch": torch.__version__,
@@ -128,8 +116,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         full_s, result = min(runs, key=lambda r: r[0])
         lung_idx = np.flatnonzero(result.lung_slices)
         n_lung, n_all = int(lung_idx.size), len(result.lung_slices)
-
-        from model.inference.io import load_series
 
         volume = load_series(folder)
         inputs = torch.from_numpy(preprocess_slices(volume.hu[lung_idx], size=cam.image_size))

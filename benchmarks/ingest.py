@@ -25,13 +25,12 @@ from pathlib import Path
 
 import psutil
 import pydicom
+from pydicom.uid import UID
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until  # noqa: E402
-from model.contract.uids import derived_uid  # noqa: E402
-from model.phantoms.writer import write_phantom_series  # noqa: E402
+from dicom_node.storage.files import Storage
+from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until
+from model.contract.uids import derived_uid
+from model.phantoms.writer import write_phantom_series
 
 
 def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
@@ -41,11 +40,11 @@ def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
     for k in range(n):
         d = out / f"{tag}{k}"
         d.mkdir(parents=True)
-        study, series = derived_uid("bench", tag, str(k), "study"), derived_uid("bench", tag, str(k), "series")
+        study, series = UID(derived_uid("bench", tag, str(k), "study")), UID(derived_uid("bench", tag, str(k), "series"))
         for i, f in enumerate(files):
             ds = pydicom.dcmread(f)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = derived_uid("bench", tag, str(k), str(i))
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(derived_uid("bench", tag, str(k), str(i)))
             ds.save_as(d / f.name)
         dirs.append(d)
     return dirs
@@ -54,7 +53,8 @@ def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
 def send(folder: Path, port: int, called: str) -> float:
     storescu = require_tool("storescu", "dcmtk")
     start = time.perf_counter()
-    result = subprocess.run([storescu, "+sd", "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port), str(folder)], env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    command = [storescu, "+sd", "-aet", "STORESCU", "-aec", called, "127.0.0.1", str(port), str(folder)]
+    result = subprocess.run(command, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"storescu to {called} failed: {result.stderr}")
@@ -64,8 +64,6 @@ def send(folder: Path, port: int, called: str) -> float:
 def fsync_floor(folder: Path, work: Path) -> float:
     """What durability alone costs on this disk: the series' files written as the node writes
     them (temporary file, fdatasync, rename, directory fsync), without DICOM or an index."""
-    from dicom_node.storage.files import Storage
-
     storage = Storage(work / "floor")
     blobs = [f.read_bytes() for f in sorted(folder.glob("*.dcm"))]
     start = time.perf_counter()
@@ -144,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             for b in range(batches):
                 for f in mem.glob("*.dcm"):
                     ds = pydicom.dcmread(f)
-                    ds.SeriesInstanceUID = derived_uid("bench-mem", str(b))
-                    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = derived_uid("bench-mem", str(b), f.name)
+                    ds.SeriesInstanceUID = UID(derived_uid("bench-mem", str(b)))
+                    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(derived_uid("bench-mem", str(b), f.name))
                     ds.save_as(f)
                 send(mem, node_port, "COVIDNODE")
             rss_end = listener_rss(node)

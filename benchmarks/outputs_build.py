@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import io
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
+from dicom_node.outputs.build import build_outputs
+from dicom_node.outputs.common import OutputOptions, SourceSeries
+from dicom_node.outputs.kinds import OUTPUT_KINDS
+from dicom_node.testing import synthetic
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,11 +29,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-
-    from dicom_node.outputs.build import build_outputs
-    from dicom_node.outputs.common import OutputOptions, SourceSeries
-    from dicom_node.outputs.kinds import OUTPUT_KINDS
-    from dicom_node.testing import synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -40,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = synthetic.blob_result(series)
         options = OutputOptions(created=datetime.datetime(2024, 1, 1))
         build_outputs(result, sources, kinds=["kos"], options=options)  # imports
-        for kinds in ([k] for k in OUTPUT_KINDS):
-            best = min(_timed(lambda: build_outputs(result, sources, kinds=kinds, options=options)) for _ in range(args.repeat))
-            print(f"{kinds[0]:>4}: {best:.2f} s")
+        for kind in OUTPUT_KINDS:
+            best = min(_timed(functools.partial(build_outputs, result, sources, kinds=[kind], options=options)) for _ in range(args.repeat))
+            print(f"{kind:>4}: {best:.2f} s")
         timings = []
         for _ in range(args.repeat):
             t = time.perf_counter()

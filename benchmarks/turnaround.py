@@ -39,16 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import pydicom
+from sqlalchemy import select
 
-from sqlalchemy import select  # noqa: E402
-
-from dicom_node.db import Database  # noqa: E402
-from dicom_node.db.models import Job, Series  # noqa: E402
-from dicom_node.settings import load_settings  # noqa: E402
-from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until  # noqa: E402
+from dicom_node.db import Database
+from dicom_node.db.models import Job, Series
+from dicom_node.settings import load_settings
+from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
+from model.phantoms.writer import write_phantom_series
 
 STAGES = ("quiet", "queue", "load", "inference", "encoding", "worker_other", "export", "total", "beyond_quiet")
 
@@ -62,10 +60,7 @@ def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
 
 
 def write_series(root: Path, seed: int, slices: int, matrix: int) -> tuple[Path, str]:
-    from model.phantoms.writer import write_phantom_series
-
     out = write_phantom_series("covid", root / f"covid-{seed}-{slices}", seed=seed, slices=slices, rows=matrix, columns=matrix)
-    import pydicom
 
     first = next(p for p in out.iterdir() if p.suffix == ".dcm")
     return out, str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import multiprocessing
 
 from dicom_node.settings import Settings
 
@@ -12,8 +13,6 @@ FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(mes
 
 def configure_logging(settings: Settings, *, process_name: str | None = None) -> None:
     if process_name:
-        import multiprocessing
-
         multiprocessing.current_process().name = process_name
     root = logging.getLogger()
     root.setLevel(settings.log_level)

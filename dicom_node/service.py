@@ -16,8 +16,9 @@ import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
-from typing import Callable
+from typing import Callable, Protocol
 
+from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.completion import Completion
@@ -28,6 +29,14 @@ from dicom_node.storage.files import Storage
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 
 log = logging.getLogger(__name__)
+
+
+class Loop(Protocol):
+    """A thread of ``serve`` besides the listeners: started, then stopped at shutdown."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 class BackgroundLoop(threading.Thread):
@@ -116,10 +125,10 @@ class Node:
             housekeeping.run_once()
             relay.relay_once()
 
-        loops = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]
+        loops: list[Loop] = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]
         admin_server = self._admin_server(db) if self.admin else None
         if admin_server is not None:
-            loops.append(admin_server)  # type: ignore[arg-type]
+            loops.append(admin_server)
         for loop in loops:
             loop.start()
         self._children = [self._spawn_listener() for _ in range(settings.listener.processes)]
@@ -139,17 +148,10 @@ class Node:
             if child.is_alive():
                 child.kill()
         for loop in loops:
-            loop.stop()  # type: ignore[attr-defined]
+            loop.stop()
         db.dispose()
         clean_stop(settings.data_dir)
         return 0
 
-    def _admin_server(self, db: Database) -> threading.Thread | None:
-        try:
-            from dicom_node.admin.server import AdminServerThread
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("dicom_node.admin", "dicom_node.admin.server"):
-                raise
-            log.warning("admin app not installed; serving DICOM only")
-            return None
+    def _admin_server(self, db: Database) -> Loop:
         return AdminServerThread(self.settings, db)

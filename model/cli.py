@@ -62,7 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_inference_options(p)
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
     p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the metadata.json of --weights (e.g. held_out_metrics, validation_metrics); needs --weights")
-    p.add_argument("--fit-class-bias", action="store_true", help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the inference metadata of --weights; needs --weights")
+    p.add_argument(
+        "--fit-class-bias",
+        action="store_true",
+        help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the inference metadata of --weights; needs --weights",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
 
@@ -84,7 +88,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=32, help="slices per forward batch")
 
 
-def _settings(args: argparse.Namespace):  # -> PredictorSettings
+def _settings(args: argparse.Namespace) -> Any:  # -> model.inference.multiscale_cam.PredictorSettings (torch: imported lazily)
     from model.inference.multiscale_cam import settings_for
 
     return settings_for(

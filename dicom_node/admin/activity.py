@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.pixels import convert_color_space
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -134,8 +135,6 @@ def rgb_png(ds: pydicom.Dataset) -> bytes:
     pixels = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if photometric.startswith("YBR"):
-        from pydicom.pixels import convert_color_space
-
         pixels = convert_color_space(pixels, photometric, "RGB")
     if pixels.ndim == 4:  # multi-frame: the first frame
         pixels = pixels[0]

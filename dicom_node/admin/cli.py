@@ -20,7 +20,13 @@ import json
 import sys
 from typing import Any, Callable
 
+from sqlalchemy import select
+
+from dicom_node.admin import audit
+from dicom_node.admin.auth import AuthError, Passwords, check_password, create_token, create_user, find_user, revoke_token, set_password, token_dict, user_dict
 from dicom_node.commands.common import database_from, fail, settings_from
+from dicom_node.configuration import cli_actor
+from dicom_node.db.models import ApiToken, User
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -36,9 +42,6 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
-    from dicom_node.admin.auth import AuthError
-    from dicom_node.configuration import cli_actor
-
     db = database_from(settings_from(args))
     try:
         with db.session() as s:
@@ -53,9 +56,6 @@ def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
 
 
 def cmd_create_user(args: argparse.Namespace) -> int:
-    from dicom_node.admin import audit
-    from dicom_node.admin.auth import AuthError, Passwords, check_password, create_user, user_dict
-
     password = _password(args)
     ok, reason = check_password(password)
     if not ok:
@@ -73,9 +73,6 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 def cmd_set_password(args: argparse.Namespace) -> int:
-    from dicom_node.admin import audit
-    from dicom_node.admin.auth import Passwords, check_password, find_user, set_password
-
     password = _password(args)
     ok, reason = check_password(password)
     if not ok:
@@ -91,10 +88,6 @@ def cmd_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_list_users(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from dicom_node.admin.auth import user_dict
-    from dicom_node.db.models import User
 
     db = database_from(settings_from(args))
     with db.session() as s:
@@ -110,9 +103,6 @@ def cmd_list_users(args: argparse.Namespace) -> int:
 
 
 def cmd_create_token(args: argparse.Namespace) -> int:
-    from dicom_node.admin import audit
-    from dicom_node.admin.auth import create_token, find_user, token_dict
-
     def change(s: Any, actor: str) -> Any:
         user = find_user(s, args.user)
         row, raw = create_token(s, user, args.name or "", created_by=actor)
@@ -127,10 +117,6 @@ def cmd_create_token(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tokens(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from dicom_node.admin.auth import token_dict
-    from dicom_node.db.models import ApiToken
 
     db = database_from(settings_from(args))
     with db.session() as s:
@@ -146,9 +132,6 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke_token(args: argparse.Namespace) -> int:
-    from dicom_node.admin import audit
-    from dicom_node.admin.auth import revoke_token, token_dict
-
     def change(s: Any, actor: str) -> Any:
         row = revoke_token(s, args.id, revoked_by=actor)
         out = token_dict(row)

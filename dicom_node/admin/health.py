@@ -15,6 +15,8 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+from kombu import Connection
+from kombu.exceptions import OperationalError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,8 +59,6 @@ def check_broker(url: str) -> dict[str, Any]:
         finally:
             engine.dispose()
         return {"ok": True, "ms": _ms(start)}
-    from kombu import Connection
-    from kombu.exceptions import OperationalError
 
     try:
         with Connection(url, connect_timeout=TIMEOUT_SECONDS) as conn:

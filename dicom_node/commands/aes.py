@@ -102,8 +102,9 @@ def cmd_ae_add_destination(args: argparse.Namespace) -> int:
 
 
 def cmd_ae_remove(args: argparse.Namespace) -> int:
+    models: dict[str, type[LocalAE] | type[Source] | type[Destination]] = {"local": LocalAE, "source": Source, "destination": Destination}
+    model = models[args.kind]
 
-    model = {"local": LocalAE, "source": Source, "destination": Destination}[args.kind]
     def change(s: Any) -> dict[str, Any]:
         rows = s.scalars(select(model).where(model.title == args.title)).all()
         if not rows:

@@ -6,6 +6,8 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,8 +84,6 @@ class Database:
 
 
 def alembic_config(url: str) -> Any:
-    from alembic.config import Config
-
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -92,7 +92,5 @@ def alembic_config(url: str) -> Any:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (creating it if needed)."""
-    from alembic import command
-
     make_engine(url).dispose()  # creates the SQLite folder
     command.upgrade(alembic_config(url), revision)

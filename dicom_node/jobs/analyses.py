@@ -44,7 +44,7 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 
@@ -154,11 +154,12 @@ def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt
 def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None) -> bool:
     """Write the heartbeat of a running attempt; False if the attempt no longer owns the job."""
     with db.session() as s:
-        result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+        # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed Result.
+        result = cast(CursorResult[Any], s.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING.value)
             .values(heartbeat_at=now or utcnow())
-        )
+        ))
         changed = result.rowcount
     return bool(changed)
 
@@ -275,7 +276,7 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
             beat_at = as_utc(job.heartbeat_at or job.started_at)
             if beat_at is None or beat_at >= cutoff:
                 continue
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            result = cast(CursorResult[Any], s.execute(  # an UPDATE: a CursorResult
                 update(Job)
                 .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
                 .values(
@@ -283,7 +284,7 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
                     reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
                     heartbeat_at=None,
                 )
-            )
+            ))
             if result.rowcount:
                 write_message(s, ANALYSE_TOPIC, job.id, recovered=True)
                 requeued.append(job.id)

@@ -204,9 +204,9 @@ def due_for_job(db: Database, job_id: int, *, stale_after: float, now: dt.dateti
     for export_id, status, next_at, updated in rows:
         if status == ExportStatus.PENDING.value:
             out.append(export_id)
-        elif status == ExportStatus.RETRYING.value and (next_at is None or as_utc(next_at) <= now):  # type: ignore[operator]
+        elif status == ExportStatus.RETRYING.value and (next_at is None or as_utc(next_at) <= now):
             out.append(export_id)
-        elif status == ExportStatus.SENDING.value and (now - as_utc(updated)).total_seconds() >= stale_after:  # type: ignore[operator]
+        elif status == ExportStatus.SENDING.value and (now - as_utc(updated)).total_seconds() >= stale_after:
             out.append(export_id)
     return sorted(out)
 
@@ -218,9 +218,9 @@ def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime 
         row = s.get(Export, export_id, with_for_update=db.locks_rows)
         if row is None:
             return None
-        if row.status == ExportStatus.RETRYING.value and row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:  # type: ignore[operator]
+        if row.status == ExportStatus.RETRYING.value and row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
             return None
-        if row.status == ExportStatus.SENDING.value and (now - as_utc(row.updated_at)).total_seconds() < stale_after:  # type: ignore[operator]
+        if row.status == ExportStatus.SENDING.value and (now - as_utc(row.updated_at)).total_seconds() < stale_after:
             return None
         if row.status not in _OPEN:
             return None

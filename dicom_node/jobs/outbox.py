@@ -68,6 +68,11 @@ class OutboxRelay:
             ).all()
         sent = 0
         for msg_id, topic, job_id in pending:
+            if job_id is None:  # every writer names a job (write_message); a row without one is inert
+                log.warning("outbox message %d names no job; marked dispatched", msg_id)
+                with self.db.session() as s:
+                    s.execute(update(OutboxMessage).where(OutboxMessage.id == msg_id).values(dispatched_at=utcnow()))
+                continue
             try:
                 self.dispatcher.dispatch(topic, job_id)
             except Exception as exc:  # any broker error: keep the message, try again next round
@@ -82,12 +87,11 @@ class OutboxRelay:
             now = utcnow()
             with self.db.session() as s:
                 s.execute(update(OutboxMessage).where(OutboxMessage.id == msg_id).values(dispatched_at=now, attempts=OutboxMessage.attempts + 1))
-                if job_id is not None:
-                    s.execute(
-                        update(Job)
-                        .where(Job.id == job_id, Job.status == JobStatus.PENDING.value)
-                        .values(status=JobStatus.QUEUED.value, queued_at=now)
-                    )
+                s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.PENDING.value)
+                    .values(status=JobStatus.QUEUED.value, queued_at=now)
+                )
             sent += 1
         return sent
 

@@ -107,7 +107,7 @@ class _Message:
     sop_class_uid: str
     sop_instance_uid: str
     message_id: int
-    parts: list[bytes] = field(default_factory=list)
+    parts: list[memoryview] = field(default_factory=list)  # fragments of the PDUs, joined at the end
 
 
 class FastLane:
@@ -141,7 +141,7 @@ class FastLane:
                 self._finish()
         return None
 
-    def _is_store_command(self, pdv: tuple[int, int, bytes]) -> bool:
+    def _is_store_command(self, pdv: tuple[int, int, memoryview]) -> bool:
         """A complete C-STORE-RQ command set, with a data set to follow, on an accepted context."""
         context_id, control, data = pdv
         if control & 0x03 != 0x03 or self.accepted(context_id) is None:
@@ -156,7 +156,7 @@ class FastLane:
             and all(t in command for t in (_TAG_AFFECTED_SOP_CLASS, _TAG_AFFECTED_SOP_INSTANCE, _TAG_MESSAGE_ID))
         )
 
-    def _start(self, pdv: tuple[int, int, bytes]) -> None:
+    def _start(self, pdv: tuple[int, int, memoryview]) -> None:
         context_id, _, data = pdv
         command = parse_command(data)
         self.message = _Message(
@@ -194,13 +194,13 @@ class FastLane:
         self.send(p_data_tf(message.context_id, 0x03, response))
 
 
-def _pdvs(pdu: bytes) -> list[tuple[int, int, bytes]]:
+def _pdvs(pdu: bytes) -> list[tuple[int, int, memoryview]]:
     """(context id, message control header, fragment) of each PDV item of a P-DATA-TF PDU."""
     view = memoryview(pdu)
     (length,) = struct.unpack_from(">I", view, 2)
     end = 6 + length
     pos = 6
-    out = []
+    out: list[tuple[int, int, memoryview]] = []
     while pos < end:
         (item_length,) = struct.unpack_from(">I", view, pos)
         if item_length < 2 or pos + 4 + item_length > end:
@@ -209,9 +209,9 @@ def _pdvs(pdu: bytes) -> list[tuple[int, int, bytes]]:
         control = view[pos + 5]
         out.append((context_id, control, view[pos + 6 : pos + 4 + item_length]))
         pos += 4 + item_length
-    return out  # type: ignore[return-value]
+    return out
 
 
-def _repack(items: list[tuple[int, int, bytes]]) -> bytes:
+def _repack(items: list[tuple[int, int, memoryview]]) -> bytes:
     body = b"".join(struct.pack(">IBB", len(data) + 2, cid, ctl) + bytes(data) for cid, ctl, data in items)
     return struct.pack(">BBI", 0x04, 0x00, len(body)) + body

@@ -29,7 +29,7 @@ import struct
 import threading
 from copy import deepcopy
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
@@ -37,7 +37,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.listener.fastlane import FastLane
 
@@ -72,7 +72,7 @@ RELIES_ON: tuple[str, ...] = (
 def register_server(ae: AE, server: AssociationServer) -> None:
     """Register a server made with ``AE.make_server`` with its AE, as ``AE.start_server`` does
     (it takes no server class): ``server.shutdown()`` removes it from there again."""
-    ae._servers.append(server)  # type: ignore[arg-type]  # pynetdicom lists its threaded servers there
+    ae._servers.append(cast(ThreadedAssociationServer, server))  # pynetdicom lists its threaded servers there
 
 
 def quiet_pdu_logs() -> None:
@@ -81,7 +81,7 @@ def quiet_pdu_logs() -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
 
 
-class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
+class _WakingQueue(queue.Queue[Any]):
     """A queue that calls ``wake()`` after every put."""
 
     def __init__(self, wake: Callable[[], None]) -> None:
@@ -140,16 +140,17 @@ class EventDrivenDUL(DULServiceProvider):
             LOGGER.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, pdu_length + 6)
             self.event_queue.put("Evt17")
             return
-        bytestream: bytes | bytearray | None = header + body
+        bytestream = bytes(header + body)
         if pdu_type == 0x04 and self.fast_lane is not None and self.state_machine.current_state == "Sta6":
             try:
-                bytestream = self.fast_lane.take(bytestream)
+                rest = self.fast_lane.take(bytestream)
             except ValueError as exc:
                 LOGGER.error("Invalid P-DATA-TF PDU: %s", exc)
                 self.event_queue.put("Evt19")
                 return
-            if bytestream is None:
+            if rest is None:
                 return
+            bytestream = rest
         try:
             pdu, event = self._decode_pdu(bytearray(bytestream))
         except Exception as exc:
@@ -276,7 +277,7 @@ class EventDrivenAssociation(Association):
 
             context_id, msg = self.dimse.get_msg(block=False)
             if msg:
-                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]  # as pynetdicom's loop: a message comes with its context id
 
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
@@ -328,17 +329,17 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
         assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
         assoc.requestor.address_info = self.remote
-        store = getattr(self.server, "store_handler", None)
-        if store is not None:
-            assoc.dul.fast_lane = FastLane(
-                functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), assoc.dul.socket.send
-            )
+        store = getattr(self.server, "store_handler", None)  # set by dicom_node.listener.servers
+        dul = assoc.dul
+        if store is not None and isinstance(dul, EventDrivenDUL) and dul.socket is not None:
+            dul.fast_lane = FastLane(functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send)
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)  # type: ignore[misc]
+                assoc.bind(event, *handlers)
             elif isinstance(event, evt.NotificationEvent):
-                for handler in handlers:  # type: ignore[union-attr]
-                    assoc.bind(event, handler[0], handler[1])  # type: ignore[index]
+                # A notification event's handlers: a list of (handler, its extra arguments).
+                for handler, args in cast(list[tuple[Callable[..., Any], list[Any] | None]], handlers):
+                    assoc.bind(event, handler, args)
         return assoc
 
 

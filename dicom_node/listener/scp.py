@@ -40,6 +40,8 @@ from pydicom.uid import (
     UID_dictionary,
 )
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import EventHandlerType
 
 from dicom_node.listener import header as fast_header
 from dicom_node.status import AssociateResult, RejectReason, RejectSource, Status
@@ -89,8 +91,7 @@ def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
             out.extend(_ALL_STORAGE_CLASSES)
         else:
             out.append(uid)
-    seen: set[str] = set()
-    return [u for u in out if not (u in seen or seen.add(u))]  # type: ignore[func-returns-value]
+    return list(dict.fromkeys(out))  # without repeats, in order
 
 
 def requires_pixel_data(sop_class_uid: str) -> bool:
@@ -284,12 +285,14 @@ class Receiver:
         return Status.SUCCESS
 
 
-def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[Any, Callable[..., Any]]]:
+def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHandlerType]:
     """pynetdicom event handlers binding one local AE to the receiver."""
 
     def on_requested(event: evt.Event) -> None:
         assoc = event.assoc
-        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        request = assoc.requestor.primitive
+        assert request is not None  # the A-ASSOCIATE-RQ being answered
+        calling_ae = str(request.calling_ae_title).strip()
         host = str(assoc.requestor.address)
         ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
         if not ok:
@@ -306,6 +309,7 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[An
     def on_store(event: evt.Event) -> Dataset:
         # Messages the fast lane (dicom_node.listener.fastlane) did not take come here.
         request = event.request
+        assert isinstance(request, C_STORE) and request.DataSet is not None  # EVT_C_STORE
         status, reason = receiver.store(
             local_ae,
             calling_ae=str(event.assoc.requestor.ae_title).strip(),
@@ -313,7 +317,7 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[tuple[An
             sop_class_uid=str(request.AffectedSOPClassUID),
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            dataset=request.DataSet.getvalue(),  # type: ignore[union-attr]
+            dataset=request.DataSet.getvalue(),
         )
         return status_dataset(status, reason)
 

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Callable, cast
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import select
 
@@ -27,7 +27,7 @@ from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_cl
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage.files import Storage
-from dicom_node.storage.index import Index, LocalAESnapshot
+from dicom_node.storage.index import Index, ListenKey, LocalAESnapshot
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ListenerSet:
         self.index = Index(db)
         self.receiver = Receiver(self.storage, self.index, min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024)
         self.ssl_context = make_ssl_context(settings.listener.tls)
-        self._servers: dict[int, tuple[tuple[object, ...], ThreadedAssociationServer, threading.Thread]] = {}
+        self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread]] = {}
         self._stop = threading.Event()
 
     def desired(self) -> dict[int, LocalAESnapshot]:
@@ -149,7 +149,7 @@ class ListenerSet:
 
     @property
     def ports(self) -> list[int]:
-        return sorted(k[1] for k, _, _ in self._servers.values())  # type: ignore[misc]
+        return sorted(key[1] for key, _, _ in self._servers.values())
 
 
 def run_listener_process(settings_json: str) -> None:

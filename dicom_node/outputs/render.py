@@ -14,6 +14,7 @@ import io
 from typing import Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from dicom_node import __version__
@@ -42,8 +43,6 @@ def lung_window(hu: np.ndarray, center: float = LUNG_WINDOW_CENTER, width: float
 @functools.lru_cache(maxsize=4)
 def colormap_lut(name: str = COLORMAP) -> np.ndarray:
     """A (256, 3) uint8 lookup table of a matplotlib colormap."""
-    from matplotlib import colormaps
-
     rgba = colormaps[name](np.linspace(0.0, 1.0, 256))
     return np.rint(rgba[:, :3] * 255.0).astype(np.uint8)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
 
 from dicom_node.status import Status
 

@@ -145,6 +145,7 @@ class Index:
                     )
                     cur.execute(sql["select_series"], {"series_uid": item.series_uid})
                     row = cur.fetchone()
+                    assert row is not None  # inserted just now, or by a concurrent sender
                 series_id, status = row
                 cur.execute(
                     sql["insert_instance"],
@@ -219,6 +220,10 @@ def _sqlite_rollback(raw: Any) -> None:
         log.debug("rollback: %s", exc)
 
 
+# (title, port, extra SOP classes): what a listener's server socket and presentation contexts depend on.
+ListenKey = tuple[str, int, tuple[str, ...]]
+
+
 @dataclass(frozen=True)
 class LocalAESnapshot:
     """What a listener needs of a LocalAE row, detached from any session."""
@@ -234,6 +239,6 @@ class LocalAESnapshot:
     def of(cls, row: LocalAE) -> "LocalAESnapshot":
         return cls(row.id, row.title, row.port, row.enabled, row.require_known_source, tuple(row.extra_sop_classes or ()))
 
-    def listen_key(self) -> tuple[object, ...]:
+    def listen_key(self) -> ListenKey:
         """A change in any of these needs a new server socket / new presentation contexts."""
         return (self.title, self.port, self.extra_sop_classes)

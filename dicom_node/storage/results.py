@@ -58,7 +58,7 @@ class JobArtefacts:
         if result.lung_mask is not None:
             arrays["lung_mask"] = np.asarray(result.lung_mask, dtype=bool)
         tmp = maps.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # the arrays are keyword arguments; numpy's stubs type allow_pickle among them
         fsync_file(tmp)
         os.replace(tmp, maps)
 

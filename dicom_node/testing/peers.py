@@ -22,6 +22,9 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import redis
+from sqlalchemy import create_engine, text
+
 BIN = Path(sys.executable).parent
 DICOM_NODE = str(BIN / "dicom-node")
 
@@ -66,8 +69,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 def create_postgres_database() -> tuple[str, str]:
     """Create a fresh PostgreSQL database; return (url, name). Fails if PostgreSQL is down."""
-    from sqlalchemy import create_engine, text
-
     name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -82,8 +83,6 @@ def create_postgres_database() -> tuple[str, str]:
 
 
 def drop_postgres_database(name: str) -> None:
-    from sqlalchemy import create_engine, text
-
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -92,8 +91,6 @@ def drop_postgres_database(name: str) -> None:
 
 def redis_db_url() -> str:
     """A Redis database URL for one test, emptied first. Fails if Redis is down."""
-    import redis
-
     client = redis.Redis.from_url(f"{REDIS_URL}/0")
     try:
         client.ping()

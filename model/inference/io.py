@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence, Sized
 
 import numpy as np
 import pydicom
@@ -87,7 +87,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.hu.shape)  # type: ignore[return-value]
+        slices, rows, columns = self.hu.shape
+        return int(slices), int(rows), int(columns)
 
     @property
     def normal(self) -> np.ndarray:
@@ -264,18 +265,18 @@ def _origin_name(origin: Path | Dataset) -> str:
 def _describe(source: object) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
-    try:
-        return f"the {len(source)} given items"  # type: ignore[arg-type]
-    except TypeError:
-        return "the given items"
+    if isinstance(source, Sized):
+        return f"the {len(source)} given items"
+    return "the given items"
 
 
 # -- geometry of frames -----------------------------------------------------------------------------
 
 
-def _floats(value: object, count: int, what: str, where: str) -> np.ndarray:
+def _floats(value: Any, count: int, what: str, where: str) -> np.ndarray:
+    """A multi-valued DS/FD attribute (any DICOM value form) as ``count`` floats."""
     try:
-        out = np.asarray([float(v) for v in value], dtype=np.float64)  # type: ignore[union-attr]
+        out = np.asarray([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise SeriesReadError(f"{what} of {where} is not numeric: {value!r}") from exc
     if out.size != count or not np.all(np.isfinite(out)):
@@ -283,7 +284,12 @@ def _floats(value: object, count: int, what: str, where: str) -> np.ndarray:
     return out
 
 
-def _group_value(groups: Sequence[Dataset], sequence: str, attribute: str) -> object | None:
+def _pair(values: np.ndarray) -> tuple[float, float]:
+    return float(values[0]), float(values[1])
+
+
+def _group_value(groups: Sequence[Dataset], sequence: str, attribute: str) -> Any:
+    """An attribute's value (any DICOM value form) from the first functional group that has it."""
     for group in groups:
         seq = group.get(sequence)
         if seq and attribute in seq[0]:
@@ -316,7 +322,7 @@ def _frames_of(header: Dataset, origin: Path | Dataset) -> list[_FrameRef]:
             frame=None,
             position=_floats(position, 3, "Image Position (Patient)", where),
             orientation=_floats(orientation, 6, "Image Orientation (Patient)", where),
-            pixel_spacing=tuple(_floats(spacing, 2, "Pixel Spacing", where)),  # type: ignore[arg-type]
+            pixel_spacing=_pair(_floats(spacing, 2, "Pixel Spacing", where)),
             slope=float(header.get("RescaleSlope", 1.0) or 1.0),
             intercept=float(header.get("RescaleIntercept", 0.0) or 0.0),
         )
@@ -360,7 +366,7 @@ def _enhanced_frames(header: Dataset, origin: Path | Dataset, n_frames: int, whe
                 frame=i + 1,
                 position=_floats(position, 3, "Image Position (Patient)", fwhere),
                 orientation=_floats(orientation, 6, "Image Orientation (Patient)", fwhere),
-                pixel_spacing=tuple(_floats(spacing, 2, "Pixel Spacing", fwhere)),  # type: ignore[arg-type]
+                pixel_spacing=_pair(_floats(spacing, 2, "Pixel Spacing", fwhere)),
                 slope=float(slope if slope not in (None, "") else 1.0),
                 intercept=float(intercept if intercept not in (None, "") else 0.0),
             )
@@ -519,12 +525,9 @@ def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset], s
 def _multi(value: object) -> list[object]:
     if value is None:
         return []
-    if isinstance(value, (str, bytes)):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         return [value]
-    try:
-        return list(value)  # type: ignore[call-overload]
-    except TypeError:
-        return [value]
+    return list(value)
 
 
 def _thickness(header: Dataset) -> float | None:
@@ -533,7 +536,7 @@ def _thickness(header: Dataset) -> float | None:
         shared = header.get("SharedFunctionalGroupsSequence")
         value = _group_value([shared[0]], "PixelMeasuresSequence", "SliceThickness") if shared else None
     try:
-        return None if value in (None, "") else float(value)  # type: ignore[arg-type]
+        return None if value in (None, "") else float(value)
     except (TypeError, ValueError):
         return None
 

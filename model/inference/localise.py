@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
@@ -157,6 +158,10 @@ def ig_factor(attr: torch.Tensor, lung: torch.Tensor | None, sigma: float) -> to
     return vis / peak.clamp_min(1e-12)
 
 
+@overload
+def joint_map(maps: torch.Tensor) -> torch.Tensor: ...
+@overload
+def joint_map(maps: np.ndarray) -> np.ndarray: ...
 def joint_map(maps: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
     """The method's joint map of per-scale maps (..., scales, H, W): product of (M_s + 2)."""
     out = maps[..., 0, :, :] + 2.0

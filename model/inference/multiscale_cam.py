@@ -147,7 +147,7 @@ class Predictor:
         self.model = model
         self.network = model.network.eval()
         if self.device.type == "cuda":
-            self.network.to(memory_format=torch.channels_last)
+            self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to(memory_format=...) is documented; torch's overloads omit it
         self.classes = model.classes
         self.image_size = model.image_size
 
@@ -210,9 +210,10 @@ class Predictor:
             return self._no_decision(why_not, timings, t_total, uids), None
 
         hu = volume.hu
-        spacing = tuple(float(s) for s in volume.spacing)
+        sz, sy, sx = (float(s) for s in volume.spacing)
+        spacing = (sz, sy, sx)
         t = time.perf_counter()
-        lung_mask = np.asarray(segment_lungs(hu, spacing, superior_last=volume.superior_last), dtype=bool)
+        lung_mask = np.asarray(segment_lungs(hu, spacing, superior_last=volume.superior_last), dtype=np.bool_)
         lung_indices = np.asarray(lung_slice_indices(lung_mask), dtype=np.int64)
         timings["lungs"] = time.perf_counter() - t
         lung_slices = [False] * hu.shape[0]

@@ -111,7 +111,9 @@ def covid_lesions(
                 creg += (rng.uniform(-100.0, 20.0) - creg) * cw
                 pattern = "ground-glass opacity with partial consolidation"
         np.maximum(lesion_weight[box], w, out=lesion_weight[box])
-        findings.append({"type": pattern, "side": "right" if code == 1 else "left", "center_mm": [round(float(v), 1) for v in center], "radius_mm": round(float(radius), 1), "hu": round(float(target))})
+        findings.append(
+            {"type": pattern, "side": "right" if code == 1 else "left", "center_mm": [round(float(v), 1) for v in center], "radius_mm": round(float(radius), 1), "hu": round(float(target))}
+        )
 
 
 def cap_lesions(
@@ -149,7 +151,15 @@ def cap_lesions(
         tex = smooth_noise(w.shape, rng, cell_mm=(5.0, 5.0, 5.0), spacing=(grid.dz, grid.ps, grid.ps))
         region += (target + 15.0 * tex - region) * core_w
         np.maximum(lesion_weight[box], w, out=lesion_weight[box])
-        findings.append({"type": "consolidation with air bronchograms", "side": "right" if code == 1 else "left", "center_mm": [round(float(v), 1) for v in center], "radius_mm": round(float(radius), 1), "hu": round(float(target))})
+        findings.append(
+            {
+                "type": "consolidation with air bronchograms",
+                "side": "right" if code == 1 else "left",
+                "center_mm": [round(float(v), 1) for v in center],
+                "radius_mm": round(float(radius), 1),
+                "hu": round(float(target)),
+            }
+        )
     return sides
 
 

@@ -68,7 +68,8 @@ class Phantom:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(v) for v in self.hu.shape)  # type: ignore[return-value]
+        slices, rows, columns = self.hu.shape
+        return int(slices), int(rows), int(columns)
 
     @property
     def lesion_fraction(self) -> float:

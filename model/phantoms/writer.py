@@ -309,7 +309,7 @@ def _enhanced_ct(
     ds.SharedFunctionalGroupsSequence = [shared]
     per_frame = []
     n = len(order)
-    for i, k in enumerate(order):
+    for k in order:
         item = Dataset()
         content = Dataset()
         content.StackID = "1"

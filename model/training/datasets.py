@@ -275,7 +275,7 @@ def load_volume(source: Volume | Path | str | Sequence[Path | str], layout: str 
             layout is None and path.is_dir() and any(f.suffix.lower() in _IMAGE_SUFFIXES for f in path.iterdir()) and not _has_dicom(path)
         ):
             return read_image_slices(path)
-    return load_series(source)  # type: ignore[arg-type]
+    return load_series(source)
 
 
 def _has_dicom(folder: Path) -> bool:
@@ -511,5 +511,9 @@ def write_ccccii_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows
         order = range(p.shape[0] - 1, -1, -1) if i % 2 else range(p.shape[0])
         ext = ".jpg" if i % 3 == 2 else ".png"
         for number, k in enumerate(order):
-            Image.fromarray(img[k]).save(scan / f"{number}{ext}", **({"quality": 95} if ext == ".jpg" else {}))
+            picture = Image.fromarray(img[k])
+            if ext == ".jpg":
+                picture.save(scan / f"{number}{ext}", quality=95)
+            else:
+                picture.save(scan / f"{number}{ext}")
     return out

@@ -194,12 +194,14 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
     return out
 
 
-def _figures(out_dir: Path, classes: Sequence[str], series_true: list[int], series_probs: np.ndarray, slice_true: list[int], slice_probs: np.ndarray, overlay_items: list, predictor: Predictor) -> list[str]:
+def _figures(
+    out_dir: Path, classes: Sequence[str], series_true: list[int], series_probs: np.ndarray, slice_true: list[int], slice_probs: np.ndarray, overlay_items: list[Any], predictor: Predictor
+) -> list[str]:
     # lazy: pyplot only once the non-interactive backend is chosen (and only for the figures).
-    import matplotlib  # lazy
+    import matplotlib  # noqa: PLC0415  # lazy: only for the figures, and pyplot needs the backend chosen first
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     written: list[str] = []
     for level, y, probs in (("series", series_true, series_probs), ("slice", slice_true, slice_probs)):
@@ -274,8 +276,11 @@ def evaluate_folder(
     """Evaluate on a data folder + labels CSV; write the JSON and the PNGs beside it. ``record``:
     also store the summary under that key of the weights' metadata (e.g. ``held_out_metrics``);
     that needs ``weights_dir`` named, so that the shipped weights are never rewritten by default."""
-    if record is not None and weights_dir is None:
-        raise ValueError("recording metrics writes into a weights folder's metadata: name the folder")
+    record_into = None
+    if record is not None:
+        if weights_dir is None:
+            raise ValueError("recording metrics writes into a weights folder's metadata: name the folder")
+        record_into = Path(weights_dir)
     started = time.perf_counter()
     predictor = Predictor(load_weights(weights_dir, (settings or PredictorSettings()).device), settings)
     items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
@@ -285,8 +290,8 @@ def evaluate_folder(
     report["seconds"] = time.perf_counter() - started
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    if record is not None:
-        record_metrics(Path(weights_dir), record, report, command)
+    if record is not None and record_into is not None:
+        record_metrics(record_into, record, report, command)
     return report
 
 

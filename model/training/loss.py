@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-def class_balance_weights(labels: Sequence[int] | torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_balance_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
     """``alpha[c] = N / N_c`` over the training labels (one per slice, as the authors count).
 
     A class absent from the training set cannot be balanced: that is a data error, not a weight.
@@ -55,5 +56,6 @@ class MultiScaleFocalLoss(nn.Module):
     def forward(self, logits_per_scale: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if not logits_per_scale:
             raise ValueError("no scales")
-        losses = [focal_cross_entropy(logits, target, self.alpha, self.gamma) for logits in logits_per_scale]
+        alpha: torch.Tensor | None = self.alpha  # type: ignore[assignment]  # a buffer: register_buffer makes it a Tensor (or None)
+        losses = [focal_cross_entropy(logits, target, alpha, self.gamma) for logits in logits_per_scale]
         return torch.stack(losses).mean()

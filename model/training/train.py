@@ -179,7 +179,7 @@ class _SliceIndex:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = np.stack([np.asarray(self.series[self.pairs[i][0]].slices[self.pairs[i][1]], dtype=np.float32) for i in indices])
         return torch.from_numpy(x), torch.from_numpy(self.labels[np.asarray(indices)])
 
@@ -207,7 +207,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.
 def _prepare(network: WeaklySupervisedNet, device: torch.device) -> WeaklySupervisedNet:
     network.to(device)
     if device.type == "cuda":
-        network.to(memory_format=torch.channels_last)
+        network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to(memory_format=...) is documented; torch's overloads omit it
     return network
 
 
@@ -229,7 +229,9 @@ def predict_slices(network: WeaklySupervisedNet, slices: np.ndarray | torch.Tens
     return np.concatenate(out) if out else np.zeros((0, network.num_classes), dtype=np.float32)
 
 
-def validate(network: WeaklySupervisedNet, series: Sequence[SeriesSlices], classes: Sequence[str], device: torch.device, loss_fn: MultiScaleFocalLoss | None = None, batch: int = 64) -> dict[str, float]:
+def validate(
+    network: WeaklySupervisedNet, series: Sequence[SeriesSlices], classes: Sequence[str], device: torch.device, loss_fn: MultiScaleFocalLoss | None = None, batch: int = 64
+) -> dict[str, float]:
     """Slice accuracy (the authors' selection metric), per-class slice accuracy, series accuracy.
     Series accuracy uses inference's series rule (model.inference.multiscale_cam)."""
     correct = total = 0
@@ -327,7 +329,7 @@ def train(
                 last = iteration == config.iterations or out_of_time
                 if val_series and (iteration % config.validate_every == 0 or last):
                     metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
-                    metrics.update(iteration=float(iteration), train_loss=running_loss, lr=schedule.get_last_lr()[0], seconds=time.monotonic() - started)
+                    metrics.update(iteration=float(iteration), train_loss=running_loss, lr=float(schedule.get_last_lr()[0]), seconds=time.monotonic() - started)
                     acc = metrics["val_slice_accuracy"]
                     if best_acc is None or acc > best_acc:
                         best_acc, best_iter, last_improvement = acc, iteration, iteration
@@ -355,7 +357,8 @@ def train(
     if not val_series:
         best_state, best_iter = copy.deepcopy(network.state_dict()), iteration
     network.load_state_dict(best_state)
-    network.to("cpu", memory_format=torch.contiguous_format).eval()
+    network.to("cpu", memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # Module.to(memory_format=...) is documented; torch's overloads omit it
+    network.eval()
     return TrainResult(
         network=network,
         best_iteration=best_iter,
@@ -518,10 +521,17 @@ def train_folder(
         init_state, init_meta = None, None
         if init_weights is not None:
             loaded = load_weights(Path(init_weights))
-            if loaded.classes != tuple(config.classes) or loaded.network.architecture() != dict(WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()):
+            wanted = WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()
+            if loaded.classes != tuple(config.classes) or loaded.network.architecture() != dict(wanted):
                 raise ValueError(f"{init_weights}: classes/architecture differ from the training configuration")
             init_state = loaded.network.state_dict()
-            init_meta = {"weights": str(init_weights), "name": loaded.metadata["name"], "version": loaded.metadata["version"], "weights_sha256": loaded.metadata["weights_sha256"], "training": loaded.metadata.get("training", {}).get("config")}
+            init_meta = {
+                "weights": str(init_weights),
+                "name": loaded.metadata["name"],
+                "version": loaded.metadata["version"],
+                "weights_sha256": loaded.metadata["weights_sha256"],
+                "training": loaded.metadata.get("training", {}).get("config"),
+            }
         folds = range(config.folds) if cross_validate and config.folds > 1 else [config.fold]
         for fold in folds:
             fold_config = dataclasses.replace(config, fold=fold)
@@ -541,7 +551,9 @@ def train_folder(
             meta["training_data"] = data_json
             save_weights(result.network, target, meta)
             checkpoint.unlink(missing_ok=True)
-            summary["folds"].append({"fold": fold, "weights": str(target), "best_val_slice_accuracy": result.best_val_accuracy, "best_iteration": result.best_iteration, "iterations_run": result.iterations_run})
+            summary["folds"].append(
+                {"fold": fold, "weights": str(target), "best_val_slice_accuracy": result.best_val_accuracy, "best_iteration": result.best_iteration, "iterations_run": result.iterations_run}
+            )
         accs = [f["best_val_slice_accuracy"] for f in summary["folds"] if f["best_val_slice_accuracy"] is not None]
         if len(accs) > 1:
             summary["cross_validation"] = {"mean_val_slice_accuracy": float(np.mean(accs)), "std_val_slice_accuracy": float(np.std(accs))}

@@ -218,5 +218,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Keep each phase's report on the test item, so that a fixture can see whether the test
     failed (the browser fixture saves a screenshot of the page it failed on)."""
     outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
+    report = outcome.get_result()  # type: ignore[attr-defined]  # a hookwrapper's yield gives pluggy's Result, typed None here
     setattr(item, f"report_{report.when}", report)

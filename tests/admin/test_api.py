@@ -31,6 +31,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from dicom_node.cli import main
+from dicom_node.configuration import cli_actor
 from dicom_node.db.models import AuditEntry, Instance, OutboxMessage, Source
 from dicom_node.testing.peers import Orthanc, free_port
 from dicom_node.validation import check_ae_title, check_port
@@ -179,7 +181,8 @@ def test_sources_and_destinations(admin_app: AdminApp) -> None:
 
 @pytest.mark.parametrize("route", ["/api/local-aes", "/api/sources", "/api/destinations"])
 def test_refusals_name_the_field_with_the_command_lines_reason(admin_app: AdminApp, route: str) -> None:
-    base = {"/api/local-aes": {"title": "NODE", "port": 11112}, "/api/sources": {"title": "CT1"}, "/api/destinations": {"title": "PACS", "host": "127.0.0.1", "port": 104}}[route]
+    bases: dict[str, dict[str, Any]] = {"/api/local-aes": {"title": "NODE", "port": 11112}, "/api/sources": {"title": "CT1"}, "/api/destinations": {"title": "PACS", "host": "127.0.0.1", "port": 104}}
+    base = bases[route]
     titles = ["A" * 17, "BAD\\TITLE", "", "   "]
     ports = [0, 70000, -1]
     with admin_app.admin() as api:
@@ -331,7 +334,7 @@ def test_series_jobs_preview_retry_and_resend(admin_app: AdminApp) -> None:
         topics = s.scalars(select(OutboxMessage.topic).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.id)).all()
     assert topics == ["export", "analyse"]
     retry = audit_rows(admin_app, action="job.retry")[0]
-    assert retry.before == {"status": "done", "reason": ""} and retry.after["status"] == "pending"
+    assert retry.before == {"status": "done", "reason": ""} and retry.after is not None and retry.after["status"] == "pending"
 
     # The job's page shows the preview with the notice.
     browser = admin_app.browser(VIEWER)
@@ -433,9 +436,6 @@ def test_c_echo_of_a_destination(admin_app: AdminApp, tmp_path: Any) -> None:
 
 
 def test_admin_commands_and_the_audit_of_command_line_changes(admin_app: AdminApp, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from dicom_node.cli import main
-    from dicom_node.configuration import cli_actor
-
     monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(admin_app.settings.data_dir))
     monkeypatch.setenv("DICOM_NODE_DATABASE_URL", admin_app.settings.effective_database_url)
 

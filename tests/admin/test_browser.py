@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import torch
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
@@ -33,6 +34,9 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
+from model.inference.network import WeaklySupervisedNet
+from model.inference.weights import DEFAULT_INPUT_SPEC, save_weights
+from model.phantoms.writer import write_phantom_series
 from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
@@ -47,10 +51,6 @@ OLD_QUIET, NEW_QUIET = 30, 4
 
 def untrained_weights(folder: Path) -> Path:
     """A small network with random weights (seeded), saved as the worker loads weights."""
-    import torch
-
-    from model.inference.network import WeaklySupervisedNet
-    from model.inference.weights import DEFAULT_INPUT_SPEC, save_weights
 
     torch.manual_seed(0)
     network = WeaklySupervisedNet(widths=(8, 16, 16), depths=(1, 1, 1), head_blocks=(2, 3))
@@ -153,8 +153,6 @@ def _aware(value: str) -> dt.datetime:
 def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     node: tuple[LiveNode, int], browser: WebDriver, pacs: Orthanc, tmp_path: Path
 ) -> None:
-    from model.phantoms.writer import write_phantom_series
-
     live, ae_port = node
     p = Pages(browser, live.url)
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dicom_node.testing.peers import free_port, port_open, require_tool, storescu, wait_until
+from model.phantoms.writer import write_phantom_series
 from tests.admin.conftest import LiveNode
 
 pytestmark = pytest.mark.integration
@@ -64,8 +65,6 @@ def test_changes_reach_the_running_listener(live_node: LiveNode, tmp_path: Path)
         assert source.status_code == 201
         accepted = echo(port)
         assert accepted.returncode == 0, accepted.stderr
-
-        from model.phantoms.writer import write_phantom_series
 
         scanner = write_phantom_series("normal", tmp_path / "scanner", seed=1, slices=4, rows=64, columns=64, write_masks=False)
         sent = storescu(scanner, port, calling=CALLING, called=CALLED)

@@ -36,7 +36,8 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
         job = Job(series_id=series.id, status=JobStatus.DONE.value, decision="covid", attempts=1, result={"probabilities": {"covid": 0.9, "cap": 0.05, "normal": 0.05}})
         s.add(job)
         s.flush()
-        s.add(Export(job_id=job.id, destination_id=1, destination_key="dest:1", title="PACS", host="127.0.0.1", port=104, outputs=["sr"], status=ExportStatus.FAILED.value, attempts=1, last_error="refused"))
+        s.add(Export(job_id=job.id, destination_id=1, destination_key="dest:1", title="PACS", host="127.0.0.1", port=104, outputs=["sr"],
+                     status=ExportStatus.FAILED.value, attempts=1, last_error="refused"))
     return database
 
 

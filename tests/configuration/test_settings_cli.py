@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from dicom_node.cli import main
+from dicom_node.db import Database, upgrade
 from dicom_node.jobs.filters import SeriesFacts, SeriesFilter, evaluate
+from dicom_node.listener.servers import ListenerSet
 from dicom_node.settings import SettingsError, load_settings
+from dicom_node.testing.peers import free_port, port_open
 
 
 @pytest.fixture
@@ -119,11 +122,6 @@ def test_filters() -> None:
 
 def test_listeners_start_and_stop_with_the_ae_table(env: Path) -> None:
     """The reconcile step of a listener process: a new AE listens, a disabled one stops cleanly."""
-    from dicom_node.db import Database, upgrade
-    from dicom_node.listener.servers import ListenerSet
-    from dicom_node.settings import load_settings
-    from dicom_node.testing.peers import free_port, port_open
-
     settings = load_settings()
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)

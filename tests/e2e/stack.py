@@ -18,6 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.db import Database
+from dicom_node.db.models import Job
 from dicom_node.jobs.queries import job_rows
 from dicom_node.settings import load_settings
 from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
@@ -195,12 +196,12 @@ def results_in(orthanc: Orthanc, folder: Path) -> dict[str, list[Path]]:
 def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid: str, series_uid: str, db: Database, *, validate: bool = True) -> dict[str, list[Path]]:
     """The job's objects are in Orthanc exactly once, all four kinds, in the source study,
     referring to the source series; dciodvfy and pixelmed's SR validator find no error."""
-    from dicom_node.db.models import Job
-
     arrived = results_in(orthanc, folder)
     assert sorted(arrived) == ["kos", "sc", "seg", "sr"], f"kinds in PACS: {sorted(arrived)}"
     with db.session() as s:
-        outputs = s.get(Job, job["id"]).outputs  # type: ignore[union-attr]
+        row = s.get(Job, job["id"])
+        assert row is not None
+        outputs = row.outputs
     expected = sorted(o["sop_instance_uid"] for o in outputs)
     in_pacs = sorted(orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances())
     assert in_pacs == expected, "PACS should hold exactly the job's objects, each once"

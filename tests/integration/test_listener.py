@@ -21,6 +21,7 @@ from typing import Iterator
 import data_store
 import pydicom
 import pytest
+from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
@@ -65,7 +66,7 @@ class Node:
             rows = [s for s in self.series() if s["series_uid"] == uid and s["series_status"] != "receiving"]
             return rows[0] if rows else None
 
-        return wait_until(done, timeout, f"series {uid} to complete")  # type: ignore[no-any-return]
+        return wait_until(done, timeout, f"series {uid} to complete")
 
     def log(self) -> str:
         return self.process.output()
@@ -241,8 +242,8 @@ def test_ae_added_while_running_answers_within_seconds(node: Node) -> None:
 def test_bad_input_gets_a_failure_status_and_the_listener_goes_on(node: Node, phantom: Path, tmp_path: Path) -> None:
     src = sorted(phantom.glob("*.dcm"))[0]
     ds = pydicom.dcmread(src)
-    ds.SOPInstanceUID = "../../x"
-    ds.file_meta.MediaStorageSOPInstanceUID = "../../x"
+    ds.SOPInstanceUID = UID("../../x")
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("../../x")
     traversal = tmp_path / "traversal.dcm"
     ds.save_as(traversal)
     result = storescu([traversal], node.port, extra=["-v"])

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any, Iterator
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Instance, Job, LocalAE, OutboxMessage, Series
@@ -27,12 +27,13 @@ from dicom_node.settings import CompletionSettings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, ReceivedInstance
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
+from tests.pydicom_files import pydicom_file
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
 
 @pytest.fixture
-def db(database_url: str) -> Database:
+def db(database_url: str) -> Iterator[Database]:
     upgrade(database_url)
     database = Database(database_url)
     yield database
@@ -48,19 +49,19 @@ def ae_id(db: Database) -> int:
         return ae.id
 
 
-def item(ae_id: int | None, n: int, series: str = "1.2.3.1", **kw: object) -> ReceivedInstance:
-    values = dict(
+def item(ae_id: int | None, n: int, series: str = "1.2.3.1", **kw: Any) -> ReceivedInstance:
+    values: dict[str, Any] = dict(
         local_ae_id=ae_id, calling_ae="SCANNER", calling_host="127.0.0.1", study_uid="1.2.3", series_uid=series,
         sop_instance_uid=f"{series}.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
         path=f"1.2.3/{series}/{series}.{n}.dcm", size_bytes=1000, modality="CT", image_type="ORIGINAL\\PRIMARY\\AXIAL",
     )
     values.update(kw)
-    return ReceivedInstance(**values)  # type: ignore[arg-type]
+    return ReceivedInstance(**values)
 
 
 def series_row(db: Database, uid: str = "1.2.3.1") -> Series:
     with db.session() as s:
-        return s.scalar(select(Series).where(Series.series_uid == uid))  # type: ignore[return-value]
+        return s.scalars(select(Series).where(Series.series_uid == uid)).one()
 
 
 def jobs(db: Database) -> list[Job]:
@@ -102,7 +103,7 @@ def test_maximum_wait_completes_a_series_that_never_goes_quiet(db: Database, ae_
 
 def test_filters_leave_a_series_stored_with_the_reason(db: Database, ae_id: int) -> None:
     with db.session() as s:
-        s.get(LocalAE, ae_id).filters = {"min_slices": 3}  # type: ignore[union-attr]
+        s.execute(update(LocalAE).where(LocalAE.id == ae_id).values(filters={"min_slices": 3}))
     index = Index(db)
     index.record(item(ae_id, 1), T0)
     index.record(item(ae_id, 1, series="1.2.3.2", modality="MR"), T0)
@@ -135,7 +136,7 @@ def test_running_job_is_not_superseded(db: Database, ae_id: int) -> None:
     index.record(item(ae_id, 1), T0)
     job_id = completion.run_once(T0 + dt.timedelta(seconds=6))[0].job_id
     with db.session() as s:
-        s.get(Job, job_id).status = JobStatus.RUNNING.value  # type: ignore[union-attr]
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING.value))
     index.record(item(ae_id, 2), T0 + dt.timedelta(seconds=7))
     assert jobs(db)[0].status == JobStatus.RUNNING.value
     completion.run_once(T0 + dt.timedelta(seconds=13))
@@ -152,10 +153,14 @@ class Recorder:
             raise ConnectionError("broker down")
         self.calls.append((topic, job_id))
 
+    def housekeeping(self) -> None:
+        pass
+
 
 def test_relay_marks_queued_only_after_dispatch(db: Database, ae_id: int) -> None:
     Index(db).record(item(ae_id, 1), T0)
     job_id = Completion(db, CompletionSettings()).run_once(T0 + dt.timedelta(seconds=6))[0].job_id
+    assert job_id is not None
     down = Recorder(fail=True)
     assert OutboxRelay(db, down).relay_once() == 0
     assert jobs(db)[0].status == JobStatus.PENDING.value
@@ -171,9 +176,9 @@ def test_relay_marks_queued_only_after_dispatch(db: Database, ae_id: int) -> Non
 
 def test_recovery_indexes_files_the_index_lost(db: Database, ae_id: int, tmp_path: Path) -> None:
     storage = Storage(tmp_path / "storage")
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     rel = storage.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    raw = Path(pydicom_file("CT_small.dcm")).read_bytes()
     # The dataset bytes after the file meta of the test file.
     offset = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
     storage.write(

@@ -10,10 +10,12 @@ model, no Celery, no network here.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterator
+import time
+from typing import Any, Iterator, TypeVar
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, OutboxMessage, Series, Source
@@ -26,6 +28,7 @@ from dicom_node.sending.scu import Outcome, Peer, SendResult
 pytestmark = pytest.mark.integration
 
 STALE = 15.0
+Row = TypeVar("Row")
 OUTPUTS = ("sr", "sc", "seg", "kos")
 POLICY = exports.RetryPolicy(backoff_base=10.0, backoff_cap=40.0, max_age=300.0)
 
@@ -58,13 +61,21 @@ def make_job(db: Database, *, destinations: int = 1, return_to_caller: bool = Fa
         return job.id
 
 
-def get(db: Database, model: type, ident: int) -> object:
+def one(s: Session, model: type[Row], ident: int) -> Row:
+    row = s.get(model, ident)
+    assert row is not None, f"no {model.__name__} {ident}"
+    return row
+
+
+def get(db: Database, model: type[Row], ident: int) -> Row:
     with db.session() as s:
-        return s.get(model, ident)
+        row = s.get(model, ident)
+    assert row is not None, f"no {model.__name__} {ident}"
+    return row
 
 
-def done_job(db: Database, **kw: object) -> tuple[int, analyses.Claimed]:
-    job_id = make_job(db, **kw)  # type: ignore[arg-type]
+def done_job(db: Database, **kw: Any) -> tuple[int, analyses.Claimed]:
+    job_id = make_job(db, **kw)
     claimed = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(claimed, analyses.Claimed)
     fields = {"decision": "covid", "outputs": [{"kind": "sr", "path": f"{job_id}/dicom/sr/1.dcm"}, {"kind": "sc", "path": f"{job_id}/dicom/sc/2.dcm"}]}
@@ -81,7 +92,7 @@ def test_claim_runs_a_queued_job_once(db: Database) -> None:
     first = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(first, analyses.Claimed) and first.attempt == 1 and not first.took_over_from
     job = get(db, Job, job_id)
-    assert job.status == JobStatus.RUNNING.value and job.worker == "w1" and job.heartbeat_at is not None  # type: ignore[attr-defined]
+    assert job.status == JobStatus.RUNNING.value and job.worker == "w1" and job.heartbeat_at is not None
     second = analyses.claim(db, job_id, worker="w2", stale_after=STALE)
     assert isinstance(second, analyses.Busy) and second.worker == "w1"
 
@@ -100,7 +111,7 @@ def test_a_stale_heartbeat_is_taken_over_and_the_old_attempt_loses_the_job(db: D
     assert not analyses.fail(db, first, "late failure")
     assert analyses.finish(db, second, fields={"decision": "covid"}) == JobStatus.DONE.value
     job = get(db, Job, job_id)
-    assert (job.status, job.attempts, job.decision) == (JobStatus.DONE.value, 2, "covid")  # type: ignore[attr-defined]
+    assert (job.status, job.attempts, job.decision) == (JobStatus.DONE.value, 2, "covid")
     assert isinstance(analyses.claim(db, job_id, worker="w3", stale_after=STALE), analyses.Skipped)
 
 
@@ -110,8 +121,6 @@ def test_heartbeat_thread_notices_a_takeover(db: Database) -> None:
     assert isinstance(first, analyses.Claimed)
     analyses.claim(db, job_id, worker="w2", stale_after=STALE, now=utcnow() + dt.timedelta(seconds=STALE + 1))
     with analyses.Heartbeat(db, job_id, first.attempt, interval=0.05) as hb:
-        import time
-
         deadline = time.monotonic() + 5
         while not hb.lost and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -122,7 +131,7 @@ def test_heartbeat_thread_notices_a_takeover(db: Database) -> None:
 def test_an_older_generation_is_superseded_at_claim_and_at_finish(db: Database) -> None:
     job_id = make_job(db)
     with db.session() as s:
-        s.get(Series, s.get(Job, job_id).series_id).generation = 1  # type: ignore[union-attr]
+        one(s, Series, one(s, Job, job_id).series_id).generation = 1
     skipped = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(skipped, analyses.Skipped) and skipped.status == JobStatus.SUPERSEDED.value
 
@@ -130,7 +139,7 @@ def test_an_older_generation_is_superseded_at_claim_and_at_finish(db: Database) 
     claimed = analyses.claim(db, job_id2, worker="w1", stale_after=STALE)
     assert isinstance(claimed, analyses.Claimed)
     with db.session() as s:
-        s.get(Series, claimed.series_id).generation = 2  # type: ignore[union-attr]  # a late instance re-opened it
+        one(s, Series, claimed.series_id).generation = 2  # a late instance re-opened it
     called = []
     status = analyses.finish(db, claimed, fields={"decision": "covid"}, on_done=lambda *a: called.append(a))
     assert status == JobStatus.SUPERSEDED.value and not called
@@ -140,7 +149,7 @@ def test_an_older_generation_is_superseded_at_claim_and_at_finish(db: Database) 
 
 def make_job_for_same_series(db: Database, job_id: int, generation: int) -> int:
     with db.session() as s:
-        series_id = s.get(Job, job_id).series_id  # type: ignore[union-attr]
+        series_id = one(s, Job, job_id).series_id
         job = Job(series_id=series_id, generation=generation, status=JobStatus.QUEUED.value, queued_at=utcnow())
         s.add(job)
         s.flush()
@@ -153,7 +162,7 @@ def test_fail_records_the_reason_and_an_event(db: Database) -> None:
     assert isinstance(claimed, analyses.Claimed)
     assert analyses.fail(db, claimed, "the series could not be read: no images")
     job = get(db, Job, job_id)
-    assert job.status == JobStatus.FAILED.value and "no images" in job.reason  # type: ignore[attr-defined]
+    assert job.status == JobStatus.FAILED.value and "no images" in job.reason
     with db.session() as s:
         assert any("no images" in e.message for e in s.scalars(select(Event)))
 
@@ -165,7 +174,7 @@ def test_lost_jobs_are_requeued_through_the_outbox(db: Database) -> None:
     assert analyses.recover_lost(db, lost_after=60) == []
     assert analyses.recover_lost(db, lost_after=60, now=utcnow() + dt.timedelta(seconds=61)) == [job_id]
     job = get(db, Job, job_id)
-    assert job.status == JobStatus.PENDING.value and "w1 stopped" in job.reason  # type: ignore[attr-defined]
+    assert job.status == JobStatus.PENDING.value and "w1 stopped" in job.reason
     with db.session() as s:
         assert s.scalar(select(OutboxMessage).where(OutboxMessage.job_id == job_id, OutboxMessage.topic == "analyse")) is not None
     again = analyses.claim(db, job_id, worker="w2", stale_after=STALE)
@@ -183,7 +192,7 @@ def test_done_job_gets_one_export_per_destination_and_the_caller(db: Database) -
     claimed = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(claimed, analyses.Claimed)
     with db.session() as s:
-        s.get(Destination, 2).outputs = ["sr"]  # type: ignore[union-attr]
+        one(s, Destination, 2).outputs = ["sr"]
     analyses.finish(db, claimed, fields={}, on_done=lambda s, job, series: exports.create_for_job(s, job, series, ["sr", "sc", "seg", "kos"]))
     with db.session() as s:
         rows = s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id)).all()
@@ -212,7 +221,7 @@ def _claim_export(db: Database, job_id: int, now: dt.datetime | None = None) -> 
 def test_export_claim_gives_the_files_of_its_kinds(db: Database) -> None:
     job_id, _ = done_job(db)
     with db.session() as s:
-        s.scalar(select(Export)).outputs = ["sc"]  # type: ignore[union-attr]
+        s.scalars(select(Export)).one().outputs = ["sc"]
     claimed = _claim_export(db, job_id)
     assert [str(p) for p in claimed.files] == [f"{job_id}/dicom/sc/2.dcm"]
     assert claimed.peer == Peer("PACS0", "127.0.0.1", 10400)
@@ -232,7 +241,8 @@ def test_retriable_failures_back_off_then_fail_after_the_maximum_age(db: Databas
             break
         assert status == ExportStatus.RETRYING.value
         row = get(db, Export, claimed.export_id)
-        delay = (as_utc(row.next_attempt_at) - now).total_seconds()  # type: ignore[attr-defined, operator]
+        assert row.next_attempt_at is not None
+        delay = (as_utc(row.next_attempt_at) - now).total_seconds()
         delays.append(delay)
         assert exports.due_for_job(db, job_id, stale_after=300, now=now) == []  # not yet due
         now = now + dt.timedelta(seconds=delay)
@@ -240,8 +250,8 @@ def test_retriable_failures_back_off_then_fail_after_the_maximum_age(db: Databas
     assert delays == [10, 20, 40, 40, 40, 40, 40, 40]
     assert status == ExportStatus.FAILED.value
     row = get(db, Export, claimed.export_id)
-    assert row.attempts == 9  # type: ignore[attr-defined]
-    assert "gave up after 9 attempts" in row.last_error and "no association" in row.last_error  # type: ignore[attr-defined]
+    assert row.attempts == 9
+    assert "gave up after 9 attempts" in row.last_error and "no association" in row.last_error
 
 
 def test_a_permanent_refusal_fails_at_once(db: Database) -> None:
@@ -250,7 +260,7 @@ def test_a_permanent_refusal_fails_at_once(db: Database) -> None:
     status = exports.record(db, claimed, SendResult(Outcome.PERMANENT, "association rejected by PACS0"), POLICY)
     assert status == ExportStatus.FAILED.value
     row = get(db, Export, claimed.export_id)
-    assert row.attempts == 1 and row.last_error.startswith("refused (not retried)")  # type: ignore[attr-defined]
+    assert row.attempts == 1 and row.last_error.startswith("refused (not retried)")
     assert exports.dispatch_due(db, stale_after=300, now=utcnow() + dt.timedelta(days=1)) == []
     with db.session() as s:
         assert any("failed" in e.message for e in s.scalars(select(Event).where(Event.category == "export")))
@@ -262,7 +272,7 @@ def test_success_records_objects_and_the_export_time(db: Database) -> None:
     result = SendResult(Outcome.SUCCESS, "", seconds=1.25)
     assert exports.record(db, claimed, result, POLICY) == ExportStatus.DONE.value
     job = get(db, Job, job_id)
-    assert job.timings["export"] == 1.25 and job.timings["export_by_destination"] == {"PACS0": 1.25}  # type: ignore[attr-defined]
+    assert job.timings["export"] == 1.25 and job.timings["export_by_destination"] == {"PACS0": 1.25}
 
 
 def test_scheduler_dispatches_due_and_stale_exports_once(db: Database) -> None:
@@ -274,14 +284,14 @@ def test_scheduler_dispatches_due_and_stale_exports_once(db: Database) -> None:
     later = now + dt.timedelta(seconds=11)
     assert exports.dispatch_due(db, stale_after=300, now=later) == [job_id]
     assert exports.dispatch_due(db, stale_after=300, now=later) == []  # queued now, not again
-    assert get(db, Export, claimed.export_id).status == ExportStatus.PENDING.value  # type: ignore[attr-defined]
+    assert get(db, Export, claimed.export_id).status == ExportStatus.PENDING.value
     # A send whose worker died: SENDING without progress for stale_after.
     again = exports.claim(db, claimed.export_id, stale_after=300, now=later)
     assert again is not None
     much_later = later + dt.timedelta(seconds=301)
     assert exports.dispatch_due(db, stale_after=300, now=much_later) == [job_id]
     row = get(db, Export, claimed.export_id)
-    assert row.status == ExportStatus.PENDING.value and "worker lost" in row.last_error  # type: ignore[attr-defined]
+    assert row.status == ExportStatus.PENDING.value and "worker lost" in row.last_error
 
 
 def test_an_older_job_does_not_export_over_a_newer_one(db: Database) -> None:
@@ -290,7 +300,7 @@ def test_an_older_job_does_not_export_over_a_newer_one(db: Database) -> None:
     due = exports.due_for_job(db, job_id, stale_after=300)
     assert exports.claim(db, due[0], stale_after=300) is None
     row = get(db, Export, due[0])
-    assert row.status == ExportStatus.FAILED.value and f"job {newer}" in row.last_error  # type: ignore[attr-defined]
+    assert row.status == ExportStatus.FAILED.value and f"job {newer}" in row.last_error
 
 
 def test_reexport_resets_the_rows_and_adds_a_new_destination(db: Database) -> None:
@@ -302,9 +312,9 @@ def test_reexport_resets_the_rows_and_adds_a_new_destination(db: Database) -> No
     ids = exports.reexport(db, job_id, default_outputs=OUTPUTS)
     assert ids == [claimed.export_id]
     row = get(db, Export, claimed.export_id)
-    assert (row.status, row.attempts, row.last_error) == (ExportStatus.PENDING.value, 0, "")  # type: ignore[attr-defined]
+    assert (row.status, row.attempts, row.last_error) == (ExportStatus.PENDING.value, 0, "")
     archive = exports.reexport(db, job_id, default_outputs=OUTPUTS, destination="ARCHIVE")
-    assert len(archive) == 1 and get(db, Export, archive[0]).outputs == ["sr"]  # type: ignore[attr-defined]
+    assert len(archive) == 1 and get(db, Export, archive[0]).outputs == ["sr"]
     with pytest.raises(ValueError, match="no destination"):
         exports.reexport(db, job_id, default_outputs=OUTPUTS, destination="NOPE")
     analyses.requeue(db, job_id)

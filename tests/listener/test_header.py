@@ -8,19 +8,20 @@ unsupported encodings handed to pydicom. Does not cover the network path (tests/
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import data_store
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from dicom_node.listener import header as fast_header
 from dicom_node.listener.scp import RejectedInstance, _read_header
 from dicom_node.storage.instance import header_of
+from tests.pydicom_files import pydicom_file
 
 PYDICOM_DATA = Path(data_store.__file__).parent / "data"
-PYDICOM_TEST_FILES = [get_testdata_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "emri_small.dcm", "rtplan.dcm", "693_UNCI.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm")]
+PYDICOM_TEST_FILES = [pydicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "emri_small.dcm", "rtplan.dcm", "693_UNCI.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm")]
 
 
 def _part10_files() -> list[Path]:
@@ -51,8 +52,6 @@ def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
             fast_header.scan(data, implicit=ts.is_implicit_VR)
         return
     if ts.is_deflated:
-        import zlib
-
         data = zlib.decompress(data, -zlib.MAX_WBITS)
     try:
         values, _ = fast_header.scan(data, implicit=ts.is_implicit_VR)
@@ -67,19 +66,19 @@ def test_fast_reader_agrees_with_pydicom(path: Path) -> None:
 
 @pytest.mark.parametrize("cut", [1, 7, 100, 3000, 20000])
 def test_truncation_anywhere_is_found(cut: int) -> None:
-    data, ts = _data(Path(get_testdata_file("CT_small.dcm")))
+    data, ts = _data(Path(pydicom_file("CT_small.dcm")))
     with pytest.raises(fast_header.Truncated):
         fast_header.scan(data[:-cut], implicit=ts.is_implicit_VR)
 
 
 def test_encapsulated_truncation_is_found() -> None:
-    data, ts = _data(Path(get_testdata_file("JPEG2000.dcm")))
+    data, ts = _data(Path(pydicom_file("JPEG2000.dcm")))
     fast_header.scan(data, implicit=False)
     with pytest.raises(fast_header.Truncated):
         fast_header.scan(data[:-10], implicit=False)
 
 
 def test_sequences_of_undefined_length_are_walked() -> None:
-    data, ts = _data(Path(get_testdata_file("rtplan.dcm")))
+    data, ts = _data(Path(pydicom_file("rtplan.dcm")))
     values, has_pixels = fast_header.scan(data, implicit=ts.is_implicit_VR)
     assert values["SOPInstanceUID"] and not has_pixels

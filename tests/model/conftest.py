@@ -6,13 +6,14 @@ Keep fixtures small and additive: 128 x 128 matrices, a few dozen slices.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from model.phantoms.phantom import Phantom, make_phantom
 from model.phantoms.writer import write_phantom_series
 
-SMALL = {"rows": 128, "columns": 128, "slices": 32}
+SMALL: dict[str, Any] = {"rows": 128, "columns": 128, "slices": 32}
 
 
 @pytest.fixture(scope="session")

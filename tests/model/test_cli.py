@@ -53,7 +53,8 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     capsys.readouterr()
 
     out_json = tmp_path / "eval" / "metrics.json"
-    assert main(["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json), "--localisation", "cam", "--overlays", "1", "--no-progress", "--record", "validation_metrics"]) == 0
+    evaluate = ["model", "evaluate", "--data", str(phantom_set), "--labels", str(phantom_set / "labels.csv"), "--weights", str(weights), "--json", str(out_json)]
+    assert main([*evaluate, "--localisation", "cam", "--overlays", "1", "--no-progress", "--record", "validation_metrics"]) == 0
     report = json.loads(out_json.read_text())
     recorded = read_metadata(weights)["validation_metrics"]
     assert recorded["series_count"] == 6 and set(recorded["series_level"]) == {"top_k", "mean"} and recorded["phantom_seeds"]
@@ -99,7 +100,7 @@ def test_short_training_overfits_a_few_phantoms(tmp_path: Path) -> None:
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.8
     classes = config.classes
     for s in series:
-        logits = predict_slices(result.network, np.asarray(s.slices), result.network.blocks[0][0].weight.device)
+        logits = predict_slices(result.network, np.asarray(s.slices), next(result.network.parameters()).device)
         probs, _ = aggregate_series(logits, classes)
         assert classes[int(np.argmax(probs))] == s.label, s.series_id
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from model.training import metrics
 from model.training.evaluate import EvalSeries, evaluate_series, fit_class_bias
 from model.training.train import TrainConfig, default_metadata
 
-TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
+TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
 
 def test_roc_auc_by_hand() -> None:

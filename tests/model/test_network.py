@@ -28,7 +28,7 @@ def test_full_network_shapes_per_scale() -> None:
     with torch.no_grad():
         out = net(torch.randn(2, 1, 224, 224))
     assert [tuple(c.shape) for c in out.cams] == [(2, 3, 28, 28), (2, 3, 14, 14), (2, 3, 7, 7)]
-    assert [tuple(l.shape) for l in out.logits] == [(2, 3)] * 3
+    assert [tuple(logits.shape) for logits in out.logits] == [(2, 3)] * 3
     assert net.scale_names == ("P3", "P4", "P5")
     assert tuple(out.mean_logits.shape) == (2, 3)
 
@@ -64,7 +64,8 @@ def test_dropout_only_in_training() -> None:
 def test_xavier_init_and_heads_on_chosen_blocks() -> None:
     torch.manual_seed(0)
     net = WeaklySupervisedNet(widths=(8, 8, 16, 16, 16), depths=(1, 1, 1, 1, 1), head_blocks=(4, 5))
-    conv = net.blocks[0][0]
+    conv = next(m for m in net.blocks.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.bias is not None
     bound = (6.0 / (conv.in_channels * 9 + conv.out_channels * 9)) ** 0.5
     assert float(conv.weight.detach().abs().max()) <= bound and bool(torch.all(conv.bias == 0))
     out = net.eval()(torch.randn(1, 1, 32, 32))

@@ -74,7 +74,9 @@ def test_class_changes_only_the_lungs(small_phantoms: dict[str, Phantom]) -> Non
 
 
 def test_covid_is_bilateral_and_peripheral_cap_is_deeper() -> None:
-    covid_depth, cap_depth, bilateral = [], [], 0
+    covid_depth: list[float] = []
+    cap_depth: list[float] = []
+    bilateral = 0
     for seed in range(3):
         for kind in ("covid", "cap"):
             p = make_phantom(kind, seed=100 + seed, rows=96, columns=96, slices=24, noise=False)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,14 +25,14 @@ from model.inference.io import load_series
 from model.inference.kinds import MODEL_KINDS, load_predictor
 from model.inference.localise import LocalisationSettings
 from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, settings_for
-from model.inference.network import WeaklySupervisedNet
+from model.inference.network import CamHead, WeaklySupervisedNet
 from model.inference.options import InferenceOptions
 from model.inference.weights import MULTISCALE_CAM_2D, SHIPPED_WEIGHTS_DIR, WeightsError, load_weights, read_metadata, save_weights, sha256_file, weights_folder
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import write_phantom_series
 from model.training.train import TrainConfig, default_metadata
 
-TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
+TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for _ in range(2):
             net(torch.randn(8, 1, 64, 64))
         for head in net.heads:
+            assert isinstance(head, CamHead)
             head.bn.bias[0] += 5.0
     out = tmp_path_factory.mktemp("weights") / "tiny"
     meta = default_metadata(TrainConfig(image_size=64, **TINY), name="tiny-test", version="0.0.1")

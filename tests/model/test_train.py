@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from model.training.train import TrainConfig, patient_folds, predict_slices, split_by_patient, train
+from model.training.train import TrainConfig, augment_batch, patient_folds, predict_slices, split_by_patient, train
 
-TINY = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
+TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
 
 @dataclass
@@ -116,7 +118,7 @@ def test_training_rejects_unknown_labels_and_too_little_data() -> None:
     assert dataclasses.replace(config, fold=0).fold == 0
 
 
-def test_time_budget_checkpoint_and_augmentation(tmp_path) -> None:
+def test_time_budget_checkpoint_and_augmentation(tmp_path: Path) -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
     config = TrainConfig(image_size=32, batch_size=4, iterations=50, classes=("covid", "normal"), augment=True, max_minutes=1e-6, **TINY)
     checkpoint = tmp_path / "best.pt"
@@ -127,8 +129,6 @@ def test_time_budget_checkpoint_and_augmentation(tmp_path) -> None:
 
 
 def test_augmentation_flips_left_right_only() -> None:
-    from model.training.train import augment_batch
-
     x = torch.zeros(64, 1, 8, 8)
     x[:, 0, 2, 1] = 1.0
     out = augment_batch(x, torch.Generator().manual_seed(0), shift=0.0, scale=0.0, degrees=0.0)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pydicom
 import pytest
 from sqlalchemy import select
 
@@ -30,8 +31,9 @@ from dicom_node.pipeline.runtime import Runtime
 from dicom_node.settings import Settings, load_settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import MAPS_FILE, RESULT_FILE
+from dicom_node.testing.synthetic import MODEL, blob_result, make_test_phantom, write_series
 from dicom_node.testing.synthetic import Series as SyntheticSeries
-from dicom_node.testing.synthetic import blob_result, make_test_phantom, write_series
+from model.contract.result import SeriesResult
 from tests.sending.scp import Scp
 
 pytestmark = pytest.mark.integration
@@ -44,7 +46,9 @@ class HandMadePredictor:
     def __init__(self) -> None:
         self.series: SyntheticSeries | None = None
 
-    def predict(self, volume: Any) -> Any:
+    info = MODEL
+
+    def predict(self, volume: Any) -> SeriesResult:
         assert self.series is not None and list(volume.sop_instance_uids) == self.series.sop_instance_uids
         return blob_result(self.series)
 
@@ -81,7 +85,6 @@ def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = 
         ae.destinations = [Destination(title=dest_title, host="127.0.0.1", port=dest_port)]
         s.add(ae)
         s.flush()
-        import pydicom
 
         first = pydicom.dcmread(files[0], stop_before_pixels=True)
         series = Series(series_uid=first.SeriesInstanceUID, study_uid=first.StudyInstanceUID, local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value)
@@ -107,7 +110,9 @@ def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = 
         s.add(job)
         s.flush()
         job_id = job.id
-    rt._predictor.series = written
+    predictor = rt.predictor()
+    assert isinstance(predictor, HandMadePredictor)
+    predictor.series = written
     return job_id
 
 

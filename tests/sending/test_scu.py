@@ -14,8 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 
 from dicom_node.sending.scu import Outcome, Peer, classify_status, send_files, status_name, worst
@@ -76,8 +77,6 @@ def test_warnings_count_as_stored(scp: Scp, files: list[Path]) -> None:
 
 
 def test_out_of_resources_is_retriable_and_the_rest_still_sent(scp: Scp, files: list[Path], tmp_path: Path) -> None:
-    import pydicom
-
     refused = str(pydicom.dcmread(files[1]).SOPInstanceUID)
     scp.statuses[refused] = Status.OUT_OF_RESOURCES
     result = _send(files, scp.peer)
@@ -88,8 +87,6 @@ def test_out_of_resources_is_retriable_and_the_rest_still_sent(scp: Scp, files: 
 
 @pytest.mark.parametrize("status", [Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, Status.CANNOT_UNDERSTAND, Status.NOT_AUTHORIZED])
 def test_refusals_are_permanent_and_win_over_retriable(scp: Scp, files: list[Path], status: int) -> None:
-    import pydicom
-
     scp.statuses[str(pydicom.dcmread(files[0]).SOPInstanceUID)] = Status.OUT_OF_RESOURCES
     scp.statuses[str(pydicom.dcmread(files[-1]).SOPInstanceUID)] = status
     result = _send(files, scp.peer)
@@ -130,8 +127,6 @@ def test_nobody_listening_is_retriable(files: list[Path]) -> None:
 
 
 def test_a_peer_taking_none_of_the_sop_classes_is_permanent(files: list[Path]) -> None:
-    from pydicom.uid import CTImageStorage
-
     only_ct = Scp(sop_classes=[CTImageStorage]).start()
     try:
         result = _send(files, only_ct.peer)

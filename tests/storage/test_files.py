@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from dicom_node.listener.scp import RejectedInstance, parse_header
+from dicom_node.status import Status
 from dicom_node.storage.files import INCOMING, SERIES_RECORD, Storage, part10_header
 from dicom_node.testing.peers import require_tool
+from tests.pydicom_files import pydicom_file
 
 
 def _raw_dataset(ds: pydicom.Dataset) -> bytes:
@@ -44,7 +46,7 @@ def test_traversal_uids_are_refused_with_the_attribute_named(tmp_path: Path, bad
 
 @pytest.mark.services  # DCMTK's dcmdump reads the file back
 def test_write_is_part10_and_the_dataset_is_byte_identical(tmp_path: Path) -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     raw = _raw_dataset(ds)
     storage = Storage(tmp_path / "store")
     rel = storage.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -71,7 +73,7 @@ def test_part10_header_pads_odd_values(tmp_path: Path) -> None:
     path.write_bytes(header)
     meta = pydicom.filereader.read_file_meta_info(path)
     assert meta.MediaStorageSOPInstanceUID == "1.2.3"
-    assert meta.SourceApplicationEntityTitle.strip() == "ODD"
+    assert str(meta.SourceApplicationEntityTitle).strip() == "ODD"
     assert meta.FileMetaInformationGroupLength == len(header) - 128 - 4 - 12
 
 
@@ -83,7 +85,7 @@ def test_failed_write_leaves_nothing_half_written(tmp_path: Path) -> None:
             return 10
 
     with pytest.raises(TypeError):
-        storage.write("1.2/1.2.3/1.2.3.4.dcm", Exploding(), sop_class_uid="1.2", sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1")  # type: ignore[arg-type]
+        storage.write("1.2/1.2.3/1.2.3.4.dcm", Exploding(), sop_class_uid="1.2", sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1")  # type: ignore[arg-type]  # not bytes, on purpose
     assert not (tmp_path / "1.2" / "1.2.3" / "1.2.3.4.dcm").exists()
     assert list((tmp_path / INCOMING).iterdir()) == []
 
@@ -97,10 +99,7 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "cut"), [("CT_small.dcm", 10), ("CT_small.dcm", 3000), ("JPEG2000.dcm", 10), ("SC_rgb_rle.dcm", 3000)])
 def test_truncated_data_sets_are_refused(name: str, cut: int) -> None:
-    from dicom_node.listener.scp import RejectedInstance, parse_header
-    from dicom_node.status import Status
-
-    path = get_testdata_file(name)
+    path = pydicom_file(name)
     meta = pydicom.filereader.read_file_meta_info(path)
     data = Path(path).read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength :]
     ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from dicom_node.admin.deps import SAFE_METHODS, form
+from dicom_node.admin.pages import access, config, login, overview
 
 
 async def csrf_guard(request: Request) -> None:
@@ -15,8 +16,6 @@ async def csrf_guard(request: Request) -> None:
 
 
 def pages_router() -> APIRouter:
-    from dicom_node.admin.pages import access, config, login, overview
-
     router = APIRouter(include_in_schema=False, dependencies=[Depends(csrf_guard)])
     router.include_router(login.router)
     router.include_router(overview.router)

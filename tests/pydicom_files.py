@@ -1,0 +1,14 @@
+"""pydicom's own test files, as paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+
+
+def pydicom_file(name: str) -> Path:
+    """The path of one of pydicom's test files (get_testdata_file also answers None or a data set)."""
+    path = get_testdata_file(name)
+    assert isinstance(path, str), f"pydicom has no test file {name}"
+    return Path(path)
