@@ -44,6 +44,7 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Job, Series
+from dicom_node.db.times import as_utc
 from dicom_node.settings import load_settings
 from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
@@ -51,12 +52,8 @@ from model.phantoms.writer import write_phantom_series
 STAGES = ("quiet", "queue", "load", "inference", "encoding", "worker_other", "export", "total", "beyond_quiet")
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
 def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
-    return (_utc(later) - _utc(earlier)).total_seconds()
+    return (as_utc(later) - as_utc(earlier)).total_seconds()
 
 
 def write_series(root: Path, seed: int, slices: int, matrix: int) -> tuple[Path, str]:

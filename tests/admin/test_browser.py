@@ -33,6 +33,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from dicom_node.db.times import as_utc
 from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
 from model.inference.network import WeaklySupervisedNet
 from model.inference.weights import DEFAULT_INPUT_SPEC, save_weights
@@ -146,8 +147,7 @@ class Pages:
 
 
 def _aware(value: str) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return as_utc(dt.datetime.fromisoformat(value))
 
 
 def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
