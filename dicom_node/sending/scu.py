@@ -11,8 +11,10 @@ Every answer is classified (dicom-outputs.md, "Sending"):
   0xBxxx, is also kept as sent: the peer stored the object);
 - retriable: no answer (pynetdicom returns an empty Dataset on a timeout or an abort), 0xA7xx (out
   of resources), 0x0110 (processing failure: a peer's generic failure, often passing), no TCP
-  connection, an association aborted, and an A-ASSOCIATE-RJ whose result is "rejected (transient)"
-  (PS3.8 7.1.1.7 says such a rejection may succeed later; the retries back off, so no storm);
+  connection, an association request left unanswered within the timeout (a peer that is
+  overloaded or stalled has said nothing yet, so nothing was refused), an association aborted,
+  and an A-ASSOCIATE-RJ whose result is "rejected (transient)" (PS3.8 7.1.1.7 says such a
+  rejection may succeed later; the retries back off, so no storm);
 - permanent: 0xA9xx, 0xCxxx, every other failure status (0x0122 SOP class not supported, 0x0124
   not authorised, 0x0111 duplicate...), an association rejected for good ("rejected
   (permanent)", e.g. an unknown called AE title), and a SOP class the peer accepts in no
@@ -192,7 +194,11 @@ def send_files(
 
     rejection: dict[str, Any] = {}
 
+    def on_conn_open(_event: Any) -> None:
+        rejection["connected"] = True
+
     def on_acse_recv(event: Any) -> None:
+        rejection["answered"] = True
         primitive = event.primitive
         if getattr(primitive, "result", None) in (AssociateResult.REJECTED_PERMANENT, AssociateResult.REJECTED_TRANSIENT):
             rejection.update(
@@ -207,7 +213,7 @@ def send_files(
         tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host)
     where = f"{peer.title}@{peer.host}:{peer.port}"
     assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv)]
+        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_conn_open)]
     )
     if not assoc.is_established:
         not_sent = [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
@@ -219,9 +225,15 @@ def send_files(
             outcome = Outcome.PERMANENT
             classes = sorted({f.sop_class_uid.name for f in files})
             reason = f"{where} accepted none of the presentation contexts ({', '.join(classes)})"
+        elif not rejection.get("connected"):
+            outcome = Outcome.RETRIABLE
+            reason = f"no association with {where}: no TCP connection (refused or timed out)"
+        elif not rejection.get("answered"):
+            outcome = Outcome.RETRIABLE
+            reason = f"no association with {where}: no answer to the association request within {timeout:g} s"
         else:
             outcome = Outcome.RETRIABLE
-            reason = f"no association with {where} (connection refused, timed out or aborted)"
+            reason = f"no association with {where}: aborted during negotiation"
         log.warning("export to %s: %s", where, reason)
         return SendResult(outcome, reason, not_sent, 0, time.monotonic() - started)
 

@@ -7,7 +7,10 @@ Redis, DCMTK's storescu, the shipped model):
   job completes exactly once: DONE, attempt 2, one analyse message, one set of objects in PACS;
 - a PACS that is down at export time (the SQLite-file broker here): the export retries with
   backoff and the results arrive once Orthanc is back; a destination that refuses the association
-  (unknown called AE title) is failed after one attempt and never tried again.
+  (unknown called AE title) is failed at its first answer and never tried again. An attempt whose
+  association request got no answer within the export timeout (the refusing Orthanc stalled on a
+  loaded machine) refused nothing and is retried, so the test reads the worker's log: every
+  attempt before the refusal must be such an unanswered one, and none may follow it.
 
 Not covered here: a kill with the SQLite-file broker (test_up.py), validation of the objects
 (test_results.py).
@@ -71,7 +74,7 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
     node.configure([("ORTHANC", pacs.dicom_port), ("WRONGAET", refusing.dicom_port)])
     try:
         node.start("serve", "--no-admin").wait_for_port(node.port)
-        node.start("worker")
+        worker = node.start("worker")
         node.send(series)
 
         def retrying_and_refused(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -84,7 +87,12 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
 
         job = node.wait(retrying_and_refused, 300, "the export to the down PACS to retry and the refused one to fail")
         refused = {e["destination"]: e for e in job["exports"]}["WRONGAET"]
-        assert refused["attempts"] == 1 and "rejected" in refused["last_error"].lower()
+        assert "refused (not retried)" in refused["last_error"] and "rejected" in refused["last_error"].lower()
+        attempts_to_refuser = _attempts_logged(worker.output(), "WRONGAET")
+        assert len(attempts_to_refuser) == refused["attempts"], attempts_to_refuser
+        assert "association rejected" in attempts_to_refuser[-1], attempts_to_refuser
+        unanswered = attempts_to_refuser[:-1]
+        assert all("no answer to the association request" in line for line in unanswered), attempts_to_refuser
 
         pacs.start()
         job = node.wait(
@@ -94,10 +102,17 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
         )
         exports = {e["destination"]: e for e in job["exports"]}
         assert exports["ORTHANC"]["attempts"] >= 2
-        assert exports["WRONGAET"]["status"] == "failed" and exports["WRONGAET"]["attempts"] == 1, "no retry of a refusal"
+        assert exports["WRONGAET"]["status"] == "failed" and exports["WRONGAET"]["attempts"] == refused["attempts"], "no retry of a refusal"
+        assert len(_attempts_logged(worker.output(), "WRONGAET")) == refused["attempts"], "no association after the refusal"
         assert len(pacs.instances()) == sum(job["output_counts"].values())
         assert refusing.instances() == []
     finally:
         node.stop()
         pacs.stop()
         refusing.stop()
+
+
+def _attempts_logged(log: str, title: str) -> list[str]:
+    """The sender's line for each failed association attempt to ``title`` (dicom_node.sending.scu
+    logs one per attempt that did not end in success)."""
+    return [line for line in log.splitlines() if f"export to {title}@" in line]

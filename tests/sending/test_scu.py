@@ -2,7 +2,8 @@
 
 Covers: the status classification (success, storage warnings, 0xA7xx retriable, 0xA9xx/0xCxxx and
 other failures permanent, no response retriable), association rejection (permanent and transient),
-no listener (retriable), a peer that accepts no presentation context, one association per batch,
+no listener (retriable), a peer that takes the connection but does not answer the association
+request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a peer that accepts no presentation context, one association per batch,
 the requested contexts (each SOP class with explicit and implicit little endian), and a
 compressed file sent as is or decompressed when the peer takes only uncompressed syntaxes.
 Does not cover TLS (no certificate authority here) or DCMTK/Orthanc as the peer (tests/e2e).
@@ -10,6 +11,7 @@ Does not cover TLS (no certificate authority here) or DCMTK/Orthanc as the peer 
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,6 +126,18 @@ def test_nobody_listening_is_retriable(files: list[Path]) -> None:
     assert result.outcome is Outcome.RETRIABLE
     assert "no association" in result.reason
     assert result.sent == 0
+
+
+def test_an_unanswered_association_request_is_retriable_and_named(files: list[Path]) -> None:
+    # A listening socket nobody accepts from: the kernel completes the TCP handshake, and the
+    # A-ASSOCIATE-RQ waits unanswered, as it does at a peer stalled for longer than the timeout.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        result = _send(files, Peer("PACS", "127.0.0.1", port), timeout=1.0)
+    assert result.outcome is Outcome.RETRIABLE
+    assert "no answer to the association request within 1 s" in result.reason
+    refused = _send(files, Peer("PACS", "127.0.0.1", free_port()), timeout=1.0)
+    assert "no TCP connection" in refused.reason
 
 
 def test_a_peer_taking_none_of_the_sop_classes_is_permanent(files: list[Path]) -> None:
