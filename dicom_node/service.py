@@ -26,6 +26,7 @@ from dicom_node.jobs.outbox import Dispatcher, OutboxRelay, load_dispatcher
 from dicom_node.listener.servers import run_listener_process
 from dicom_node.settings import Settings
 from dicom_node.storage.files import Storage
+from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class Node:
         settings = self.settings
         upgrade(settings.effective_database_url)
         storage = Storage(settings.storage_dir)
+        data_dir_id(settings.data_dir, create=True)  # workers tell a shared volume by it (storage.identity)
         db = Database(settings.effective_database_url)
         if unclean_start(settings.data_dir):
             log.warning("the previous run did not stop cleanly: checking the index against the stored files")

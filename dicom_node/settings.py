@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from dicom_node.outputs.kinds import OUTPUT_KINDS
@@ -126,6 +126,49 @@ class ExportSettings(_Section):
     stale_after_seconds: float = Field(default=300.0, gt=0)
 
 
+class RemoteSettings(_Section):
+    """Workers on hosts that do not share the node's disk (dicom_node.pipeline.remote).
+
+    ``token`` on the node opens its internal endpoints (/internal/v1/: stored instances, result
+    files); on a worker, with ``node_url``, it lets the worker fetch a series it must analyse and
+    hand its results back. A worker with no ``node_url``, or whose data dir turns out to be the
+    node's (a shared volume), reads and writes the files in place and fetches nothing."""
+
+    # The node's admin app as the workers reach it, e.g. http://node:8080 (https behind a TLS proxy).
+    node_url: str | None = None
+    # Shared secret of the node and its workers (at least 16 characters); unset: no internal endpoints.
+    token: SecretStr | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    # CA bundle for an https node_url signed by a private CA; None: the system's.
+    ca_file: Path | None = None
+    # Instances fetched at once.
+    fetch_threads: int = Field(default=4, ge=1, le=32)
+    # Result folders a remote worker keeps as a cache for exports (the node keeps them all).
+    cached_results: int = Field(default=50, ge=1)
+
+    @field_validator("node_url")
+    @classmethod
+    def _node_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v.rstrip("/") if v else v
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> "RemoteSettings":
+        if self.node_url and self.token is None:
+            raise ValueError("node_url needs token (the node's remote.token)")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ValueError(f"ca_file: {self.ca_file} is not a readable file")
+        return self
+
+
 class AdminSettings(_Section):
     host: str = "127.0.0.1"
     # Secret for session cookies and CSRF tokens; generated and kept under the data dir if unset.
@@ -156,6 +199,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
 
 
     @classmethod

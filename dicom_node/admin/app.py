@@ -3,7 +3,8 @@
 Access rule, applied to every route by one middleware: /health, /metrics, /login and /static/
 are public; anything else needs a logged-in browser session or an API bearer token, and answers
 401 (API, /openapi.json) or redirects to the login page (pages) without one. Admins change,
-viewers read (checked per route). Page forms carry a per-session CSRF token; a logged-in browser
+viewers read (checked per route). /internal/v1/ (dicom_node.admin.internal, for workers on
+other hosts) answers to the node's remote.token only. Page forms carry a per-session CSRF token; a logged-in browser
 that writes to the API must send it in X-CSRF-Token.
 """
 
@@ -29,6 +30,9 @@ from dicom_node.admin import activity
 from dicom_node.admin.api import api_router, monitoring_router
 from dicom_node.admin.auth import AuthError, Passwords, Principal, csrf_matches, principal_for_session, principal_for_token, secret_key
 from dicom_node.admin.deps import HERE, SAFE_METHODS, AdminContext, render, templates
+from dicom_node.admin.internal import PREFIX as INTERNAL_PREFIX
+from dicom_node.admin.internal import authorised as internal_authorised
+from dicom_node.admin.internal import router as internal_router
 from dicom_node.admin.metrics import AdminMetrics
 from dicom_node.admin.pages import pages_router
 from dicom_node.configuration import ConfigError
@@ -52,7 +56,7 @@ def is_public(path: str) -> bool:
 
 
 def wants_json(path: str) -> bool:
-    return path.startswith("/api/") or path in ("/api", "/openapi.json", "/health", "/metrics")
+    return path.startswith(("/api/", "/internal/")) or path in ("/api", "/openapi.json", "/health", "/metrics")
 
 
 def _resolve(context: AdminContext, request: Request) -> tuple[Principal | None, str]:
@@ -120,6 +124,13 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         request.state.principal = None
         if is_public(path):
             return await call_next(request)
+        if path.startswith(INTERNAL_PREFIX + "/"):
+            # Workers on other hosts (admin.internal): the shared remote.token, no user session.
+            code = internal_authorised(settings, request.headers.get("authorization", ""))
+            if code == 200:
+                return await call_next(request)
+            detail = "not found" if code == 404 else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
+            return JSONResponse({"detail": detail}, status_code=code)
         who, why = await run_in_threadpool(_resolve, context, request)
         if who is None:
             if wants_json(path):
@@ -187,6 +198,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(monitoring_router)
+    app.include_router(internal_router)
     app.include_router(api_router())
     app.include_router(pages_router())
     return app

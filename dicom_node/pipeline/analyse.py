@@ -2,15 +2,18 @@
 here imports Celery; tests call it directly.
 
 :func:`analyse`: claim the job (dicom_node.jobs.analyses), keep its heartbeat, read the series from
-storage (:func:`series_files`, then model.inference.io.load_series), run the predictor (loaded once
+storage (:func:`series_files`: in place, or fetched from the node by a worker on another host,
+dicom_node.pipeline.remote; then model.inference.io.load_series), run the predictor (loaded once
 per process, dicom_node.pipeline.runtime), write the artefacts (dicom_node.storage.results:
 result.json, maps, the DICOM objects built by dicom_node.outputs.build_outputs with the job's
-creation time, so a job run twice gives the same bytes), then DONE with the exports in one
+creation time, so a job run twice gives the same bytes; a worker on another host hands them to the
+node before the job is done), then DONE with the exports in one
 transaction, and send them right away (dicom_node.pipeline.export; the "export" outbox message is
 the durable copy of that intent). Timings in ``Job.timings`` (seconds): ``queue_wait`` (queued to
 this attempt's claim; a takeover counts the lost attempt's time as waiting), ``load`` (reading the
 series), ``model_load`` (first job of a process only), ``inference`` (the predictor; its own stages
-under ``stages``), ``encoding`` (building and writing the objects), ``export`` (the slowest
+under ``stages``), ``encoding`` (building and writing the objects), ``fetch`` and ``upload`` (a
+worker on another host: the series from the node, the results to it), ``export`` (the slowest
 destination's last successful send).
 
 Failures: a series that can not be read, a model that can not be loaded or any error of the
@@ -31,7 +34,6 @@ from typing import Any, Callable
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.db import Database
 from dicom_node.db.models import Instance, Job, Series
 from dicom_node.db.times import as_utc
 from dicom_node.jobs import analyses, exports
@@ -40,6 +42,7 @@ from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.export import export_job
+from dicom_node.pipeline.remote import StoredRef
 from dicom_node.pipeline.runtime import Runtime
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import JobArtefacts
@@ -60,11 +63,15 @@ def claim_waiting(rt: Runtime, job_id: int) -> analyses.Claimed | analyses.Skipp
         time.sleep(min(hb, max(0.1, deadline - time.monotonic())))
 
 
-def series_files(db: Database, storage: Storage, series_id: int) -> list[Path]:
-    """The stored files of the series' indexed instances."""
-    with db.engine.connect() as conn:
-        rel = conn.execute(select(Instance.path).where(Instance.series_id == series_id).order_by(Instance.id)).scalars().all()
-    return [storage.absolute(p) for p in rel]
+def series_files(rt: Runtime, series_id: int) -> tuple[list[Path], list[Path]]:
+    """(the local files of the series' indexed instances, those of them fetched from the node
+    just now, which the caller forgets once the series is read)."""
+    with rt.db.engine.connect() as conn:
+        rows = conn.execute(select(Instance.path, Instance.size_bytes).where(Instance.series_id == series_id).order_by(Instance.id)).all()
+    if rt.remote is not None:
+        return rt.remote.series([StoredRef(p, n) for p, n in rows])
+    storage = Storage(rt.settings.storage_dir)
+    return [storage.absolute(p) for p, _ in rows], []
 
 
 def _created(value: dt.datetime) -> dt.datetime:
@@ -119,11 +126,18 @@ def _failure_reason(exc: BaseException) -> str:
 
 def _run(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any]) -> dict[str, Any]:
     settings = rt.settings
-    files = series_files(rt.db, Storage(settings.storage_dir), claimed.series_id)
+    t = time.perf_counter()
+    files, fetched = series_files(rt, claimed.series_id)
     if not files:
         raise FileNotFoundError(f"series {claimed.series_uid} has no stored instance")
+    if fetched:
+        timings["fetch"] = round(time.perf_counter() - t, 4)
     t = time.perf_counter()
-    volume = load_series(files, series_uid=claimed.series_uid)
+    try:
+        volume = load_series(files, series_uid=claimed.series_uid)
+    finally:
+        if rt.remote is not None:
+            rt.remote.forget(fetched)
     timings["load"] = round(time.perf_counter() - t, 4)
     heartbeat.check()
 
@@ -146,6 +160,11 @@ def _run(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, 
     outputs = artefacts.write_objects(objects, claimed.attempt)
     timings["encoding"] = round(time.perf_counter() - t, 4)
     heartbeat.check()
+    if rt.remote is not None:
+        t = time.perf_counter()
+        if rt.remote.upload_results(artefacts):
+            timings["upload"] = round(time.perf_counter() - t, 4)
+        rt.remote.prune_results()
     return {
         "decision": result.decision,
         "reason": result.reason,

@@ -1,6 +1,8 @@
 """Sending a job's results: :func:`export_job` (the "export" message of a job) and :func:`export`
 (one attempt of one export). The export state machine is dicom_node.jobs.exports'; the C-STORE
-SCU is dicom_node.sending.scu's; the files are the job's artefacts (dicom_node.storage.results).
+SCU is dicom_node.sending.scu's; the files are the job's artefacts (dicom_node.storage.results),
+which a worker on another host fetches from the node when it lacks them
+(dicom_node.pipeline.remote), then sends directly to the destination.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def export(rt: Runtime, export_id: int) -> str:
         return "skipped"
     policy = exports.RetryPolicy.from_settings(settings)
     artefacts = JobArtefacts(rt.settings.results_dir, claimed.job_id)
+    if rt.remote is not None:
+        try:
+            rt.remote.results(artefacts, claimed.files)
+        except Exception as exc:  # the node away: recorded, retried with backoff
+            return exports.record_error(rt.db, claimed, f"result files could not be fetched from the node: {exc}", policy)
     paths = [artefacts.absolute(p) for p in claimed.files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

@@ -1,5 +1,6 @@
 """What one worker process keeps between jobs (:class:`Runtime`): settings, its database engine,
-its name, its device and the predictor, loaded once.
+its name, its device, the node's files over the network when it runs on another host
+(dicom_node.pipeline.remote) and the predictor, loaded once.
 
 Whoever runs the work builds one Runtime per process (the Celery adapter: worker.tasks) and passes
 it to :func:`dicom_node.pipeline.analyse.analyse` and :func:`dicom_node.pipeline.export.export_job`.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dicom_node.db import Database
+from dicom_node.pipeline.remote import NodeFiles
 from dicom_node.settings import Settings
 from model.inference.kinds import SeriesPredictor, load_predictor
 from model.inference.options import InferenceOptions
@@ -43,6 +45,8 @@ class Runtime:
     db: Database
     device: str = "cpu"
     worker_name: str = field(default_factory=default_worker_name)
+    # The node's files over the network (remote.node_url set): a worker on another host.
+    remote: NodeFiles | None = None
     _predictor: SeriesPredictor | None = field(default=None, repr=False)
 
     @classmethod
@@ -54,6 +58,7 @@ class Runtime:
             db=Database(settings.effective_database_url),
             device=device or resolve_device(settings.worker.device),
             worker_name=worker_name or default_worker_name(),
+            remote=NodeFiles(settings) if settings.remote.node_url else None,
             _predictor=predictor,
         )
 

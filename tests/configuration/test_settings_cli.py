@@ -54,6 +54,14 @@ def test_the_shipped_example_config_is_valid(env: Path) -> None:
     assert s.listener.min_free_disk_mb >= 0
 
 
+def test_a_remote_worker_needs_the_token(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOM_NODE_REMOTE__NODE_URL", "http://node:8080/")
+    with pytest.raises(SettingsError, match="setting remote: node_url needs token"):
+        load_settings()
+    monkeypatch.setenv("DICOM_NODE_REMOTE__TOKEN", "x" * 16)
+    assert load_settings().remote.node_url == "http://node:8080"
+
+
 @pytest.mark.parametrize(
     ("var", "value", "message"),
     [
@@ -61,6 +69,8 @@ def test_the_shipped_example_config_is_valid(env: Path) -> None:
         ("DICOM_NODE_EXPORT__CALLING_AE_TITLE", "A\\B", "setting export.calling_ae_title: must not contain a backslash"),
         ("DICOM_NODE_DATABASE_URL", "nonsense", "setting database_url:"),
         ("DICOM_NODE_WORKER__DEVICE", "tpu", "setting worker.device:"),
+        ("DICOM_NODE_REMOTE__NODE_URL", "node:8080", "setting remote.node_url: 'node:8080' is not an http"),
+        ("DICOM_NODE_REMOTE__TOKEN", "short", "setting remote.token: must be at least 16 characters"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(env: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
