@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from dicom_node.testing.brokers import PrivateRabbitMQ
 from dicom_node.testing.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
 
 
@@ -59,7 +60,16 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     server.stop()
 
 
-SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "orthanc"})
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of the test session's own (dicom_node.testing.brokers), never the shared
+    one: tests may restart it, and its queues are nobody else's."""
+    server = PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield server
+    server.remove()
+
+
+SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "orthanc", "rabbitmq"})
 SERVICE_MARKERS = ("integration", "e2e", "browser")
 
 

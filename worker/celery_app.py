@@ -1,11 +1,20 @@
 """The Celery app, apart from its tasks.
 
-Broker from settings (DICOM_NODE_BROKER_URL): Redis in production; without one, kombu's
-SQLAlchemy transport on a SQLite file under the data dir, so one machine runs everything with
-nothing else installed. Late acknowledgement and a visibility timeout: a worker killed in the
-middle of a job does not lose it.
+Broker from settings (DICOM_NODE_BROKER_URL): RabbitMQ (``amqp://``, Celery's recommended broker)
+or Redis in production; without one, kombu's SQLAlchemy transport on a SQLite file under the data
+dir, so one machine runs everything with nothing else installed. Late acknowledgement (and, for
+Redis, a visibility timeout): a worker killed in the middle of a job does not lose it.
 
 What each broker does with a message whose worker was killed (SIGKILL, power loss):
+
+- RabbitMQ puts every unacknowledged message of a consumer back in its queue the moment the
+  consumer's connection closes, marked redelivered. The queues are quorum queues (durable,
+  replicated on a cluster, kept on disk: a restarted broker still has them), on topic exchanges
+  so that Celery's countdowns (a task's retry while the database is away) use RabbitMQ's native
+  delayed delivery; messages are persistent and published with confirms (the outbox marks a
+  message sent only once the broker has it). RabbitMQ closes a channel whose message stays
+  unacknowledged longer than its ``consumer_timeout`` (30 min by default): a job must finish
+  sooner, or the setting be raised on the broker.
 
 - Redis keeps every delivered, unacknowledged message; once it is older than
   ``worker.visibility_timeout_seconds``, the next sweep of a running worker (every
@@ -44,6 +53,10 @@ def is_redis(broker_url: str) -> bool:
     return broker_url.startswith(("redis://", "rediss://", "redis+socket://"))
 
 
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
 def is_sqlalchemy(broker_url: str) -> bool:
     return broker_url.startswith(("sqla+", "sqlalchemy+"))
 
@@ -57,6 +70,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": max(1, min(10, timeout // 4)),
             "unacked_restore_throttle": 1,
         }
+    if is_amqp(broker):
+        # Publisher confirms: send_task returns once RabbitMQ has taken the message.
+        return {"confirm_publish": True}
     if broker.startswith("sqla+sqlite"):
         # Passed to create_engine by kombu: wait for the file's write lock as long as the node's
         # own database does (several processes share the file). kombu hands every option to
@@ -64,6 +80,18 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # message waits up to its default 1 s to be picked up.
         return {"connect_args": {"timeout": 30}}
     return {}
+
+
+def queues(broker: str) -> list[Queue]:
+    """Each queue its own exchange and routing key (queues declared by name alone share the
+    default ones, and every message would reach both). RabbitMQ: durable quorum queues on topic
+    exchanges (see the module docstring); the others: direct exchanges."""
+    if is_amqp(broker):
+        return [
+            Queue(name, Exchange(name, type="topic", durable=True), routing_key=name, durable=True, queue_arguments={"x-queue-type": "quorum"})
+            for name in (EXPORT_QUEUE, ANALYSE_QUEUE)
+        ]
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)]
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -84,9 +112,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         task_default_queue=ANALYSE_QUEUE,
-        # Each queue its own exchange and routing key: queues declared by name alone share the
-        # default ones, and every message would reach both.
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)],
+        task_queues=queues(broker),
         task_routes={
             EXPORT_TASK: {"queue": EXPORT_QUEUE, "exchange": EXPORT_QUEUE, "routing_key": EXPORT_QUEUE},
             ANALYSE_TASK: {"queue": ANALYSE_QUEUE, "exchange": ANALYSE_QUEUE, "routing_key": ANALYSE_QUEUE},
@@ -94,7 +120,7 @@ def make_celery(settings: Settings) -> Celery:
         # Children load torch and the model before they report for work.
         worker_proc_alive_timeout=120.0,
         # Remote control needs fanout exchanges, which the SQLAlchemy transport lacks.
-        worker_enable_remote_control=is_redis(broker),
+        worker_enable_remote_control=is_redis(broker) or is_amqp(broker),
         worker_send_task_events=False,
     )
     return app

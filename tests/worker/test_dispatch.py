@@ -1,6 +1,6 @@
-"""worker.dispatch.CeleryDispatcher with the SQLite-file broker and with Redis: each outbox topic
-reaches its own queue once (analyses and exports), and the SQLite broker's delivered messages are
-cleaned up after an hour.
+"""worker.dispatch.CeleryDispatcher with the SQLite-file broker, Redis and RabbitMQ (a private node):
+each outbox topic reaches its own queue once (analyses and exports); on RabbitMQ the queues are
+durable quorum queues; the SQLite broker's delivered messages are cleaned up after an hour.
 
 Not covered: a worker consuming them (tests/e2e).
 """
@@ -30,9 +30,13 @@ def _drain(dispatcher: CeleryDispatcher) -> dict[str, list[tuple[str, list[int]]
     return out
 
 
-@pytest.mark.parametrize("broker", ["sqlite", "redis"])
+@pytest.mark.parametrize("broker", ["sqlite", "redis", "rabbitmq"])
 def test_each_topic_reaches_its_queue_once(tmp_path: Path, broker: str, request: pytest.FixtureRequest) -> None:
-    broker_url = request.getfixturevalue("redis_url") if broker == "redis" else None
+    broker_url = None
+    if broker == "redis":
+        broker_url = request.getfixturevalue("redis_url")
+    elif broker == "rabbitmq":
+        broker_url = request.getfixturevalue("rabbitmq").url
     settings = load_settings(data_dir=tmp_path, broker_url=broker_url)
     dispatcher = CeleryDispatcher(settings)
     dispatcher.dispatch("analyse", 1)
@@ -43,6 +47,9 @@ def test_each_topic_reaches_its_queue_once(tmp_path: Path, broker: str, request:
     }
     with pytest.raises(ValueError, match="no task for outbox topic"):
         dispatcher.dispatch("nonsense", 3)
+    if broker == "rabbitmq":
+        queues = request.getfixturevalue("rabbitmq").queues()
+        assert queues[ANALYSE_QUEUE] == queues[EXPORT_QUEUE] == ("quorum", True)
 
 
 def test_delivered_messages_of_the_sqlite_broker_are_cleaned_up(tmp_path: Path) -> None:
