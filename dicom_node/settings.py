@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from dicom_node.outputs.kinds import OUTPUT_KINDS
@@ -137,7 +137,8 @@ class RemoteSettings(_Section):
     # The node's admin app as the workers reach it, e.g. http://node:8080 (https behind a TLS proxy).
     node_url: str | None = None
     # Shared secret of the node and its workers (at least 16 characters); unset: no internal endpoints.
-    token: SecretStr | None = None
+    # A plain string, as admin.secret_key: the settings travel to the listener processes as JSON.
+    token: str | None = None
     timeout_seconds: float = Field(default=60.0, gt=0)
     # CA bundle for an https node_url signed by a private CA; None: the system's.
     ca_file: Path | None = None
@@ -155,8 +156,8 @@ class RemoteSettings(_Section):
 
     @field_validator("token")
     @classmethod
-    def _token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and len(v.get_secret_value()) < 16:
+    def _token(cls, v: str | None) -> str | None:
+        if v is not None and len(v) < 16:
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`)")
         return v
 

@@ -7,7 +7,8 @@ job does not pay for loading; the solo pool's process builds it before the worke
 (worker.cli). Its settings are the ones ``dicom-node worker`` validated and gave the Celery app
 (worker.celery_app.make_celery); process ``i`` of a CUDA worker uses GPU ``i mod count``.
 
-A database that is away (OperationalError) makes the task retry itself with backoff (capped at
+A database that is away (OperationalError), or the node a remote worker fetches from
+(dicom_node.pipeline.remote.RemoteError), makes the task retry itself with backoff (capped at
 60 s, shorter than any visibility timeout); every other failure is recorded by the pipeline.
 """
 
@@ -25,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicom_node.pipeline import analyse as analysis
 from dicom_node.pipeline import export as exporting
+from dicom_node.pipeline.remote import RemoteError
 from dicom_node.pipeline.runtime import Runtime, resolve_device
 from worker.celery_app import ANALYSE_TASK, EXPORT_TASK, settings_of
 
@@ -77,7 +79,7 @@ _DURABLE: dict[str, Any] = dict(
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError,),
+    autoretry_for=(OperationalError, RemoteError),
     retry_backoff=2,
     retry_backoff_max=60,
     max_retries=20,

@@ -47,7 +47,7 @@ def authorised(settings: Settings, authorization: str) -> int:
     if token is None:
         return 404
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.get_secret_value().encode()):
+    if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
         return 200
     return 401
 

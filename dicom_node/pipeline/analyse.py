@@ -18,7 +18,8 @@ destination's last successful send).
 
 Failures: a series that can not be read, a model that can not be loaded or any error of the
 analysis ends the job FAILED with the reason (admins see it and may retry it). A database error
-(OperationalError) is not the job's fault: it propagates, the task retries with backoff, and the
+(OperationalError), or the node unreachable from a remote worker (RemoteError), is not the job's
+fault: it propagates, the task retries with backoff, and the
 retry takes the job over once this attempt's heartbeat is stale; if the retries run out, the job
 is RUNNING without a heartbeat and ``serve``'s lost-job scan requeues it.
 """
@@ -42,7 +43,7 @@ from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.export import export_job
-from dicom_node.pipeline.remote import StoredRef
+from dicom_node.pipeline.remote import RemoteError, StoredRef
 from dicom_node.pipeline.runtime import Runtime
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import JobArtefacts
@@ -100,9 +101,10 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
         except analyses.LostOwnership as exc:
             log.warning("%s; its results are dropped", exc)
             return "lost"
-        except OperationalError:
-            # The database is away: nothing can be recorded; the task retries (worker.tasks) and
-            # takes the job over once this attempt's heartbeat is stale.
+        except (OperationalError, RemoteError):
+            # The database, or the node a remote worker fetches from, is away: nothing can be
+            # recorded; the task retries (worker.tasks) and takes the job over once this
+            # attempt's heartbeat is stale.
             raise
         except Exception as exc:
             reason = _failure_reason(exc)
@@ -125,19 +127,24 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 def _run(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any]) -> dict[str, Any]:
-    settings = rt.settings
     t = time.perf_counter()
     files, fetched = series_files(rt, claimed.series_id)
-    if not files:
-        raise FileNotFoundError(f"series {claimed.series_uid} has no stored instance")
     if fetched:
         timings["fetch"] = round(time.perf_counter() - t, 4)
-    t = time.perf_counter()
     try:
-        volume = load_series(files, series_uid=claimed.series_uid)
+        return _analyse_files(rt, claimed, heartbeat, timings, files)
     finally:
+        # The source files are read for the volume and again for the objects' references.
         if rt.remote is not None:
             rt.remote.forget(fetched)
+
+
+def _analyse_files(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any], files: list[Path]) -> dict[str, Any]:
+    settings = rt.settings
+    if not files:
+        raise FileNotFoundError(f"series {claimed.series_uid} has no stored instance")
+    t = time.perf_counter()
+    volume = load_series(files, series_uid=claimed.series_uid)
     timings["load"] = round(time.perf_counter() - t, 4)
     heartbeat.check()
 

@@ -68,7 +68,7 @@ class NodeFiles:
         assert remote.node_url and remote.token is not None, "RemoteSettings requires both"
         self.settings = settings
         self.base = remote.node_url + "/internal/v1"
-        self._auth = f"Bearer {remote.token.get_secret_value()}"
+        self._auth = f"Bearer {remote.token}"
         self.timeout = remote.timeout_seconds
         self.threads = remote.fetch_threads
         self._ssl = ssl.create_default_context(cafile=str(remote.ca_file)) if remote.ca_file else None
