@@ -169,7 +169,8 @@ def decision_text(ctx: BuildContext) -> str:
     probs = ", ".join(f"{codes.CLASS_NAMES[c]} {result.probabilities.get(c, 0.0):.3f}" for c in CLASSES)
     text = f"AI result: {name} (probabilities: {probs}). Reason: {result.reason}"
     if result.lung_involvement_percent is not None:
-        text += f". Lung involvement {result.lung_involvement_percent:.1f} %"
+        # The reason ends with its own full stop (the not-for-clinical-use notice).
+        text = f"{text.rstrip('.')}. Lung involvement {result.lung_involvement_percent:.1f} %"
     return text
 
 

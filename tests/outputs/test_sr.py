@@ -152,6 +152,8 @@ def test_decision_and_disclaimer_are_readable(covid: Case) -> None:
     impression = child(evaluations, "121073").TextValue
     assert impression.startswith("AI result: COVID-19")
     assert "COVID-19 0.820" in impression and covid.result.reason in impression
+    # One full stop between the reason (which ends with the notice) and the involvement.
+    assert "Lung involvement" in impression and ".." not in impression
     assert "NOT FOR CLINICAL USE" in child(evaluations, "121106").TextValue
 
 
