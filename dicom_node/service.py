@@ -134,7 +134,8 @@ class Node:
         for loop in loops:
             loop.start()
         self._children = [self._spawn_listener() for _ in range(settings.listener.processes)]
-        log.info("node running: %d listener process(es), data in %s", len(self._children), settings.data_dir)
+        admin = f", admin app on http://{settings.admin.host}:{settings.admin_port}/" if admin_server is not None else ""
+        log.info("node running: %d listener process(es), data in %s%s; Ctrl+C stops it", len(self._children), settings.data_dir, admin)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         while not self._stop.wait(1.0):

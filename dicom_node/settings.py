@@ -106,6 +106,14 @@ class WorkerSettings(_Section):
     # broker that does not redeliver, or Redis before its visibility timeout).
     lost_after_seconds: float = Field(default=120.0, gt=0)
 
+    @field_validator("weights_dir")
+    @classmethod
+    def _weights(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v / "metadata.json").is_file():
+            what = "does not exist" if not v.exists() else "has no metadata.json"
+            raise ValueError(f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the shipped weights")
+        return v
+
     @model_validator(mode="after")
     def _lost_after(self) -> "WorkerSettings":
         if self.lost_after_seconds < 3 * self.heartbeat_seconds:
@@ -195,6 +203,8 @@ class Settings(BaseSettings):
     # module:Class implementing dicom_node.jobs.outbox.Dispatcher; the worker package's Celery one.
     dispatcher: str = "worker.dispatch:CeleryDispatcher"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: lines for people; json: one JSON object per line, for log collectors (dicom_node.logs).
+    log_format: Literal["text", "json"] = "text"
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
@@ -227,7 +237,12 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'dicom-node.sqlite3'}"
+        """database_url, or the SQLite file under data_dir (the node makes its data dir; a
+        database_url's own folder must exist: dicom_node.db.engine.check_url)."""
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'dicom-node.sqlite3'}"
 
     @property
     def effective_broker_url(self) -> str:

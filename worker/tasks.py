@@ -44,7 +44,7 @@ def runtime() -> Runtime:
     device = resolve_device(settings.worker.device, _process_index())
     rt = Runtime.create(settings, device=device)
     set_torch_threads(settings.worker.torch_threads, processes=settings.worker.concurrency or 1)
-    log.info("worker process %s: device %s", rt.worker_name, device)
+    log.debug("worker process %s: device %s", rt.worker_name, device)
     return rt
 
 

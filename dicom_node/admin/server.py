@@ -35,7 +35,7 @@ class AdminServerThread(threading.Thread):
         self.server = uvicorn.Server(config)
 
     def run(self) -> None:
-        log.info("admin app on http://%s:%d/", self.host, self.port)
+        log.debug("admin app on http://%s:%d/", self.host, self.port)
         try:
             self.server.run()
         except SystemExit:

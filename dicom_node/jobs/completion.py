@@ -81,7 +81,7 @@ class Completion:
             if not analyse:
                 series.status = SeriesStatus.NOT_ANALYSED.value
                 series.reason = reason
-                log.info("series %s complete (%d instances), not analysed: %s", series.series_uid, series.instances, reason)
+                log.info("series complete: %d image(s) from %s, not analysed: %s (series %s)", series.instances, series.calling_ae or "?", reason, series.series_uid)
             else:
                 series.status = SeriesStatus.COMPLETE.value
                 series.reason = ""
@@ -97,7 +97,7 @@ class Completion:
                     s.flush()
                     write_message(s, ANALYSE_TOPIC, job.id, series_uid=series.series_uid)
                     job_id = job.id
-                log.info("series %s complete (%d instances), analysis job %s", series.series_uid, series.instances, job_id)
+                log.info("series complete: %d image(s) from %s, job %s queued (series %s)", series.instances, series.calling_ae or "?", job_id, series.series_uid)
             return Completed(series.id, series.series_uid, analyse, reason, job_id)
 
     def run_once(self, now: dt.datetime | None = None) -> list[Completed]:

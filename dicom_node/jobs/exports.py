@@ -283,7 +283,7 @@ def record(db: Database, claim_: ExportClaim, result: SendResult, policy: RetryP
                 row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 row.last_error = result.reason[:4000]
                 row.updated_at = now
-                log.info("export %d to %s: attempt %d failed, next in %.0f s: %s", row.id, row.title, row.attempts, delay, result.reason)
+                log.warning("job %d results not sent to %s (attempt %d): %s; trying again in %.0f s", row.job_id, row.title, row.attempts, result.reason, delay)
         return row.status
 
 

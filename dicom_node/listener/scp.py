@@ -302,6 +302,8 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHan
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
             # and the peer has closed, before the server shuts the socket down.
             assoc.kill()
+        else:
+            log.info("association from %s@%s to %s accepted", calling_ae, host, local_ae.title)
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)

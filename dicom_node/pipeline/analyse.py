@@ -92,7 +92,8 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
         return claimed.status
     if claimed.took_over_from:
         log.warning("job %d: attempt %d takes over from %s (redelivered=%s)", job_id, claimed.attempt, claimed.took_over_from, redelivered)
-    log.info("job %d (series %s): attempt %d on %s", job_id, claimed.series_uid, claimed.attempt, rt.worker_name)
+    log.info("job %d started%s (series %s)", job_id, f", attempt {claimed.attempt}" if claimed.attempt > 1 else "", claimed.series_uid)
+    log.debug("job %d runs on %s", job_id, rt.worker_name)
     timings: dict[str, Any] = {"queue_wait": round(claimed.queue_wait, 4), "attempt": claimed.attempt}
     with analyses.Heartbeat(rt.db, job_id, claimed.attempt, rt.settings.worker.heartbeat_seconds) as heartbeat:
         try:
@@ -111,13 +112,24 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
             log.exception("job %d failed: %s", job_id, reason)
             analyses.fail(rt.db, claimed, reason, timings=timings)
             return "failed"
-    log.info("job %d %s in %.1f s", job_id, status, sum(v for k, v in timings.items() if k in ("load", "model_load", "inference", "encoding")))
+    seconds = sum(v for k, v in timings.items() if k in ("load", "model_load", "inference", "encoding"))
+    log.info("job %d %s: %s in %.1f s", job_id, status, _decision_words(fields), seconds)
     if status == JobStatus.DONE.value:
         # Send at once rather than after the outbox relay and the broker (a second or two); the
         # job's "export" outbox message, written with DONE, finds the exports sent, or sends
         # whatever this could not.
         export_job(rt, job_id)
     return status
+
+
+def _decision_words(fields: dict[str, Any]) -> str:
+    """``covid (p 0.91)`` or ``no_decision: <why>``, for the log line of a finished job."""
+    decision = str(fields.get("decision") or "")
+    result = fields.get("result") or {}
+    p = (result.get("probabilities") or {}).get(decision)
+    if p is not None:
+        return f"{decision} (p {float(p):.2f})"
+    return f"{decision}: {str(fields.get('reason') or '').split('. ')[0]}"
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -187,6 +199,6 @@ def _exports_on_done(rt: Runtime) -> Callable[[Any, Job, Series | None], None]:
     def on_done(session: Any, job: Job, series: Series | None) -> None:
         if series is not None:
             rows = exports.create_for_job(session, job, series, rt.settings.export.default_outputs)
-            log.info("job %d done (%s); %d export(s) queued", job.id, job.decision, len(rows))
+            log.debug("job %d done (%s); %d export(s) queued", job.id, job.decision, len(rows))
 
     return on_done

@@ -44,7 +44,7 @@ def export(rt: Runtime, export_id: int) -> str:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return exports.record_error(rt.db, claimed, f"result files missing: {', '.join(missing[:3])}", policy)
-    log.info("export %d (job %d): %d object(s) to %s@%s:%d, attempt %d", export_id, claimed.job_id, len(paths), claimed.peer.title, claimed.peer.host, claimed.peer.port, claimed.attempt)
+    log.debug("export %d (job %d): %d object(s) to %s@%s:%d, attempt %d", export_id, claimed.job_id, len(paths), claimed.peer.title, claimed.peer.host, claimed.peer.port, claimed.attempt)
     last_touch = [time.monotonic()]
 
     def progress(sent: int) -> None:
@@ -61,5 +61,11 @@ def export(rt: Runtime, export_id: int) -> str:
         log.exception("export %d to %s could not be attempted", export_id, claimed.peer.title)
         return exports.record_error(rt.db, claimed, f"could not send: {type(exc).__name__}: {exc}", policy)
     status = exports.record(rt.db, claimed, result, policy)
-    log.info("export %d to %s: %s (%d of %d stored, %.2f s)", export_id, claimed.peer.title, status, result.sent, len(paths), result.seconds)
+    where = f"{claimed.peer.title} ({claimed.peer.host}:{claimed.peer.port})"
+    if status == "done":
+        log.info("job %d results sent to %s: %d object(s) in %.1f s", claimed.job_id, where, result.sent, result.seconds)
+    elif status == "failed":
+        log.error("job %d results not sent to %s, for good: %s", claimed.job_id, where, result.reason)
+    else:  # retrying: dicom_node.jobs.exports said when
+        log.debug("export %d to %s: %s (%d of %d stored, %.2f s)", export_id, where, status, result.sent, len(paths), result.seconds)
     return status
