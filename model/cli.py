@@ -21,10 +21,22 @@ NOTICE = NOT_FOR_CLINICAL_USE
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``model`` with its sub-commands to the ``dicom-node`` parser."""
-    parser = subparsers.add_parser("model", help="train, evaluate and run the COVID-19 / CAP / normal model (not for clinical use)")
+    parser = subparsers.add_parser(
+        "model",
+        help="train, evaluate and run the COVID-19 / CAP / normal model (not for clinical use)",
+        description="Train, evaluate and run the COVID-19 / CAP / normal model (model/README.md is its card). Not for clinical use.",
+        epilog="example:\n  dicom-node model predict /tmp/covid",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("train", help="train the network on a labelled data set (patient-level folds)")
+    p = sub.add_parser(
+        "train",
+        help="train the network on a labelled data set (patient-level folds)",
+        description="Train the network on a labelled data set (patient-level folds); a progress bar on a terminal. Not for clinical use.",
+        epilog="example:\n  dicom-node phantom-dataset /tmp/phantoms --count 30 --rows 256\n  dicom-node model train --data /tmp/phantoms --out /tmp/weights --max-minutes 25",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", required=True, type=Path, help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV (series,label,patient_id); default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)")
@@ -54,7 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("evaluate", help="slice/series metrics, ROC AUC, pointing game and Dice; PNGs beside the JSON")
+    p = sub.add_parser(
+        "evaluate",
+        help="slice/series metrics, ROC AUC, pointing game and Dice; PNGs beside the JSON",
+        description="Slice and series metrics, ROC AUC, pointing game and Dice on a labelled data set; ROC curves and overlay PNGs beside the JSON; a progress bar on a terminal.",
+        epilog="example:\n  dicom-node model evaluate --data /tmp/held-out --json /tmp/eval/metrics.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--labels", type=Path, default=None, help="labels CSV; default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
@@ -70,10 +88,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
 
-    p = sub.add_parser("predict", help="classify and localise one series")
+    p = sub.add_parser(
+        "predict",
+        help="classify and localise one series",
+        description="Classify and localise one CT series; the result JSON goes to standard output (or --json FILE), "
+        "the decision in words to standard error. Exit status: 0 a decision, 1 no decision (the reason says why: "
+        "not a chest CT, too few lung slices ...), 2 the input could not be used. Not for clinical use.",
+        epilog="examples:\n  dicom-node model predict /tmp/covid > result.json\n  dicom-node model predict /tmp/covid --json result.json --heatmap map.npy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("series", type=Path, help="folder of the series' DICOM files")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
-    p.add_argument("--json", required=True, type=Path, help="result JSON to write ('-' for stdout)")
+    p.add_argument("--json", type=Path, default=Path("-"), help="result JSON to write (default '-': standard output)")
     p.add_argument("--heatmap", type=Path, default=None, help="write the joint map as float32 .npy (slices, rows, columns)")
     _add_inference_options(p)
     p.set_defaults(handler=_predict)
@@ -120,6 +146,9 @@ def _predict(args: argparse.Namespace) -> int:
 
     from model.inference.kinds import load_predictor
 
+    if not args.series.exists():
+        print(f"dicom-node: {args.series} does not exist: name the folder of one series' DICOM files", file=sys.stderr)
+        return 2
     predictor = load_predictor(args.weights, _options(args))
     result = predictor.predict(args.series)
     text = json.dumps(result.to_json(), indent=2)
@@ -134,12 +163,22 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             args.heatmap.parent.mkdir(parents=True, exist_ok=True)
             np.save(args.heatmap, result.heatmap.astype(np.float32, copy=False))
-    print(f"{result.decision}: {result.reason}", file=sys.stderr)
-    return 0
+    print(result.reason, file=sys.stderr)  # it names the decision ("COVID-19: p=...", "no decision: ...")
+    return 1 if result.decision == "no_decision" else 0
+
+
+def _missing_data(args: argparse.Namespace) -> bool:
+    if args.data.is_dir():
+        return False
+    print(f"dicom-node: --data {args.data} is not a folder: name a data set (e.g. one written by dicom-node phantom-dataset)", file=sys.stderr)
+    return True
 
 
 def _train(args: argparse.Namespace) -> int:
     from model.training.train import TrainConfig, train_folder
+
+    if _missing_data(args):
+        return 2
 
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     config = TrainConfig(
@@ -181,6 +220,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from model.training.evaluate import evaluate_folder, store_class_bias
+
+    if _missing_data(args):
+        return 2
 
     if (args.fit_class_bias or args.record) and args.weights is None:
         # Both write into the weights' metadata.json: never the shipped weights by default.

@@ -34,11 +34,13 @@ Two queues: exports first, so finished results do not wait behind analyses in th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 
+from dicom_node.commands.common import redact
 from dicom_node.settings import Settings, load_settings
 
 ANALYSE_TASK = "worker.tasks.analyse"
@@ -92,6 +94,31 @@ def queues(broker: str) -> list[Queue]:
             for name in (EXPORT_QUEUE, ANALYSE_QUEUE)
         ]
     return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not answer at start; the message names it (without a password) and the fix."""
+
+
+def check_broker(settings: Settings, timeout: float = 5.0) -> None:
+    """Connect to the broker once; raise BrokerUnavailable, saying what to do, if that fails.
+
+    ``serve`` (through the dispatcher) and ``worker`` call it at start, so a mistyped or stopped
+    broker is one clear line instead of endless reconnection messages."""
+    url = settings.effective_broker_url
+    shown = redact(url)
+    if url.startswith("sqla+sqlite:///"):
+        folder = Path(url.removeprefix("sqla+sqlite:///")).expanduser().parent
+        if not folder.is_dir():
+            raise BrokerUnavailable(f"broker {shown}: the folder {folder} does not exist; create it or correct broker_url (DICOM_NODE_BROKER_URL)")
+    connection = Connection(url, connect_timeout=timeout, transport_options=transport_options(settings))
+    try:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5, timeout=timeout)
+    except Exception as exc:  # kombu raises its transports' own errors
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).rstrip(".")
+        raise BrokerUnavailable(f"cannot reach the broker {shown}: {reason}; is it running, and is broker_url (DICOM_NODE_BROKER_URL) right?") from exc
+    finally:
+        connection.release()
 
 
 def make_celery(settings: Settings) -> Celery:

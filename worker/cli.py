@@ -14,7 +14,8 @@ import os
 
 from pydantic import ValidationError
 
-from dicom_node.commands.common import fail, redact, settings_from
+from dicom_node.commands.common import command, fail, redact, settings_from
+from dicom_node.db.engine import check_connection
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, WorkerSettings
 
@@ -42,7 +43,7 @@ def worker_settings(settings: Settings, args: argparse.Namespace) -> Settings:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import tasks  # lazy: Celery, and torch for the solo pool
-    from worker.celery_app import ANALYSE_QUEUE, EXPORT_QUEUE, make_celery
+    from worker.celery_app import ANALYSE_QUEUE, EXPORT_QUEUE, check_broker, make_celery
 
     try:
         settings = worker_settings(settings_from(args), args)
@@ -54,15 +55,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     concurrency = settings.worker.concurrency or 1
     pool = settings.worker.pool if settings.worker.pool != "auto" else ("solo" if concurrency == 1 else "prefork")
     configure_logging(settings, process_name="worker")
+    check_connection(settings.effective_database_url)
     app = make_celery(settings)
+    check_broker(settings)
     if pool == "solo":
         tasks.warm_up()  # the solo pool runs jobs in this process
-    log.info("worker: %s pool, %d process(es), device %s, broker %s", pool, concurrency, device, redact(settings.effective_broker_url))
+    log.info("worker ready: %s pool, %d process(es), device %s, broker %s", pool, concurrency, device, redact(settings.effective_broker_url))
     argv = [
+        # Celery's banner only with -v; its log lines go through dicom_node.logs.
+        *([] if settings.log_level == "DEBUG" else ["--quiet"]),
         "worker",
         "--pool", pool,
         "--concurrency", str(concurrency),
-        "--loglevel", settings.log_level,
+        "--loglevel", "INFO" if settings.log_level == "DEBUG" else "WARNING",  # Celery's own loggers (dicom_node.logs)
         "--queues", f"{EXPORT_QUEUE},{ANALYSE_QUEUE}",
         "--hostname", f"dicom-node-{os.getpid()}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
@@ -72,7 +77,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="run an analysis and export worker (Celery) for this node")
+    p = command(
+        sub,
+        "worker",
+        "run an analysis and export worker (Celery) for this node",
+        """
+        DICOM_NODE_BROKER_URL=redis://127.0.0.1:6379/0 dicom-node worker --concurrency 2
+        """,
+        description="Run an analysis and export worker in the foreground (Ctrl+C stops it after the running job). "
+        "It takes jobs from the broker (broker_url; the SQLite-file broker under the data dir when unset), analyses "
+        "series with the model and sends the results. 'dicom-node up' starts one itself; run this on other machines, "
+        "or beside 'dicom-node serve'",
+    )
     p.add_argument("--concurrency", type=int, help="worker processes (default: 1 on CPU, one per GPU on CUDA)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where the model runs (default: the worker.device setting)")
     p.add_argument("--pool", choices=["solo", "prefork", "auto"], help="solo: jobs in this process; prefork: in children")

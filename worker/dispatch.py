@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, EXPORT_TOPIC
 from dicom_node.settings import Settings
-from worker.celery_app import ANALYSE_TASK, EXPORT_TASK, is_sqlalchemy, make_celery
+from worker.celery_app import ANALYSE_TASK, EXPORT_TASK, check_broker, is_sqlalchemy, make_celery
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class CeleryDispatcher:
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
         self.settings = settings
         self.app = app or make_celery(settings)
+        # serve starts only with a broker that answers (BrokerUnavailable says which and why).
+        check_broker(settings)
         self._next_cleanup = time.monotonic() + 60.0
         self._broker_engine: Any = None
 

@@ -23,22 +23,40 @@ from typing import Any, Callable
 from sqlalchemy import select
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import AuthError, Passwords, check_password, create_token, create_user, find_user, revoke_token, set_password, token_dict, user_dict
-from dicom_node.commands.common import database_from, fail, settings_from
+from dicom_node.admin.auth import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    AuthError,
+    Passwords,
+    check_password,
+    create_token,
+    create_user,
+    find_user,
+    revoke_token,
+    set_password,
+    token_dict,
+    user_dict,
+)
+from dicom_node.commands.common import CommandError, clip, command, database_from, fail, print_table, settings_from, utc_time
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import ApiToken, User
 
 
 def _password(args: argparse.Namespace) -> str:
+    """The new password, checked against the rule before it is asked a second time."""
     if args.password_stdin:
-        line = sys.stdin.readline()
-        return line.rstrip("\r\n")
-    if not sys.stdin.isatty():
-        raise SystemExit(fail("no terminal to ask for the password; use --password-stdin"))
-    first = getpass.getpass("Password: ")
-    if first != getpass.getpass("Again: "):
-        raise SystemExit(fail("the two passwords differ"))
-    return first
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():
+        raise CommandError("no terminal to ask for the password; use --password-stdin")
+    else:
+        print(f"The password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long.", file=sys.stderr)
+        password = getpass.getpass("Password: ")
+    ok, reason = check_password(password)
+    if not ok:
+        raise CommandError(f"refused: password: {reason}")
+    if not args.password_stdin and password != getpass.getpass("Again: "):
+        raise CommandError("the two passwords differ")
+    return password
 
 
 def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
@@ -57,9 +75,6 @@ def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
 
 def cmd_create_user(args: argparse.Namespace) -> int:
     password = _password(args)
-    ok, reason = check_password(password)
-    if not ok:
-        return fail(f"refused: password: {reason}")
 
     def change(s: Any, actor: str) -> Any:
         if args.name is None:
@@ -74,9 +89,6 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 def cmd_set_password(args: argparse.Namespace) -> int:
     password = _password(args)
-    ok, reason = check_password(password)
-    if not ok:
-        return fail(f"refused: password: {reason}")
 
     def change(s: Any, actor: str) -> Any:
         user = find_user(s, args.name)
@@ -88,17 +100,20 @@ def cmd_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_list_users(args: argparse.Namespace) -> int:
-
     db = database_from(settings_from(args))
-    with db.session() as s:
-        users = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
-    db.dispose()
+    try:
+        with db.session() as s:
+            users = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
+    finally:
+        db.dispose()
     if args.json:
         print(json.dumps(users, default=str, indent=2))
         return 0
-    for u in users:
-        state = "enabled" if u["enabled"] else "disabled"
-        print(f"{u['name']:<24} {u['role']:<7} {state:<8} last login {u['last_login_at'] or '-'}")
+    print_table(
+        ("NAME", "ROLE", "STATE", "LAST LOGIN"),
+        ((u["name"], u["role"], "enabled" if u["enabled"] else "disabled", utc_time(u["last_login_at"])) for u in users),
+        empty="no users yet: dicom-node admin create-user NAME --role admin",
+    )
     return 0
 
 
@@ -117,17 +132,23 @@ def cmd_create_token(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tokens(args: argparse.Namespace) -> int:
-
     db = database_from(settings_from(args))
-    with db.session() as s:
-        tokens = [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]
-    db.dispose()
+    try:
+        with db.session() as s:
+            tokens = [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]
+    finally:
+        db.dispose()
     if args.json:
         print(json.dumps(tokens, default=str, indent=2))
         return 0
-    for t in tokens:
-        state = f"revoked {t['revoked_at']}" if t["revoked_at"] else "active"
-        print(f"{t['id']:>4}  {t['prefix']}…  {t['user']:<16} {str(t['name'])[:30]:<30} {state}")
+    print_table(
+        ("ID", "STARTS WITH", "USER", "FOR", "CREATED", "STATE"),
+        (
+            (t["id"], f"{t['prefix']}…", t["user"], clip(str(t["name"]), 30), utc_time(t["created_at"]), f"revoked {utc_time(t['revoked_at'])}" if t["revoked_at"] else "active")
+            for t in tokens
+        ),
+        empty="no API tokens: dicom-node admin create-token USER --name WHAT-FOR",
+    )
     return 0
 
 
@@ -142,34 +163,64 @@ def cmd_revoke_token(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    admin = sub.add_parser("admin", help="users and API tokens of the admin pages and API")
-    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    admin = command(
+        sub,
+        "admin",
+        "users and API tokens of the admin pages and API",
+        "dicom-node admin create-user alice --role admin",
+        description="Users and API tokens of the admin pages and REST API (admins can also manage users in the pages)",
+    )
+    admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
 
-    p = admin_sub.add_parser("create-user", help="add a user (there is no default user)")
+    rule = f"The password is asked for on the terminal ({MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters), or read from standard input with --password-stdin"
+    p = command(
+        admin_sub,
+        "create-user",
+        "add a user (there is no default user)",
+        """
+        dicom-node admin create-user alice --role admin
+        printf '%s\\n' "$PASSWORD" | dicom-node admin create-user bob --role viewer --password-stdin
+        """,
+        description=f"Add a user of the admin pages and API (there is no default user). {rule}",
+    )
     p.add_argument("name")
     p.add_argument("--role", required=True, choices=["admin", "viewer"], help="admin: changes things; viewer: reads")
     p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
     p.set_defaults(handler=cmd_create_user)
 
-    p = admin_sub.add_parser("set-password", help="change a user's password (ends their sessions)")
+    p = command(
+        admin_sub,
+        "set-password",
+        "change a user's password (ends their sessions)",
+        "dicom-node admin set-password alice",
+        description=f"Change a user's password; their sessions end. {rule}",
+    )
     p.add_argument("name")
-    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
     p.set_defaults(handler=cmd_set_password)
 
-    p = admin_sub.add_parser("list-users", help="users and their roles")
-    p.add_argument("--json", action="store_true")
+    p = command(admin_sub, "list-users", "users and their roles", "dicom-node admin list-users --json")
+    p.add_argument("--json", action="store_true", help="JSON for programs instead of a table")
     p.set_defaults(handler=cmd_list_users)
 
-    p = admin_sub.add_parser("create-token", help="a bearer token for the REST API, acting as USER (printed once)")
+    p = command(
+        admin_sub,
+        "create-token",
+        "a bearer token for the REST API, acting as USER (printed once)",
+        """
+        TOKEN=$(dicom-node admin create-token alice --name monitoring)
+        curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/api/jobs
+        """,
+    )
     p.add_argument("user", help="the user whose role the token carries")
     p.add_argument("--name", default="", help="what the token is for")
     p.add_argument("--json", action="store_true", help="print the token's record with the token as JSON")
     p.set_defaults(handler=cmd_create_token)
 
-    p = admin_sub.add_parser("list-tokens", help="API tokens (never the tokens themselves)")
-    p.add_argument("--json", action="store_true")
+    p = command(admin_sub, "list-tokens", "API tokens (never the tokens themselves)", "dicom-node admin list-tokens")
+    p.add_argument("--json", action="store_true", help="JSON for programs instead of a table")
     p.set_defaults(handler=cmd_list_tokens)
 
-    p = admin_sub.add_parser("revoke-token", help="revoke an API token by its id")
+    p = command(admin_sub, "revoke-token", "revoke an API token by its id", "dicom-node admin revoke-token 3")
     p.add_argument("id", type=int)
     p.set_defaults(handler=cmd_revoke_token)

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from dicom_node import configuration as c
-from dicom_node.commands.common import csv_list, database_from, fail, json_arg, settings_from
+from dicom_node.commands.common import CommandError, command, csv_list, database_from, fail, json_arg, print_table, settings_from
 from dicom_node.configuration import ConfigError, audit_changes, cli_actor
 from dicom_node.db.models import Destination, LocalAE, Source
 from dicom_node.outputs.kinds import OUTPUT_KINDS
@@ -117,33 +117,97 @@ def cmd_ae_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_ae_list(args: argparse.Namespace) -> int:
-
     db = database_from(settings_from(args))
-    with db.session() as s:
-        data = {
-            "local": [c.local_ae_dict(r) for r in s.scalars(select(LocalAE).order_by(LocalAE.title))],
-            "sources": [c.source_dict(r) for r in s.scalars(select(Source).order_by(Source.title))],
-            "destinations": [c.destination_dict(r) for r in s.scalars(select(Destination).order_by(Destination.title))],
-        }
-    db.dispose()
+    try:
+        with db.session() as s:
+            data = {
+                "local": [c.local_ae_dict(r) for r in s.scalars(select(LocalAE).order_by(LocalAE.title))],
+                "sources": [c.source_dict(r) for r in s.scalars(select(Source).order_by(Source.title))],
+                "destinations": [c.destination_dict(r) for r in s.scalars(select(Destination).order_by(Destination.title))],
+            }
+    finally:
+        db.dispose()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    for ae in data["local"]:
-        state = "enabled" if ae["enabled"] else "disabled"
-        print(f"local        {ae['title']:<16} port {ae['port']:<5} quiet {ae['quiet_seconds']:g}s  {state}  -> {', '.join(ae['send_results_to']) or '(no destination)'}")
-    for src in data["sources"]:
-        print(f"source       {src['title']:<16} host {src['host'] or '(any)'}  return port {src['port'] or '-'}")
-    for dst in data["destinations"]:
-        print(f"destination  {dst['title']:<16} {dst['host']}:{dst['port']}{' TLS' if dst['tls'] else ''}  outputs {','.join(dst['outputs'])}")
+    print("Local AEs (the node listens as these):")
+    print_table(
+        ("TITLE", "PORT", "QUIET S", "STATE", "SOURCES", "SENDS RESULTS TO"),
+        (
+            (
+                ae["title"],
+                ae["port"],
+                f"{ae['quiet_seconds']:g}",
+                "enabled" if ae["enabled"] else "disabled",
+                "listed only" if ae["require_known_source"] else "any",
+                ", ".join(ae["send_results_to"]) + (" + caller" if ae.get("return_to_caller") else ""),
+            )
+            for ae in data["local"]
+        ),
+        empty="  none: dicom-node up makes COVIDNODE on port 11112, or: dicom-node ae add-local TITLE --port P",
+    )
+    print("\nSources (calling AEs allowed to send):")
+    print_table(
+        ("TITLE", "HOST", "RESULTS PORT"),
+        ((src["title"], src["host"] or "any", src["port"]) for src in data["sources"]),
+        empty="  none: nothing is accepted until one is added: dicom-node ae add-source TITLE [--host H]",
+    )
+    print("\nDestinations (where results go):")
+    print_table(
+        ("TITLE", "HOST", "PORT", "TLS", "OUTPUTS"),
+        ((dst["title"], dst["host"], dst["port"], "yes" if dst["tls"] else "no", ",".join(dst["outputs"])) for dst in data["destinations"]),
+        empty="  none: dicom-node ae add-destination TITLE --host H --port P",
+    )
+    return 0
+
+
+def cmd_ae_echo(args: argparse.Namespace) -> int:
+    from dicom_node.sending.echo import c_echo  # noqa: PLC0415  pynetdicom: only this command needs it
+
+    settings = settings_from(args)
+    db = database_from(settings)
+    try:
+        with db.session() as s:
+            row = s.scalar(select(Destination).where(Destination.title == args.title))
+            peer = None if row is None else (row.host, row.port, row.tls)
+    finally:
+        db.dispose()
+    if peer is None:
+        raise CommandError(f"no destination titled {args.title!r}; dicom-node ae list shows them")
+    host, port, tls = peer
+    calling = settings.export.calling_ae_title
+    answer = c_echo(host, port, args.title, calling_ae_title=calling, tls=tls)
+    if args.json:
+        print(json.dumps(answer.to_json(), indent=2))
+    if not answer.ok:
+        raise CommandError(
+            f"{args.title} at {host}:{port} did not answer C-ECHO: {answer.outcome}{': ' + answer.detail if answer.detail else ''}; "
+            f"is it running, and does it accept calling AE {calling} and called AE {args.title}?"
+        )
+    if not args.json:
+        print(f"{args.title} at {host}:{port} answered C-ECHO (calling AE {calling}) in {answer.total_ms:.0f} ms")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ae = sub.add_parser("ae", help="local AE titles, allowed sources, result destinations")
-    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
+    ae = command(
+        sub,
+        "ae",
+        "local AE titles, allowed sources, result destinations",
+        """
+        dicom-node ae list
+        dicom-node ae add-source STORESCU --host 127.0.0.1
+        """,
+        description="Local AE titles (where the node listens), allowed sources (who may send) and result destinations (PACS)",
+    )
+    ae_sub = ae.add_subparsers(dest="ae_command", metavar="ACTION", required=True)
 
-    p = ae_sub.add_parser("add-local", help="listen as a new AE title on its own port")
+    p = command(
+        ae_sub,
+        "add-local",
+        "listen as a new AE title on its own port",
+        "dicom-node ae add-local CTAI --port 11113 --send-results-to PACS --quiet-seconds 10",
+    )
     p.add_argument("title")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--quiet-seconds", type=float, help="series complete after this long without new images (default: completion.default_quiet_seconds)")
@@ -156,7 +220,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disabled", action="store_true")
     p.set_defaults(handler=cmd_ae_add_local)
 
-    p = ae_sub.add_parser("update-local", help="change a local AE (takes effect within seconds)")
+    p = command(
+        ae_sub,
+        "update-local",
+        "change a local AE (takes effect within seconds)",
+        """
+        dicom-node ae update-local COVIDNODE --send-results-to PACS
+        dicom-node ae update-local COVIDNODE --disable
+        """,
+    )
     p.add_argument("title")
     p.add_argument("--new-title")
     p.add_argument("--port", type=int)
@@ -169,13 +241,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.set_defaults(handler=cmd_ae_update_local)
 
-    p = ae_sub.add_parser("add-source", help="allow a calling AE to send")
+    p = command(ae_sub, "add-source", "allow a calling AE to send", "dicom-node ae add-source CT_SCANNER_1 --host 10.0.0.21")
     p.add_argument("title")
     p.add_argument("--host", help="only from this host (IP address or name)")
     p.add_argument("--port", type=int, help="the source's own storage port, for results back to it")
     p.set_defaults(handler=cmd_ae_add_source)
 
-    p = ae_sub.add_parser("add-destination", help="a storage SCP (PACS) that receives results")
+    p = command(
+        ae_sub,
+        "add-destination",
+        "a storage SCP (PACS) that receives results",
+        """
+        dicom-node ae add-destination PACS --host 127.0.0.1 --port 4242
+        dicom-node ae add-destination VNA --host vna.example.org --port 11112 --tls --outputs sr,seg
+        """,
+        description="A storage SCP (PACS) that receives results. The node calls it as export.calling_ae_title (COVIDCTNODE by default): the PACS must accept that AE",
+    )
     p.add_argument("title")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -183,11 +264,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--outputs", metavar="KIND[,KIND]", help=f"which of {','.join(OUTPUT_KINDS)} it gets (default all)")
     p.set_defaults(handler=cmd_ae_add_destination)
 
-    p = ae_sub.add_parser("remove", help="remove a local AE, source or destination")
+    p = command(
+        ae_sub,
+        "echo",
+        "check that a destination answers (C-ECHO, calling AE export.calling_ae_title)",
+        "dicom-node ae echo PACS",
+    )
+    p.add_argument("title", help="a destination's title")
+    p.add_argument("--json", action="store_true", help="the full answer as JSON")
+    p.set_defaults(handler=cmd_ae_echo)
+
+    p = command(ae_sub, "remove", "remove a local AE, source or destination", "dicom-node ae remove source STORESCU")
     p.add_argument("kind", choices=["local", "source", "destination"])
     p.add_argument("title")
     p.set_defaults(handler=cmd_ae_remove)
 
-    p = ae_sub.add_parser("list", help="list local AEs, sources and destinations")
-    p.add_argument("--json", action="store_true")
+    p = command(
+        ae_sub,
+        "list",
+        "list local AEs, sources and destinations",
+        """
+        dicom-node ae list
+        dicom-node ae list --json
+        """,
+    )
+    p.add_argument("--json", action="store_true", help="JSON for programs instead of tables")
     p.set_defaults(handler=cmd_ae_list)

@@ -1,16 +1,23 @@
-"""What every sub-command shares: the settings, the database, the way a command fails."""
+"""What every sub-command shares: the settings, the database, the way a command fails, tables
+and examples in the help."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import errno
 import json
+import socket
 import sys
-from typing import Any
+import textwrap
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy.engine import make_url
+from tqdm import tqdm
 
 from dicom_node.configuration import ConfigError
 from dicom_node.db import Database, upgrade
+from dicom_node.db.times import as_utc
 from dicom_node.settings import Settings, SettingsError, load_settings
 
 
@@ -19,7 +26,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     try:
         return load_settings(getattr(args, "config", None))
     except SettingsError as exc:
-        print(f"dicom-node: invalid settings:\n{exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"dicom-node: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -29,9 +37,92 @@ def database_from(settings: Settings) -> Database:
     return Database(settings.effective_database_url)
 
 
+class CommandError(Exception):
+    """A failure the person can fix; the message says what happened and what to do. The command
+    line prints it as one line and exits 2 (dicom_node.cli)."""
+
+
 def fail(message: str) -> int:
     print(f"dicom-node: {message}", file=sys.stderr)
     return 2
+
+
+def check_port_free(host: str, port: int, what: str, fix: str) -> None:
+    """Raise CommandError when another program listens on ``port`` (a bind without SO_REUSEPORT
+    fails even against sockets that use it, so a second node on the same port is caught too)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CommandError(f"port {port} ({what}) is in use by another program (another dicom-node?); stop it, or {fix}") from None
+            if exc.errno == errno.EACCES:
+                raise CommandError(f"port {port} ({what}) needs root (ports below 1024); {fix}") from None
+            raise
+
+
+def command(sub: argparse._SubParsersAction, name: str, help: str, example: str, description: str = "") -> argparse.ArgumentParser:
+    """A sub-command whose --help says what it does and shows an example (every command has one)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=f"{description or help[:1].upper() + help[1:]}.",
+        epilog=("examples:\n" if example.strip().count("\n") else "example:\n") + textwrap.indent(textwrap.dedent(example).strip("\n"), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, empty: str) -> None:
+    """Columns under headers, aligned; ``empty`` (what to do next) when there is no row."""
+    cells = [["-" if v is None or v == "" else str(v) for v in row] for row in rows]
+    if not cells:
+        print(empty)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for row in [list(headers), *cells]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+class Progress:
+    """A progress bar on standard error while it is a terminal; nothing when piped or logged
+    (the command's result line says what was done)."""
+
+    def __init__(self, what: str, unit: str) -> None:
+        self.what = what
+        self.unit = unit
+        self._bar: Any = None
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.what, unit=self.unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def utc_time(value: object) -> str:
+    """A time of the database (datetime, or its ISO text) as tables show it: UTC, to the second."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return str(value)
+    if isinstance(value, dt.datetime):
+        return as_utc(value).strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 def csv_list(value: str) -> list[str]:

@@ -32,12 +32,47 @@ import subprocess
 import sys
 import threading
 
-from dicom_node.commands.common import settings_from
+from sqlalchemy import func, select
+
+from dicom_node.commands.common import check_port_free, command, settings_from
 from dicom_node.configuration import ensure_local_ae
 from dicom_node.db import Database, upgrade
+from dicom_node.db.models import LocalAE
 from dicom_node.logs import configure_logging
+from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def check_ports(settings: Settings, db: Database, *, admin: bool) -> None:
+    """Refuse to start, saying which and what to do, when a port the node would listen on is
+    taken (the listeners would otherwise fail in their own processes, the admin app in a thread)."""
+    with db.session() as s:
+        local = [(ae.title, ae.port) for ae in s.scalars(select(LocalAE).where(LocalAE.enabled.is_(True)))]
+    for title, port in local:
+        check_port_free(
+            settings.listener.host, port, f"local AE {title}", f"move the AE to a free port: dicom-node ae update-local {title} --port N"
+        )
+    if admin:
+        check_port_free(settings.admin.host, settings.admin_port, "admin app", "choose another: DICOM_NODE_ADMIN_PORT=8081, or --no-admin")
+
+
+def _prepare(settings: Settings, args: argparse.Namespace, *, create_ae: bool) -> None:
+    """Database migrated, the default AE made (``up``), ports free: what must hold before the
+    node starts anything."""
+    upgrade(settings.effective_database_url)
+    db = Database(settings.effective_database_url)
+    try:
+        if create_ae:
+            with db.session() as s:
+                if not s.scalar(select(func.count()).select_from(LocalAE)):
+                    check_port_free(settings.listener.host, args.port, f"local AE {args.ae_title}", "choose another: dicom-node up --port N")
+            notice = ensure_local_ae(db, args.ae_title, args.port, settings.completion)
+            if notice:
+                log.warning("%s", notice)
+        check_ports(settings, db, admin=not args.no_admin)
+    finally:
+        db.dispose()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -45,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     configure_logging(settings, process_name="serve")
+    _prepare(settings, args, create_ae=False)
     return Node(settings, admin=not args.no_admin).run()
 
 
@@ -73,7 +109,7 @@ class WorkerSupervisor(threading.Thread):
                 if self._stopping.is_set():
                     return
                 self.proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=_die_with_parent)
-            log.info("worker process %d started", self.proc.pid)
+            log.debug("worker process %d started", self.proc.pid)
             code = self.proc.wait()
             if self._stopping.is_set():
                 return
@@ -105,14 +141,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     configure_logging(settings, process_name="up")
-    upgrade(settings.effective_database_url)
-    db = Database(settings.effective_database_url)
-    try:
-        notice = ensure_local_ae(db, args.ae_title, args.port, settings.completion)
-    finally:
-        db.dispose()
-    if notice:
-        log.warning("%s", notice)
+    _prepare(settings, args, create_ae=True)
     argv = [sys.executable, "-m", "dicom_node.cli"]
     if getattr(args, "config", None):
         argv += ["--config", args.config]
@@ -126,16 +155,36 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the listeners, series completion and the admin app")
+    p = command(
+        sub,
+        "serve",
+        "run the listeners, series completion and the admin app (workers run apart)",
+        """
+        DICOM_NODE_DATABASE_URL=postgresql://dicom:secret@db/dicom_node DICOM_NODE_BROKER_URL=redis://redis:6379/0 dicom-node serve
+        """,
+        description="Run the DICOM listeners (one port per local AE), series completion, the queueing of jobs and the admin app "
+        "in the foreground, without a worker: run 'dicom-node worker' beside it, on this machine or others, sharing its database "
+        "and broker. Ctrl+C (or SIGTERM) stops it. For one machine, 'dicom-node up' does both",
+    )
     p.add_argument("--no-admin", action="store_true", help="do not serve the admin app")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("up", help="everything on one machine: listeners, admin app and a worker (embedded defaults)")
+    p = command(
+        sub,
+        "up",
+        "everything on one machine: listeners, admin app and a worker (embedded defaults)",
+        """
+        dicom-node up
+        dicom-node up --ae-title CTAI --port 11113
+        """,
+        description="Run everything on this machine in the foreground: the DICOM listeners, the admin app "
+        "(http://127.0.0.1:8080) and a worker. With no database or broker configured it keeps both in SQLite files under the "
+        "data dir (nothing else to install). With no local AE it makes one (COVIDNODE on port 11112), which accepts nobody "
+        "until a source is added (dicom-node ae add-source). Ctrl+C stops it; a running job may finish first",
+    )
     p.add_argument("--no-admin", action="store_true", help="do not serve the admin app")
     p.add_argument("--ae-title", default="COVIDNODE", help="local AE created when none is configured (default COVIDNODE)")
     p.add_argument("--port", type=int, default=11112, help="its port (default 11112)")
-    p.add_argument("--shutdown-seconds", type=float, default=30.0, help="how long a running job may take to finish at shutdown")
+    p.add_argument("--shutdown-seconds", type=float, default=30.0, help="how long a running job may take to finish at shutdown (default 30)")
     p.set_defaults(handler=cmd_up)

@@ -10,9 +10,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -38,11 +40,51 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("read_only") else "BEGIN IMMEDIATE")
 
 
+class DatabaseURLError(ValueError):
+    """A database URL the node can not use; the message says why and what to write instead."""
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database server did not answer; the message names it (without the password)."""
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1]
+
+
+def check_url(url: str) -> None:
+    """Refuse, with the reason, a URL that names no supported database, a driver that is not
+    installed, or a SQLite file in a folder that does not exist (a mistyped path must not
+    silently start an empty database somewhere else)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError(f"database URL {url.split('@')[-1]!r} is not a URL: write sqlite:////path/to/file.sqlite3 or postgresql://user:password@host/database") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres":
+        raise DatabaseURLError(f"database URL {safe_url(url)}: the scheme is postgresql://, not postgres://")
+    if backend not in SUPPORTED_BACKENDS:
+        raise DatabaseURLError(f"database URL {safe_url(url)}: {backend} is not supported; use sqlite:/// or postgresql://")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError) as exc:
+        raise DatabaseURLError(
+            f"database URL {safe_url(url)}: its driver is not installed ({exc}); write postgresql:// (psycopg) or postgresql+psycopg2://, both ship with the node"
+        ) from None
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        folder = Path(parsed.database).expanduser().parent
+        if not folder.is_dir():
+            raise DatabaseURLError(f"database URL {url}: the folder {folder} does not exist; create it, or correct the path (sqlite:////absolute/path/file.sqlite3 has four slashes)")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    check_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -91,6 +133,27 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (creating it if needed)."""
-    make_engine(url).dispose()  # creates the SQLite folder
+    """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed).
+
+    Raises DatabaseURLError for a URL the node can not use and DatabaseUnavailable when the
+    server does not answer, each with a message for a person."""
+    check_connection(url)
     command.upgrade(alembic_config(url), revision)
+
+
+def check_connection(url: str) -> None:
+    """Connect once (see :func:`upgrade` for what it raises)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        hint = "is the folder writable?" if engine.dialect.name == "sqlite" else "is PostgreSQL running there, and are the user, password and database name right?"
+        raise DatabaseUnavailable(f"cannot open the database {safe_url(url)}: {_first_line(exc.orig)}; {hint}") from exc
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: object) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -28,13 +29,17 @@ log = logging.getLogger(__name__)
 RUNNING_MARKER = "node.running"
 
 
-def recover_index(storage: Storage, db: Database) -> int:
-    """Index every stored file the index lacks; return how many were added."""
+def recover_index(storage: Storage, db: Database, progress: Callable[[int, int], None] | None = None) -> int:
+    """Index every stored file the index lacks; return how many were added. ``progress(n,
+    total)`` is called as the n-th series folder is checked (``db reindex`` shows a bar with it)."""
     index = Index(db)
     with db.reader() as conn:
         ae_ids = set(conn.scalars(select(LocalAE.id)))
     added = 0
-    for series_dir in storage.series_dirs():
+    series_dirs = list(storage.series_dirs())
+    for done, series_dir in enumerate(series_dirs, 1):
+        if progress is not None:
+            progress(done, len(series_dirs))
         files = {p.stem: p for p in series_dir.glob("*.dcm")}
         if not files:
             continue

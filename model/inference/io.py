@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE = 0.05
 # SOP classes (or media storage classes) that carry no image even when they have Rows.
 _DICOMDIR_UID = "1.2.840.10008.1.3.10"
+# Secondary Capture Image Storage and its multi-frame kinds: pictures, not cross-sections.
+_SECONDARY_CAPTURE_UIDS = "1.2.840.10008.5.1.4.1.1.7"
 # Body parts (BodyPartExamined, upper case) that rule out a chest CT. Absent or other values pass.
 NON_CHEST_BODY_PARTS: frozenset[str] = frozenset(
     {"HEAD", "BRAIN", "SKULL", "NECK", "CSPINE", "LSPINE", "PELVIS", "HIP", "KNEE", "ANKLE", "FOOT",
@@ -307,6 +310,10 @@ def _frames_of(header: Dataset, origin: Path | Dataset) -> list[_FrameRef]:
     position = header.get("ImagePositionPatient")
     orientation = header.get("ImageOrientationPatient")
     if position is None:
+        modality = str(header.get("Modality", "") or "").strip().upper()
+        if modality != "CT" or str(header.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE_UIDS):
+            what = UID(str(header.get("SOPClassUID", ""))).name or "unknown SOP class"
+            raise SeriesReadError(f"{where} is not a CT image (modality {modality or 'missing'}, {what}): a CT series is needed")
         raise SeriesReadError(f"{where} has no Image Position (Patient): slices cannot be ordered")
     if orientation is None:
         raise SeriesReadError(f"{where} has no Image Orientation (Patient)")

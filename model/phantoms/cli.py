@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write one synthetic chest CT series (with its lung/lesion masks beside it)",
         description="Write one synthetic chest CT phantom as a DICOM series in OUT_DIR; the masks go to "
         "OUT_DIR.masks.npz beside it. Synthetic data, not for clinical use.",
+        epilog="examples:\n  dicom-node phantom /tmp/covid --kind covid --slices 96\n  dicom-node phantom /tmp/small --kind cap --slices 24 --rows 256 --seed 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     one.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     one.add_argument("--kind", choices=KIND_CHOICES, required=True)
@@ -42,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "phantom-dataset",
         help="write a class-balanced set of synthetic chest CT series and labels.csv",
         description="Write COUNT phantom series (covid, cap, normal in turn) under OUT_DIR with labels.csv "
-        "(series,label,patient_id). Synthetic data, not for clinical use.",
+        "(series,label,patient_id); a progress bar on a terminal. Synthetic data, not for clinical use.",
+        epilog="example:\n  dicom-node phantom-dataset /tmp/phantoms --count 30 --rows 256 --slices-min 30 --slices-max 45",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     many.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     many.add_argument("--count", type=int, required=True)
@@ -54,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument("--series-per-patient", type=int, default=1)
     many.add_argument("--matched", action="store_true", help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about the label")
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
-    many.add_argument("--quiet", action="store_true")
+    many.add_argument("--quiet", action="store_true", help="no progress bar (there is none when standard error is not a terminal)")
     many.set_defaults(handler=_phantom_dataset)
 
 
@@ -63,7 +67,7 @@ def _phantom(args: argparse.Namespace) -> int:
     from model.phantoms.writer import masks_path, write_phantom_series
 
     if args.rows < 32 or (args.columns is not None and args.columns < 32):
-        print("error: --rows and --columns must be >= 32", file=sys.stderr)
+        print("dicom-node: --rows and --columns must be >= 32", file=sys.stderr)
         return 2
     phantom = make_phantom(
         args.kind, seed=args.seed, slices=args.slices, rows=args.rows, columns=args.columns or args.rows, slice_spacing=args.slice_spacing
@@ -80,11 +84,16 @@ def _phantom(args: argparse.Namespace) -> int:
 
 
 def _phantom_dataset(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from model.phantoms.dataset import PhantomPlan, write_phantom_dataset
 
+    # A bar on a terminal; nothing per series when piped or with --quiet (labels.csv lists them).
+    bar = tqdm(total=args.count, unit="series", desc="phantoms", file=sys.stderr, leave=False, disable=args.quiet or not sys.stderr.isatty())
+
     def progress(done: int, total: int, plan: PhantomPlan) -> None:
-        if not args.quiet:
-            print(f"[{done}/{total}] {plan.name}: {plan.kind}, {plan.slices} slices, patient {plan.patient_id}", flush=True)
+        bar.set_postfix_str(f"{plan.name}: {plan.kind}, {plan.slices} slices", refresh=False)
+        bar.update(done - bar.n)
 
     try:
         labels = write_phantom_dataset(
@@ -101,7 +110,9 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
             progress=progress,
         )
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
+    finally:
+        bar.close()
     print(f"{labels}: {args.count} series. {PHANTOM_NOTICE}")
     return 0
