@@ -35,16 +35,19 @@ INDETERMINATE = codes.SCT.Indeterminate
 PROBABILITY = codes.DCM.Probability  # DCM 122157
 VOLUME_RATIO = codes.DCM.VolumeRatio  # DCM 113288, CID 7469: infected / lung volume, in %
 VOLUME = codes.SCT.Volume
+AREA = codes.SCT.Area  # CID 7471 Area, of a planar ROI (TID 1410)
 EQUIVALENT_MEANING = codes.DCM.EquivalentMeaningOfConceptName
 SOURCE_IMAGE_FOR_SEGMENTATION = codes.DCM.SourceImageForSegmentation
 IMPRESSION = codes.DCM.Impression
 COMMENT = codes.DCM.Comment
+IMAGING_MEASUREMENTS = codes.DCM.ImagingMeasurements  # TID 1500 row 6
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 
 # Units (UCUM).
 UNITLESS = codes.UCUM.NoUnits
 PERCENT = codes.UCUM.Percent
 CUBIC_CENTIMETER = codes.UCUM.CubicCentimeter
+SQUARE_MILLIMETER = codes.UCUM.SquareMillimeter
 
 # Anatomy and procedure. CID 100 (Quantitative Diagnostic Imaging Procedures) has no chest-CT code,
 # so the procedure is "CT unspecified body region" and the finding site says lung.

@@ -11,44 +11,87 @@ Content tree (PS3.16 names)::
             acquired pneumonia / pneumonia), finding site lung, TID 4019 algorithm, the three
             class probabilities (DCM 122157 "Probability", UCUM "1", each labelled with TID 300
             "Equivalent Meaning of Concept Name"), lung involvement (DCM 113288 "Volume Ratio",
-            UCUM "%"), the qualitative evaluation finding = present / absent / indeterminate,
-            the source images (the lung slices)
-        TID 1411 volumetric ROI group per suspected-infection region: tracking identifier and
-            UID (the SEG segment's TrackingUID), the SEG segment, its source images, volume,
-            finding, finding site lung, TID 4019 algorithm
+            UCUM "%"), each measurement INFERRED FROM a SCOORD (TID 300 / TID 320): the box
+            around the lungs on the first key slice, the qualitative evaluation finding =
+            present / absent / indeterminate, the source images (the lung slices)
+        per suspected-infection region, one finding in two groups that share its tracking
+        identifier and UID (the SEG segment's TrackingUID):
+          TID 1411 volumetric ROI group: the SEG segment, its source images, volume, finding,
+              finding site lung, TID 4019 algorithm under the measurement
+          TID 1410 planar ROI group: the region's outline on its key slice (the slice where it
+              is largest) as a closed SCOORD POLYLINE on that CT image, its area there, finding,
+              finding site lung, TID 4019 algorithm under the measurement
       Qualitative Evaluations (TID 1500 row 12): the decision as a code, the decision and reason
           as text, and the "not for clinical use" statement
 
-``no_decision``: the image-level group has finding pneumonia = indeterminate and no
-probabilities (the model gave none it stands behind); the reason is the impression text.
+Why every group of Imaging Measurements carries spatial coordinates: viewers (OHIF 3.x among
+them) list a TID 1500 report's measurement groups as measurements that jump to their image, and
+take a group without SCOORD/SCOORD3D for an error. The classification's box says which slice to
+look at; the planar groups draw each finding on the CT.
+
+``no_decision``: no probabilities the model stands behind, so nothing to measure and no
+Imaging Measurements container (TID 1500 asks for one of rows 6, 10 or 12); the decision,
+pneumonia = indeterminate, and the reason are in the Qualitative Evaluations container.
 """
 
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.common import BuildContext, SliceRef, stamp
+from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, stamp
+from dicom_node.outputs.geometry import box, key_slice, outline, polygon_area
 from model.contract.notice import DICOM_NOTICE
 from model.contract.result import CLASSES
 
 RelationshipType = hd.sr.RelationshipTypeValues
 
 
-def _probability(value: float, class_name: str) -> hd.sr.Measurement:
+def _probability(value: float, class_name: str, where: hd.sr.CoordinatesForMeasurement) -> hd.sr.Measurement:
     """TID 300 Measurement "Probability" with TID 300 row 16 Equivalent Meaning of Concept Name
     saying which class (three measurements share the concept name)."""
-    measurement = hd.sr.Measurement(name=codes.PROBABILITY, value=round(float(value), 6), unit=codes.UNITLESS)
+    measurement = hd.sr.Measurement(name=codes.PROBABILITY, value=round(float(value), 6), unit=codes.UNITLESS, referenced_coordinates=[where])
     meaning = hd.sr.TextContentItem(
         name=codes.EQUIVALENT_MEANING,
         value=f"Probability of {class_name}",
         relationship_type=RelationshipType.HAS_CONCEPT_MOD,
     )
-    measurement[0].ContentSequence = hd.sr.ContentSequence([meaning])
+    measurement[0].ContentSequence.insert(0, meaning)
     return measurement
+
+
+def _source_for_region(s: SliceRef) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=s.sop_class_uid,
+        referenced_sop_instance_uid=s.sop_instance_uid,
+        referenced_frame_numbers=None if s.frame is None else [s.frame],
+    )
+
+
+def classification_view(ctx: BuildContext) -> tuple[SliceRef, np.ndarray]:
+    """Where the classification points: the first key slice (else the slice with the most lung,
+    else the middle one) and the box around the lungs on it (all of the image without a lung
+    mask), as (column, row) points of a closed polyline."""
+    result = ctx.result
+    lungs = None if result.lung_mask is None else np.asarray(result.lung_mask, dtype=bool)
+    if result.key_slices:
+        z = int(result.key_slices[0])
+    elif lungs is not None and lungs.any():
+        z = key_slice(lungs)
+    else:
+        z = len(ctx.slices) // 2
+    s = ctx.slices[z]
+    shape = (int(s.dataset.Rows), int(s.dataset.Columns))
+    return s, box(lungs[z] if lungs is not None else np.zeros(shape, dtype=bool))
+
+
+def _classification_coordinates(ctx: BuildContext) -> hd.sr.CoordinatesForMeasurement:
+    s, points = classification_view(ctx)
+    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s))
 
 
 def _group_images(slices: list[SliceRef]) -> list[tuple[SliceRef, list[int] | None]]:
@@ -71,25 +114,32 @@ def _finding_and_evaluation(decision: str) -> tuple[Code, Code]:
     return codes.PNEUMONIA, codes.INDETERMINATE
 
 
+def classification_label(decision: str) -> str:
+    """The tracking identifier of the image-level group: what a viewer's measurement list shows."""
+    return f"Series classification: {codes.DECISION_NAMES[decision]}"[:64]
+
+
 def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     result = ctx.result
     finding, evaluation = _finding_and_evaluation(result.decision)
     measurements = []
     if result.decision != "no_decision":
         for c in CLASSES:
-            measurements.append(_probability(result.probabilities.get(c, 0.0), codes.CLASS_NAMES[c]))
+            measurements.append(_probability(result.probabilities.get(c, 0.0), codes.CLASS_NAMES[c], _classification_coordinates(ctx)))
         if result.lung_involvement_percent is not None:
             involvement = hd.sr.Measurement(
-                name=codes.VOLUME_RATIO, value=round(float(result.lung_involvement_percent), 3), unit=codes.PERCENT
+                name=codes.VOLUME_RATIO,
+                value=round(float(result.lung_involvement_percent), 3),
+                unit=codes.PERCENT,
+                referenced_coordinates=[_classification_coordinates(ctx)],
             )
-            involvement[0].ContentSequence = hd.sr.ContentSequence(
-                [
-                    hd.sr.TextContentItem(
-                        name=codes.EQUIVALENT_MEANING,
-                        value="Lung involvement: suspected infection volume / lung volume",
-                        relationship_type=RelationshipType.HAS_CONCEPT_MOD,
-                    )
-                ]
+            involvement[0].ContentSequence.insert(
+                0,
+                hd.sr.TextContentItem(
+                    name=codes.EQUIVALENT_MEANING,
+                    value="Lung involvement: suspected infection volume / lung volume",
+                    relationship_type=RelationshipType.HAS_CONCEPT_MOD,
+                ),
             )
             measurements.append(involvement)
     looked_at = [s for s in ctx.slices if not result.lung_slices or result.lung_slices[s.index]] or ctx.slices
@@ -98,7 +148,8 @@ def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEva
         for s, frames in _group_images(looked_at)
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=ctx.uid("sr", "classification", "tracking"), identifier="Series classification"),
+        # The identifier names the decision: viewers list a group by it.
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=ctx.uid("sr", "classification", "tracking"), identifier=classification_label(result.decision)),
         finding_type=finding,
         algorithm_id=ctx.sr_algorithm(),
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
@@ -145,6 +196,35 @@ def _region_groups(ctx: BuildContext) -> list[hd.sr.VolumetricROIMeasurementsAnd
             )
         )
     _fix_source_image_for_segmentation_meaning(groups)
+    return groups
+
+
+def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 per region: its outline on its key slice, and its area there."""
+    labels = ctx.label_volume()
+    if labels is None:
+        return []
+    finding, _ = _finding_and_evaluation(ctx.result.decision)
+    groups = []
+    for segment in ctx.segments():
+        mask = labels == segment.number
+        s = ctx.slices[key_slice(mask)]
+        points = outline(mask[s.index])
+        spacing = pixel_spacing(s)
+        measurements = []
+        if spacing is not None:
+            area = polygon_area(points, (spacing[0], spacing[1]))
+            measurements.append(hd.sr.Measurement(name=codes.AREA, value=round(area, 3), unit=codes.SQUARE_MILLIMETER, algorithm_id=ctx.sr_algorithm()))
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s))
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
+                referenced_region=region,
+                finding_type=finding,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
+                measurements=measurements or None,
+            )
+        )
     return groups
 
 
@@ -212,15 +292,22 @@ def build_sr(ctx: BuildContext) -> Dataset:
             observer_type=codes.DEVICE_OBSERVER, observer_identifying_attributes=device
         )
     )
-    groups: list[hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations] = [
-        _image_level_group(ctx)
-    ]
-    groups.extend(_region_groups(ctx))
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = [_image_level_group(ctx)]
+    for volumetric, planar in zip(_region_groups(ctx), _planar_groups(ctx), strict=True):
+        groups.extend([volumetric, planar])
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=codes.CT_PROCEDURE,
         imaging_measurements=groups,
     )
+    if ctx.result.decision == "no_decision":
+        # highdicom builds Imaging Measurements always; without a decision it has nothing to say.
+        kept = [i for i in report[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value]
+        report[0].ContentSequence = hd.sr.ContentSequence(kept)
     report[0].ContentSequence.append(_qualitative_evaluations(ctx))
     evidence = [s.dataset for s, _ in _group_images(ctx.slices)]
     if ctx.segments():

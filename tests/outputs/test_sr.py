@@ -2,10 +2,13 @@
 and of a no-decision result, read back item by item.
 
 Covers: document flags, device observer and its Device UID rule, procedure reported, the
-image-level group (finding, site, algorithm, probabilities, involvement, qualitative evaluation,
-source images), region groups (tracking UID = SEG TrackingUID, referenced segment, source images,
-volume, algorithm under the measurement), the readable decision and "not for clinical use" text,
-evidence and contributing equipment.
+image-level group (finding, site, algorithm, probabilities, involvement, the box on the key slice
+they are inferred from, qualitative evaluation, source images), region groups (a TID 1411 and a
+TID 1410 group per region sharing the tracking UID = SEG TrackingUID; referenced segment, source
+images, volume, algorithm under the measurement; the outline on the region's key slice and its
+area), every group having spatial coordinates (what viewers list), the readable decision and "not
+for clinical use" text, no Imaging Measurements without a decision, evidence and contributing
+equipment.
 Not covered: validation by external tools (test_validators.py), multi-frame references
 (test_multiframe.py).
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
@@ -54,6 +58,14 @@ def groups(sr: Dataset) -> list[Dataset]:
     return children(child(sr, "126010"), "125007")
 
 
+def template(group: Dataset) -> str:
+    return str(group.ContentTemplateSequence[0].TemplateIdentifier)
+
+
+def by_template(sr: Dataset, tid: str) -> list[Dataset]:
+    return [g for g in groups(sr) if template(g) == tid]
+
+
 def texts(item: Dataset, code_value: str) -> list[str]:
     return [c.TextValue for c in children(item, code_value)]
 
@@ -90,7 +102,7 @@ def test_image_level_group(covid: Case) -> None:
     result = covid.result
     group = groups(sr)[0]
     assert group.ContentTemplateSequence[0].TemplateIdentifier == "1501"
-    assert texts(group, "112039") == ["Series classification"]
+    assert texts(group, "112039") == ["Series classification: COVID-19"]
     assert code(child(group, "121071")) == ("840539006", "SCT")  # finding: COVID-19
     assert code(child(group, "363698007")) == ("39607008", "SCT")  # finding site: lung
     assert texts(group, "111001") == [result.model.name]
@@ -101,6 +113,7 @@ def test_image_level_group(covid: Case) -> None:
         assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "1"
         meaning = child(num, "121050").TextValue
         probabilities[meaning] = float(num.MeasuredValueSequence[0].NumericValue)
+    assert list(probabilities) == ["Probability of COVID-19", "Probability of CAP", "Probability of non-pneumonia"]
     assert probabilities == pytest.approx(
         {
             "Probability of COVID-19": result.probabilities["covid"],
@@ -120,13 +133,42 @@ def test_image_level_group(covid: Case) -> None:
     assert sources == expected
 
 
+def test_classification_measurements_are_inferred_from_the_lungs_on_the_first_key_slice(covid: Case) -> None:
+    """Each number of the image-level group points at one image (TID 300 INFERRED FROM SCOORD):
+    the box around the lungs on the first key slice, so a viewer's list entry jumps there."""
+    group = groups(covid.outputs["sr"][0])[0]
+    result = covid.result
+    key = result.key_slices[0]
+    assert result.lung_mask is not None
+    lungs = result.lung_mask[key]
+    ys, xs = lungs.nonzero()
+    expected_box = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1,
+                    float(xs.min()), float(ys.max()) + 1, float(xs.min()), float(ys.min())]  # fmt: skip
+    numbers = children(group, "122157") + children(group, "113288")
+    assert len(numbers) == 4
+    for num in numbers:
+        (scoord,) = [c for c in children(num) if c.ValueType == "SCOORD"]
+        assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+        assert [float(v) for v in scoord.GraphicData] == expected_box
+        (image,) = children(scoord)
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == result.sop_instance_uids[key]
+
+
+def test_each_region_is_one_finding_in_a_volumetric_and_a_planar_group(covid: Case) -> None:
+    sr = covid.outputs["sr"][0]
+    assert [template(g) for g in groups(sr)] == ["1501", "1411", "1410", "1411", "1410"]
+    volumetric, planar = by_template(sr, "1411"), by_template(sr, "1410")
+    for v, p in zip(volumetric, planar):
+        assert child(v, "112040").UID == child(p, "112040").UID
+        assert texts(v, "112039") == texts(p, "112039")
+
+
 def test_region_groups_reference_the_seg_segments(covid: Case) -> None:
     sr, seg = covid.outputs["sr"][0], covid.outputs["seg"][0]
     result = covid.result
-    region_groups = groups(sr)[1:]
+    region_groups = by_template(sr, "1411")
     assert len(region_groups) == len(result.regions) == len(seg.SegmentSequence)
     for number, (group, region, segment) in enumerate(zip(region_groups, result.regions, seg.SegmentSequence), start=1):
-        assert group.ContentTemplateSequence[0].TemplateIdentifier == "1411"
         tracking_uid = child(group, "112040").UID
         assert tracking_uid == segment.TrackingUID
         assert texts(group, "112039") == [segment.TrackingID]
@@ -143,6 +185,46 @@ def test_region_groups_reference_the_seg_segments(covid: Case) -> None:
         # TID 4019 under the measurement (TID 1419 row 20), not on the group.
         assert texts(volume, "111001") == [result.model.name]
         assert children(group, "111001") == []
+
+
+def test_planar_groups_outline_each_region_on_its_largest_slice(covid: Case) -> None:
+    """TID 1410: a closed POLYLINE on the CT image where the region is largest, every point on
+    the region's edge, and its area there (mm2) close to the region's pixels on that slice."""
+    sr = covid.outputs["sr"][0]
+    result = covid.result
+    labels = result.region_labels
+    assert labels is not None
+    for region, group in zip(result.regions, by_template(sr, "1410")):
+        mask = np.asarray(labels == region.index)
+        key = int(mask.sum(axis=(1, 2)).argmax())
+        (scoord,) = children(group, "111030")  # Image Region
+        assert scoord.ValueType == "SCOORD" and scoord.GraphicType == "POLYLINE"
+        image = children(scoord)[0].ReferencedSOPSequence[0]
+        assert image.ReferencedSOPInstanceUID == result.sop_instance_uids[key]
+        points = [(float(x), float(y)) for x, y in zip(scoord.GraphicData[0::2], scoord.GraphicData[1::2])]
+        assert points[0] == points[-1] and len(points) >= 4
+        for x, y in points:  # on the boundary: within a pixel of a region pixel's centre
+            assert mask[key, max(0, int(y - 1)) : int(y + 1) + 1, max(0, int(x - 1)) : int(x + 1) + 1].any(), (x, y)
+        area = child(group, "42798000")
+        assert area.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "mm2"
+        spacing = [float(v) for v in covid.source(key).PixelSpacing]
+        pixels_mm2 = mask[key].sum() * spacing[0] * spacing[1]
+        assert 0.6 * pixels_mm2 < float(area.MeasuredValueSequence[0].NumericValue) <= pixels_mm2
+        assert texts(area, "111001") == [result.model.name]
+        assert code(child(group, "121071")) == ("840539006", "SCT")
+        assert code(child(group, "363698007")) == ("39607008", "SCT")
+
+
+def test_every_finding_has_spatial_coordinates(covid: Case, normal: Case) -> None:
+    """What viewers need to list a finding as a measurement and jump to its image (OHIF 3.x
+    merges the groups of one tracking UID and takes a finding without SCOORD/SCOORD3D for an
+    error): every tracking UID of Imaging Measurements has one in its groups."""
+    for case in (covid, normal):
+        findings: dict[str, list[Dataset]] = {}
+        for group in groups(case.outputs["sr"][0]):
+            findings.setdefault(child(group, "112040").UID, []).append(group)
+        for uid, members in findings.items():
+            assert any(item.ValueType in ("SCOORD", "SCOORD3D") for g in members for item in walk(g)), uid
 
 
 def test_decision_and_disclaimer_are_readable(covid: Case) -> None:
@@ -197,13 +279,8 @@ def test_normal_result(normal: Case) -> None:
 
 def test_no_decision_says_so_and_why(no_decision: Case) -> None:
     sr = no_decision.outputs["sr"][0]
-    group = groups(sr)[0]
-    assert len(groups(sr)) == 1
-    assert code(child(group, "233604007")) == ("82334004", "SCT")  # pneumonia: indeterminate
-    assert children(group, "122157") == []  # no probabilities the model stands behind
-    assert children(group, "113288") == []
-    # All slices are the source (no lung slices were found).
-    assert len([c for c in children(group) if c.ValueType == "IMAGE"]) == len(no_decision.result.sop_instance_uids)
+    # No probabilities the model stands behind: nothing measured, no Imaging Measurements.
+    assert children(sr, "126010") == []
     evaluations = child(sr, "C0034375")
     assert code(child(evaluations, "233604007")) == ("82334004", "SCT")
     impression = child(evaluations, "121073").TextValue
@@ -218,6 +295,7 @@ def test_cap_decision_uses_the_cap_finding(covid: Case) -> None:
     assert code(child(group, "121071")) == ("385093006", "SCT")
     assert code(child(group, "385093006")) == ("52101004", "SCT")
     assert all(code(child(g, "121071")) == ("385093006", "SCT") for g in groups(sr)[1:])
+    assert texts(groups(sr)[0], "112039") == ["Series classification: community-acquired pneumonia"]
 
 
 def test_long_model_names_do_not_break_coded_meanings(covid: Case) -> None:

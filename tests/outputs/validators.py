@@ -69,14 +69,15 @@ PIXELMED_ONE_TEMPLATE_PER_CONTAINER = KnownDisagreement(
         r"^(Error: Template 1411 VolumetricROIMeasurements/\[Row 1\] CONTAINER \(125007,DCM,\"Measurement Group\"\)"
         r"/\[Row (5|7|10)\] [A-Z0-9]+ \((111030|121191|121231),DCM,\"[^\"]+\"\): within " + _IMAGE_GROUP + r": .*"
         r": Missing conditional content item"
-        r"|Warning: " + _IMAGE_GROUP + r"\.\d+: .*: Content Item not in template)$"
+        r"|Warning: " + _IMAGE_GROUP + r"(\.\d+)+: .*: Content Item not in template)$"
     ),
     why=(
         "PS3.16 TID 1500 rows 7-9 include TID 1410, TID 1411 and TID 1501 measurement groups side by side "
         "(each 1-n) in Imaging Measurements. Pixelmed's 2022 TID 1500 picks one template for all groups of "
         "the container (TID 1411 as soon as one group references a segment), so it checks the image-level "
         "TID 1501 group (content item 1.8.1) against TID 1411: three 'missing' ROI references and its TID 1501 "
-        "items 'not in template'. Only the image-level group may be affected."
+        "items 'not in template' (with the spatial coordinates its measurements are inferred from). Only the "
+        "image-level group may be affected."
     ),
 )
 PIXELMED_TID1501_QUALITATIVE_EVALUATION = KnownDisagreement(
