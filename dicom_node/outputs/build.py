@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 from dicom_node.outputs.common import BuildContext, OutputOptions, SourceSeries, resolve_slices
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.outputs.kos import build_kos
+from dicom_node.outputs.pm import build_pm
 from dicom_node.outputs.sc import build_sc
 from dicom_node.outputs.seg import build_seg
 from dicom_node.outputs.sr import build_sr
@@ -25,6 +26,7 @@ WRITERS: dict[str, Writer] = {
     "sc": build_sc,
     "seg": build_seg,
     "kos": build_kos,
+    "pm": build_pm,
 }
 if set(WRITERS) != set(OUTPUT_KINDS):
     raise RuntimeError(f"output kinds {sorted(OUTPUT_KINDS)} and writers {sorted(WRITERS)} differ")

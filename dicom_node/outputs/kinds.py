@@ -1,7 +1,7 @@
 """The output kinds: the one list that validation, the settings, the command line, the admin pages,
 exports and the builder read.
 
-Adding a kind (a Parametric Map, say): write its writer module beside the others, a function
+Adding a kind (an RT Structure Set, say): write its writer module beside the others, a function
 ``build_<kind>(ctx: BuildContext) -> list[Dataset]`` (dicom_node.outputs.common holds what writers
 share), add one :class:`OutputKind` line below and one line to ``WRITERS`` in
 dicom_node.outputs.build. Destinations may then name it in their ``outputs``; it is built for
@@ -30,6 +30,7 @@ KINDS: dict[str, OutputKind] = {
         OutputKind("sc", "secondary-capture heatmap overlays", 9002, picture=True),
         OutputKind("seg", "segmentation of the suspected infection", 9003),
         OutputKind("kos", "key object selection of the key slices", 9004),
+        OutputKind("pm", "parametric map of the heatmap (viewers fuse it on the CT)", 9005),
     )
 }
 OUTPUT_KINDS: tuple[str, ...] = tuple(KINDS)

@@ -1,7 +1,7 @@
 """Secondary Capture heatmap overlays: one RGB SC image per shown source slice.
 
-A new series in the source study (series number ``OutputOptions.series_number("sc")``, description "AI: ... NOT FOR
-DIAGNOSTIC USE"), one image per lung slice or per key slice (``OutputOptions.sc_slices``), in the
+A new series in the source study (series number ``OutputOptions.series_number("sc")``,
+description "AI: ... NOT FOR DIAGNOSTIC USE"), one image per lung slice or per key slice (``OutputOptions.sc_slices``), in the
 source slice order, at the source matrix size. Each image references its source image (Source
 Image Sequence, with Referenced Frame Number for a multi-frame source) and the source series
 (Referenced Series Sequence). Pixels: :func:`dicom_node.outputs.render.render_overlay`. Burned In
@@ -10,6 +10,9 @@ Stored lossless (explicit VR little endian, or RLE).
 
 The instance number is the source slice's 1-based position, so one source slice always gives the
 same SC (same UID, same bytes) whichever slices are shown.
+
+Each image also carries its source slice's Frame of Reference UID and Image Plane (position,
+orientation, spacing, thickness), so viewers scroll the overlays in step with the CT.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 from pydicom.valuerep import DS
 
-from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, slice_orientation, stamp
+from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, slice_orientation, slice_position, stamp
 from dicom_node.outputs.render import LUNG_WINDOW_CENTER, LUNG_WINDOW_WIDTH, label_lines, render_overlay
 
 PIXEL_DATA = Tag("PixelData")
@@ -176,8 +179,29 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
                 sc.PixelSpacing = [DS(v, auto_format=True) for v in spacing[:2]]
             sc.PixelData = _encode(rgb, sc)
         sc.SourceImageSequence, sc.ReferencedSeriesSequence = _references(ctx, s)
+        _place_on_the_ct(sc, s, spacing)
         out.append(sc)
     return out
+
+
+def _place_on_the_ct(sc: Dataset, s: SliceRef, spacing: list[float] | None) -> None:
+    """The source slice's Frame of Reference and Image Plane (both in the SC Image IOD, PS3.3
+    A.8.1: Frame of Reference C, Image Plane U), so viewers sync the overlays with the CT. Left
+    out when the source has no frame of reference, position or spacing."""
+    frame_of_reference = s.dataset.get("FrameOfReferenceUID")
+    position = slice_position(s)
+    if not frame_of_reference or position is None or spacing is None:
+        return
+    sc.FrameOfReferenceUID = frame_of_reference
+    sc.PositionReferenceIndicator = s.dataset.get("PositionReferenceIndicator", "")
+    sc.ImageOrientationPatient = [DS(v, auto_format=True) for v in slice_orientation(s)]
+    sc.ImagePositionPatient = [DS(v, auto_format=True) for v in position]
+    thickness = s.dataset.get("SliceThickness")
+    for group in s.dataset.get("SharedFunctionalGroupsSequence", []):
+        measures = group.get("PixelMeasuresSequence")
+        if measures and measures[0].get("SliceThickness"):
+            thickness = measures[0].SliceThickness
+    sc.SliceThickness = DS(thickness, auto_format=True) if thickness not in (None, "") else None
 
 
 _D = TypeVar("_D", bound=Dataset)

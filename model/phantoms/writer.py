@@ -154,6 +154,12 @@ def write_phantom_series(
     return out
 
 
+def phantom_series_description(kind: str, seed: int) -> str:
+    """The series description: synthetic, its kind and seed (at most 64 characters, LO)."""
+    text = f"SYNTHETIC phantom {kind} seed {seed} - not a patient"
+    return text if len(text) <= 64 else f"SYNTHETIC phantom {kind} seed {seed}"[:64]
+
+
 def _encode(hu: np.ndarray, signed: bool) -> tuple[np.ndarray, float, int]:
     """(stored values, rescale intercept, bits stored) of HU (slope 1)."""
     v = np.rint(hu)
@@ -174,8 +180,10 @@ def _common_dataset(
     """Patient, study, series, frame of reference and equipment attributes shared by every instance."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.PatientName = patient_name or f"PHANTOM^{phantom.kind.upper()}"
-    ds.PatientID = patient_id or f"PHANTOM-{phantom.patient_seed}"
+    # Each phantom its own synthetic patient (kind and patient seed), so that viewers do not group
+    # unrelated phantoms as one patient; a data set names its patients (patient_id) itself.
+    ds.PatientID = patient_id or f"PHANTOM-{phantom.kind.upper()}-{phantom.patient_seed}"
+    ds.PatientName = patient_name or f"PHANTOM^{ds.PatientID.removeprefix('PHANTOM-')}"
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
     ds.PatientIdentityRemoved = "YES"
@@ -192,7 +200,7 @@ def _common_dataset(
     ds.SeriesNumber = int(series_number)
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = ds.StudyTime
-    ds.SeriesDescription = "Synthetic chest CT phantom - not a patient"
+    ds.SeriesDescription = phantom_series_description(phantom.kind, seed)
     ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = for_uid

@@ -16,10 +16,18 @@ from typing import Any, Callable
 import psutil
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    KeyObjectSelectionDocumentStorage,
+    ParametricMapStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from dicom_node.db import Database
 from dicom_node.db.models import Job
 from dicom_node.jobs.queries import job_rows
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import load_settings
 from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from tests.outputs import validators as v
@@ -36,7 +44,10 @@ FAST = {
     "export__backoff_cap_seconds": 2,
     "export__timeout_seconds": 10,
 }
-MODALITY_KIND = {"SR": "sr", "OT": "sc", "SEG": "seg", "KO": "kos"}
+SOP_CLASS_KIND = {
+    str(Comprehensive3DSRStorage): "sr", str(SecondaryCaptureImageStorage): "sc", str(SegmentationStorage): "seg",
+    str(KeyObjectSelectionDocumentStorage): "kos", str(ParametricMapStorage): "pm",
+}  # fmt: skip
 SR_KNOWN = (v.PIXELMED_ONE_TEMPLATE_PER_CONTAINER, v.PIXELMED_TID1501_QUALITATIVE_EVALUATION)
 DCIODVFY_KNOWN = (v.DCIODVFY_CONTRIBUTING_DEVICE_UID,)
 
@@ -186,7 +197,7 @@ def results_in(orthanc: Orthanc, folder: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for instance_id in orthanc.instances():
         tags = orthanc.instance_tags(instance_id)
-        kind = MODALITY_KIND.get(str(tags.get("Modality")), str(tags.get("Modality")))
+        kind = SOP_CLASS_KIND.get(str(tags.get("SOPClassUID")), str(tags.get("SOPClassUID")))
         path = folder / f"{kind}-{tags['SOPInstanceUID']}.dcm"
         path.write_bytes(orthanc.instance_file(instance_id))
         out.setdefault(kind, []).append(path)
@@ -194,10 +205,10 @@ def results_in(orthanc: Orthanc, folder: Path) -> dict[str, list[Path]]:
 
 
 def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid: str, series_uid: str, db: Database, *, validate: bool = True) -> dict[str, list[Path]]:
-    """The job's objects are in Orthanc exactly once, all four kinds, in the source study,
+    """The job's objects are in Orthanc exactly once, every kind, in the source study,
     referring to the source series; dciodvfy and pixelmed's SR validator find no error."""
     arrived = results_in(orthanc, folder)
-    assert sorted(arrived) == ["kos", "sc", "seg", "sr"], f"kinds in PACS: {sorted(arrived)}"
+    assert sorted(arrived) == sorted(OUTPUT_KINDS), f"kinds in PACS: {sorted(arrived)}"
     with db.session() as s:
         row = s.get(Job, job["id"])
         assert row is not None

@@ -106,6 +106,8 @@ def written(covid: Case, normal: Case, no_decision: Case, multiframe: Case, tmp_
         "multiframe_seg": multiframe.outputs["seg"][0],
         "multiframe_kos": multiframe.outputs["kos"][0],
         "multiframe_sc": multiframe.outputs["sc"][0],
+        "covid_pm": covid.outputs["pm"][0],
+        "multiframe_pm": multiframe.outputs["pm"][0],
     }
     for i, sc in enumerate(covid.outputs["sc"]):
         objects[f"covid_sc_{i:03d}"] = sc

@@ -24,7 +24,7 @@ from model.contract.uids import check_uid, derived_uid
 from model.inference.io import load_series
 from tests.outputs.conftest import CREATED, Case
 
-SERIES_NUMBERS = {"sr": 9001, "sc": 9002, "seg": 9003, "kos": 9004}
+SERIES_NUMBERS = {"sr": 9001, "sc": 9002, "seg": 9003, "kos": 9004, "pm": 9005}
 
 
 def _bytes(ds: Dataset) -> bytes:
@@ -43,6 +43,7 @@ def test_every_kind_by_default(covid: Case) -> None:
     assert len(covid.outputs["sc"]) == sum(covid.result.lung_slices)
     assert len(covid.outputs["seg"]) == 1
     assert len(covid.outputs["kos"]) == 1
+    assert len(covid.outputs["pm"]) == 1
 
 
 def test_only_the_requested_kinds(covid: Case) -> None:
@@ -53,10 +54,10 @@ def test_only_the_requested_kinds(covid: Case) -> None:
 
 
 def test_empty_kinds_when_there_is_nothing_to_say(normal: Case, no_decision: Case) -> None:
-    # Normal: no regions, no key slices -> no SEG, no KOS; SC of every lung slice; an SR.
-    assert [len(normal.outputs[k]) for k in OUTPUT_KINDS] == [1, sum(normal.result.lung_slices), 0, 0]
+    # Normal: no regions, no key slices -> no SEG, no KOS; SC of every lung slice; an SR; the map.
+    assert [len(normal.outputs[k]) for k in OUTPUT_KINDS] == [1, sum(normal.result.lung_slices), 0, 0, 1]
     # No decision: no heatmap -> only the SR.
-    assert [len(no_decision.outputs[k]) for k in OUTPUT_KINDS] == [1, 0, 0, 0]
+    assert [len(no_decision.outputs[k]) for k in OUTPUT_KINDS] == [1, 0, 0, 0, 0]
 
 
 def test_new_series_in_the_source_study(covid: Case) -> None:

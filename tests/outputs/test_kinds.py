@@ -16,15 +16,15 @@ from dicom_node.validation import check_output_kinds
 
 
 def test_every_kind_has_a_writer_and_its_own_series() -> None:
-    assert set(WRITERS) == set(KINDS) and OUTPUT_KINDS == ("sr", "sc", "seg", "kos")
+    assert set(WRITERS) == set(KINDS) and OUTPUT_KINDS == ("sr", "sc", "seg", "kos", "pm")
     numbers = [OutputOptions().series_number(kind) for kind in OUTPUT_KINDS]
-    assert numbers == [9001, 9002, 9003, 9004] and len(set(numbers)) == len(numbers)
+    assert numbers == [9001, 9002, 9003, 9004, 9005] and len(set(numbers)) == len(numbers)
     assert PREVIEW_KIND == "sc"
 
 
 def test_the_registry_is_what_validation_and_defaults_read() -> None:
     assert check_output_kinds(list(OUTPUT_KINDS)) == (True, "")
-    ok, reason = check_output_kinds(["sr", "pmap"])
-    assert not ok and "pmap" in reason and ", ".join(OUTPUT_KINDS) in reason
+    ok, reason = check_output_kinds(["sr", "rtss"])
+    assert not ok and "rtss" in reason and ", ".join(OUTPUT_KINDS) in reason
     assert ExportSettings().default_outputs == list(OUTPUT_KINDS)
     assert DestinationIn(title="PACS", host="127.0.0.1", port=104).outputs == list(OUTPUT_KINDS)

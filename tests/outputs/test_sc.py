@@ -1,7 +1,7 @@
 """The secondary-capture overlays and the renderer behind them (also the admin's PNG preview).
 
 Covers: one SC per lung slice (or per key slice) in source order at source size, references to
-the source image and series, the attributes PACS and de-identification tools rely on, lossless
+the source image and series, the CT's frame of reference and image plane on each, the attributes PACS and de-identification tools rely on, lossless
 encoding (explicit little endian, RLE), and the pixels: the lung-window background equals the CT
 (computed here from the HU values), colour only where the heatmap is at or above the threshold,
 the label and colour bar only in their corners.
@@ -64,6 +64,20 @@ def test_references_to_source_image_and_series(covid: Case) -> None:
         (series,) = sc.ReferencedSeriesSequence
         assert series.SeriesInstanceUID == source.SeriesInstanceUID
         assert [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence] == [uid]
+
+
+def test_each_overlay_sits_on_its_ct_slice(covid: Case, multiframe: Case) -> None:
+    """Frame of Reference UID and Image Plane of the source slice: viewers sync the overlays."""
+    for case in (covid, multiframe):
+        shown = [i for i, lung in enumerate(case.result.lung_slices) if lung]
+        for sc, i in zip(case.outputs["sc"], shown):
+            ct = case.source(i)
+            assert sc.FrameOfReferenceUID == ct.FrameOfReferenceUID
+            frame = case.series.frame_numbers[i]
+            position = ct.ImagePositionPatient if frame is None else ct.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+            assert [float(v) for v in sc.ImagePositionPatient] == pytest.approx([float(v) for v in position])
+            assert [float(v) for v in sc.ImageOrientationPatient] == pytest.approx([1, 0, 0, 0, 1, 0])
+            assert float(sc.SliceThickness) > 0 and len(sc.PixelSpacing) == 2
 
 
 def test_attributes(covid: Case) -> None:

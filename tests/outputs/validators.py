@@ -60,6 +60,34 @@ DCIODVFY_CONTRIBUTING_DEVICE_UID = KnownDisagreement(
     ),
 )
 
+DCIODVFY_PARAMETRIC_MAP_QUANTITY = KnownDisagreement(
+    name="dciodvfy-2022: QUANTITY as the derived pixel contrast of a Parametric Map",
+    tool="dciodvfy",
+    pattern=re.compile(r"^Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <(Image|Frame) Type>\s*$"),
+    why=(
+        "Value 4 of Image Type and Frame Type of a Parametric Map is its Derived Pixel Contrast; highdicom 0.28 "
+        "writes QUANTITY for one whose pixels are a measured quantity (its DerivedPixelContrastValues list it, "
+        "as the current defined terms do), which is what a heatmap score is. dicom3tools' 2022 list of defined "
+        "terms lacks it (a warning)."
+    ),
+)
+
+DCIODVFY_SC_IMAGE_PLANE = KnownDisagreement(
+    name="dciodvfy-2022: Frame of Reference and Image Plane in a Secondary Capture image",
+    tool="dciodvfy",
+    pattern=re.compile(
+        r"^Warning - Attribute is not present in standard DICOM IOD - \(0x00(18,0x0050\) DS Slice Thickness"
+        r"|20,0x0032\) DS Image Position \(Patient\)|20,0x0037\) DS Image Orientation \(Patient\)"
+        r"|20,0x0052\) UI Frame of Reference UID|20,0x1040\) LO Position Reference Indicator)\s*$"
+    ),
+    why=(
+        "PS3.3 A.8.1 (Secondary Capture Image IOD) has the Frame of Reference Module (C: required when the "
+        "Image Plane Module is present) and the Image Plane Module (U) in the current standard (highdicom 0.28's "
+        "IOD tables list both); the overlays carry them so viewers sync them with the CT. dicom3tools' 2022 "
+        "tables predate them (warnings)."
+    ),
+)
+
 # The image-level group is always the first group of Imaging Measurements: content item 1.8.1.
 _IMAGE_GROUP = r"1\.8\.1"
 PIXELMED_ONE_TEMPLATE_PER_CONTAINER = KnownDisagreement(

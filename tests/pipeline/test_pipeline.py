@@ -25,6 +25,7 @@ from dicom_node.db.models import Destination, Export, Instance, Job, LocalAE, Se
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.analyses import requeue
 from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.analyse import analyse
 from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.runtime import Runtime
@@ -129,7 +130,7 @@ def test_analyse_writes_artefacts_and_queues_exports(rt: Runtime, tmp_path: Path
     job = job_row(rt.db, job_id)
     assert job.decision == "covid" and job.attempts == 1 and job.model_version == "1.2.0"
     kinds = sorted({o["kind"] for o in job.outputs})
-    assert kinds == ["kos", "sc", "seg", "sr"]
+    assert kinds == sorted(OUTPUT_KINDS)
     for o in job.outputs:
         path = rt.settings.results_dir / o["path"]
         assert path.is_file() and path.name == f"{o['sop_instance_uid']}.dcm"

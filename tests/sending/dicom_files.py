@@ -13,6 +13,7 @@ from pydicom.uid import (
     Comprehensive3DSRStorage,
     ExplicitVRLittleEndian,
     KeyObjectSelectionDocumentStorage,
+    ParametricMapStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
@@ -25,6 +26,7 @@ OUTPUT_SOP_CLASSES = {
     "sc": SecondaryCaptureImageStorage,
     "seg": SegmentationStorage,
     "kos": KeyObjectSelectionDocumentStorage,
+    "pm": ParametricMapStorage,
 }
 
 
@@ -58,9 +60,10 @@ def write_object(folder: Path, sop_class: UID, name: str, *, rle: bool = False) 
 
 
 def write_outputs(folder: Path, count_sc: int = 2) -> list[Path]:
-    """One SR, ``count_sc`` SC images, one SEG and one KOS."""
+    """One SR, ``count_sc`` SC images, one SEG, one KOS and one Parametric Map."""
     paths = [write_object(folder, OUTPUT_SOP_CLASSES["sr"], "sr")]
     paths += [write_object(folder, OUTPUT_SOP_CLASSES["sc"], f"sc{i}") for i in range(count_sc)]
     paths.append(write_object(folder, OUTPUT_SOP_CLASSES["seg"], "seg"))
     paths.append(write_object(folder, OUTPUT_SOP_CLASSES["kos"], "kos"))
+    paths.append(write_object(folder, OUTPUT_SOP_CLASSES["pm"], "pm"))
     return paths
