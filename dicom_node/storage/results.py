@@ -3,7 +3,7 @@
     result.json                    SeriesResult.to_json() (decision, probabilities, regions...)
     maps.npz                       heatmap (float16), region labels (uint16), lung mask (bool);
                                    compressed; absent for a no_decision result
-    dicom/<kind>/<SOPInstanceUID>.dcm   the objects sent to PACS (kind: sr, sc, seg, kos)
+    dicom/<kind>/<SOPInstanceUID>.dcm   the objects sent to PACS (kind: sr, sc, seg, kos, pm)
 
 Exports and re-exports send these files, so every destination and every attempt gets the same
 bytes. ``Job.outputs`` lists them with paths relative to the results dir. A new attempt writes a

@@ -25,6 +25,8 @@ from typing import Any, Iterable, Sequence
 import redis
 from sqlalchemy import create_engine, text
 
+from dicom_node.viewer.orthanc import OrthancProcess, orthanc_config
+
 BIN = Path(sys.executable).parent
 DICOM_NODE = str(BIN / "dicom-node")
 
@@ -200,70 +202,38 @@ def storescu(
 
 
 class Orthanc:
-    """A private Orthanc (Debian package) with its own ports and storage, read over REST."""
+    """A private Orthanc (Debian package) with its own ports and storage, read over REST;
+    ``dicomweb`` loads its DICOMweb plugin (Debian package orthanc-dicomweb) for a viewer."""
 
-    def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None) -> None:
-        self.exe = require_tool("Orthanc", "orthanc")
+    def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None, dicomweb: bool = False) -> None:
+        require_tool("Orthanc", "orthanc")
         self.workdir = Path(workdir)
         self.aet = aet
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.dicomweb = dicomweb
+        self.process: OrthancProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> "Orthanc":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "test-pacs",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "storage"),
-            "DicomAet": self.aet,
-            "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True,
-            "DicomAlwaysAllowEcho": True,
-            "DicomAlwaysAllowStore": True,
-            "UnknownSopClassAccepted": True,
-            "DicomModalities": self.modalities,
-            "Plugins": [],
-            "StableAge": 2,
-            "HttpServerEnabled": True,
-            "LogExportedResources": False,
-            "KeepAlive": True,
-            "OverwriteInstances": True,
-        }
-        cfg = self.workdir / "orthanc.json"
-        cfg.write_text(json.dumps(config, indent=2))
-        self._log = open(self.workdir / "orthanc.log", "ab")
-        self.proc = subprocess.Popen([self.exe, str(cfg)], stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(self._alive, 60, f"Orthanc on {self.url}", interval=0.2)
+        try:
+            config = orthanc_config(
+                self.workdir, aet=self.aet, dicom_port=self.dicom_port, http_port=self.http_port, dicomweb=self.dicomweb,
+                Name="test-pacs", DicomModalities=self.modalities, HttpServerEnabled=True, LogExportedResources=False, KeepAlive=True,
+            )  # fmt: skip
+            self.process = OrthancProcess(self.workdir, config).start()
+        except RuntimeError as exc:  # a missing package or an Orthanc that does not start: the test fails
+            raise AssertionError(str(exc)) from exc
+        wait_until(lambda: port_open(self.dicom_port), 30, f"Orthanc's DICOM port {self.dicom_port}", interval=0.2)
         return self
 
-    def _alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"Orthanc exited {self.proc.returncode}: {(self.workdir / 'orthanc.log').read_text(errors='replace')[-3000:]}")
-        try:
-            self.get("/system")
-            return port_open(self.dicom_port)
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return False
-
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            self._log.close()
+        if self.process is not None:
+            self.process.stop()
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:

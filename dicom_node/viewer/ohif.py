@@ -1,0 +1,113 @@
+"""The OHIF viewer's built app, from the npm package ``@ohif/app`` (folder ``dist/``), fetched once
+with ``npm pack`` and kept in a cache folder; and the ``app-config.js`` that points it at a DICOMweb
+server on the same origin.
+
+The cache folder is ``$DICOM_NODE_OHIF_CACHE``, else ``~/.cache/dicom-node/ohif``; each version
+has its own sub-folder, written to a temporary name and renamed when complete, so an interrupted
+fetch leaves nothing half-done behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+OHIF_PACKAGE = "@ohif/app"
+# The version the browser test runs against (tests/viewer); another one may name things differently.
+OHIF_VERSION = "3.13.2"
+CACHE_ENV = "DICOM_NODE_OHIF_CACHE"
+# Where Orthanc's DICOMweb API is, seen from the browser (the proxy passes it on).
+DICOMWEB_PATH = "/dicom-web"
+
+
+def cache_root() -> Path:
+    value = os.environ.get(CACHE_ENV)
+    return Path(value) if value else Path.home() / ".cache" / "dicom-node" / "ohif"
+
+
+def ohif_dist(version: str = OHIF_VERSION, *, cache: Path | None = None, fetch: bool = True) -> Path:
+    """The ``dist`` folder of ``@ohif/app@version``, fetched with npm into the cache if missing.
+
+    Raises RuntimeError naming what is missing (npm, the package) when it cannot be had."""
+    root = cache or cache_root()
+    dist = root / version / "dist"
+    if (dist / "index.html").is_file():
+        return dist
+    if not fetch:
+        raise RuntimeError(f"OHIF {version} is not in {root}: run `dicom-node viewer --fetch-only` (needs npm)")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("npm is not installed: it fetches the OHIF viewer (Debian package npm)")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
+        proc = subprocess.run(
+            [npm, "pack", f"{OHIF_PACKAGE}@{version}", "--silent", "--pack-destination", tmp],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if proc.returncode != 0 or len(tarballs) != 1:
+            raise RuntimeError(f"npm pack {OHIF_PACKAGE}@{version} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        unpacked = Path(tmp) / "unpacked"
+        with tarfile.open(tarballs[0]) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith("package/dist/")]
+            tar.extractall(unpacked, members=members, filter="data")
+        if not (unpacked / "package" / "dist" / "index.html").is_file():
+            raise RuntimeError(f"{OHIF_PACKAGE}@{version} has no dist/index.html: not the built viewer")
+        target = root / version
+        staged = Path(tmp) / "staged"
+        staged.mkdir()
+        (unpacked / "package" / "dist").rename(staged / "dist")
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return dist
+
+
+def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICOMWEB_PATH) -> str:
+    """The viewer's ``app-config.js``: one DICOMweb data source at ``dicomweb_path`` on the page's
+    own origin (the proxy passes it on to Orthanc), the study list on, nothing fetched elsewhere."""
+    source = {
+        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+        "sourceName": "orthanc",
+        "configuration": {
+            "friendlyName": name,
+            "name": "orthanc",
+            "qidoRoot": dicomweb_path,
+            "wadoRoot": dicomweb_path,
+            "wadoUriRoot": dicomweb_path,
+            "qidoSupportsIncludeField": False,
+            "supportsReject": False,
+            "imageRendering": "wadors",
+            "thumbnailRendering": "wadors",
+            "enableStudyLazyLoad": True,
+            "supportsFuzzyMatching": False,
+            "supportsWildcard": True,
+            "staticWado": False,
+            "singlepart": "bulkdata,video",
+            "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+            "omitQuotationForMultipartRequest": True,
+        },
+    }
+    config = {
+        "routerBasename": "/",
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": True,
+        "maxNumberOfWebWorkers": 2,
+        "showWarningMessageForCrossOrigin": False,
+        "showCPUFallbackMessage": False,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "investigationalUseDialog": {"option": "never"},
+        "defaultDataSourceName": "orthanc",
+        "dataSources": [source],
+    }
+    # The viewer's guided tour would cover the images on every first visit: mark it as seen.
+    skip_tour = "try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); } catch (e) {}\n"
+    return "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n" + skip_tour + "window.config = " + json.dumps(config, indent=2) + ";\n"
