@@ -9,7 +9,7 @@ import signal
 import threading
 from pathlib import Path
 
-from dicom_node.commands.common import fail, settings_from
+from dicom_node.commands.common import check_port_free, command, fail, settings_from
 from dicom_node.validation import check_ae_title, check_port
 from dicom_node.viewer.ohif import OHIF_VERSION, ohif_dist
 from dicom_node.viewer.orthanc import OrthancProcess, orthanc_config
@@ -18,12 +18,18 @@ from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command(
+        sub,
         "viewer",
-        help="a local Orthanc + OHIF viewer to look at the results",
-        description="Start a private Orthanc (Debian packages orthanc, orthanc-dicomweb) that takes DICOM on --dicom-port, "
-        f"and the OHIF viewer {OHIF_VERSION} (npm package @ohif/app, fetched once with npm) on http://127.0.0.1:PORT "
-        f"reading it. Send the CT there and make it a destination of the node. {NOT_FOR_CLINICAL_USE}",
+        "a local Orthanc + OHIF viewer to look at the results",
+        """
+        dicom-node viewer
+        dicom-node ae add-destination VIEWER --host 127.0.0.1 --port 4243
+        dicom-node viewer --port 3001 --dicom-port 4244 --aet VIEWER2
+        """,
+        description=f"{NOT_FOR_CLINICAL_USE} Start a private Orthanc (Debian packages orthanc, orthanc-dicomweb) that "
+        f"takes DICOM on --dicom-port, and the OHIF viewer {OHIF_VERSION} (npm package @ohif/app, fetched once with npm) "
+        "on http://127.0.0.1:PORT reading it. Send the CT there and make it a destination of the node",
     )
     p.add_argument("--port", type=int, default=3000, help="the viewer's HTTP port on 127.0.0.1 (default 3000)")
     # Not Orthanc's own defaults (4242, 8042): a PACS Orthanc may already run there.
@@ -50,6 +56,8 @@ def cmd_viewer(args: argparse.Namespace) -> int:
     if args.fetch_only:
         print(f"OHIF {OHIF_VERSION} is in {dist}")
         return 0
+    for port, what, option in ((args.port, "the viewer", "--port"), (args.dicom_port, "Orthanc's DICOM", "--dicom-port"), (args.orthanc_http_port, "Orthanc's HTTP", "--orthanc-http-port")):
+        check_port_free("127.0.0.1" if option != "--dicom-port" else "0.0.0.0", port, what, f"choose another with {option}")
     folder = args.dir or settings_from(args).data_dir / "viewer"
     config = orthanc_config(folder, aet=args.aet, dicom_port=args.dicom_port, http_port=args.orthanc_http_port)
     try:
