@@ -229,6 +229,8 @@ def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid
             errors = [m for m in v.unexplained(messages, DCIODVFY_KNOWN) if m.startswith("Error")]
             assert errors == [], (kind, path.name, errors)
             if kind == "sr":
-                sr_messages = v.unexplained(v.pixelmed_messages(v.pixelmed("sr", path)), SR_KNOWN)
+                all_messages = v.pixelmed_messages(v.pixelmed("sr", path))
+                sr_messages = v.unexplained(all_messages, SR_KNOWN)
                 assert [m for m in sr_messages if m.startswith("Error")] == [], sr_messages
+                assert v.misapplied_templates(path, all_messages) == []
     return arrived

@@ -65,7 +65,9 @@ SR_NAMES = ("covid_sr", "normal_sr", "no_decision_sr", "multiframe_sr")
 
 
 @pytest.mark.parametrize("name", ("covid_sr", "normal_sr", "no_decision_sr"))
-def test_pixelmed_sr_validator_finds_only_known_disagreements(name: str, pixelmed_results: dict[tuple[str, str], list[str]]) -> None:
+def test_pixelmed_sr_validator_finds_only_known_disagreements(
+    name: str, pixelmed_results: dict[tuple[str, str], list[str]], written: dict[str, Path]
+) -> None:
     lines = pixelmed_results[("sr", name)]
     assert "Found Comprehensive3DSR IOD" in lines
     assert "Found Root Template TID_1500 (MeasurementReport)" in lines
@@ -83,6 +85,7 @@ def test_pixelmed_sr_validator_finds_only_known_disagreements(name: str, pixelme
     if with_regions:
         errors = [m for m in messages if m.startswith("Error")]
         assert len(errors) == 3, errors  # rows 5, 7 and 10 of TID 1411, all within content item 1.8.1
+        assert v.misapplied_templates(written[name], messages) == []
 
 
 def test_without_region_groups_the_image_level_group_has_only_the_qualitative_evaluation_message(

@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+
 from dicom_node.testing.peers import require_tool
 
 PIXELMED_JARS = (
@@ -94,18 +96,20 @@ PIXELMED_ONE_TEMPLATE_PER_CONTAINER = KnownDisagreement(
     name="pixelmed-2022: one measurement-group template for all groups of Imaging Measurements",
     tool="pixelmed-sr",
     pattern=re.compile(
-        r"^(Error: Template 1411 VolumetricROIMeasurements/\[Row 1\] CONTAINER \(125007,DCM,\"Measurement Group\"\)"
-        r"/\[Row (5|7|10)\] [A-Z0-9]+ \((111030|121191|121231),DCM,\"[^\"]+\"\): within " + _IMAGE_GROUP + r": .*"
-        r": Missing conditional content item"
+        r"^(Error: Template (1410 PlanarROIMeasurements|1411 VolumetricROIMeasurements)/\[Row 1\] CONTAINER \(125007,DCM,\"Measurement Group\"\)"
+        r"/\[Row (5|7|8|10)\] [A-Z0-9]+ \((111030|121191|121214|121231|121233),DCM,\"[^\"]+\"\): within 1\.8\.\d+: .*"
+        r": (Missing conditional content item|Conditional content item present when condition not satisfied)"
         r"|Warning: " + _IMAGE_GROUP + r"(\.\d+)+: .*: Content Item not in template)$"
     ),
     why=(
         "PS3.16 TID 1500 rows 7-9 include TID 1410, TID 1411 and TID 1501 measurement groups side by side "
-        "(each 1-n) in Imaging Measurements. Pixelmed's 2022 TID 1500 picks one template for all groups of "
-        "the container (TID 1411 as soon as one group references a segment), so it checks the image-level "
-        "TID 1501 group (content item 1.8.1) against TID 1411: three 'missing' ROI references and its TID 1501 "
-        "items 'not in template' (with the spatial coordinates its measurements are inferred from). Only the "
-        "image-level group may be affected."
+        "(each 1-n) in Imaging Measurements; each finding here has a TID 1411 and a TID 1410 group. Pixelmed's "
+        "2022 TID 1500 picks one of TID 1410 and TID 1411 for all groups of the container and checks every group "
+        "against it: the image-level TID 1501 group (content item 1.8.1) misses that template's ROI references "
+        "(image region, referenced segment or segmentation frame, volume surface) and its TID 1501 items are "
+        "'not in template' (with the spatial coordinates its measurements are inferred from); the groups of the "
+        "other ROI template miss, or have outside their condition, the ROI references that set them apart. Only "
+        "those ROI-reference rows may be reported, and 'not in template' only within the image-level group."
     ),
 )
 PIXELMED_TID1501_QUALITATIVE_EVALUATION = KnownDisagreement(
@@ -195,6 +199,23 @@ def dsrdump(path: Path) -> tuple[int, str, str]:
 def unexplained(messages: list[str], known: tuple[KnownDisagreement, ...]) -> list[str]:
     """The messages that no known disagreement explains."""
     return [m for m in messages if not any(k.pattern.match(m) for k in known)]
+
+
+_TEMPLATE_ERROR = re.compile(r"^Error: Template (\d+) .* within 1\.8\.(\d+): ")
+
+
+def misapplied_templates(path: Path, messages: list[str]) -> list[str]:
+    """The PIXELMED_ONE_TEMPLATE_PER_CONTAINER errors that concern a group of the template pixelmed
+    applied (it may only flag groups of another template): should be none."""
+    ds = pydicom.dcmread(path)
+    container = next(i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    templates = [str(g.ContentTemplateSequence[0].TemplateIdentifier) for g in container.ContentSequence]
+    wrong = []
+    for message in explained_by(messages, PIXELMED_ONE_TEMPLATE_PER_CONTAINER):
+        match = _TEMPLATE_ERROR.match(message)
+        if match and templates[int(match.group(2)) - 1] == match.group(1):
+            wrong.append(message)
+    return wrong
 
 
 def explained_by(messages: list[str], disagreement: KnownDisagreement) -> list[str]:
