@@ -70,7 +70,7 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbit
 
 
 SERVICE_FIXTURES = frozenset({"postgres_url", "redis_url", "orthanc", "rabbitmq"})
-SERVICE_MARKERS = ("integration", "e2e", "browser")
+SERVICE_MARKERS = ("integration", "e2e", "browser", "container")
 
 
 def _needs_services(item: pytest.Item) -> bool:
