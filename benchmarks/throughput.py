@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    # SIGTERM ends the run through the finally blocks: servers and workers stopped, files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         work = Path(tmp)

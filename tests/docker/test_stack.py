@@ -34,7 +34,8 @@ from dicom_node.testing.peers import free_port, port_open, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
 from tests.e2e.conftest import KIND, MATRIX, SLICES
 
-pytestmark = [pytest.mark.container, pytest.mark.slow]
+# The first build of the images alone may take longer than the suite's 600 s per test.
+pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = os.environ.get("IMAGE_TAG", "test")
