@@ -196,6 +196,10 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     async def conflict(request: Request, exc: activity.Conflict) -> Response:
         return error_response(request, 409, str(exc))
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(monitoring_router)
     app.include_router(internal_router)

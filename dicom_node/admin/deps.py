@@ -104,10 +104,53 @@ def seconds(value: Any) -> str:
     return str(value)
 
 
+# Job.timings keys (dicom_node.pipeline.analyse, dicom_node.jobs.exports, the model's stages) as
+# people read them; each value is seconds. Keys not listed show as they are, in seconds too.
+TIMING_LABELS = {
+    "queue_wait": "Waiting in the queue",
+    "fetch": "Fetching the series from the node",
+    "load": "Reading the series",
+    "model_load": "Loading the model (a worker's first job)",
+    "inference": "Analysis by the model",
+    "encoding": "Writing the DICOM results",
+    "upload": "Handing the results to the node",
+    "export": "Sending the results (slowest destination)",
+}
+STAGE_LABELS = {
+    "read": "reading",
+    "lungs": "finding the lungs",
+    "network": "the network",
+    "cam": "class activation maps",
+    "ig": "Integrated Gradients",
+    "regions": "regions and key slices",
+    "total": "total",
+}
+
+
+def timing_rows(timings: Any) -> list[tuple[str, str]]:
+    """(label, "1.23 s") for a job's timings, in the order the work happens; the model's stages
+    and the sends per destination indented under their step. ``attempt`` is not a time: the
+    page shows the attempts apart."""
+    if not isinstance(timings, dict):
+        return []
+    rows: list[tuple[str, str]] = []
+    order = [*TIMING_LABELS, *(k for k in timings if k not in TIMING_LABELS)]
+    for key in order:
+        if key not in timings or key in ("attempt", "stages", "export_by_destination"):
+            continue
+        rows.append((TIMING_LABELS.get(key, key.replace("_", " ").capitalize()), seconds(timings[key])))
+        if key == "inference" and isinstance(timings.get("stages"), dict):
+            rows += [(f"· {STAGE_LABELS.get(k, k)}", seconds(v)) for k, v in timings["stages"].items()]
+        if key == "export" and isinstance(timings.get("export_by_destination"), dict):
+            rows += [(f"· to {title}", seconds(v)) for title, v in timings["export_by_destination"].items()]
+    return rows
+
+
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.filters["when"] = when
     t.env.filters["seconds"] = seconds
+    t.env.filters["timing_rows"] = timing_rows
     return t
 
 

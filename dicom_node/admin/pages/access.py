@@ -1,4 +1,4 @@
-"""Users and API tokens (admins), and the audit log (everyone)."""
+"""API tokens (admins) and the audit log (everyone); users are dicom_node.admin.pages.users'."""
 
 from __future__ import annotations
 
