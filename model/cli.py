@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
+from model.terminal import status
 
 NOTICE = NOT_FOR_CLINICAL_USE
 
@@ -149,8 +150,10 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.series.exists():
         print(f"dicom-node: {args.series} does not exist: name the folder of one series' DICOM files", file=sys.stderr)
         return 2
-    predictor = load_predictor(args.weights, _options(args))
-    result = predictor.predict(args.series)
+    with status("loading the model"):
+        predictor = load_predictor(args.weights, _options(args))
+    with status(f"analysing {args.series} (a minute or two on a CPU)"):
+        result = predictor.predict(args.series)
     text = json.dumps(result.to_json(), indent=2)
     if str(args.json) == "-":
         print(text)

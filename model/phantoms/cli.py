@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model.contract.notice import PHANTOM_NOTICE
 from model.contract.result import CLASSES
+from model.terminal import status
 
 KIND_CHOICES = CLASSES
 SYNTAX_CHOICES = ("explicit", "implicit", "deflate", "rle", "jpeg-ls", "jpeg2000")
@@ -69,12 +70,14 @@ def _phantom(args: argparse.Namespace) -> int:
     if args.rows < 32 or (args.columns is not None and args.columns < 32):
         print("dicom-node: --rows and --columns must be >= 32", file=sys.stderr)
         return 2
-    phantom = make_phantom(
-        args.kind, seed=args.seed, slices=args.slices, rows=args.rows, columns=args.columns or args.rows, slice_spacing=args.slice_spacing
-    )
-    out = write_phantom_series(
-        phantom, args.out_dir, transfer_syntax=args.transfer_syntax, multiframe=args.multiframe, patient_id=args.patient_id
-    )
+    with status(f"making a {args.kind} phantom"):
+        phantom = make_phantom(
+            args.kind, seed=args.seed, slices=args.slices, rows=args.rows, columns=args.columns or args.rows, slice_spacing=args.slice_spacing
+        )
+    with status(f"writing {phantom.shape[0]} slices to {args.out_dir}"):
+        out = write_phantom_series(
+            phantom, args.out_dir, transfer_syntax=args.transfer_syntax, multiframe=args.multiframe, patient_id=args.patient_id
+        )
     print(
         f"{out}: {phantom.kind} phantom, {phantom.shape[0]} slices of {phantom.shape[1]}x{phantom.shape[2]}, "
         f"spacing {phantom.spacing[0]:.2f}/{phantom.spacing[1]:.3f} mm, lesions {100 * phantom.lesion_fraction:.1f}% of lung; "
