@@ -13,6 +13,7 @@ import textwrap
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
 from dicom_node.configuration import ConfigError
@@ -137,7 +138,15 @@ def json_arg(name: str, value: str) -> Any:
 
 
 def redact(url: str) -> str:
-    """A database or broker URL without its password."""
-    if url.startswith(("redis", "rediss")):
-        return url.split("@")[-1] if "@" in url else url
-    return make_url(url.split("+", 1)[1] if url.startswith("sqla+") else url).render_as_string(hide_password=True)
+    """A database or broker URL without its password (``redis://:***@host:6379/0``)."""
+    if url.startswith("sqla+"):
+        url = url.split("+", 1)[1]
+    if "://" in url and "@" in url.split("://", 1)[1] and not url.startswith(("postgresql", "sqlite")):
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url.split("@")[-1]

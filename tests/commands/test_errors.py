@@ -96,8 +96,10 @@ def test_plain_postgresql_urls_work(env: dict[str, str], postgres_database: str)
         assert "is up to date" in proc.stdout
 
 
-def test_an_unreachable_broker(env: dict[str, str]) -> None:
-    one_line_error(run(env, "worker", DICOM_NODE_BROKER_URL="redis://127.0.0.1:1/0"), "cannot reach the broker redis://127.0.0.1:1/0", "DICOM_NODE_BROKER_URL")
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_an_unreachable_broker(env: dict[str, str], command: str) -> None:
+    line = one_line_error(run(env, command, DICOM_NODE_BROKER_URL="redis://:secret@127.0.0.1:1/0"), "cannot reach the broker redis://:***@127.0.0.1:1/0", "DICOM_NODE_BROKER_URL")
+    assert "secret" not in line
 
 
 def test_an_unreachable_pacs(env: dict[str, str]) -> None:
