@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from model.inference.io import load_series
+from model.inference.lung import segment_lungs
 from model.inference.multiscale_cam import Predictor, settings_for
-from model.inference.preprocess import preprocess_slices
+from model.inference.preprocess import prepare_lung_slices
 from model.inference.weights import load_weights
 from model.phantoms.phantom import make_phantom
 from model.phantoms.writer import write_phantom_series
@@ -101,9 +102,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del phantom
 
         cam = _predictor(args.weights, args.device, "cam", 0, args.batch)
-        report["model"] = cam.model.info.to_json() | {"image_size": cam.image_size}
+        spec = cam.input_spec
+        report["model"] = cam.model.info.to_json() | {"input": spec.to_json()}
         # Warm-up (allocator, kernels, caches) on a few slices.
-        warm = torch.randn(min(args.batch, 8), 1, cam.image_size, cam.image_size)
+        warm = torch.randn(min(args.batch, 8), 1, spec.height, spec.width)
         _bare_forward(cam, warm, args.device)
 
         runs = []
@@ -118,8 +120,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_lung, n_all = int(lung_idx.size), len(result.lung_slices)
 
         volume = load_series(folder)
-        inputs = torch.from_numpy(preprocess_slices(volume.hu[lung_idx], size=cam.image_size))
-        del volume
+        lungs = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
+        inputs = torch.from_numpy(prepare_lung_slices(volume.hu, lungs, spec, (volume.spacing[1], volume.spacing[2]), lung_idx).inputs)
+        del volume, lungs
         bare_s = min(_bare_forward(cam, inputs, args.device) for _ in range(args.repeat))
         report["cam_only"] = {
             "full_path_s": round(full_s, 3),

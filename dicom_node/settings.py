@@ -95,7 +95,7 @@ class WorkerSettings(_Section):
     # weights shipped in model/weights (model.inference.weights.weights_folder).
     weights_dir: Path | None = None
     # None: what the weights' metadata chose.
-    localisation: Literal["cam", "cam+ig"] | None = None
+    localisation: Literal["auto", "cam", "cam+ig"] | None = None
     sc_slices: Literal["lung", "key"] = "key"
     # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.
     visibility_timeout_seconds: int = Field(default=3600, ge=10)

@@ -16,6 +16,7 @@ from typing import Any
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 from model.terminal import status
+from model.training.choices import AUGMENTATIONS, OBJECTIVES, RECIPE_CHOICES, SCHEDULES
 
 NOTICE = NOT_FOR_CLINICAL_USE
 
@@ -34,30 +35,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the network on a labelled data set (patient-level folds)",
-        description="Train the network on a labelled data set (patient-level folds); a progress bar on a terminal. Not for clinical use.",
-        epilog="example:\n  dicom-node phantom-dataset /tmp/phantoms --count 30 --rows 256\n  dicom-node model train --data /tmp/phantoms --out /tmp/weights --max-minutes 25",
+        description="Train the network on a labelled data set (patient-level folds), starting from a recipe (--recipe; "
+        "every option below overrides the recipe's value); a progress bar on a terminal. Not for clinical use.",
+        epilog="examples:\n  dicom-node phantom-dataset /tmp/phantoms --count 300 --rows 256 --slices-min 36 --slices-max 60 --matched\n"
+        "  dicom-node model train --data /tmp/phantoms --out /tmp/weights --max-minutes 60\n"
+        "  dicom-node model train --recipe paper --device cuda --data /data/ccccii --out /tmp/weights\n"
+        "the shipped weights: benchmarks/cpu_weights.sh (model/README.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", required=True, type=Path, help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)")
     p.add_argument("--labels", type=Path, default=None, help="labels CSV (series,label,patient_id); default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)")
-    p.add_argument("--iterations", type=int, default=10_000, help="maximum iterations (default 10000, the paper's)")
-    p.add_argument("--batch", type=int, default=24, help="slices per batch (default 24)")
-    p.add_argument("--image-size", type=int, default=224, help="network input size (default 224, divisible by 32)")
+    p.add_argument("--recipe", choices=RECIPE_CHOICES, default="auto", help="starting values: cpu (the shipped weights' recipe), paper (the method's), auto (default: cpu on a CPU, paper on a GPU)")
+    p.add_argument("--objective", choices=OBJECTIVES, default=None, help="slice: every slice carries the series label (the paper's); mil: the series' top-k slices (the cpu recipe's)")
+    p.add_argument("--iterations", type=int, default=None, help="maximum iterations (paper 10000, cpu 3000)")
+    p.add_argument("--batch", type=int, default=None, help="slices (objective slice) or series (objective mil) per batch (paper 24, cpu 8)")
+    p.add_argument("--input-size", type=_input_size, default=None, metavar="HxW", help="network input height x width, multiples of 32 (paper 224x224, cpu 64x96)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--classes", default="covid,cap,normal", help="comma separated: the three-way model (default) or a pair for the paper's binary models")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    p.add_argument("--lr-step", type=int, default=3000, help="multiply the learning rate by --lr-gamma every N iterations (default 3000)")
-    p.add_argument("--lr-gamma", type=float, default=0.1)
-    p.add_argument("--validate-every", type=int, default=500, help="iterations between validations (default 500)")
-    p.add_argument("--patience", type=int, default=1000, help="stop after N iterations without improvement (default 1000)")
-    p.add_argument("--focal-gamma", type=float, default=1.0)
-    p.add_argument("--folds", type=int, default=5, help="patient-level folds (default 5); 1 trains on everything without validation")
+    p.add_argument("--classes", default=None, help="comma separated: the three-way model (default covid,cap,normal) or a pair for the paper's binary models")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper 1e-4, cpu 1e-3)")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="step (paper) or cosine to the end of the budget (cpu)")
+    p.add_argument("--lr-step", type=int, default=None, help="schedule step: multiply the learning rate by --lr-gamma every N iterations (paper 3000)")
+    p.add_argument("--lr-gamma", type=float, default=None)
+    p.add_argument("--validate-every", type=int, default=None, help="iterations between validations (paper 500, cpu 150)")
+    p.add_argument("--patience", type=int, default=None, help="stop after N iterations without improvement (paper 1000)")
+    p.add_argument("--focal-gamma", type=float, default=None)
+    p.add_argument("--folds", type=int, default=None, help="patient-level folds (default 5); 1 trains on everything without validation")
     p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
     p.add_argument("--cross-validate", action="store_true", help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None, metavar="WEIGHTS_DIR", help="start from these weights (same classes and architecture) instead of Xavier: fine-tuning")
-    p.add_argument("--augment", action="store_true", help="random left-right flip and small affine per training slice (not in the method; for small data sets)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="per training slice: flip (left-right; the cpu recipe), flip+affine (also a small shift, scale, rotation), none (the paper)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; training stops after a last validation when spent")
     p.add_argument("--name", default=None, help="model name in the metadata")
     p.add_argument("--version", default=None, help="model version in the metadata")
@@ -82,9 +90,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
     p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the metadata.json of --weights (e.g. held_out_metrics, validation_metrics); needs --weights")
     p.add_argument(
-        "--fit-class-bias",
+        "--calibrate",
         action="store_true",
-        help="validation data only: choose the series logits' class bias that maximises series accuracy here and store it in the inference metadata of --weights; needs --weights",
+        help="validation data only: choose the class bias of the series logits, the indeterminate margin and the region threshold "
+        "on these series and store them in the inference metadata of --weights; needs --weights",
     )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_evaluate)
@@ -108,7 +117,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--localisation", choices=("cam", "cam+ig"), default=None, help="joint map from CAMs only, or CAMs + Integrated Gradients (default: the weights' setting)")
+    p.add_argument(
+        "--localisation",
+        choices=("auto", "cam", "cam+ig"),
+        default=None,
+        help="joint map from CAMs only, CAMs + Integrated Gradients, or auto (cam on a CPU, cam+ig on a GPU); "
+        "default: the weights' setting",
+    )
     p.add_argument("--ig-slices", type=int, default=None, help="Integrated Gradients on this many most suspicious slices")
     p.add_argument("--threshold", type=float, default=None, help="joint-map threshold for regions, in (0, 1)")
     p.add_argument("--aggregation", choices=("top_k", "mean"), default=None, help="series rule (default: the weights' setting)")
@@ -170,6 +185,20 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if result.decision == "no_decision" else 0
 
 
+def _input_size(text: str) -> tuple[int, int]:
+    """``HxW`` (or one number for a square) -> (height, width), multiples of 32."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HxW (e.g. 64x96)") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or any(v < 32 or v % 32 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be multiples of 32 (e.g. 64x96)")
+    return values[0], values[1]
+
+
 def _missing_data(args: argparse.Namespace) -> bool:
     if args.data.is_dir():
         return False
@@ -178,30 +207,40 @@ def _missing_data(args: argparse.Namespace) -> bool:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.training.train import TrainConfig, train_folder
+    from model.training.recipes import recipe
+    from model.training.train import train_folder
 
     if _missing_data(args):
         return 2
 
-    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
-    config = TrainConfig(
-        image_size=args.image_size,
-        batch_size=args.batch,
-        iterations=args.iterations,
-        learning_rate=args.lr,
-        lr_step=args.lr_step,
-        lr_gamma=args.lr_gamma,
-        validate_every=args.validate_every,
-        patience=args.patience,
-        focal_gamma=args.focal_gamma,
-        folds=args.folds,
-        fold=args.fold,
-        seed=args.seed,
-        device=args.device,
-        classes=classes,
-        max_minutes=args.max_minutes,
-        augment=args.augment,
-    )
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
+    base = recipe(args.recipe, args.device)
+    spec = dataclasses.replace(base.input, height=args.input_size[0], width=args.input_size[1]) if args.input_size else None
+    try:
+        config = recipe(
+            args.recipe,
+            args.device,
+            input=spec,
+            objective=args.objective,
+            batch_size=args.batch,
+            iterations=args.iterations,
+            learning_rate=args.lr,
+            schedule=args.schedule,
+            lr_step=args.lr_step,
+            lr_gamma=args.lr_gamma,
+            validate_every=args.validate_every,
+            patience=args.patience,
+            focal_gamma=args.focal_gamma,
+            folds=args.folds,
+            fold=args.fold,
+            seed=args.seed,
+            classes=classes,
+            max_minutes=args.max_minutes,
+            augment=args.augment,
+        )
+    except ValueError as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return 2
     summary = train_folder(
         args.data,
         args.labels,
@@ -222,24 +261,24 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model.training.evaluate import evaluate_folder, store_class_bias
+    from model.training.evaluate import calibrate, evaluate_folder
 
     if _missing_data(args):
         return 2
 
-    if (args.fit_class_bias or args.record) and args.weights is None:
+    if (args.calibrate or args.record) and args.weights is None:
         # Both write into the weights' metadata.json: never the shipped weights by default.
-        print("dicom-node: --fit-class-bias and --record write into a weights folder's metadata.json: name it with --weights (the shipped weights are model/weights)", file=sys.stderr)
+        print("dicom-node: --calibrate and --record write into a weights folder's metadata.json: name it with --weights (the shipped weights are model/weights)", file=sys.stderr)
         return 2
 
     command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
     settings = _settings(args)
-    if args.fit_class_bias:
-        settings = dataclasses.replace(settings, class_bias=())  # fit on the raw series logits
+    if args.calibrate:
+        settings = dataclasses.replace(settings, class_bias=(), min_margin=0.0)  # fit on the raw series logits
     report = evaluate_folder(args.data, args.labels, args.weights, args.json, settings, overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
     headline = {k: report["headline"][k] for k in report["headline"]}
-    if args.fit_class_bias:
-        headline["class_bias_fit"] = store_class_bias(args.weights, report, command)
+    if args.calibrate:
+        headline["calibration"] = calibrate(args.weights, report, command)
     print(json.dumps(headline, indent=2))
     print(NOTICE, file=sys.stderr)
     return 0

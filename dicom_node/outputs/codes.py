@@ -23,6 +23,7 @@ DECISION_NAMES: dict[str, str] = {
     "covid": "COVID-19",
     "cap": "community-acquired pneumonia",
     "normal": "no pneumonia (normal)",
+    "indeterminate": "indeterminate (low confidence)",
     "no_decision": "no decision",
 }
 

@@ -14,7 +14,7 @@ import numpy as np
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 CLASSES: tuple[str, ...] = ("covid", "cap", "normal")
-DECISIONS: tuple[str, ...] = ("covid", "cap", "normal", "no_decision")
+DECISIONS: tuple[str, ...] = ("covid", "cap", "normal", "indeterminate", "no_decision")
 
 
 @dataclass(frozen=True)

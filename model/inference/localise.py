@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import overload
 
 import numpy as np
@@ -36,7 +36,8 @@ from torch.nn import functional as F
 from model.contract.result import Region
 from model.inference.network import WeaklySupervisedNet
 
-LOCALISATION_MODES: tuple[str, ...] = ("cam", "cam+ig")
+# "auto": "cam" on a CPU, "cam+ig" on a GPU (IG costs 25 network passes per examined slice).
+LOCALISATION_MODES: tuple[str, ...] = ("auto", "cam", "cam+ig")
 IG_STEPS = 25
 IG_BASELINE = -1.0
 
@@ -53,6 +54,19 @@ class LocalisationSettings:
     ig_sigma: float = 2.0  # Gaussian smoothing of IG maps, in pixels of the network input
     threshold: float = 0.5  # of the joint map in [0, 1], for regions
     min_volume_ml: float = 0.05
+    # Weight the joint map by how much denser than the slice's lungs each voxel is (density_excess):
+    # the network says which slices and which part of the lung; the density says which voxels there
+    # are abnormal. Infection is denser than aerated lung (ground glass -700..-300 HU, consolidation
+    # above); healthy lung is not.
+    density_weighting: bool = True
+    density_offset_hu: float = 100.0
+    density_range_hu: float = 200.0
+
+    def resolved(self, device: str) -> LocalisationSettings:
+        """The settings with "auto" replaced by the mode for ``device``."""
+        if self.mode != "auto":
+            return self
+        return replace(self, mode="cam+ig" if device.startswith("cuda") else "cam")
 
     def __post_init__(self) -> None:
         if self.mode not in LOCALISATION_MODES:
@@ -63,6 +77,24 @@ class LocalisationSettings:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
         if self.min_volume_ml < 0:
             raise ValueError(f"min_volume_ml must be >= 0, got {self.min_volume_ml!r}")
+        if self.density_range_hu <= 0:
+            raise ValueError(f"density_range_hu must be > 0, got {self.density_range_hu!r}")
+
+
+def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0) -> np.ndarray:
+    """Per voxel, how far above its slice's lung median density it lies: 0 up to ``offset_hu``
+    above the median, rising linearly to 1 at ``offset_hu + range_hu`` above; 0 outside the lungs.
+    float32 of ``hu``'s shape. Slice by slice (a full-series float copy of the HU is not needed)."""
+    if hu.shape != lung_mask.shape:
+        raise ValueError(f"hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
+    out = np.zeros(hu.shape, dtype=np.float32)
+    for z in np.flatnonzero(lung_mask.any(axis=(1, 2))):
+        lung = lung_mask[z]
+        median = float(np.median(hu[z][lung]))
+        excess = (hu[z].astype(np.float32) - np.float32(median + offset_hu)) * np.float32(1.0 / range_hu)
+        np.clip(excess, 0.0, 1.0, out=excess)
+        out[z] = excess * lung
+    return out
 
 
 def upsample_cams(cams: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:

@@ -36,10 +36,13 @@ from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_ser
 from model.inference.localise import LocalisationSettings
 from model.inference.lung import segment_lungs
 from model.inference.options import InferenceOptions
-from model.inference.preprocess import lung_slice_indices, mask_to_network_geometry, preprocess_slices, to_original_geometry
+from model.inference.preprocess import SliceGeometry, lung_slice_indices, prepare_lung_slices
 from model.inference.weights import LoadedModel, load_weights, read_metadata, weights_folder
 
 AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
+# The least min_margin calibration may choose (model.training.evaluate.fit_margin): a series whose two
+# likeliest classes are within 0.1 of each other is never decided.
+MIN_MARGIN_FLOOR = 0.1
 ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
 CLASS_WORDS = {"covid": "COVID-19 pattern", "cap": "community-acquired pneumonia pattern", "normal": "no pneumonia pattern"}
 
@@ -57,9 +60,14 @@ class PredictorSettings:
     min_lung_volume_ml: float = 100.0
     key_slices: int = 5
     # Added to the series logits before the softmax, one per class (empty: none). Chosen on
-    # validation data by `dicom-node model evaluate --fit-class-bias` and kept in the weights'
+    # validation data by `dicom-node model evaluate --calibrate` and kept in the weights'
     # inference metadata: a calibration of the series rule, not of the network.
     class_bias: tuple[float, ...] = ()
+    # The least difference between the two likeliest series probabilities for a decision; below it
+    # the decision is "indeterminate" (the reason names both). Chosen on validation data by
+    # `dicom-node model evaluate --calibrate` (never below MIN_MARGIN_FLOOR) and kept in the weights'
+    # inference metadata. 0: always decide.
+    min_margin: float = 0.0
     localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
 
     def __post_init__(self) -> None:
@@ -69,6 +77,8 @@ class PredictorSettings:
             raise ValueError("top_k_fraction must be in (0, 1] and top_k_min >= 1")
         if self.batch_size < 1 or self.min_lung_slices < 1 or self.key_slices < 0:
             raise ValueError("batch_size and min_lung_slices must be >= 1, key_slices >= 0")
+        if not 0.0 <= self.min_margin < 1.0:
+            raise ValueError(f"min_margin must be in [0, 1), got {self.min_margin!r}")
 
 
 def abnormality(logits: np.ndarray, classes: Sequence[str]) -> np.ndarray:
@@ -111,6 +121,24 @@ def aggregate_series(
     return _softmax(series_logits[None, :])[0], used
 
 
+def decide(probs: np.ndarray | Sequence[float], classes: Sequence[str], min_margin: float = 0.0) -> tuple[str, str | None]:
+    """The series decision: the likeliest class, or "indeterminate" when it leads the second by
+    less than ``min_margin``; then also the reason, naming both."""
+    p = np.asarray(probs, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    first = classes[int(order[0])]
+    if len(order) < 2 or min_margin <= 0.0:
+        return first, None
+    second = classes[int(order[1])]
+    margin = float(p[order[0]] - p[order[1]])
+    if margin >= min_margin:
+        return first, None
+    return "indeterminate", (
+        f"low confidence: p({first})={p[order[0]]:.3f} against p({second})={p[order[1]]:.3f}, "
+        f"a margin of {margin:.3f} below the {min_margin:.3f} chosen on validation data"
+    )
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -132,7 +160,8 @@ class SliceAnalysis:
     lung_indices: np.ndarray  # (n,) indices into the sorted slices
     logits: np.ndarray  # (n, classes) mean-over-scales logits
     cams: list[np.ndarray]  # per scale (n, classes, h_s, w_s) float32
-    inputs: torch.Tensor  # (n, 1, S, S) pre-processed slices (CPU)
+    inputs: torch.Tensor  # (n, 1, height, width) pre-processed slices (CPU)
+    geometry: SliceGeometry  # where the inputs lie in the series' slices
 
 
 class Predictor:
@@ -149,7 +178,7 @@ class Predictor:
         if self.device.type == "cuda":
             self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to(memory_format=...) is documented; torch's overloads omit it
         self.classes = model.classes
-        self.image_size = model.image_size
+        self.input_spec = model.input_spec
 
     @property
     def info(self) -> ModelInfo:
@@ -176,13 +205,12 @@ class Predictor:
                     cams[s].append(cam.float().cpu().numpy())
         return np.concatenate(logits), [np.concatenate(c) for c in cams]
 
-    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray) -> SliceAnalysis:
-        """Pre-process the lung slices (masked to the lungs where the weights want it) and run the
-        network over them."""
-        mask = lung_mask[lung_indices] if self.model.masks_lungs else None
-        inputs = torch.from_numpy(np.ascontiguousarray(preprocess_slices(hu[lung_indices], size=self.image_size, lung_mask=mask), dtype=np.float32))
+    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float]) -> SliceAnalysis:
+        """Pre-process the lung slices as the weights' input spec says and run the network over them."""
+        prepared = prepare_lung_slices(hu, lung_mask, self.input_spec, pixel_spacing, lung_indices)
+        inputs = torch.from_numpy(prepared.inputs)
         logits, cams = self.forward_slices(inputs)
-        return SliceAnalysis(lung_indices=np.asarray(lung_indices), logits=logits, cams=cams, inputs=inputs)
+        return SliceAnalysis(lung_indices=prepared.indices, logits=logits, cams=cams, inputs=inputs, geometry=prepared.geometry)
 
     # -- the series -------------------------------------------------------------------------------
 
@@ -227,20 +255,20 @@ class Predictor:
             return self._no_decision(reason, timings, t_total, uids, lung_slices), None
 
         t = time.perf_counter()
-        analysis = self.analyse_slices(hu, lung_indices, lung_mask)
+        analysis = self.analyse_slices(hu, lung_indices, lung_mask, (sy, sx))
         timings["network"] = time.perf_counter() - t
         probs, used = aggregate_series(
             analysis.logits, self.classes, self.settings.aggregation, self.settings.top_k_fraction, self.settings.top_k_min, self.settings.class_bias
         )
-        decision = self.classes[int(np.argmax(probs))]
-        target_name = decision if decision in ABNORMAL_CLASSES or not any(c in ABNORMAL_CLASSES for c in self.classes) else max(
-            (c for c in self.classes if c in ABNORMAL_CLASSES), key=lambda c: probs[self.classes.index(c)]
-        )
-        target = self.classes.index(target_name)
+        decision, doubt = decide(probs, self.classes, self.settings.min_margin)
+        target = localisation_target(probs, self.classes)
         rule = f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices" if self.settings.aggregation == "top_k" else f"mean logits of all {lung_indices.size} lung slices"
-        reason = f"{CLASS_WORDS[decision]}: p={probs[int(np.argmax(probs))]:.3f} ({rule}). {NOT_FOR_CLINICAL_USE}"
+        if doubt is not None:
+            reason = f"indeterminate, {doubt} ({rule}). {NOT_FOR_CLINICAL_USE}"
+        else:
+            reason = f"{CLASS_WORDS[decision]}: p={probs[int(np.argmax(probs))]:.3f} ({rule}). {NOT_FOR_CLINICAL_USE}"
 
-        heatmap = self.heatmap(analysis, target, lung_mask, timings)
+        heatmap = self.heatmap(analysis, target, lung_mask, timings, hu)
         t = time.perf_counter()
         abnormal = decision in ABNORMAL_CLASSES
         if abnormal:
@@ -292,13 +320,13 @@ class Predictor:
 
     # -- localisation -----------------------------------------------------------------------------
 
-    def heatmap(self, analysis: SliceAnalysis, target: int, lung_mask: np.ndarray, timings: dict[str, float] | None = None) -> np.ndarray:
-        """The joint map of ``target`` in the series geometry: float32 [0, 1], zero outside lungs."""
-        settings = self.settings.localisation
+    def heatmap(self, analysis: SliceAnalysis, target: int, lung_mask: np.ndarray, timings: dict[str, float] | None = None, hu: np.ndarray | None = None) -> np.ndarray:
+        """The joint map of ``target`` in the series geometry: float32 [0, 1], zero outside lungs;
+        weighted by the density excess of ``hu`` where the settings say so (module localise)."""
+        settings = self.settings.localisation.resolved(self.settings.device)
         timings = timings if timings is not None else {}
         t = time.perf_counter()
         n = analysis.lung_indices.size
-        rows, cols = lung_mask.shape[1:]
         # Series-normalised CAMs of the target class, per scale, at the network input size.
         peaks = [max(float(c[:, target].max()), 1e-12) for c in analysis.cams]
         factor: dict[int, torch.Tensor] = {}
@@ -308,7 +336,7 @@ class Predictor:
             t = time.perf_counter()
             p = _softmax(analysis.logits)[:, target]
             chosen = np.argsort(-p, kind="stable")[: min(settings.ig_slices, n)]
-            lung_small = self._lung_at_input_size(lung_mask[analysis.lung_indices[chosen]])
+            lung_small = torch.from_numpy(analysis.geometry.mask_to_network(lung_mask[analysis.lung_indices[chosen]]))
             attr = self.integrated_gradients(analysis.inputs[chosen], target)
             f = localise.ig_factor(attr.cpu(), lung_small, settings.ig_sigma)  # (m, scales, S, S)
             cam_chosen = self._cams_at(analysis, chosen, target, peaks)
@@ -326,17 +354,17 @@ class Predictor:
             for j, i in enumerate(idx):
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
             joint = localise.joint_map(m).numpy()
-            heat[analysis.lung_indices[idx]] = to_original_geometry(joint, rows, cols)
+            heat[analysis.lung_indices[idx]] = analysis.geometry.to_original(joint)
         heat = localise.min_max(heat, lung_mask, inplace=True)
+        if settings.density_weighting and hu is not None:
+            heat *= localise.density_excess(hu, lung_mask, settings.density_offset_hu, settings.density_range_hu)
+            heat = localise.min_max(heat, lung_mask, inplace=True)
         timings["cam"] += time.perf_counter() - t
         return heat
 
     def _cams_at(self, analysis: SliceAnalysis, idx: np.ndarray, target: int, peaks: list[float]) -> torch.Tensor:
         cams = [torch.from_numpy(c[idx, target]) / peak for c, peak in zip(analysis.cams, peaks)]
-        return localise.upsample_cams(cams, self.image_size).clamp(0.0, 1.0)
-
-    def _lung_at_input_size(self, lung: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(mask_to_network_geometry(lung, self.image_size))
+        return localise.upsample_cams(cams, (self.input_spec.height, self.input_spec.width)).clamp(0.0, 1.0)
 
     def integrated_gradients(self, inputs: torch.Tensor, target: int) -> torch.Tensor:
         """IG of each scale's pooled logit for ``target`` (batched over steps), outside inference mode."""
@@ -344,6 +372,16 @@ class Predictor:
         x = self._batch_to_device(inputs)
         targets = torch.full((x.shape[0],), target, dtype=torch.long, device=self.device)
         return localise.integrated_gradients(self.network, x, targets, settings.ig_steps, settings.ig_baseline, settings.ig_batch)
+
+
+def localisation_target(probs: np.ndarray, classes: Sequence[str]) -> int:
+    """The class the heatmap shows: the likelier abnormal class (whatever the decision: a normal or
+    indeterminate series' map shows where the evidence for disease is); the top class for a model
+    without abnormal classes."""
+    abnormal = [c for c in classes if c in ABNORMAL_CLASSES]
+    if not abnormal:
+        return int(np.argmax(probs))
+    return list(classes).index(max(abnormal, key=lambda c: probs[list(classes).index(c)]))
 
 
 def settings_for(

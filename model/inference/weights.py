@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from model.contract.notice import WEIGHTS_NOTICE
 from model.contract.result import CLASSES, ModelInfo
 from model.inference.network import WeaklySupervisedNet
+from model.inference.preprocess import InputSpec
 
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
@@ -31,18 +32,6 @@ SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # The kind of the weights this module writes and reads: the 2D multi-scale CAM network of
 # model.inference.network with the series rule of model.inference.multiscale_cam.
 MULTISCALE_CAM_2D = "multiscale-cam-2d"
-
-# The pre-processing the network expects (method.md); recorded with every set of weights.
-DEFAULT_INPUT_SPEC: dict[str, Any] = {
-    "image_size": 224,
-    "channels": 1,
-    "window": {"width": 1500, "level": -600},
-    "resize": "bilinear, whole slice to image_size x image_size",
-    "outside_lungs": "window minimum beyond 2 network pixels of the lung mask (model.inference.preprocess.LUNG_MARGIN)",
-    "normalisation": "per-slice z-score ((x - mean) / std) after windowing and masking",
-    "slices": "lung slices only (model.inference.lung.segment_lungs), ascending along the slice normal",
-}
-
 
 class WeightsError(ValueError):
     """A weights folder that is missing, incomplete or inconsistent with its metadata."""
@@ -62,13 +51,9 @@ class LoadedModel:
         return tuple(self.metadata["classes"])
 
     @property
-    def image_size(self) -> int:
-        return int(self.metadata["input"]["image_size"])
-
-    @property
-    def masks_lungs(self) -> bool:
-        """Whether the network was trained on slices masked to the lungs (its input spec says)."""
-        return "outside_lungs" in self.metadata["input"]
+    def input_spec(self) -> InputSpec:
+        """The pre-processing the network was trained with (its metadata's ``input``)."""
+        return InputSpec.from_json(self.metadata["input"])
 
     @property
     def info(self) -> ModelInfo:

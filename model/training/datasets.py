@@ -45,7 +45,7 @@ from model.contract.uids import derived_uid
 from model.inference import lung
 from model.inference.io import AIR_HU, SeriesReadError, Volume, load_series, scan_series
 from model.inference.lung import segment_lungs
-from model.inference.preprocess import LUNG_WINDOW, PREPROCESS_VERSION, lung_slice_indices, preprocess_slices, window_bounds
+from model.inference.preprocess import LUNG_WINDOW, PAPER_INPUT, PREPROCESS_VERSION, InputSpec, lung_slice_indices, prepare_lung_slices, window_bounds
 from model.phantoms.phantom import KINDS, make_phantom
 from model.phantoms.writer import masks_path, read_phantom_truth
 
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 LAYOUTS: tuple[str, ...] = ("dicom", "nifti", "ccccii")
 LABELS_CSV = "labels.csv"
 # Bumped when the cached content changes for a reason other than model.inference.preprocess (lung masks).
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CCCCII_CLASSES: dict[str, str] = {"NCP": "covid", "CP": "cap", "Normal": "normal"}
 CCCCII_SPACING: tuple[float, float, float] = (5.0, 0.75, 0.75)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -294,6 +294,7 @@ class EvalSeries:
     patient_id: str
     source: Any  # a folder / file list for model.inference.io.load_series, or a model.inference.io.Volume
     lesion_mask: Any = None  # callable () -> bool array (slices, rows, columns) in sorted order, or None
+    true_involvement_percent: float | None = None  # a phantom's lesion share of its lungs (its masks file)
 
 
 def phantom_seeds(records: Sequence[Any]) -> list[int]:
@@ -313,10 +314,12 @@ def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None)
     its masks file is beside the series folder, else None."""
     items = []
     for r in discover(data_dir, labels_csv):
-        lesion = None
+        lesion, involvement = None, None
         if r.layout == "dicom" and masks_path(r.source).is_file():
             lesion = _lesion_loader(r.source, read_phantom_truth)
-        items.append(EvalSeries(series_id=r.series_id, label=r.label, patient_id=r.patient_id, source=r.source, lesion_mask=lesion))
+            with np.load(masks_path(r.source)) as data:
+                involvement = 100.0 * float(json.loads(str(data["meta"])).get("lesion_fraction", 0.0))
+        items.append(EvalSeries(series_id=r.series_id, label=r.label, patient_id=r.patient_id, source=r.source, lesion_mask=lesion, true_involvement_percent=involvement))
     return items
 
 
@@ -370,13 +373,13 @@ def _signature(source: Path) -> list[Any]:
     return out
 
 
-def cache_key(record: SeriesRecord, size: int, min_fraction: float) -> str:
+def cache_key(record: SeriesRecord, spec: InputSpec, min_fraction: float) -> str:
     """Hash of the source files (names, sizes, times), the layout and the pre-processing."""
     payload = {
         "source": str(record.source.resolve()),
         "layout": record.layout,
         "files": _signature(record.source),
-        "size": size,
+        "input": spec.to_json(),
         "min_fraction": min_fraction,
         "preprocess": PREPROCESS_VERSION,
         "lung": lung.LUNG_VERSION,
@@ -385,7 +388,7 @@ def cache_key(record: SeriesRecord, size: int, min_fraction: float) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 224, min_fraction: float = 0.05) -> CachedSeries:
+def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, spec: InputSpec = PAPER_INPUT, min_fraction: float = 0.05) -> CachedSeries:
     """Read, segment, select and pre-process one series (or take it from the cache).
 
     Raises :class:`model.inference.io.SeriesReadError` for unreadable input and ValueError for a series
@@ -393,7 +396,7 @@ def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 2
     already be cropped to the lungs).
     """
     cache_dir = Path(cache_dir)
-    key = cache_key(record, size, min_fraction)
+    key = cache_key(record, spec, min_fraction)
     npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if npy.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -409,7 +412,10 @@ def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 2
             raise ValueError(f"{record.series_id}: no lung slices found")
         indices = np.arange(volume.hu.shape[0])
         fallback = True
-    slices = preprocess_slices(volume.hu[indices], size=size, lung_mask=None if fallback else mask[indices])
+    # The same path as inference (model.inference.multiscale_cam): crop, fill and normalisation as
+    # the spec says. Without lungs (the CC-CCII fallback) the mask is empty and the whole slice is kept.
+    lungs = np.zeros_like(mask) if fallback else mask
+    slices = prepare_lung_slices(volume.hu, lungs, spec, (float(volume.spacing[1]), float(volume.spacing[2])), indices).inputs
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = npy.with_suffix(".tmp.npy")
     np.save(tmp, slices)
@@ -425,7 +431,7 @@ def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, size: int = 2
         "lung_indices": [int(i) for i in indices],
         "lung_ml": float(mask.sum()) * float(np.prod(volume.spacing)) / 1000.0,
         "all_slices_fallback": fallback,
-        "size": size,
+        "input": spec.to_json(),
     }
     meta_path.write_text(json.dumps(meta))
     return CachedSeries(record.series_id, record.label, record.patient_id, npy, tuple(meta["lung_indices"]), meta)
@@ -436,7 +442,7 @@ def prepare_dataset(
     cache_dir: Path | str,
     *,
     labels_csv: Path | str | None = None,
-    size: int = 224,
+    spec: InputSpec = PAPER_INPUT,
     min_fraction: float = 0.05,
     skip_unreadable: bool = True,
     progress: Callable[[int, int, SeriesRecord], None] | None = None,
@@ -448,7 +454,7 @@ def prepare_dataset(
     out = PreparedDataset(series=[])
     for i, record in enumerate(records):
         try:
-            out.series.append(prepare_series(record, cache_dir, size=size, min_fraction=min_fraction))
+            out.series.append(prepare_series(record, cache_dir, spec=spec, min_fraction=min_fraction))
         except (SeriesReadError, ValueError) as exc:
             if not skip_unreadable:
                 raise

@@ -7,9 +7,15 @@ Every series goes through the full predict path (:class:`model.inference.multisc
   weighted precision/recall/F1, weighted sensitivity/specificity, per-class ROC AUC, confusion;
 - series level, for both aggregation rules ("top_k", the default, and "mean" over all lung slices),
   the same metrics; the headline uses the predictor's rule;
+- decisions as the product shows them: decision accuracy (indeterminate counts as not correct),
+  how many were indeterminate, and the specificity of "any pneumonia" (normal series not decided
+  covid or cap);
 - localisation (series with a lesion mask): the pointing game (series peak and per lesion slice,
-  10 mm in-plane tolerance) and the Dice of the thresholded joint map (``>= threshold``, inside the
-  lung mask) against the lesion mask, overall and per class;
+  10 mm in-plane tolerance), the Dice of the thresholded joint map (``>= threshold``, inside the
+  lung mask) against the lesion mask, overall and per class, and the share of the joint map's
+  mass inside the lesion mask dilated by 5 mm;
+- lung involvement against the phantom's truth (its masks file): the error in percentage points
+  on disease series, the largest involvement reported on a normal series;
 - ROC curves (series and slice level) and example overlays as PNG files beside the JSON.
 
 Phantom results prove the pipeline, nothing clinical.
@@ -30,7 +36,7 @@ from tqdm import tqdm
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
 from model.contract.result import SeriesResult
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import AGGREGATION_RULES, Predictor, PredictorSettings, aggregate_series
+from model.inference.multiscale_cam import AGGREGATION_RULES, MIN_MARGIN_FLOOR, Predictor, PredictorSettings, aggregate_series
 from model.inference.weights import load_weights, read_metadata, update_metadata
 from model.training import metrics
 from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
@@ -38,6 +44,11 @@ from model.training.datasets import EvalSeries, discover, evaluation_items, load
 log = logging.getLogger(__name__)
 
 POINTING_TOLERANCE_MM = 10.0
+# The lesion mask is dilated by this much before the heatmap mass inside it is counted: a map that
+# lies on the lesion's border is on the lesion.
+MASS_DILATION_MM = 5.0
+# Lung involvement counts as right within this many percentage points of the truth.
+INVOLVEMENT_TOLERANCE_PP = 5.0
 # Region thresholds whose Dice is reported too (to choose the threshold on validation data).
 THRESHOLD_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 NOTICE = EVALUATION_NOTICE
@@ -53,6 +64,7 @@ def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: 
     lesion_in_lung = lesion & result.lung_mask
     by_threshold = {f"{t:.1f}": metrics.dice((heat >= t) & result.lung_mask, lesion) for t in THRESHOLD_GRID}
     return {
+        "heat_in_lesion": metrics.mass_inside(heat, metrics.dilate_mm(lesion, spacing, MASS_DILATION_MM)),
         "dice_by_threshold": by_threshold,
         "pointing_series_hit": pg["series_hit"],
         "pointing_slice_hits": pg["slice_hits"],
@@ -104,6 +116,7 @@ def evaluate_series(
             "reason": result.reason,
             "regions": len(result.regions),
             "lung_involvement_percent": result.lung_involvement_percent,
+            "true_involvement_percent": item.true_involvement_percent,
         }
         for k, v in result.timings.items():
             timings.setdefault(k, []).append(v)
@@ -144,13 +157,21 @@ def evaluate_series(
     loc_rows = [r for r in rows if "dice" in r]
     report["localisation"] = _localisation_summary(loc_rows, threshold)
     report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in timings.items()}
+    report["decisions"] = _decision_summary(rows)
     main = report["series_level"][settings.aggregation]
-    covid_auc = main["per_class"].get("covid", {}).get("roc_auc")
     report["headline"] = {
         "series_accuracy": main["accuracy"],
-        "covid_vs_rest_auc": covid_auc,
+        "covid_vs_rest_auc": main["per_class"].get("covid", {}).get("roc_auc"),
+        "cap_vs_rest_auc": main["per_class"].get("cap", {}).get("roc_auc"),
+        "normal_vs_rest_auc": main["per_class"].get("normal", {}).get("roc_auc"),
+        "decision_accuracy": report["decisions"]["decision_accuracy"],
+        "indeterminate": report["decisions"]["indeterminate"],
+        "pneumonia_specificity": report["decisions"]["pneumonia_specificity"],
         "pointing_game": report["localisation"].get("pointing_game_series"),
         "lesion_dice": report["localisation"].get("dice_mean"),
+        "heat_in_lesion": report["localisation"].get("heat_in_lesion_mean"),
+        "involvement_within_5pp": report["decisions"]["involvement_within_5pp"],
+        "max_normal_involvement_percent": report["decisions"]["max_normal_involvement_percent"],
         "slice_accuracy": report["slice_level"]["accuracy"],
         "aggregation": settings.aggregation,
         "series": len(items),
@@ -168,6 +189,24 @@ def _settings_json(settings: PredictorSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
+def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the product says, series by series: decisions (indeterminate is not a correct one),
+    normal series called pneumonia, lung involvement against the truth."""
+    decided = [r for r in rows if not r.get("no_decision")]
+    normals = [r for r in decided if r["label"] == "normal"]
+    disease = [r for r in decided if r["label"] != "normal" and r.get("true_involvement_percent") is not None]
+    errors = [abs(float(r["lung_involvement_percent"] or 0.0) - float(r["true_involvement_percent"])) for r in disease]
+    return {
+        "series": len(decided),
+        "decision_accuracy": float(np.mean([r["decision"] == r["label"] for r in decided])) if decided else None,
+        "indeterminate": sum(1 for r in decided if r["decision"] == "indeterminate"),
+        "pneumonia_specificity": float(np.mean([r["decision"] not in ("covid", "cap") for r in normals])) if normals else None,
+        "involvement_error_pp_mean": float(np.mean(errors)) if errors else None,
+        "involvement_within_5pp": float(np.mean([e <= INVOLVEMENT_TOLERANCE_PP for e in errors])) if errors else None,
+        "max_normal_involvement_percent": max((float(r["lung_involvement_percent"] or 0.0) for r in normals), default=None),
+    }
+
+
 def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     if not rows:
         return {"series_with_lesions": 0}
@@ -179,6 +218,8 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
         "pointing_game_slices": float(sum(r["pointing_slice_hits"] for r in rows) / max(sum(r["lesion_slices"] for r in rows), 1)),
         "dice_mean": float(np.mean([r["dice"] for r in rows])),
         "dice_median": float(np.median([r["dice"] for r in rows])),
+        "heat_in_lesion_mean": float(np.mean([r["heat_in_lesion"] for r in rows])),
+        "heat_in_lesion_dilation_mm": MASS_DILATION_MM,
         "dice_lesion_in_lung_mean": float(np.mean([r["dice_lesion_in_lung"] for r in rows])),
         "lesion_in_lung_fraction_mean": float(np.mean([r["lesion_in_lung_fraction"] for r in rows])),
         "dice_mean_by_threshold": {t: float(np.mean([r["dice_by_threshold"][t] for r in rows])) for t in rows[0]["dice_by_threshold"]},
@@ -190,6 +231,7 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
             "series": len(sub),
             "pointing_game_series": float(np.mean([r["pointing_series_hit"] for r in sub])),
             "dice_mean": float(np.mean([r["dice"] for r in sub])),
+            "heat_in_lesion_mean": float(np.mean([r["heat_in_lesion"] for r in sub])),
         }
     return out
 
@@ -321,23 +363,60 @@ def fit_class_bias(logits: np.ndarray, labels: Sequence[int], step: float = 0.05
     return tuple(round(float(v), 4) + 0.0 for v in chosen), float(accuracy.max())
 
 
-def store_class_bias(weights_dir: Path, report: dict[str, Any], command: str | None = None) -> dict[str, Any]:
-    """Fit the class bias on this evaluation (validation data) and keep it in the weights'
-    inference metadata. Returns what was stored."""
+def fit_margin(probabilities: np.ndarray, labels: Sequence[int], floor: float = MIN_MARGIN_FLOOR, cap: float = 0.5, step: float = 0.01) -> tuple[float, int]:
+    """The indeterminate margin (model.inference.multiscale_cam.decide): the smallest in
+    [floor, cap] that leaves the fewest wrong decisions on these series; and that number."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels)
+    top2 = np.sort(p, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    wrong = np.argmax(p, axis=1) != y
+    best, fewest = floor, None
+    for m in np.arange(floor, cap + step / 2, step):
+        n = int(np.count_nonzero(wrong & (margin >= m)))
+        if fewest is None or n < fewest:
+            best, fewest = float(m), n
+    return round(best, 4), int(fewest or 0)
+
+
+def calibrate(weights_dir: Path, report: dict[str, Any], command: str | None = None) -> dict[str, Any]:
+    """From an evaluation on validation data (run without class bias and margin): the class bias,
+    the indeterminate margin and the region threshold, kept in the weights' inference metadata.
+    Returns what was stored."""
     fit = report["series_logits"]
-    bias, accuracy = fit_class_bias(np.array(fit["logits"]), fit["labels"])
+    logits, labels = np.array(fit["logits"]), fit["labels"]
+    bias, accuracy = fit_class_bias(logits, labels)
+    z = logits + np.asarray(bias)
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    margin, wrong = fit_margin(probs, labels)
     meta = read_metadata(weights_dir)
     inference = dict(meta.get("inference", {}))
     inference["class_bias"] = list(bias)
-    inference["class_bias_fit"] = {
-        "series": len(fit["labels"]),
+    inference["min_margin"] = margin
+    by_threshold = report["localisation"].get("dice_mean_by_threshold", {})
+    chosen: dict[str, Any] = {
+        "series": len(labels),
         "series_accuracy_before": report["headline"]["series_accuracy"],
         "series_accuracy_after": accuracy,
+        "class_bias": list(bias),
+        "min_margin": margin,
+        "wrong_decisions_left": wrong,
+        "indeterminate": int(np.count_nonzero(np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0] < margin)),
         "data": report.get("data", {}).get("folder"),
         "command": command,
     }
+    if by_threshold:
+        best = max(by_threshold, key=lambda t: by_threshold[t])
+        localisation = dict(inference.get("localisation", {}))
+        localisation["threshold"] = float(best)
+        inference["localisation"] = localisation
+        chosen["threshold"] = float(best)
+        chosen["dice_at_threshold"] = by_threshold[best]
+    inference["calibration"] = chosen
+    inference.pop("class_bias_fit", None)
     update_metadata(weights_dir, {"inference": inference})
-    return inference["class_bias_fit"] | {"class_bias": list(bias)}
+    return chosen
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:

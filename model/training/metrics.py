@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 
 def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
@@ -147,3 +148,18 @@ def pointing_game(heatmap: np.ndarray, lesion: np.ndarray, spacing: Sequence[flo
         yx = np.unravel_index(int(np.argmax(sl)), sl.shape)
         hits += int(_within((int(yx[0]), int(yx[1])), lesion[z], tol))
     return {"series_hit": series_hit, "slice_hits": hits, "slices_with_lesion": total}
+
+
+def dilate_mm(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+    """In-plane dilation of a 3D mask (slices, rows, columns) by a disc of ``radius_mm``."""
+    dy, dx = float(spacing[1]), float(spacing[2])
+    ry, rx = int(np.ceil(radius_mm / dy)), int(np.ceil(radius_mm / dx))
+    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    disc = ((yy * dy) ** 2 + (xx * dx) ** 2) <= radius_mm**2
+    return np.asarray(ndimage.binary_dilation(mask, structure=disc[None]), dtype=bool)
+
+
+def mass_inside(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """The share of a non-negative map's total inside ``mask`` (0 for an all-zero map)."""
+    total = float(heatmap.sum(dtype=np.float64))
+    return 0.0 if total <= 0 else float(heatmap[mask].sum(dtype=np.float64)) / total

@@ -1,14 +1,24 @@
-"""Training the slice-level network as the method says, and patient-level k-fold cross-validation.
+"""Training the multi-scale network, and patient-level k-fold cross-validation.
 
-The defaults are the paper's: image 224, batch 24, Adam at 1e-4 multiplied by 0.1 every 3000
-iterations, at most 10,000 iterations, validation every 500, the best checkpoint (slice accuracy on
-the validation fold, strictly better) kept, stop after 1000 iterations without improvement; the
-class-balanced focal loss with gamma 1 averaged over the three scales; Xavier initialisation;
-5 folds split by patient. Every value is a :class:`TrainConfig` field.
+Two objectives (:class:`TrainConfig` ``objective``):
 
-Every slice of a series carries the series label (weak supervision). Batches are drawn from a
-shuffled permutation of all training slices, epoch after epoch, incomplete last batch dropped (as
-the authors' loop does).
+- "slice", the paper's: every slice of a series carries the series label (weak supervision).
+  Batches are drawn from a shuffled permutation of all training slices, epoch after epoch,
+  incomplete last batch dropped (as the authors' loop does). The checkpoint with the best
+  validation slice accuracy is kept.
+- "mil" (multiple-instance learning, ours): a batch is ``batch_size`` series, classes in turn; of
+  each, ``mil_candidates`` random lung slices are scored by the network in eval mode, the
+  ``mil_k`` most abnormal (1 - p(normal)) are run in training mode, and their mean logits per scale
+  are the series logits the loss sees. That is the series rule of inference (top-k mean,
+  model.inference.multiscale_cam), so a covid series is not taught that its lesion-free slices are
+  covid, and a normal series shows its most suspicious-looking slices as hard negatives. The
+  checkpoint with the best validation series accuracy (ties: the lower series loss) is kept.
+
+The paper's defaults (:data:`model.training.recipes.PAPER`): image 224, batch 24, Adam at 1e-4
+multiplied by 0.1 every 3000 iterations, at most 10,000 iterations, validation every 500, stop after
+1000 iterations without improvement; the class-balanced focal loss with gamma 1 averaged over the
+three scales; Xavier initialisation; 5 folds split by patient. The CPU recipe is in
+model.training.recipes. Every value is a :class:`TrainConfig` field.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +44,11 @@ from tqdm import tqdm
 from model.contract.notice import WEIGHTS_NOTICE
 from model.contract.result import CLASSES
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import aggregate_series
+from model.inference.multiscale_cam import MIN_MARGIN_FLOOR, abnormality, aggregate_series
 from model.inference.network import WeaklySupervisedNet
-from model.inference.weights import DEFAULT_INPUT_SPEC, load_weights, save_weights
+from model.inference.preprocess import PAPER_INPUT, InputSpec
+from model.inference.weights import load_weights, save_weights
+from model.training.choices import AUGMENTATIONS, OBJECTIVES, SCHEDULES
 from model.training.datasets import PreparedDataset, discover, phantom_seeds, prepare_dataset, prepare_series
 from model.training.loss import MultiScaleFocalLoss, class_balance_weights
 
@@ -63,12 +76,17 @@ class SeriesSlices(Protocol):
 class TrainConfig:
     """Training hyper-parameters; the defaults are the paper's."""
 
-    image_size: int = 224
-    batch_size: int = 24
+    input: InputSpec = PAPER_INPUT
+    objective: str = "slice"  # "slice" | "mil" (module docstring)
+    batch_size: int = 24  # slices ("slice") or series ("mil")
+    mil_candidates: int = 12
+    mil_k: int = 4
     iterations: int = 10_000
     learning_rate: float = 1e-4
+    schedule: str = "step"  # "step": x lr_gamma every lr_step; "cosine": to 2 % at the end (iterations or max_minutes, whichever comes first)
     lr_step: int = 3000
     lr_gamma: float = 0.1
+    warmup: int = 0  # iterations of linear warm-up
     validate_every: int = 500
     patience: int = 1000
     focal_gamma: float = 1.0
@@ -82,16 +100,25 @@ class TrainConfig:
     depths: tuple[int, ...] = (2, 2, 3, 3, 3)
     eval_batch: int = 64
     max_minutes: float | None = None  # wall-time budget: stop (after a last validation) when spent
-    # Not in the method (the authors trained without): random left-right flip and a small affine
-    # (shift, scale, rotation) per training slice. For small training sets, against memorisation.
-    augment: bool = False
+    # Not in the method (the authors trained without): "flip", a random left-right flip per
+    # training slice; "flip+affine", also a small shift, scale and rotation.
+    augment: str = "none"
+    recipe: str = "custom"  # the name of the recipe these values came from (model.training.recipes)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "batch_size", "iterations", "validate_every", "folds", "eval_batch"):
+        for name in ("batch_size", "iterations", "validate_every", "folds", "eval_batch", "mil_candidates", "mil_k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.image_size % 2 ** len(self.widths):
-            raise ValueError(f"image_size {self.image_size} must be divisible by {2 ** len(self.widths)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.mil_k > self.mil_candidates:
+            raise ValueError(f"mil_k ({self.mil_k}) must not exceed mil_candidates ({self.mil_candidates})")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup!r}")
         if not 0 <= self.fold < self.folds:
             raise ValueError(f"fold must be in 0..{self.folds - 1}, got {self.fold}")
         if self.learning_rate <= 0 or self.lr_step < 1 or not 0 < self.lr_gamma <= 1:
@@ -99,11 +126,42 @@ class TrainConfig:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes!r}")
 
+    @property
+    def selection(self) -> str:
+        """The validation figure that picks the checkpoint."""
+        return "val_series_accuracy" if self.objective == "mil" else "val_slice_accuracy"
+
+    def learning_rate_at(self, iteration: int, elapsed_minutes: float = 0.0) -> float:
+        """The learning rate for ``iteration`` (0-based), ``elapsed_minutes`` into training."""
+        if self.warmup and iteration < self.warmup:
+            return self.learning_rate * (iteration + 1) / self.warmup
+        if self.schedule == "step":
+            return self.learning_rate * self.lr_gamma ** (iteration // self.lr_step)
+        done = (iteration - self.warmup) / max(1, self.iterations - self.warmup)
+        if self.max_minutes:
+            done = max(done, elapsed_minutes / self.max_minutes)
+        done = min(1.0, max(0.0, done))
+        return self.learning_rate * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * done)))
+
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["input"] = self.input.to_json()
         for key in ("classes", "widths", "depths"):
             out[key] = list(out[key])
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config of a weights' metadata ``training.config`` (older ones: ``image_size``)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["input"] = InputSpec.from_json(data["input"]) if "input" in data else InputSpec(height=int(data.get("image_size", 224)), width=int(data.get("image_size", 224)))
+        if isinstance(values.get("augment"), bool):
+            values["augment"] = "flip+affine" if values["augment"] else "none"
+        for key in ("classes", "widths", "depths"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 @dataclass
@@ -112,12 +170,13 @@ class TrainResult:
 
     network: WeaklySupervisedNet
     best_iteration: int
-    best_val_accuracy: float | None
+    best_val_accuracy: float | None  # of config.selection
     iterations_run: int
     stopped_early: bool
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     class_weights: list[float] = field(default_factory=list)
+    selection: str = "val_slice_accuracy"  # what best_val_accuracy measures
 
 
 def seed_everything(seed: int) -> None:
@@ -184,6 +243,42 @@ class _SliceIndex:
         return torch.from_numpy(x), torch.from_numpy(self.labels[np.asarray(indices)])
 
 
+class _SeriesBatches:
+    """Batches of series for the "mil" objective: the classes in turn, each class's series in a
+    shuffled order, reshuffled when used up."""
+
+    def __init__(self, series: Sequence[SeriesSlices], classes: Sequence[str], rng: np.random.Generator) -> None:
+        self.series = list(series)
+        self.rng = rng
+        self.by_class: list[list[int]] = []
+        for name in classes:
+            members = [i for i, s in enumerate(self.series) if s.label == name]
+            if members:
+                self.by_class.append(members)
+        unknown = sorted({s.label for s in self.series} - set(classes))
+        if unknown:
+            raise ValueError(f"series labelled {unknown}, not among the classes {tuple(classes)}")
+        self.queues: list[list[int]] = [[] for _ in self.by_class]
+        self.turn = 0
+        self.labels = np.asarray([list(classes).index(s.label) for s in self.series], dtype=np.int64)
+
+    def next(self, size: int) -> list[int]:
+        out = []
+        for _ in range(size):
+            c = self.turn % len(self.by_class)
+            self.turn += 1
+            if not self.queues[c]:
+                self.queues[c] = [int(i) for i in self.rng.permutation(self.by_class[c])]
+            out.append(self.queues[c].pop())
+        return out
+
+
+def flip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random left-right flip per slice (up-down never: posterior stays posterior)."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.06, scale: float = 0.1, degrees: float = 8.0) -> torch.Tensor:
     """Random left-right flip and affine (shift as a fraction of the size, scale, rotation) per
     slice, bilinear, edges replicated. Up-down is never flipped (posterior signs stay posterior)."""
@@ -238,6 +333,7 @@ def validate(
     per_class_correct = np.zeros(len(classes))
     per_class_total = np.zeros(len(classes))
     series_correct = 0
+    series_loss = 0.0
     for s in series:
         y = list(classes).index(s.label)
         logits = predict_slices(network, s.slices, device, batch)
@@ -247,12 +343,42 @@ def validate(
         per_class_correct[y] += int((pred == y).sum())
         per_class_total[y] += len(pred)
         if len(pred):
-            series_correct += int(int(np.argmax(aggregate_series(logits, classes)[0])) == y)
-    out = {"val_slice_accuracy": correct / max(total, 1), "val_series_accuracy": series_correct / max(len(series), 1)}
+            probs = aggregate_series(logits, classes)[0]
+            series_correct += int(int(np.argmax(probs)) == y)
+            series_loss += -math.log(max(float(probs[y]), 1e-12))
+    out = {
+        "val_slice_accuracy": correct / max(total, 1),
+        "val_series_accuracy": series_correct / max(len(series), 1),
+        "val_series_loss": series_loss / max(len(series), 1),
+    }
     for c, name in enumerate(classes):
         if per_class_total[c]:
             out[f"val_slice_accuracy_{name}"] = float(per_class_correct[c] / per_class_total[c])
     return out
+
+
+def _mil_batch(
+    network: WeaklySupervisedNet, series: Sequence[SeriesSlices], chosen: Sequence[int], config: TrainConfig, classes: Sequence[str], rng: np.random.Generator, device: torch.device
+) -> torch.Tensor:
+    """The "mil" objective's input: per chosen series, the ``mil_k`` most abnormal of
+    ``mil_candidates`` random lung slices, as (series * k, 1, H, W), scored in one eval pass."""
+    picks = []
+    for i in chosen:
+        n = series[i].slices.shape[0]
+        cand = np.sort(rng.choice(n, size=min(n, config.mil_candidates), replace=False))
+        picks.append(np.asarray(series[i].slices[cand], dtype=np.float32))
+    sizes = [len(p) for p in picks]
+    x = torch.from_numpy(np.concatenate(picks))
+    network.eval()
+    with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        score = abnormality(network(_to_device(x, device)).mean_logits.float().cpu().numpy(), classes)
+    out, start = [], 0
+    for size in sizes:
+        order = np.argsort(-score[start : start + size], kind="stable")
+        top = order[np.arange(config.mil_k) % size]  # a series with fewer lung slices repeats its best
+        out.append(x[start + top])
+        start += size
+    return torch.cat(out)
 
 
 def train(
@@ -264,7 +390,7 @@ def train(
     checkpoint: Path | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Train one network; keep the checkpoint with the best validation slice accuracy.
+    """Train one network; keep the checkpoint with the best validation figure (``config.selection``).
 
     Without validation series the last iteration's weights are kept and there is no early stop.
     ``checkpoint``: also write the best state so far there (``torch.save``), so a run that is
@@ -275,22 +401,41 @@ def train(
     seed_everything(config.seed)
     device = torch.device(config.device)
     classes = tuple(config.classes)
-    data = _SliceIndex(train_series, classes)
-    if len(data) < config.batch_size:
-        raise ValueError(f"{len(data)} training slices, fewer than one batch of {config.batch_size}")
-    alpha = class_balance_weights(data.labels, len(classes))
+    mil = config.objective == "mil"
+    rng = np.random.default_rng(config.seed)
+    if mil:
+        batches = _SeriesBatches(train_series, classes, rng)
+        labels = batches.labels
+        if len(batches.series) < 1:
+            raise ValueError("no training series")
+    else:
+        data = _SliceIndex(train_series, classes)
+        labels = data.labels
+        if len(data) < config.batch_size:
+            raise ValueError(f"{len(data)} training slices, fewer than one batch of {config.batch_size}")
+    alpha = class_balance_weights(labels, len(classes))
     network = WeaklySupervisedNet(num_classes=len(classes), widths=config.widths, depths=config.depths, dropout=config.dropout)
     if init_state is not None:
         network.load_state_dict(init_state, strict=True)
     network = _prepare(network, device)
     loss_fn = MultiScaleFocalLoss(alpha=alpha, gamma=config.focal_gamma).to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
-    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.lr_step, gamma=config.lr_gamma)
+    optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate, foreach=True)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    rng = np.random.default_rng(config.seed)
     aug_gen = torch.Generator().manual_seed(config.seed)
 
+    def batches_forever() -> Any:
+        if mil:
+            while True:
+                chosen = batches.next(config.batch_size)
+                x = _mil_batch(network, batches.series, chosen, config, classes, rng, device)
+                yield x, torch.from_numpy(labels[np.asarray(chosen)])
+        while True:
+            order = rng.permutation(len(data))
+            for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
+                yield data.batch(order[start : start + config.batch_size])
+
     best_state = copy.deepcopy(network.state_dict())
+    best_key: tuple[float, float] | None = None
     best_acc: float | None = None
     best_iter = 0
     last_improvement = 0
@@ -298,58 +443,54 @@ def train(
     stopped_early = False
     started = time.monotonic()
     iteration = 0
-    out_of_time = False
     running_loss = 0.0
-    bar = None
-    if progress:
-        bar = tqdm(total=config.iterations, desc="train", unit="it", dynamic_ncols=True)
+    bar = tqdm(total=config.iterations, desc="train", unit="it", dynamic_ncols=True) if progress else None
     try:
-        while iteration < config.iterations and not stopped_early:
-            order = rng.permutation(len(data))
-            for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-                network.train()
-                x, y = data.batch(order[start : start + config.batch_size])
-                if config.augment:
-                    x = augment_batch(x, aug_gen)
-                x, y = _to_device(x, device), y.to(device)
-                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                    out = network(x)
-                loss = loss_fn(out.logits, y)
-                optimiser.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-                schedule.step()
-                iteration += 1
-                running_loss = loss.item() if iteration == 1 else 0.95 * running_loss + 0.05 * loss.item()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{running_loss:.4f}", best=f"{best_acc:.3f}" if best_acc is not None else "-")
-                out_of_time = config.max_minutes is not None and time.monotonic() - started > 60.0 * config.max_minutes
-                last = iteration == config.iterations or out_of_time
-                if val_series and (iteration % config.validate_every == 0 or last):
-                    metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
-                    metrics.update(iteration=float(iteration), train_loss=running_loss, lr=float(schedule.get_last_lr()[0]), seconds=time.monotonic() - started)
-                    acc = metrics["val_slice_accuracy"]
-                    if best_acc is None or acc > best_acc:
-                        best_acc, best_iter, last_improvement = acc, iteration, iteration
-                        best_state = copy.deepcopy(network.state_dict())
-                        if checkpoint is not None:
-                            torch.save({"state_dict": best_state, "iteration": iteration, "metrics": metrics}, checkpoint)
-                    metrics["best_val_slice_accuracy"] = float(best_acc)
-                    history.append(metrics)
-                    log.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
-                    if on_validation is not None:
-                        on_validation(iteration, metrics)
-                    if iteration - last_improvement >= config.patience:
-                        stopped_early = True
-                        break
-                if last:
-                    if out_of_time:
-                        log.info("stopping at iteration %d: the %.1f minute budget is spent", iteration, config.max_minutes)
-                        stopped_early = True
+        for x, y in batches_forever():
+            lr = config.learning_rate_at(iteration, (time.monotonic() - started) / 60.0)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            network.train()
+            if config.augment != "none":
+                x = flip_batch(x, aug_gen) if config.augment == "flip" else augment_batch(x, aug_gen)
+            x, y = _to_device(x, device), y.to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                out = network(x)
+            logits = [lg.view(len(y), -1, lg.shape[-1]).mean(dim=1) for lg in out.logits] if mil else out.logits
+            loss = loss_fn(logits, y)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            iteration += 1
+            running_loss = loss.item() if iteration == 1 else 0.95 * running_loss + 0.05 * loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{running_loss:.4f}", best=f"{best_acc:.3f}" if best_acc is not None else "-")
+            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60.0 * config.max_minutes
+            last = iteration >= config.iterations or out_of_time
+            if val_series and (iteration % config.validate_every == 0 or last):
+                metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
+                metrics.update(iteration=float(iteration), train_loss=running_loss, lr=lr, seconds=time.monotonic() - started)
+                acc = metrics[config.selection]
+                key = (acc, -metrics["val_series_loss"]) if mil else (acc, 0.0)
+                if best_key is None or key > best_key:
+                    best_key, best_acc, best_iter, last_improvement = key, acc, iteration, iteration
+                    best_state = copy.deepcopy(network.state_dict())
+                    if checkpoint is not None:
+                        torch.save({"state_dict": best_state, "iteration": iteration, "metrics": metrics}, checkpoint)
+                metrics["best_" + config.selection] = float(best_acc if best_acc is not None else acc)
+                history.append(metrics)
+                log.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in metrics.items()})
+                if on_validation is not None:
+                    on_validation(iteration, metrics)
+                if iteration - last_improvement >= config.patience:
+                    stopped_early = True
                     break
-            if out_of_time:
+            if last:
+                if out_of_time:
+                    log.info("stopping at iteration %d: the %.1f minute budget is spent", iteration, config.max_minutes)
+                    stopped_early = True
                 break
     finally:
         if bar is not None:
@@ -368,6 +509,7 @@ def train(
         seconds=time.monotonic() - started,
         history=history,
         class_weights=[float(a) for a in alpha],
+        selection=config.selection,
     )
 
 
@@ -409,22 +551,22 @@ def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[Ser
     return out
 
 
-def _prepare_one(args: tuple[Any, Path, int]) -> tuple[Any, Any, str | None]:
+def _prepare_one(args: tuple[Any, Path, InputSpec]) -> tuple[Any, Any, str | None]:
     torch.set_num_threads(1)
-    record, cache, size = args
+    record, cache, spec = args
     try:
-        return record, prepare_series(record, cache, size=size), None
+        return record, prepare_series(record, cache, spec=spec), None
     except (SeriesReadError, ValueError) as exc:
         return record, None, str(exc)
 
 
-def _prepare_parallel(records: Sequence[Any], cache: Path, size: int, workers: int, tick: Callable[[int, int, Any], None] | None) -> Any:
+def _prepare_parallel(records: Sequence[Any], cache: Path, spec: InputSpec, workers: int, tick: Callable[[int, int, Any], None] | None) -> Any:
     """model.training.datasets.prepare_dataset over ``workers`` processes (same cache, same skipping)."""
 
     out = PreparedDataset(series=[])
     by_id: dict[str, Any] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for i, (record, cached, error) in enumerate(pool.map(_prepare_one, [(r, cache, size) for r in records]), start=1):
+        for i, (record, cached, error) in enumerate(pool.map(_prepare_one, [(r, cache, spec) for r in records]), start=1):
             if cached is None:
                 log.warning("skipping %s: %s", record.series_id, error)
                 out.skipped.append((record, str(error)))
@@ -444,13 +586,20 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
         "version": version or "0.0.0+local",
         "classes": classes,
         "method": "Hu et al., IEEE Access 8 (2020), doi:10.1109/ACCESS.2020.3005510: 2D multi-scale CAM network, weak (series) labels",
-        "input": dict(DEFAULT_INPUT_SPEC, image_size=config.image_size),
+        "input": config.input.to_json(),
         "aggregation": {
             "rule": "top_k",
             "description": "series logits = mean of the mean-over-scales slice logits over the k most abnormal lung slices "
             "(1 - p(normal)), k = max(top_k_min, ceil(top_k_fraction * lung slices)); softmax; decision = argmax",
         },
-        "inference": {"aggregation": "top_k", "top_k_fraction": 0.1, "top_k_min": 3, "min_lung_slices": 5, "localisation": {"mode": "cam+ig", "ig_slices": 8, "threshold": 0.5}},
+        "inference": {
+            "aggregation": "top_k",
+            "top_k_fraction": 0.1,
+            "top_k_min": 3,
+            "min_lung_slices": 5,
+            "min_margin": MIN_MARGIN_FLOOR,
+            "localisation": {"mode": "auto", "ig_slices": 8, "threshold": 0.5},
+        },
         "training": {"config": config.to_json()},
         "notice": WEIGHTS_NOTICE,
     }
@@ -459,7 +608,8 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
 def _result_json(result: TrainResult) -> dict[str, Any]:
     return {
         "best_iteration": result.best_iteration,
-        "best_val_slice_accuracy": result.best_val_accuracy,
+        "selection": result.selection,
+        "best_val_value": result.best_val_accuracy,
         "iterations_run": result.iterations_run,
         "stopped_early": result.stopped_early,
         "seconds": round(result.seconds, 1),
@@ -509,9 +659,9 @@ def train_folder(
             bar = tqdm(total=len(records), desc="prepare", unit="series", dynamic_ncols=True)
         tick = (lambda i, n, r: bar.update(1)) if bar is not None else None
         if workers > 1:
-            prepared = _prepare_parallel(records, cache, config.image_size, workers, tick)
+            prepared = _prepare_parallel(records, cache, config.input, workers, tick)
         else:
-            prepared = prepare_dataset(records, cache, size=config.image_size, progress=tick)
+            prepared = prepare_dataset(records, cache, spec=config.input, progress=tick)
         if bar is not None:
             bar.close()
         series = prepared.series
@@ -552,11 +702,18 @@ def train_folder(
             save_weights(result.network, target, meta)
             checkpoint.unlink(missing_ok=True)
             summary["folds"].append(
-                {"fold": fold, "weights": str(target), "best_val_slice_accuracy": result.best_val_accuracy, "best_iteration": result.best_iteration, "iterations_run": result.iterations_run}
+                {
+                    "fold": fold,
+                    "weights": str(target),
+                    "selection": config.selection,
+                    "best_val_value": result.best_val_accuracy,
+                    "best_iteration": result.best_iteration,
+                    "iterations_run": result.iterations_run,
+                }
             )
-        accs = [f["best_val_slice_accuracy"] for f in summary["folds"] if f["best_val_slice_accuracy"] is not None]
+        accs = [f["best_val_value"] for f in summary["folds"] if f["best_val_value"] is not None]
         if len(accs) > 1:
-            summary["cross_validation"] = {"mean_val_slice_accuracy": float(np.mean(accs)), "std_val_slice_accuracy": float(np.std(accs))}
+            summary["cross_validation"] = {"selection": config.selection, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
             (out_dir / "cross_validation.json").write_text(json.dumps(summary, indent=2) + "\n")
         summary["seconds"] = round(time.monotonic() - started, 1)
         return summary

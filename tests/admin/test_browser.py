@@ -36,7 +36,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from dicom_node.db.times import as_utc
 from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
 from model.inference.network import WeaklySupervisedNet
-from model.inference.weights import DEFAULT_INPUT_SPEC, save_weights
+from model.inference.preprocess import InputSpec
+from model.inference.weights import save_weights
 from model.phantoms.writer import write_phantom_series
 from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
 
@@ -55,7 +56,7 @@ def untrained_weights(folder: Path) -> Path:
 
     torch.manual_seed(0)
     network = WeaklySupervisedNet(widths=(8, 16, 16), depths=(1, 1, 1), head_blocks=(2, 3))
-    metadata = {"name": "admin-test-untrained", "version": "0.0", "classes": ["covid", "cap", "normal"], "input": DEFAULT_INPUT_SPEC}
+    metadata = {"name": "admin-test-untrained", "version": "0.0", "classes": ["covid", "cap", "normal"], "input": InputSpec().to_json()}
     save_weights(network, folder, metadata)
     return folder
 

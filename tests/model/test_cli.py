@@ -17,6 +17,7 @@ import pytest
 
 from dicom_node.cli import main
 from model.inference.multiscale_cam import aggregate_series
+from model.inference.preprocess import InputSpec
 from model.inference.weights import SHIPPED_WEIGHTS_DIR, read_metadata
 from model.phantoms.dataset import write_phantom_dataset
 from model.training.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
@@ -31,7 +32,7 @@ def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_args(data: Path, labels: Path | None, out: Path, cache: Path, folds: int = 2) -> list[str]:
-    args = ["model", "train", "--data", str(data), "--out", str(out), "--iterations", "3", "--batch", "4", "--image-size", "32"]
+    args = ["model", "train", "--data", str(data), "--out", str(out), "--iterations", "3", "--batch", "4", "--input-size", "32x64"]
     args += ["--validate-every", "2", "--folds", str(folds), "--cache", str(cache), "--no-progress", "--max-minutes", "5"]
     return args + (["--labels", str(labels)] if labels is not None else [])
 
@@ -43,7 +44,8 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["series"] == 6 and len(summary["data"]["phantom_seeds"]) == 6
     meta = read_metadata(weights)
-    assert meta["version"] == "9.9.9" and meta["input"]["image_size"] == 32 and meta["training"]["config"]["iterations"] == 3
+    assert meta["version"] == "9.9.9" and (meta["input"]["height"], meta["input"]["width"]) == (32, 64) and meta["training"]["config"]["iterations"] == 3
+    assert meta["training"]["config"]["recipe"] == "cpu" and meta["input"]["crop"] == "lungs"  # the default recipe on a CPU
     assert set(meta["training"]["train_series"]).isdisjoint(meta["training"]["validation_series"])
     assert not (weights / "best-checkpoint.pt").exists() and (tmp_path / "train.log").stat().st_size > 0
     # Fine-tuning from those weights (--init) records where it started.
@@ -61,13 +63,19 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == 4
     assert (out_json.parent / "roc_series.png").is_file() and any(p.name.startswith("overlay_") for p in out_json.parent.iterdir())
     capsys.readouterr()
+    # Calibration: class bias, the indeterminate margin (never under the floor) and the region threshold.
+    assert main([*evaluate, "--calibrate", "--overlays", "0", "--no-progress"]) == 0
+    calibration = json.loads(capsys.readouterr().out)["calibration"]
+    inference = read_metadata(weights)["inference"]
+    assert inference["min_margin"] == calibration["min_margin"] >= 0.1 and len(inference["class_bias"]) == 3
+    assert inference["localisation"]["threshold"] == calibration["threshold"]
 
     series = phantom_set / "series_0000"
     result_json, heat_npy = tmp_path / "result.json", tmp_path / "heat.npy"
     assert main(["model", "predict", str(series), "--weights", str(weights), "--json", str(result_json), "--heatmap", str(heat_npy), "--localisation", "cam+ig", "--ig-slices", "1"]) == 0
     result = json.loads(result_json.read_text())
     assert set(result["probabilities"]) == {"covid", "cap", "normal"}
-    assert result["decision"] in ("covid", "cap", "normal") and result["reason"]
+    assert result["decision"] in ("covid", "cap", "normal", "indeterminate") and result["reason"]
     assert result["model"]["version"] == "9.9.9" and "notice" in result and isinstance(result["regions"], list)
     heat = np.load(heat_npy)
     n_files = len(list(series.iterdir()))
@@ -94,8 +102,8 @@ def test_train_on_public_layouts(layout: str, tmp_path: Path, capsys: pytest.Cap
 def test_short_training_overfits_a_few_phantoms(tmp_path: Path) -> None:
     """A narrow network at 64 pixels learns its own few phantoms (series decisions)."""
     labels = write_phantom_dataset(tmp_path / "set", 3, seed=8, rows=64, slices_min=20, slices_max=20)
-    series = prepare_dataset(tmp_path / "set", tmp_path / "cache", labels_csv=labels, size=64).series
-    config = TrainConfig(image_size=64, batch_size=12, iterations=60, learning_rate=1e-3, validate_every=20, patience=1000, widths=(8, 16, 32, 32, 32))
+    series = prepare_dataset(tmp_path / "set", tmp_path / "cache", labels_csv=labels, spec=InputSpec(height=64, width=64)).series
+    config = TrainConfig(input=InputSpec(height=64, width=64), batch_size=12, iterations=60, learning_rate=1e-3, validate_every=20, patience=1000, widths=(8, 16, 32, 32, 32))
     result = train(series, series, config)
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.8
     classes = config.classes
@@ -107,7 +115,13 @@ def test_short_training_overfits_a_few_phantoms(tmp_path: Path) -> None:
 
 def test_evaluate_writes_into_weights_metadata_only_when_they_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shipped = (SHIPPED_WEIGHTS_DIR / "metadata.json").read_bytes()
-    for option in (["--fit-class-bias"], ["--record", "held_out_metrics"]):
+    for option in (["--calibrate"], ["--record", "held_out_metrics"]):
         assert main(["model", "evaluate", "--data", str(tmp_path), "--json", str(tmp_path / "m.json"), *option]) == 2
         assert "--weights" in capsys.readouterr().err
     assert (SHIPPED_WEIGHTS_DIR / "metadata.json").read_bytes() == shipped
+
+
+def test_train_refuses_an_input_size_the_network_cannot_take(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model", "train", "--data", str(tmp_path), "--out", str(tmp_path / "w"), "--input-size", "50x96"])
+    assert exit_info.value.code == 2 and "multiples of 32" in capsys.readouterr().err

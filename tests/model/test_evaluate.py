@@ -17,11 +17,12 @@ import torch
 
 from model.inference.multiscale_cam import Predictor, settings_for
 from model.inference.network import WeaklySupervisedNet
+from model.inference.preprocess import InputSpec
 from model.inference.weights import load_weights, save_weights
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 from model.training import metrics
-from model.training.evaluate import EvalSeries, evaluate_series, fit_class_bias
+from model.training.evaluate import EvalSeries, evaluate_series, fit_class_bias, fit_margin
 from model.training.train import TrainConfig, default_metadata
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
@@ -77,7 +78,7 @@ def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     torch.manual_seed(3)
     net = WeaklySupervisedNet(**TINY).eval()
     out = tmp_path_factory.mktemp("w") / "tiny"
-    save_weights(net, out, default_metadata(TrainConfig(image_size=64, **TINY), name="tiny", version="0"))
+    save_weights(net, out, default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny", version="0"))
     return Predictor(load_weights(out), settings_for(out, mode="cam"))
 
 
@@ -120,3 +121,23 @@ def test_class_bias_fit_by_hand() -> None:
     assert -2.3 <= bias[1] < -0.5  # the smallest bias that does it, not the edge of the grid
     with pytest.raises(ValueError):
         fit_class_bias(np.zeros((2, 3)), [0])
+
+
+def test_fit_margin_leaves_the_fewest_wrong_decisions_and_keeps_the_floor() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.45, 0.30, 0.25], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
+    labels = [0, 1, 2, 2]  # the second (margin 0.15) and third (0.01) are wrong
+    margin, wrong = fit_margin(probs, labels)
+    assert margin == pytest.approx(0.16) and wrong == 0
+    assert fit_margin(probs[[0, 3]], [0, 2]) == (0.1, 0)  # nothing wrong: the floor
+    assert fit_margin(np.array([[0.9, 0.05, 0.05]]), [1]) == (0.1, 1)  # can't be fixed: the floor
+
+
+def test_heat_mass_inside_a_dilated_mask() -> None:
+    heat = np.zeros((1, 20, 20), np.float32)
+    heat[0, 5, 5] = 3.0
+    heat[0, 15, 15] = 1.0
+    lesion = np.zeros(heat.shape, bool)
+    lesion[0, 5, 7] = True  # 2 mm from the first peak
+    assert metrics.mass_inside(heat, lesion) == 0.0
+    assert metrics.mass_inside(heat, metrics.dilate_mm(lesion, (1.0, 1.0, 1.0), 2.0)) == pytest.approx(0.75)
+    assert metrics.mass_inside(np.zeros_like(heat), lesion) == 0.0

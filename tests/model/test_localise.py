@@ -124,3 +124,18 @@ def test_settings_validation() -> None:
         LocalisationSettings(mode="gradcam")
     with pytest.raises(ValueError):
         LocalisationSettings(threshold=1.0)
+
+
+def test_density_excess_marks_what_is_denser_than_the_slice_lungs() -> None:
+    hu = np.full((2, 20, 20), -850.0, np.float32)
+    hu[0, 5:10, 5:10] = -500.0  # ground glass: 350 HU above the lung median
+    hu[0, 12:14, 12:14] = -700.0  # 150 HU above: half way up the ramp (100 .. 300 HU)
+    hu[1] = 40.0  # a slice of soft tissue, not lung
+    lung = np.zeros(hu.shape, bool)
+    lung[0] = True
+    d = localise.density_excess(hu, lung, offset_hu=100.0, range_hu=200.0)
+    assert d.dtype == np.float32 and d.shape == hu.shape
+    assert np.all(d[0, 5:10, 5:10] == 1.0) and np.allclose(d[0, 12:14, 12:14], 0.25)
+    assert d[0, 0, 0] == 0.0 and not d[1].any()  # aerated lung; outside the lungs
+    with pytest.raises(ValueError, match="shape"):
+        localise.density_excess(hu, lung[:1])

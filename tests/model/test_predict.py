@@ -27,6 +27,7 @@ from model.inference.localise import LocalisationSettings
 from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, settings_for
 from model.inference.network import CamHead, WeaklySupervisedNet
 from model.inference.options import InferenceOptions
+from model.inference.preprocess import InputSpec
 from model.inference.weights import MULTISCALE_CAM_2D, SHIPPED_WEIGHTS_DIR, WeightsError, load_weights, read_metadata, save_weights, sha256_file, weights_folder
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import write_phantom_series
@@ -48,7 +49,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
             assert isinstance(head, CamHead)
             head.bn.bias[0] += 5.0
     out = tmp_path_factory.mktemp("weights") / "tiny"
-    meta = default_metadata(TrainConfig(image_size=64, **TINY), name="tiny-test", version="0.0.1")
+    meta = default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny-test", version="0.0.1")
     meta["inference"]["localisation"] = {"mode": "cam+ig", "ig_slices": 2, "threshold": 0.6}
     save_weights(net.eval(), out, meta)
     return out
@@ -157,7 +158,7 @@ def test_aggregation_rules_by_hand() -> None:
 
 def test_weights_metadata_checks(tiny_weights: Path, tmp_path: Path) -> None:
     meta = read_metadata(tiny_weights)
-    assert meta["classes"] == list(CLASSES) and meta["input"]["image_size"] == 64 and "not for clinical use" in meta["notice"].lower()
+    assert meta["classes"] == list(CLASSES) and meta["input"]["height"] == 64 and "not for clinical use" in meta["notice"].lower()
     assert meta["kind"] == MULTISCALE_CAM_2D
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -201,3 +202,31 @@ def test_predictors_are_loaded_by_the_kind_their_weights_name(tiny_weights: Path
 def test_no_folder_means_the_shipped_weights() -> None:
     assert weights_folder(None) == SHIPPED_WEIGHTS_DIR and (SHIPPED_WEIGHTS_DIR / "model.safetensors").is_file()
     assert read_metadata(weights_folder(None))["kind"] == MULTISCALE_CAM_2D
+
+
+def test_decide_is_indeterminate_below_the_margin_and_says_why() -> None:
+    classes = ("covid", "cap", "normal")
+    assert multiscale_cam.decide([0.6, 0.3, 0.1], classes, 0.1) == ("covid", None)
+    decision, why = multiscale_cam.decide([0.342, 0.323, 0.335], classes, 0.1)
+    assert decision == "indeterminate" and why is not None
+    assert "p(covid)=0.342 against p(normal)=0.335" in why and "margin of 0.007 below the 0.100" in why
+    assert multiscale_cam.decide([0.342, 0.323, 0.335], classes, 0.0) == ("covid", None)  # 0: always decide
+    with pytest.raises(ValueError, match="min_margin"):
+        PredictorSettings(min_margin=1.0)
+    # The heatmap shows the likelier disease whatever the decision.
+    assert multiscale_cam.localisation_target(np.array([0.1, 0.2, 0.7]), classes) == 1
+    assert multiscale_cam.localisation_target(np.array([0.5, 0.5]), ("covid", "normal")) == 0
+
+
+def test_an_indeterminate_series_gets_no_regions(tiny_weights: Path, covid_series: Path) -> None:
+    settings = dataclasses.replace(settings_for(tiny_weights), min_margin=0.99, class_bias=())
+    result = Predictor(load_weights(tiny_weights), settings).predict(covid_series)
+    assert result.decision == "indeterminate" and result.reason.startswith("indeterminate, low confidence")
+    assert result.regions == [] and result.lung_involvement_percent == 0.0 and result.heatmap is not None
+    assert "not for clinical use" in result.reason.lower()
+
+
+def test_auto_localisation_is_cam_on_a_cpu_and_cam_ig_on_a_gpu() -> None:
+    auto = LocalisationSettings(mode="auto")
+    assert auto.resolved("cpu").mode == "cam" and auto.resolved("cuda:0").mode == "cam+ig"
+    assert LocalisationSettings(mode="cam+ig").resolved("cpu").mode == "cam+ig"  # asked for: kept

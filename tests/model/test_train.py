@@ -1,5 +1,6 @@
-"""Training: patient-level folds, the schedule (step decay, validation, best checkpoint, early stop)
-and a short run that overfits a few phantoms.
+"""Training: patient-level folds, the schedules (step decay, cosine with warm-up and a time budget),
+validation, best checkpoint, early stop, the recipes, series batches and the flip, and short runs
+of both objectives (slice and multiple-instance) on synthetic blobs.
 
 Covers model/training/train.py with tiny networks on small images. Not covered here: the shipped weights'
 quality (``dicom-node model evaluate``, recorded in model/weights/metadata.json) and the data
@@ -17,7 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.training.train import TrainConfig, augment_batch, patient_folds, predict_slices, split_by_patient, train
+from model.inference.preprocess import InputSpec
+from model.training.recipes import recipe
+from model.training.train import TrainConfig, _SeriesBatches, augment_batch, flip_batch, patient_folds, predict_slices, split_by_patient, train
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -69,8 +72,8 @@ def test_split_by_patient() -> None:
 
 def test_config_validation() -> None:
     assert TrainConfig().to_json()["iterations"] == 10_000  # the paper's defaults
-    with pytest.raises(ValueError):
-        TrainConfig(image_size=100)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        TrainConfig(input=InputSpec(height=100, width=100))
     with pytest.raises(ValueError):
         TrainConfig(fold=5, folds=5)
     with pytest.raises(ValueError):
@@ -81,16 +84,16 @@ def test_config_validation() -> None:
 def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     train_set = [_blob_series(lb, 16, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
     val_set = [_blob_series(lb, 8, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"])]
-    config = TrainConfig(image_size=32, batch_size=12, iterations=120, learning_rate=3e-3, lr_step=20, validate_every=10, patience=20, **TINY)
+    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=12, iterations=120, learning_rate=3e-3, lr_step=20, validate_every=10, patience=20, **TINY)
     seen: list[int] = []
     result = train(train_set, val_set, config, on_validation=lambda it, m: seen.append(it))
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.6  # chance: 1/3
     assert result.stopped_early and result.iterations_run < 120
     assert result.iterations_run - result.best_iteration >= 20
     assert seen == [int(h["iteration"]) for h in result.history]
-    # The learning rate decays by 0.1 every lr_step iterations.
+    # The history logs the learning rate of the iteration just run: the step schedule's.
     lrs = {int(h["iteration"]): h["lr"] for h in result.history}
-    assert lrs[10] == pytest.approx(3e-3) and lrs[20] == pytest.approx(3e-4)
+    assert lrs[10] == pytest.approx(3e-3) and all(lr == pytest.approx(config.learning_rate_at(it - 1)) for it, lr in lrs.items())
     # The returned network is the best checkpoint.
     logits = predict_slices(result.network, np.concatenate([s.slices for s in val_set]), torch.device("cpu"))
     truth = np.repeat([0, 1, 2], 8)
@@ -101,14 +104,14 @@ def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
 @pytest.mark.slow
 def test_training_without_validation_runs_all_iterations() -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
-    config = TrainConfig(image_size=32, batch_size=4, iterations=5, classes=("covid", "normal"), **TINY)
+    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=5, classes=("covid", "normal"), **TINY)
     result = train(train_set, [], config)
     assert result.iterations_run == 5 and result.best_val_accuracy is None and not result.stopped_early
     assert result.network.num_classes == 2 and not result.network.training
 
 
 def test_training_rejects_unknown_labels_and_too_little_data() -> None:
-    config = TrainConfig(image_size=32, batch_size=4, iterations=1, classes=("covid", "normal"), **TINY)
+    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=1, classes=("covid", "normal"), **TINY)
     with pytest.raises(ValueError, match="not in"):
         train([_blob_series("cap", 8, 0)], [], config)
     with pytest.raises(ValueError, match="fewer than one batch"):
@@ -120,7 +123,7 @@ def test_training_rejects_unknown_labels_and_too_little_data() -> None:
 
 def test_time_budget_checkpoint_and_augmentation(tmp_path: Path) -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
-    config = TrainConfig(image_size=32, batch_size=4, iterations=50, classes=("covid", "normal"), augment=True, max_minutes=1e-6, **TINY)
+    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=50, classes=("covid", "normal"), augment="flip+affine", max_minutes=1e-6, **TINY)
     checkpoint = tmp_path / "best.pt"
     result = train(train_set, train_set[:1], config, checkpoint=checkpoint)
     assert result.iterations_run == 1 and result.stopped_early and len(result.history) == 1
@@ -134,3 +137,69 @@ def test_augmentation_flips_left_right_only() -> None:
     out = augment_batch(x, torch.Generator().manual_seed(0), shift=0.0, scale=0.0, degrees=0.0)
     rows_cols = {tuple(out[i, 0].nonzero()[0].tolist()) for i in range(64)}
     assert rows_cols == {(2, 1), (2, 6)}
+
+
+def test_learning_rate_schedules() -> None:
+    step = TrainConfig(learning_rate=1e-3, lr_step=10, lr_gamma=0.1)
+    assert [step.learning_rate_at(i) for i in (0, 9, 10, 25)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+    cosine = TrainConfig(learning_rate=1e-3, schedule="cosine", warmup=10, iterations=110)
+    assert cosine.learning_rate_at(0) == pytest.approx(1e-4) and cosine.learning_rate_at(9) == pytest.approx(1e-3)
+    assert cosine.learning_rate_at(10) == pytest.approx(1e-3) and cosine.learning_rate_at(60) == pytest.approx(0.51e-3)
+    assert cosine.learning_rate_at(110) == pytest.approx(0.02e-3)
+    # With a time budget the decay follows whichever ends first: the iterations or the minutes.
+    budget = dataclasses.replace(cosine, max_minutes=10.0)
+    assert budget.learning_rate_at(10, elapsed_minutes=5.0) == pytest.approx(0.51e-3)
+
+
+def test_recipes_and_config_round_trip() -> None:
+    cpu = recipe("cpu")
+    assert cpu.objective == "mil" and cpu.input.crop == "lungs" and cpu.selection == "val_series_accuracy"
+    assert recipe("auto", "cpu") == cpu and recipe("auto", "cuda").recipe == "paper"
+    assert recipe("cpu", iterations=7, batch_size=None).iterations == 7  # None: the recipe's value
+    assert TrainConfig.from_json(cpu.to_json()) == cpu
+    old = TrainConfig.from_json({"image_size": 96, "augment": True, "iterations": 5})
+    assert old.input == InputSpec(height=96, width=96) and old.augment == "flip+affine"
+    with pytest.raises(ValueError, match="recipe"):
+        recipe("gpu")
+    with pytest.raises(ValueError, match="mil_k"):
+        TrainConfig(objective="mil", mil_candidates=2, mil_k=3)
+
+
+def test_series_batches_take_the_classes_in_turn() -> None:
+    series = [_blob_series(lb, 3, seed) for seed, lb in enumerate(["covid"] * 5 + ["cap"] * 2 + ["normal"] * 3)]
+    batches = _SeriesBatches(series, ("covid", "cap", "normal"), np.random.default_rng(0))
+    drawn = [series[i].label for i in batches.next(30)]
+    assert drawn == ["covid", "cap", "normal"] * 10
+    # Every series of a class is used before any is used again.
+    caps = [i for i in batches.next(30) if series[i].label == "cap"]
+    assert sorted(caps[:2]) == [5, 6]
+
+
+def test_flip_batch_flips_some_slices_left_right() -> None:
+    x = torch.zeros(64, 1, 4, 6)
+    x[:, 0, 1, 0] = 1.0
+    out = flip_batch(x, torch.Generator().manual_seed(0))
+    cols = {int(out[i, 0, 1].nonzero()[0]) for i in range(64)}
+    assert cols == {0, 5}
+
+
+@pytest.mark.slow
+def test_mil_training_learns_series_whose_lesions_are_on_few_slices() -> None:
+    """Multiple-instance training: a disease series has its blob on 2 of 8 slices only, the rest
+    look normal. The series rule (top-k) must learn the series labels."""
+
+    def series(label: str, seed: int) -> _Series:
+        s = _blob_series(label, 8, seed)
+        if label != "normal":
+            s.slices[2:] = _blob_series("normal", 6, seed + 1000).slices
+        return s
+
+    train_set = [series(lb, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 6)]
+    val_set = [series(lb, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
+    config = TrainConfig(
+        input=InputSpec(height=32, width=32), objective="mil", batch_size=6, mil_candidates=8, mil_k=2, iterations=150, learning_rate=3e-3,
+        schedule="cosine", warmup=10, validate_every=25, patience=1000, **TINY,
+    )
+    result = train(train_set, val_set, config)
+    assert result.selection == "val_series_accuracy" and result.best_val_accuracy is not None and result.best_val_accuracy >= 0.8
+    assert all("val_series_loss" in h for h in result.history)
