@@ -62,13 +62,24 @@ class ListenerSettings(_Section):
     processes: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64)
     # Below this much free space under the data dir, C-STORE answers 0xA700 (out of resources).
     min_free_disk_mb: int = Field(default=1024, ge=0)
-    # Largest PDU we accept (0 = unlimited); larger PDUs mean fewer round trips per image.
+    # Largest PDU we accept (0 = unlimited, then 64 MiB at most); larger PDUs mean fewer round
+    # trips per image. A peer that sends a longer one is aborted before it is read.
     max_pdu_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
     # How often listener processes re-read the AE table (adding an AE takes effect this fast).
     reload_seconds: float = Field(default=1.0, gt=0, le=60)
     # Storage SOP classes accepted by every local AE in addition to CT and Enhanced CT.
     extra_sop_classes: list[str] = Field(default_factory=list)
+    # An association idle this long is aborted; a PDU must arrive whole within it.
     network_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A connection must have negotiated its association this soon (ARTIM, PS3.8 9.1.5).
+    association_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    # Connections (negotiated or not) from one remote address, per listener process and local AE.
+    max_connections_per_address: int = Field(default=32, ge=1)
+    # Connections in all, per listener process and local AE.
+    max_connections: int = Field(default=512, ge=1)
+    # Negotiated associations, per listener process and local AE (more: A-ASSOCIATE-RJ
+    # "local limit exceeded", transient).
+    max_associations: int = Field(default=64, ge=1)
     tls: TLSSettings = Field(default_factory=TLSSettings)
 
 

@@ -60,6 +60,13 @@ class RejectSource(IntEnum):
     SERVICE_PROVIDER_PRESENTATION = 0x03
 
 
+class PresentationRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ reason/diagnostic when the source is the service provider (presentation)."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02
+
+
 class RejectReason(IntEnum):
     """A-ASSOCIATE-RJ reason/diagnostic when the source is the service user."""
 

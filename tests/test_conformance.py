@@ -76,12 +76,12 @@ def test_scp_sop_classes_and_transfer_syntaxes_are_the_listeners() -> None:
 def test_association_limits_are_the_listeners() -> None:
     rows = {row[0]: row[1] for row in table("association limits")}
     servers = (ROOT / "dicom_node" / "listener" / "servers.py").read_text()
-    maximum = re.search(r"ae\.maximum_associations = (\d+)", servers)
-    acse = re.search(r"ae\.acse_timeout = (\d+)", servers)
-    assert maximum and acse
-    assert rows["simultaneous associations"].startswith(f"{maximum.group(1)} per local AE")
-    assert rows["ACSE timeout"] == f"{acse.group(1)} s"
+    assert "ae.acse_timeout = settings.association_timeout_seconds" in servers
     defaults = ListenerSettings()
+    assert rows["simultaneous associations"].startswith(f"{defaults.max_associations} negotiated associations per local AE")
+    assert rows["connections per remote address"].startswith(f"{defaults.max_connections_per_address} per local AE")
+    assert f"{defaults.max_connections} in all" in rows["connections per remote address"]
+    assert rows["ACSE timeout"].startswith(f"{defaults.association_timeout_seconds:g} s")
     assert rows["maximum PDU size received"].startswith(f"{defaults.max_pdu_bytes} bytes")
     assert rows["DIMSE and network timeout"].startswith(f"{defaults.network_timeout_seconds:g} s")
     assert rows["Implementation Class UID"] == IMPLEMENTATION_CLASS_UID

@@ -27,7 +27,9 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from copy import deepcopy
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, cast
 
@@ -40,6 +42,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.listener.fastlane import FastLane
+from dicom_node.listener.limits import PEER_LOG, Admission
 
 LOGGER = logging.getLogger("pynetdicom")
 
@@ -47,6 +50,40 @@ _IDLE_WAKE = 0.05  # seconds: how often an idle thread checks timers and kill fl
 # A-ABORT (PS3.8 9.3.8): source "DUL service provider", reason "not specified"; what pynetdicom sends.
 _ABORT_SOURCE_PROVIDER = 0x02
 _ABORT_REASON_NOT_SPECIFIED = 0x00
+_ABORT_REASON_UNRECOGNISED_PDU = 0x01
+_ABORT_REASON_INVALID_PARAMETER = 0x06
+_PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
+_P_DATA_TF = 0x04
+# Largest PDU other than P-DATA-TF accepted: an A-ASSOCIATE-RQ with 128 presentation contexts of
+# many transfer syntaxes and a user identity is well under it.
+MAX_CONTROL_PDU = 256 * 1024
+# Largest P-DATA-TF accepted when listener.max_pdu_bytes is 0 (announced as unlimited).
+MAX_UNLIMITED_PDU = 64 * 1024 * 1024
+LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one PDU may cost: its length (checked on the 6-byte header, before anything of that
+    size is allocated) and the time to read it whole. Before an association is negotiated
+    (states Sta1/Sta2) the deadline is ARTIM's: ``association_seconds`` from the connection."""
+
+    max_pdata_bytes: int = 4 * 1024 * 1024
+    max_control_bytes: int = MAX_CONTROL_PDU
+    pdu_read_seconds: float = 60.0
+    association_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, *, max_pdu_bytes: int, pdu_read_seconds: float, association_seconds: float) -> "ReadLimits":
+        return cls(
+            max_pdata_bytes=max_pdu_bytes if max_pdu_bytes > 0 else MAX_UNLIMITED_PDU,
+            pdu_read_seconds=pdu_read_seconds,
+            association_seconds=association_seconds,
+        )
+
+
+class PeerTimeout(TimeoutError):
+    """A PDU that did not arrive whole before its deadline."""
 
 # What this module copies from or relies on inside pynetdicom (see the module docstring).
 RELIES_ON: tuple[str, ...] = (
@@ -63,6 +100,9 @@ RELIES_ON: tuple[str, ...] = (
     "pynetdicom.association.Association._serve_request",  # called by the copy
     "pynetdicom.transport.AssociationSocket.recv",  # replaced: FastSocket.recv
     "pynetdicom.transport.RequestHandler._create_association",  # copied: EventDrivenRequestHandler
+    "pynetdicom.transport.RequestHandler.handle",  # copied: EventDrivenRequestHandler.handle
+    "pynetdicom.transport.AssociationServer.get_request",  # copied: EventDrivenServer (TLS handshake deferred)
+    "pynetdicom.transport.AssociationSocket.close",  # called to close after an A-ABORT
     "pynetdicom.transport.AssociationServer.shutdown",  # removes the server from AE._servers
     "pynetdicom._config.LOG_HANDLER_LEVEL",
     "pynetdicom._globals.MODE_ACCEPTOR",
@@ -107,6 +147,8 @@ class EventDrivenDUL(DULServiceProvider):
         self.fast_lane: FastLane | None = None
         self.to_user_queue = _WakingQueue(user_wake.set)
         self.event_queue = _WakingQueue(self.wake)
+        self.read_limits = ReadLimits()
+        self._connected_at = time.monotonic()
 
     def wake(self) -> None:
         try:
@@ -118,35 +160,93 @@ class EventDrivenDUL(DULServiceProvider):
         super().kill_dul()
         self.wake()
 
-    def _read_pdu_data(self) -> None:
-        """pynetdicom's PDU reader, with P-DATA-TF PDUs offered to the fast lane first."""
-        assert self.socket is not None
+    def _peer(self) -> str:
         try:
-            header = self.socket.recv(6)
-            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
-        except (OSError, TimeoutError, struct.error):
+            return str(self.assoc.requestor.address)
+        except Exception:  # not known yet
+            return "?"
+
+    def _read_deadline(self) -> float:
+        """Before the association is negotiated, ARTIM's expiry counted from the connection;
+        after, ``pdu_read_seconds`` from now for this PDU."""
+        limits = self.read_limits
+        if self.state_machine.current_state in ("Sta1", "Sta2"):
+            return self._connected_at + limits.association_seconds
+        return time.monotonic() + limits.pdu_read_seconds
+
+    def _refuse(self, kind: str, reason: str, abort_reason: int) -> None:
+        """A protocol error: log it (rate-limited per peer), send an A-ABORT and close the
+        connection at once (PS3.8 AA-1/AA-8 would wait for the peer to close; a peer that sends
+        garbage does not)."""
+        peer = self._peer()
+        PEER_LOG.warning(
+            peer, kind, "protocol error from %s (state %s): %s; A-ABORT sent, connection closed", peer, self.state_machine.current_state, reason
+        )
+        sock = self.socket
+        if sock is None:
+            self.event_queue.put("Evt17")
+            return
+        raw = sock.socket
+        if raw is not None:
+            abort_pdu = A_ABORT_RQ()
+            abort_pdu.source = _ABORT_SOURCE_PROVIDER
+            abort_pdu.reason_diagnostic = abort_reason
+            try:
+                raw.settimeout(1.0)
+                raw.sendall(abort_pdu.encode())
+            except (OSError, ValueError):
+                pass
+        sock.close()  # puts Evt17 (transport closed)
+        if sock.socket is not None or raw is None:
+            self.event_queue.put("Evt17")
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom's PDU reader, bounded: a PDU longer than the limits is refused on its
+        header, before anything of that size is allocated; the whole PDU must arrive before a
+        deadline (a partial PDU then silence is refused); anything malformed is answered with an
+        A-ABORT and the connection closed. P-DATA-TF PDUs are offered to the fast lane first."""
+        sock = self.socket
+        assert isinstance(sock, FastSocket)
+        limits = self.read_limits
+        deadline = self._read_deadline()
+        try:
+            header = sock.recv_exact(6, deadline)
+        except PeerTimeout:
+            self._refuse("timeout", f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within {limits.association_seconds:g} s)", _ABORT_REASON_NOT_SPECIFIED)
+            return
+        except (OSError, ValueError):
             self.event_queue.put("Evt17")  # transport closed
             return
-        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
-            LOGGER.error("Unknown PDU type received '0x%02X'", pdu_type)
-            self.event_queue.put("Evt19")
+        if len(header) < 6:
+            self.event_queue.put("Evt17")  # the peer closed
+            return
+        pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        if pdu_type not in _PDU_TYPES:
+            self._refuse("garbage", f"unknown PDU type 0x{pdu_type:02X}", _ABORT_REASON_UNRECOGNISED_PDU)
+            return
+        limit = limits.max_pdata_bytes if pdu_type == _P_DATA_TF else limits.max_control_bytes
+        if pdu_length > limit:
+            self._refuse("garbage", f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes, more than the {limit} accepted", _ABORT_REASON_INVALID_PARAMETER)
             return
         try:
-            body = self.socket.recv(pdu_length)
-        except (OSError, TimeoutError):
+            body = sock.recv_exact(pdu_length, deadline)
+        except PeerTimeout:
+            self._refuse("timeout", f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes not complete within its deadline", _ABORT_REASON_NOT_SPECIFIED)
+            return
+        except (OSError, ValueError):
             self.event_queue.put("Evt17")
             return
         if len(body) != pdu_length:
-            LOGGER.error("The received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, pdu_length + 6)
+            PEER_LOG.warning(self._peer(), "closed", "connection from %s closed within a PDU (%d of %d bytes)", self._peer(), len(body) + 6, pdu_length + 6)
             self.event_queue.put("Evt17")
             return
         bytestream = bytes(header + body)
-        if pdu_type == 0x04 and self.fast_lane is not None and self.state_machine.current_state == "Sta6":
+        del body
+        if pdu_type == _P_DATA_TF and self.fast_lane is not None and self.state_machine.current_state == "Sta6":
             try:
                 rest = self.fast_lane.take(bytestream)
-            except ValueError as exc:
-                LOGGER.error("Invalid P-DATA-TF PDU: %s", exc)
-                self.event_queue.put("Evt19")
+            except (ValueError, struct.error) as exc:
+                self._refuse("garbage", f"invalid P-DATA-TF PDU: {exc}", _ABORT_REASON_INVALID_PARAMETER)
                 return
             if rest is None:
                 return
@@ -154,8 +254,7 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             pdu, event = self._decode_pdu(bytearray(bytestream))
         except Exception as exc:
-            LOGGER.error("Unable to decode the received PDU data: %s", exc)
-            self.event_queue.put("Evt19")
+            self._refuse("garbage", f"PDU type 0x{pdu_type:02X} cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}", _ABORT_REASON_INVALID_PARAMETER)
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
@@ -224,21 +323,45 @@ class EventDrivenDUL(DULServiceProvider):
 
 
 class FastSocket(AssociationSocket):
-    """Reads a PDU with few large recv_into() calls instead of 4 KiB recv()s."""
+    """Reads a PDU with few large recv_into() calls instead of 4 KiB recv()s, before a deadline."""
+
+    # Sends block at most this long (a peer that stops reading): set by the request handler.
+    send_timeout: float | None = 60.0
 
     def recv(self, nr_bytes: int) -> bytearray:
-        assert self.socket is not None
+        return self.recv_exact(nr_bytes, None)
+
+    def recv_exact(self, nr_bytes: int, deadline: float | None) -> bytearray:
+        """``nr_bytes`` bytes, fewer if the peer closed first; :class:`PeerTimeout` when
+        ``deadline`` (time.monotonic()) passes first."""
+        sock = self.socket
+        assert sock is not None
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)
         nr_read = 0
-        while nr_read < nr_bytes:
-            n = self.socket.recv_into(view[nr_read:], min(nr_bytes - nr_read, 1 << 20))
-            if n == 0:
-                view.release()
-                del buffer[nr_read:]
-                return buffer
-            nr_read += n
-        view.release()
+        try:
+            while nr_read < nr_bytes:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise PeerTimeout(f"{nr_read} of {nr_bytes} bytes before the deadline")
+                    sock.settimeout(remaining)
+                try:
+                    n = sock.recv_into(view[nr_read:], min(nr_bytes - nr_read, 1 << 20))
+                except TimeoutError:
+                    raise PeerTimeout(f"{nr_read} of {nr_bytes} bytes before the deadline") from None
+                if n == 0:
+                    break
+                nr_read += n
+        finally:
+            view.release()
+            if deadline is not None:
+                try:
+                    sock.settimeout(self.send_timeout)
+                except OSError:
+                    pass
+        if nr_read < nr_bytes:
+            del buffer[nr_read:]
         return buffer
 
 
@@ -255,6 +378,16 @@ class EventDrivenAssociation(Association):
         self.connection_timeout = self.ae.connection_timeout
         self.dimse_timeout = self.ae.dimse_timeout
         self.network_timeout = self.ae.network_timeout
+
+        # Called once when this association's thread ends (dicom_node.listener.limits.Admission).
+        self.on_finished: Callable[[], None] | None = None
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.on_finished is not None:
+                self.on_finished()
 
     def kill(self) -> None:
         self._user_wake.set()
@@ -314,6 +447,30 @@ class EventDrivenAssociation(Association):
 class EventDrivenRequestHandler(RequestHandler):
     """Creates :class:`EventDrivenAssociation` acceptors (otherwise as pynetdicom's handler)."""
 
+    server: "EventDrivenServer"
+
+    def handle(self) -> None:
+        """pynetdicom's handle(), with the admission slot of this connection given back when
+        its association ends (or at once, if it never starts)."""
+        admission = getattr(self.server, "admission", None)
+        host = str(self.client_address[0])
+        try:
+            assoc = self._create_association()
+            if admission is not None:
+                assert isinstance(assoc, EventDrivenAssociation)
+                assoc.on_finished = functools.partial(admission.release, host)
+        except BaseException:
+            if admission is not None:
+                admission.release(host)
+            raise
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        try:
+            assoc.start()
+        except BaseException:
+            if admission is not None:
+                admission.release(host)
+            raise
+
     def _create_association(self) -> Association:
         assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
@@ -321,7 +478,11 @@ class EventDrivenRequestHandler(RequestHandler):
         client = self.request
         assert isinstance(client, socket.socket)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assoc.set_socket(FastSocket(assoc, client_socket=client))
+        limits = getattr(self.server, "read_limits", None) or ReadLimits()
+        client.settimeout(limits.pdu_read_seconds)
+        fast_socket = FastSocket(assoc, client_socket=client)
+        fast_socket.send_timeout = limits.pdu_read_seconds
+        assoc.set_socket(fast_socket)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
@@ -331,6 +492,8 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.requestor.address_info = self.remote
         store = getattr(self.server, "store_handler", None)  # set by dicom_node.listener.servers
         dul = assoc.dul
+        if isinstance(dul, EventDrivenDUL):
+            dul.read_limits = limits
         if store is not None and isinstance(dul, EventDrivenDUL) and dul.socket is not None:
             dul.fast_lane = FastLane(functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send)
         for event, handlers in self.server._handlers.items():
@@ -341,6 +504,35 @@ class EventDrivenRequestHandler(RequestHandler):
                 for handler, args in cast(list[tuple[Callable[..., Any], list[Any] | None]], handlers):
                     assoc.bind(event, handler, args)
         return assoc
+
+
+class EventDrivenServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with bounded admission: a long listen backlog; each
+    connection admitted (or closed at once) by :attr:`admission` before anything is read from it;
+    the TLS handshake done in the connection's own thread under its deadlines, not in the accept
+    loop (where one silent peer would stop every other); acceptors from
+    :class:`EventDrivenRequestHandler`."""
+
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+    admission: Admission | None = None
+    read_limits: ReadLimits = ReadLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("request_handler", EventDrivenRequestHandler)
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client_socket, address = self.socket.accept()
+        if self.ssl_context:
+            client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
+        return client_socket, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.admission is None:
+            return True
+        return self.admission.admit(str(client_address[0]), f"{self.ae_title} (port {self.server_address[1]})")
 
 
 def _accepted_transfer_syntax(assoc: Association, context_id: int) -> str | None:

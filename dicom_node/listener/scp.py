@@ -44,7 +44,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.listener import header as fast_header
-from dicom_node.status import AssociateResult, RejectReason, RejectSource, Status
+from dicom_node.status import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
 from dicom_node.storage.instance import Header, InvalidHeader, header_of, make_header
@@ -285,8 +285,13 @@ class Receiver:
         return Status.SUCCESS
 
 
-def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHandlerType]:
-    """pynetdicom event handlers binding one local AE to the receiver."""
+_CONTEXT_RESULTS = {0x01: "user rejection", 0x02: "no reason", 0x03: "abstract syntax (SOP class) not supported", 0x04: "no transfer syntax supported"}
+
+
+def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associations: int = 64) -> list[EventHandlerType]:
+    """pynetdicom event handlers binding one local AE to the receiver. ``max_associations``:
+    negotiated associations of this local AE in this process (connections still negotiating do
+    not count: they cannot lock senders out)."""
 
     def on_requested(event: evt.Event) -> None:
         assoc = event.assoc
@@ -294,6 +299,14 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHan
         assert request is not None  # the A-ASSOCIATE-RQ being answered
         calling_ae = str(request.calling_ae_title).strip()
         host = str(assoc.requestor.address)
+        established = sum(1 for a in assoc.ae.active_associations if a.is_acceptor and a.is_established)
+        if established >= max_associations:
+            reason = f"{established} associations already open (listener.max_associations); rejected as transient"
+            log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
+            receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
+            assoc.acse.send_reject(AssociateResult.REJECTED_TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION, PresentationRejectReason.LOCAL_LIMIT_EXCEEDED)
+            assoc.kill()
+            return
         ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
         if not ok:
             log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
@@ -304,6 +317,23 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHan
             assoc.kill()
         else:
             log.info("association from %s@%s to %s accepted", calling_ae, host, local_ae.title)
+
+    def on_accepted(event: evt.Event) -> None:
+        assoc = event.assoc
+        rejected = assoc.rejected_contexts
+        if not rejected:
+            return
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        host = str(assoc.requestor.address)
+        what = "; ".join(
+            f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}" for cx in rejected[:8]
+        ) + (f"; and {len(rejected) - 8} more" if len(rejected) > 8 else "")
+        accepted = len(assoc.accepted_contexts)
+        log.warning("association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s", calling_ae, host, local_ae.title, len(rejected), accepted, what)
+        receiver.index.event(
+            "association", f"{len(rejected)} presentation context(s) rejected ({accepted} accepted): {what}"[:1000], level="warning",
+            calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title,
+        )
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)
@@ -323,7 +353,12 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver) -> list[EventHan
         )
         return status_dataset(status, reason)
 
-    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]
+    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_ACCEPTED, on_accepted), (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]
+
+
+def _sop_class_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
 
 
 def status_dataset(status: Status, reason: str) -> Dataset:

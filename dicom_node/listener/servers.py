@@ -13,7 +13,7 @@ import signal
 import socket
 import ssl
 import threading
-from typing import Any, Callable, cast
+from typing import Callable, cast
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
@@ -22,7 +22,8 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
-from dicom_node.listener.reactor import EventDrivenRequestHandler, quiet_pdu_logs, register_server
+from dicom_node.listener.limits import Admission
+from dicom_node.listener.reactor import EventDrivenServer, ReadLimits, quiet_pdu_logs, register_server
 from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
@@ -32,17 +33,12 @@ from dicom_node.storage.index import Index, ListenKey, LocalAESnapshot
 log = logging.getLogger(__name__)
 
 
-class ReusePortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling processes share a port,
-    creating event-driven acceptors (dicom_node.listener.reactor)."""
+class ReusePortServer(EventDrivenServer):
+    """The event-driven server with bounded admission (dicom_node.listener.reactor), bound with
+    SO_REUSEPORT so sibling processes share a port."""
 
-    daemon_threads = True
     # The fast lane's store handler of this server's local AE (dicom_node.listener.scp).
     store_handler: Callable[..., tuple[int, str]] | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("request_handler", EventDrivenRequestHandler)
-        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -107,9 +103,11 @@ class ListenerSet:
         ae = AE(ae_title=snap.title)
         ae.maximum_pdu_size = settings.max_pdu_bytes
         ae.network_timeout = settings.network_timeout_seconds
-        ae.acse_timeout = 30
+        ae.acse_timeout = settings.association_timeout_seconds  # also ARTIM: a connection's time to negotiate
         ae.dimse_timeout = settings.network_timeout_seconds
-        ae.maximum_associations = 64
+        # pynetdicom would count every connection, negotiated or not; the limit on negotiated
+        # associations is the node's own (dicom_node.listener.scp, at negotiation).
+        ae.maximum_associations = 1_000_000
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for uid in accepted_sop_classes([*settings.extra_sop_classes, *snap.extra_sop_classes]):
@@ -119,10 +117,16 @@ class ListenerSet:
             (settings.host, snap.port),
             ae_title=snap.title,
             ssl_context=self.ssl_context,
-            evt_handlers=handlers_for(snap, self.receiver),
+            evt_handlers=handlers_for(snap, self.receiver, max_associations=settings.max_associations),
             server_class=ReusePortServer,
         ))
         server.store_handler = fast_store_handler(snap, self.receiver)
+        server.admission = Admission(per_address=settings.max_connections_per_address, total=settings.max_connections)
+        server.read_limits = ReadLimits.of(
+            max_pdu_bytes=settings.max_pdu_bytes,
+            pdu_read_seconds=settings.network_timeout_seconds,
+            association_seconds=settings.association_timeout_seconds,
+        )
         register_server(ae, server)
         return server
 

@@ -37,6 +37,9 @@ SOURCES = {
     "pynetdicom.association.Association._serve_request": "2f24c1759cdf6c8c433094f2a8dd8144f76f5547f03daed7b94e0f78bc12f877",
     "pynetdicom.transport.AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
     "pynetdicom.transport.RequestHandler._create_association": "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e",
+    "pynetdicom.transport.RequestHandler.handle": "034823fb4df3a87467bd0d45193f0d457fcf59c87fda8e97b2edfb89426f76dd",
+    "pynetdicom.transport.AssociationServer.get_request": "925a4f3a3042f6e4b944505d06dc19c41e10ff7dec5385c794d62d31fd000300",
+    "pynetdicom.transport.AssociationSocket.close": "c726c8db53813d551475b8b4560634708a64c50bfe818fd2d1df1c06bdeec099",
     "pynetdicom.transport.AssociationServer.shutdown": "e8e2c3a41009886d8544d17ce01118a81bac81b612a1d17f30fc200971f41db9",
 }
 # Private names reactor.py reads or sets.

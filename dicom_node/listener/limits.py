@@ -1,0 +1,110 @@
+"""What one peer may cost a listener process: connections per remote address, and log lines.
+
+A DICOM port on a clinical network meets port scanners, broken senders and worse. Nothing a peer
+sends may make a listener allocate without bound (dicom_node.listener.reactor caps PDU lengths and
+read times), hold every slot (:class:`Admission`: connections per remote address), or fill the
+log (:class:`PeerLog`: a few lines a minute per peer and kind of error, then a count of what was
+left out). No pynetdicom here: the reactor and the servers call these.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger("dicom_node.listener")
+
+
+class PeerLog:
+    """Rate-limited warnings per (peer address, kind): at most ``burst`` lines per ``window``
+    seconds; the first line after a quiet spell says how many were left out."""
+
+    def __init__(self, logger: logging.Logger = log, *, burst: int = 3, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()
+        # (peer, kind) -> [window start, lines in this window, lines left out]
+        self._state: dict[tuple[str, str], list[float]] = {}
+
+    def warning(self, peer: str, kind: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless this peer had ``burst`` lines of this kind in the window;
+        returns whether it was logged."""
+        now = self.clock()
+        with self._lock:
+            if len(self._state) > 10_000:  # many peers: forget the old windows
+                self._state = {k: v for k, v in self._state.items() if now - v[0] < self.window}
+            state = self._state.setdefault((peer, kind), [now, 0, 0])
+            if now - state[0] >= self.window:
+                left_out = int(state[2])
+                state[:] = [now, 0, 0]
+            else:
+                left_out = 0
+            if state[1] >= self.burst:
+                state[2] += 1
+                return False
+            state[1] += 1
+        suffix = f" ({left_out} more like it from {peer} in the last {self.window:g} s not logged)" if left_out else ""
+        self.logger.warning(message + suffix, *args)
+        return True
+
+
+PEER_LOG = PeerLog()
+
+
+class Admission:
+    """Connections of one listening socket per remote address, and in all.
+
+    ``admit`` is asked when a connection is accepted, before anything is read from it; ``release``
+    when its association thread ends. Connections that never negotiate an association can then
+    hold at most ``per_address`` slots per address, and no more than ``total`` in all; the limit
+    on negotiated associations is applied at negotiation (dicom_node.listener.scp)."""
+
+    def __init__(self, *, per_address: int, total: int, peer_log: PeerLog = PEER_LOG) -> None:
+        self.per_address = per_address
+        self.total = total
+        self.peer_log = peer_log
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+        self._total = 0
+
+    def admit(self, host: str, local: str) -> bool:
+        with self._lock:
+            count = self._open.get(host, 0)
+            if count < self.per_address and self._total < self.total:
+                self._open[host] = count + 1
+                self._total += 1
+                return True
+            total = self._total
+        if count >= self.per_address:
+            self.peer_log.warning(
+                host, "admission", "connection from %s to %s refused: %d connection(s) from that address already open (listener.max_connections_per_address)",
+                host, local, count,
+            )
+        else:
+            self.peer_log.warning(
+                host, "admission", "connection from %s to %s refused: %d connection(s) open in this listener process (listener.max_connections)",
+                host, local, total,
+            )
+        return False
+
+    def release(self, host: str) -> None:
+        with self._lock:
+            count = self._open.get(host, 0) - 1
+            if count > 0:
+                self._open[host] = count
+            else:
+                self._open.pop(host, None)
+            self._total = max(0, self._total - 1)
+
+    def open_from(self, host: str) -> int:
+        with self._lock:
+            return self._open.get(host, 0)
+
+    @property
+    def open_total(self) -> int:
+        with self._lock:
+            return self._total

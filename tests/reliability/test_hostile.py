@@ -1,0 +1,178 @@
+"""The listener against hostile and broken peers (issue 8), over real sockets against
+`dicom-node serve` with two listener processes, DCMTK's storescu as the sender that must still get
+through. Each row of the issue's table is a test here; tests/reliability/test_fuzz.py runs the
+seeded fuzz, tests/reliability/test_crash.py the kill -9 rounds.
+
+Bounds asserted: every listener process stays under RSS_BOUND; the listener processes are the same
+ones at the end (none crashed and was restarted); a refused peer is logged, a few lines a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from dicom_node.testing.hostile import (
+    CT_IMAGE,
+    EXPLICIT_LE,
+    Peer,
+    listener_processes,
+    max_listener_rss,
+)
+from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, storescu, wait_until
+from model.phantoms.writer import write_phantom_series
+
+pytestmark = pytest.mark.integration
+
+TITLE = "COVIDNODE"
+RSS_BOUND = 300 * 2**20  # bytes, per listener process
+ASSOCIATION_TIMEOUT = 8.0  # ARTIM: long enough that the half-open test holds its connections
+NETWORK_TIMEOUT = 3.0
+PER_ADDRESS = 16
+
+
+class HostileNode:
+    def __init__(self, env: dict[str, str], port: int, process: NodeProcess) -> None:
+        self.env, self.port, self.process = env, port, process
+        assert process.proc is not None
+        self.pid = process.proc.pid
+        self.listeners = sorted(p.pid for p in listener_processes(self.pid))
+
+    def log(self) -> str:
+        return self.process.output()
+
+    def rss(self) -> int:
+        return max_listener_rss(self.pid)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileNode]:
+    data_dir = tmp_path_factory.mktemp("hostile") / "data"
+    data_dir.mkdir()
+    env = node_env(
+        data_dir,
+        admin_port=free_port(),
+        listener__processes=2,
+        listener__reload_seconds=0.5,
+        listener__association_timeout_seconds=ASSOCIATION_TIMEOUT,
+        listener__network_timeout_seconds=NETWORK_TIMEOUT,
+        listener__max_connections_per_address=PER_ADDRESS,
+        completion__poll_seconds=0.2,
+    )
+    port = free_port()
+    cli(env, "db", "upgrade")
+    cli(env, "ae", "add-local", TITLE, "--port", str(port), "--quiet-seconds", "1")
+    cli(env, "ae", "add-source", "STORESCU")
+    cli(env, "ae", "add-source", "FUZZER")
+    process = NodeProcess(env, ["serve"]).start()
+    process.wait_for_port(port)
+    wait_until(lambda: len(listener_processes(process.proc.pid)) == 2, 30, "two listener processes")  # type: ignore[union-attr]
+    started = HostileNode(env, port, process)
+    yield started
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_phantom_series("normal", tmp_path_factory.mktemp("phantom") / "series", seed=3, slices=4, rows=64, columns=64)
+
+
+def assert_healthy(node: HostileNode, phantom: Path) -> None:
+    """The listener serves a real sender, within its memory bound, with its original processes."""
+    sent = storescu(phantom, node.port)
+    assert sent.returncode == 0, sent.stderr
+    assert node.rss() < RSS_BOUND, f"listener RSS {node.rss() / 2**20:.0f} MB"
+    assert sorted(p.pid for p in listener_processes(node.pid)) == node.listeners, node.log()[-3000:]
+
+
+def established(node: HostileNode) -> Peer:
+    peer = Peer(node.port)
+    answer = peer.associate(TITLE, "FUZZER", [(1, CT_IMAGE, [EXPLICIT_LE])])
+    assert answer[0] == 0x02, answer
+    return peer
+
+
+def test_a_huge_pdu_length_before_association_is_refused_on_its_header(node: HostileNode, phantom: Path) -> None:
+    # 01 00 FF FF FF FF: an A-ASSOCIATE-RQ claiming 4 GiB, before the allow-list is consulted.
+    for _ in range(4):
+        peer = Peer(node.port, source="127.0.0.3")
+        peer.send(b"\x01\x00\xff\xff\xff\xff")
+        closed, seen = peer.closed_within(30)
+        peer.close()
+        assert closed and seen == [0x07], seen  # an A-ABORT, then the connection closed
+    assert_healthy(node, phantom)
+
+
+def test_a_huge_p_data_inside_an_association_is_refused_on_its_header(node: HostileNode, phantom: Path) -> None:
+    peer = established(node)
+    peer.send(b"\x04\x00\xff\xff\xff\xf0" + b"\x00" * 64)
+    closed, seen = peer.closed_within(30)
+    assert closed and seen == [0x07], seen
+    assert "more than the 4194304 accepted" in node.log()
+    assert_healthy(node, phantom)
+
+
+@pytest.mark.parametrize(
+    "what",
+    ["3 header bytes", "10 of 100 bytes of an A-ASSOCIATE-RQ", "a P-DATA-TF 10 of 1000 bytes in an association"],
+)
+def test_a_partial_pdu_then_silence_is_timed_out(node: HostileNode, phantom: Path, what: str) -> None:
+    if what.startswith("a P-DATA"):
+        peer = established(node)
+        peer.send(struct.pack(">BBI", 0x04, 0, 1000) + b"\x00" * 4)
+    else:
+        peer = Peer(node.port, source="127.0.0.4")
+        peer.send(b"\x01\x00\x00" if what.startswith("3") else struct.pack(">BBI", 0x01, 0, 100) + b"\x00" * 4)
+    # Closed by the listener: ARTIM before an association, the PDU read timeout in one.
+    closed, _ = peer.closed_within(ASSOCIATION_TIMEOUT + NETWORK_TIMEOUT + 30)
+    assert closed, f"{what}: connection still open"
+    assert_healthy(node, phantom)
+
+
+def test_random_bytes_get_an_abort_and_the_connection_closed_and_few_log_lines(node: HostileNode, phantom: Path) -> None:
+    rng = random.Random(8)
+    before = node.log().count("protocol error from 127.0.0.5")
+    for _ in range(20):
+        peer = Peer(node.port, source="127.0.0.5")
+        garbage = bytes([0x09]) + rng.randbytes(64 * 1024 - 1)  # an unknown PDU type first
+        peer.send(garbage[:4096])
+        closed, seen = peer.closed_within(30)
+        peer.close()
+        assert closed and seen[:1] == [0x07], seen
+    logged = node.log().count("protocol error from 127.0.0.5") - before
+    # At most 3 lines a minute per peer and listener process (dicom_node.listener.limits.PeerLog).
+    assert 1 <= logged <= 3 * len(node.listeners), logged
+    assert_healthy(node, phantom)
+
+
+def test_half_open_connections_do_not_lock_out_a_real_sender(node: HostileNode, phantom: Path) -> None:
+    # 200 connections from another address that each send 3 bytes and hold on.
+    hostile = []
+    started = time.monotonic()
+    for _ in range(200):
+        peer = Peer(node.port, source="127.0.0.6", timeout=5)
+        peer.send(b"\x01\x00\x00")
+        hostile.append(peer)
+    opened_in = time.monotonic() - started
+    try:
+        sent = storescu(phantom, node.port)
+        assert sent.returncode == 0, sent.stderr
+        # They were still held while storescu sent (ARTIM has not passed yet).
+        assert time.monotonic() - started < ASSOCIATION_TIMEOUT, f"opening took {opened_in:.1f} s"
+    finally:
+        for peer in hostile:
+            peer.close()
+    assert "connection from 127.0.0.6" in node.log() and "max_connections_per_address" in node.log()
+    assert_healthy(node, phantom)
+
+
+def test_memory_bound_and_no_listener_restarted(node: HostileNode, phantom: Path) -> None:
+    assert_healthy(node, phantom)
+    assert "listener process" not in node.log() or "exited" not in node.log()
+    print(f"listener RSS at the end: {node.rss() / 2**20:.0f} MB (bound {RSS_BOUND / 2**20:.0f} MB); pid {os.getpid()}")
