@@ -23,13 +23,17 @@ from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import job_rows
 from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.scu import Outcome, Peer, SendResult
+from dicom_node.settings import ExportSettings
 
 pytestmark = pytest.mark.integration
 
 STALE = 15.0
 Row = TypeVar("Row")
-OUTPUTS = ("sr", "sc", "seg", "kos")
+# What the node passes as default outputs (the caller, a destination naming none): the settings' default,
+# every kind of the registry, as a destination made without outputs also gets.
+OUTPUTS = tuple(ExportSettings().default_outputs)
 POLICY = exports.RetryPolicy(backoff_base=10.0, backoff_cap=40.0, max_age=300.0)
 
 
@@ -79,7 +83,7 @@ def done_job(db: Database, **kw: Any) -> tuple[int, analyses.Claimed]:
     claimed = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(claimed, analyses.Claimed)
     fields = {"decision": "covid", "outputs": [{"kind": "sr", "path": f"{job_id}/dicom/sr/1.dcm"}, {"kind": "sc", "path": f"{job_id}/dicom/sc/2.dcm"}]}
-    status = analyses.finish(db, claimed, fields=fields, on_done=lambda s, job, series: exports.create_for_job(s, job, series, ["sr", "sc", "seg", "kos"]))
+    status = analyses.finish(db, claimed, fields=fields, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS))
     assert status == JobStatus.DONE.value
     return job_id, claimed
 
@@ -193,15 +197,15 @@ def test_done_job_gets_one_export_per_destination_and_the_caller(db: Database) -
     assert isinstance(claimed, analyses.Claimed)
     with db.session() as s:
         one(s, Destination, 2).outputs = ["sr"]
-    analyses.finish(db, claimed, fields={}, on_done=lambda s, job, series: exports.create_for_job(s, job, series, ["sr", "sc", "seg", "kos"]))
+    analyses.finish(db, claimed, fields={}, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS))
     with db.session() as s:
         rows = s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id)).all()
         keys = [(r.destination_key, r.title, r.host, r.port, r.outputs, r.status) for r in rows]
         messages = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "export")).all()
     assert keys == [
-        ("dest:1", "PACS0", "127.0.0.1", 10400, ["sr", "sc", "seg", "kos"], "pending"),
+        ("dest:1", "PACS0", "127.0.0.1", 10400, list(OUTPUT_KINDS), "pending"),  # made without outputs: every kind
         ("dest:2", "PACS1", "127.0.0.1", 10401, ["sr"], "pending"),
-        ("caller:CALLER@10.0.0.7:4242", "CALLER", "10.0.0.7", 4242, ["sr", "sc", "seg", "kos"], "pending"),
+        ("caller:CALLER@10.0.0.7:4242", "CALLER", "10.0.0.7", 4242, list(OUTPUTS), "pending"),
     ]
     assert len(messages) == 1 and messages[0].job_id == job_id
 
