@@ -2,6 +2,7 @@
 
 :mod:`.peers` runs the node and its real peers on loopback (``dicom-node`` subprocesses, DCMTK's
 storescu as the modality, Orthanc as the PACS, PostgreSQL and Redis databases); :mod:`.synthetic`
-makes phantom series and hand-made results for the output writers. A missing peer fails with a
+makes phantom series and hand-made results for the output writers;
+:mod:`.jobs` holds a running job so that a test kills its worker mid-job. A missing peer fails with a
 message that names its Debian package; nothing here skips.
 """

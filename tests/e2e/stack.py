@@ -29,6 +29,7 @@ from dicom_node.db.models import Job
 from dicom_node.jobs.queries import job_rows
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import load_settings
+from dicom_node.testing.jobs import RunningJob, hold_running_job
 from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from tests.outputs import validators as v
 
@@ -102,6 +103,16 @@ class Node:
         psutil.wait_procs(victims, timeout=10)
         proc.stop(signal.SIGKILL)
 
+    def kill_mid_job(self, proc: NodeProcess, series_uids: list[str], timeout: float) -> RunningJob:
+        """Kill ``proc``'s tree (kill_tree) while a job of one of ``series_uids`` runs, with the
+        job's row locked so that it can not end first (dicom_node.testing.jobs); returns that job."""
+        try:
+            with hold_running_job(self.db, series_uids, timeout) as job:
+                self.kill_tree(proc)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
+        return job
+
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.stop(signal.SIGTERM, timeout=40)
@@ -149,16 +160,6 @@ def done_and_exported(series_uid: str) -> Callable[[list[dict[str, Any]]], dict[
         if job and job["status"] == "done" and job["exports"] and all(e["status"] == "done" for e in job["exports"]):
             return job
         return None
-
-    return check
-
-
-def running(series_uid: str) -> Callable[[list[dict[str, Any]]], dict[str, Any] | None]:
-    def check(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-        job = job_of(jobs, series_uid)
-        if job and job["status"] in ("done", "failed"):
-            raise AssertionError(f"the job ended ({job['status']}) before the worker could be killed")
-        return job if job and job["status"] == "running" else None
 
     return check
 

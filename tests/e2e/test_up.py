@@ -10,7 +10,6 @@ Not covered: Redis redelivery (test_faults.py), PostgreSQL (test_results.py).
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db.models import OutboxMessage
 from dicom_node.testing.peers import Orthanc, port_open, wait_until
-from tests.e2e.stack import Node, check_results, done_and_exported, job_of, running, series_uids
+from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -46,10 +45,8 @@ def test_up_alone_then_killed_during_inference(tmp_path: Path, orthanc: Orthanc,
 
         _, second_uid = series_uids(second)
         node.send(second)
-        node.wait(running(second_uid), 180, "the second job to run")
-        time.sleep(1.0)
-        assert (job_of(node.jobs(), second_uid) or {}).get("status") == "running"
-        node.kill_tree(up)
+        killed = node.kill_mid_job(up, [second_uid], 180)
+        assert killed.attempt == 1
         count_before = len(orthanc.instances())
 
         node.start("up", "--shutdown-seconds", "5").wait_for_port(node.port, timeout=120)
