@@ -16,6 +16,7 @@ test_kubernetes.py validates the manifests only).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,6 +48,20 @@ def _run(args: list[str], *, env: dict[str, str] | None = None, timeout: float =
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+# Run by `python -c` in the node's container (its settings name the database): holds the running
+# job of argv[1] (waiting up to argv[2] seconds), prints its worker, and lets go at a line on stdin.
+HOLD_RUNNING_JOB = """
+import sys
+from dicom_node.db import Database
+from dicom_node.settings import load_settings
+from dicom_node.testing.jobs import hold_running_job
+db = Database(load_settings().effective_database_url)
+with hold_running_job(db, [sys.argv[1]], float(sys.argv[2])) as job:
+    print(job.worker, flush=True)
+    sys.stdin.readline()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +136,32 @@ class Stack:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\njobs: {self._jobs_or_why()}\n{self.logs()}") from None
 
+    @contextlib.contextmanager
+    def running_job_held(self, series_uid: str, timeout: float) -> Iterator[str]:
+        """Wait for the job of ``series_uid`` to run and yield its worker (host:pid) while the
+        job's row is locked (dicom_node.testing.jobs, in the node's container, on the stack's
+        database), so that the job can not end before the block does: a worker killed inside is
+        killed mid-job. Polling through `podman exec dicom-node jobs list` took seconds per
+        look, in which a job could run from start to end."""
+        holder = subprocess.Popen(
+            ["podman", "exec", "-i", self.container("node"), "python", "-c", HOLD_RUNNING_JOB, series_uid, str(timeout)],
+            cwd=ROOT, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert holder.stdin is not None and holder.stdout is not None
+        try:
+            worker = holder.stdout.readline().strip()
+            if not worker:
+                holder.wait(timeout=60)
+                raise AssertionError(f"the job of {series_uid} was not seen running: {holder.stderr.read() if holder.stderr else ''}\n{self.logs()}")
+            yield worker
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=60) == 0, holder.stderr.read() if holder.stderr else ""
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+
     def _jobs_or_why(self) -> Any:
         try:
             return self.jobs()
@@ -177,11 +218,11 @@ def test_two_workers_without_a_shared_volume_and_one_killed_mid_job(stack: Stack
     assert len(in_pacs) == sum(sum(j["output_counts"].values()) for j in first)
 
     assert storescu(series[2], stack.dicom_port).returncode == 0
-    running = stack.wait("the third job to run", 600, lambda: next((j for j in stack.jobs() if j["series_uid"] == uids[2] and j["status"] == "running"), None))
-    host = running["worker"].split(":")[0]
-    victim = "worker-1" if host == stack.hostname("worker-1") else "worker-2"
-    survivor = "worker-2" if victim == "worker-1" else "worker-1"
-    _run(["podman", "kill", "--signal", "KILL", stack.container(victim)])
+    with stack.running_job_held(uids[2], 600) as worker:
+        host = worker.split(":")[0]
+        victim = "worker-1" if host == stack.hostname("worker-1") else "worker-2"
+        survivor = "worker-2" if victim == "worker-1" else "worker-1"
+        _run(["podman", "kill", "--signal", "KILL", stack.container(victim)])
     job = stack.wait("the other worker to finish the job", 900, lambda: _done(stack.jobs(), uids[2]))
     assert job["worker"].split(":")[0] == stack.hostname(survivor), job["worker"]
     assert job["attempts"] == 2, job
