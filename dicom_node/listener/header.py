@@ -27,8 +27,16 @@ WANTED: dict[int, str] = {
     0x00200011: "SeriesNumber",
     0x00200013: "InstanceNumber",
     0x00280008: "NumberOfFrames",
+    # US values: checked against the length of Pixel Data (dicom_node.listener.scp).
+    0x00280002: "SamplesPerPixel",
+    0x00280010: "Rows",
+    0x00280011: "Columns",
+    0x00280100: "BitsAllocated",
 }
 PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+PIXEL_DATA = 0x7FE00010
+# The key under which scan() puts the length of a native (defined-length) Pixel Data, 4 bytes LE.
+PIXEL_DATA_LENGTH = "PixelData.length"
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
@@ -62,6 +70,8 @@ def scan(data: bytes | memoryview, *, implicit: bool) -> tuple[dict[str, bytes],
         stop = value_at + length
         if stop > end:
             raise Truncated(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes, {end - value_at} remain")
+        if tag == PIXEL_DATA:
+            values[PIXEL_DATA_LENGTH] = struct.pack("<I", length)
         name = WANTED.get(tag)
         if name is not None:
             values[name] = bytes(view[value_at:stop])
@@ -142,6 +152,19 @@ def text(raw: bytes | None, encodings: list[str] | None = None) -> str:
     except (UnicodeDecodeError, LookupError):
         value = raw.decode("latin-1")
     return value.rstrip("\x00 ").strip()
+
+
+def unsigned_short(raw: bytes | None) -> int | None:
+    """The first value of a US element (binary, little endian)."""
+    if raw is None or len(raw) < 2:
+        return None
+    return int(struct.unpack_from("<H", raw)[0])
+
+
+def unsigned_long(raw: bytes | None) -> int | None:
+    if raw is None or len(raw) < 4:
+        return None
+    return int(struct.unpack_from("<I", raw)[0])
 
 
 def integer(raw: bytes | None) -> int | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable
 
@@ -137,8 +138,40 @@ def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, co
     return header
 
 
+@dataclass(frozen=True)
+class PixelGeometry:
+    """What the length of a native Pixel Data must be (PS3.5 8.1.1, PS3.3 C.7.6.3)."""
+
+    rows: int | None
+    columns: int | None
+    samples: int | None
+    bits_allocated: int | None
+    frames: int
+    pixel_length: int | None  # None: no native Pixel Data (encapsulated, float, or none)
+
+    def check(self) -> None:
+        """Raise RejectedInstance when the Pixel Data is shorter than its image needs: such an
+        instance can not be decoded, and one of them makes a whole series' analysis fail."""
+        if self.pixel_length is None:
+            return
+        missing = [name for name, v in (("Rows", self.rows), ("Columns", self.columns), ("BitsAllocated", self.bits_allocated)) if not v]
+        if missing:
+            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"Pixel Data without {', '.join(missing)}: the image can not be decoded")
+        assert self.rows and self.columns and self.bits_allocated
+        samples = self.samples or 1
+        bits = self.rows * self.columns * samples * self.frames * self.bits_allocated
+        expected = (bits + 7) // 8
+        if self.pixel_length < expected:
+            raise RejectedInstance(
+                Status.CANNOT_UNDERSTAND,
+                f"Pixel Data has {self.pixel_length} bytes; Rows x Columns x SamplesPerPixel x BitsAllocated/8 x Frames "
+                f"({self.rows} x {self.columns} x {samples} x {self.bits_allocated}/8 x {self.frames}) need {expected}",
+            )
+
+
 def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
-    """(header, has pixel data): the fast reader for little endian data, pydicom otherwise."""
+    """(header, has pixel data): the fast reader for little endian data, pydicom otherwise. A
+    native Pixel Data shorter than its image needs is refused here."""
     if ts.is_little_endian:
         try:
             values, has_pixels = fast_header.scan(data, implicit=ts.is_implicit_VR)
@@ -149,9 +182,18 @@ def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
         else:
             encodings = _encodings(fast_header.text(values.get("SpecificCharacterSet")))
             try:
-                return make_header(lambda k: fast_header.text(values.get(k), encodings)), has_pixels
+                header = make_header(lambda k: fast_header.text(values.get(k), encodings))
             except InvalidHeader as exc:
                 raise RejectedInstance(Status.CANNOT_UNDERSTAND, str(exc)) from None
+            PixelGeometry(
+                rows=fast_header.unsigned_short(values.get("Rows")),
+                columns=fast_header.unsigned_short(values.get("Columns")),
+                samples=fast_header.unsigned_short(values.get("SamplesPerPixel")),
+                bits_allocated=fast_header.unsigned_short(values.get("BitsAllocated")),
+                frames=header.frames,
+                pixel_length=fast_header.unsigned_long(values.get(fast_header.PIXEL_DATA_LENGTH)) if not ts.is_compressed else None,
+            ).check()
+            return header, has_pixels
     try:
         ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
     except (EOFError, ValueError, NotImplementedError, OSError, KeyError, IndexError, TypeError) as exc:
@@ -160,11 +202,43 @@ def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
     _check_complete(ds, len(data))
     try:
-        return header_of(ds), any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+        header = header_of(ds)
+        PixelGeometry(
+            rows=_us(ds, "Rows"),
+            columns=_us(ds, "Columns"),
+            samples=_us(ds, "SamplesPerPixel"),
+            bits_allocated=_us(ds, "BitsAllocated"),
+            frames=header.frames,
+            pixel_length=None if ts.is_compressed else _native_pixel_length(ds),
+        ).check()
+        return header, any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
     except InvalidHeader as exc:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, str(exc)) from None
     except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}") from None
+
+
+def _us(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value[0])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def _native_pixel_length(ds: Dataset) -> int | None:
+    """The length of a defined-length Pixel Data as received; None if there is none."""
+    if 0x7FE00010 not in ds:
+        return None
+    elem = ds.get_item(0x7FE00010)
+    if isinstance(elem, RawDataElement):
+        return None if elem.length == 0xFFFFFFFF else int(elem.length)
+    value = elem.value
+    return len(value) if isinstance(value, (bytes, bytearray)) else None
 
 
 def _encodings(specific_character_set: str) -> list[str]:
@@ -329,11 +403,15 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associati
             f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}" for cx in rejected[:8]
         ) + (f"; and {len(rejected) - 8} more" if len(rejected) > 8 else "")
         accepted = len(assoc.accepted_contexts)
-        log.warning("association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s", calling_ae, host, local_ae.title, len(rejected), accepted, what)
-        receiver.index.event(
-            "association", f"{len(rejected)} presentation context(s) rejected ({accepted} accepted): {what}"[:1000], level="warning",
-            calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title,
-        )
+        # Senders often propose every storage class they know: one line at INFO for each
+        # association; a warning and an event when nothing this AE takes was accepted at all.
+        level = logging.WARNING if accepted == 0 else logging.INFO
+        log.log(level, "association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s", calling_ae, host, local_ae.title, len(rejected), accepted, what)
+        if accepted == 0:
+            receiver.index.event(
+                "association", f"every presentation context rejected ({len(rejected)}): {what}"[:1000], level="warning",
+                calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title,
+            )
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)

@@ -16,16 +16,21 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pydicom
 import pytest
+from pydicom.filebase import DicomBytesIO
 
 from dicom_node.testing.hostile import (
     CT_IMAGE,
     EXPLICIT_LE,
+    MR_IMAGE,
     Peer,
+    accepted_contexts,
     listener_processes,
     max_listener_rss,
+    send_store,
 )
-from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, storescu, wait_until
+from dicom_node.testing.peers import NodeProcess, cli, cli_json, free_port, node_env, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
 
 pytestmark = pytest.mark.integration
@@ -170,6 +175,48 @@ def test_half_open_connections_do_not_lock_out_a_real_sender(node: HostileNode, 
             peer.close()
     assert "connection from 127.0.0.6" in node.log() and "max_connections_per_address" in node.log()
     assert_healthy(node, phantom)
+
+
+def _dataset_bytes(ds: pydicom.Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    pydicom.filewriter.write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def test_an_image_with_half_its_pixel_data_is_refused_and_the_rest_of_its_series_completes(node: HostileNode, tmp_path: Path) -> None:
+    series = write_phantom_series("normal", tmp_path / "series", seed=21, slices=5, rows=64, columns=64)
+    files = sorted(series.iterdir())
+    bad = pydicom.dcmread(files[2])
+    bad.PixelData = bad.PixelData[: len(bad.PixelData) // 2]
+    peer = established(node)
+    status = send_store(peer, 1, CT_IMAGE, str(bad.SOPInstanceUID), _dataset_bytes(bad))
+    peer.close()
+    assert status == 0xC000, status  # Cannot understand, before anything is written
+    assert f"Pixel Data has {64 * 64} bytes" in node.log() and str(bad.SOPInstanceUID) in node.log()
+    rest = [f for i, f in enumerate(files) if i != 2]
+    sent = storescu(rest, node.port)
+    assert sent.returncode == 0, sent.stderr
+    uid = str(bad.SeriesInstanceUID)
+
+    def complete() -> dict | None:
+        rows = [r for r in cli_json(node.env, "series", "list", "--json") if r["series_uid"] == uid and r["series_status"] != "receiving"]
+        return rows[0] if rows else None
+
+    row = wait_until(complete, 60, "the series to complete")
+    assert row["instances"] == 4 and row["series_status"] == "complete", row
+    stored = list((Path(node.env["DICOM_NODE_DATA_DIR"]) / "storage").rglob(f"{bad.SOPInstanceUID}.dcm"))
+    assert stored == []
+
+
+def test_rejected_presentation_contexts_are_logged_with_who_and_what(node: HostileNode) -> None:
+    peer = Peer(node.port)
+    kind, body = peer.associate(TITLE, "FUZZER", [(1, CT_IMAGE, [EXPLICIT_LE]), (3, MR_IMAGE, [EXPLICIT_LE])])
+    peer.send(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+    peer.close()
+    assert kind == 0x02 and accepted_contexts(body) == {1: EXPLICIT_LE}
+    line = wait_until(lambda: next((ln for ln in node.log().splitlines() if "FUZZER@127.0.0.1" in ln and "context(s) rejected" in ln), None), 10, "the log line")
+    assert TITLE in line and "MR Image Storage" in line and "abstract syntax (SOP class) not supported" in line
 
 
 def test_memory_bound_and_no_listener_restarted(node: HostileNode, phantom: Path) -> None:
