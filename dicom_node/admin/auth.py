@@ -21,17 +21,16 @@ import os
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import AdminSession, ApiToken, Role, User
+from dicom_node.db.models import AdminSession, ApiToken, AuditEntry, Role, User
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.settings import Settings
 
@@ -325,31 +324,38 @@ def csrf_matches(expected: str | None, given: str | None) -> bool:
 
 
 class LoginThrottle:
-    """After ``max_failures`` wrong passwords for one name within ``window`` seconds, that name
-    is refused for ``lockout`` seconds (in this process: the admin app runs in one)."""
+    """After ``max_failures`` wrong passwords for one name from one remote address within
+    ``window`` seconds (since that name's last login from there), that name is refused from that
+    address for ``lockout`` seconds after each further failure. Counted in the database, from the
+    audit log's ``session.login_failed`` rows, so every ``serve`` process sharing the database
+    counts the same; per address, so nobody can lock an admin out from elsewhere."""
+
+    FAILED = "session.login_failed"
+    SUCCEEDED = "session.login"
 
     def __init__(self, max_failures: int = 5, window: float = 300.0, lockout: float = 60.0) -> None:
         self.max_failures = max_failures
         self.window = window
         self.lockout = lockout
-        self._failures: dict[str, list[float]] = {}
-        self._locked_until: dict[str, float] = {}
-        self._lock = threading.Lock()
 
-    def locked(self, name: str) -> float:
-        """Seconds this name is still locked out (0 when it may try)."""
-        with self._lock:
-            return max(0.0, self._locked_until.get(name.lower(), 0.0) - time.monotonic())
-
-    def failed(self, name: str) -> None:
-        key, now = name.lower(), time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get(key, []) if now - t < self.window] + [now]
-            self._failures[key] = recent
-            if len(recent) >= self.max_failures:
-                self._locked_until[key] = now + self.lockout
-                self._failures[key] = []
-
-    def succeeded(self, name: str) -> None:
-        with self._lock:
-            self._failures.pop(name.lower(), None)
+    def locked(self, session: Session, name: str, address: str, now: dt.datetime | None = None) -> float:
+        """Seconds this name is still locked out from this address (0 when it may try)."""
+        now = now or utcnow()
+        since = now - dt.timedelta(seconds=self.window)
+        key = (name.strip()[:100] or "(empty)").lower()
+        last_ok = session.scalar(
+            select(func.max(AuditEntry.at)).where(
+                AuditEntry.action == self.SUCCEEDED, func.lower(AuditEntry.actor) == key, AuditEntry.remote_addr == address, AuditEntry.at >= since
+            )
+        )
+        if last_ok is not None:
+            since = max(since, as_utc(last_ok))
+        failures = session.execute(
+            select(func.count(AuditEntry.id), func.max(AuditEntry.at)).where(
+                AuditEntry.action == self.FAILED, func.lower(AuditEntry.actor) == key, AuditEntry.remote_addr == address, AuditEntry.at > since
+            )
+        ).one()
+        count, latest = int(failures[0] or 0), failures[1]
+        if count < self.max_failures or latest is None:
+            return 0.0
+        return max(0.0, (as_utc(latest) + dt.timedelta(seconds=self.lockout) - now).total_seconds())

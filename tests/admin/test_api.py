@@ -25,12 +25,14 @@ import sys
 from contextlib import closing
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from dicom_node.admin.auth import LoginThrottle
 from dicom_node.cli import main
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import AuditEntry, Instance, OutboxMessage, Source
@@ -293,7 +295,15 @@ def test_wrong_passwords_lock_the_name_for_a_while(admin_app: AdminApp) -> None:
         assert browser.post("/login", {"name": ADMIN, "password": "guess guess guess"}).status_code == 401
     locked = browser.post("/login", {"name": ADMIN, "password": PASSWORD})
     assert locked.status_code == 429 and "Too many wrong passwords" in locked.text
-    # Another name is not affected.
+    # Counted in the database: any admin app sharing it sees the same lock.
+    with admin_app.db.session() as s:
+        assert LoginThrottle().locked(s, ADMIN.upper(), "127.0.0.1") > 0
+        assert LoginThrottle().locked(s, ADMIN, "127.0.0.2") == 0
+    # The same name from another address is not locked out (nobody can lock an admin out from
+    # elsewhere), nor is another name from this address.
+    elsewhere = Browser(httpx.Client(base_url=admin_app.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")))
+    elsewhere.get("/login")
+    assert elsewhere.post("/login", {"name": ADMIN, "password": PASSWORD}).status_code == 303
     assert browser.post("/login", {"name": VIEWER, "password": PASSWORD}).status_code == 303
 
 

@@ -32,10 +32,11 @@ def login(request: Request, data: FormData = Depends(form)) -> Response:
     name = str(data.get("name", "")).strip()
     password = str(data.get("password", ""))
     target = safe_next(str(data.get("next", "/")))
-    wait = context.throttle.locked(name)
+    with context.db.session() as s:
+        wait = context.throttle.locked(s, name, client_addr(request))
     if wait > 0:
         context.metrics.logins.labels("locked").inc()
-        message = f"Too many wrong passwords for this name; try again in {int(wait) + 1} s."
+        message = f"Too many wrong passwords for this name from this address; try again in {int(wait) + 1} s."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, status_code=429)
     with context.db.session() as s:
         user = check_login(s, context.passwords, name, password)
@@ -45,10 +46,8 @@ def login(request: Request, data: FormData = Depends(form)) -> Response:
             sid = start_session(s, user, hours=context.settings.admin.session_hours, remote_addr=client_addr(request))
             audit.record(s, user.name, "session.login", target_type="session", target=user.name, via="web", remote_addr=client_addr(request))
     if user is None:
-        context.throttle.failed(name)
         context.metrics.logins.labels("failed").inc()
         return render(request, "login.html", {"next": target, "error": "Wrong name or password.", "name": name}, status_code=401)
-    context.throttle.succeeded(name)
     context.metrics.logins.labels("ok").inc()
     # A new session: nothing from before the login (a planted CSRF token included) survives.
     request.session.clear()
