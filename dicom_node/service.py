@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
 from multiprocessing.process import BaseProcess
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
@@ -30,6 +31,9 @@ from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 
 log = logging.getLogger(__name__)
+
+# Completion waits at most this long for the listener processes to report their ports bound.
+_READY_WAIT_SECONDS = 120.0
 
 
 class Loop(Protocol):
@@ -101,23 +105,32 @@ class Node:
         self._children: list[BaseProcess] = []
         self._ctx = multiprocessing.get_context("spawn")
 
-    def _spawn_listener(self) -> BaseProcess:
+    def _spawn_listener(self) -> tuple[BaseProcess, Any]:
+        """A listener child and the event it sets once it has bound its ports (or tried to)."""
+        ready = self._ctx.Event()
         proc = self._ctx.Process(
-            target=run_listener_process, args=(self.settings.model_dump_json(),), name="listener", daemon=True
+            target=run_listener_process, args=(self.settings.model_dump_json(), ready, os.getpid()), name="listener", daemon=True
         )
         proc.start()
-        return proc
+        return proc, ready
 
     def run(self) -> int:
         settings = self.settings
         upgrade(settings.effective_database_url)
         storage = Storage(settings.storage_dir)
+        removed = storage.remove_stale_incoming()  # before any listener writes
+        if removed:
+            log.info("removed %d unacknowledged temporary file(s) left by a crash", removed)
         data_dir_id(settings.data_dir, create=True)  # workers tell a shared volume by it (storage.identity)
         db = Database(settings.effective_database_url)
         if unclean_start(settings.data_dir):
             log.warning("the previous run did not stop cleanly: checking the index against the stored files")
             log.warning("index recovery added %d instance(s)", recover_index(storage, db))
         completion = Completion(db, settings.completion)
+        # Nothing completes before the listeners are up; then every open series gets a whole
+        # quiet period again (a series arriving when the node stopped is not completed by the
+        # downtime: its sender comes back to the listeners first).
+        completion.hold()
         dispatcher = load_dispatcher(settings.dispatcher, settings=settings)
         housekeeping = Housekeeping(db, settings, dispatcher)
         relay = OutboxRelay(db, dispatcher)
@@ -133,16 +146,23 @@ class Node:
             loops.append(admin_server)
         for loop in loops:
             loop.start()
-        self._children = [self._spawn_listener() for _ in range(settings.listener.processes)]
+        spawned = [self._spawn_listener() for _ in range(settings.listener.processes)]
+        self._children = [proc for proc, _ in spawned]
+        readiness = [ready for _, ready in spawned]
         admin = f", admin app on http://{settings.admin.host}:{settings.admin_port}/" if admin_server is not None else ""
         log.info("node running: %d listener process(es), data in %s%s; Ctrl+C stops it", len(self._children), settings.data_dir, admin)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
-        while not self._stop.wait(1.0):
+        held_since = time.monotonic()
+        while not self._stop.wait(0.2 if completion.held else 1.0):
+            if completion.held and (all(r.is_set() for r in readiness) or time.monotonic() - held_since > _READY_WAIT_SECONDS):
+                completion.resume()
+                log.debug("listeners up: series completion resumes (open series wait a whole quiet period)")
             for i, child in enumerate(self._children):
                 if not child.is_alive():
                     log.error("listener process %s exited with %s; starting another", child.pid, child.exitcode)
-                    self._children[i] = self._spawn_listener()
+                    self._children[i], readiness[i] = self._spawn_listener()
+                    completion.resume()  # its connections were cut: their senders get a quiet period to come back
         log.info("stopping")
         for child in self._children:
             child.terminate()

@@ -4,7 +4,8 @@ Four checks, each with its own answer: the database answers a query; the broker 
 connection (settings.effective_broker_url); the data dir has more free space than
 settings.listener.min_free_disk_mb (below it, C-STORE answers "out of resources"); every enabled
 local AE accepts TCP connections on its port (a plain connect: a C-ECHO would be refused by the
-allow-list and leave an event behind at every probe).
+allow-list and leave an event behind at every probe) and its listeners report no error binding it
+(a port another program or another node holds answers a connect too).
 """
 
 from __future__ import annotations
@@ -84,11 +85,17 @@ def check_listeners(settings: Settings, db: Database) -> dict[str, Any]:
     host = _probe_host(settings.listener.host)
     try:
         with db.engine.connect() as conn:
-            aes = conn.execute(sa.select(LocalAE.title, LocalAE.port).where(LocalAE.enabled.is_(True)).order_by(LocalAE.port)).all()
+            aes = conn.execute(
+                sa.select(LocalAE.title, LocalAE.port, LocalAE.listen_error).where(LocalAE.enabled.is_(True)).order_by(LocalAE.port)
+            ).all()
     except SQLAlchemyError as exc:
         return {"ok": False, "error": f"could not read the local AEs: {str(exc).splitlines()[0][:200]}", "aes": []}
     out = []
-    for title, port in aes:
+    for title, port, listen_error in aes:
+        if listen_error:
+            # The listeners could not bind it: whoever answers on that port is not this node.
+            out.append({"title": title, "port": port, "ok": False, "error": f"error: {listen_error}"})
+            continue
         try:
             with socket.create_connection((host, port), timeout=TIMEOUT_SECONDS):
                 out.append({"title": title, "port": port, "ok": True})

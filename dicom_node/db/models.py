@@ -88,6 +88,10 @@ class LocalAE(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Why the listeners can not bind this AE's port ("port in use ..."), "" while they listen;
+    # written by the listener processes, shown by `ae list`, the admin pages and /health.
+    listen_error: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    listen_error_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
     destinations: Mapped[list["Destination"]] = relationship(secondary=local_ae_destinations, lazy="selectin")
 

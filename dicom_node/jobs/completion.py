@@ -38,14 +38,30 @@ class Completion:
     """Completes the series that are due. The defaults apply to series whose local AE is gone
     (a local AE always has its own quiet period and maximum wait)."""
 
-    def __init__(self, db: Database, defaults: CompletionSettings) -> None:
+    def __init__(self, db: Database, defaults: CompletionSettings, *, resumed_at: dt.datetime | None = None) -> None:
         self.db = db
         self.default_quiet = defaults.default_quiet_seconds
         self.default_max_wait = defaults.default_max_wait_seconds
+        # When the listeners (re)started: the quiet period of every open series counts from then
+        # at the earliest, so a series that was arriving when the node stopped or crashed is not
+        # completed by the downtime, only by a quiet period with the listeners up (resume()).
+        self.resumed_at = resumed_at
+        self.held = False
+
+    def hold(self) -> None:
+        """Complete nothing until resume(): the listeners are not up yet."""
+        self.held = True
+
+    def resume(self, now: dt.datetime | None = None) -> None:
+        """The listeners are (back) up: every open series' quiet period starts again now."""
+        self.resumed_at = now or utcnow()
+        self.held = False
 
     def due(self, now: dt.datetime) -> list[tuple[int, dt.datetime]]:
         """(series id, last_received_at) of receiving series whose quiet period or maximum wait
-        has passed."""
+        has passed, neither counting time before :attr:`resumed_at` as quiet."""
+        if self.held:
+            return []
         with self.db.engine.connect() as conn:
             rows = conn.execute(
                 select(Series.id, Series.last_received_at, Series.opened_at, LocalAE.quiet_seconds, LocalAE.max_wait_seconds)
@@ -53,10 +69,14 @@ class Completion:
                 .where(Series.status == SeriesStatus.RECEIVING.value)
             ).all()
         out = []
-        for series_id, last, opened, quiet, max_wait in rows:
-            quiet = self.default_quiet if quiet is None else quiet
-            max_wait = self.default_max_wait if max_wait is None else max_wait
-            if now - as_utc(last) >= dt.timedelta(seconds=quiet) or now - as_utc(opened) >= dt.timedelta(seconds=max_wait):
+        resumed = self.resumed_at
+        for series_id, last, opened, quiet_seconds, max_wait_seconds in rows:
+            quiet = dt.timedelta(seconds=self.default_quiet if quiet_seconds is None else quiet_seconds)
+            max_wait = dt.timedelta(seconds=self.default_max_wait if max_wait_seconds is None else max_wait_seconds)
+            quiet_since = as_utc(last) if resumed is None else max(as_utc(last), resumed)
+            if resumed is not None and now - resumed < quiet:
+                continue  # not even one quiet period with the listeners up
+            if now - quiet_since >= quiet or now - as_utc(opened) >= max_wait:
                 out.append((series_id, last))
         return out
 

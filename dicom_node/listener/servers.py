@@ -2,32 +2,40 @@
 
 Every ``reload_seconds`` the AE table is read again: a new AE starts listening, a disabled or
 removed one stops, a changed title/port/SOP class list restarts that AE's server. Several
-processes can serve the same ports (SO_REUSEPORT): the kernel spreads associations over them, so
-several senders at once use several cores.
+processes of this node serve the same ports (SO_REUSEPORT): the kernel spreads associations over
+them, so several senders at once use several cores; a lock per port (dicom_node.listener.ports)
+keeps any other node out. A port that can not be bound is logged once and kept in the AE's
+``listen_error`` (ae list, admin pages, /health) until it can.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
+import os
 import signal
 import socket
 import ssl
 import threading
-from typing import Callable, cast
+from typing import Any, Callable, cast
 
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
+from dicom_node.db.times import utcnow
 from dicom_node.listener.limits import Admission
+from dicom_node.listener.ports import PortLock, PortTaken
 from dicom_node.listener.reactor import EventDrivenServer, ReadLimits, quiet_pdu_logs, register_server
 from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage.files import Storage
+from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.index import Index, ListenKey, LocalAESnapshot
 
 log = logging.getLogger(__name__)
@@ -69,36 +77,69 @@ class ListenerSet:
         self.index = Index(db)
         self.receiver = Receiver(self.storage, self.index, min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024)
         self.ssl_context = make_ssl_context(settings.listener.tls)
-        self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread]] = {}
+        self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread, PortLock]] = {}
         self._stop = threading.Event()
+        self.node_id = data_dir_id(settings.data_dir, create=True) or ""
+        # The listen_error of each AE as the database has it, and the last one logged here.
+        self._errors_in_db: dict[int, str] = {}
+        self._errors_logged: dict[int, str] = {}
 
     def desired(self) -> dict[int, LocalAESnapshot]:
         with self.db.sessionmaker() as s:
             rows = s.scalars(select(LocalAE).where(LocalAE.enabled.is_(True))).all()
+            self._errors_in_db = {row.id: row.listen_error or "" for row in rows}
             return {row.id: LocalAESnapshot.of(row) for row in rows}
 
     def reconcile(self) -> None:
         want = self.desired()
         for ae_id in list(self._servers):
-            key, server, _ = self._servers[ae_id]
+            key, server, _, lock = self._servers[ae_id]
             if ae_id not in want or want[ae_id].listen_key() != key:
                 log.info("stopping listener %s", key)
                 server.shutdown()
+                lock.release()
                 del self._servers[ae_id]
         for ae_id, snap in want.items():
             if ae_id in self._servers:
                 continue
             try:
-                server = self._start(snap)
+                server, lock = self._start(snap)
             except OSError as exc:
-                log.error("cannot listen as %s on port %d: %s", snap.title, snap.port, exc)
+                self._report(ae_id, snap, _listen_error(snap.port, exc))
                 continue
             thread = threading.Thread(target=server.serve_forever, name=f"listener-{snap.title}", daemon=True)
             thread.start()
-            self._servers[ae_id] = (snap.listen_key(), server, thread)
+            self._servers[ae_id] = (snap.listen_key(), server, thread, lock)
+            self._report(ae_id, snap, "")
             log.info("listening as %s on %s:%d%s", snap.title, self.settings.listener.host, snap.port, " (TLS)" if self.ssl_context else "")
 
-    def _start(self, snap: LocalAESnapshot) -> ThreadedAssociationServer:
+    def _report(self, ae_id: int, snap: LocalAESnapshot, error: str) -> None:
+        """Log a listen error once (not at every retry), and keep it in the AE's row for `ae
+        list`, the admin pages and /health; "" clears it."""
+        if error and self._errors_logged.get(ae_id) != error:
+            log.error("cannot listen as %s on port %d: %s; trying again every %g s", snap.title, snap.port, error, self.settings.listener.reload_seconds)
+        elif not error and self._errors_logged.get(ae_id):
+            log.info("port %d is free again", snap.port)
+        self._errors_logged[ae_id] = error
+        if self._errors_in_db.get(ae_id, "") != error:
+            with self.db.session() as s:
+                s.execute(
+                    update(LocalAE)
+                    .where(LocalAE.id == ae_id)
+                    .values(listen_error=error[:200], listen_error_at=utcnow() if error else None, updated_at=LocalAE.updated_at)
+                )
+            self._errors_in_db[ae_id] = error
+
+    def _start(self, snap: LocalAESnapshot) -> tuple[ThreadedAssociationServer, PortLock]:
+        lock = PortLock(snap.port, self.node_id, str(self.settings.data_dir))
+        lock.acquire()  # PortTaken: another node has it
+        try:
+            return self._make_server(snap), lock
+        except BaseException:
+            lock.release()
+            raise
+
+    def _make_server(self, snap: LocalAESnapshot) -> ThreadedAssociationServer:
         settings = self.settings.listener
         ae = AE(ae_title=snap.title)
         ae.maximum_pdu_size = settings.max_pdu_bytes
@@ -130,16 +171,17 @@ class ListenerSet:
         register_server(ae, server)
         return server
 
-    def run(self) -> None:
-        """Reconcile until stop() is called."""
-        removed = self.storage.remove_stale_incoming()
-        if removed:
-            log.info("removed %d unacknowledged temporary file(s) left by a crash", removed)
+    def run(self, ready: Any = None) -> None:
+        """Reconcile until stop() is called; ``ready.set()`` after the first pass. (Temporaries
+        left by a crash are removed by ``serve`` before its listeners start: a listener that is
+        restarted beside running siblings must not remove theirs.)"""
         while not self._stop.is_set():
             try:
                 self.reconcile()
             except Exception:  # keep serving what is running; the next pass tries again
                 log.exception("could not read the AE table")
+            if ready is not None and not ready.is_set():
+                ready.set()
             self._stop.wait(self.settings.listener.reload_seconds)
         self.close()
 
@@ -147,17 +189,47 @@ class ListenerSet:
         self._stop.set()
 
     def close(self) -> None:
-        for _, server, _ in self._servers.values():
+        for _, server, _, lock in self._servers.values():
             server.shutdown()
+            lock.release()
         self._servers.clear()
 
     @property
     def ports(self) -> list[int]:
-        return sorted(key[1] for key, _, _ in self._servers.values())
+        return sorted(key[1] for key, _, _, _ in self._servers.values())
 
 
-def run_listener_process(settings_json: str) -> None:
-    """Entry point of a listener child process (multiprocessing, spawn)."""
+def _listen_error(port: int, exc: OSError) -> str:
+    if isinstance(exc, PortTaken):
+        return f"port in use: {exc.reason}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port in use: port {port} is held by another program"
+    return f"cannot bind port {port}: {exc.strerror or exc}"
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG), so a
+    listener never serves on as an orphan after a kill -9 of ``serve``; exit at once if the
+    parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this listener may outlive its parent", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.warning("prctl is not available here: this listener may outlive its parent")
+    if os.getppid() != parent_pid:
+        log.warning("parent process %d is gone before the listener started; exiting", parent_pid)
+        raise SystemExit(0)
+
+
+def run_listener_process(settings_json: str, ready: Any = None, parent_pid: int | None = None) -> None:
+    """Entry point of a listener child process (multiprocessing, spawn). ``ready`` (an Event) is
+    set once the ports have been bound (or tried); ``parent_pid``: die with that process."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings, process_name="listener")
     if settings.log_level != "DEBUG":
@@ -166,5 +238,5 @@ def run_listener_process(settings_json: str) -> None:
     db = Database(settings.effective_database_url)
     listeners = ListenerSet(settings, db)
     signal.signal(signal.SIGTERM, lambda *_: listeners.stop())
-    listeners.run()
+    listeners.run(ready=ready)
     db.dispose()

@@ -196,3 +196,29 @@ def test_recovery_indexes_files_the_index_lost(db: Database, ae_id: int, tmp_pat
     assert unclean_start(tmp_path)  # never stopped cleanly
     clean_stop(tmp_path)
     assert not unclean_start(tmp_path)
+
+
+def test_after_a_restart_every_open_series_waits_a_whole_quiet_period_again(db: Database, ae_id: int) -> None:
+    # Issue 8: the node died at T0 + 1 while a series arrived and came back at T0 + 30; the
+    # downtime is not a quiet period (the sender comes back to the listeners first).
+    index = Index(db)
+    index.record(item(ae_id, 1), T0)
+    index.record(item(ae_id, 2), T0 + dt.timedelta(seconds=1))
+    completion = Completion(db, CompletionSettings())
+    completion.hold()  # serve: until its listeners report their ports bound
+    assert completion.run_once(T0 + dt.timedelta(seconds=30)) == []
+    completion.resume(T0 + dt.timedelta(seconds=30))
+    assert completion.run_once(T0 + dt.timedelta(seconds=34)) == []
+    # The sender resumed: the quiet period counts from its last instance.
+    index.record(item(ae_id, 3), T0 + dt.timedelta(seconds=33))
+    assert completion.run_once(T0 + dt.timedelta(seconds=37)) == []
+    done = completion.run_once(T0 + dt.timedelta(seconds=38))
+    assert [d.series_uid for d in done] == ["1.2.3.1"] and series_row(db).instances == 3
+    assert len(jobs(db)) == 1
+
+
+def test_after_a_restart_the_maximum_wait_also_waits_one_quiet_period(db: Database, ae_id: int) -> None:
+    Index(db).record(item(ae_id, 1), T0)
+    completion = Completion(db, CompletionSettings(), resumed_at=T0 + dt.timedelta(seconds=3600))
+    assert completion.run_once(T0 + dt.timedelta(seconds=3602)) == []  # opened > max wait ago, but just resumed
+    assert len(completion.run_once(T0 + dt.timedelta(seconds=3605))) == 1

@@ -140,10 +140,10 @@ def _list(request: Request, kind: ConfigKind) -> Response:
     context = ctx(request)
     with context.db.session() as s:
         items = [kind.to_dict(r) for r in s.scalars(select(kind.model).order_by(kind.model.title, kind.model.id))]
-    listening: dict[int, bool] = {}
+    listening: dict[int, bool | str] = {}
     if kind is LOCAL_AES:
         report = check_listeners(context.settings, context.db)
-        listening = {a["port"]: a["ok"] for a in report["aes"]}
+        listening = {a["port"]: True if a["ok"] else a.get("error", "") for a in report["aes"]}
     flash = request.session.pop("flash", "")
     return render(
         request,
