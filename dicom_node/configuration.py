@@ -161,8 +161,6 @@ def local_ae_dict(row: LocalAE) -> dict[str, Any]:
         "require_known_source": row.require_known_source,
         "description": row.description,
         "send_results_to": [d.title for d in row.destinations],
-        # Why the listeners can not bind the port ("" while they listen or when not running).
-        "listen_error": row.listen_error or "",
     }
 
 

@@ -121,7 +121,8 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
     try:
         with db.session() as s:
             data = {
-                "local": [c.local_ae_dict(r) for r in s.scalars(select(LocalAE).order_by(LocalAE.title))],
+                # listen_error: why the listeners can not bind the port ("" while they listen).
+                "local": [{**c.local_ae_dict(r), "listen_error": r.listen_error or ""} for r in s.scalars(select(LocalAE).order_by(LocalAE.title))],
                 "sources": [c.source_dict(r) for r in s.scalars(select(Source).order_by(Source.title))],
                 "destinations": [c.destination_dict(r) for r in s.scalars(select(Destination).order_by(Destination.title))],
             }
@@ -138,7 +139,7 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
                 ae["title"],
                 ae["port"],
                 f"{ae['quiet_seconds']:g}",
-                "enabled" if ae["enabled"] else "disabled",
+                ("error: " + ae["listen_error"]) if ae["enabled"] and ae["listen_error"] else "enabled" if ae["enabled"] else "disabled",
                 "listed only" if ae["require_known_source"] else "any",
                 ", ".join(ae["send_results_to"]) + (" + caller" if ae.get("return_to_caller") else ""),
             )
