@@ -3,6 +3,8 @@
 Per scale and per sample: ``alpha[y] * (1 - p_y) ** gamma * CE``, where ``p_y`` is the softmax
 probability of the true class, ``CE = -log p_y`` and ``alpha[c] = N / N_c`` (inverse class
 frequency in the training set). A scale's loss is the batch mean; the total is the mean over scales.
+Per scale it is MONAI's ``FocalLoss`` (softmax, one-hot target, class weights): its per-class terms
+summed over the classes are exactly the formula above (tests/model/test_loss.py pins it).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.losses import FocalLoss
 from torch import nn
-from torch.nn import functional as F
 
 
 def class_balance_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -34,13 +36,10 @@ def class_balance_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, num
 
 def focal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None, gamma: float = 1.0) -> torch.Tensor:
     """Batch mean of ``alpha[y] * (1 - p_y) ** gamma * CE(logits, y)`` for one scale."""
-    log_p = F.log_softmax(logits.float(), dim=1)
-    log_p_t = log_p.gather(1, target.view(-1, 1)).squeeze(1)
-    p_t = log_p_t.exp()
-    loss = (1.0 - p_t).pow(gamma) * (-log_p_t)
-    if alpha is not None:
-        loss = alpha.to(loss.device, loss.dtype)[target] * loss
-    return loss.mean()
+    weight = None if alpha is None else alpha.to(logits.device, torch.float32)
+    focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, weight=weight, reduction="none")
+    # (batch, classes): only the true class's term is non-zero.
+    return focal(logits.float(), target.view(-1, 1)).sum(dim=1).mean()
 
 
 class MultiScaleFocalLoss(nn.Module):

@@ -1,4 +1,5 @@
-"""Classification and localisation metrics (numpy only), as the method's authors report them.
+"""Classification and localisation metrics, as the method's authors report them; ROC AUC and Dice
+are MONAI's (``monai.metrics``), with the conventions below.
 
 Slice and series level: accuracy, weighted precision / recall / F1, weighted sensitivity /
 specificity (one-vs-rest per class, weighted by support), per-class ROC AUC (one-vs-rest,
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_roc_auc
 from scipy import ndimage
 
 
@@ -30,19 +33,9 @@ def roc_auc(y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] |
     """
     y = np.asarray(y_true_binary).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(order.size, dtype=np.float64)
-    ranks[order] = np.arange(1, order.size + 1)
-    # Average ranks over ties.
-    allv = np.concatenate([pos, neg])
-    _, inverse, counts = np.unique(allv, return_inverse=True, return_counts=True)
-    sums = np.bincount(inverse, weights=ranks)
-    ranks = (sums / counts)[inverse]
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
+    return float(np.asarray(compute_roc_auc(torch.from_numpy(s), torch.from_numpy(y.astype(np.int64)))))
 
 
 def roc_curve(y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +101,9 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray, classes: Seq
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks (1.0 when both are empty)."""
-    p, t = np.asarray(pred, bool), np.asarray(truth, bool)
-    denom = int(p.sum()) + int(t.sum())
-    return 1.0 if denom == 0 else 2.0 * float(np.count_nonzero(p & t)) / denom
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=bool))[None, None]
+    t = torch.from_numpy(np.ascontiguousarray(truth, dtype=bool))[None, None]
+    return float(compute_dice(p, t, ignore_empty=False)[0, 0])
 
 
 def _within(point: tuple[int, ...], mask: np.ndarray, tolerance_px: tuple[float, float]) -> bool:

@@ -1,11 +1,10 @@
-"""Fixtures of the end-to-end tests: pneumonia phantom series (model.phantoms), each written once
+"""Fixtures of the end-to-end tests: COVID-19 phantom series (model.phantoms), each written once
 per session when a test first asks for it.
 
 The tests follow a series through the whole path that a finding takes (SR with regions, overlays,
-SEG, KOS), so the shipped weights must decide on a disease for it. The weights shipped now
-(trained on a CPU, model/README.md) recognise community-acquired pneumonia phantoms and not yet
-COVID-19 ones, so the phantoms are CAP; KIND names it in one place. How well the model classifies
-is measured by `dicom-node model evaluate` on held-out phantoms, not here."""
+SEG, KOS), and check that what arrives says what the phantom holds (tests.e2e.stack.check_finding):
+COVID-19 present, regions on the lesions, key images with lesion. How well the model classifies
+in general is measured by `dicom-node model evaluate` on held-out phantoms, not here."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import pytest
 from model.phantoms.writer import write_phantom_series
 
 # The disease of the phantoms (and the decision the tests expect).
-KIND = "cap"
+KIND = "covid"
 # Small series keep the suite within minutes on a 2-core CPU; 256x256 keeps storage and SC small.
 SLICES = 24
 MATRIX = 256

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import psutil
 import pydicom
 from pydicom.dataset import Dataset
@@ -27,10 +28,13 @@ from pydicom.uid import (
 from dicom_node.db import Database
 from dicom_node.db.models import Job
 from dicom_node.jobs.queries import job_rows
+from dicom_node.outputs.codes import CLASS_FINDINGS, PRESENT
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import load_settings
 from dicom_node.testing.jobs import RunningJob, hold_running_job
 from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
+from model.inference.io import load_series
+from model.phantoms.writer import read_phantom_truth
 from tests.outputs import validators as v
 
 # Settings that keep the tests short on a 2-core machine: one listener process, fast polling,
@@ -235,3 +239,40 @@ def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid
                 assert [m for m in sr_messages if m.startswith("Error")] == [], sr_messages
                 assert v.misapplied_templates(path, all_messages) == []
     return arrived
+
+
+def _codes(ds: Dataset) -> set[str]:
+    """Every CodeValue in the object's sequences."""
+    found: set[str] = set()
+
+    def walk(items: Any) -> None:
+        for item in items:
+            for elem in item:
+                if elem.VR == "SQ":
+                    walk(elem.value)
+                elif elem.keyword == "CodeValue":
+                    found.add(str(elem.value))
+
+    walk([ds])
+    return found
+
+
+def check_finding(arrived: dict[str, list[Path]], source: Path, kind: str) -> None:
+    """What the radiologist reads matches the phantom's disease and lesions: the SR names the
+    finding ``kind`` as present, the SEG overlaps the phantom's lesion mask, and the KOS points at
+    slices that hold lesion."""
+    truth = read_phantom_truth(source)
+    index = {uid: z for z, uid in enumerate(load_series(source).sop_instance_uids)}
+    sr = pydicom.dcmread(arrived["sr"][0])
+    found = _codes(sr)
+    assert CLASS_FINDINGS[kind].value in found and PRESENT.value in found, f"the SR does not say {kind} present"
+    seg = pydicom.dcmread(arrived["seg"][0])
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)
+    overlap = 0
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        uid = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        overlap += int(np.count_nonzero(frame & truth.lesion_mask[index[uid]]))
+    assert overlap > 0, "the SEG's regions miss the phantom's lesions"
+    kos = pydicom.dcmread(arrived["kos"][0])
+    keys = [str(ref.ReferencedSOPInstanceUID) for item in kos.CurrentRequestedProcedureEvidenceSequence for s in item.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence]
+    assert any(truth.lesion_mask[index[uid]].any() for uid in keys if uid in index), "no key image holds lesion"

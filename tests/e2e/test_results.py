@@ -19,7 +19,7 @@ import pytest
 
 from dicom_node.testing.peers import Orthanc, cli
 from tests.e2e.conftest import KIND
-from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
+from tests.e2e.stack import Node, check_finding, check_results, done_and_exported, series_uids
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,7 +35,8 @@ def test_results_arrive_in_pacs(tmp_path: Path, database_url: str, redis_url: st
         node.send(series)
         job = node.wait(done_and_exported(series_uid), 300, "the job to be done and exported")
         assert job["attempts"] == 1 and job["decision"] == KIND
-        check_results(orthanc, tmp_path / "pacs", job, study_uid, series_uid, node.db)
+        arrived = check_results(orthanc, tmp_path / "pacs", job, study_uid, series_uid, node.db)
+        check_finding(arrived, series, KIND)
 
         listed = json.loads(cli(node.env, "jobs", "list", "--json").stdout)
         assert [j["id"] for j in listed] == [job["id"]]

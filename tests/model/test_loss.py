@@ -1,6 +1,7 @@
 """The class-balanced focal loss of the method on hand-computed cases.
 
-Covers model/training/loss.py: alpha = N / N_c, (1 - p_t)^gamma * CE per sample, batch mean per scale, mean
+Covers model/training/loss.py: alpha = N / N_c, (1 - p_t)^gamma * CE per sample (MONAI's FocalLoss against the
+formula written out), batch mean per scale, mean
 over scales. Not covered: its use in training (test_train.py).
 """
 
@@ -61,3 +62,14 @@ def test_total_is_mean_over_scales_and_has_gradients() -> None:
 def test_negative_gamma_rejected() -> None:
     with pytest.raises(ValueError):
         MultiScaleFocalLoss(gamma=-1.0)
+
+
+def test_matches_the_formula_on_random_logits() -> None:
+    """MONAI's FocalLoss underneath: the same numbers as the method's formula, written out."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(16, 3) * 3, torch.randint(0, 3, (16,))
+    alpha = torch.tensor([1.5, 3.0, 6.0])
+    for gamma in (0.0, 1.0, 2.0):
+        log_p_t = torch.log_softmax(logits, dim=1).gather(1, target.view(-1, 1)).squeeze(1)
+        expected = (alpha[target] * (1 - log_p_t.exp()) ** gamma * -log_p_t).mean()
+        assert float(focal_cross_entropy(logits, target, alpha, gamma)) == pytest.approx(float(expected), rel=1e-5)
