@@ -7,6 +7,7 @@ The writers are the unit under test; the model is beside it, so nothing here run
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,16 @@ def normal_result(series: Series) -> SeriesResult:
         heatmap=np.where(lungs, 0.05, 0.0).astype(np.float32),
         region_labels=np.zeros(lungs.shape, dtype=np.uint16),
         lung_mask=lungs,
+    )
+
+
+def indeterminate_result(series: Series) -> SeriesResult:
+    """A low-confidence result: the two likeliest classes too close to call; no regions."""
+    return dataclasses.replace(
+        normal_result(series),
+        probabilities={"covid": 0.40, "cap": 0.36, "normal": 0.24},
+        decision="indeterminate",
+        reason="indeterminate, low confidence: p(covid)=0.400 against p(cap)=0.360, a margin of 0.040 below the 0.100 chosen on validation data",
     )
 
 

@@ -79,6 +79,11 @@ def normal(series: synthetic.Series, sources: SourceSeries) -> Case:
 
 
 @pytest.fixture(scope="session")
+def indeterminate(series: synthetic.Series, sources: SourceSeries) -> Case:
+    return _case(series, sources, synthetic.indeterminate_result(series))
+
+
+@pytest.fixture(scope="session")
 def no_decision(series: synthetic.Series, sources: SourceSeries) -> Case:
     return _case(series, sources, synthetic.no_decision_result(series))
 
@@ -92,7 +97,7 @@ def multiframe(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> Ca
 
 
 @pytest.fixture(scope="session")
-def written(covid: Case, normal: Case, no_decision: Case, multiframe: Case, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def written(covid: Case, normal: Case, indeterminate: Case, no_decision: Case, multiframe: Case, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The objects the validators check, as files: name -> path."""
     folder = tmp_path_factory.mktemp("outputs")
     objects: dict[str, Dataset] = {
@@ -102,6 +107,7 @@ def written(covid: Case, normal: Case, no_decision: Case, multiframe: Case, tmp_
         "normal_sr": normal.outputs["sr"][0],
         "normal_sc": normal.outputs["sc"][0],
         "no_decision_sr": no_decision.outputs["sr"][0],
+        "indeterminate_sr": indeterminate.outputs["sr"][0],
         "multiframe_sr": multiframe.outputs["sr"][0],
         "multiframe_seg": multiframe.outputs["seg"][0],
         "multiframe_kos": multiframe.outputs["kos"][0],
@@ -127,6 +133,7 @@ PIXELMED_RUNS: tuple[tuple[str, str], ...] = (
     ("sr", "covid_sr"),
     ("sr", "normal_sr"),
     ("sr", "no_decision_sr"),
+    ("sr", "indeterminate_sr"),
     ("sr", "covid_kos"),
     ("iod", "covid_seg"),
     ("iod", "multiframe_seg"),

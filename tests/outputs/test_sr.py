@@ -25,6 +25,7 @@ from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage
 
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions
+from dicom_node.outputs.render import label_lines
 from model.contract.result import ModelInfo
 from model.contract.uids import derived_uid
 from tests.outputs.conftest import CREATED, Case
@@ -307,3 +308,16 @@ def test_long_model_names_do_not_break_coded_meanings(covid: Case) -> None:
         for seq in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
             if seq in item:
                 assert len(item[seq][0].CodeMeaning) <= 64
+
+
+def test_indeterminate_is_reported_as_such(indeterminate: Case) -> None:
+    """A low-confidence result: pneumonia indeterminate, the probabilities measured, the reason given;
+    the SC overlays' banner says indeterminate."""
+    sr = indeterminate.outputs["sr"][0]
+    group = groups(sr)[0]
+    assert code(child(group, "121071")) == ("233604007", "SCT")  # pneumonia ...
+    assert code(child(group, "233604007")) == ("82334004", "SCT")  # ... indeterminate
+    assert len(children(group, "122157")) == 3  # the probabilities are still there
+    assert texts(group, "112039") == ["Series classification: indeterminate (low confidence)"]
+    assert "low confidence" in child(child(sr, "C0034375"), "121073").TextValue
+    assert label_lines(indeterminate.result)[0] == "AI: indeterminate (low confidence)"

@@ -61,10 +61,10 @@ def test_dciodvfy_rejects_an_empty_laterality_on_the_seg(written: dict[str, Path
     assert any("Laterality" in m and m.startswith("Error") for m in v.dciodvfy(path))
 
 
-SR_NAMES = ("covid_sr", "normal_sr", "no_decision_sr", "multiframe_sr")
+SR_NAMES = ("covid_sr", "normal_sr", "no_decision_sr", "indeterminate_sr", "multiframe_sr")
 
 
-@pytest.mark.parametrize("name", ("covid_sr", "normal_sr", "no_decision_sr"))
+@pytest.mark.parametrize("name", ("covid_sr", "normal_sr", "no_decision_sr", "indeterminate_sr"))
 def test_pixelmed_sr_validator_finds_only_known_disagreements(
     name: str, pixelmed_results: dict[tuple[str, str], list[str]], written: dict[str, Path]
 ) -> None:
