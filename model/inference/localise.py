@@ -53,7 +53,7 @@ class LocalisationSettings:
     ig_batch: int = 25  # interpolation steps per backward pass
     ig_sigma: float = 2.0  # Gaussian smoothing of IG maps, in pixels of the network input
     threshold: float = 0.5  # of the joint map in [0, 1], for regions
-    min_volume_ml: float = 0.05
+    min_volume_ml: float = 0.5  # regions smaller than this (a 1 cm sphere is 0.5 ml) are not reported
     # Weight the joint map by how much denser than the slice's lungs each voxel is (density_excess):
     # the network says which slices and which part of the lung; the density says which voxels there
     # are abnormal. Infection is denser than aerated lung (ground glass -700..-300 HU, consolidation

@@ -32,7 +32,7 @@ import pydicom
 import pytest
 
 from dicom_node.testing.peers import free_port, port_open, storescu, wait_until
-from model.phantoms.writer import write_phantom_series
+from dicom_node.testing.synthetic import clear_phantom
 from tests.e2e.conftest import KIND, MATRIX, SLICES
 
 # The first build of the images alone may take longer than the suite's 600 s per test.
@@ -198,7 +198,7 @@ def _done(jobs: list[dict[str, Any]], uid: str) -> dict[str, Any] | None:
 
 
 def test_two_workers_without_a_shared_volume_and_one_killed_mid_job(stack: Stack, tmp_path: Path) -> None:
-    series = [write_phantom_series(KIND, tmp_path / f"p{seed}", seed=seed, slices=SLICES, rows=MATRIX, columns=MATRIX) for seed in (51, 52, 53)]
+    series = [clear_phantom(KIND, tmp_path / f"p{seed}", seed, slices=SLICES, rows=MATRIX) for seed in (51, 52, 53)]
     uids = [_series_uid(folder) for folder in series]
     stack.wait("the node's /health to answer with the database and the broker up", 300, lambda: _healthy(stack))
     stack.node("ae", "add-destination", "ORTHANC", "--host", "orthanc", "--port", "4242")

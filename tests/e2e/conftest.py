@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from model.phantoms.writer import write_phantom_series
+from dicom_node.testing.synthetic import clear_phantom
 
 # The disease of the phantoms (and the decision the tests expect).
 KIND = "covid"
@@ -24,13 +24,14 @@ MATRIX = 256
 
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
-    """``phantom(seed)``: the folder of a KIND phantom series for that seed."""
+    """``phantom(seed)``: the folder of a KIND phantom series for that seed, with a clear finding
+    (dicom_node.testing.synthetic.clear_phantom)."""
     root = tmp_path_factory.mktemp("phantoms")
     written: dict[int, Path] = {}
 
     def get(seed: int) -> Path:
         if seed not in written:
-            written[seed] = write_phantom_series(KIND, root / f"{KIND}-{seed}", seed=seed, slices=SLICES, rows=MATRIX, columns=MATRIX)
+            written[seed] = clear_phantom(KIND, root / f"{KIND}-{seed}", seed, slices=SLICES, rows=MATRIX)
         return written[seed]
 
     return get

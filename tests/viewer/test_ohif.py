@@ -41,9 +41,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from dicom_node.db.models import Job
 from dicom_node.testing.peers import Orthanc, require_tool, storescu
+from dicom_node.testing.synthetic import clear_phantom
 from dicom_node.viewer.ohif import ohif_dist
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
-from model.phantoms.writer import write_phantom_series
 from tests.e2e.stack import Node, done_and_exported, series_uids
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
@@ -86,7 +86,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         node.start("up", "--shutdown-seconds", "5").wait_for_port(node.port, timeout=120)
         folders = {}
         for kind, seed in PHANTOMS:
-            folder = write_phantom_series(kind, tmp / f"{kind}-{seed}", seed=seed, slices=SLICES, rows=MATRIX, columns=MATRIX, write_masks=False)
+            folder = clear_phantom(kind, tmp / f"{kind}-{seed}", seed, slices=SLICES, rows=MATRIX, write_masks=False)
             sent = storescu(folder, orthanc.dicom_port, called=orthanc.aet)
             assert sent.returncode == 0, sent.stderr
             node.send(folder)
@@ -191,12 +191,8 @@ class Ohif:
 
 
 def expected_regions(study: Study) -> int:
-    """The regions the SR must show. The CAP phantom must be decided CAP with regions."""
-    if study.kind == "cap":
-        assert study.decision == "cap" and study.regions >= 1, study
-    # Issue 12: the shipped weights recognise COVID-19 phantoms poorly; until the lead's retrained
-    # weights land, a covid phantom decided otherwise is tolerated here (its SR must still open and
-    # show what it says). Tighten to `study.decision == "covid" and study.regions >= 1` then.
+    """The regions the SR must show: each phantom is decided as its kind, with regions."""
+    assert study.decision == study.kind and study.regions >= 1, study
     return study.regions
 
 
@@ -246,8 +242,6 @@ def test_the_sr_opens_lists_every_region_and_jumps_to_its_slice(stack: Stack, br
 def test_the_seg_loads_with_its_segments(stack: Stack, browser: webdriver.Chrome, kind: str) -> None:
     study = stack.studies[kind]
     regions = expected_regions(study)
-    if regions == 0:
-        return  # issue 12: a covid phantom decided otherwise has no SEG (see expected_regions)
     ohif = Ohif(browser, stack, study)
     ohif.open_study()
     ohif.open_series("COVID-CT infection SEG")
