@@ -61,6 +61,10 @@ class LocalisationSettings:
     density_weighting: bool = True
     density_offset_hu: float = 100.0
     density_range_hu: float = 200.0
+    # Before the density weighting, the joint map counts from this share of its range up (rescaled
+    # to [0, 1]): the low end of the network's map covers much of the lungs, and every vessel in
+    # it is dense; chosen on calibration phantoms (model/README.md).
+    cam_floor: float = 0.3
 
     def resolved(self, device: str) -> LocalisationSettings:
         """The settings with "auto" replaced by the mode for ``device``."""
@@ -79,6 +83,8 @@ class LocalisationSettings:
             raise ValueError(f"min_volume_ml must be >= 0, got {self.min_volume_ml!r}")
         if self.density_range_hu <= 0:
             raise ValueError(f"density_range_hu must be > 0, got {self.density_range_hu!r}")
+        if not 0.0 <= self.cam_floor < 1.0:
+            raise ValueError(f"cam_floor must be in [0, 1), got {self.cam_floor!r}")
 
 
 def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0) -> np.ndarray:

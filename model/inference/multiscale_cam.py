@@ -357,6 +357,10 @@ class Predictor:
             heat[analysis.lung_indices[idx]] = analysis.geometry.to_original(joint)
         heat = localise.min_max(heat, lung_mask, inplace=True)
         if settings.density_weighting and hu is not None:
+            if settings.cam_floor > 0:
+                heat -= np.float32(settings.cam_floor)
+                heat *= np.float32(1.0 / (1.0 - settings.cam_floor))
+                np.clip(heat, 0.0, 1.0, out=heat)
             heat *= localise.density_excess(hu, lung_mask, settings.density_offset_hu, settings.density_range_hu)
             heat = localise.min_max(heat, lung_mask, inplace=True)
         timings["cam"] += time.perf_counter() - t

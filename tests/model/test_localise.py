@@ -124,6 +124,10 @@ def test_settings_validation() -> None:
         LocalisationSettings(mode="gradcam")
     with pytest.raises(ValueError):
         LocalisationSettings(threshold=1.0)
+    with pytest.raises(ValueError, match="cam_floor"):
+        LocalisationSettings(cam_floor=1.0)
+    with pytest.raises(ValueError, match="density_range_hu"):
+        LocalisationSettings(density_range_hu=0.0)
 
 
 def test_density_excess_marks_what_is_denser_than_the_slice_lungs() -> None:
