@@ -12,8 +12,8 @@
 - every ``dicom-node`` command the README names, in a block or inline, parses.
 
 The README's ``sudo`` is dropped when the test already runs as root (CI does; not every machine
-has sudo). The decision for the phantom is not checked: the weights shipped now do not recognise
-COVID-19 phantoms (model/README.md); the model's accuracy is measured by ``model evaluate``.
+has sudo). The covid phantom must come back as COVID-19 (``job 1 done: covid``), as the README
+says; the model's accuracy in general is measured by ``model evaluate`` (model/README.md).
 
 Not covered: the viewer section (issue 9's browser test).
 """
@@ -147,7 +147,7 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
         "association from STORESCU@127.0.0.1 to COVIDNODE accepted",
         "series complete: 96 image(s) from STORESCU, job 1 queued",
         "job 1 started",
-        "job 1 done: ",
+        "job 1 done: covid",
         "job 1 results sent to PACS (127.0.0.1:4242)",
     ):
         assert event in console, f"up's console lacks {event!r}:\n{console}"

@@ -257,7 +257,8 @@ def test_the_seg_loads_with_its_segments(stack: Stack, browser: webdriver.Chrome
     )
     time.sleep(1.0)
     ohif.shot("4-seg")
-    assert sorted(segments) == [f"Suspected infection {i}" for i in range(1, regions + 1)], segments
+    # In number order ("Suspected infection 10" after 9, not after 1).
+    assert sorted(segments, key=lambda label: int(label.rsplit(" ", 1)[-1])) == [f"Suspected infection {i}" for i in range(1, regions + 1)], segments
     ohif.assert_no_errors()
 
 
