@@ -37,7 +37,8 @@ wait
 merge train a b
 # (a rerun keeps weights already trained: delete WEIGHTS_DIR to train again)
 [ -s "$out/model.safetensors" ] || "$node" model train --recipe cpu --data "$work/train" --out "$out" --max-minutes "$minutes" \
-  --workers 2 --cache "$work/cache" --log "$work/train.log" --no-progress > "$work/train.json"
+  --workers 2 --cache "$work/cache" --log "$work/train.log" --no-progress \
+  --name covid-ct-multiscale-cam --version "${VERSION:-0.2.0}" > "$work/train.json"
 
 phantoms calib/a 9101 30 256 explicit &
 phantoms calib/b 9102 30 192 explicit &

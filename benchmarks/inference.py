@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ig-slices", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="best of N for the full path and the bare network")
-    parser.add_argument("--memory-mode", choices=("cam", "cam+ig"), default="cam", help="localisation mode of the peak-memory run")
+    parser.add_argument("--memory-mode", choices=("auto", "cam", "cam+ig"), default="cam", help="localisation mode of the peak-memory run")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="serve+worker: database (default: SQLite under the work dir)")
     parser.add_argument("--broker-url", help="serve+worker: broker (default: the SQLite-file broker)")
     parser.add_argument("--weights", type=Path, help="weights folder (default: the shipped model/weights)")
-    parser.add_argument("--localisation", choices=["cam", "cam+ig"], help="default: the weights' own choice")
+    parser.add_argument("--localisation", choices=["auto", "cam", "cam+ig"], help="default: the weights' own choice")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for one run's results")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary folder, removed)")
