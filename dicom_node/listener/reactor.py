@@ -60,6 +60,8 @@ MAX_CONTROL_PDU = 256 * 1024
 # Largest P-DATA-TF accepted when listener.max_pdu_bytes is 0 (announced as unlimited).
 MAX_UNLIMITED_PDU = 64 * 1024 * 1024
 LISTEN_BACKLOG = 1024
+# What the acceptor's wait for its A-ASSOCIATE-RQ takes as "none came" (receive_pdu() -> None).
+_NO_PRIMITIVE: Any = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ RELIES_ON: tuple[str, ...] = (
     "pynetdicom.transport.RequestHandler.handle",  # copied: EventDrivenRequestHandler.handle
     "pynetdicom.transport.AssociationServer.get_request",  # copied: EventDrivenServer (TLS handshake deferred)
     "pynetdicom.transport.AssociationSocket.close",  # called to close after an A-ABORT
+    "pynetdicom.association.Association.run_reactor",  # its wait for the A-ASSOCIATE-RQ ends on a None primitive
     "pynetdicom.transport.AssociationServer.shutdown",  # removes the server from AE._servers
     "pynetdicom._config.LOG_HANDLER_LEVEL",
     "pynetdicom._globals.MODE_ACCEPTOR",
@@ -174,6 +177,14 @@ class EventDrivenDUL(DULServiceProvider):
             return self._connected_at + limits.association_seconds
         return time.monotonic() + limits.pdu_read_seconds
 
+    def _transport_closed(self) -> None:
+        """Evt17; before an A-ASSOCIATE-RQ came, also wake the association thread waiting for
+        one (pynetdicom's waits the whole ACSE timeout), so the connection's admission slot is
+        given back at once."""
+        self.event_queue.put("Evt17")
+        if self.state_machine.current_state in ("Sta1", "Sta2"):
+            self.to_user_queue.put(_NO_PRIMITIVE)  # receive_pdu() returns None: "no A-ASSOCIATE-RQ", the thread ends
+
     def _refuse(self, kind: str, reason: str, abort_reason: int) -> None:
         """A protocol error: log it (rate-limited per peer), send an A-ABORT and close the
         connection at once (PS3.8 AA-1/AA-8 would wait for the peer to close; a peer that sends
@@ -184,7 +195,7 @@ class EventDrivenDUL(DULServiceProvider):
         )
         sock = self.socket
         if sock is None:
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         raw = sock.socket
         if raw is not None:
@@ -196,9 +207,12 @@ class EventDrivenDUL(DULServiceProvider):
                 raw.sendall(abort_pdu.encode())
             except (OSError, ValueError):
                 pass
-        sock.close()  # puts Evt17 (transport closed)
-        if sock.socket is not None or raw is None:
+        closed_by_close = raw is not None and sock.socket is not None and sock._is_connected
+        sock.close()  # puts Evt17 (transport closed) when it was connected
+        if not closed_by_close:
             self.event_queue.put("Evt17")
+        if self.state_machine.current_state in ("Sta1", "Sta2"):
+            self.to_user_queue.put(_NO_PRIMITIVE)
 
     def _read_pdu_data(self) -> None:
         """pynetdicom's PDU reader, bounded: a PDU longer than the limits is refused on its
@@ -215,10 +229,10 @@ class EventDrivenDUL(DULServiceProvider):
             self._refuse("timeout", f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within {limits.association_seconds:g} s)", _ABORT_REASON_NOT_SPECIFIED)
             return
         except (OSError, ValueError):
-            self.event_queue.put("Evt17")  # transport closed
+            self._transport_closed()
             return
         if len(header) < 6:
-            self.event_queue.put("Evt17")  # the peer closed
+            self._transport_closed()
             return
         pdu_type, _, pdu_length = struct.unpack(">BBL", header)
         if pdu_type not in _PDU_TYPES:
@@ -234,11 +248,11 @@ class EventDrivenDUL(DULServiceProvider):
             self._refuse("timeout", f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes not complete within its deadline", _ABORT_REASON_NOT_SPECIFIED)
             return
         except (OSError, ValueError):
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         if len(body) != pdu_length:
             PEER_LOG.warning(self._peer(), "closed", "connection from %s closed within a PDU (%d of %d bytes)", self._peer(), len(body) + 6, pdu_length + 6)
-            self.event_queue.put("Evt17")
+            self._transport_closed()
             return
         bytestream = bytes(header + body)
         del body

@@ -11,10 +11,13 @@ import random
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import psutil
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from dicom_node.listener.fastlane import p_data_tf
 
@@ -290,3 +293,96 @@ def fuzz_cases(seed: int, count: int, *, called: str, calling: str, dataset: byt
         else:
             uid = fresh_uid(rng)
             yield FuzzCase(number, kind, True, (p_data_tf(1, 0x03, _mutate(rng, store_command(CT_IMAGE, uid))), p_data_tf(1, 0x02, dataset[:2048])))
+
+
+def store_responses(pdus: list[tuple[int, bytes]]) -> list[tuple[str, int]]:
+    """(Affected SOP Instance UID, Status) of the C-STORE-RSPs in these PDUs."""
+    out = []
+    for pdu_type, body in pdus:
+        if pdu_type != 0x04:
+            continue
+        pos = 0
+        while pos + 6 <= len(body):
+            (length,) = struct.unpack_from(">I", body, pos)
+            data = body[pos + 6 : pos + 4 + length]
+            pos += 4 + length
+            fields: dict[int, bytes] = {}
+            i = 0
+            while i + 8 <= len(data):
+                group, element, vlen = struct.unpack_from("<HHI", data, i)
+                fields[(group << 16) | element] = data[i + 8 : i + 8 + vlen]
+                i += 8 + vlen
+            if 0x00000900 in fields and 0x00001000 in fields:
+                out.append((fields[0x00001000].rstrip(b"\x00 ").decode(errors="replace"), int(struct.unpack("<H", fields[0x00000900][:2])[0])))
+    return out
+
+
+@dataclass
+class FuzzReport:
+    cases: int = 0
+    refused_connections: int = 0
+    successes: list[str] = field(default_factory=list)
+    failures: int = 0
+    seconds: float = 0.0
+
+
+def fuzz_dataset(rows: int = 32, columns: int = 32) -> bytes:
+    """A whole CT data set (Explicit VR Little Endian) whose SOP Instance UID is PLACEHOLDER_UID."""
+    ds = Dataset()
+    ds.SOPClassUID = CT_IMAGE
+    ds.SOPInstanceUID = PLACEHOLDER_UID
+    ds.StudyInstanceUID = "2.25.8" + "0" * 30
+    ds.SeriesInstanceUID = "2.25.8" + "0" * 29 + "1"
+    ds.Modality = "CT"
+    ds.PatientID = "FUZZ"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, columns, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(rows * columns * 2)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def run_fuzz(port: int, cases: Iterator[FuzzCase], *, called: str, calling: str) -> FuzzReport:
+    """Send each case on its own connection, then half-close and read what comes back until the
+    listener closes (at most 10 s a case). Returns the SOP instances answered with Success."""
+    report = FuzzReport()
+    started = time.monotonic()
+    for case in cases:
+        report.cases += 1
+        try:
+            peer = Peer(port, timeout=10)
+        except OSError:
+            report.refused_connections += 1
+            continue
+        pdus: list[tuple[int, bytes]] = []
+        try:
+            if case.associate:
+                answer = peer.associate(called, calling, [(1, CT_IMAGE, [EXPLICIT_LE])])
+                if answer[0] != 0x02:
+                    raise AssertionError(f"case {case.number}: association refused: {answer}")
+            for chunk in case.chunks:
+                if not peer.send(chunk):
+                    break
+            try:
+                peer.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            while True:
+                pdu = peer.read_pdu()
+                if pdu is None:
+                    break
+                pdus.append(pdu)
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            peer.close()
+        for uid, status in store_responses(pdus):
+            if status == 0:
+                report.successes.append(uid)
+            else:
+                report.failures += 1
+    report.seconds = time.monotonic() - started
+    return report
