@@ -17,7 +17,7 @@ from model.phantoms.writer import write_phantom_series
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 3
+ROUNDS = 2
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
