@@ -399,13 +399,13 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associati
             return
         calling_ae = str(assoc.requestor.ae_title).strip()
         host = str(assoc.requestor.address)
-        what = "; ".join(
-            f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}" for cx in rejected[:8]
-        ) + (f"; and {len(rejected) - 8} more" if len(rejected) > 8 else "")
+        # One entry per SOP class and reason (a sender proposes each class once per transfer syntax).
+        reasons = list(dict.fromkeys(f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}" for cx in rejected))
+        what = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
         accepted = len(assoc.accepted_contexts)
-        # Senders often propose every storage class they know: one line at INFO for each
-        # association; a warning and an event when nothing this AE takes was accepted at all.
-        level = logging.WARNING if accepted == 0 else logging.INFO
+        # Senders often propose every storage class they know (storescu does): then the rejected
+        # ones are a detail (DEBUG); a warning and an event when nothing this AE takes was accepted.
+        level = logging.WARNING if accepted == 0 else logging.DEBUG
         log.log(level, "association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s", calling_ae, host, local_ae.title, len(rejected), accepted, what)
         if accepted == 0:
             receiver.index.event(
