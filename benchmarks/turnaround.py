@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         try:
             procs[0].wait_for_port(port, timeout=120)
-            wait_until(lambda: any(" ready." in p.output() for p in procs), 300, "the worker to be ready")
+            wait_until(lambda: any("worker ready" in p.output() or " ready." in p.output() for p in procs), 300, "the worker to be ready")
             print("warm-up ...", flush=True)
             one_run(db, orthanc, port, title, warmup[0], warmup[1], args.quiet_seconds, args.timeout)
             for i, (folder, uid) in enumerate(series, start=1):
