@@ -178,8 +178,8 @@ def series_uids(folder: Path) -> tuple[str, str]:
 # -- what arrived in PACS ----------------------------------------------------------------------
 
 
-def referenced_series(ds: Dataset) -> set[str]:
-    """Every Series Instance UID inside the object's sequences (its references)."""
+def values_in_sequences(ds: Dataset, keyword: str) -> set[str]:
+    """Every value of ``keyword`` inside the object's sequences (not at its top level)."""
     found: set[str] = set()
 
     def walk(items: Any) -> None:
@@ -187,13 +187,18 @@ def referenced_series(ds: Dataset) -> set[str]:
             for elem in item:
                 if elem.VR == "SQ":
                     walk(elem.value)
-                elif elem.keyword == "SeriesInstanceUID":
+                elif elem.keyword == keyword:
                     found.add(str(elem.value))
 
     for elem in ds:
         if elem.VR == "SQ":
             walk(elem.value)
     return found
+
+
+def referenced_series(ds: Dataset) -> set[str]:
+    """Every Series Instance UID inside the object's sequences (its references)."""
+    return values_in_sequences(ds, "SeriesInstanceUID")
 
 
 def results_in(orthanc: Orthanc, folder: Path) -> dict[str, list[Path]]:
@@ -241,22 +246,6 @@ def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid
     return arrived
 
 
-def _codes(ds: Dataset) -> set[str]:
-    """Every CodeValue in the object's sequences."""
-    found: set[str] = set()
-
-    def walk(items: Any) -> None:
-        for item in items:
-            for elem in item:
-                if elem.VR == "SQ":
-                    walk(elem.value)
-                elif elem.keyword == "CodeValue":
-                    found.add(str(elem.value))
-
-    walk([ds])
-    return found
-
-
 def check_finding(arrived: dict[str, list[Path]], source: Path, kind: str) -> None:
     """What the radiologist reads matches the phantom's disease and lesions: the SR names the
     finding ``kind`` as present, the SEG overlaps the phantom's lesion mask, and the KOS points at
@@ -264,7 +253,7 @@ def check_finding(arrived: dict[str, list[Path]], source: Path, kind: str) -> No
     truth = read_phantom_truth(source)
     index = {uid: z for z, uid in enumerate(load_series(source).sop_instance_uids)}
     sr = pydicom.dcmread(arrived["sr"][0])
-    found = _codes(sr)
+    found = values_in_sequences(sr, "CodeValue")
     assert CLASS_FINDINGS[kind].value in found and PRESENT.value in found, f"the SR does not say {kind} present"
     seg = pydicom.dcmread(arrived["seg"][0])
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)
