@@ -49,7 +49,7 @@ def acknowledged_files(storescu_output: str) -> list[Path]:
     return out
 
 
-def crash_round(env: dict[str, str], port: int, series: Path, database_url: str, rng: random.Random, *, kill_within: tuple[float, float] = (0.3, 2.0)) -> RoundResult:
+def crash_round(env: dict[str, str], port: int, series: Path, database_url: str, rng: random.Random, *, kill_within: tuple[float, float] = (0.2, 1.2)) -> RoundResult:
     """One round (see the module docstring); leaves no node running."""
     files = sorted(series.glob("*.dcm"))
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
