@@ -34,7 +34,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from dicom_node.db.times import as_utc
-from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, require_tool, storescu, wait_until
+from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, port_open, require_tool, storescu, wait_until
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 from model.inference.weights import save_weights
@@ -204,6 +204,9 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.open("/series")
     browser.execute_script("window.notReloaded = true;")
     series_dir = write_phantom_series("covid", tmp_path / "scanner", seed=3, slices=24, rows=128, columns=128, write_masks=False)
+    # The page's "listening" is the AE's configuration; the listener processes pick a new AE up
+    # at their next reconcile (listener.reload_seconds), so wait for the port itself.
+    wait_until(lambda: port_open(ae_port), 30, "the new local AE's port to be open")
     sent = storescu(series_dir, ae_port, calling=CALLING, called=LOCAL_AE)
     assert sent.returncode == 0, sent.stderr
     # All 24 images in, and no longer receiving (a machine that stalls longer than the quiet
