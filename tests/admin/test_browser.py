@@ -204,9 +204,10 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.open("/series")
     browser.execute_script("window.notReloaded = true;")
     series_dir = write_phantom_series("covid", tmp_path / "scanner", seed=3, slices=24, rows=128, columns=128, write_masks=False)
-    # The page's "listening" is the AE's configuration; the listener processes pick a new AE up
-    # at their next reconcile (listener.reload_seconds), so wait for the port itself.
-    wait_until(lambda: port_open(ae_port), 30, "the new local AE's port to be open")
+    # The fixture waits for the admin app only, and the page's "listening" is the AE's
+    # configuration: on a loaded machine the listener process may still be starting. Wait for
+    # the port itself.
+    wait_until(lambda: port_open(ae_port), 30, "the local AE's port to be open")
     sent = storescu(series_dir, ae_port, calling=CALLING, called=LOCAL_AE)
     assert sent.returncode == 0, sent.stderr
     # All 24 images in, and no longer receiving (a machine that stalls longer than the quiet
