@@ -27,7 +27,7 @@ PIXELMED_JARS = (
     "/usr/share/java/slf4j-api.jar",
     "/usr/share/java/slf4j-simple.jar",
 )
-# The command line of /work/shared/docs/dicom-outputs.md, plus -XX:TieredStopAtLevel=1 (C1 JIT
+# pixelmed's documented validator command line, plus -XX:TieredStopAtLevel=1 (C1 JIT
 # only: the same validation for 40 % less CPU in these short runs).
 PIXELMED_JAVA_FLAGS = (
     "-XX:TieredStopAtLevel=1",
