@@ -83,7 +83,7 @@ class PredictorSettings:
 
 def abnormality(logits: np.ndarray, classes: Sequence[str]) -> np.ndarray:
     """Per slice: 1 - p(normal), or the top probability for a model without a normal class."""
-    probs = _softmax(logits)
+    probs = softmax(logits)
     if "normal" in classes:
         return 1.0 - probs[:, list(classes).index("normal")]
     return probs.max(axis=1)
@@ -118,7 +118,7 @@ def aggregate_series(
         if len(class_bias) != logits.shape[1]:
             raise ValueError(f"class_bias needs one value per class ({logits.shape[1]}), got {len(class_bias)}")
         series_logits = series_logits + np.asarray(class_bias, dtype=series_logits.dtype)
-    return _softmax(series_logits[None, :])[0], used
+    return softmax(series_logits[None, :])[0], used
 
 
 def decide(probs: np.ndarray | Sequence[float], classes: Sequence[str], min_margin: float = 0.0) -> tuple[str, str | None]:
@@ -139,7 +139,8 @@ def decide(probs: np.ndarray | Sequence[float], classes: Sequence[str], min_marg
     )
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (numerically stable)."""
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
@@ -313,7 +314,7 @@ class Predictor:
         """Lung slices by the slice probability of the target class (ties: more region area)."""
         if self.settings.key_slices == 0:
             return []
-        p = _softmax(analysis.logits)[:, target]
+        p = softmax(analysis.logits)[:, target]
         area = np.array([np.count_nonzero(region_labels[int(i)]) for i in analysis.lung_indices])
         order = np.lexsort((-area, -np.round(p, 3)))
         return [int(analysis.lung_indices[i]) for i in order[: self.settings.key_slices]]
@@ -334,7 +335,7 @@ class Predictor:
         timings["cam"] = time.perf_counter() - t
         if settings.mode == "cam+ig" and settings.ig_slices > 0:
             t = time.perf_counter()
-            p = _softmax(analysis.logits)[:, target]
+            p = softmax(analysis.logits)[:, target]
             chosen = np.argsort(-p, kind="stable")[: min(settings.ig_slices, n)]
             lung_small = torch.from_numpy(analysis.geometry.mask_to_network(lung_mask[analysis.lung_indices[chosen]]))
             attr = self.integrated_gradients(analysis.inputs[chosen], target)

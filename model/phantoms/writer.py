@@ -71,6 +71,17 @@ class PhantomTruth:
         return str(self.meta["kind"])
 
 
+def read_phantom_meta(series_dir: Path | str) -> dict[str, Any] | None:
+    """The metadata (kind, seeds, lesion fraction ...) of the masks file beside ``series_dir``,
+    without reading the masks; None when there is no masks file."""
+    path = masks_path(series_dir)
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        meta: dict[str, Any] = json.loads(str(data["meta"]))
+    return meta
+
+
 def read_phantom_truth(series_dir: Path | str) -> PhantomTruth:
     """The masks and metadata that :func:`write_phantom_series` wrote for ``series_dir``."""
     path = masks_path(series_dir)

@@ -47,7 +47,7 @@ from model.inference.io import AIR_HU, SeriesReadError, Volume, load_series, sca
 from model.inference.lung import segment_lungs
 from model.inference.preprocess import LUNG_WINDOW, PAPER_INPUT, PREPROCESS_VERSION, InputSpec, lung_slice_indices, prepare_lung_slices, window_bounds
 from model.phantoms.phantom import KINDS, make_phantom
-from model.phantoms.writer import masks_path, read_phantom_truth
+from model.phantoms.writer import read_phantom_meta, read_phantom_truth
 
 log = logging.getLogger(__name__)
 
@@ -299,13 +299,8 @@ class EvalSeries:
 
 def phantom_seeds(records: Sequence[Any]) -> list[int]:
     """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
-    seeds = []
-    for r in records:
-        path = masks_path(r.source) if r.layout == "dicom" else None
-        if path is not None and path.is_file():
-            with np.load(path) as data:
-                seeds.append(int(json.loads(str(data["meta"]))["seed"]))
-    return sorted(seeds)
+    metas = [read_phantom_meta(r.source) for r in records if r.layout == "dicom"]
+    return sorted(int(m["seed"]) for m in metas if m is not None)
 
 
 def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None) -> list[EvalSeries]:
@@ -315,10 +310,10 @@ def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None)
     items = []
     for r in discover(data_dir, labels_csv):
         lesion, involvement = None, None
-        if r.layout == "dicom" and masks_path(r.source).is_file():
+        meta = read_phantom_meta(r.source) if r.layout == "dicom" else None
+        if meta is not None:
             lesion = _lesion_loader(r.source, read_phantom_truth)
-            with np.load(masks_path(r.source)) as data:
-                involvement = 100.0 * float(json.loads(str(data["meta"])).get("lesion_fraction", 0.0))
+            involvement = 100.0 * float(meta.get("lesion_fraction", 0.0))
         items.append(EvalSeries(series_id=r.series_id, label=r.label, patient_id=r.patient_id, source=r.source, lesion_mask=lesion, true_involvement_percent=involvement))
     return items
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
 from model.contract.result import SeriesResult
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import AGGREGATION_RULES, MIN_MARGIN_FLOOR, Predictor, PredictorSettings, aggregate_series
+from model.inference.multiscale_cam import AGGREGATION_RULES, MIN_MARGIN_FLOOR, Predictor, PredictorSettings, aggregate_series, softmax
 from model.inference.weights import load_weights, read_metadata, update_metadata
 from model.training import metrics
 from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
@@ -132,8 +132,7 @@ def evaluate_series(
             series_probs[rule].append(probs)
             if rule == settings.aggregation:
                 series_logits.append(analysis.logits[used].mean(axis=0))
-        z = analysis.logits - analysis.logits.max(axis=1, keepdims=True)
-        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        p = softmax(analysis.logits)
         slice_probs.append(p)
         slice_true.extend([y] * len(p))
         lesion = None
@@ -363,13 +362,18 @@ def fit_class_bias(logits: np.ndarray, labels: Sequence[int], step: float = 0.05
     return tuple(round(float(v), 4) + 0.0 for v in chosen), float(accuracy.max())
 
 
+def top_two_margin(probabilities: np.ndarray) -> np.ndarray:
+    """Per series, the likeliest class's probability minus the second's."""
+    top2 = np.sort(np.asarray(probabilities, dtype=np.float64), axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 def fit_margin(probabilities: np.ndarray, labels: Sequence[int], floor: float = MIN_MARGIN_FLOOR, cap: float = 0.5, step: float = 0.01) -> tuple[float, int]:
     """The indeterminate margin (model.inference.multiscale_cam.decide): the smallest in
     [floor, cap] that leaves the fewest wrong decisions on these series; and that number."""
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels)
-    top2 = np.sort(p, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
+    margin = top_two_margin(p)
     wrong = np.argmax(p, axis=1) != y
     best, fewest = floor, None
     for m in np.arange(floor, cap + step / 2, step):
@@ -386,9 +390,7 @@ def calibrate(weights_dir: Path, report: dict[str, Any], command: str | None = N
     fit = report["series_logits"]
     logits, labels = np.array(fit["logits"]), fit["labels"]
     bias, accuracy = fit_class_bias(logits, labels)
-    z = logits + np.asarray(bias)
-    probs = np.exp(z - z.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = softmax(logits + np.asarray(bias))
     margin, wrong = fit_margin(probs, labels)
     meta = read_metadata(weights_dir)
     inference = dict(meta.get("inference", {}))
@@ -402,7 +404,7 @@ def calibrate(weights_dir: Path, report: dict[str, Any], command: str | None = N
         "class_bias": list(bias),
         "min_margin": margin,
         "wrong_decisions_left": wrong,
-        "indeterminate": int(np.count_nonzero(np.diff(np.sort(probs, axis=1)[:, -2:], axis=1)[:, 0] < margin)),
+        "indeterminate": int(np.count_nonzero(top_two_margin(probs) < margin)),
         "data": report.get("data", {}).get("folder"),
         "command": command,
     }
