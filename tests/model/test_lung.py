@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from model.inference.lung import segment_lungs
+from model.inference.lung import _lateral_hull, segment_lungs
 from model.phantoms.phantom import Phantom, make_phantom
 
 
@@ -32,6 +32,26 @@ def test_dice_against_phantom_lungs(kind: str, seed: int) -> None:
     if p.lesion_mask.any():
         inside = np.count_nonzero(mask & p.lesion_mask) / np.count_nonzero(p.lesion_mask)
         assert inside >= (0.9 if kind == "covid" else 0.5), inside
+
+
+def test_dense_disease_against_the_chest_wall_is_lung_where_there_is_lung_towards_the_feet() -> None:
+    # A round lung (image's left half: lateral = small columns) on slices 1-8, slice 8 the head end;
+    # a dent of dense disease on its lateral side at the apex (slice 8) and at the base (slice 1).
+    yy, xx = np.mgrid[:40, :40]
+    disk = (yy - 20) ** 2 + (xx - 20) ** 2 <= 144
+    dent = (yy - 20) ** 2 + (xx - 8) ** 2 <= 25
+    mask = np.zeros((10, 40, 40), dtype=bool)
+    mask[1:9] = disk
+    mask[8] &= ~dent
+    mask[1] &= ~dent
+    filled = _lateral_hull(mask, medial_is_right=True, superior_last=True)
+    assert filled[8][disk & dent].mean() >= 0.7  # the consolidated apex (up to the hull): lung towards the feet
+    assert not filled[1][disk & dent].any()  # the base: nothing towards the feet (the diaphragm dome)
+    reversed_ = _lateral_hull(mask[::-1], medial_is_right=True, superior_last=False)[::-1]
+    assert (reversed_ == filled).all()
+    # Without the orientation: lung on both sides, so neither end is filled.
+    unknown = _lateral_hull(mask, medial_is_right=True, superior_last=None)
+    assert not unknown[8][disk & dent].any() and not unknown[1][disk & dent].any()
 
 
 def test_trachea_above_the_lungs_is_not_lung(small_phantoms: dict[str, Phantom]) -> None:
