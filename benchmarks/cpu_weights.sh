@@ -36,7 +36,7 @@ phantoms train/b 12 300 256 explicit --matched &
 wait
 merge train a b
 # (a rerun keeps weights already trained: delete WEIGHTS_DIR to train again)
-[ -s "$out/model.safetensors" ] || "$node" model train --recipe cpu --data "$work/train" --out "$out" --max-minutes "$minutes" \
+[ -s "$out/model.safetensors" ] || "$node" model train --recipe cpu --init none --data "$work/train" --out "$out" --max-minutes "$minutes" \
   --workers 2 --cache "$work/cache" --log "$work/train.log" --no-progress \
   --name covid-ct-multiscale-cam --version "${VERSION:-0.2.0}" > "$work/train.json"
 

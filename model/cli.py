@@ -64,7 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
     p.add_argument("--cross-validate", action="store_true", help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None, metavar="WEIGHTS_DIR", help="start from these weights (same classes and architecture) instead of Xavier: fine-tuning")
+    p.add_argument(
+        "--init",
+        default="auto",
+        metavar="WEIGHTS_DIR|auto|none",
+        help="start from these weights (same classes and network): fine-tuning, at a tenth of the recipe's learning rate unless --lr; "
+        "auto (default): the shipped weights when their classes, network and input are the configuration's; none: from scratch (Xavier)",
+    )
     p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="per training slice: flip (left-right; the cpu recipe), flip+affine (also a small shift, scale, rotation), none (the paper)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; training stops after a last validation when spent")
     p.add_argument("--name", default=None, help="model name in the metadata")
@@ -208,7 +214,7 @@ def _missing_data(args: argparse.Namespace) -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     from model.training.recipes import recipe
-    from model.training.train import train_folder
+    from model.training.train import FINE_TUNE_LR_FACTOR, resolve_init, train_folder
 
     if _missing_data(args):
         return 2
@@ -238,9 +244,14 @@ def _train(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
             augment=args.augment,
         )
+        init = resolve_init(args.init, config)
     except ValueError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)
         return 2
+    if init is not None:
+        if args.lr is None:
+            config = dataclasses.replace(config, learning_rate=config.learning_rate * FINE_TUNE_LR_FACTOR)
+        print(f"dicom-node: starting from the weights in {init} (fine-tuning, learning rate {config.learning_rate:g}); --init none trains from scratch", file=sys.stderr)
     summary = train_folder(
         args.data,
         args.labels,
@@ -253,7 +264,7 @@ def _train(args: argparse.Namespace) -> int:
         log_file=args.log,
         progress=not args.no_progress,
         workers=args.workers,
-        init_weights=args.init,
+        init_weights=init,
     )
     print(json.dumps(summary, indent=2))
     print(NOTICE, file=sys.stderr)

@@ -47,12 +47,16 @@ from model.inference.io import SeriesReadError
 from model.inference.multiscale_cam import MIN_MARGIN_FLOOR, abnormality, aggregate_series
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import PAPER_INPUT, InputSpec
-from model.inference.weights import load_weights, save_weights
+from model.inference.weights import SHIPPED_WEIGHTS_DIR, load_weights, save_weights
 from model.training.choices import AUGMENTATIONS, OBJECTIVES, SCHEDULES
 from model.training.datasets import PreparedDataset, discover, phantom_seeds, prepare_dataset, prepare_series
 from model.training.loss import MultiScaleFocalLoss, class_balance_weights
 
 log = logging.getLogger(__name__)
+
+# Starting from trained weights (``--init``), the recipe's learning rate times this unless one is
+# given: the recipe's rate is for Xavier-initialised weights and would first undo what they know.
+FINE_TUNE_LR_FACTOR = 0.1
 
 
 class SeriesSlices(Protocol):
@@ -440,6 +444,16 @@ def train(
     best_iter = 0
     last_improvement = 0
     history: list[dict[str, float]] = []
+    if init_state is not None and val_series:
+        # The starting weights are a candidate too: training on a small set must not end worse
+        # than where it started.
+        metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
+        metrics.update(iteration=0.0, lr=0.0, seconds=0.0)
+        best_acc = metrics[config.selection]
+        best_key = (best_acc, -metrics["val_series_loss"]) if mil else (best_acc, 0.0)
+        metrics["best_" + config.selection] = float(best_acc)
+        history.append(metrics)
+        log.info("iteration 0 (the starting weights): %s", {k: round(v, 4) for k, v in metrics.items()})
     stopped_early = False
     started = time.monotonic()
     iteration = 0
@@ -618,6 +632,35 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
     }
 
 
+def resolve_init(init: str | Path | None, config: TrainConfig) -> Path | None:
+    """The weights folder training starts from: ``init`` a folder (same classes and network as
+    ``config``, else ValueError; another input size is allowed: the network is convolutional),
+    "none" (or None) from scratch, "auto" the shipped weights when their classes, network and input
+    preparation are all those of ``config`` (else from scratch)."""
+    if init is None or str(init) == "none":
+        return None
+    folder = SHIPPED_WEIGHTS_DIR if str(init) == "auto" else Path(init)
+    if str(init) == "auto" and not (folder / "model.safetensors").is_file():
+        return None
+    loaded = load_weights(folder)
+    wanted = WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()
+    differs = [
+        what
+        for what, same in (
+            ("classes", loaded.classes == tuple(config.classes)),
+            ("network", loaded.network.architecture() == dict(wanted)),
+            ("input", loaded.input_spec == config.input or str(init) != "auto"),
+        )
+        if not same
+    ]
+    if not differs:
+        return folder
+    if str(init) == "auto":
+        log.info("training from scratch: the shipped weights' %s differ from the configuration's", ", ".join(differs))
+        return None
+    raise ValueError(f"--init {folder}: its {', '.join(differs)} differ from the training configuration's")
+
+
 def train_folder(
     data_dir: Path,
     labels_csv: Path | None,
@@ -631,12 +674,12 @@ def train_folder(
     log_file: Path | None = None,
     progress: bool = False,
     workers: int = 1,
-    init_weights: Path | None = None,
+    init_weights: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prepare (cached) slices of a data folder, train (one fold, or every fold with
     ``cross_validate``), and write weights + metadata to ``out_dir`` (``out_dir/fold-N`` per fold).
     ``workers`` > 1 prepares series in that many processes; ``init_weights`` (a weights folder of
-    the same architecture and classes) starts training from those weights. Returns a summary (also
+    the same architecture and classes, or "auto"/"none": :func:`resolve_init`) starts training from those weights. Returns a summary (also
     in the metadata)."""
     handler = None
     if log_file is not None:
@@ -669,14 +712,12 @@ def train_folder(
         data_json = _describe_data(data_dir, labels_csv, series, prepared.skipped, records)
         summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
         init_state, init_meta = None, None
-        if init_weights is not None:
-            loaded = load_weights(Path(init_weights))
-            wanted = WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()
-            if loaded.classes != tuple(config.classes) or loaded.network.architecture() != dict(wanted):
-                raise ValueError(f"{init_weights}: classes/architecture differ from the training configuration")
+        init_folder = resolve_init(init_weights, config)
+        if init_folder is not None:
+            loaded = load_weights(init_folder)
             init_state = loaded.network.state_dict()
             init_meta = {
-                "weights": str(init_weights),
+                "weights": str(init_folder),
                 "name": loaded.metadata["name"],
                 "version": loaded.metadata["version"],
                 "weights_sha256": loaded.metadata["weights_sha256"],

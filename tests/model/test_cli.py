@@ -51,7 +51,10 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
     # Fine-tuning from those weights (--init) records where it started.
     tuned = tmp_path / "tuned"
     assert main(_train_args(phantom_set, phantom_set / "labels.csv", tuned, tmp_path / "cache") + ["--init", str(weights)]) == 0
-    assert read_metadata(tuned)["training"]["initialised_from"]["weights_sha256"] == meta["weights_sha256"]
+    tuned_training = read_metadata(tuned)["training"]
+    assert tuned_training["initialised_from"]["weights_sha256"] == meta["weights_sha256"]
+    assert tuned_training["history"][0]["iteration"] == 0  # the starting weights are a candidate
+    assert tuned_training["config"]["learning_rate"] == pytest.approx(0.1 * meta["training"]["config"]["learning_rate"])
     capsys.readouterr()
 
     out_json = tmp_path / "eval" / "metrics.json"

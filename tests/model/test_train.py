@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from model.inference.preprocess import InputSpec
+from model.inference.weights import SHIPPED_WEIGHTS_DIR
 from model.training.recipes import recipe
-from model.training.train import TrainConfig, _SeriesBatches, augment_batch, flip_batch, patient_folds, predict_slices, split_by_patient, train
+from model.training.train import TrainConfig, _SeriesBatches, augment_batch, flip_batch, patient_folds, predict_slices, resolve_init, split_by_patient, train
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -163,6 +164,18 @@ def test_recipes_and_config_round_trip() -> None:
         recipe("gpu")
     with pytest.raises(ValueError, match="mil_k"):
         TrainConfig(objective="mil", mil_candidates=2, mil_k=3)
+
+
+def test_resolve_init_starts_from_the_shipped_weights_only_where_they_fit() -> None:
+    cpu = recipe("cpu")
+    assert resolve_init("auto", cpu) == SHIPPED_WEIGHTS_DIR  # the shipped weights are the cpu recipe's
+    assert resolve_init("none", cpu) is None and resolve_init(None, cpu) is None
+    other_input = dataclasses.replace(cpu, input=dataclasses.replace(cpu.input, height=32, width=64))
+    assert resolve_init("auto", other_input) is None  # another input: from scratch
+    assert resolve_init(SHIPPED_WEIGHTS_DIR, other_input) == SHIPPED_WEIGHTS_DIR  # named: the network is convolutional
+    assert resolve_init("auto", recipe("paper")) is None
+    with pytest.raises(ValueError, match="classes"):
+        resolve_init(SHIPPED_WEIGHTS_DIR, dataclasses.replace(cpu, classes=("covid", "normal")))
 
 
 def test_series_batches_take_the_classes_in_turn() -> None:
