@@ -86,6 +86,24 @@ def test_train_evaluate_predict_on_a_phantom_set(phantom_set: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+def test_train_with_the_defaults_starts_from_the_shipped_weights(phantom_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A site's retraining (`model train --data D --out W`): the cpu recipe, fine-tuning the
+    shipped weights (same input and network); --init none trains from scratch."""
+    common = ["model", "train", "--data", str(phantom_set), "--iterations", "2", "--batch", "3", "--folds", "2", "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main([*common, "--out", str(tmp_path / "tuned")]) == 0
+    assert "fine-tuning" in capsys.readouterr().err
+    shipped = read_metadata(SHIPPED_WEIGHTS_DIR)
+    tuned = read_metadata(tmp_path / "tuned")["training"]
+    assert tuned["initialised_from"]["weights_sha256"] == shipped["weights_sha256"]
+    assert tuned["config"]["learning_rate"] == pytest.approx(0.1 * shipped["training"]["config"]["learning_rate"])
+    assert main([*common, "--out", str(tmp_path / "scratch"), "--init", "none"]) == 0
+    scratch = read_metadata(tmp_path / "scratch")["training"]
+    assert "initialised_from" not in scratch and scratch["config"]["learning_rate"] == shipped["training"]["config"]["learning_rate"]
+    assert main([*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["nifti", "ccccii"])
 def test_train_on_public_layouts(layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tmp_path / layout
