@@ -17,7 +17,8 @@ Ours (the method leaves it open):
   whose intensity drives the logit. Other slices keep M_s = CAM_s * c, c being the mean IG factor
   over the lungs of the IG slices, so the two kinds of slices stay comparable.
 - The joint map is built per series, min-max normalised over the lung voxels of the whole series.
-- Regions: threshold the joint map, 3D connected components (26-connectivity) inside the lungs,
+- Regions: threshold the joint map, grow through the solid consolidation they touch
+  (:func:`solid_consolidation`), 3D connected components (26-connectivity) inside the lungs,
   components under ``min_volume_ml`` dropped; numbered strongest (max score) first.
 """
 
@@ -65,6 +66,13 @@ class LocalisationSettings:
     # to [0, 1]): the low end of the network's map covers much of the lungs, and every vessel in
     # it is dense; chosen on calibration phantoms (model/README.md).
     cam_floor: float = 0.3
+    # Regions grow through solid consolidation they touch: lung voxels of at least
+    # ``consolidation_hu`` that survive an in-plane opening with a disk of ``consolidation_opening_mm``
+    # (vessels and bronchial walls are thinner). The network's map covers the most telling part of a
+    # large consolidation, not all of it; the lung involvement then under-counted it (model/README.md).
+    # None: regions are the thresholded map only.
+    consolidation_hu: float | None = -300.0
+    consolidation_opening_mm: float = 4.0
 
     def resolved(self, device: str) -> LocalisationSettings:
         """The settings with "auto" replaced by the mode for ``device``."""
@@ -85,6 +93,8 @@ class LocalisationSettings:
             raise ValueError(f"density_range_hu must be > 0, got {self.density_range_hu!r}")
         if not 0.0 <= self.cam_floor < 1.0:
             raise ValueError(f"cam_floor must be in [0, 1), got {self.cam_floor!r}")
+        if self.consolidation_opening_mm < 0:
+            raise ValueError(f"consolidation_opening_mm must be >= 0, got {self.consolidation_opening_mm!r}")
 
 
 def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0) -> np.ndarray:
@@ -100,6 +110,31 @@ def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100
         excess = (hu[z].astype(np.float32) - np.float32(median + offset_hu)) * np.float32(1.0 / range_hu)
         np.clip(excess, 0.0, 1.0, out=excess)
         out[z] = excess * lung
+    return out
+
+
+def solid_consolidation(hu: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float], min_hu: float = -300.0, opening_mm: float = 4.0) -> np.ndarray:
+    """Lung voxels of at least ``min_hu`` that survive, slice by slice, an opening with a square of
+    half side 0.8 x ``opening_mm`` (about a disk of that radius): consolidation, not the vessels and
+    bronchial walls that are as dense but thinner. Bool of ``hu``'s shape."""
+    if hu.shape != lung_mask.shape:
+        raise ValueError(f"hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
+    out = np.zeros(hu.shape, dtype=bool)
+    ry = max(1, int(round(0.8 * opening_mm / max(pixel_spacing[0], 1e-6))))
+    rx = max(1, int(round(0.8 * opening_mm / max(pixel_spacing[1], 1e-6))))
+    zs = np.flatnonzero(lung_mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return out
+    rows, cols = np.flatnonzero(lung_mask.any(axis=(0, 2))), np.flatnonzero(lung_mask.any(axis=(0, 1)))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    # Erosion then dilation, each as two 1D running extremes (scipy: constant time per pixel),
+    # on the lung slices cropped to the lungs' box; beyond the box counts as not dense.
+    dense = (lung_mask[zs, y0:y1, x0:x1] & (hu[zs, y0:y1, x0:x1] >= min_hu)).view(np.uint8)
+    for extreme in (ndimage.minimum_filter1d, ndimage.maximum_filter1d):
+        dense = extreme(dense, 2 * rx + 1, axis=2, mode="constant", cval=0)
+        dense = extreme(dense, 2 * ry + 1, axis=1, mode="constant", cval=0)
+    out[zs, y0:y1, x0:x1] = dense.view(bool)
+    out &= lung_mask
     return out
 
 
@@ -235,9 +270,12 @@ def find_regions(
     spacing: tuple[float, float, float],
     threshold: float,
     min_volume_ml: float = 0.0,
+    grow_into: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[Region]]:
     """Threshold + 3D connected components (26-connectivity) of the heatmap inside the lungs.
 
+    ``grow_into`` (bool, the heatmap's shape): voxels that join a thresholded region they touch,
+    directly or through each other (e.g. :func:`solid_consolidation`); they never start a region.
     Returns (labels uint16 of the heatmap's shape, regions numbered 1.. by descending max score).
     ``spacing`` is (dz, dy, dx) in mm.
     """
@@ -245,7 +283,10 @@ def find_regions(
         raise ValueError(f"heatmap {heatmap.shape} and lung mask {lung_mask.shape} differ in shape")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     fg = (heatmap >= threshold) & lung_mask
-    raw, count = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
+    # Growing the thresholded map through ``grow_into`` = the components of both together that hold
+    # a thresholded voxel (one labelling pass, not an iterated dilation).
+    grown = fg | (grow_into & lung_mask) if grow_into is not None else fg
+    raw, count = ndimage.label(grown, structure=np.ones((3, 3, 3), dtype=bool))
     labels = np.zeros(heatmap.shape, dtype=np.uint16)
     if count == 0:
         return labels, []
@@ -258,6 +299,8 @@ def find_regions(
         n_vox = int(sub.sum())
         if n_vox * voxel_ml < min_volume_ml:
             continue
+        if grow_into is not None and not fg[box][sub].any():
+            continue  # consolidation the map does not point at
         candidates.append((float(heatmap[box][sub].max()), k, box))
     candidates.sort(key=lambda c: -c[0])
     regions: list[Region] = []

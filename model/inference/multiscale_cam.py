@@ -273,7 +273,12 @@ class Predictor:
         t = time.perf_counter()
         abnormal = decision in ABNORMAL_CLASSES
         if abnormal:
-            region_labels, regions = localise.find_regions(heatmap, lung_mask, spacing, self.settings.localisation.threshold, self.settings.localisation.min_volume_ml)
+            loc = self.settings.localisation
+            grow = None
+            if loc.consolidation_hu is not None:
+                grow = localise.solid_consolidation(hu, lung_mask, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm)
+            region_labels, regions = localise.find_regions(heatmap, lung_mask, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow)
+            del grow
             involvement = localise.involvement_percent(region_labels, lung_mask)
             key = self._key_slices(analysis, target, region_labels)
         else:

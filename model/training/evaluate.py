@@ -71,6 +71,8 @@ def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: 
         "lesion_slices": pg["slices_with_lesion"],
         "dice": metrics.dice(predicted, lesion),
         "dice_lesion_in_lung": metrics.dice(predicted, lesion_in_lung),
+        # The reported regions (what the SEG shows and the involvement counts); none unless covid or cap.
+        "region_dice": metrics.dice(result.region_labels > 0, lesion) if result.region_labels is not None else 0.0,
         "lesion_ml": float(lesion.sum()) * float(np.prod(spacing)) / 1000.0,
         "lesion_in_lung_fraction": float(lesion_in_lung.sum()) / max(int(lesion.sum()), 1),
     }
@@ -168,6 +170,7 @@ def evaluate_series(
         "pneumonia_specificity": report["decisions"]["pneumonia_specificity"],
         "pointing_game": report["localisation"].get("pointing_game_series"),
         "lesion_dice": report["localisation"].get("dice_mean"),
+        "region_dice": report["localisation"].get("region_dice_mean"),
         "heat_in_lesion": report["localisation"].get("heat_in_lesion_mean"),
         "involvement_within_5pp": report["decisions"]["involvement_within_5pp"],
         "max_normal_involvement_percent": report["decisions"]["max_normal_involvement_percent"],
@@ -217,6 +220,7 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
         "pointing_game_slices": float(sum(r["pointing_slice_hits"] for r in rows) / max(sum(r["lesion_slices"] for r in rows), 1)),
         "dice_mean": float(np.mean([r["dice"] for r in rows])),
         "dice_median": float(np.median([r["dice"] for r in rows])),
+        "region_dice_mean": float(np.mean([r["region_dice"] for r in rows])),
         "heat_in_lesion_mean": float(np.mean([r["heat_in_lesion"] for r in rows])),
         "heat_in_lesion_dilation_mm": MASS_DILATION_MM,
         "dice_lesion_in_lung_mean": float(np.mean([r["dice_lesion_in_lung"] for r in rows])),

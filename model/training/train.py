@@ -612,7 +612,7 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
             "top_k_min": 3,
             "min_lung_slices": 5,
             "min_margin": MIN_MARGIN_FLOOR,
-            "localisation": {"mode": "auto", "ig_slices": 8, "threshold": 0.5, "cam_floor": 0.3},
+            "localisation": {"mode": "auto", "ig_slices": 8, "threshold": 0.5, "cam_floor": 0.3, "consolidation_hu": -300.0, "consolidation_opening_mm": 4.0},
         },
         "training": {"config": config.to_json()},
         "notice": WEIGHTS_NOTICE,

@@ -119,6 +119,33 @@ def test_find_regions_respects_lung_mask() -> None:
     assert localise.involvement_percent(labels, lung) == 0.0
 
 
+def test_solid_consolidation_keeps_blobs_not_vessels() -> None:
+    hu = np.full((3, 40, 40), -850.0, dtype=np.float32)
+    lung = np.ones(hu.shape, dtype=bool)
+    hu[1, 5:20, 5:20] = 20.0  # a 15 x 15 mm consolidation
+    hu[1, 30, 2:38] = 40.0  # a vessel 1 mm wide, in plane
+    hu[1, 25:27, 30:32] = 40.0  # a vessel 2 mm across, through the plane
+    hu[2, 5:20, 5:20] = -600.0  # ground glass: not consolidation
+    solid = localise.solid_consolidation(hu, lung, (1.0, 1.0), min_hu=-300.0, opening_mm=4.0)
+    assert solid[1, 5:20, 5:20].all() and solid.sum() == 225
+    lung[1, 5:20, 5:12] = False  # only inside the lungs
+    assert localise.solid_consolidation(hu, lung, (1.0, 1.0)).sum() == 15 * 8
+
+
+def test_regions_grow_through_what_they_touch_only() -> None:
+    heat = np.zeros((2, 20, 20), dtype=np.float32)
+    lung = np.ones(heat.shape, dtype=bool)
+    heat[0, 2:4, 2:4] = 0.9  # the map's region
+    grow = np.zeros(heat.shape, dtype=bool)
+    grow[0, 2:10, 2:10] = True  # the consolidation it lies in
+    grow[1, 15:18, 15:18] = True  # consolidation the map does not point at
+    labels, regions = localise.find_regions(heat, lung, (1.0, 1.0, 1.0), 0.5, grow_into=grow)
+    assert len(regions) == 1 and regions[0].volume_ml == pytest.approx(64 / 1000)
+    assert regions[0].max_score == pytest.approx(0.9) and regions[0].peak[1:] == (2, 2)
+    assert labels[1].max() == 0
+    assert localise.find_regions(np.zeros_like(heat), lung, (1.0, 1.0, 1.0), 0.5, grow_into=grow)[1] == []
+
+
 def test_settings_validation() -> None:
     with pytest.raises(ValueError):
         LocalisationSettings(mode="gradcam")
