@@ -6,7 +6,7 @@
 # 2. dicom-node model train --recipe cpu, MAX_MINUTES of training (default 60) on the 2 cores;
 # 3. calibration on phantoms of seeds 9101-9102 (never trained on): class bias, the indeterminate
 #    margin and the region threshold (model evaluate --calibrate), recorded as calibration_metrics;
-# 4. held-out evaluation on phantoms of seeds 8201-8203 (never used before): 21 series 256x256
+# 4. held-out evaluation on phantoms of seeds 8301-8303 (never used before): 21 series 256x256
 #    explicit little endian, 12 series 384x384 RLE, 12 series 512x512 JPEG-LS, recorded in the
 #    weights' metadata as held_out_metrics.
 # Wall time on a shared 2-core machine: about 15 min of phantoms, MAX_MINUTES of training, 15 min of
@@ -47,10 +47,10 @@ merge calib a b
 "$node" model evaluate --data "$work/calib" --weights "$out" --json "$work/calib-eval/metrics.json" \
   --calibrate --record calibration_metrics --overlays 0 --no-progress
 
-phantoms held/a 8201 21 256 explicit &
-phantoms held/b 8202 12 384 rle &
+phantoms held/a 8301 21 256 explicit &
+phantoms held/b 8302 12 384 rle &
 wait
-phantoms held/c 8203 12 512 jpeg-ls
+phantoms held/c 8303 12 512 jpeg-ls
 merge held a b c
 "$node" model evaluate --data "$work/held" --weights "$out" --json "$work/held-eval/metrics.json" \
   --record held_out_metrics --overlays 6 --no-progress
