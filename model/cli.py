@@ -251,7 +251,7 @@ def _train(args: argparse.Namespace) -> int:
     if init is not None:
         if args.lr is None:
             config = dataclasses.replace(config, learning_rate=config.learning_rate * FINE_TUNE_LR_FACTOR)
-        print(f"dicom-node: starting from the weights in {init} (fine-tuning, learning rate {config.learning_rate:g}); --init none trains from scratch", file=sys.stderr)
+        print(f"dicom-node: starting from the weights in {init.weights_dir} (fine-tuning, learning rate {config.learning_rate:g}); --init none trains from scratch", file=sys.stderr)
     summary = train_folder(
         args.data,
         args.labels,
@@ -264,7 +264,7 @@ def _train(args: argparse.Namespace) -> int:
         log_file=args.log,
         progress=not args.no_progress,
         workers=args.workers,
-        init_weights=init,
+        init_weights=init.weights_dir if init is not None else None,
     )
     print(json.dumps(summary, indent=2))
     print(NOTICE, file=sys.stderr)

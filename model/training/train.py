@@ -47,7 +47,7 @@ from model.inference.io import SeriesReadError
 from model.inference.multiscale_cam import MIN_MARGIN_FLOOR, abnormality, aggregate_series
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import PAPER_INPUT, InputSpec
-from model.inference.weights import SHIPPED_WEIGHTS_DIR, load_weights, save_weights
+from model.inference.weights import SHIPPED_WEIGHTS_DIR, LoadedModel, load_weights, save_weights
 from model.training.choices import AUGMENTATIONS, OBJECTIVES, SCHEDULES
 from model.training.datasets import PreparedDataset, discover, phantom_seeds, prepare_dataset, prepare_series
 from model.training.loss import MultiScaleFocalLoss, class_balance_weights
@@ -632,8 +632,8 @@ def _result_json(result: TrainResult) -> dict[str, Any]:
     }
 
 
-def resolve_init(init: str | Path | None, config: TrainConfig) -> Path | None:
-    """The weights folder training starts from: ``init`` a folder (same classes and network as
+def resolve_init(init: str | Path | None, config: TrainConfig) -> LoadedModel | None:
+    """The weights training starts from, loaded (None: from scratch): ``init`` a folder (same classes and network as
     ``config``, else ValueError; another input size is allowed: the network is convolutional),
     "none" (or None) from scratch, "auto" the shipped weights when their classes, network and input
     preparation are all those of ``config`` (else from scratch)."""
@@ -654,7 +654,7 @@ def resolve_init(init: str | Path | None, config: TrainConfig) -> Path | None:
         if not same
     ]
     if not differs:
-        return folder
+        return loaded
     if str(init) == "auto":
         log.info("training from scratch: the shipped weights' %s differ from the configuration's", ", ".join(differs))
         return None
@@ -712,12 +712,11 @@ def train_folder(
         data_json = _describe_data(data_dir, labels_csv, series, prepared.skipped, records)
         summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
         init_state, init_meta = None, None
-        init_folder = resolve_init(init_weights, config)
-        if init_folder is not None:
-            loaded = load_weights(init_folder)
+        loaded = resolve_init(init_weights, config)
+        if loaded is not None:
             init_state = loaded.network.state_dict()
             init_meta = {
-                "weights": str(init_folder),
+                "weights": str(loaded.weights_dir),
                 "name": loaded.metadata["name"],
                 "version": loaded.metadata["version"],
                 "weights_sha256": loaded.metadata["weights_sha256"],

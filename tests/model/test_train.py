@@ -168,11 +168,13 @@ def test_recipes_and_config_round_trip() -> None:
 
 def test_resolve_init_starts_from_the_shipped_weights_only_where_they_fit() -> None:
     cpu = recipe("cpu")
-    assert resolve_init("auto", cpu) == SHIPPED_WEIGHTS_DIR  # the shipped weights are the cpu recipe's
+    shipped = resolve_init("auto", cpu)
+    assert shipped is not None and shipped.weights_dir == SHIPPED_WEIGHTS_DIR  # the shipped weights are the cpu recipe's
     assert resolve_init("none", cpu) is None and resolve_init(None, cpu) is None
     other_input = dataclasses.replace(cpu, input=dataclasses.replace(cpu.input, height=32, width=64))
     assert resolve_init("auto", other_input) is None  # another input: from scratch
-    assert resolve_init(SHIPPED_WEIGHTS_DIR, other_input) == SHIPPED_WEIGHTS_DIR  # named: the network is convolutional
+    named = resolve_init(SHIPPED_WEIGHTS_DIR, other_input)
+    assert named is not None and named.weights_dir == SHIPPED_WEIGHTS_DIR  # named: the network is convolutional
     assert resolve_init("auto", recipe("paper")) is None
     with pytest.raises(ValueError, match="classes"):
         resolve_init(SHIPPED_WEIGHTS_DIR, dataclasses.replace(cpu, classes=("covid", "normal")))
