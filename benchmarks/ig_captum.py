@@ -41,7 +41,16 @@ def main() -> None:
         out = []
         for s in range(len(net.heads)):
             ig = IntegratedGradients(lambda inp, s=s: net(inp).logits[s])
-            out.append(ig.attribute(x, baselines=-1.0, target=targets, n_steps=args.steps, method="riemann_middle", internal_batch_size=args.steps))
+            out.append(
+                ig.attribute(
+                    x,
+                    baselines=-1.0,
+                    target=targets,
+                    n_steps=args.steps,
+                    method="riemann_middle",
+                    internal_batch_size=args.steps,
+                )
+            )
         return torch.stack(out, dim=1)
 
     times: dict[str, float] = {}

@@ -72,14 +72,20 @@ def _bare_forward(predictor: Any, inputs: Any, device: str) -> float:
     return time.perf_counter() - t
 
 
-def child_peak_memory(folder: str, weights: str | None, device: str, mode: str, ig_slices: int, batch: int) -> dict[str, Any]:
+def child_peak_memory(
+    folder: str, weights: str | None, device: str, mode: str, ig_slices: int, batch: int
+) -> dict[str, Any]:
     """Run one full predict in this (fresh) process and report its peak memory."""
     predictor = _predictor(weights, device, mode, ig_slices, batch)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     result = predictor.predict(Path(folder))
-    out: dict[str, Any] = {"seconds": time.perf_counter() - t, "decision": result.decision, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    out: dict[str, Any] = {
+        "seconds": time.perf_counter() - t,
+        "decision": result.decision,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }
     if device.startswith("cuda"):
         out["peak_cuda_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -98,7 +104,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t = time.perf_counter()
         phantom = make_phantom("covid", seed=args.seed, slices=args.slices, rows=args.rows, columns=args.rows)
         folder = write_phantom_series(phantom, Path(tmp) / "series", write_masks=False)
-        report["series"] = {"slices": phantom.shape[0], "rows": phantom.shape[1], "columns": phantom.shape[2], "spacing_mm": list(phantom.spacing), "made_in_s": round(time.perf_counter() - t, 1)}
+        report["series"] = {
+            "slices": phantom.shape[0],
+            "rows": phantom.shape[1],
+            "columns": phantom.shape[2],
+            "spacing_mm": list(phantom.spacing),
+            "made_in_s": round(time.perf_counter() - t, 1),
+        }
         del phantom
 
         cam = _predictor(args.weights, args.device, "cam", 0, args.batch)
@@ -121,7 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         volume = load_series(folder)
         lungs = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
-        inputs = torch.from_numpy(prepare_lung_slices(volume.hu, lungs, spec, (volume.spacing[1], volume.spacing[2]), lung_idx).inputs)
+        inputs = torch.from_numpy(
+            prepare_lung_slices(volume.hu, lungs, spec, (volume.spacing[1], volume.spacing[2]), lung_idx).inputs
+        )
         del volume, lungs
         bare_s = min(_bare_forward(cam, inputs, args.device) for _ in range(args.repeat))
         report["cam_only"] = {
@@ -157,12 +171,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             del res_ig
 
         if not args.skip_memory:
-            cmd = [sys.executable, __file__, "--child", str(folder), "--device", args.device, "--batch", str(args.batch), "--mode", args.memory_mode, "--ig-slices", str(args.ig_slices)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                str(folder),
+                "--device",
+                args.device,
+                "--batch",
+                str(args.batch),
+                "--mode",
+                args.memory_mode,
+                "--ig-slices",
+                str(args.ig_slices),
+            ]
             if args.weights:
                 cmd += ["--weights", args.weights]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             child = json.loads(done.stdout.strip().splitlines()[-1])
-            report["peak_memory"] = {"mode": args.memory_mode, **{k: round(v, 1) if isinstance(v, float) else v for k, v in child.items()}, "target_mb": 3072}
+            report["peak_memory"] = {
+                "mode": args.memory_mode,
+                **{k: round(v, 1) if isinstance(v, float) else v for k, v in child.items()},
+                "target_mb": 3072,
+            }
     return report
 
 
@@ -176,14 +207,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ig-slices", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="best of N for the full path and the bare network")
-    parser.add_argument("--memory-mode", choices=("auto", "cam", "cam+ig"), default="cam", help="localisation mode of the peak-memory run")
+    parser.add_argument(
+        "--memory-mode",
+        choices=("auto", "cam", "cam+ig"),
+        default="cam",
+        help="localisation mode of the peak-memory run",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="cam", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child_peak_memory(args.child, args.weights, args.device, args.mode, args.ig_slices, args.batch)))
+        print(
+            json.dumps(child_peak_memory(args.child, args.weights, args.device, args.mode, args.ig_slices, args.batch))
+        )
         return 0
     report = run(args)
     text = json.dumps(report, indent=2)

@@ -40,7 +40,10 @@ def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:
     for k in range(n):
         d = out / f"{tag}{k}"
         d.mkdir(parents=True)
-        study, series = UID(derived_uid("bench", tag, str(k), "study")), UID(derived_uid("bench", tag, str(k), "series"))
+        study, series = (
+            UID(derived_uid("bench", tag, str(k), "study")),
+            UID(derived_uid("bench", tag, str(k), "series")),
+        )
         for i, f in enumerate(files):
             ds = pydicom.dcmread(f)
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
@@ -68,7 +71,13 @@ def fsync_floor(folder: Path, work: Path) -> float:
     blobs = [f.read_bytes() for f in sorted(folder.glob("*.dcm"))]
     start = time.perf_counter()
     for i, blob in enumerate(blobs):
-        storage.write(f"1.2/1.2.3/1.2.3.{i}.dcm", blob, sop_class_uid="1.2", sop_instance_uid=f"1.2.3.{i}", transfer_syntax_uid="1.2.840.10008.1.2.1")
+        storage.write(
+            f"1.2/1.2.3/1.2.3.{i}.dcm",
+            blob,
+            sop_class_uid="1.2",
+            sop_instance_uid=f"1.2.3.{i}",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
     elapsed = time.perf_counter() - start
     shutil.rmtree(work / "floor")
     return elapsed
@@ -94,13 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-"))
     try:
         print(f"phantom: {args.slices} slices {args.rows}x{args.rows} ...", flush=True)
-        template = write_phantom_series("covid", work / "template", seed=1, slices=args.slices, rows=args.rows, columns=args.rows, write_masks=False)
+        template = write_phantom_series(
+            "covid", work / "template", seed=1, slices=args.slices, rows=args.rows, columns=args.rows, write_masks=False
+        )
         series = copies(template, work / "send", args.runs, "run")
 
         scp_port, node_port = free_port(), free_port()
         scp_out = work / "storescp-out"
         scp_out.mkdir()
-        scp = subprocess.Popen([storescp, "-od", str(scp_out), str(scp_port)], env={"TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        scp = subprocess.Popen(
+            [storescp, "-od", str(scp_out), str(scp_port)],
+            env={"TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         env = node_env(work / "node", admin_port=free_port(), listener__processes=args.processes)
         (work / "node").mkdir()
         cli(env, "db", "upgrade")
@@ -118,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                 t_scp.append(send(folder, scp_port, "ANY"))
                 t_node.append(send(folder, node_port, "COVIDNODE"))
                 t_floor.append(fsync_floor(folder, work))
-                print(f"run {k + 1}: storescp {t_scp[-1]:.2f} s   node {t_node[-1]:.2f} s   fsync floor {t_floor[-1]:.2f} s", flush=True)
+                print(
+                    f"run {k + 1}: storescp {t_scp[-1]:.2f} s   node {t_node[-1]:.2f} s   fsync floor {t_floor[-1]:.2f} s",
+                    flush=True,
+                )
             m_scp, m_node, m_floor = statistics.median(t_scp), statistics.median(t_node), statistics.median(t_floor)
 
             # Several senders at once versus the same in sequence.
@@ -143,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                 for f in mem.glob("*.dcm"):
                     ds = pydicom.dcmread(f)
                     ds.SeriesInstanceUID = UID(derived_uid("bench-mem", str(b)))
-                    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(derived_uid("bench-mem", str(b), f.name))
+                    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(
+                        derived_uid("bench-mem", str(b), f.name)
+                    )
                     ds.save_as(f)
                 send(mem, node_port, "COVIDNODE")
             rss_end = listener_rss(node)
@@ -158,10 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  storescp (DCMTK, files only)      {m_scp:6.2f} s")
     print(f"  dicom-node (fsync + index)        {m_node:6.2f} s")
     print(f"  ratio node / storescp             {m_node / m_scp:6.2f}   (target <= 2.5)")
-    print(f"  of which durable writes alone     {m_floor:6.2f} s   (fdatasync + rename + directory fsync per file, same disk)")
-    print(f"  node beyond durable writes        {m_node - m_floor:6.2f} s   ratio to storescp {(m_node - m_floor) / m_scp:.2f}")
-    print(f"{args.concurrent} senders: in sequence {t_seq:.2f} s, at once {t_par:.2f} s, speed-up {t_seq / t_par:.2f}x   (target >= 1.5)")
-    print(f"listener memory over {batches * args.slices} instances: {rss_start / 2**20:.0f} MB -> {rss_end / 2**20:.0f} MB ({(rss_end - rss_start) / 2**20:+.0f} MB, target within 50 MB)")
+    print(
+        f"  of which durable writes alone     {m_floor:6.2f} s   (fdatasync + rename + directory fsync per file, same disk)"
+    )
+    print(
+        f"  node beyond durable writes        {m_node - m_floor:6.2f} s   ratio to storescp {(m_node - m_floor) / m_scp:.2f}"
+    )
+    print(
+        f"{args.concurrent} senders: in sequence {t_seq:.2f} s, at once {t_par:.2f} s, speed-up {t_seq / t_par:.2f}x   (target >= 1.5)"
+    )
+    print(
+        f"listener memory over {batches * args.slices} instances: {rss_start / 2**20:.0f} MB -> {rss_end / 2**20:.0f} MB ({(rss_end - rss_start) / 2**20:+.0f} MB, target within 50 MB)"
+    )
     return 0
 
 

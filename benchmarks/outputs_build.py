@@ -42,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = OutputOptions(created=datetime.datetime(2024, 1, 1))
         build_outputs(result, sources, kinds=["kos"], options=options)  # imports
         for kind in OUTPUT_KINDS:
-            best = min(_timed(functools.partial(build_outputs, result, sources, kinds=[kind], options=options)) for _ in range(args.repeat))
+            best = min(
+                _timed(functools.partial(build_outputs, result, sources, kinds=[kind], options=options))
+                for _ in range(args.repeat)
+            )
             print(f"{kind:>4}: {best:.2f} s")
         timings = []
         for _ in range(args.repeat):

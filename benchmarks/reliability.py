@@ -29,7 +29,16 @@ from dicom_node.db import Database
 from dicom_node.db.models import Instance
 from dicom_node.testing.crash import crash_round
 from dicom_node.testing.hostile import fuzz_cases, fuzz_dataset, listener_processes, max_listener_rss, run_fuzz
-from dicom_node.testing.peers import NodeProcess, cli, create_postgres_database, drop_postgres_database, free_port, node_env, storescu, wait_until
+from dicom_node.testing.peers import (
+    NodeProcess,
+    cli,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    node_env,
+    storescu,
+    wait_until,
+)
 from model.phantoms.writer import write_phantom_series
 
 RSS_BOUND = 300 * 2**20
@@ -38,7 +47,15 @@ RSS_BOUND = 300 * 2**20
 def prepare(work: Path, database_url: str | None, **settings: object) -> tuple[dict[str, str], int, str]:
     data_dir = work / "data"
     data_dir.mkdir(parents=True)
-    env = node_env(data_dir, database_url=database_url, admin_port=free_port(), listener__processes=2, listener__reload_seconds=0.5, completion__poll_seconds=0.2, **settings)
+    env = node_env(
+        data_dir,
+        database_url=database_url,
+        admin_port=free_port(),
+        listener__processes=2,
+        listener__reload_seconds=0.5,
+        completion__poll_seconds=0.2,
+        **settings,
+    )
     port = free_port()
     cli(env, "db", "upgrade")
     cli(env, "ae", "add-local", "COVIDNODE", "--port", str(port), "--quiet-seconds", "2")
@@ -54,16 +71,29 @@ def fuzz(work: Path, cases: int, seed: int) -> bool:
         node.wait_for_port(port)
         assert node.proc is not None
         pid = node.proc.pid
-        before = sorted(p.pid for p in wait_until(lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners"))
+        before = sorted(
+            p.pid
+            for p in wait_until(
+                lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners"
+            )
+        )
         rss_start = max_listener_rss(pid)
-        report = run_fuzz(port, fuzz_cases(seed, cases, called="COVIDNODE", calling="FUZZER", dataset=fuzz_dataset()), called="COVIDNODE", calling="FUZZER")
+        report = run_fuzz(
+            port,
+            fuzz_cases(seed, cases, called="COVIDNODE", calling="FUZZER", dataset=fuzz_dataset()),
+            called="COVIDNODE",
+            calling="FUZZER",
+        )
         rss_end = max_listener_rss(pid)
         same = sorted(p.pid for p in listener_processes(pid)) == before
         series = write_phantom_series("normal", work / "series", seed=6, slices=4, rows=64, columns=64)
         real = storescu(series, port).returncode == 0
         db = Database(url)
         with db.session() as s:
-            indexed = {r.sop_instance_uid: r.path for r in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(report.successes)))}
+            indexed = {
+                r.sop_instance_uid: r.path
+                for r in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(report.successes)))
+            }
         db.dispose()
         storage = Path(env["DICOM_NODE_DATA_DIR"]) / "storage"
         lost = sum(1 for uid in report.successes if uid not in indexed or not (storage / indexed[uid]).is_file())
@@ -88,7 +118,9 @@ def crashes(work: Path, rounds: int, seed: int, database: str) -> bool:
         lost = partial = acknowledged = 0
         started = time.monotonic()
         for n in range(rounds):
-            series = write_phantom_series("normal", work / f"series-{n}", seed=1000 + n, slices=60, rows=128, columns=128)
+            series = write_phantom_series(
+                "normal", work / f"series-{n}", seed=1000 + n, slices=60, rows=128, columns=128
+            )
             result = crash_round(env, port, series, url, rng)
             lost += result.lost
             partial += result.partial_jobs + (result.jobs != 1)
@@ -101,7 +133,9 @@ def crashes(work: Path, rounds: int, seed: int, database: str) -> bool:
     finally:
         if pg_name:
             drop_postgres_database(pg_name)
-    print(f"kill -9 on {database}: {rounds} rounds in {time.monotonic() - started:.0f} s, {acknowledged} instances acknowledged before the kills, {lost} lost, {partial} partial-series job(s)")
+    print(
+        f"kill -9 on {database}: {rounds} rounds in {time.monotonic() - started:.0f} s, {acknowledged} instances acknowledged before the kills, {lost} lost, {partial} partial-series job(s)"
+    )
     return lost == 0 and partial == 0
 
 

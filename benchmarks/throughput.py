@@ -50,7 +50,17 @@ from dicom_node.db import Database
 from dicom_node.db.models import Export, Job, Series
 from dicom_node.db.times import as_utc
 from dicom_node.testing.brokers import PrivateRabbitMQ
-from dicom_node.testing.peers import NodeProcess, Orthanc, cli, create_postgres_database, drop_postgres_database, free_port, node_env, storescu, wait_until
+from dicom_node.testing.peers import (
+    NodeProcess,
+    Orthanc,
+    cli,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    node_env,
+    storescu,
+    wait_until,
+)
 from model.phantoms.writer import write_phantom_series
 
 TOKEN = "throughput-benchmark-token-0123456789"
@@ -76,14 +86,32 @@ class Bench:
         self.orthanc = Orthanc(work / "orthanc").start()
         self.admin_port, self.port = free_port(), free_port()
         settings: dict[str, Any] = dict(
-            database_url=self.db_url, broker_url=self.rabbitmq.url, admin_port=self.admin_port, remote__token=TOKEN,
-            listener__processes=1, completion__poll_seconds=0.2, worker__localisation="cam", worker__device=args.device,
+            database_url=self.db_url,
+            broker_url=self.rabbitmq.url,
+            admin_port=self.admin_port,
+            remote__token=TOKEN,
+            listener__processes=1,
+            completion__poll_seconds=0.2,
+            worker__localisation="cam",
+            worker__device=args.device,
             worker__concurrency=1,
         )
         self.env = node_env(work / "node-data", **settings)
         cli(self.env, "db", "upgrade")
         cli(self.env, "ae", "add-destination", "ORTHANC", "--host", "127.0.0.1", "--port", str(self.orthanc.dicom_port))
-        cli(self.env, "ae", "add-local", "COVIDNODE", "--port", str(self.port), "--quiet-seconds", str(args.quiet_seconds), "--send-results-to", "ORTHANC", "--allow-any-source")
+        cli(
+            self.env,
+            "ae",
+            "add-local",
+            "COVIDNODE",
+            "--port",
+            str(self.port),
+            "--quiet-seconds",
+            str(args.quiet_seconds),
+            "--send-results-to",
+            "ORTHANC",
+            "--allow-any-source",
+        )
         self.serve = NodeProcess(self.env, ["serve"]).start()
         self.serve.wait_for_port(self.port, timeout=120)
         self.workers: list[NodeProcess] = []
@@ -94,7 +122,11 @@ class Bench:
         if not self.args.shared:
             data_dir = self.work / f"worker-{len(self.workers) + 1}"
             data_dir.mkdir(parents=True, exist_ok=True)
-            env.update(DICOM_NODE_DATA_DIR=str(data_dir), DICOM_NODE_REMOTE__NODE_URL=f"http://127.0.0.1:{self.admin_port}", DICOM_NODE_REMOTE__TOKEN=TOKEN)
+            env.update(
+                DICOM_NODE_DATA_DIR=str(data_dir),
+                DICOM_NODE_REMOTE__NODE_URL=f"http://127.0.0.1:{self.admin_port}",
+                DICOM_NODE_REMOTE__TOKEN=TOKEN,
+            )
         proc = NodeProcess(env, ["worker"]).start()
         wait_until(lambda: " ready." in proc.output(), 300, "the worker to be ready")
         self.workers.append(proc)
@@ -115,16 +147,27 @@ class Bench:
                 if len(rows) < len(uids) or any(j.status != "done" for j, _ in rows):
                     return None
                 ids = [j.id for j, _ in rows]
-                open_exports = s.scalar(select(func.count()).select_from(Export).where(Export.job_id.in_(ids), Export.status != "done"))
+                open_exports = s.scalar(
+                    select(func.count()).select_from(Export).where(Export.job_id.in_(ids), Export.status != "done")
+                )
                 if open_exports:
                     return None
                 last = {e.job_id: e.finished_at for e in s.scalars(select(Export).where(Export.job_id.in_(ids)))}
                 return [
-                    {"job": j.id, "worker": j.worker, "timings": dict(j.timings or {}), "completed_at": as_utc(sr.completed_at),
-                     "exported_at": as_utc(last[j.id]), "worked": _seconds(j.finished_at, j.started_at)}
+                    {
+                        "job": j.id,
+                        "worker": j.worker,
+                        "timings": dict(j.timings or {}),
+                        "completed_at": as_utc(sr.completed_at),
+                        "exported_at": as_utc(last[j.id]),
+                        "worked": _seconds(j.finished_at, j.started_at),
+                    }
                     for j, sr in rows
                 ]
-        result: list[dict[str, Any]] = wait_until(done, timeout, f"{len(uids)} series to be analysed and exported", interval=0.5)
+
+        result: list[dict[str, Any]] = wait_until(
+            done, timeout, f"{len(uids)} series to be analysed and exported", interval=0.5
+        )
         return result
 
     def phase(self, name: str, batch: list[tuple[Path, str]], parallel: int) -> dict[str, Any]:
@@ -134,14 +177,29 @@ class Bench:
         jobs = self.wait_done([u for _, u in batch], self.args.timeout)
         end = max(j["exported_at"] for j in jobs).timestamp()
         waits = sorted(float(j["timings"].get("queue_wait", 0.0)) for j in jobs)
-        work = [sum(float(j["timings"].get(k, 0.0)) for k in ("fetch", "load", "model_load", "inference", "encoding", "upload")) for j in jobs]
+        work = [
+            sum(
+                float(j["timings"].get(k, 0.0))
+                for k in ("fetch", "load", "model_load", "inference", "encoding", "upload")
+            )
+            for j in jobs
+        ]
         out = {
-            "phase": name, "series": len(batch), "workers": len(self.workers), "send_seconds": round(sent - start, 2),
-            "elapsed_seconds": round(end - start, 2), "series_per_hour": round(len(batch) * 3600 / (end - start), 1),
-            "queue_wait_median": round(statistics.median(waits), 2), "queue_wait_p95": round(waits[max(0, int(0.95 * len(waits)) - 1)], 2),
-            "queue_wait_max": round(waits[-1], 2), "worker_seconds_per_series_median": round(statistics.median(work), 2),
+            "phase": name,
+            "series": len(batch),
+            "workers": len(self.workers),
+            "send_seconds": round(sent - start, 2),
+            "elapsed_seconds": round(end - start, 2),
+            "series_per_hour": round(len(batch) * 3600 / (end - start), 1),
+            "queue_wait_median": round(statistics.median(waits), 2),
+            "queue_wait_p95": round(waits[max(0, int(0.95 * len(waits)) - 1)], 2),
+            "queue_wait_max": round(waits[-1], 2),
+            "worker_seconds_per_series_median": round(statistics.median(work), 2),
             "workers_used": len({j["worker"].split(":")[0] + ":" + j["worker"].split(":")[-1] for j in jobs}),
-            "stages_median": {k: round(statistics.median(float(j["timings"].get(k, 0.0)) for j in jobs), 3) for k in ("fetch", "load", "inference", "encoding", "upload")},
+            "stages_median": {
+                k: round(statistics.median(float(j["timings"].get(k, 0.0)) for j in jobs), 3)
+                for k in ("fetch", "load", "inference", "encoding", "upload")
+            },
         }
         print(json.dumps(out), flush=True)
         return out
@@ -156,7 +214,9 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--series", type=int, default=6, help="series per throughput phase (N)")
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--slices", type=int, default=48)
@@ -173,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         work = Path(tmp)
-        print(f"writing {2 * args.series} series of {args.slices} x {args.matrix}^2, {args.burst} of {args.burst_slices} slices, and warm-ups ...", flush=True)
+        print(
+            f"writing {2 * args.series} series of {args.slices} x {args.matrix}^2, {args.burst} of {args.burst_slices} slices, and warm-ups ...",
+            flush=True,
+        )
         warm = [write_series(work / "series", 700 + i, 16, args.matrix) for i in range(2)]
         one = [write_series(work / "series", 710 + i, args.slices, args.matrix) for i in range(args.series)]
         two = [write_series(work / "series", 760 + i, args.slices, args.matrix) for i in range(args.series)]
@@ -196,11 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results[1]["series_per_hour"] / results[0]["series_per_hour"]
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "cpus": cores, "load_average": os.getloadavg(), "remote_workers": not args.shared,
-        "phases": results, "two_workers_over_one": round(ratio, 2), "notice": "Not for clinical use.",
+        "cpus": cores,
+        "load_average": os.getloadavg(),
+        "remote_workers": not args.shared,
+        "phases": results,
+        "two_workers_over_one": round(ratio, 2),
+        "notice": "Not for clinical use.",
     }
-    print(f"1 worker {results[0]['series_per_hour']:.0f} series/h; 2 workers {results[1]['series_per_hour']:.0f} series/h (x{ratio:.2f}); "
-          f"burst of {args.burst}: queue wait median {results[2]['queue_wait_median']:.1f} s, p95 {results[2]['queue_wait_p95']:.1f} s, max {results[2]['queue_wait_max']:.1f} s")
+    print(
+        f"1 worker {results[0]['series_per_hour']:.0f} series/h; 2 workers {results[1]['series_per_hour']:.0f} series/h (x{ratio:.2f}); "
+        f"burst of {args.burst}: queue wait median {results[2]['queue_wait_median']:.1f} s, p95 {results[2]['queue_wait_p95']:.1f} s, max {results[2]['queue_wait_max']:.1f} s"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

@@ -57,13 +57,24 @@ def _seconds(later: dt.datetime, earlier: dt.datetime) -> float:
 
 
 def write_series(root: Path, seed: int, slices: int, matrix: int) -> tuple[Path, str]:
-    out = write_phantom_series("covid", root / f"covid-{seed}-{slices}", seed=seed, slices=slices, rows=matrix, columns=matrix)
+    out = write_phantom_series(
+        "covid", root / f"covid-{seed}-{slices}", seed=seed, slices=slices, rows=matrix, columns=matrix
+    )
 
     first = next(p for p in out.iterdir() if p.suffix == ".dcm")
     return out, str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
 
 
-def one_run(db: Database, orthanc: Orthanc, node_port: int, title: str, folder: Path, series_uid: str, quiet: float, timeout: float) -> dict[str, Any]:
+def one_run(
+    db: Database,
+    orthanc: Orthanc,
+    node_port: int,
+    title: str,
+    folder: Path,
+    series_uid: str,
+    quiet: float,
+    timeout: float,
+) -> dict[str, Any]:
     """Send one series, wait for its results in Orthanc, return the stage times."""
     before = int(orthanc.get("/statistics")["CountInstances"])
     proc = storescu(folder, node_port, called=title)
@@ -120,12 +131,16 @@ def one_run(db: Database, orthanc: Orthanc, node_port: int, title: str, folder: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slices", type=int, default=128)
     parser.add_argument("--matrix", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=500, help="first phantom seed (one series per run)")
-    parser.add_argument("--quiet-seconds", type=float, default=5.0, help="the local AE's quiet period (the product default is 5)")
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=5.0, help="the local AE's quiet period (the product default is 5)"
+    )
     parser.add_argument("--mode", choices=["up", "serve+worker"], default="up")
     parser.add_argument("--database-url", help="serve+worker: database (default: SQLite under the work dir)")
     parser.add_argument("--broker-url", help="serve+worker: broker (default: the SQLite-file broker)")
@@ -140,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="turnaround-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"writing {args.runs} phantom(s) of {args.slices} x {args.matrix} x {args.matrix} and a warm-up series ...", flush=True)
+        print(
+            f"writing {args.runs} phantom(s) of {args.slices} x {args.matrix} x {args.matrix} and a warm-up series ...",
+            flush=True,
+        )
         warmup = write_series(work / "series", args.seed - 1, 32, args.matrix)
         series = [write_series(work / "series", args.seed + i, args.slices, args.matrix) for i in range(args.runs)]
 
@@ -157,23 +175,48 @@ def main(argv: list[str] | None = None) -> int:
         port, title = free_port(), "COVIDNODE"
         cli(env, "db", "upgrade")
         cli(env, "ae", "add-destination", "ORTHANC", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
-        cli(env, "ae", "add-local", title, "--port", str(port), "--quiet-seconds", str(args.quiet_seconds), "--send-results-to", "ORTHANC", "--allow-any-source")
-        procs = [NodeProcess(env, ["up", "--no-admin"]).start()] if args.mode == "up" else [
-            NodeProcess(env, ["serve", "--no-admin"]).start(),
-            NodeProcess(env, ["worker"]).start(),
-        ]
+        cli(
+            env,
+            "ae",
+            "add-local",
+            title,
+            "--port",
+            str(port),
+            "--quiet-seconds",
+            str(args.quiet_seconds),
+            "--send-results-to",
+            "ORTHANC",
+            "--allow-any-source",
+        )
+        procs = (
+            [NodeProcess(env, ["up", "--no-admin"]).start()]
+            if args.mode == "up"
+            else [
+                NodeProcess(env, ["serve", "--no-admin"]).start(),
+                NodeProcess(env, ["worker"]).start(),
+            ]
+        )
         db_url = settings.get("database_url") or load_settings(data_dir=data_dir).effective_database_url
         db = Database(db_url)
         results = []
         try:
             procs[0].wait_for_port(port, timeout=120)
-            wait_until(lambda: any("worker ready" in p.output() or " ready." in p.output() for p in procs), 300, "the worker to be ready")
+            wait_until(
+                lambda: any("worker ready" in p.output() or " ready." in p.output() for p in procs),
+                300,
+                "the worker to be ready",
+            )
             print("warm-up ...", flush=True)
             one_run(db, orthanc, port, title, warmup[0], warmup[1], args.quiet_seconds, args.timeout)
             for i, (folder, uid) in enumerate(series, start=1):
                 r = one_run(db, orthanc, port, title, folder, uid, args.quiet_seconds, args.timeout)
                 results.append(r)
-                print(f"run {i}: " + "  ".join(f"{k} {r[k]:.2f}" for k in STAGES) + f"  ({r['decision']}, {r['objects']} objects)", flush=True)
+                print(
+                    f"run {i}: "
+                    + "  ".join(f"{k} {r[k]:.2f}" for k in STAGES)
+                    + f"  ({r['decision']}, {r['objects']} objects)",
+                    flush=True,
+                )
         finally:
             for p in reversed(procs):
                 p.stop(timeout=60)

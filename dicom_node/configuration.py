@@ -165,7 +165,14 @@ def local_ae_dict(row: LocalAE) -> dict[str, Any]:
 
 
 def source_dict(row: Source) -> dict[str, Any]:
-    return {"id": row.id, "title": row.title, "host": row.host, "port": row.port, "enabled": row.enabled, "description": row.description}
+    return {
+        "id": row.id,
+        "title": row.title,
+        "host": row.host,
+        "port": row.port,
+        "enabled": row.enabled,
+        "description": row.description,
+    }
 
 
 def destination_dict(row: Destination) -> dict[str, Any]:
@@ -237,7 +244,11 @@ def update_local_ae(session: Session, row: LocalAE, patch: LocalAEPatch) -> Loca
 
 
 def add_source(session: Session, data: SourceIn) -> Source:
-    other = session.scalar(select(Source).where(Source.title == data.title, Source.host.is_(None) if data.host is None else Source.host == data.host))
+    other = session.scalar(
+        select(Source).where(
+            Source.title == data.title, Source.host.is_(None) if data.host is None else Source.host == data.host
+        )
+    )
     if other is not None:
         raise ConfigError("title", f"source {data.title!r}{' from ' + data.host if data.host else ''} exists already")
     row = Source(**data.model_dump())
@@ -334,7 +345,9 @@ def audit_changes(session: Session, actor: str, *, via: str = "", remote_addr: s
     if already:
         return
 
-    def entry(action: str, kind: str, row: Any, before: dict[str, Any] | None, after: dict[str, Any] | None) -> AuditEntry:
+    def entry(
+        action: str, kind: str, row: Any, before: dict[str, Any] | None, after: dict[str, Any] | None
+    ) -> AuditEntry:
         current = session.info["audit"]
         return AuditEntry(
             actor=current["actor"],

@@ -41,7 +41,9 @@ class ConsoleFormatter(logging.Formatter):
             if logging.getLogger(OWN_LOGGERS[0]).isEnabledFor(logging.DEBUG):
                 line += "\n" + self.formatException(record.exc_info)
             else:
-                line += f" ({record.exc_info[1].__class__.__name__}: {record.exc_info[1]}; run with -v for the traceback)"
+                line += (
+                    f" ({record.exc_info[1].__class__.__name__}: {record.exc_info[1]}; run with -v for the traceback)"
+                )
         return line
 
 

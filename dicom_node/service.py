@@ -109,7 +109,10 @@ class Node:
         """A listener child and the event it sets once it has bound its ports (or tried to)."""
         ready = self._ctx.Event()
         proc = self._ctx.Process(
-            target=run_listener_process, args=(self.settings.model_dump_json(), ready, os.getpid()), name="listener", daemon=True
+            target=run_listener_process,
+            args=(self.settings.model_dump_json(), ready, os.getpid()),
+            name="listener",
+            daemon=True,
         )
         proc.start()
         return proc, ready
@@ -149,13 +152,22 @@ class Node:
         spawned = [self._spawn_listener() for _ in range(settings.listener.processes)]
         self._children = [proc for proc, _ in spawned]
         readiness = [ready for _, ready in spawned]
-        admin = f", admin app on http://{settings.admin.host}:{settings.admin_port}/" if admin_server is not None else ""
-        log.info("node running: %d listener process(es), data in %s%s; Ctrl+C stops it", len(self._children), settings.data_dir, admin)
+        admin = (
+            f", admin app on http://{settings.admin.host}:{settings.admin_port}/" if admin_server is not None else ""
+        )
+        log.info(
+            "node running: %d listener process(es), data in %s%s; Ctrl+C stops it",
+            len(self._children),
+            settings.data_dir,
+            admin,
+        )
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         held_since = time.monotonic()
         while not self._stop.wait(0.2 if completion.held else 1.0):
-            if completion.held and (all(r.is_set() for r in readiness) or time.monotonic() - held_since > _READY_WAIT_SECONDS):
+            if completion.held and (
+                all(r.is_set() for r in readiness) or time.monotonic() - held_since > _READY_WAIT_SECONDS
+            ):
                 completion.resume()
                 log.debug("listeners up: series completion resumes (open series wait a whole quiet period)")
             for i, child in enumerate(self._children):

@@ -122,7 +122,9 @@ class WorkerSettings(_Section):
     def _weights(cls, v: Path | None) -> Path | None:
         if v is not None and not (v / "metadata.json").is_file():
             what = "does not exist" if not v.exists() else "has no metadata.json"
-            raise ValueError(f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the shipped weights")
+            raise ValueError(
+                f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the shipped weights"
+            )
         return v
 
     @model_validator(mode="after")
@@ -222,7 +224,6 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
-
 
     @classmethod
     def settings_customise_sources(

@@ -43,26 +43,83 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the shipped weights: benchmarks/cpu_weights.sh (model/README.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)")
-    p.add_argument("--labels", type=Path, default=None, help="labels CSV (series,label,patient_id); default DATA/labels.csv, none for CC-CCII")
-    p.add_argument("--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)")
-    p.add_argument("--recipe", choices=RECIPE_CHOICES, default="auto", help="starting values: cpu (the shipped weights' recipe), paper (the method's), auto (default: cpu on a CPU, paper on a GPU)")
-    p.add_argument("--objective", choices=OBJECTIVES, default=None, help="slice: every slice carries the series label (the paper's); mil: the series' top-k slices (the cpu recipe's)")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="data folder (phantom data set, DICOM series, CC-CCII or MosMedData layout)",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="labels CSV (series,label,patient_id); default DATA/labels.csv, none for CC-CCII",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="weights folder to write (model.safetensors + metadata.json)"
+    )
+    p.add_argument(
+        "--recipe",
+        choices=RECIPE_CHOICES,
+        default="auto",
+        help="starting values: cpu (the shipped weights' recipe), paper (the method's), auto (default: cpu on a CPU, paper on a GPU)",
+    )
+    p.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default=None,
+        help="slice: every slice carries the series label (the paper's); mil: the series' top-k slices (the cpu recipe's)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="maximum iterations (paper 10000, cpu 3000)")
-    p.add_argument("--batch", type=int, default=None, help="slices (objective slice) or series (objective mil) per batch (paper 24, cpu 8)")
-    p.add_argument("--input-size", type=_input_size, default=None, metavar="HxW", help="network input height x width, multiples of 32 (paper 224x224, cpu 64x96)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="slices (objective slice) or series (objective mil) per batch (paper 24, cpu 8)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=_input_size,
+        default=None,
+        metavar="HxW",
+        help="network input height x width, multiples of 32 (paper 224x224, cpu 64x96)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--classes", default=None, help="comma separated: the three-way model (default covid,cap,normal) or a pair for the paper's binary models")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma separated: the three-way model (default covid,cap,normal) or a pair for the paper's binary models",
+    )
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (paper 1e-4, cpu 1e-3)")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="step (paper) or cosine to the end of the budget (cpu)")
-    p.add_argument("--lr-step", type=int, default=None, help="schedule step: multiply the learning rate by --lr-gamma every N iterations (paper 3000)")
+    p.add_argument(
+        "--schedule", choices=SCHEDULES, default=None, help="step (paper) or cosine to the end of the budget (cpu)"
+    )
+    p.add_argument(
+        "--lr-step",
+        type=int,
+        default=None,
+        help="schedule step: multiply the learning rate by --lr-gamma every N iterations (paper 3000)",
+    )
     p.add_argument("--lr-gamma", type=float, default=None)
-    p.add_argument("--validate-every", type=int, default=None, help="iterations between validations (paper 500, cpu 150)")
-    p.add_argument("--patience", type=int, default=None, help="stop after N iterations without improvement (paper 1000)")
+    p.add_argument(
+        "--validate-every", type=int, default=None, help="iterations between validations (paper 500, cpu 150)"
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="stop after N iterations without improvement (paper 1000)"
+    )
     p.add_argument("--focal-gamma", type=float, default=None)
-    p.add_argument("--folds", type=int, default=None, help="patient-level folds (default 5); 1 trains on everything without validation")
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="patient-level folds (default 5); 1 trains on everything without validation",
+    )
     p.add_argument("--fold", type=int, default=0, help="the validation fold (default 0)")
-    p.add_argument("--cross-validate", action="store_true", help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json")
+    p.add_argument(
+        "--cross-validate",
+        action="store_true",
+        help="train every fold; weights in OUT/fold-N, summary in OUT/cross_validation.json",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--init",
@@ -71,12 +128,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="start from these weights (same classes and network): fine-tuning, at a tenth of the recipe's learning rate unless --lr; "
         "auto (default): the shipped weights when their classes, network and input are the configuration's; none: from scratch (Xavier)",
     )
-    p.add_argument("--augment", choices=AUGMENTATIONS, default=None, help="per training slice: flip (left-right; the cpu recipe), flip+affine (also a small shift, scale, rotation), none (the paper)")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget; training stops after a last validation when spent")
+    p.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default=None,
+        help="per training slice: flip (left-right; the cpu recipe), flip+affine (also a small shift, scale, rotation), none (the paper)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget; training stops after a last validation when spent",
+    )
     p.add_argument("--name", default=None, help="model name in the metadata")
     p.add_argument("--version", default=None, help="model version in the metadata")
     p.add_argument("--cache", type=Path, default=None, help="folder for cached pre-processed slices")
-    p.add_argument("--workers", type=int, default=1, help="processes that prepare (read, segment, pre-process) series in parallel")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes that prepare (read, segment, pre-process) series in parallel"
+    )
     p.add_argument("--log", type=Path, default=None, help="also log to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_train)
@@ -91,10 +160,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--labels", type=Path, default=None, help="labels CSV; default DATA/labels.csv, none for CC-CCII")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
-    p.add_argument("--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it")
+    p.add_argument(
+        "--json", required=True, type=Path, help="metrics JSON to write; ROC curves and overlays go beside it"
+    )
     _add_inference_options(p)
     p.add_argument("--overlays", type=int, default=6, help="example overlay PNGs to write (default 6)")
-    p.add_argument("--record", default=None, metavar="KEY", help="also store the summary under KEY in the metadata.json of --weights (e.g. held_out_metrics, validation_metrics); needs --weights")
+    p.add_argument(
+        "--record",
+        default=None,
+        metavar="KEY",
+        help="also store the summary under KEY in the metadata.json of --weights (e.g. held_out_metrics, validation_metrics); needs --weights",
+    )
     p.add_argument(
         "--calibrate",
         action="store_true",
@@ -116,7 +192,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("series", type=Path, help="folder of the series' DICOM files")
     p.add_argument("--weights", type=Path, default=None, help="weights folder (default: the shipped weights)")
     p.add_argument("--json", type=Path, default=Path("-"), help="result JSON to write (default '-': standard output)")
-    p.add_argument("--heatmap", type=Path, default=None, help="write the joint map as float32 .npy (slices, rows, columns)")
+    p.add_argument(
+        "--heatmap", type=Path, default=None, help="write the joint map as float32 .npy (slices, rows, columns)"
+    )
     _add_inference_options(p)
     p.set_defaults(handler=_predict)
 
@@ -130,13 +208,19 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
         help="joint map from CAMs only, CAMs + Integrated Gradients, or auto (cam on a CPU, cam+ig on a GPU); "
         "default: the weights' setting",
     )
-    p.add_argument("--ig-slices", type=int, default=None, help="Integrated Gradients on this many most suspicious slices")
+    p.add_argument(
+        "--ig-slices", type=int, default=None, help="Integrated Gradients on this many most suspicious slices"
+    )
     p.add_argument("--threshold", type=float, default=None, help="joint-map threshold for regions, in (0, 1)")
-    p.add_argument("--aggregation", choices=("top_k", "mean"), default=None, help="series rule (default: the weights' setting)")
+    p.add_argument(
+        "--aggregation", choices=("top_k", "mean"), default=None, help="series rule (default: the weights' setting)"
+    )
     p.add_argument("--batch", type=int, default=32, help="slices per forward batch")
 
 
-def _settings(args: argparse.Namespace) -> Any:  # -> model.inference.multiscale_cam.PredictorSettings (torch: imported lazily)
+def _settings(
+    args: argparse.Namespace,
+) -> Any:  # -> model.inference.multiscale_cam.PredictorSettings (torch: imported lazily)
     from model.inference.multiscale_cam import settings_for
 
     return settings_for(
@@ -208,7 +292,10 @@ def _input_size(text: str) -> tuple[int, int]:
 def _missing_data(args: argparse.Namespace) -> bool:
     if args.data.is_dir():
         return False
-    print(f"dicom-node: --data {args.data} is not a folder: name a data set (e.g. one written by dicom-node phantom-dataset)", file=sys.stderr)
+    print(
+        f"dicom-node: --data {args.data} is not a folder: name a data set (e.g. one written by dicom-node phantom-dataset)",
+        file=sys.stderr,
+    )
     return True
 
 
@@ -221,7 +308,11 @@ def _train(args: argparse.Namespace) -> int:
 
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else None
     base = recipe(args.recipe, args.device)
-    spec = dataclasses.replace(base.input, height=args.input_size[0], width=args.input_size[1]) if args.input_size else None
+    spec = (
+        dataclasses.replace(base.input, height=args.input_size[0], width=args.input_size[1])
+        if args.input_size
+        else None
+    )
     try:
         config = recipe(
             args.recipe,
@@ -251,7 +342,10 @@ def _train(args: argparse.Namespace) -> int:
     if init is not None:
         if args.lr is None:
             config = dataclasses.replace(config, learning_rate=config.learning_rate * FINE_TUNE_LR_FACTOR)
-        print(f"dicom-node: starting from the weights in {init.weights_dir} (fine-tuning, learning rate {config.learning_rate:g}); --init none trains from scratch", file=sys.stderr)
+        print(
+            f"dicom-node: starting from the weights in {init.weights_dir} (fine-tuning, learning rate {config.learning_rate:g}); --init none trains from scratch",
+            file=sys.stderr,
+        )
     summary = train_folder(
         args.data,
         args.labels,
@@ -279,14 +373,27 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.calibrate or args.record) and args.weights is None:
         # Both write into the weights' metadata.json: never the shipped weights by default.
-        print("dicom-node: --calibrate and --record write into a weights folder's metadata.json: name it with --weights (the shipped weights are model/weights)", file=sys.stderr)
+        print(
+            "dicom-node: --calibrate and --record write into a weights folder's metadata.json: name it with --weights (the shipped weights are model/weights)",
+            file=sys.stderr,
+        )
         return 2
 
-    command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate"):]) if "evaluate" in sys.argv else None
+    command = "dicom-node model " + " ".join(sys.argv[sys.argv.index("evaluate") :]) if "evaluate" in sys.argv else None
     settings = _settings(args)
     if args.calibrate:
         settings = dataclasses.replace(settings, class_bias=(), min_margin=0.0)  # fit on the raw series logits
-    report = evaluate_folder(args.data, args.labels, args.weights, args.json, settings, overlays=args.overlays, progress=not args.no_progress, record=args.record, command=command)
+    report = evaluate_folder(
+        args.data,
+        args.labels,
+        args.weights,
+        args.json,
+        settings,
+        overlays=args.overlays,
+        progress=not args.no_progress,
+        record=args.record,
+        command=command,
+    )
     headline = {k: report["headline"][k] for k in report["headline"]}
     if args.calibrate:
         headline["calibration"] = calibrate(args.weights, report, command)

@@ -78,7 +78,9 @@ def test_association_limits_are_the_listeners() -> None:
     servers = (ROOT / "dicom_node" / "listener" / "servers.py").read_text()
     assert "ae.acse_timeout = settings.association_timeout_seconds" in servers
     defaults = ListenerSettings()
-    assert rows["simultaneous associations"].startswith(f"{defaults.max_associations} negotiated associations per local AE")
+    assert rows["simultaneous associations"].startswith(
+        f"{defaults.max_associations} negotiated associations per local AE"
+    )
     assert rows["connections per remote address"].startswith(f"{defaults.max_connections_per_address} per local AE")
     assert f"{defaults.max_connections} in all" in rows["connections per remote address"]
     assert rows["ACSE timeout"].startswith(f"{defaults.association_timeout_seconds:g} s")
@@ -107,7 +109,9 @@ def test_scu_sop_classes_and_syntaxes_are_what_the_outputs_are(built: dict[str, 
 
 def test_every_output_kind_has_its_iod_row(built: dict[str, list[Dataset]]) -> None:
     rows = {row[0].strip("`"): row for row in table("one row per output kind")}
-    assert sorted(rows) == sorted(KINDS), "docs/conformance.md 8.1 must list exactly the kinds of dicom_node/outputs/kinds.py"
+    assert sorted(rows) == sorted(KINDS), (
+        "docs/conformance.md 8.1 must list exactly the kinds of dicom_node/outputs/kinds.py"
+    )
     for kind, objects in built.items():
         row = rows[kind]
         classes = {str(ds.SOPClassUID) for ds in objects}

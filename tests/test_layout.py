@@ -26,11 +26,17 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def top_levels(package: str) -> dict[str, set[str]]:
-    return {str(p.relative_to(REPO)): {m.split(".")[0] for m in imported_modules(p)} for p in (REPO / package).rglob("*.py")}
+    return {
+        str(p.relative_to(REPO)): {m.split(".")[0] for m in imported_modules(p)} for p in (REPO / package).rglob("*.py")
+    }
 
 
 def test_model_knows_nothing_of_the_node() -> None:
-    offenders = {f: sorted(m & {"dicom_node", "worker", "tests"}) for f, m in top_levels("model").items() if m & {"dicom_node", "worker", "tests"}}
+    offenders = {
+        f: sorted(m & {"dicom_node", "worker", "tests"})
+        for f, m in top_levels("model").items()
+        if m & {"dicom_node", "worker", "tests"}
+    }
     assert offenders == {}
 
 

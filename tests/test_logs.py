@@ -25,7 +25,9 @@ THIRD_PARTY = ("highdicom.sr", "celery.worker.consumer", "kombu.connection", "py
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    levels = {name: logging.getLogger(name).level for name in ("dicom_node", "worker", "model", "pynetdicom", "py.warnings")}
+    levels = {
+        name: logging.getLogger(name).level for name in ("dicom_node", "worker", "model", "pynetdicom", "py.warnings")
+    }
     yield
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -90,7 +90,13 @@ def queues(broker: str) -> list[Queue]:
     exchanges (see the module docstring); the others: direct exchanges."""
     if is_amqp(broker):
         return [
-            Queue(name, Exchange(name, type="topic", durable=True), routing_key=name, durable=True, queue_arguments={"x-queue-type": "quorum"})
+            Queue(
+                name,
+                Exchange(name, type="topic", durable=True),
+                routing_key=name,
+                durable=True,
+                queue_arguments={"x-queue-type": "quorum"},
+            )
             for name in (EXPORT_QUEUE, ANALYSE_QUEUE)
         ]
     return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)]
@@ -110,13 +116,19 @@ def check_broker(settings: Settings, timeout: float = 5.0) -> None:
     if url.startswith("sqla+sqlite:///"):
         folder = Path(url.removeprefix("sqla+sqlite:///")).expanduser().parent
         if not folder.is_dir():
-            raise BrokerUnavailable(f"broker {shown}: the folder {folder} does not exist; create it or correct broker_url (DICOM_NODE_BROKER_URL)")
+            raise BrokerUnavailable(
+                f"broker {shown}: the folder {folder} does not exist; create it or correct broker_url (DICOM_NODE_BROKER_URL)"
+            )
     connection = Connection(url, connect_timeout=timeout, transport_options=transport_options(settings))
     try:
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5, timeout=timeout)
+        connection.ensure_connection(
+            max_retries=1, interval_start=0, interval_step=0.5, interval_max=0.5, timeout=timeout
+        )
     except Exception as exc:  # kombu raises its transports' own errors
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).rstrip(".")
-        raise BrokerUnavailable(f"cannot reach the broker {shown}: {reason}; is it running, and is broker_url (DICOM_NODE_BROKER_URL) right?") from exc
+        raise BrokerUnavailable(
+            f"cannot reach the broker {shown}: {reason}; is it running, and is broker_url (DICOM_NODE_BROKER_URL) right?"
+        ) from exc
     finally:
         connection.release()
 

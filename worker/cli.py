@@ -60,7 +60,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_broker(settings)
     if pool == "solo":
         tasks.warm_up()  # the solo pool runs jobs in this process
-    log.info("worker ready: %s pool, %d process(es), device %s, broker %s", pool, concurrency, device, redact(settings.effective_broker_url))
+    log.info(
+        "worker ready: %s pool, %d process(es), device %s, broker %s",
+        pool,
+        concurrency,
+        device,
+        redact(settings.effective_broker_url),
+    )
     argv = [
         # Celery's banner only with -v; its log lines go through dicom_node.logs.
         *([] if settings.log_level == "DEBUG" else ["--quiet"]),
@@ -90,6 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or beside 'dicom-node serve'",
     )
     p.add_argument("--concurrency", type=int, help="worker processes (default: 1 on CPU, one per GPU on CUDA)")
-    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where the model runs (default: the worker.device setting)")
-    p.add_argument("--pool", choices=["solo", "prefork", "auto"], help="solo: jobs in this process; prefork: in children")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where the model runs (default: the worker.device setting)"
+    )
+    p.add_argument(
+        "--pool", choices=["solo", "prefork", "auto"], help="solo: jobs in this process; prefork: in children"
+    )
     p.set_defaults(handler=cmd_worker)

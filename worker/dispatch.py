@@ -65,7 +65,8 @@ class CeleryDispatcher:
             if "kombu_message" not in tables:
                 return 0
             deleted = conn.execute(
-                text("DELETE FROM kombu_message WHERE visible = :false AND timestamp < :cutoff"), {"false": False, "cutoff": cutoff}
+                text("DELETE FROM kombu_message WHERE visible = :false AND timestamp < :cutoff"),
+                {"false": False, "cutoff": cutoff},
             ).rowcount
         if deleted:
             log.info("broker: deleted %d delivered message(s)", deleted)

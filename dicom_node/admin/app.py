@@ -28,7 +28,15 @@ from starlette.responses import Response
 from dicom_node import __version__
 from dicom_node.admin import activity
 from dicom_node.admin.api import api_router, monitoring_router
-from dicom_node.admin.auth import AuthError, Passwords, Principal, csrf_matches, principal_for_session, principal_for_token, secret_key
+from dicom_node.admin.auth import (
+    AuthError,
+    Passwords,
+    Principal,
+    csrf_matches,
+    principal_for_session,
+    principal_for_token,
+    secret_key,
+)
 from dicom_node.admin.deps import HERE, SAFE_METHODS, AdminContext, render, templates
 from dicom_node.admin.internal import PREFIX as INTERNAL_PREFIX
 from dicom_node.admin.internal import authorised as internal_authorised
@@ -83,7 +91,9 @@ def error_response(request: Request, status: int, message: str, errors: list[dic
     """JSON for the API, a page for people."""
     if wants_json(request.url.path):
         return JSONResponse({"detail": errors if errors is not None else message}, status_code=status)
-    return render(request, "error.html", {"status": status, "message": message, "errors": errors or []}, status_code=status)
+    return render(
+        request, "error.html", {"status": status, "message": message, "errors": errors or []}, status_code=status
+    )
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -129,17 +139,26 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
             code = internal_authorised(settings, request.headers.get("authorization", ""))
             if code == 200:
                 return await call_next(request)
-            detail = "not found" if code == 404 else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
+            detail = (
+                "not found"
+                if code == 404
+                else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
+            )
             return JSONResponse({"detail": detail}, status_code=code)
         who, why = await run_in_threadpool(_resolve, context, request)
         if who is None:
             if wants_json(path):
-                return JSONResponse({"detail": f"not authenticated: {why}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return JSONResponse(
+                    {"detail": f"not authenticated: {why}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
             target = path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         if who.via == "web" and request.method not in SAFE_METHODS and wants_json(path):
             if not csrf_matches(request.session.get("csrf"), request.headers.get("x-csrf-token")):
-                return JSONResponse({"detail": "a browser session writing to the API must send its CSRF token in X-CSRF-Token"}, status_code=403)
+                return JSONResponse(
+                    {"detail": "a browser session writing to the API must send its CSRF token in X-CSRF-Token"},
+                    status_code=403,
+                )
         request.state.principal = who
         return await call_next(request)
 
@@ -147,7 +166,9 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         start = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        template = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "unmatched")
+        template = getattr(route, "path", None) or (
+            "/static" if request.url.path.startswith("/static/") else "unmatched"
+        )
         context.metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -182,11 +203,21 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
 
     @app.exception_handler(ConfigError)
     async def refused_config(request: Request, exc: ConfigError) -> Response:
-        return error_response(request, 422, str(exc), [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}])
+        return error_response(
+            request,
+            422,
+            str(exc),
+            [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}],
+        )
 
     @app.exception_handler(AuthError)
     async def refused_auth(request: Request, exc: AuthError) -> Response:
-        return error_response(request, 422, str(exc), [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}])
+        return error_response(
+            request,
+            422,
+            str(exc),
+            [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}],
+        )
 
     @app.exception_handler(activity.NotFound)
     async def not_found(request: Request, exc: activity.NotFound) -> Response:

@@ -185,7 +185,13 @@ def create_token(session: Session, user: User, name: str, created_by: str) -> tu
     if len(name) > 100:
         raise AuthError("name", f"is {len(name)} characters long, at most 100 are allowed")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(user_id=user.id, name=name, token_hash=sha256_hex(raw), prefix=raw[: len(TOKEN_PREFIX) + 6], created_by=created_by)
+    row = ApiToken(
+        user_id=user.id,
+        name=name,
+        token_hash=sha256_hex(raw),
+        prefix=raw[: len(TOKEN_PREFIX) + 6],
+        created_by=created_by,
+    )
     session.add(row)
     session.flush()
     return row, raw
@@ -307,7 +313,9 @@ def secret_key(settings: Settings) -> str:
     except FileExistsError:
         key = path.read_text().strip()
         if len(key) < 32:
-            raise ValueError(f"{path} holds no usable secret (fewer than 32 characters); delete it to have a new one made") from None
+            raise ValueError(
+                f"{path} holds no usable secret (fewer than 32 characters); delete it to have a new one made"
+            ) from None
         return key
     key = secrets.token_urlsafe(48)
     with os.fdopen(fd, "w") as f:
@@ -345,14 +353,20 @@ class LoginThrottle:
         key = (name.strip()[:100] or "(empty)").lower()
         last_ok = session.scalar(
             select(func.max(AuditEntry.at)).where(
-                AuditEntry.action == self.SUCCEEDED, func.lower(AuditEntry.actor) == key, AuditEntry.remote_addr == address, AuditEntry.at >= since
+                AuditEntry.action == self.SUCCEEDED,
+                func.lower(AuditEntry.actor) == key,
+                AuditEntry.remote_addr == address,
+                AuditEntry.at >= since,
             )
         )
         if last_ok is not None:
             since = max(since, as_utc(last_ok))
         failures = session.execute(
             select(func.count(AuditEntry.id), func.max(AuditEntry.at)).where(
-                AuditEntry.action == self.FAILED, func.lower(AuditEntry.actor) == key, AuditEntry.remote_addr == address, AuditEntry.at > since
+                AuditEntry.action == self.FAILED,
+                func.lower(AuditEntry.actor) == key,
+                AuditEntry.remote_addr == address,
+                AuditEntry.at > since,
             )
         ).one()
         count, latest = int(failures[0] or 0), failures[1]

@@ -37,7 +37,16 @@ from dicom_node.admin.auth import (
     token_dict,
     user_dict,
 )
-from dicom_node.commands.common import CommandError, clip, command, database_from, fail, print_table, settings_from, utc_time
+from dicom_node.commands.common import (
+    CommandError,
+    clip,
+    command,
+    database_from,
+    fail,
+    print_table,
+    settings_from,
+    utc_time,
+)
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import ApiToken, User
 
@@ -81,7 +90,9 @@ def cmd_create_user(args: argparse.Namespace) -> int:
             raise AuthError("name", "must not be empty")
         user = create_user(s, Passwords(), args.name, args.role, password)
         out = user_dict(user)
-        audit.record(s, actor, "user.create", target_type="user", target_id=user.id, target=user.name, after=out, via="cli")
+        audit.record(
+            s, actor, "user.create", target_type="user", target_id=user.id, target=user.name, after=out, via="cli"
+        )
         return out
 
     return _run(args, change)
@@ -111,7 +122,10 @@ def cmd_list_users(args: argparse.Namespace) -> int:
         return 0
     print_table(
         ("NAME", "ROLE", "STATE", "LAST LOGIN"),
-        ((u["name"], u["role"], "enabled" if u["enabled"] else "disabled", utc_time(u["last_login_at"])) for u in users),
+        (
+            (u["name"], u["role"], "enabled" if u["enabled"] else "disabled", utc_time(u["last_login_at"]))
+            for u in users
+        ),
         empty="no users yet: dicom-node admin create-user NAME --role admin",
     )
     return 0
@@ -122,7 +136,16 @@ def cmd_create_token(args: argparse.Namespace) -> int:
         user = find_user(s, args.user)
         row, raw = create_token(s, user, args.name or "", created_by=actor)
         out = token_dict(row)
-        audit.record(s, actor, "token.create", target_type="token", target_id=row.id, target=f"{row.name} ({user.name})", after=out, via="cli")
+        audit.record(
+            s,
+            actor,
+            "token.create",
+            target_type="token",
+            target_id=row.id,
+            target=f"{row.name} ({user.name})",
+            after=out,
+            via="cli",
+        )
         if args.json:
             return {**out, "token": raw}
         print(f"token {row.id} for {user.name} ({user.role}); it is not shown again:", file=sys.stderr)
@@ -144,7 +167,14 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
     print_table(
         ("ID", "STARTS WITH", "USER", "FOR", "CREATED", "STATE"),
         (
-            (t["id"], f"{t['prefix']}…", t["user"], clip(str(t["name"]), 30), utc_time(t["created_at"]), f"revoked {utc_time(t['revoked_at'])}" if t["revoked_at"] else "active")
+            (
+                t["id"],
+                f"{t['prefix']}…",
+                t["user"],
+                clip(str(t["name"]), 30),
+                utc_time(t["created_at"]),
+                f"revoked {utc_time(t['revoked_at'])}" if t["revoked_at"] else "active",
+            )
             for t in tokens
         ),
         empty="no API tokens: dicom-node admin create-token USER --name WHAT-FOR",
@@ -156,7 +186,16 @@ def cmd_revoke_token(args: argparse.Namespace) -> int:
     def change(s: Any, actor: str) -> Any:
         row = revoke_token(s, args.id, revoked_by=actor)
         out = token_dict(row)
-        audit.record(s, actor, "token.revoke", target_type="token", target_id=row.id, target=f"{row.name} ({row.user.name})", after=out, via="cli")
+        audit.record(
+            s,
+            actor,
+            "token.revoke",
+            target_type="token",
+            target_id=row.id,
+            target=f"{row.name} ({row.user.name})",
+            after=out,
+            via="cli",
+        )
         return f"token {row.id} revoked"
 
     return _run(args, change)
@@ -185,7 +224,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("name")
     p.add_argument("--role", required=True, choices=["admin", "viewer"], help="admin: changes things; viewer: reads")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of standard input"
+    )
     p.set_defaults(handler=cmd_create_user)
 
     p = command(
@@ -196,7 +237,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=f"Change a user's password; their sessions end. {rule}",
     )
     p.add_argument("name")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of standard input"
+    )
     p.set_defaults(handler=cmd_set_password)
 
     p = command(admin_sub, "list-users", "users and their roles", "dicom-node admin list-users --json")

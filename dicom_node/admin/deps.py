@@ -80,7 +80,10 @@ async def form(request: Request) -> FormData:
         return data
     given = data.get("csrf_token") or request.headers.get("x-csrf-token")
     if not csrf_matches(request.session.get("csrf"), str(given) if given else None):
-        raise HTTPException(403, "this form has expired or did not come from this site (CSRF token missing or wrong); reload the page and try again")
+        raise HTTPException(
+            403,
+            "this form has expired or did not come from this site (CSRF token missing or wrong); reload the page and try again",
+        )
     return data
 
 
@@ -154,7 +157,9 @@ def templates() -> Jinja2Templates:
     return t
 
 
-def render(request: Request, template: str, context: dict[str, Any] | None = None, *, status_code: int = 200) -> Response:
+def render(
+    request: Request, template: str, context: dict[str, Any] | None = None, *, status_code: int = 200
+) -> Response:
     """A page, with what every page shows (who is logged in, the CSRF token, the notice)."""
     values: dict[str, Any] = {
         "who": getattr(request.state, "principal", None),

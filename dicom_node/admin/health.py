@@ -86,7 +86,9 @@ def check_listeners(settings: Settings, db: Database) -> dict[str, Any]:
     try:
         with db.engine.connect() as conn:
             aes = conn.execute(
-                sa.select(LocalAE.title, LocalAE.port, LocalAE.listen_error).where(LocalAE.enabled.is_(True)).order_by(LocalAE.port)
+                sa.select(LocalAE.title, LocalAE.port, LocalAE.listen_error)
+                .where(LocalAE.enabled.is_(True))
+                .order_by(LocalAE.port)
             ).all()
     except SQLAlchemyError as exc:
         return {"ok": False, "error": f"could not read the local AEs: {str(exc).splitlines()[0][:200]}", "aes": []}

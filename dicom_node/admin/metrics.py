@@ -12,7 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Iterable, Iterator, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -26,7 +33,9 @@ INFERENCE_TIMING = "inference"
 DURATION_BUCKETS: tuple[float, ...] = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
-def histogram_buckets(values: Iterable[float], bounds: Sequence[float] = DURATION_BUCKETS) -> tuple[list[tuple[str, float]], float]:
+def histogram_buckets(
+    values: Iterable[float], bounds: Sequence[float] = DURATION_BUCKETS
+) -> tuple[list[tuple[str, float]], float]:
     """Cumulative Prometheus buckets (with +Inf) and the sum of ``values``."""
     values = sorted(float(v) for v in values)
     buckets = [(str(float(b)), float(sum(1 for v in values if v <= b))) for b in bounds]
@@ -50,21 +59,31 @@ class DatabaseCollector(Collector):
         with self.db.engine.connect() as conn:
             instances = conn.execute(select(func.count()).select_from(Instance)).scalar_one()
             series_by_status = dict(conn.execute(select(Series.status, func.count()).group_by(Series.status)).all())
-            completed = conn.execute(select(func.count()).select_from(Series).where(Series.completed_at.is_not(None))).scalar_one()
+            completed = conn.execute(
+                select(func.count()).select_from(Series).where(Series.completed_at.is_not(None))
+            ).scalar_one()
             jobs_by_status = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            outbox = conn.execute(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None))).scalar_one()
+            outbox = conn.execute(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.dispatched_at.is_(None))
+            ).scalar_one()
             exports_by_status = dict(conn.execute(select(Export.status, func.count()).group_by(Export.status)).all())
             failures = conn.execute(
-                select(Export.title, func.count()).where(Export.status == ExportStatus.FAILED.value).group_by(Export.title)
+                select(Export.title, func.count())
+                .where(Export.status == ExportStatus.FAILED.value)
+                .group_by(Export.title)
             ).all()
             timings = conn.execute(select(Job.timings).where(Job.status == JobStatus.DONE.value)).scalars().all()
             export_spans = conn.execute(
                 select(Export.created_at, Export.finished_at).where(Export.status == ExportStatus.DONE.value)
             ).all()
 
-        yield CounterMetricFamily("dicom_node_instances_received", "DICOM instances received and stored", value=instances)
         yield CounterMetricFamily(
-            "dicom_node_series_completed", "Series whose completion was reached (quiet period or maximum wait)", value=completed
+            "dicom_node_instances_received", "DICOM instances received and stored", value=instances
+        )
+        yield CounterMetricFamily(
+            "dicom_node_series_completed",
+            "Series whose completion was reached (quiet period or maximum wait)",
+            value=completed,
         )
         series = GaugeMetricFamily("dicom_node_series", "Series by status", labels=["status"])
         for status in SeriesStatus:
@@ -75,24 +94,41 @@ class DatabaseCollector(Collector):
             jobs.add_metric([job_status.value], jobs_by_status.get(job_status.value, 0))
         yield jobs
         waiting = jobs_by_status.get(JobStatus.PENDING.value, 0) + jobs_by_status.get(JobStatus.QUEUED.value, 0)
-        yield GaugeMetricFamily("dicom_node_queue_depth", "Jobs waiting for a worker (pending or queued)", value=waiting)
-        yield GaugeMetricFamily("dicom_node_outbox_pending", "Outbox messages not yet handed to the broker", value=outbox)
-        exports = GaugeMetricFamily("dicom_node_exports", "Exports (one job to one destination) by state", labels=["state"])
+        yield GaugeMetricFamily(
+            "dicom_node_queue_depth", "Jobs waiting for a worker (pending or queued)", value=waiting
+        )
+        yield GaugeMetricFamily(
+            "dicom_node_outbox_pending", "Outbox messages not yet handed to the broker", value=outbox
+        )
+        exports = GaugeMetricFamily(
+            "dicom_node_exports", "Exports (one job to one destination) by state", labels=["state"]
+        )
         for export_status in ExportStatus:
             exports.add_metric([export_status.value], exports_by_status.get(export_status.value, 0))
         yield exports
-        failed = CounterMetricFamily("dicom_node_export_failures", "Exports that failed for good, per destination", labels=["destination"])
+        failed = CounterMetricFamily(
+            "dicom_node_export_failures", "Exports that failed for good, per destination", labels=["destination"]
+        )
         for title, count in failures:
             failed.add_metric([title], count)
         yield failed
 
-        inference = [float(t[INFERENCE_TIMING]) for t in timings if isinstance(t, dict) and isinstance(t.get(INFERENCE_TIMING), (int, float))]
+        inference = [
+            float(t[INFERENCE_TIMING])
+            for t in timings
+            if isinstance(t, dict) and isinstance(t.get(INFERENCE_TIMING), (int, float))
+        ]
         buckets, total = histogram_buckets(inference)
-        yield HistogramMetricFamily("dicom_node_inference_seconds", "Model run time of finished jobs", buckets=buckets, sum_value=total)
+        yield HistogramMetricFamily(
+            "dicom_node_inference_seconds", "Model run time of finished jobs", buckets=buckets, sum_value=total
+        )
         spans = [s for s in (_seconds(done, created) for created, done in export_spans) if s is not None]
         buckets, total = histogram_buckets(spans)
         yield HistogramMetricFamily(
-            "dicom_node_export_seconds", "Time from an export's creation to its success (retries included)", buckets=buckets, sum_value=total
+            "dicom_node_export_seconds",
+            "Time from an export's creation to its success (retries included)",
+            buckets=buckets,
+            sum_value=total,
         )
 
 

@@ -27,7 +27,12 @@ Change = Callable[[Session], User]
 
 
 def _enabled_admins(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(User).where(User.role == Role.ADMIN.value, User.enabled.is_(True))) or 0)
+    return int(
+        session.scalar(
+            select(func.count()).select_from(User).where(User.role == Role.ADMIN.value, User.enabled.is_(True))
+        )
+        or 0
+    )
 
 
 def _user(session: Session, user_id: int) -> User:
@@ -44,9 +49,27 @@ def _keeps_an_admin(session: Session, who: Principal, user: User, what: str) -> 
         raise AuthError(None, f"{user.name} is the last enabled admin; make another admin first")
 
 
-def add(session: Session, who: Principal, passwords: Passwords, name: str, role: str, password: str, *, remote_addr: str = "") -> User:
+def add(
+    session: Session,
+    who: Principal,
+    passwords: Passwords,
+    name: str,
+    role: str,
+    password: str,
+    *,
+    remote_addr: str = "",
+) -> User:
     user = create_user(session, passwords, name, role, password)
-    audit.record(session, who, "user.create", target_type="user", target_id=user.id, target=user.name, after=user_dict(user), remote_addr=remote_addr)
+    audit.record(
+        session,
+        who,
+        "user.create",
+        target_type="user",
+        target_id=user.id,
+        target=user.name,
+        after=user_dict(user),
+        remote_addr=remote_addr,
+    )
     return user
 
 
@@ -62,7 +85,17 @@ def change_role(session: Session, who: Principal, user_id: int, role: str, *, re
     before = user_dict(user)
     user.role = role
     session.flush()
-    audit.record(session, who, "user.role", target_type="user", target_id=user.id, target=user.name, before=before, after=user_dict(user), remote_addr=remote_addr)
+    audit.record(
+        session,
+        who,
+        "user.role",
+        target_type="user",
+        target_id=user.id,
+        target=user.name,
+        before=before,
+        after=user_dict(user),
+        remote_addr=remote_addr,
+    )
     return user
 
 
@@ -78,12 +111,32 @@ def set_enabled(session: Session, who: Principal, user_id: int, enabled: bool, *
         session.execute(delete(AdminSession).where(AdminSession.user_id == user.id))
     session.flush()
     action = "user.enable" if enabled else "user.disable"
-    audit.record(session, who, action, target_type="user", target_id=user.id, target=user.name, before=before, after=user_dict(user), remote_addr=remote_addr)
+    audit.record(
+        session,
+        who,
+        action,
+        target_type="user",
+        target_id=user.id,
+        target=user.name,
+        before=before,
+        after=user_dict(user),
+        remote_addr=remote_addr,
+    )
     return user
 
 
-def reset_password(session: Session, who: Principal, passwords: Passwords, user_id: int, password: str, *, remote_addr: str = "") -> User:
+def reset_password(
+    session: Session, who: Principal, passwords: Passwords, user_id: int, password: str, *, remote_addr: str = ""
+) -> User:
     user = _user(session, user_id)
     set_password(session, passwords, user, password)
-    audit.record(session, who, "user.set_password", target_type="user", target_id=user.id, target=user.name, remote_addr=remote_addr)
+    audit.record(
+        session,
+        who,
+        "user.set_password",
+        target_type="user",
+        target_id=user.id,
+        target=user.name,
+        remote_addr=remote_addr,
+    )
     return user

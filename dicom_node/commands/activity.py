@@ -15,7 +15,9 @@ from dicom_node.jobs.status import JobStatus, SeriesStatus
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 # What --status takes: a series shows its own state until its job exists, then the job's.
-SERIES_STATES = tuple(dict.fromkeys([*(st.value for st in SeriesStatus if st != SeriesStatus.COMPLETE), *(st.value for st in JobStatus)]))
+SERIES_STATES = tuple(
+    dict.fromkeys([*(st.value for st in SeriesStatus if st != SeriesStatus.COMPLETE), *(st.value for st in JobStatus)])
+)
 JOB_STATES = tuple(st.value for st in JobStatus)
 
 
@@ -31,7 +33,16 @@ def cmd_series_list(args: argparse.Namespace) -> int:
     print_table(
         ("STATUS", "IMAGES", "RECEIVED", "AE", "PATIENT", "DESCRIPTION", "SERIES UID", "REASON"),
         (
-            (r["status"], r["instances"], utc_time(r["last_received_at"]), r["local_ae"], r["patient_id"], clip(r["series_description"], 32), r["series_uid"], r["reason"])
+            (
+                r["status"],
+                r["instances"],
+                utc_time(r["last_received_at"]),
+                r["local_ae"],
+                r["patient_id"],
+                clip(r["series_description"], 32),
+                r["series_uid"],
+                r["reason"],
+            )
             for r in rows
         ),
         empty=f"no series{' with status ' + args.status if args.status else ''} yet: send one to a local AE (dicom-node ae list shows them)",
@@ -101,7 +112,9 @@ def cmd_jobs_export(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     db = database_from(settings)
     try:
-        ids = exports.reexport(db, args.job_id, destination=args.destination, default_outputs=settings.export.default_outputs)
+        ids = exports.reexport(
+            db, args.job_id, destination=args.destination, default_outputs=settings.export.default_outputs
+        )
     except ValueError as exc:
         return fail(str(exc))
     finally:
@@ -111,7 +124,9 @@ def cmd_jobs_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    series = command(sub, "series", "received series", "dicom-node series list --status failed", description="What the node received")
+    series = command(
+        sub, "series", "received series", "dicom-node series list --status failed", description="What the node received"
+    )
     series_sub = series.add_subparsers(dest="series_command", metavar="ACTION", required=True)
     p = command(
         series_sub,
@@ -124,11 +139,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("--json", action="store_true", help="JSON for programs instead of a table")
-    p.add_argument("--status", choices=SERIES_STATES, help="only series in this status (a series shows its job's status once it has one)")
+    p.add_argument(
+        "--status",
+        choices=SERIES_STATES,
+        help="only series in this status (a series shows its job's status once it has one)",
+    )
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     p.set_defaults(handler=cmd_series_list)
 
-    jobs = command(sub, "jobs", "analysis jobs and their exports", "dicom-node jobs list", description="Analysis jobs and their exports")
+    jobs = command(
+        sub,
+        "jobs",
+        "analysis jobs and their exports",
+        "dicom-node jobs list",
+        description="Analysis jobs and their exports",
+    )
     jobs_sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
     p = command(
         jobs_sub,
@@ -140,7 +165,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node jobs list --json | jq '.[0].timings'
         """,
     )
-    p.add_argument("--json", action="store_true", help="JSON for programs (probabilities, timings, outputs) instead of a table")
+    p.add_argument(
+        "--json", action="store_true", help="JSON for programs (probabilities, timings, outputs) instead of a table"
+    )
     p.add_argument("--status", choices=JOB_STATES, help="only jobs in this status")
     p.add_argument("--limit", type=int, default=1000, help="at most this many (default 1000)")
     p.set_defaults(handler=cmd_jobs_list)

@@ -13,7 +13,16 @@ from typing import Any
 from sqlalchemy import select
 
 from dicom_node import configuration as c
-from dicom_node.commands.common import CommandError, command, csv_list, database_from, fail, json_arg, print_table, settings_from
+from dicom_node.commands.common import (
+    CommandError,
+    command,
+    csv_list,
+    database_from,
+    fail,
+    json_arg,
+    print_table,
+    settings_from,
+)
 from dicom_node.configuration import ConfigError, audit_changes, cli_actor
 from dicom_node.db.models import Destination, LocalAE, Source
 from dicom_node.outputs.kinds import OUTPUT_KINDS
@@ -102,7 +111,11 @@ def cmd_ae_add_destination(args: argparse.Namespace) -> int:
 
 
 def cmd_ae_remove(args: argparse.Namespace) -> int:
-    models: dict[str, type[LocalAE] | type[Source] | type[Destination]] = {"local": LocalAE, "source": Source, "destination": Destination}
+    models: dict[str, type[LocalAE] | type[Source] | type[Destination]] = {
+        "local": LocalAE,
+        "source": Source,
+        "destination": Destination,
+    }
     model = models[args.kind]
 
     def change(s: Any) -> dict[str, Any]:
@@ -122,9 +135,14 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
         with db.session() as s:
             data = {
                 # listen_error: why the listeners can not bind the port ("" while they listen).
-                "local": [{**c.local_ae_dict(r), "listen_error": r.listen_error or ""} for r in s.scalars(select(LocalAE).order_by(LocalAE.title))],
+                "local": [
+                    {**c.local_ae_dict(r), "listen_error": r.listen_error or ""}
+                    for r in s.scalars(select(LocalAE).order_by(LocalAE.title))
+                ],
                 "sources": [c.source_dict(r) for r in s.scalars(select(Source).order_by(Source.title))],
-                "destinations": [c.destination_dict(r) for r in s.scalars(select(Destination).order_by(Destination.title))],
+                "destinations": [
+                    c.destination_dict(r) for r in s.scalars(select(Destination).order_by(Destination.title))
+                ],
             }
     finally:
         db.dispose()
@@ -139,7 +157,11 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
                 ae["title"],
                 ae["port"],
                 f"{ae['quiet_seconds']:g}",
-                ("error: " + ae["listen_error"]) if ae["enabled"] and ae["listen_error"] else "enabled" if ae["enabled"] else "disabled",
+                ("error: " + ae["listen_error"])
+                if ae["enabled"] and ae["listen_error"]
+                else "enabled"
+                if ae["enabled"]
+                else "disabled",
                 "listed only" if ae["require_known_source"] else "any",
                 ", ".join(ae["send_results_to"]) + (" + caller" if ae.get("return_to_caller") else ""),
             )
@@ -156,7 +178,10 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
     print("\nDestinations (where results go):")
     print_table(
         ("TITLE", "HOST", "PORT", "TLS", "OUTPUTS"),
-        ((dst["title"], dst["host"], dst["port"], "yes" if dst["tls"] else "no", ",".join(dst["outputs"])) for dst in data["destinations"]),
+        (
+            (dst["title"], dst["host"], dst["port"], "yes" if dst["tls"] else "no", ",".join(dst["outputs"]))
+            for dst in data["destinations"]
+        ),
         empty="  none: dicom-node ae add-destination TITLE --host H --port P",
     )
     return 0
@@ -211,12 +236,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("title")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--quiet-seconds", type=float, help="series complete after this long without new images (default: completion.default_quiet_seconds)")
-    p.add_argument("--max-wait-seconds", type=float, help="series complete after this long regardless (default: completion.default_max_wait_seconds)")
+    p.add_argument(
+        "--quiet-seconds",
+        type=float,
+        help="series complete after this long without new images (default: completion.default_quiet_seconds)",
+    )
+    p.add_argument(
+        "--max-wait-seconds",
+        type=float,
+        help="series complete after this long regardless (default: completion.default_max_wait_seconds)",
+    )
     p.add_argument("--send-results-to", metavar="DEST[,DEST]", help="destination titles")
-    p.add_argument("--filters", metavar="JSON", help='which series are analysed, e.g. \'{"body_parts": ["CHEST"], "min_slices": 20}\'')
-    p.add_argument("--sop-classes", metavar="UID[,UID]", help="storage SOP classes accepted besides CT and Enhanced CT ('*' = all)")
-    p.add_argument("--return-to-caller", action="store_true", help="also send results back to the calling AE (needs its port)")
+    p.add_argument(
+        "--filters",
+        metavar="JSON",
+        help='which series are analysed, e.g. \'{"body_parts": ["CHEST"], "min_slices": 20}\'',
+    )
+    p.add_argument(
+        "--sop-classes", metavar="UID[,UID]", help="storage SOP classes accepted besides CT and Enhanced CT ('*' = all)"
+    )
+    p.add_argument(
+        "--return-to-caller", action="store_true", help="also send results back to the calling AE (needs its port)"
+    )
     p.add_argument("--allow-any-source", action="store_true", help="turn the calling-AE allow-list off for this AE")
     p.add_argument("--disabled", action="store_true")
     p.set_defaults(handler=cmd_ae_add_local)
@@ -242,7 +283,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.set_defaults(handler=cmd_ae_update_local)
 
-    p = command(ae_sub, "add-source", "allow a calling AE to send", "dicom-node ae add-source CT_SCANNER_1 --host 10.0.0.21")
+    p = command(
+        ae_sub, "add-source", "allow a calling AE to send", "dicom-node ae add-source CT_SCANNER_1 --host 10.0.0.21"
+    )
     p.add_argument("title")
     p.add_argument("--host", help="only from this host (IP address or name)")
     p.add_argument("--port", type=int, help="the source's own storage port, for results back to it")

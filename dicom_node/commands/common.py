@@ -57,19 +57,24 @@ def check_port_free(host: str, port: int, what: str, fix: str) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise CommandError(f"port {port} ({what}) is in use by another program (another dicom-node?); stop it, or {fix}") from None
+                raise CommandError(
+                    f"port {port} ({what}) is in use by another program (another dicom-node?); stop it, or {fix}"
+                ) from None
             if exc.errno == errno.EACCES:
                 raise CommandError(f"port {port} ({what}) needs root (ports below 1024); {fix}") from None
             raise
 
 
-def command(sub: argparse._SubParsersAction, name: str, help: str, example: str, description: str = "") -> argparse.ArgumentParser:
+def command(
+    sub: argparse._SubParsersAction, name: str, help: str, example: str, description: str = ""
+) -> argparse.ArgumentParser:
     """A sub-command whose --help says what it does and shows an example (every command has one)."""
     return sub.add_parser(
         name,
         help=help,
         description=f"{description or help[:1].upper() + help[1:]}.",
-        epilog=("examples:\n" if example.strip().count("\n") else "example:\n") + textwrap.indent(textwrap.dedent(example).strip("\n"), "  "),
+        epilog=("examples:\n" if example.strip().count("\n") else "example:\n")
+        + textwrap.indent(textwrap.dedent(example).strip("\n"), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
@@ -99,7 +104,9 @@ class Progress:
         if not self.enabled:
             return
         if self._bar is None:
-            self._bar = tqdm(total=total, desc=self.what, unit=self.unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=self.what, unit=self.unit, file=sys.stderr, leave=False, dynamic_ncols=True
+            )
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:

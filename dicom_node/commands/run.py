@@ -51,10 +51,18 @@ def check_ports(settings: Settings, db: Database, *, admin: bool) -> None:
         local = [(ae.title, ae.port) for ae in s.scalars(select(LocalAE).where(LocalAE.enabled.is_(True)))]
     for title, port in local:
         check_port_free(
-            settings.listener.host, port, f"local AE {title}", f"move the AE to a free port: dicom-node ae update-local {title} --port N"
+            settings.listener.host,
+            port,
+            f"local AE {title}",
+            f"move the AE to a free port: dicom-node ae update-local {title} --port N",
         )
     if admin:
-        check_port_free(settings.admin.host, settings.admin_port, "admin app", "choose another: DICOM_NODE_ADMIN_PORT=8081, or --no-admin")
+        check_port_free(
+            settings.admin.host,
+            settings.admin_port,
+            "admin app",
+            "choose another: DICOM_NODE_ADMIN_PORT=8081, or --no-admin",
+        )
 
 
 def _prepare(settings: Settings, args: argparse.Namespace, *, create_ae: bool) -> None:
@@ -66,7 +74,12 @@ def _prepare(settings: Settings, args: argparse.Namespace, *, create_ae: bool) -
         if create_ae:
             with db.session() as s:
                 if not s.scalar(select(func.count()).select_from(LocalAE)):
-                    check_port_free(settings.listener.host, args.port, f"local AE {args.ae_title}", "choose another: dicom-node up --port N")
+                    check_port_free(
+                        settings.listener.host,
+                        args.port,
+                        f"local AE {args.ae_title}",
+                        "choose another: dicom-node up --port N",
+                    )
             notice = ensure_local_ae(db, args.ae_title, args.port, settings.completion)
             if notice:
                 log.warning("%s", notice)
@@ -184,7 +197,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "until a source is added (dicom-node ae add-source). Ctrl+C stops it; a running job may finish first",
     )
     p.add_argument("--no-admin", action="store_true", help="do not serve the admin app")
-    p.add_argument("--ae-title", default="COVIDNODE", help="local AE created when none is configured (default COVIDNODE)")
+    p.add_argument(
+        "--ae-title", default="COVIDNODE", help="local AE created when none is configured (default COVIDNODE)"
+    )
     p.add_argument("--port", type=int, default=11112, help="its port (default 11112)")
-    p.add_argument("--shutdown-seconds", type=float, default=30.0, help="how long a running job may take to finish at shutdown (default 30)")
+    p.add_argument(
+        "--shutdown-seconds",
+        type=float,
+        default=30.0,
+        help="how long a running job may take to finish at shutdown (default 30)",
+    )
     p.set_defaults(handler=cmd_up)

@@ -35,14 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     # Not Orthanc's own defaults (4242, 8042): a PACS Orthanc may already run there.
     p.add_argument("--dicom-port", type=int, default=4243, help="Orthanc's DICOM port (default 4243)")
     p.add_argument("--aet", default="VIEWER", help="Orthanc's AE title (default VIEWER)")
-    p.add_argument("--orthanc-http-port", type=int, default=8043, help="Orthanc's own HTTP port on 127.0.0.1 (default 8043)")
+    p.add_argument(
+        "--orthanc-http-port", type=int, default=8043, help="Orthanc's own HTTP port on 127.0.0.1 (default 8043)"
+    )
     p.add_argument("--dir", type=Path, default=None, help="Orthanc's storage and log (default: <data dir>/viewer)")
     p.add_argument("--fetch-only", action="store_true", help="fetch the OHIF viewer into its cache and exit")
     p.set_defaults(handler=cmd_viewer)
 
 
 def cmd_viewer(args: argparse.Namespace) -> int:
-    for name, value in (("--port", args.port), ("--dicom-port", args.dicom_port), ("--orthanc-http-port", args.orthanc_http_port)):
+    for name, value in (
+        ("--port", args.port),
+        ("--dicom-port", args.dicom_port),
+        ("--orthanc-http-port", args.orthanc_http_port),
+    ):
         ok, reason = check_port(value)
         if not ok:
             return fail(f"{name}: {reason}")
@@ -56,8 +62,14 @@ def cmd_viewer(args: argparse.Namespace) -> int:
     if args.fetch_only:
         print(f"OHIF {OHIF_VERSION} is in {dist}")
         return 0
-    for port, what, option in ((args.port, "the viewer", "--port"), (args.dicom_port, "Orthanc's DICOM", "--dicom-port"), (args.orthanc_http_port, "Orthanc's HTTP", "--orthanc-http-port")):
-        check_port_free("127.0.0.1" if option != "--dicom-port" else "0.0.0.0", port, what, f"choose another with {option}")
+    for port, what, option in (
+        (args.port, "the viewer", "--port"),
+        (args.dicom_port, "Orthanc's DICOM", "--dicom-port"),
+        (args.orthanc_http_port, "Orthanc's HTTP", "--orthanc-http-port"),
+    ):
+        check_port_free(
+            "127.0.0.1" if option != "--dicom-port" else "0.0.0.0", port, what, f"choose another with {option}"
+        )
     folder = args.dir or settings_from(args).data_dir / "viewer"
     config = orthanc_config(folder, aet=args.aet, dicom_port=args.dicom_port, http_port=args.orthanc_http_port)
     try:

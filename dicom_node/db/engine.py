@@ -63,12 +63,16 @@ def check_url(url: str) -> None:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise DatabaseURLError(f"database URL {url.split('@')[-1]!r} is not a URL: write sqlite:////path/to/file.sqlite3 or postgresql://user:password@host/database") from None
+        raise DatabaseURLError(
+            f"database URL {url.split('@')[-1]!r} is not a URL: write sqlite:////path/to/file.sqlite3 or postgresql://user:password@host/database"
+        ) from None
     backend = parsed.get_backend_name()
     if backend == "postgres":
         raise DatabaseURLError(f"database URL {safe_url(url)}: the scheme is postgresql://, not postgres://")
     if backend not in SUPPORTED_BACKENDS:
-        raise DatabaseURLError(f"database URL {safe_url(url)}: {backend} is not supported; use sqlite:/// or postgresql://")
+        raise DatabaseURLError(
+            f"database URL {safe_url(url)}: {backend} is not supported; use sqlite:/// or postgresql://"
+        )
     try:
         parsed.get_dialect().import_dbapi()
     except (NoSuchModuleError, ImportError) as exc:
@@ -78,7 +82,9 @@ def check_url(url: str) -> None:
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
         folder = Path(parsed.database).expanduser().parent
         if not folder.is_dir():
-            raise DatabaseURLError(f"database URL {url}: the folder {folder} does not exist; create it, or correct the path (sqlite:////absolute/path/file.sqlite3 has four slashes)")
+            raise DatabaseURLError(
+                f"database URL {url}: the folder {folder} does not exist; create it, or correct the path (sqlite:////absolute/path/file.sqlite3 has four slashes)"
+            )
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -148,7 +154,11 @@ def check_connection(url: str) -> None:
         with engine.connect():
             pass
     except OperationalError as exc:
-        hint = "is the folder writable?" if engine.dialect.name == "sqlite" else "is PostgreSQL running there, and are the user, password and database name right?"
+        hint = (
+            "is the folder writable?"
+            if engine.dialect.name == "sqlite"
+            else "is PostgreSQL running there, and are the user, password and database name right?"
+        )
         raise DatabaseUnavailable(f"cannot open the database {safe_url(url)}: {_first_line(exc.orig)}; {hint}") from exc
     finally:
         engine.dispose()

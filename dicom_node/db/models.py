@@ -281,7 +281,9 @@ class Export(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    destination_id: Mapped[int | None] = mapped_column(ForeignKey("destinations.id", ondelete="SET NULL"), nullable=True)
+    destination_id: Mapped[int | None] = mapped_column(
+        ForeignKey("destinations.id", ondelete="SET NULL"), nullable=True
+    )
     # "dest:<id>" or "caller:<title>@<host>:<port>": what the export goes to, kept if the
     # destination row is deleted.
     destination_key: Mapped[str] = mapped_column(String(300))

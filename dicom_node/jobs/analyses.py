@@ -68,7 +68,13 @@ SUPERSEDE_WAITING_SQL = (
 def supersede_waiting_params(series_id: int, now: object) -> dict[str, object]:
     """The parameters of :data:`SUPERSEDE_WAITING_SQL` (``now`` in the driver's time format)."""
     pending, queued = (st.value for st in WAITING_JOB_STATUSES)
-    return {"superseded": JobStatus.SUPERSEDED.value, "now": now, "series_id": series_id, "pending": pending, "queued": queued}
+    return {
+        "superseded": JobStatus.SUPERSEDED.value,
+        "now": now,
+        "series_id": series_id,
+        "pending": pending,
+        "queued": queued,
+    }
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,9 @@ class Skipped:
     reason: str
 
 
-def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt.datetime | None = None) -> Claimed | Busy | Skipped:
+def claim(
+    db: Database, job_id: int, *, worker: str, stale_after: float, now: dt.datetime | None = None
+) -> Claimed | Busy | Skipped:
     """Claim ``job_id`` for ``worker`` (see the module docstring for the rule)."""
     now = now or utcnow()
     with db.session() as s:
@@ -123,7 +131,9 @@ def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt
         if series is None:
             return Skipped(job_id, "missing", "the series is gone")
         if job.generation < series.generation:
-            reason = f"the series changed after this job was made (generation {job.generation}, now {series.generation})"
+            reason = (
+                f"the series changed after this job was made (generation {job.generation}, now {series.generation})"
+            )
             job.status = JobStatus.SUPERSEDED.value
             job.reason = reason
             job.finished_at = now
@@ -138,7 +148,12 @@ def claim(db: Database, job_id: int, *, worker: str, stale_after: float, now: dt
         job.finished_at = None
         job.reason = f"attempt {job.attempts} took over from {took_over}, whose heartbeat stopped" if took_over else ""
         if took_over:
-            _event(s, series, "warning", f"job {job.id}: worker {took_over} stopped; attempt {job.attempts} runs on {worker}")
+            _event(
+                s,
+                series,
+                "warning",
+                f"job {job.id}: worker {took_over} stopped; attempt {job.attempts} runs on {worker}",
+            )
         return Claimed(
             job_id=job.id,
             attempt=job.attempts,
@@ -155,11 +170,14 @@ def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None
     """Write the heartbeat of a running attempt; False if the attempt no longer owns the job."""
     with db.session() as s:
         # An UPDATE's result is a CursorResult (with rowcount); Session.execute is typed Result.
-        result = cast(CursorResult[Any], s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING.value)
-            .values(heartbeat_at=now or utcnow())
-        ))
+        result = cast(
+            CursorResult[Any],
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING.value)
+                .values(heartbeat_at=now or utcnow())
+            ),
+        )
         changed = result.rowcount
     return bool(changed)
 
@@ -244,7 +262,14 @@ def finish(
         return job.status
 
 
-def fail(db: Database, claimed: Claimed, reason: str, *, timings: dict[str, Any] | None = None, now: dt.datetime | None = None) -> bool:
+def fail(
+    db: Database,
+    claimed: Claimed,
+    reason: str,
+    *,
+    timings: dict[str, Any] | None = None,
+    now: dt.datetime | None = None,
+) -> bool:
     """FAILED with ``reason`` if the attempt still owns the job; returns whether it did."""
     now = now or utcnow()
     with db.session() as s:
@@ -276,15 +301,18 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
             beat_at = as_utc(job.heartbeat_at or job.started_at)
             if beat_at is None or beat_at >= cutoff:
                 continue
-            result = cast(CursorResult[Any], s.execute(  # an UPDATE: a CursorResult
-                update(Job)
-                .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
-                .values(
-                    status=JobStatus.PENDING.value,
-                    reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
-                    heartbeat_at=None,
-                )
-            ))
+            result = cast(
+                CursorResult[Any],
+                s.execute(  # an UPDATE: a CursorResult
+                    update(Job)
+                    .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
+                    .values(
+                        status=JobStatus.PENDING.value,
+                        reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
+                        heartbeat_at=None,
+                    )
+                ),
+            )
             if result.rowcount:
                 write_message(s, ANALYSE_TOPIC, job.id, recovered=True)
                 requeued.append(job.id)
@@ -319,7 +347,9 @@ def requeue(db: Database, job_id: int, *, reason: str = "retry requested", force
             raise JobNotFound(f"job {job_id} does not exist")
         if job.status in {st.value for st in ACTIVE_JOB_STATUSES} and not force:
             raise JobActive(job_id, job.status)
-        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.PENDING.value, reason=reason, finished_at=None))
+        s.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.PENDING.value, reason=reason, finished_at=None)
+        )
         message = write_message(s, ANALYSE_TOPIC, job_id, retry=True)
         s.flush()
         return message.id

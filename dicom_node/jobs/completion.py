@@ -64,7 +64,13 @@ class Completion:
             return []
         with self.db.engine.connect() as conn:
             rows = conn.execute(
-                select(Series.id, Series.last_received_at, Series.opened_at, LocalAE.quiet_seconds, LocalAE.max_wait_seconds)
+                select(
+                    Series.id,
+                    Series.last_received_at,
+                    Series.opened_at,
+                    LocalAE.quiet_seconds,
+                    LocalAE.max_wait_seconds,
+                )
                 .outerjoin(LocalAE, LocalAE.id == Series.local_ae_id)
                 .where(Series.status == SeriesStatus.RECEIVING.value)
             ).all()
@@ -84,7 +90,11 @@ class Completion:
         """Complete one series unless an instance arrived since ``seen_last``."""
         with self.db.session() as s:
             series = s.get(Series, series_id, with_for_update=self.db.locks_rows)
-            if series is None or series.status != SeriesStatus.RECEIVING.value or as_utc(series.last_received_at) != as_utc(seen_last):
+            if (
+                series is None
+                or series.status != SeriesStatus.RECEIVING.value
+                or as_utc(series.last_received_at) != as_utc(seen_last)
+            ):
                 return None
             ae = s.get(LocalAE, series.local_ae_id) if series.local_ae_id is not None else None
             rule = SeriesFilter.from_json(ae.filters if ae is not None else None)
@@ -101,12 +111,20 @@ class Completion:
             if not analyse:
                 series.status = SeriesStatus.NOT_ANALYSED.value
                 series.reason = reason
-                log.info("series complete: %d image(s) from %s, not analysed: %s (series %s)", series.instances, series.calling_ae or "?", reason, series.series_uid)
+                log.info(
+                    "series complete: %d image(s) from %s, not analysed: %s (series %s)",
+                    series.instances,
+                    series.calling_ae or "?",
+                    reason,
+                    series.series_uid,
+                )
             else:
                 series.status = SeriesStatus.COMPLETE.value
                 series.reason = ""
                 waiting = s.scalar(
-                    select(Job.id).where(Job.series_id == series.id, Job.status.in_([st.value for st in WAITING_JOB_STATUSES]))
+                    select(Job.id).where(
+                        Job.series_id == series.id, Job.status.in_([st.value for st in WAITING_JOB_STATUSES])
+                    )
                 )
                 if waiting is not None:
                     # Never a second job while one has not started: it will read the series as it is now.
@@ -117,7 +135,13 @@ class Completion:
                     s.flush()
                     write_message(s, ANALYSE_TOPIC, job.id, series_uid=series.series_uid)
                     job_id = job.id
-                log.info("series complete: %d image(s) from %s, job %s queued (series %s)", series.instances, series.calling_ae or "?", job_id, series.series_uid)
+                log.info(
+                    "series complete: %d image(s) from %s, job %s queued (series %s)",
+                    series.instances,
+                    series.calling_ae or "?",
+                    job_id,
+                    series.series_uid,
+                )
             return Completed(series.id, series.series_uid, analyse, reason, job_id)
 
     def run_once(self, now: dt.datetime | None = None) -> list[Completed]:

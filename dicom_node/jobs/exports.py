@@ -117,7 +117,9 @@ def _reset(row: Export, now: dt.datetime) -> None:
     row.updated_at = now
 
 
-def create_for_job(s: Session, job: Job, series: Series, default_outputs: Sequence[str], now: dt.datetime | None = None) -> list[Export]:
+def create_for_job(
+    s: Session, job: Job, series: Series, default_outputs: Sequence[str], now: dt.datetime | None = None
+) -> list[Export]:
     """Write (or reset) the job's Export rows and one outbox message, in the caller's transaction."""
     now = now or utcnow()
     existing = {e.destination_key: e for e in s.scalars(select(Export).where(Export.job_id == job.id))}
@@ -157,7 +159,12 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
                 if dest is None:
                     raise ValueError(f"no destination titled {destination!r}")
                 row = Export(job_id=job.id, destination_key=f"dest:{dest.id}", destination_id=dest.id)
-                row.title, row.host, row.port, row.outputs = dest.title, dest.host, dest.port, list(dest.outputs or default_outputs)
+                row.title, row.host, row.port, row.outputs = (
+                    dest.title,
+                    dest.host,
+                    dest.port,
+                    list(dest.outputs or default_outputs),
+                )
                 s.add(row)
                 rows = [row]
         elif series is not None:
@@ -218,7 +225,11 @@ def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime 
         row = s.get(Export, export_id, with_for_update=db.locks_rows)
         if row is None:
             return None
-        if row.status == ExportStatus.RETRYING.value and row.next_attempt_at is not None and as_utc(row.next_attempt_at) > now:
+        if (
+            row.status == ExportStatus.RETRYING.value
+            and row.next_attempt_at is not None
+            and as_utc(row.next_attempt_at) > now
+        ):
             return None
         if row.status == ExportStatus.SENDING.value and (now - as_utc(row.updated_at)).total_seconds() < stale_after:
             return None
@@ -228,10 +239,14 @@ def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime 
         if job is None or job.status != JobStatus.DONE.value:
             # The job is running again (a retry): its end resets this row and queues it anew.
             return None
-        newer = s.scalar(select(Job.id).where(Job.series_id == job.series_id, Job.id > job.id).order_by(Job.id.desc()).limit(1))
+        newer = s.scalar(
+            select(Job.id).where(Job.series_id == job.series_id, Job.id > job.id).order_by(Job.id.desc()).limit(1)
+        )
         series = s.get(Series, job.series_id)
         if newer is not None or (series is not None and series.generation > job.generation):
-            reason = f"not sent: the series was analysed again (job {newer})" if newer else "not sent: the series re-opened"
+            reason = (
+                f"not sent: the series was analysed again (job {newer})" if newer else "not sent: the series re-opened"
+            )
             _end(s, row, ExportStatus.FAILED, reason, now)
             return None
         kinds = set(row.outputs or [])
@@ -254,7 +269,9 @@ def touch(db: Database, export_id: int, attempt: int, sent: int) -> None:
         )
 
 
-def record(db: Database, claim_: ExportClaim, result: SendResult, policy: RetryPolicy, *, now: dt.datetime | None = None) -> str:
+def record(
+    db: Database, claim_: ExportClaim, result: SendResult, policy: RetryPolicy, *, now: dt.datetime | None = None
+) -> str:
     """End one sending attempt (see the module docstring). Returns the export's new status."""
     now = now or utcnow()
     with db.session() as s:
@@ -277,13 +294,26 @@ def record(db: Database, claim_: ExportClaim, result: SendResult, policy: RetryP
             started = as_utc(row.created_at) or now
             if (now + dt.timedelta(seconds=delay) - started).total_seconds() > policy.max_age:
                 hours = (now - started).total_seconds() / 3600
-                _end(s, row, ExportStatus.FAILED, f"gave up after {row.attempts} attempts in {hours:.1f} h: {result.reason}", now)
+                _end(
+                    s,
+                    row,
+                    ExportStatus.FAILED,
+                    f"gave up after {row.attempts} attempts in {hours:.1f} h: {result.reason}",
+                    now,
+                )
             else:
                 row.status = ExportStatus.RETRYING.value
                 row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 row.last_error = result.reason[:4000]
                 row.updated_at = now
-                log.warning("job %d results not sent to %s (attempt %d): %s; trying again in %.0f s", row.job_id, row.title, row.attempts, result.reason, delay)
+                log.warning(
+                    "job %d results not sent to %s (attempt %d): %s; trying again in %.0f s",
+                    row.job_id,
+                    row.title,
+                    row.attempts,
+                    result.reason,
+                    delay,
+                )
         return row.status
 
 
@@ -300,7 +330,13 @@ def _end(s: Session, row: Export, status: ExportStatus, reason: str, now: dt.dat
     row.updated_at = now
     if status is ExportStatus.FAILED:
         log.warning("export %d (job %d) to %s failed for good: %s", row.id, row.job_id, row.title, reason)
-        s.add(Event(level="error", category="export", message=f"job {row.job_id}: export to {row.title} failed: {reason}"[:2000]))
+        s.add(
+            Event(
+                level="error",
+                category="export",
+                message=f"job {row.job_id}: export to {row.title} failed: {reason}"[:2000],
+            )
+        )
 
 
 def dispatch_due(db: Database, *, stale_after: float, now: dt.datetime | None = None) -> list[int]:
@@ -310,8 +346,13 @@ def dispatch_due(db: Database, *, stale_after: float, now: dt.datetime | None = 
     jobs: dict[int, list[int]] = {}
     with db.session() as s:
         due = or_(
-            and_(Export.status == ExportStatus.RETRYING.value, or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now)),
-            and_(Export.status.in_([ExportStatus.PENDING.value, ExportStatus.SENDING.value]), Export.updated_at <= stale),
+            and_(
+                Export.status == ExportStatus.RETRYING.value,
+                or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
+            ),
+            and_(
+                Export.status.in_([ExportStatus.PENDING.value, ExportStatus.SENDING.value]), Export.updated_at <= stale
+            ),
         )
         for row in s.scalars(select(Export).where(due)).all():
             updated = as_utc(row.updated_at) or now

@@ -51,8 +51,13 @@ def evaluate(rule: SeriesFilter, facts: SeriesFacts) -> tuple[bool, str]:
         return False, f"modality {facts.modality or '(empty)'} is not one of {', '.join(rule.modalities)}"
     if rule.body_parts and facts.body_part.upper() not in {b.upper() for b in rule.body_parts}:
         return False, f"body part {facts.body_part or '(empty)'} is not one of {', '.join(rule.body_parts)}"
-    if rule.series_description_pattern and not re.search(rule.series_description_pattern, facts.series_description, re.IGNORECASE):
-        return False, f"series description {facts.series_description!r} does not match {rule.series_description_pattern!r}"
+    if rule.series_description_pattern and not re.search(
+        rule.series_description_pattern, facts.series_description, re.IGNORECASE
+    ):
+        return (
+            False,
+            f"series description {facts.series_description!r} does not match {rule.series_description_pattern!r}",
+        )
     if facts.slices < rule.min_slices:
         return False, f"{facts.slices} image(s), fewer than the minimum of {rule.min_slices}"
     types = {t.upper() for t in facts.image_type}

@@ -86,7 +86,11 @@ class OutboxRelay:
                 break
             now = utcnow()
             with self.db.session() as s:
-                s.execute(update(OutboxMessage).where(OutboxMessage.id == msg_id).values(dispatched_at=now, attempts=OutboxMessage.attempts + 1))
+                s.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id == msg_id)
+                    .values(dispatched_at=now, attempts=OutboxMessage.attempts + 1)
+                )
                 s.execute(
                     update(Job)
                     .where(Job.id == job_id, Job.status == JobStatus.PENDING.value)

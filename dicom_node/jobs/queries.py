@@ -125,7 +125,9 @@ def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export]
     }
 
 
-def job_rows(db: Database, *, status: str | None = None, job_ids: list[int] | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+def job_rows(
+    db: Database, *, status: str | None = None, job_ids: list[int] | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
     """Jobs, newest first, with their series and the state of their exports per destination."""
     with db.session() as s:
         q = select(Job, Series).join(Series, Series.id == Job.series_id).order_by(Job.id.desc()).limit(limit)
@@ -139,4 +141,6 @@ def job_rows(db: Database, *, status: str | None = None, job_ids: list[int] | No
         if by_job:
             for e in s.scalars(select(Export).where(Export.job_id.in_(list(by_job))).order_by(Export.id)):
                 by_job[e.job_id].append(e)
-        return [job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id]) for job, series in pairs]
+        return [
+            job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id]) for job, series in pairs
+        ]

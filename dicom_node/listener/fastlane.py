@@ -78,7 +78,9 @@ def _element(tag: int, value: bytes) -> bytes:
     return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def encode_store_response(*, sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int, error_comment: str = "") -> bytes:
+def encode_store_response(
+    *, sop_class_uid: str, sop_instance_uid: str, message_id: int, status: int, error_comment: str = ""
+) -> bytes:
     """A C-STORE-RSP command set (PS3.7 9.3.1.2), implicit VR little endian."""
     body = b"".join(
         [
@@ -88,7 +90,11 @@ def encode_store_response(*, sop_class_uid: str, sop_instance_uid: str, message_
             _element(_TAG_DATA_SET_TYPE, struct.pack("<H", NO_DATA_SET)),
             _element(_TAG_STATUS, struct.pack("<H", status)),
         ]
-        + ([_element(_TAG_ERROR_COMMENT, error_comment.encode("ascii", "replace")[:64])] if error_comment and status != 0 else [])
+        + (
+            [_element(_TAG_ERROR_COMMENT, error_comment.encode("ascii", "replace")[:64])]
+            if error_comment and status != 0
+            else []
+        )
         + [_element(_TAG_AFFECTED_SOP_INSTANCE, sop_instance_uid.encode("ascii"))]
     )
     return _element(_TAG_GROUP_LENGTH, struct.pack("<I", len(body))) + body
@@ -113,7 +119,9 @@ class _Message:
 class FastLane:
     """Per-association state of the fast lane (lives in the DUL thread)."""
 
-    def __init__(self, handler: StoreHandler, accepted: Callable[[int], str | None], send: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, handler: StoreHandler, accepted: Callable[[int], str | None], send: Callable[[bytes], None]
+    ) -> None:
         self.handler = handler
         self.accepted = accepted  # context id -> transfer syntax, None if not accepted
         self.send = send

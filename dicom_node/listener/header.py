@@ -69,7 +69,9 @@ def scan(data: bytes | memoryview, *, implicit: bool) -> tuple[dict[str, bytes],
             continue
         stop = value_at + length
         if stop > end:
-            raise Truncated(f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes, {end - value_at} remain")
+            raise Truncated(
+                f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) needs {length} bytes, {end - value_at} remain"
+            )
         if tag == PIXEL_DATA:
             values[PIXEL_DATA_LENGTH] = struct.pack("<I", length)
         name = WANTED.get(tag)

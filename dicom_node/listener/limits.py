@@ -21,7 +21,14 @@ class PeerLog:
     """Rate-limited warnings per (peer address, kind): at most ``burst`` lines per ``window``
     seconds; the first line after a quiet spell says how many were left out."""
 
-    def __init__(self, logger: logging.Logger = log, *, burst: int = 3, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger = log,
+        *,
+        burst: int = 3,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
         self.burst = burst
         self.window = window
@@ -81,13 +88,21 @@ class Admission:
             total = self._total
         if count >= self.per_address:
             self.peer_log.warning(
-                host, "admission", "connection from %s to %s refused: %d connection(s) from that address already open (listener.max_connections_per_address)",
-                host, local, count,
+                host,
+                "admission",
+                "connection from %s to %s refused: %d connection(s) from that address already open (listener.max_connections_per_address)",
+                host,
+                local,
+                count,
             )
         else:
             self.peer_log.warning(
-                host, "admission", "connection from %s to %s refused: %d connection(s) open in this listener process (listener.max_connections)",
-                host, local, total,
+                host,
+                "admission",
+                "connection from %s to %s refused: %d connection(s) open in this listener process (listener.max_connections)",
+                host,
+                local,
+                total,
             )
         return False
 

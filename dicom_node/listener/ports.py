@@ -62,7 +62,10 @@ class PortLock:
                 owner_id, _, owner_name = owner.partition("\n")
                 if owner_id != self.node_id:
                     os.close(fd)
-                    raise PortTaken(self.port, f"port {self.port} is in use by another dicom-node ({owner_name.strip() or 'unknown data dir'})") from None
+                    raise PortTaken(
+                        self.port,
+                        f"port {self.port} is in use by another dicom-node ({owner_name.strip() or 'unknown data dir'})",
+                    ) from None
                 fcntl.flock(fd, fcntl.LOCK_SH)
             else:
                 # Nobody holds it: it is this node's now.

@@ -87,6 +87,7 @@ class ReadLimits:
 class PeerTimeout(TimeoutError):
     """A PDU that did not arrive whole before its deadline."""
 
+
 # What this module copies from or relies on inside pynetdicom (see the module docstring).
 RELIES_ON: tuple[str, ...] = (
     "pynetdicom.dul.DULServiceProvider.__init__",  # the queues replaced by EventDrivenDUL
@@ -191,7 +192,12 @@ class EventDrivenDUL(DULServiceProvider):
         garbage does not)."""
         peer = self._peer()
         PEER_LOG.warning(
-            peer, kind, "protocol error from %s (state %s): %s; A-ABORT sent, connection closed", peer, self.state_machine.current_state, reason
+            peer,
+            kind,
+            "protocol error from %s (state %s): %s; A-ABORT sent, connection closed",
+            peer,
+            self.state_machine.current_state,
+            reason,
         )
         sock = self.socket
         if sock is None:
@@ -226,7 +232,11 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             header = sock.recv_exact(6, deadline)
         except PeerTimeout:
-            self._refuse("timeout", f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within {limits.association_seconds:g} s)", _ABORT_REASON_NOT_SPECIFIED)
+            self._refuse(
+                "timeout",
+                f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within {limits.association_seconds:g} s)",
+                _ABORT_REASON_NOT_SPECIFIED,
+            )
             return
         except (OSError, ValueError):
             self._transport_closed()
@@ -240,18 +250,33 @@ class EventDrivenDUL(DULServiceProvider):
             return
         limit = limits.max_pdata_bytes if pdu_type == _P_DATA_TF else limits.max_control_bytes
         if pdu_length > limit:
-            self._refuse("garbage", f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes, more than the {limit} accepted", _ABORT_REASON_INVALID_PARAMETER)
+            self._refuse(
+                "garbage",
+                f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes, more than the {limit} accepted",
+                _ABORT_REASON_INVALID_PARAMETER,
+            )
             return
         try:
             body = sock.recv_exact(pdu_length, deadline)
         except PeerTimeout:
-            self._refuse("timeout", f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes not complete within its deadline", _ABORT_REASON_NOT_SPECIFIED)
+            self._refuse(
+                "timeout",
+                f"PDU type 0x{pdu_type:02X} of {pdu_length} bytes not complete within its deadline",
+                _ABORT_REASON_NOT_SPECIFIED,
+            )
             return
         except (OSError, ValueError):
             self._transport_closed()
             return
         if len(body) != pdu_length:
-            PEER_LOG.warning(self._peer(), "closed", "connection from %s closed within a PDU (%d of %d bytes)", self._peer(), len(body) + 6, pdu_length + 6)
+            PEER_LOG.warning(
+                self._peer(),
+                "closed",
+                "connection from %s closed within a PDU (%d of %d bytes)",
+                self._peer(),
+                len(body) + 6,
+                pdu_length + 6,
+            )
             self._transport_closed()
             return
         bytestream = bytes(header + body)
@@ -268,7 +293,11 @@ class EventDrivenDUL(DULServiceProvider):
         try:
             pdu, event = self._decode_pdu(bytearray(bytestream))
         except Exception as exc:
-            self._refuse("garbage", f"PDU type 0x{pdu_type:02X} cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}", _ABORT_REASON_INVALID_PARAMETER)
+            self._refuse(
+                "garbage",
+                f"PDU type 0x{pdu_type:02X} cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}",
+                _ABORT_REASON_INVALID_PARAMETER,
+            )
             return
         self.event_queue.put(event)
         self._recv_pdu.put(pdu)
@@ -509,7 +538,9 @@ class EventDrivenRequestHandler(RequestHandler):
         if isinstance(dul, EventDrivenDUL):
             dul.read_limits = limits
         if store is not None and isinstance(dul, EventDrivenDUL) and dul.socket is not None:
-            dul.fast_lane = FastLane(functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send)
+            dul.fast_lane = FastLane(
+                functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send
+            )
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)

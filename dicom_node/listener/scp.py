@@ -154,9 +154,15 @@ class PixelGeometry:
         instance can not be decoded, and one of them makes a whole series' analysis fail."""
         if self.pixel_length is None:
             return
-        missing = [name for name, v in (("Rows", self.rows), ("Columns", self.columns), ("BitsAllocated", self.bits_allocated)) if not v]
+        missing = [
+            name
+            for name, v in (("Rows", self.rows), ("Columns", self.columns), ("BitsAllocated", self.bits_allocated))
+            if not v
+        ]
         if missing:
-            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"Pixel Data without {', '.join(missing)}: the image can not be decoded")
+            raise RejectedInstance(
+                Status.CANNOT_UNDERSTAND, f"Pixel Data without {', '.join(missing)}: the image can not be decoded"
+            )
         assert self.rows and self.columns and self.bits_allocated
         samples = self.samples or 1
         bits = self.rows * self.columns * samples * self.frames * self.bits_allocated
@@ -191,13 +197,17 @@ def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
                 samples=fast_header.unsigned_short(values.get("SamplesPerPixel")),
                 bits_allocated=fast_header.unsigned_short(values.get("BitsAllocated")),
                 frames=header.frames,
-                pixel_length=fast_header.unsigned_long(values.get(fast_header.PIXEL_DATA_LENGTH)) if not ts.is_compressed else None,
+                pixel_length=fast_header.unsigned_long(values.get(fast_header.PIXEL_DATA_LENGTH))
+                if not ts.is_compressed
+                else None,
             ).check()
             return header, has_pixels
     try:
         ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
     except (EOFError, ValueError, NotImplementedError, OSError, KeyError, IndexError, TypeError) as exc:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}") from None
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}"
+        ) from None
     if len(ds) == 0:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
     _check_complete(ds, len(data))
@@ -215,7 +225,9 @@ def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
     except InvalidHeader as exc:
         raise RejectedInstance(Status.CANNOT_UNDERSTAND, str(exc)) from None
     except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}") from None
+        raise RejectedInstance(
+            Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _us(ds: Dataset, keyword: str) -> int | None:
@@ -290,7 +302,9 @@ class Receiver:
     ) -> tuple[Status, str]:
         """Store one instance; return the status to answer and, for a failure, why."""
         try:
-            return self._store(local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset), ""
+            return self._store(
+                local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset
+            ), ""
         except RejectedInstance as exc:
             log.warning(
                 "C-STORE refused (0x%04X %s): %s; SOP instance %s from %s@%s to %s",
@@ -323,11 +337,16 @@ class Receiver:
         dataset: bytes,
     ) -> Status:
         if self.storage.free_bytes() < self.min_free_bytes + len(dataset):
-            raise RejectedInstance(Status.OUT_OF_RESOURCES, f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB")
+            raise RejectedInstance(
+                Status.OUT_OF_RESOURCES,
+                f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB",
+            )
         ok, reason = check_received_uid(sop_instance_uid)
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"request's AffectedSOPInstanceUID: {reason}")
-        header = parse_header(dataset, transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid)
+        header = parse_header(
+            dataset, transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid
+        )
         relative = self.storage.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
         # The layout is a function of the UIDs, so an existing file is the cheap duplicate check;
         # the index decides (a crash between rename and index leaves a file to index now).
@@ -342,7 +361,12 @@ class Receiver:
                 sop_instance_uid=header.sop_instance_uid,
                 transfer_syntax_uid=transfer_syntax_uid,
                 source_ae_title=calling_ae,
-                series_record={"local_ae_id": local_ae.id, "local_ae": local_ae.title, "calling_ae": calling_ae, "calling_host": calling_host},
+                series_record={
+                    "local_ae_id": local_ae.id,
+                    "local_ae": local_ae.title,
+                    "calling_ae": calling_ae,
+                    "calling_host": calling_host,
+                },
             )
         except OSError as exc:
             raise RejectedInstance(Status.OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from None
@@ -359,10 +383,17 @@ class Receiver:
         return Status.SUCCESS
 
 
-_CONTEXT_RESULTS = {0x01: "user rejection", 0x02: "no reason", 0x03: "abstract syntax (SOP class) not supported", 0x04: "no transfer syntax supported"}
+_CONTEXT_RESULTS = {
+    0x01: "user rejection",
+    0x02: "no reason",
+    0x03: "abstract syntax (SOP class) not supported",
+    0x04: "no transfer syntax supported",
+}
 
 
-def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associations: int = 64) -> list[EventHandlerType]:
+def handlers_for(
+    local_ae: LocalAESnapshot, receiver: Receiver, *, max_associations: int = 64
+) -> list[EventHandlerType]:
     """pynetdicom event handlers binding one local AE to the receiver. ``max_associations``:
     negotiated associations of this local AE in this process (connections still negotiating do
     not count: they cannot lock senders out)."""
@@ -377,15 +408,37 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associati
         if established >= max_associations:
             reason = f"{established} associations already open (listener.max_associations); rejected as transient"
             log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
-            receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
-            assoc.acse.send_reject(AssociateResult.REJECTED_TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION, PresentationRejectReason.LOCAL_LIMIT_EXCEEDED)
+            receiver.index.event(
+                "association",
+                f"refused: {reason}",
+                level="warning",
+                calling_ae=calling_ae,
+                calling_host=host,
+                local_ae=local_ae.title,
+            )
+            assoc.acse.send_reject(
+                AssociateResult.REJECTED_TRANSIENT,
+                RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
+            )
             assoc.kill()
             return
         ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
         if not ok:
             log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
-            receiver.index.event("association", f"refused: {reason}", level="warning", calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title)
-            assoc.acse.send_reject(AssociateResult.REJECTED_PERMANENT, RejectSource.SERVICE_USER, RejectReason.CALLING_AE_TITLE_NOT_RECOGNISED)
+            receiver.index.event(
+                "association",
+                f"refused: {reason}",
+                level="warning",
+                calling_ae=calling_ae,
+                calling_host=host,
+                local_ae=local_ae.title,
+            )
+            assoc.acse.send_reject(
+                AssociateResult.REJECTED_PERMANENT,
+                RejectSource.SERVICE_USER,
+                RejectReason.CALLING_AE_TITLE_NOT_RECOGNISED,
+            )
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
             # and the peer has closed, before the server shuts the socket down.
             assoc.kill()
@@ -400,17 +453,35 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associati
         calling_ae = str(assoc.requestor.ae_title).strip()
         host = str(assoc.requestor.address)
         # One entry per SOP class and reason (a sender proposes each class once per transfer syntax).
-        reasons = list(dict.fromkeys(f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}" for cx in rejected))
+        reasons = list(
+            dict.fromkeys(
+                f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}"
+                for cx in rejected
+            )
+        )
         what = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
         accepted = len(assoc.accepted_contexts)
         # Senders often propose every storage class they know (storescu does): then the rejected
         # ones are a detail (DEBUG); a warning and an event when nothing this AE takes was accepted.
         level = logging.WARNING if accepted == 0 else logging.DEBUG
-        log.log(level, "association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s", calling_ae, host, local_ae.title, len(rejected), accepted, what)
+        log.log(
+            level,
+            "association from %s@%s to %s: %d presentation context(s) rejected (%d accepted): %s",
+            calling_ae,
+            host,
+            local_ae.title,
+            len(rejected),
+            accepted,
+            what,
+        )
         if accepted == 0:
             receiver.index.event(
-                "association", f"every presentation context rejected ({len(rejected)}): {what}"[:1000], level="warning",
-                calling_ae=calling_ae, calling_host=host, local_ae=local_ae.title,
+                "association",
+                f"every presentation context rejected ({len(rejected)}): {what}"[:1000],
+                level="warning",
+                calling_ae=calling_ae,
+                calling_host=host,
+                local_ae=local_ae.title,
             )
 
     def on_echo(event: evt.Event) -> int:
@@ -431,7 +502,12 @@ def handlers_for(local_ae: LocalAESnapshot, receiver: Receiver, *, max_associati
         )
         return status_dataset(status, reason)
 
-    return [(evt.EVT_REQUESTED, on_requested), (evt.EVT_ACCEPTED, on_accepted), (evt.EVT_C_ECHO, on_echo), (evt.EVT_C_STORE, on_store)]
+    return [
+        (evt.EVT_REQUESTED, on_requested),
+        (evt.EVT_ACCEPTED, on_accepted),
+        (evt.EVT_C_ECHO, on_echo),
+        (evt.EVT_C_STORE, on_store),
+    ]
 
 
 def _sop_class_name(uid: str) -> str:
@@ -451,7 +527,9 @@ def status_dataset(status: Status, reason: str) -> Dataset:
 def fast_store_handler(local_ae: LocalAESnapshot, receiver: Receiver) -> Callable[..., tuple[int, str]]:
     """The store handler of the fast lane (dicom_node.listener.fastlane) for one local AE."""
 
-    def store(assoc: Any, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: bytes) -> tuple[int, str]:
+    def store(
+        assoc: Any, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: bytes
+    ) -> tuple[int, str]:
         status, reason = receiver.store(
             local_ae,
             calling_ae=str(assoc.requestor.ae_title).strip(),

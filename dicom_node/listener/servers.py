@@ -75,7 +75,9 @@ class ListenerSet:
         self.db = db
         self.storage = Storage(settings.storage_dir)
         self.index = Index(db)
-        self.receiver = Receiver(self.storage, self.index, min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024)
+        self.receiver = Receiver(
+            self.storage, self.index, min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024
+        )
         self.ssl_context = make_ssl_context(settings.listener.tls)
         self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread, PortLock]] = {}
         self._stop = threading.Event()
@@ -111,13 +113,25 @@ class ListenerSet:
             thread.start()
             self._servers[ae_id] = (snap.listen_key(), server, thread, lock)
             self._report(ae_id, snap, "")
-            log.info("listening as %s on %s:%d%s", snap.title, self.settings.listener.host, snap.port, " (TLS)" if self.ssl_context else "")
+            log.info(
+                "listening as %s on %s:%d%s",
+                snap.title,
+                self.settings.listener.host,
+                snap.port,
+                " (TLS)" if self.ssl_context else "",
+            )
 
     def _report(self, ae_id: int, snap: LocalAESnapshot, error: str) -> None:
         """Log a listen error once (not at every retry), and keep it in the AE's row for `ae
         list`, the admin pages and /health; "" clears it."""
         if error and self._errors_logged.get(ae_id) != error:
-            log.error("cannot listen as %s on port %d: %s; trying again every %g s", snap.title, snap.port, error, self.settings.listener.reload_seconds)
+            log.error(
+                "cannot listen as %s on port %d: %s; trying again every %g s",
+                snap.title,
+                snap.port,
+                error,
+                self.settings.listener.reload_seconds,
+            )
         elif not error and self._errors_logged.get(ae_id):
             log.info("port %d is free again", snap.port)
         self._errors_logged[ae_id] = error
@@ -126,7 +140,11 @@ class ListenerSet:
                 s.execute(
                     update(LocalAE)
                     .where(LocalAE.id == ae_id)
-                    .values(listen_error=error[:200], listen_error_at=utcnow() if error else None, updated_at=LocalAE.updated_at)
+                    .values(
+                        listen_error=error[:200],
+                        listen_error_at=utcnow() if error else None,
+                        updated_at=LocalAE.updated_at,
+                    )
                 )
             self._errors_in_db[ae_id] = error
 
@@ -154,13 +172,16 @@ class ListenerSet:
         for uid in accepted_sop_classes([*settings.extra_sop_classes, *snap.extra_sop_classes]):
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         # make_server returns an instance of server_class.
-        server = cast(ReusePortServer, ae.make_server(
-            (settings.host, snap.port),
-            ae_title=snap.title,
-            ssl_context=self.ssl_context,
-            evt_handlers=handlers_for(snap, self.receiver, max_associations=settings.max_associations),
-            server_class=ReusePortServer,
-        ))
+        server = cast(
+            ReusePortServer,
+            ae.make_server(
+                (settings.host, snap.port),
+                ae_title=snap.title,
+                ssl_context=self.ssl_context,
+                evt_handlers=handlers_for(snap, self.receiver, max_associations=settings.max_associations),
+                server_class=ReusePortServer,
+            ),
+        )
         server.store_handler = fast_store_handler(snap, self.receiver)
         server.admission = Admission(per_address=settings.max_connections_per_address, total=settings.max_connections)
         server.read_limits = ReadLimits.of(
@@ -217,7 +238,9 @@ def die_with_parent(parent_pid: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this listener may outlive its parent", ctypes.get_errno())
+            log.warning(
+                "prctl(PR_SET_PDEATHSIG) failed (errno %d): this listener may outlive its parent", ctypes.get_errno()
+            )
     except (OSError, AttributeError):
         log.warning("prctl is not available here: this listener may outlive its parent")
     if os.getppid() != parent_pid:

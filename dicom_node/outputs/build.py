@@ -52,5 +52,7 @@ def build_outputs(
     options = options or OutputOptions()
     # One time stamp for the whole build, to the second (the DA/TM/DT values written).
     created = (options.created or datetime.datetime.now()).replace(microsecond=0)
-    ctx = BuildContext(result=result, sources=sources, slices=resolve_slices(result, sources), options=options, created=created)
+    ctx = BuildContext(
+        result=result, sources=sources, slices=resolve_slices(result, sources), options=options, created=created
+    )
     return {kind: WRITERS[kind](ctx) for kind in kinds}

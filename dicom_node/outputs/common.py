@@ -259,12 +259,17 @@ def resolve_slices(result: SeriesResult, sources: SourceSeries) -> list[SliceRef
         if is_multiframe(ds):
             raw = None if sources.frame_numbers is None else sources.frame_numbers[i]
             if raw is None or not 1 <= int(raw) <= int(ds.NumberOfFrames):
-                raise ValueError(f"slice {i}: instance {uid} is multi-frame; a frame number 1-{ds.NumberOfFrames} is needed, got {raw!r}")
+                raise ValueError(
+                    f"slice {i}: instance {uid} is multi-frame; a frame number 1-{ds.NumberOfFrames} is needed, got {raw!r}"
+                )
             frame = int(raw)
         slices.append(SliceRef(index=i, dataset=ds, frame=frame))
     first = slices[0].dataset
     for s in slices:
-        if s.dataset.StudyInstanceUID != first.StudyInstanceUID or s.dataset.SeriesInstanceUID != first.SeriesInstanceUID:
+        if (
+            s.dataset.StudyInstanceUID != first.StudyInstanceUID
+            or s.dataset.SeriesInstanceUID != first.SeriesInstanceUID
+        ):
             raise ValueError(f"slice {s.index}: instance {s.sop_instance_uid} is from another study or series")
     return slices
 

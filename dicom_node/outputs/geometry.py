@@ -38,7 +38,9 @@ def box(mask: np.ndarray) -> np.ndarray:
     """The bounding rectangle of a 2-D mask (all of the image when it is empty) as a closed
     POLYLINE along the outer pixel edges, (column, row), float32 (5, 2)."""
     mask = np.asarray(mask, dtype=bool)
-    rows, cols = np.nonzero(mask) if mask.any() else (np.array([0, mask.shape[0] - 1]), np.array([0, mask.shape[1] - 1]))
+    rows, cols = (
+        np.nonzero(mask) if mask.any() else (np.array([0, mask.shape[0] - 1]), np.array([0, mask.shape[1] - 1]))
+    )
     c0, c1, r0, r1 = float(cols.min()), float(cols.max()) + 1.0, float(rows.min()), float(rows.max()) + 1.0
     return np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]], dtype=np.float32)
 

@@ -57,7 +57,9 @@ def build_kos(ctx: BuildContext) -> list[Dataset]:
     content = hd.ko.KeyObjectSelection(
         document_title=codes.KOS_TITLE,
         referenced_objects=datasets,
-        observer_device_context=hd.sr.ObserverContext(observer_type=codes.DEVICE_OBSERVER, observer_identifying_attributes=device),
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DEVICE_OBSERVER, observer_identifying_attributes=device
+        ),
         description=description,
     )
     kos = hd.ko.KeyObjectSelectionDocument(

@@ -44,7 +44,9 @@ def _real_world_value_mapping(ctx: BuildContext) -> hd.pm.RealWorldValueMapping:
     )
 
 
-def _plane_geometry(ctx: BuildContext, slices: list[SliceRef]) -> tuple[hd.PixelMeasuresSequence, hd.PlaneOrientationSequence, list[hd.PlanePositionSequence]]:
+def _plane_geometry(
+    ctx: BuildContext, slices: list[SliceRef]
+) -> tuple[hd.PixelMeasuresSequence, hd.PlaneOrientationSequence, list[hd.PlanePositionSequence]]:
     """Pixel spacing, orientation and one position per frame, from the source slices (so that
     single-frame and multi-frame sources are handled alike)."""
     first = slices[0]
@@ -52,13 +54,17 @@ def _plane_geometry(ctx: BuildContext, slices: list[SliceRef]) -> tuple[hd.Pixel
     if spacing is None:
         raise ValueError("the source has no Pixel Spacing: the Parametric Map cannot be placed on it")
     thickness = first.dataset.get("SliceThickness")
-    measures = hd.PixelMeasuresSequence(pixel_spacing=spacing[:2], slice_thickness=float(thickness) if thickness else None)
+    measures = hd.PixelMeasuresSequence(
+        pixel_spacing=spacing[:2], slice_thickness=float(thickness) if thickness else None
+    )
     orientation = hd.PlaneOrientationSequence(coordinate_system="PATIENT", image_orientation=slice_orientation(first))
     positions = []
     for s in slices:
         position = slice_position(s)
         if position is None:
-            raise ValueError(f"slice {s.index} has no Image Position (Patient): the Parametric Map cannot be placed on it")
+            raise ValueError(
+                f"slice {s.index} has no Image Position (Patient): the Parametric Map cannot be placed on it"
+            )
         positions.append(hd.PlanePositionSequence(coordinate_system="PATIENT", image_position=position))
     return measures, orientation, positions
 

@@ -81,7 +81,9 @@ def _wrap(line: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: 
     return out
 
 
-def _fitted_label(rows: int, cols: int, lines: tuple[str, ...]) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, list[str]]:
+def _fitted_label(
+    rows: int, cols: int, lines: tuple[str, ...]
+) -> tuple[ImageFont.ImageFont | ImageFont.FreeTypeFont, list[str]]:
     """The largest font (about 1/40 of the matrix, 6-24 px) with which every line fits in 58 % of
     the width, so the label stays in its corner; on very small matrices the lines are wrapped."""
     width = 0.58 * cols
@@ -102,7 +104,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def _text_box(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> tuple[int, int, int, int]:
+def _text_box(
+    draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> tuple[int, int, int, int]:
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     return int(left), int(top), int(right), int(bottom)
 
@@ -175,7 +179,9 @@ def render_overlay(
     if heat_slice is not None and np.shape(heat_slice) != hu_slice.shape:
         raise ValueError(f"heat_slice shape {np.shape(heat_slice)} differs from hu_slice shape {hu_slice.shape}")
     grey = lung_window(hu_slice)
-    rgb = blend_heatmap(grey, heat_slice, threshold) if heat_slice is not None else np.repeat(grey[:, :, None], 3, axis=2)
+    rgb = (
+        blend_heatmap(grey, heat_slice, threshold) if heat_slice is not None else np.repeat(grey[:, :, None], 3, axis=2)
+    )
     rows, cols = hu_slice.shape
     annotation, covered = _annotation(rows, cols, tuple(lines), float(threshold))
     rgb[covered] = annotation[covered]

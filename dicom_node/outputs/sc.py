@@ -130,13 +130,19 @@ def build_sc(ctx: BuildContext) -> list[Dataset]:
     out: list[Dataset] = []
     for i in indices:
         s = ctx.slices[i]
-        rgb = np.ascontiguousarray(render_overlay(ctx.sources.hu[i], heatmap[i], lines, threshold=options.overlay_threshold))
+        rgb = np.ascontiguousarray(
+            render_overlay(ctx.sources.hu[i], heatmap[i], lines, threshold=options.overlay_threshold)
+        )
         frame_part = () if s.frame is None else (str(s.frame),)
         sop_instance_uid = ctx.instance_uid("sc", s.sop_instance_uid, *frame_part)
         spacing = pixel_spacing(s)
         orientation = patient_orientation(slice_orientation(s))
         sc: Dataset
-        if template is None or _acquisition_key(s.dataset) != template_key or (spacing is not None) != ("PixelSpacing" in template):
+        if (
+            template is None
+            or _acquisition_key(s.dataset) != template_key
+            or (spacing is not None) != ("PixelSpacing" in template)
+        ):
             sc = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=s.dataset,
                 pixel_array=rgb,

@@ -54,7 +54,9 @@ RelationshipType = hd.sr.RelationshipTypeValues
 def _probability(value: float, class_name: str, where: hd.sr.CoordinatesForMeasurement) -> hd.sr.Measurement:
     """TID 300 Measurement "Probability" with TID 300 row 16 Equivalent Meaning of Concept Name
     saying which class (three measurements share the concept name)."""
-    measurement = hd.sr.Measurement(name=codes.PROBABILITY, value=round(float(value), 6), unit=codes.UNITLESS, referenced_coordinates=[where])
+    measurement = hd.sr.Measurement(
+        name=codes.PROBABILITY, value=round(float(value), 6), unit=codes.UNITLESS, referenced_coordinates=[where]
+    )
     meaning = hd.sr.TextContentItem(
         name=codes.EQUIVALENT_MEANING,
         value=f"Probability of {class_name}",
@@ -91,7 +93,9 @@ def classification_view(ctx: BuildContext) -> tuple[SliceRef, np.ndarray]:
 
 def _classification_coordinates(ctx: BuildContext) -> hd.sr.CoordinatesForMeasurement:
     s, points = classification_view(ctx)
-    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s))
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s)
+    )
 
 
 def _group_images(slices: list[SliceRef]) -> list[tuple[SliceRef, list[int] | None]]:
@@ -125,7 +129,9 @@ def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEva
     measurements = []
     if result.decision != "no_decision":
         for c in CLASSES:
-            measurements.append(_probability(result.probabilities.get(c, 0.0), codes.CLASS_NAMES[c], _classification_coordinates(ctx)))
+            measurements.append(
+                _probability(result.probabilities.get(c, 0.0), codes.CLASS_NAMES[c], _classification_coordinates(ctx))
+            )
         if result.lung_involvement_percent is not None:
             involvement = hd.sr.Measurement(
                 name=codes.VOLUME_RATIO,
@@ -149,7 +155,9 @@ def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEva
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         # The identifier names the decision: viewers list a group by it.
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=ctx.uid("sr", "classification", "tracking"), identifier=classification_label(result.decision)),
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=ctx.uid("sr", "classification", "tracking"), identifier=classification_label(result.decision)
+        ),
         finding_type=finding,
         algorithm_id=ctx.sr_algorithm(),
         finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
@@ -214,8 +222,14 @@ def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQual
         measurements = []
         if spacing is not None:
             area = polygon_area(points, (spacing[0], spacing[1]))
-            measurements.append(hd.sr.Measurement(name=codes.AREA, value=round(area, 3), unit=codes.SQUARE_MILLIMETER, algorithm_id=ctx.sr_algorithm()))
-        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s))
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.AREA, value=round(area, 3), unit=codes.SQUARE_MILLIMETER, algorithm_id=ctx.sr_algorithm()
+                )
+            )
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s)
+        )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
@@ -228,7 +242,9 @@ def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQual
     return groups
 
 
-def _fix_source_image_for_segmentation_meaning(groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]) -> None:
+def _fix_source_image_for_segmentation_meaning(
+    groups: list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+) -> None:
     """highdicom 0.28 writes (121233, DCM) with the meaning "Source Image for Segmentation"; the
     standard's meaning (PS3.16 Annex D, and pydicom's code dictionary) is "Source image for
     segmentation". Validators compare meanings, so write the standard's."""
@@ -257,11 +273,15 @@ def decision_text(ctx: BuildContext) -> str:
 def _qualitative_evaluations(ctx: BuildContext) -> hd.sr.ContainerContentItem:
     """TID 1500 row 12-14: a readable summary next to the coded content."""
     finding, evaluation = _finding_and_evaluation(ctx.result.decision)
-    container = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipType.CONTAINS)
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS, relationship_type=RelationshipType.CONTAINS
+    )
     container.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.CodeContentItem(name=finding, value=evaluation, relationship_type=RelationshipType.CONTAINS),
-            hd.sr.TextContentItem(name=codes.IMPRESSION, value=decision_text(ctx), relationship_type=RelationshipType.CONTAINS),
+            hd.sr.TextContentItem(
+                name=codes.IMPRESSION, value=decision_text(ctx), relationship_type=RelationshipType.CONTAINS
+            ),
             hd.sr.TextContentItem(name=codes.COMMENT, value=DICOM_NOTICE, relationship_type=RelationshipType.CONTAINS),
         ]
     )
@@ -306,7 +326,11 @@ def build_sr(ctx: BuildContext) -> Dataset:
     )
     if ctx.result.decision == "no_decision":
         # highdicom builds Imaging Measurements always; without a decision it has nothing to say.
-        kept = [i for i in report[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value]
+        kept = [
+            i
+            for i in report[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value
+        ]
         report[0].ContentSequence = hd.sr.ContentSequence(kept)
     report[0].ContentSequence.append(_qualitative_evaluations(ctx))
     evidence = [s.dataset for s, _ in _group_images(ctx.slices)]

@@ -68,7 +68,9 @@ def series_files(rt: Runtime, series_id: int) -> tuple[list[Path], list[Path]]:
     """(the local files of the series' indexed instances, those of them fetched from the node
     just now, which the caller forgets once the series is read)."""
     with rt.db.engine.connect() as conn:
-        rows = conn.execute(select(Instance.path, Instance.size_bytes).where(Instance.series_id == series_id).order_by(Instance.id)).all()
+        rows = conn.execute(
+            select(Instance.path, Instance.size_bytes).where(Instance.series_id == series_id).order_by(Instance.id)
+        ).all()
     if rt.remote is not None:
         return rt.remote.series([StoredRef(p, n) for p, n in rows])
     storage = Storage(rt.settings.storage_dir)
@@ -85,14 +87,32 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
     runs it), or "lost" (a newer attempt took it over meanwhile)."""
     claimed = claim_waiting(rt, job_id)
     if isinstance(claimed, analyses.Busy):
-        log.info("job %d is running on %s (heartbeat %.0f s ago); duplicate delivery dropped", job_id, claimed.worker, claimed.heartbeat_age)
+        log.info(
+            "job %d is running on %s (heartbeat %.0f s ago); duplicate delivery dropped",
+            job_id,
+            claimed.worker,
+            claimed.heartbeat_age,
+        )
         return "busy"
     if isinstance(claimed, analyses.Skipped):
-        log.info("job %d: nothing to do (%s%s)", job_id, claimed.status, ": " + claimed.reason if claimed.reason else "")
+        log.info(
+            "job %d: nothing to do (%s%s)", job_id, claimed.status, ": " + claimed.reason if claimed.reason else ""
+        )
         return claimed.status
     if claimed.took_over_from:
-        log.warning("job %d: attempt %d takes over from %s (redelivered=%s)", job_id, claimed.attempt, claimed.took_over_from, redelivered)
-    log.info("job %d started%s (series %s)", job_id, f", attempt {claimed.attempt}" if claimed.attempt > 1 else "", claimed.series_uid)
+        log.warning(
+            "job %d: attempt %d takes over from %s (redelivered=%s)",
+            job_id,
+            claimed.attempt,
+            claimed.took_over_from,
+            redelivered,
+        )
+    log.info(
+        "job %d started%s (series %s)",
+        job_id,
+        f", attempt {claimed.attempt}" if claimed.attempt > 1 else "",
+        claimed.series_uid,
+    )
     log.debug("job %d runs on %s", job_id, rt.worker_name)
     timings: dict[str, Any] = {"queue_wait": round(claimed.queue_wait, 4), "attempt": claimed.attempt}
     with analyses.Heartbeat(rt.db, job_id, claimed.attempt, rt.settings.worker.heartbeat_seconds) as heartbeat:
@@ -138,7 +158,9 @@ def _failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _run(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any]) -> dict[str, Any]:
+def _run(
+    rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any]
+) -> dict[str, Any]:
     t = time.perf_counter()
     files, fetched = series_files(rt, claimed.series_id)
     if fetched:
@@ -151,7 +173,9 @@ def _run(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, 
             rt.remote.forget(fetched)
 
 
-def _analyse_files(rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any], files: list[Path]) -> dict[str, Any]:
+def _analyse_files(
+    rt: Runtime, claimed: analyses.Claimed, heartbeat: analyses.Heartbeat, timings: dict[str, Any], files: list[Path]
+) -> dict[str, Any]:
     settings = rt.settings
     if not files:
         raise FileNotFoundError(f"series {claimed.series_uid} has no stored instance")

@@ -39,12 +39,23 @@ def export(rt: Runtime, export_id: int) -> str:
         try:
             rt.remote.results(artefacts, claimed.files)
         except Exception as exc:  # the node away: recorded, retried with backoff
-            return exports.record_error(rt.db, claimed, f"result files could not be fetched from the node: {exc}", policy)
+            return exports.record_error(
+                rt.db, claimed, f"result files could not be fetched from the node: {exc}", policy
+            )
     paths = [artefacts.absolute(p) for p in claimed.files]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         return exports.record_error(rt.db, claimed, f"result files missing: {', '.join(missing[:3])}", policy)
-    log.debug("export %d (job %d): %d object(s) to %s@%s:%d, attempt %d", export_id, claimed.job_id, len(paths), claimed.peer.title, claimed.peer.host, claimed.peer.port, claimed.attempt)
+    log.debug(
+        "export %d (job %d): %d object(s) to %s@%s:%d, attempt %d",
+        export_id,
+        claimed.job_id,
+        len(paths),
+        claimed.peer.title,
+        claimed.peer.host,
+        claimed.peer.port,
+        claimed.attempt,
+    )
     last_touch = [time.monotonic()]
 
     def progress(sent: int) -> None:
@@ -55,7 +66,11 @@ def export(rt: Runtime, export_id: int) -> str:
 
     try:
         result = send_files(
-            paths, claimed.peer, calling_ae_title=settings.calling_ae_title, timeout=settings.timeout_seconds, on_progress=progress
+            paths,
+            claimed.peer,
+            calling_ae_title=settings.calling_ae_title,
+            timeout=settings.timeout_seconds,
+            on_progress=progress,
         )
     except Exception as exc:  # an unreadable result file, a bug: recorded, retried with backoff
         log.exception("export %d to %s could not be attempted", export_id, claimed.peer.title)
@@ -63,9 +78,19 @@ def export(rt: Runtime, export_id: int) -> str:
     status = exports.record(rt.db, claimed, result, policy)
     where = f"{claimed.peer.title} ({claimed.peer.host}:{claimed.peer.port})"
     if status == "done":
-        log.info("job %d results sent to %s: %d object(s) in %.1f s", claimed.job_id, where, result.sent, result.seconds)
+        log.info(
+            "job %d results sent to %s: %d object(s) in %.1f s", claimed.job_id, where, result.sent, result.seconds
+        )
     elif status == "failed":
         log.error("job %d results not sent to %s, for good: %s", claimed.job_id, where, result.reason)
     else:  # retrying: dicom_node.jobs.exports said when
-        log.debug("export %d to %s: %s (%d of %d stored, %.2f s)", export_id, where, status, result.sent, len(paths), result.seconds)
+        log.debug(
+            "export %d to %s: %s (%d of %d stored, %.2f s)",
+            export_id,
+            where,
+            status,
+            result.sent,
+            len(paths),
+            result.seconds,
+        )
     return status

@@ -107,7 +107,13 @@ class NodeFiles:
             theirs = json.load(rsp).get("data_dir_id")
         mine = data_dir_id(self.settings.data_dir)
         shared = mine is not None and mine == theirs
-        log.info("node %s: %s", self.base, "same data dir (shared volume): files are read in place" if shared else "no shared disk: series are fetched")
+        log.info(
+            "node %s: %s",
+            self.base,
+            "same data dir (shared volume): files are read in place"
+            if shared
+            else "no shared disk: series are fetched",
+        )
         return shared
 
     # -- series ---------------------------------------------------------------------------------
@@ -124,7 +130,12 @@ class NodeFiles:
             list(pool.map(lambda rp: self._download("/storage/" + quote(rp[0].path), rp[1], rp[0].size), wanted))
         for folder in {p.parent for _, p in wanted}:
             fsync_dir(folder)
-        log.info("fetched %d of %d instance(s) (%.1f MB) from the node", len(wanted), len(refs), sum(r.size for r, _ in wanted) / 1e6)
+        log.info(
+            "fetched %d of %d instance(s) (%.1f MB) from the node",
+            len(wanted),
+            len(refs),
+            sum(r.size for r, _ in wanted) / 1e6,
+        )
         return paths, [p for _, p in wanted]
 
     def forget(self, fetched: Sequence[Path]) -> None:
@@ -143,11 +154,17 @@ class NodeFiles:
         """Send every result file of the job to the node; returns how many."""
         if self.shared:
             return 0
-        files = sorted(p for p in artefacts.root.rglob("*") if p.is_file() and (p.parts[len(artefacts.root.parts)] in ("dicom", "result.json", "maps.npz")))
+        files = sorted(
+            p
+            for p in artefacts.root.rglob("*")
+            if p.is_file() and (p.parts[len(artefacts.root.parts)] in ("dicom", "result.json", "maps.npz"))
+        )
+
         def put(path: Path) -> None:
             name = path.relative_to(artefacts.root).as_posix()
             with self._request("PUT", f"/results/{artefacts.job_id}/{quote(name)}", path.read_bytes()):
                 pass
+
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(put, files))
         return len(files)
@@ -158,9 +175,11 @@ class NodeFiles:
         missing = [r for r in relative if not artefacts.absolute(r).is_file()]
         if not missing or self.shared:
             return 0
+
         def get(rel: Path) -> None:
             job, _, name = Path(rel).as_posix().partition("/")
             self._download(f"/results/{int(job)}/{quote(name)}", artefacts.absolute(rel))
+
         with ThreadPoolExecutor(self.threads) as pool:
             list(pool.map(get, missing))
         return len(missing)
@@ -172,6 +191,10 @@ class NodeFiles:
         root = self.settings.results_dir
         if not root.is_dir():
             return
-        folders = sorted((d for d in root.iterdir() if d.is_dir() and d.name.isdigit()), key=lambda d: d.stat().st_mtime, reverse=True)
+        folders = sorted(
+            (d for d in root.iterdir() if d.is_dir() and d.name.isdigit()),
+            key=lambda d: d.stat().st_mtime,
+            reverse=True,
+        )
         for old in folders[self.settings.remote.cached_results :]:
             shutil.rmtree(old, ignore_errors=True)

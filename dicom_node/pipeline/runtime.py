@@ -26,7 +26,7 @@ def default_worker_name() -> str:
 
 
 def resolve_device(device: str, index: int = 0) -> str:
-    """"cpu", or "cuda:N" for worker process ``index`` (processes spread over the GPUs)."""
+    """ "cpu", or "cuda:N" for worker process ``index`` (processes spread over the GPUs)."""
     if device == "cpu":
         return "cpu"
     if device == "auto" and not torch.cuda.is_available():
@@ -50,7 +50,14 @@ class Runtime:
     _predictor: SeriesPredictor | None = field(default=None, repr=False)
 
     @classmethod
-    def create(cls, settings: Settings, *, device: str | None = None, worker_name: str | None = None, predictor: SeriesPredictor | None = None) -> "Runtime":
+    def create(
+        cls,
+        settings: Settings,
+        *,
+        device: str | None = None,
+        worker_name: str | None = None,
+        predictor: SeriesPredictor | None = None,
+    ) -> "Runtime":
         """``predictor``: one already loaded (tests stand a hand-made one in); by default the
         weights of the settings are loaded on first use."""
         return cls(

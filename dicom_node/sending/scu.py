@@ -200,7 +200,10 @@ def send_files(
     def on_acse_recv(event: Any) -> None:
         rejection["answered"] = True
         primitive = event.primitive
-        if getattr(primitive, "result", None) in (AssociateResult.REJECTED_PERMANENT, AssociateResult.REJECTED_TRANSIENT):
+        if getattr(primitive, "result", None) in (
+            AssociateResult.REJECTED_PERMANENT,
+            AssociateResult.REJECTED_TRANSIENT,
+        ):
             rejection.update(
                 result=primitive.result,
                 text=f"{primitive.result_str}, source: {primitive.source_str}, reason: {primitive.reason_str}",
@@ -213,7 +216,11 @@ def send_files(
         tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host)
     where = f"{peer.title}@{peer.host}:{peer.port}"
     assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_conn_open)]
+        peer.host,
+        peer.port,
+        ae_title=peer.title,
+        tls_args=tls_args,
+        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_conn_open)],
     )
     if not assoc.is_established:
         not_sent = [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
@@ -248,7 +255,11 @@ def send_files(
             rsp = assoc.send_c_store(_dataset_for(info, own))
             code = int(rsp.Status) if "Status" in rsp else None
             outcome = classify_status(code)
-            detail = "" if outcome is Outcome.SUCCESS else f"{info.sop_class_uid.name} {info.sop_instance_uid}: {status_name(code)}"
+            detail = (
+                ""
+                if outcome is Outcome.SUCCESS
+                else f"{info.sop_class_uid.name} {info.sop_instance_uid}: {status_name(code)}"
+            )
             if code is not None and outcome is not Outcome.SUCCESS and "ErrorComment" in rsp:
                 detail += f" ({rsp.ErrorComment})"
             results.append(ObjectResult(info.path, info.sop_instance_uid, code, outcome, detail))
@@ -256,7 +267,10 @@ def send_files(
                 on_progress(sum(1 for r in results if r.outcome is Outcome.SUCCESS))
             if code is None or not assoc.is_established:
                 # The association is gone (timeout, abort): the rest waits for the next attempt.
-                results.extend(ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files[i + 1 :])
+                results.extend(
+                    ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent")
+                    for f in files[i + 1 :]
+                )
                 break
     finally:
         if assoc.is_established:

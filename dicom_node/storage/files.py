@@ -47,7 +47,11 @@ class Storage:
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         """The layout. Raises ValueError naming the bad UID."""
         parts = []
-        for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_instance_uid)):
+        for name, uid in (
+            ("StudyInstanceUID", study_uid),
+            ("SeriesInstanceUID", series_uid),
+            ("SOPInstanceUID", sop_instance_uid),
+        ):
             try:
                 parts.append(clean_uid(uid, received=True))
             except ValueError as exc:
@@ -152,7 +156,9 @@ class Storage:
         return count
 
 
-def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str = "") -> bytes:
+def part10_header(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae_title: str = ""
+) -> bytes:
     """Preamble, "DICM" and the File Meta Information (PS3.10 7.1), explicit VR little endian.
 
     Encoded here rather than with pydicom: this runs once per received instance and pydicom's

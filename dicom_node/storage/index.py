@@ -165,7 +165,10 @@ class Index:
                 if inserted:
                     cur.execute(sql["count_instance"], {"frames": item.frames, "now": when, "series_id": series_id})
                     if status != SeriesStatus.RECEIVING.value:
-                        cur.execute(sql["reopen_series"], {"receiving": SeriesStatus.RECEIVING.value, "now": when, "series_id": series_id})
+                        cur.execute(
+                            sql["reopen_series"],
+                            {"receiving": SeriesStatus.RECEIVING.value, "now": when, "series_id": series_id},
+                        )
                         cur.execute(sql["supersede_jobs"], supersede_waiting_params(series_id, when))
                         log.info("series %s re-opened by instance %s", item.series_uid, item.sop_instance_uid)
                 if self._postgres:
@@ -183,7 +186,9 @@ class Index:
         finally:
             raw.close()
 
-    def check_source(self, local_ae: LocalAE | "LocalAESnapshot", calling_ae: str, calling_host: str) -> tuple[bool, str]:
+    def check_source(
+        self, local_ae: LocalAE | "LocalAESnapshot", calling_ae: str, calling_host: str
+    ) -> tuple[bool, str]:
         """Is this calling AE (from this host) allowed to associate with ``local_ae``?"""
         if not local_ae.require_known_source:
             return True, ""
@@ -196,9 +201,21 @@ class Index:
             return False, f"calling AE {calling_ae!r} is disabled"
         if any(host is None or host == calling_host for host in enabled):
             return True, ""
-        return False, f"calling AE {calling_ae!r} is allowed only from {', '.join(h for h in enabled if h)}, not from {calling_host}"
+        return (
+            False,
+            f"calling AE {calling_ae!r} is allowed only from {', '.join(h for h in enabled if h)}, not from {calling_host}",
+        )
 
-    def event(self, category: str, message: str, *, level: str = "info", calling_ae: str = "", calling_host: str = "", local_ae: str = "") -> None:
+    def event(
+        self,
+        category: str,
+        message: str,
+        *,
+        level: str = "info",
+        calling_ae: str = "",
+        calling_host: str = "",
+        local_ae: str = "",
+    ) -> None:
         """Record something an admin should be able to see later."""
         with self.db.session() as s:
             s.add(
@@ -237,7 +254,9 @@ class LocalAESnapshot:
 
     @classmethod
     def of(cls, row: LocalAE) -> "LocalAESnapshot":
-        return cls(row.id, row.title, row.port, row.enabled, row.require_known_source, tuple(row.extra_sop_classes or ()))
+        return cls(
+            row.id, row.title, row.port, row.enabled, row.require_known_source, tuple(row.extra_sop_classes or ())
+        )
 
     def listen_key(self) -> ListenKey:
         """A change in any of these needs a new server socket / new presentation contexts."""

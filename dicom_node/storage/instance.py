@@ -39,7 +39,16 @@ class Header:
     series_number: int | None
     image_type: str
 
-    def received(self, *, local_ae_id: int | None, calling_ae: str, calling_host: str, transfer_syntax_uid: str, path: str, size_bytes: int) -> ReceivedInstance:
+    def received(
+        self,
+        *,
+        local_ae_id: int | None,
+        calling_ae: str,
+        calling_host: str,
+        transfer_syntax_uid: str,
+        path: str,
+        size_bytes: int,
+    ) -> ReceivedInstance:
         return ReceivedInstance(
             local_ae_id=local_ae_id,
             calling_ae=calling_ae,

@@ -46,7 +46,9 @@ def recover_index(storage: Storage, db: Database, progress: Callable[[int, int],
         with db.reader() as conn:
             known = set(
                 conn.scalars(
-                    select(Instance.sop_instance_uid).join(Series, Series.id == Instance.series_id).where(Series.series_uid == series_dir.name)
+                    select(Instance.sop_instance_uid)
+                    .join(Series, Series.id == Instance.series_id)
+                    .where(Series.series_uid == series_dir.name)
                 )
             )
         missing = [p for uid, p in files.items() if uid not in known]
@@ -62,7 +64,9 @@ def recover_index(storage: Storage, db: Database, progress: Callable[[int, int],
     return added
 
 
-def _received(storage: Storage, path: Path, local_ae_id: int | None, record: dict[str, object]) -> ReceivedInstance | None:
+def _received(
+    storage: Storage, path: Path, local_ae_id: int | None, record: dict[str, object]
+) -> ReceivedInstance | None:
     try:
         ds = dcmread(path, stop_before_pixels=True)
         header = header_of(ds)

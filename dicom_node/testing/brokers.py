@@ -36,8 +36,23 @@ class PrivateRedis:
 
     def start(self) -> "PrivateRedis":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.workdir),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", str(self.workdir / "redis.log")]
+        args = [
+            self.exe,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: self._alive(), 30, f"Redis on port {self.port}", interval=0.1)
         return self
@@ -45,7 +60,9 @@ class PrivateRedis:
     def _alive(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"redis-server exited {self.proc.returncode}: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
+            raise AssertionError(
+                f"redis-server exited {self.proc.returncode}: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}"
+            )
         return port_open(self.port)
 
     def stop(self) -> None:
@@ -99,7 +116,13 @@ class PrivateRabbitMQ:
         (self.workdir / "rabbitmq.conf").write_text("loopback_users = none\n")
         (self.workdir / "rabbitmq-env.conf").touch()
         log = open(self.workdir / "server.out", "ab")
-        self.proc = subprocess.Popen([str(RABBITMQ_BIN / "rabbitmq-server")], env=self._env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         wait_until(self._alive, 120, f"RabbitMQ {self.node} on port {self.port}", interval=0.3)
         return self
@@ -107,14 +130,21 @@ class PrivateRabbitMQ:
     def _alive(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"rabbitmq-server exited {self.proc.returncode}: {(self.workdir / 'server.out').read_text(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"rabbitmq-server exited {self.proc.returncode}: {(self.workdir / 'server.out').read_text(errors='replace')[-3000:]}"
+            )
         return port_open(self.port)
 
     def stop(self) -> None:
         """A clean shutdown (rabbitmqctl), then whatever is left of the node's processes."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "shutdown"], env=self._env(), capture_output=True, timeout=120)
+        subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "shutdown"],
+            env=self._env(),
+            capture_output=True,
+            timeout=120,
+        )
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -128,8 +158,22 @@ class PrivateRabbitMQ:
     def queues(self) -> dict[str, tuple[str, bool]]:
         """{queue name: (type, durable)} as the node lists them."""
         out = subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "list_queues", "name", "type", "durable", "--quiet", "--no-table-headers"],
-            env=self._env(), capture_output=True, text=True, timeout=60, check=True,
+            [
+                str(RABBITMQ_BIN / "rabbitmqctl"),
+                "-n",
+                self.node,
+                "list_queues",
+                "name",
+                "type",
+                "durable",
+                "--quiet",
+                "--no-table-headers",
+            ],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
         rows = (line.split("\t") for line in out.splitlines() if line.strip())
         return {r[0]: (r[1], r[2] == "true") for r in rows if len(r) >= 3}
@@ -137,8 +181,21 @@ class PrivateRabbitMQ:
     def messages(self, queue: str) -> int:
         """Messages in ``queue``, ready and unacknowledged."""
         out = subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, "list_queues", "name", "messages", "--quiet", "--no-table-headers"],
-            env=self._env(), capture_output=True, text=True, timeout=60, check=True,
+            [
+                str(RABBITMQ_BIN / "rabbitmqctl"),
+                "-n",
+                self.node,
+                "list_queues",
+                "name",
+                "messages",
+                "--quiet",
+                "--no-table-headers",
+            ],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout
         counts = dict(line.split("\t")[:2] for line in out.splitlines() if "\t" in line)
         return int(counts.get(queue, 0))

@@ -49,7 +49,15 @@ def acknowledged_files(storescu_output: str) -> list[Path]:
     return out
 
 
-def crash_round(env: dict[str, str], port: int, series: Path, database_url: str, rng: random.Random, *, kill_within: tuple[float, float] = (0.2, 1.2)) -> RoundResult:
+def crash_round(
+    env: dict[str, str],
+    port: int,
+    series: Path,
+    database_url: str,
+    rng: random.Random,
+    *,
+    kill_within: tuple[float, float] = (0.2, 1.2),
+) -> RoundResult:
     """One round (see the module docstring); leaves no node running."""
     files = sorted(series.glob("*.dcm"))
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
@@ -77,7 +85,14 @@ def crash_round(env: dict[str, str], port: int, series: Path, database_url: str,
         db = Database(database_url)
         try:
             with db.session() as s:
-                rows = {r.sop_instance_uid: r.path for r in s.scalars(select(Instance).join(Series, Series.id == Instance.series_id).where(Series.series_uid == series_uid))}
+                rows = {
+                    r.sop_instance_uid: r.path
+                    for r in s.scalars(
+                        select(Instance)
+                        .join(Series, Series.id == Instance.series_id)
+                        .where(Series.series_uid == series_uid)
+                    )
+                }
             storage = Path(env["DICOM_NODE_DATA_DIR"]) / "storage"
             lost = sum(1 for uid in acked_uids if uid not in rows or not (storage / rows[uid]).is_file())
             resent = storescu(series, port)

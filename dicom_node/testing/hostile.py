@@ -52,7 +52,13 @@ def associate_rq(
         sub = _item(0x30, abstract.encode()) + b"".join(_item(0x40, ts.encode()) for ts in syntaxes)
         items += _item(0x20, struct.pack(">BBBB", cid, 0, 0, 0) + sub)
     items += _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.3.4"))
-    body = struct.pack(">HH", 1, 0) + called.ljust(16).encode()[:16] + calling.ljust(16).encode()[:16] + b"\x00" * 32 + items
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()[:16]
+        + calling.ljust(16).encode()[:16]
+        + b"\x00" * 32
+        + items
+    )
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
@@ -137,7 +143,9 @@ class Peer:
             seen.append(pdu[0])
         return False, seen
 
-    def associate(self, called: str, calling: str, contexts: list[tuple[int, str, list[str]]] | None = None) -> tuple[int, bytes]:
+    def associate(
+        self, called: str, calling: str, contexts: list[tuple[int, str, list[str]]] | None = None
+    ) -> tuple[int, bytes]:
         """Send an A-ASSOCIATE-RQ; the answer's (type, body): 0x02 accepted, 0x03 rejected."""
         self.send(associate_rq(called, calling, contexts))
         answer = self.read_pdu()
@@ -180,7 +188,16 @@ def store_status(pdu: tuple[int, bytes] | None) -> int | None:
     return None
 
 
-def send_store(peer: Peer, context_id: int, sop_class: str, sop_instance: str, dataset: bytes, *, max_pdu: int = 16000, message_id: int = 1) -> int | None:
+def send_store(
+    peer: Peer,
+    context_id: int,
+    sop_class: str,
+    sop_instance: str,
+    dataset: bytes,
+    *,
+    max_pdu: int = 16000,
+    message_id: int = 1,
+) -> int | None:
     """One C-STORE over an established association: the response status, None if none came."""
     peer.send(p_data_tf(context_id, 0x03, store_command(sop_class, sop_instance, message_id)))
     chunks = [dataset[i : i + max_pdu] for i in range(0, len(dataset), max_pdu)] or [b""]
@@ -289,10 +306,17 @@ def fuzz_cases(seed: int, count: int, *, called: str, calling: str, dataset: byt
         elif kind == "dataset":
             uid = fresh_uid(rng)
             body = _mutate(rng, dataset.replace(PLACEHOLDER_UID.encode(), uid.encode()))
-            yield FuzzCase(number, kind, True, (p_data_tf(1, 0x03, store_command(CT_IMAGE, uid)), p_data_tf(1, 0x02, body[:60000])))
+            yield FuzzCase(
+                number, kind, True, (p_data_tf(1, 0x03, store_command(CT_IMAGE, uid)), p_data_tf(1, 0x02, body[:60000]))
+            )
         else:
             uid = fresh_uid(rng)
-            yield FuzzCase(number, kind, True, (p_data_tf(1, 0x03, _mutate(rng, store_command(CT_IMAGE, uid))), p_data_tf(1, 0x02, dataset[:2048])))
+            yield FuzzCase(
+                number,
+                kind,
+                True,
+                (p_data_tf(1, 0x03, _mutate(rng, store_command(CT_IMAGE, uid))), p_data_tf(1, 0x02, dataset[:2048])),
+            )
 
 
 def store_responses(pdus: list[tuple[int, bytes]]) -> list[tuple[str, int]]:
@@ -313,7 +337,12 @@ def store_responses(pdus: list[tuple[int, bytes]]) -> list[tuple[str, int]]:
                 fields[(group << 16) | element] = data[i + 8 : i + 8 + vlen]
                 i += 8 + vlen
             if 0x00000900 in fields and 0x00001000 in fields:
-                out.append((fields[0x00001000].rstrip(b"\x00 ").decode(errors="replace"), int(struct.unpack("<H", fields[0x00000900][:2])[0])))
+                out.append(
+                    (
+                        fields[0x00001000].rstrip(b"\x00 ").decode(errors="replace"),
+                        int(struct.unpack("<H", fields[0x00000900][:2])[0]),
+                    )
+                )
     return out
 
 

@@ -36,14 +36,21 @@ class RunningJob:
 
 
 @contextlib.contextmanager
-def hold_running_job(db: Database, series_uids: Sequence[str], timeout: float, interval: float = 0.02) -> Iterator[RunningJob]:
+def hold_running_job(
+    db: Database, series_uids: Sequence[str], timeout: float, interval: float = 0.02
+) -> Iterator[RunningJob]:
     """Wait (up to ``timeout`` seconds) for a RUNNING job of one of ``series_uids`` and yield it
     with its row locked; the lock ends with the block. Raises AssertionError, with the jobs'
     statuses, when none runs in time or one of them ends before it was seen running."""
     deadline = time.monotonic() + timeout
     while True:
         with db.session() as s:
-            query = select(Job, Series.series_uid).join(Series, Series.id == Job.series_id).where(Series.series_uid.in_(series_uids)).order_by(Job.id)
+            query = (
+                select(Job, Series.series_uid)
+                .join(Series, Series.id == Job.series_id)
+                .where(Series.series_uid.in_(series_uids))
+                .order_by(Job.id)
+            )
             if db.locks_rows:
                 query = query.with_for_update(of=Job)
             rows = s.execute(query).all()

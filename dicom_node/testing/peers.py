@@ -43,7 +43,9 @@ def free_port() -> int:
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     if path is None:
-        raise AssertionError(f"{name} is not installed: this test needs the Debian package {package} (.ci/run installs it)")
+        raise AssertionError(
+            f"{name} is not installed: this test needs the Debian package {package} (.ci/run installs it)"
+        )
     return path
 
 
@@ -120,7 +122,9 @@ def node_env(data_dir: Path, **settings: Any) -> dict[str, str]:
     return env
 
 
-def cli(env: dict[str, str], *args: str, check: bool = True, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``dicom-node ARGS``; ``input`` goes to its standard input (e.g. --password-stdin)."""
     proc = subprocess.run([DICOM_NODE, *args], env=env, capture_output=True, text=True, timeout=timeout, input=input)
     if check and proc.returncode != 0:
@@ -144,14 +148,22 @@ class NodeProcess:
     def start(self) -> "NodeProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([DICOM_NODE, *self.command], env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [DICOM_NODE, *self.command],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def wait_for_port(self, port: int, timeout: float = 60) -> None:
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"dicom-node {' '.join(self.command)} exited {self.proc.returncode}:\n{self.output()}")
+                raise AssertionError(
+                    f"dicom-node {' '.join(self.command)} exited {self.proc.returncode}:\n{self.output()}"
+                )
             return port_open(port)
 
         wait_until(up, timeout, f"dicom-node {' '.join(self.command)} to listen on {port}")
@@ -205,7 +217,9 @@ class Orthanc:
     """A private Orthanc (Debian package) with its own ports and storage, read over REST;
     ``dicomweb`` loads its DICOMweb plugin (Debian package orthanc-dicomweb) for a viewer."""
 
-    def __init__(self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None, dicomweb: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None, dicomweb: bool = False
+    ) -> None:
         require_tool("Orthanc", "orthanc")
         self.workdir = Path(workdir)
         self.aet = aet

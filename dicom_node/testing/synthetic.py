@@ -42,7 +42,14 @@ def make_test_phantom(*, slices: int = 24, size: int = 128) -> Phantom:
 def write_series(phantom: Phantom, directory: Path, *, multiframe: bool = False) -> Series:
     """Write the phantom and read back what the writers need. Instance (or frame) numbers run
     against the slice order, so nothing may sort by them."""
-    write_phantom_series(phantom, directory, multiframe=multiframe, reverse_instance_numbers=True, shuffle_file_names=False, write_masks=False)
+    write_phantom_series(
+        phantom,
+        directory,
+        multiframe=multiframe,
+        reverse_instance_numbers=True,
+        shuffle_file_names=False,
+        write_masks=False,
+    )
     paths = sorted(directory.glob("*.dcm"))
     dz, dy, dx = phantom.spacing
     voxel_ml = dz * dy * dx / 1000.0
@@ -52,7 +59,9 @@ def write_series(phantom: Phantom, directory: Path, *, multiframe: bool = False)
         z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
         order = [int(i) for i in np.argsort(z)]
         hu = apply_rescale(ds.pixel_array, ds).astype(np.float32)[order]
-        return Series(paths, hu, [str(ds.SOPInstanceUID)] * len(order), [i + 1 for i in order], phantom.lung_mask, voxel_ml)
+        return Series(
+            paths, hu, [str(ds.SOPInstanceUID)] * len(order), [i + 1 for i in order], phantom.lung_mask, voxel_ml
+        )
     datasets = sorted((pydicom.dcmread(p) for p in paths), key=lambda ds: float(ds.ImagePositionPatient[2]))
     hu = np.stack([apply_rescale(ds.pixel_array, ds) for ds in datasets]).astype(np.float32)
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
@@ -101,7 +110,14 @@ def blob_result(series: Series, *, decision: str = "covid") -> SeriesResult:
             Region(
                 index=index,
                 slice_range=(int(z_idx.min()), int(z_idx.max())),
-                bbox=(int(z_idx.min()), int(y_idx.min()), int(x_idx.min()), int(z_idx.max()), int(y_idx.max()), int(x_idx.max())),
+                bbox=(
+                    int(z_idx.min()),
+                    int(y_idx.min()),
+                    int(x_idx.min()),
+                    int(z_idx.max()),
+                    int(y_idx.max()),
+                    int(x_idx.max()),
+                ),
                 volume_ml=float(component.sum() * series.voxel_ml),
                 mean_score=float(values.mean()),
                 max_score=float(values.max()),
@@ -181,4 +197,6 @@ def clear_phantom(kind: str, folder: Path, seed: int, *, slices: int, rows: int,
         phantom = make_phantom(kind, seed=seed + 1000 * attempt, slices=slices, rows=rows, columns=rows)
         if kind == "normal" or phantom.lesion_fraction >= CLEAR_LESION_FRACTION:
             return write_phantom_series(phantom, folder, **writer_options)
-    raise AssertionError(f"no {kind} phantom with lesions over {CLEAR_LESION_FRACTION:.0%} of the lungs from seed {seed}")
+    raise AssertionError(
+        f"no {kind} phantom with lesions over {CLEAR_LESION_FRACTION:.0%} of the lungs from seed {seed}"
+    )

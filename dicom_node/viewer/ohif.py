@@ -51,7 +51,9 @@ def ohif_dist(version: str = OHIF_VERSION, *, cache: Path | None = None, fetch: 
         )  # fmt: skip
         tarballs = list(Path(tmp).glob("*.tgz"))
         if proc.returncode != 0 or len(tarballs) != 1:
-            raise RuntimeError(f"npm pack {OHIF_PACKAGE}@{version} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            raise RuntimeError(
+                f"npm pack {OHIF_PACKAGE}@{version} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}"
+            )
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarballs[0]) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("package/dist/")]
@@ -110,4 +112,10 @@ def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICO
     }
     # The viewer's guided tour would cover the images on every first visit: mark it as seen.
     skip_tour = "try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])); } catch (e) {}\n"
-    return "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n" + skip_tour + "window.config = " + json.dumps(config, indent=2) + ";\n"
+    return (
+        "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n"
+        + skip_tour
+        + "window.config = "
+        + json.dumps(config, indent=2)
+        + ";\n"
+    )

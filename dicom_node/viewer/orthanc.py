@@ -22,7 +22,9 @@ DICOMWEB_PLUGIN_PATHS = (
 
 
 def orthanc_executable() -> str:
-    found = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).exists()), None)
+    found = shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if Path(p).exists()), None
+    )
     if found is None:
         raise RuntimeError("Orthanc is not installed (Debian package orthanc)")
     return found
@@ -35,7 +37,9 @@ def dicomweb_plugin() -> Path:
     raise RuntimeError("Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)")
 
 
-def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, dicomweb: bool = True, **extra: Any) -> dict[str, Any]:
+def orthanc_config(
+    folder: Path, *, aet: str, dicom_port: int, http_port: int, dicomweb: bool = True, **extra: Any
+) -> dict[str, Any]:
     """Orthanc's configuration: storage under ``folder``, loopback HTTP without authentication
     (a private instance), any calling AE may store and echo; ``dicomweb`` loads the plugin."""
     config: dict[str, Any] = {
@@ -57,7 +61,13 @@ def orthanc_config(folder: Path, *, aet: str, dicom_port: int, http_port: int, d
     }
     if dicomweb:
         # Metadata from the stored files, complete (the viewer needs every attribute of SR and SEG).
-        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
+        config["DicomWeb"] = {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        }
     config.update(extra)
     return config
 
@@ -83,11 +93,15 @@ class OrthancProcess:
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(self.config, indent=2))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([orthanc_executable(), str(path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [orthanc_executable(), str(path)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while not self.alive():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited {self.proc.returncode}: {self.log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"Orthanc exited {self.proc.returncode}: {self.log_path.read_text(errors='replace')[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"Orthanc did not answer on {self.url} within {timeout:g} s")

@@ -25,7 +25,11 @@ CONTENT_TYPES = {
     ".js": "application/javascript", ".mjs": "application/javascript", ".wasm": "application/wasm", ".json": "application/json",
     ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2",
 }  # fmt: skip
-ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp", "Cross-Origin-Resource-Policy": "same-origin"}
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 # Request headers passed on to Orthanc (the rest are the browser's business).
 FORWARDED_REQUEST_HEADERS = ("Accept", "Range", "If-None-Match")
 # Response headers not passed back (hop-by-hop, or recomputed here).
@@ -77,7 +81,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
         if not target.is_relative_to(self.server.dist) or not target.is_file():
             # The viewer's own routes (/viewer, /segmentation, ...) are pages of the one-page app.
             target = self.server.dist / "index.html"
-        content_type = CONTENT_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        content_type = (
+            CONTENT_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        )
         self._send(200, target.read_bytes(), content_type, head, cache=target.name != "index.html")
 
     def _proxy(self, head: bool) -> None:
@@ -89,7 +95,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
             response = connection.getresponse()
             body = response.read()
         except OSError as exc:
-            log.warning("Orthanc at %s:%s did not answer %s: %s", server.orthanc_host, server.orthanc_port, self.path, exc)
+            log.warning(
+                "Orthanc at %s:%s did not answer %s: %s", server.orthanc_host, server.orthanc_port, self.path, exc
+            )
             self._send(502, f"Orthanc did not answer: {exc}".encode(), "text/plain", head)
             return
         finally:
@@ -117,7 +125,9 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-def start_viewer_server(dist: Path, orthanc_url: str, *, host: str = "127.0.0.1", port: int = 0, config_js: str | None = None) -> ViewerServer:
+def start_viewer_server(
+    dist: Path, orthanc_url: str, *, host: str = "127.0.0.1", port: int = 0, config_js: str | None = None
+) -> ViewerServer:
     """Serve OHIF from ``dist`` with Orthanc's DICOMweb API behind ``/dicom-web`` (``orthanc_url``:
     Orthanc's HTTP root; its DICOMweb plugin answers at ``/dicom-web/``, its default), in a background thread; ``port`` 0 picks a free one. Stop it with
     ``server.shutdown(); server.server_close()``."""

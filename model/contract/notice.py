@@ -15,6 +15,8 @@ DICOM_NOTICE = f"{_PHRASE.upper()}: research software, results unverified."
 # A weights folder's metadata.json.
 WEIGHTS_NOTICE = f"{_PHRASE.capitalize()}: trained on synthetic phantoms; proves the pipeline, nothing clinical."
 # An evaluation report.
-EVALUATION_NOTICE = f"{NOT_FOR_CLINICAL_USE} Results on synthetic phantoms prove the pipeline works; they prove nothing clinical."
+EVALUATION_NOTICE = (
+    f"{NOT_FOR_CLINICAL_USE} Results on synthetic phantoms prove the pipeline works; they prove nothing clinical."
+)
 # A phantom's description and its DICOM Image Comments.
 PHANTOM_NOTICE = f"Synthetic phantom, not a patient. {NOT_FOR_CLINICAL_USE}"

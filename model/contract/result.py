@@ -27,7 +27,12 @@ class ModelInfo:
     weights_sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "classes": list(self.classes), "weights_sha256": self.weights_sha256}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "classes": list(self.classes),
+            "weights_sha256": self.weights_sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,9 @@ class SeriesResult:
             if array is None:
                 continue
             if array.ndim != 3 or array.shape[0] != n:
-                raise ValueError(f"{name} has shape {array.shape}; (slices, rows, columns) with {n} slices (sop_instance_uids) is needed")
+                raise ValueError(
+                    f"{name} has shape {array.shape}; (slices, rows, columns) with {n} slices (sop_instance_uids) is needed"
+                )
             shapes.add(array.shape)
         if len(shapes) > 1:
             raise ValueError(f"heatmap, region_labels and lung_mask differ in shape: {sorted(shapes)}")
@@ -122,7 +129,9 @@ class SeriesResult:
             "decision": self.decision,
             "reason": self.reason,
             "regions": [r.to_json() for r in self.regions],
-            "lung_involvement_percent": None if self.lung_involvement_percent is None else round(float(self.lung_involvement_percent), 3),
+            "lung_involvement_percent": None
+            if self.lung_involvement_percent is None
+            else round(float(self.lung_involvement_percent), 3),
             "key_slices": list(self.key_slices),
             "sop_instance_uids": list(self.sop_instance_uids),
             "model": self.model.to_json(),

@@ -44,8 +44,26 @@ _DICOMDIR_UID = "1.2.840.10008.1.3.10"
 _SECONDARY_CAPTURE_UIDS = "1.2.840.10008.5.1.4.1.1.7"
 # Body parts (BodyPartExamined, upper case) that rule out a chest CT. Absent or other values pass.
 NON_CHEST_BODY_PARTS: frozenset[str] = frozenset(
-    {"HEAD", "BRAIN", "SKULL", "NECK", "CSPINE", "LSPINE", "PELVIS", "HIP", "KNEE", "ANKLE", "FOOT",
-     "HAND", "WRIST", "ELBOW", "SHOULDER", "EXTREMITY", "LEG", "ARM"}
+    {
+        "HEAD",
+        "BRAIN",
+        "SKULL",
+        "NECK",
+        "CSPINE",
+        "LSPINE",
+        "PELVIS",
+        "HIP",
+        "KNEE",
+        "ANKLE",
+        "FOOT",
+        "HAND",
+        "WRIST",
+        "ELBOW",
+        "SHOULDER",
+        "EXTREMITY",
+        "LEG",
+        "ARM",
+    }
 )
 
 
@@ -188,7 +206,9 @@ def _list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def read_series_headers(source: Path | str | Sequence[Path | str] | Sequence[Dataset], series_uid: str | None = None) -> SeriesHeaders:
+def read_series_headers(
+    source: Path | str | Sequence[Path | str] | Sequence[Dataset], series_uid: str | None = None
+) -> SeriesHeaders:
     """Metadata-only reading of one series (``stop_before_pixels`` for files).
 
     Non-DICOM and non-image files are skipped. Raises :class:`SeriesReadError` when no image is
@@ -200,7 +220,9 @@ def read_series_headers(source: Path | str | Sequence[Path | str] | Sequence[Dat
         raise SeriesReadError(f"no DICOM images found in {_describe(source)}")
     if series_uid is not None:
         if series_uid not in groups:
-            raise SeriesReadError(f"series {series_uid} is not in {_describe(source)} (found: {', '.join(sorted(groups))})")
+            raise SeriesReadError(
+                f"series {series_uid} is not in {_describe(source)} (found: {', '.join(sorted(groups))})"
+            )
         return groups[series_uid]
     if len(groups) > 1:
         found = "; ".join(f"{uid} ({len(g.headers)} images)" for uid, g in sorted(groups.items()))
@@ -216,7 +238,9 @@ def scan_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -
             continue
         uid = str(header.get("SeriesInstanceUID", "") or "")
         if not uid:
-            raise SeriesReadError(f"image {header.get('SOPInstanceUID', '?')} in {_origin_name(origin)} has no Series Instance UID")
+            raise SeriesReadError(
+                f"image {header.get('SOPInstanceUID', '?')} in {_origin_name(origin)} has no Series Instance UID"
+            )
         group = groups.setdefault(uid, SeriesHeaders(series_uid=uid, headers=[], files=[], sources=[]))
         group.headers.append(header)
         group.files.append(origin if isinstance(origin, Path) else _dataset_path(origin))
@@ -224,7 +248,9 @@ def scan_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -
     return groups
 
 
-def _iter_headers(source: Path | str | Sequence[Path | str] | Sequence[Dataset]) -> Iterable[tuple[Dataset, Path | Dataset]]:
+def _iter_headers(
+    source: Path | str | Sequence[Path | str] | Sequence[Dataset],
+) -> Iterable[tuple[Dataset, Path | Dataset]]:
     if isinstance(source, (str, Path)):
         folder = Path(source)
         if folder.is_file():
@@ -313,7 +339,9 @@ def _frames_of(header: Dataset, origin: Path | Dataset) -> list[_FrameRef]:
         modality = str(header.get("Modality", "") or "").strip().upper()
         if modality != "CT" or str(header.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE_UIDS):
             what = UID(str(header.get("SOPClassUID", ""))).name or "unknown SOP class"
-            raise SeriesReadError(f"{where} is not a CT image (modality {modality or 'missing'}, {what}): a CT series is needed")
+            raise SeriesReadError(
+                f"{where} is not a CT image (modality {modality or 'missing'}, {what}): a CT series is needed"
+            )
         raise SeriesReadError(f"{where} has no Image Position (Patient): slices cannot be ordered")
     if orientation is None:
         raise SeriesReadError(f"{where} has no Image Orientation (Patient)")
@@ -437,11 +465,21 @@ def _decode(frames: list[_FrameRef], rows: int, cols: int) -> np.ndarray:
             if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
                 raise SeriesReadError(f"image {ds.get('SOPInstanceUID', '?')} ({where}) has no pixel data")
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-                raise SeriesReadError(f"image {ds.get('SOPInstanceUID', '?')} ({where}) is not greyscale (Samples per Pixel {ds.SamplesPerPixel})")
+                raise SeriesReadError(
+                    f"image {ds.get('SOPInstanceUID', '?')} ({where}) is not greyscale (Samples per Pixel {ds.SamplesPerPixel})"
+                )
             arr = ds.pixel_array
         except SeriesReadError:
             raise
-        except (InvalidDicomError, NotImplementedError, RuntimeError, ValueError, AttributeError, OSError, EOFError) as exc:
+        except (
+            InvalidDicomError,
+            NotImplementedError,
+            RuntimeError,
+            ValueError,
+            AttributeError,
+            OSError,
+            EOFError,
+        ) as exc:
             raise SeriesReadError(f"pixel data of {where} cannot be decoded: {exc}") from exc
         if arr.ndim == 2:
             arr = arr[np.newaxis]

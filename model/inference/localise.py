@@ -97,7 +97,9 @@ class LocalisationSettings:
             raise ValueError(f"consolidation_opening_mm must be >= 0, got {self.consolidation_opening_mm!r}")
 
 
-def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0) -> np.ndarray:
+def density_excess(
+    hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0
+) -> np.ndarray:
     """Per voxel, how far above its slice's lung median density it lies: 0 up to ``offset_hu``
     above the median, rising linearly to 1 at ``offset_hu + range_hu`` above; 0 outside the lungs.
     float32 of ``hu``'s shape. Slice by slice (a full-series float copy of the HU is not needed)."""
@@ -113,7 +115,13 @@ def density_excess(hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100
     return out
 
 
-def solid_consolidation(hu: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float], min_hu: float = -300.0, opening_mm: float = 4.0) -> np.ndarray:
+def solid_consolidation(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    pixel_spacing: tuple[float, float],
+    min_hu: float = -300.0,
+    opening_mm: float = 4.0,
+) -> np.ndarray:
     """Lung voxels of at least ``min_hu`` that survive, slice by slice, an opening with a square of
     half side 0.8 x ``opening_mm`` (about a disk of that radius): consolidation, not the vessels and
     bronchial walls that are as dense but thinner. Bool of ``hu``'s shape."""

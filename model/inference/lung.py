@@ -43,7 +43,10 @@ _AIRWAY_HU = -950.0  # airway lumen is below this; lung parenchyma (about -850) 
 _GAS_MEDIAN_HU = -950.0  # a component whose median is below this is gas, not lung
 _MAX_AIRWAY_ML = 180.0  # trachea and main bronchi; more means the growing leaked
 _KEEP_FRACTION = 0.1
-_SLICE = np.array([[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]], dtype=bool)
+_SLICE = np.array(
+    [[[0, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 1, 0], [1, 1, 1], [0, 1, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, 0]]],
+    dtype=bool,
+)
 _SLICE8 = np.zeros((3, 3, 3), dtype=bool)
 _SLICE8[1] = True
 
@@ -109,7 +112,9 @@ def _upsample_mask(small: np.ndarray, factors: tuple[int, int, int], shape: tupl
     with torch.no_grad():
         if fz > 1:
             nz = small.shape[0] * fz
-            x = F.interpolate(x.permute(1, 2, 0).reshape(1, -1, small.shape[0]), size=nz, mode="linear", align_corners=False)
+            x = F.interpolate(
+                x.permute(1, 2, 0).reshape(1, -1, small.shape[0]), size=nz, mode="linear", align_corners=False
+            )
             x = x.reshape(small.shape[1], small.shape[2], nz).permute(2, 0, 1)
         x = x[:n]
         out = np.empty((n, rows, cols), dtype=bool)
@@ -117,13 +122,20 @@ def _upsample_mask(small: np.ndarray, factors: tuple[int, int, int], shape: tupl
         for start in range(0, n, chunk):
             part = x[start : start + chunk, None]
             if fy > 1 or fx > 1:
-                part = F.interpolate(part, size=(small.shape[1] * fy, small.shape[2] * fx), mode="bilinear", align_corners=False)
+                part = F.interpolate(
+                    part, size=(small.shape[1] * fy, small.shape[2] * fx), mode="bilinear", align_corners=False
+                )
             out[start : start + chunk] = (part[:, 0, :rows, :cols] > 0.5).numpy()
     return out
 
 
 def _segment_coarse(
-    c: np.ndarray, spacing: tuple[float, float, float], threshold: float, superior_last: bool | None, closing_mm: float, min_ml: float,
+    c: np.ndarray,
+    spacing: tuple[float, float, float],
+    threshold: float,
+    superior_last: bool | None,
+    closing_mm: float,
+    min_ml: float,
     lateral_fill: bool,
 ) -> np.ndarray:
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -252,7 +264,9 @@ def _lateral_hull(mask: np.ndarray, medial_is_right: bool, superior_last: bool |
 # -- airways ----------------------------------------------------------------------------------------
 
 
-def find_airways(c: np.ndarray, inside: np.ndarray, spacing: tuple[float, float, float], superior_last: bool | None = None) -> np.ndarray:
+def find_airways(
+    c: np.ndarray, inside: np.ndarray, spacing: tuple[float, float, float], superior_last: bool | None = None
+) -> np.ndarray:
     """Trachea and main bronchi (bool, same grid as ``c``): seeded in the trachea at the head end,
     grown through ``inside`` voxels darker than the airway threshold; empty when no trachea is
     found. The threshold drops in steps while the grown volume is implausibly large (leak into
@@ -280,7 +294,9 @@ def find_airways(c: np.ndarray, inside: np.ndarray, spacing: tuple[float, float,
     return seed_mask
 
 
-def _trachea_seed(smooth: np.ndarray, inside: np.ndarray, spacing: tuple[float, float, float], superior_last: bool) -> tuple[float, np.ndarray] | None:
+def _trachea_seed(
+    smooth: np.ndarray, inside: np.ndarray, spacing: tuple[float, float, float], superior_last: bool
+) -> tuple[float, np.ndarray] | None:
     """(score, mask of the trachea's 2D components in the top slices) or None.
 
     Looks at the slices within 40 mm of the head end for a round air region of 0.6-8 cm2 near the

@@ -44,7 +44,11 @@ AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
 # likeliest classes are within 0.1 of each other is never decided.
 MIN_MARGIN_FLOOR = 0.1
 ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
-CLASS_WORDS = {"covid": "COVID-19 pattern", "cap": "community-acquired pneumonia pattern", "normal": "no pneumonia pattern"}
+CLASS_WORDS = {
+    "covid": "COVID-19 pattern",
+    "cap": "community-acquired pneumonia pattern",
+    "normal": "no pneumonia pattern",
+}
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,9 @@ def aggregate_series(
     return softmax(series_logits[None, :])[0], used
 
 
-def decide(probs: np.ndarray | Sequence[float], classes: Sequence[str], min_margin: float = 0.0) -> tuple[str, str | None]:
+def decide(
+    probs: np.ndarray | Sequence[float], classes: Sequence[str], min_margin: float = 0.0
+) -> tuple[str, str | None]:
     """The series decision: the likeliest class, or "indeterminate" when it leads the second by
     less than ``min_margin``; then also the reason, naming both."""
     p = np.asarray(probs, dtype=np.float64)
@@ -206,12 +212,16 @@ class Predictor:
                     cams[s].append(cam.float().cpu().numpy())
         return np.concatenate(logits), [np.concatenate(c) for c in cams]
 
-    def analyse_slices(self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float]) -> SliceAnalysis:
+    def analyse_slices(
+        self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float]
+    ) -> SliceAnalysis:
         """Pre-process the lung slices as the weights' input spec says and run the network over them."""
         prepared = prepare_lung_slices(hu, lung_mask, self.input_spec, pixel_spacing, lung_indices)
         inputs = torch.from_numpy(prepared.inputs)
         logits, cams = self.forward_slices(inputs)
-        return SliceAnalysis(lung_indices=prepared.indices, logits=logits, cams=cams, inputs=inputs, geometry=prepared.geometry)
+        return SliceAnalysis(
+            lung_indices=prepared.indices, logits=logits, cams=cams, inputs=inputs, geometry=prepared.geometry
+        )
 
     # -- the series -------------------------------------------------------------------------------
 
@@ -250,7 +260,9 @@ class Predictor:
             lung_slices[int(i)] = True
         lung_ml = float(np.count_nonzero(lung_mask)) * float(np.prod(spacing)) / 1000.0
         if lung_indices.size == 0 or lung_ml < self.settings.min_lung_volume_ml:
-            return self._no_decision(f"no lungs found ({lung_ml:.0f} ml of lung): not a chest CT", timings, t_total, uids, lung_slices), None
+            return self._no_decision(
+                f"no lungs found ({lung_ml:.0f} ml of lung): not a chest CT", timings, t_total, uids, lung_slices
+            ), None
         if lung_indices.size < self.settings.min_lung_slices:
             reason = f"too few lung slices: {lung_indices.size} (minimum {self.settings.min_lung_slices})"
             return self._no_decision(reason, timings, t_total, uids, lung_slices), None
@@ -259,11 +271,20 @@ class Predictor:
         analysis = self.analyse_slices(hu, lung_indices, lung_mask, (sy, sx))
         timings["network"] = time.perf_counter() - t
         probs, used = aggregate_series(
-            analysis.logits, self.classes, self.settings.aggregation, self.settings.top_k_fraction, self.settings.top_k_min, self.settings.class_bias
+            analysis.logits,
+            self.classes,
+            self.settings.aggregation,
+            self.settings.top_k_fraction,
+            self.settings.top_k_min,
+            self.settings.class_bias,
         )
         decision, doubt = decide(probs, self.classes, self.settings.min_margin)
         target = localisation_target(probs, self.classes)
-        rule = f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices" if self.settings.aggregation == "top_k" else f"mean logits of all {lung_indices.size} lung slices"
+        rule = (
+            f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices"
+            if self.settings.aggregation == "top_k"
+            else f"mean logits of all {lung_indices.size} lung slices"
+        )
         if doubt is not None:
             reason = f"indeterminate, {doubt} ({rule}). {NOT_FOR_CLINICAL_USE}"
         else:
@@ -276,8 +297,12 @@ class Predictor:
             loc = self.settings.localisation
             grow = None
             if loc.consolidation_hu is not None:
-                grow = localise.solid_consolidation(hu, lung_mask, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm)
-            region_labels, regions = localise.find_regions(heatmap, lung_mask, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow)
+                grow = localise.solid_consolidation(
+                    hu, lung_mask, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm
+                )
+            region_labels, regions = localise.find_regions(
+                heatmap, lung_mask, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow
+            )
             del grow
             involvement = localise.involvement_percent(region_labels, lung_mask)
             key = self._key_slices(analysis, target, region_labels)
@@ -302,7 +327,14 @@ class Predictor:
         )
         return result, analysis
 
-    def _no_decision(self, reason: str, timings: dict[str, float], t_total: float, uids: list[str] | None = None, lung_slices: list[bool] | None = None) -> SeriesResult:
+    def _no_decision(
+        self,
+        reason: str,
+        timings: dict[str, float],
+        t_total: float,
+        uids: list[str] | None = None,
+        lung_slices: list[bool] | None = None,
+    ) -> SeriesResult:
         timings["total"] = time.perf_counter() - t_total
         uniform = np.full(len(self.classes), 1.0 / len(self.classes))
         return SeriesResult(
@@ -326,7 +358,14 @@ class Predictor:
 
     # -- localisation -----------------------------------------------------------------------------
 
-    def heatmap(self, analysis: SliceAnalysis, target: int, lung_mask: np.ndarray, timings: dict[str, float] | None = None, hu: np.ndarray | None = None) -> np.ndarray:
+    def heatmap(
+        self,
+        analysis: SliceAnalysis,
+        target: int,
+        lung_mask: np.ndarray,
+        timings: dict[str, float] | None = None,
+        hu: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The joint map of ``target`` in the series geometry: float32 [0, 1], zero outside lungs;
         weighted by the density excess of ``hu`` where the settings say so (module localise)."""
         settings = self.settings.localisation.resolved(self.settings.device)
@@ -381,7 +420,9 @@ class Predictor:
         settings = self.settings.localisation
         x = self._batch_to_device(inputs)
         targets = torch.full((x.shape[0],), target, dtype=torch.long, device=self.device)
-        return localise.integrated_gradients(self.network, x, targets, settings.ig_steps, settings.ig_baseline, settings.ig_batch)
+        return localise.integrated_gradients(
+            self.network, x, targets, settings.ig_steps, settings.ig_baseline, settings.ig_batch
+        )
 
 
 def localisation_target(probs: np.ndarray, classes: Sequence[str]) -> int:
@@ -419,7 +460,9 @@ def settings_for(
     return PredictorSettings(
         device=device,
         batch_size=batch_size,
-        localisation=LocalisationSettings(**{k: v for k, v in loc.items() if k in LocalisationSettings.__dataclass_fields__}),
+        localisation=LocalisationSettings(
+            **{k: v for k, v in loc.items() if k in LocalisationSettings.__dataclass_fields__}
+        ),
         **{k: v for k, v in rec.items() if k in known},
     )
 

@@ -79,7 +79,11 @@ class WeaklySupervisedNet(nn.Module):
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
         if len(widths) != len(depths) or not widths:
             raise ValueError(f"widths {widths!r} and depths {depths!r} must be non-empty and of equal length")
-        if not head_blocks or any(not 1 <= b <= len(widths) for b in head_blocks) or list(head_blocks) != sorted(set(head_blocks)):
+        if (
+            not head_blocks
+            or any(not 1 <= b <= len(widths) for b in head_blocks)
+            or list(head_blocks) != sorted(set(head_blocks))
+        ):
             raise ValueError(f"head_blocks {head_blocks!r} must be increasing block numbers in 1..{len(widths)}")
         self.num_classes = num_classes
         self.in_channels = in_channels

@@ -110,7 +110,9 @@ class InputSpec:
         win = (float(window.get("level", LUNG_WINDOW[0])), float(window.get("width", LUNG_WINDOW[1])))
         if "height" not in data:
             size = int(data["image_size"])
-            return cls(height=size, width=size, window=win, outside_lungs="window_min" if "outside_lungs" in data else "keep")
+            return cls(
+                height=size, width=size, window=win, outside_lungs="window_min" if "outside_lungs" in data else "keep"
+            )
         return cls(
             height=int(data["height"]),
             width=int(data["width"]),
@@ -156,7 +158,14 @@ class SliceGeometry:
     width: int
 
     @classmethod
-    def for_series(cls, spec: InputSpec, rows: int, columns: int, lung_mask: np.ndarray | None = None, pixel_spacing: tuple[float, float] = (1.0, 1.0)) -> SliceGeometry:
+    def for_series(
+        cls,
+        spec: InputSpec,
+        rows: int,
+        columns: int,
+        lung_mask: np.ndarray | None = None,
+        pixel_spacing: tuple[float, float] = (1.0, 1.0),
+    ) -> SliceGeometry:
         """The geometry of ``spec`` for a series of rows x columns; ``lung_mask`` (any number of
         slices of rows x columns) for the lung crop. Without lungs in the mask the lung crop falls
         back to the whole slice."""
@@ -165,7 +174,12 @@ class SliceGeometry:
             any_c = np.flatnonzero(lung_mask.any(axis=(0, 1)))
             mr = int(round(spec.crop_margin_mm / max(pixel_spacing[0], 1e-6)))
             mc = int(round(spec.crop_margin_mm / max(pixel_spacing[1], 1e-6)))
-            box = (max(0, int(any_r[0]) - mr), min(rows, int(any_r[-1]) + 1 + mr), max(0, int(any_c[0]) - mc), min(columns, int(any_c[-1]) + 1 + mc))
+            box = (
+                max(0, int(any_r[0]) - mr),
+                min(rows, int(any_r[-1]) + 1 + mr),
+                max(0, int(any_c[0]) - mc),
+                min(columns, int(any_c[-1]) + 1 + mc),
+            )
         elif spec.crop == "lungs":
             box = (0, rows, 0, columns)
         else:  # the paper's: the whole slice, centred in a square
@@ -193,7 +207,12 @@ class SliceGeometry:
             return x
         if mode == "area":
             bigger = x.shape[-2] >= self.height and x.shape[-1] >= self.width
-            return F.interpolate(x, size=(self.height, self.width), mode="area" if bigger else "bilinear", align_corners=None if bigger else False)
+            return F.interpolate(
+                x,
+                size=(self.height, self.width),
+                mode="area" if bigger else "bilinear",
+                align_corners=None if bigger else False,
+            )
         shrink = x.shape[-2] > self.height or x.shape[-1] > self.width
         return F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False, antialias=shrink)
 
@@ -226,10 +245,14 @@ def _lung_medians(hu: np.ndarray, lung_mask: np.ndarray, low: float, high: float
     """Per slice, the median clipped HU of its lungs (the series' lung median for a slice without)."""
     clipped = np.clip(hu, low, high)
     series = float(np.median(clipped[lung_mask])) if lung_mask.any() else low
-    return np.array([float(np.median(c[m])) if m.any() else series for c, m in zip(clipped, lung_mask)], dtype=np.float32)
+    return np.array(
+        [float(np.median(c[m])) if m.any() else series for c, m in zip(clipped, lung_mask)], dtype=np.float32
+    )
 
 
-def prepare_slices(hu: np.ndarray, spec: InputSpec, geometry: SliceGeometry, lung_mask: np.ndarray | None = None) -> np.ndarray:
+def prepare_slices(
+    hu: np.ndarray, spec: InputSpec, geometry: SliceGeometry, lung_mask: np.ndarray | None = None
+) -> np.ndarray:
     """HU slices (n, rows, columns) -> network input (n, 1, height, width) float32 (module docstring).
 
     ``lung_mask`` (n, rows, columns), the lungs of the same slices, is needed when the spec acts
@@ -255,10 +278,17 @@ def prepare_slices(hu: np.ndarray, spec: InputSpec, geometry: SliceGeometry, lun
                 m = torch.from_numpy(np.ascontiguousarray(lung_mask[start:stop], dtype=np.float32)).unsqueeze(1)
                 frac = geometry.to_network(geometry.crop(m, 0.0), "area")
                 if outside == "window_min":
-                    keep = F.max_pool2d((frac > 0).float(), 2 * LEGACY_LUNG_MARGIN + 1, stride=1, padding=LEGACY_LUNG_MARGIN) > 0
+                    keep = (
+                        F.max_pool2d(
+                            (frac > 0).float(), 2 * LEGACY_LUNG_MARGIN + 1, stride=1, padding=LEGACY_LUNG_MARGIN
+                        )
+                        > 0
+                    )
                     x = torch.where(keep, x, torch.full_like(x, low))
                 else:
-                    fill = torch.from_numpy(_lung_medians(hu[start:stop], lung_mask[start:stop], low, high)).view(-1, 1, 1, 1)
+                    fill = torch.from_numpy(_lung_medians(hu[start:stop], lung_mask[start:stop], low, high)).view(
+                        -1, 1, 1, 1
+                    )
                     x = torch.where(frac >= 0.5, x, fill.expand_as(x))
             if spec.normalisation == "window":
                 x = (x - low) * (2.0 / (high - low)) - 1.0
@@ -279,7 +309,13 @@ class LungSlices:
     geometry: SliceGeometry
 
 
-def prepare_lung_slices(hu: np.ndarray, lung_mask: np.ndarray, spec: InputSpec, pixel_spacing: tuple[float, float], indices: np.ndarray | None = None) -> LungSlices:
+def prepare_lung_slices(
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    spec: InputSpec,
+    pixel_spacing: tuple[float, float],
+    indices: np.ndarray | None = None,
+) -> LungSlices:
     """The one path from a series (HU volume and its lung mask) to the network's input, for
     training and inference alike. ``indices``: the lung slices (default: :func:`lung_slice_indices`)."""
     if indices is None:

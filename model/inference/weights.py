@@ -33,6 +33,7 @@ SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # model.inference.network with the series rule of model.inference.multiscale_cam.
 MULTISCALE_CAM_2D = "multiscale-cam-2d"
 
+
 class WeightsError(ValueError):
     """A weights folder that is missing, incomplete or inconsistent with its metadata."""
 

@@ -118,7 +118,15 @@ def make_grid(
     table_z = -rng.uniform(150.0, 450.0)
     origin = (float(x[0] + cx), float(y[0] + cy), float(table_z + t0))
     # Anatomy is drawn in t = mm above the lowest lung point (which lies ``below`` mm above the scan start).
-    grid = Grid(x=x.astype(np.float32), y=y.astype(np.float32), t=(t - below).astype(np.float32), ps=ps, dz=dz, origin=origin, body_center=(cx, cy))
+    grid = Grid(
+        x=x.astype(np.float32),
+        y=y.astype(np.float32),
+        t=(t - below).astype(np.float32),
+        ps=ps,
+        dz=dz,
+        origin=origin,
+        body_center=(cx, cy),
+    )
     return grid, thickness
 
 
@@ -191,7 +199,7 @@ def static_anatomy(an: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray, dic
         dome_h = an.dome_right if s < 0 else an.dome_left
         bump = np.clip(1.0 - ((X - cx) / (ai * 0.55)) ** 2 - ((Y + 0.05 * bi) / (bi * 0.95)) ** 2, 0.0, 1.0)
         domes[s] = (an.recess_tilt * (1.0 - Y / bi) / 2.0 + dome_h * bump).astype(np.float32)
-        lateral[s] = (s * X > w_med)
+        lateral[s] = s * X > w_med
     q = np.where(u < 0.62, 1.0, np.sqrt(np.clip(1.0 - ((u - 0.62) / 0.38) ** 2, 0.0, 1.0)))
     disc = np.mod(t - an.disc_phase, 27.0) < 5.0
 
@@ -228,7 +236,9 @@ def static_anatomy(an: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray, dic
             cy_ = 0.06 * bi + (1.0 - q[k]) * 0.25 * bi
             for s, code in ((-1, 1), (1, 2)):
                 cxk = s * ai * (0.5 + (1.0 - q[k]) * 0.05)
-                inside = (((X - cxk) / ax_) ** 2 + ((Y - cy_) / ay_) ** 2 < 1.0) & thorax & lateral[s] & (t[k] > domes[s])
+                inside = (
+                    (((X - cxk) / ax_) ** 2 + ((Y - cy_) / ay_) ** 2 < 1.0) & thorax & lateral[s] & (t[k] > domes[s])
+                )
                 sd[inside] = code
             lungs = sd > 0
         not_lung = thorax if lungs is None else thorax & ~lungs
@@ -271,14 +281,30 @@ def static_anatomy(an: Anatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray, dic
     jj = (np.arange(cols) - (cols - 1) / 2.0)[None, :]
     ii = (np.arange(rows) - (rows - 1) / 2.0)[:, None]
     fov = (jj**2 + ii**2) <= (max(rows, cols) / 2.0) ** 2
-    ctx = {"ai": ai, "bi": bi, "yv": yv, "rv": rv, "w_med0": 0.09 * ai + 10.0, "yt": yt, "carina_t": carina_t, "H": H, "fov": fov, "stomach_gas": gas_any}
+    ctx = {
+        "ai": ai,
+        "bi": bi,
+        "yv": yv,
+        "rv": rv,
+        "w_med0": 0.09 * ai + 10.0,
+        "yt": yt,
+        "carina_t": carina_t,
+        "H": H,
+        "fov": fov,
+        "stomach_gas": gas_any,
+    }
     return labels, side, ctx
 
 
 # -- textures and noise -----------------------------------------------------------------------------
 
 
-def smooth_noise(shape: tuple[int, ...], rng: np.random.Generator, cell_mm: tuple[float, float, float], spacing: tuple[float, float, float]) -> np.ndarray:
+def smooth_noise(
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    cell_mm: tuple[float, float, float],
+    spacing: tuple[float, float, float],
+) -> np.ndarray:
     """Unit-variance smooth random field: a coarse normal grid, interpolated linearly in z, then
     bilinearly in-plane (separable, much cheaper than a full trilinear upsampling)."""
     n, rows, cols = (int(s) for s in shape)
@@ -297,7 +323,9 @@ def ct_noise(shape: tuple[int, ...], rng: np.random.Generator, sigma: float) -> 
     n, rows, cols = shape
     small = rng.standard_normal((n, 1, max(2, rows // 2), max(2, cols // 2)), dtype=np.float32)
     with torch.no_grad():
-        out = F.interpolate(torch.from_numpy(small), size=(rows, cols), mode="bilinear", align_corners=False)[:, 0].numpy()
+        out = F.interpolate(torch.from_numpy(small), size=(rows, cols), mode="bilinear", align_corners=False)[
+            :, 0
+        ].numpy()
     sample = out[:, ::5, ::5]
     out *= sigma / max(float(sample.std()), 1e-6)
     return out
@@ -371,7 +399,9 @@ def airway_vessel_trees(
     return vessels, bronchi
 
 
-def paint_segment(hu: np.ndarray, seg: Segment, grid: Grid, value: float, restrict: np.ndarray | None, wall: float | None) -> None:
+def paint_segment(
+    hu: np.ndarray, seg: Segment, grid: Grid, value: float, restrict: np.ndarray | None, wall: float | None
+) -> None:
     """Blend a tapered tube into ``hu`` with one-pixel partial volume (and a soft-tissue wall)."""
     reach = max(seg.r0, seg.r1) + (wall or 0.0) + grid.ps
     lo = np.minimum(seg.p0, seg.p1) - reach
@@ -402,4 +432,3 @@ def paint_segment(hu: np.ndarray, seg: Segment, grid: Grid, value: float, restri
     if keep is not None:
         occ = occ * keep
     box += (value - box) * occ
-

@@ -37,7 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     one.add_argument("--columns", type=int, default=None)
     one.add_argument("--slice-spacing", type=float, default=None, help="mm between slices (default: cover the chest)")
     one.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
-    one.add_argument("--multiframe", action="store_true", help="one Enhanced CT multi-frame file instead of one file per slice")
+    one.add_argument(
+        "--multiframe", action="store_true", help="one Enhanced CT multi-frame file instead of one file per slice"
+    )
     one.add_argument("--patient-id", default=None)
     one.set_defaults(handler=_phantom)
 
@@ -57,9 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument("--rows", type=int, default=512)
     many.add_argument("--columns", type=int, default=None)
     many.add_argument("--series-per-patient", type=int, default=1)
-    many.add_argument("--matched", action="store_true", help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about the label")
+    many.add_argument(
+        "--matched",
+        action="store_true",
+        help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about the label",
+    )
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
-    many.add_argument("--quiet", action="store_true", help="no progress bar (there is none when standard error is not a terminal)")
+    many.add_argument(
+        "--quiet", action="store_true", help="no progress bar (there is none when standard error is not a terminal)"
+    )
     many.set_defaults(handler=_phantom_dataset)
 
 
@@ -72,11 +80,20 @@ def _phantom(args: argparse.Namespace) -> int:
         return 2
     with status(f"making a {args.kind} phantom"):
         phantom = make_phantom(
-            args.kind, seed=args.seed, slices=args.slices, rows=args.rows, columns=args.columns or args.rows, slice_spacing=args.slice_spacing
+            args.kind,
+            seed=args.seed,
+            slices=args.slices,
+            rows=args.rows,
+            columns=args.columns or args.rows,
+            slice_spacing=args.slice_spacing,
         )
     with status(f"writing {phantom.shape[0]} slices to {args.out_dir}"):
         out = write_phantom_series(
-            phantom, args.out_dir, transfer_syntax=args.transfer_syntax, multiframe=args.multiframe, patient_id=args.patient_id
+            phantom,
+            args.out_dir,
+            transfer_syntax=args.transfer_syntax,
+            multiframe=args.multiframe,
+            patient_id=args.patient_id,
         )
     print(
         f"{out}: {phantom.kind} phantom, {phantom.shape[0]} slices of {phantom.shape[1]}x{phantom.shape[2]}, "
@@ -92,7 +109,14 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
     from model.phantoms.dataset import PhantomPlan, write_phantom_dataset
 
     # A bar on a terminal; nothing per series when piped or with --quiet (labels.csv lists them).
-    bar = tqdm(total=args.count, unit="series", desc="phantoms", file=sys.stderr, leave=False, disable=args.quiet or not sys.stderr.isatty())
+    bar = tqdm(
+        total=args.count,
+        unit="series",
+        desc="phantoms",
+        file=sys.stderr,
+        leave=False,
+        disable=args.quiet or not sys.stderr.isatty(),
+    )
 
     def progress(done: int, total: int, plan: PhantomPlan) -> None:
         bar.set_postfix_str(f"{plan.name}: {plan.kind}, {plan.slices} slices", refresh=False)

@@ -30,7 +30,13 @@ class PhantomPlan:
 
 
 def plan_phantom_dataset(
-    count: int, *, seed: int = 0, kinds: tuple[str, ...] = KINDS, slices_min: int = 48, slices_max: int = 96, series_per_patient: int = 1,
+    count: int,
+    *,
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    slices_min: int = 48,
+    slices_max: int = 96,
+    series_per_patient: int = 1,
     matched: bool = False,
 ) -> list[PhantomPlan]:
     """Class-balanced series (classes dealt in turn over patients; every series of a patient has
@@ -62,7 +68,9 @@ def plan_phantom_dataset(
                 patient_id=f"PHANTOM-{seed}-{p:04d}",
                 seed=series_seed,
                 patient_seed=patient_seed,
-                slices=int(np.random.default_rng([seed, 9, p]).integers(slices_min, slices_max + 1)) if matched else int(rng.integers(slices_min, slices_max + 1)),
+                slices=int(np.random.default_rng([seed, 9, p]).integers(slices_min, slices_max + 1))
+                if matched
+                else int(rng.integers(slices_min, slices_max + 1)),
             )
         )
     return plans
@@ -89,10 +97,31 @@ def write_phantom_dataset(
     of labels.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plans = plan_phantom_dataset(count, seed=seed, kinds=kinds, slices_min=slices_min, slices_max=slices_max, series_per_patient=series_per_patient, matched=matched)
+    plans = plan_phantom_dataset(
+        count,
+        seed=seed,
+        kinds=kinds,
+        slices_min=slices_min,
+        slices_max=slices_max,
+        series_per_patient=series_per_patient,
+        matched=matched,
+    )
     for i, plan in enumerate(plans):
-        phantom = make_phantom(plan.kind, seed=plan.seed, patient_seed=plan.patient_seed, slices=plan.slices, rows=rows, columns=columns or rows)
-        write_phantom_series(phantom, out / plan.name, transfer_syntax=transfer_syntax, patient_id=plan.patient_id, series_number=1 + i % 1000)
+        phantom = make_phantom(
+            plan.kind,
+            seed=plan.seed,
+            patient_seed=plan.patient_seed,
+            slices=plan.slices,
+            rows=rows,
+            columns=columns or rows,
+        )
+        write_phantom_series(
+            phantom,
+            out / plan.name,
+            transfer_syntax=transfer_syntax,
+            patient_id=plan.patient_id,
+            series_number=1 + i % 1000,
+        )
         if progress is not None:
             progress(i + 1, len(plans), plan)
     labels = out / LABELS_CSV

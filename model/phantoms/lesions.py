@@ -25,13 +25,23 @@ def coarse_depth(lung_side: np.ndarray, grid: Grid) -> Depth:
     fz = max(1, int(round(5.0 / grid.dz)))
     fxy = max(1, int(round(4.0 / grid.ps)))
     side = lung_side[::fz, ::fxy, ::fxy]
-    depth = ndi.distance_transform_edt(side > 0, sampling=(grid.dz * fz, grid.ps * fxy, grid.ps * fxy)).astype(np.float32)
+    depth = ndi.distance_transform_edt(side > 0, sampling=(grid.dz * fz, grid.ps * fxy, grid.ps * fxy)).astype(
+        np.float32
+    )
     return Depth(depth=depth, side=side, stride=(fz, fxy, fxy))
 
 
 def _pick_point(
-    dp: Depth, grid: Grid, ctx: dict[str, Any], rng: np.random.Generator, code: int | None, dmin: float, dmax: float,
-    posterior: float = 0.0, lower: float = 0.0, upper_only: bool = False,
+    dp: Depth,
+    grid: Grid,
+    ctx: dict[str, Any],
+    rng: np.random.Generator,
+    code: int | None,
+    dmin: float,
+    dmax: float,
+    posterior: float = 0.0,
+    lower: float = 0.0,
+    upper_only: bool = False,
 ) -> np.ndarray | None:
     """A random (t, y, x) mm point in the lung at a depth in [dmin, dmax], weighted towards the back
     (``posterior``) and the base (``lower``)."""
@@ -50,12 +60,20 @@ def _pick_point(
         t, y, x, u = t[keep], y[keep], x[keep], u[keep]
     w = np.exp(posterior * y / ctx["bi"] - lower * u)
     c = rng.choice(t.size, p=w / w.sum())
-    jitter = rng.uniform(-0.5, 0.5, 3) * np.array([grid.dz * dp.stride[0], grid.ps * dp.stride[1], grid.ps * dp.stride[2]])
+    jitter = rng.uniform(-0.5, 0.5, 3) * np.array(
+        [grid.dz * dp.stride[0], grid.ps * dp.stride[1], grid.ps * dp.stride[2]]
+    )
     return np.array([t[c], y[c], x[c]]) + jitter
 
 
 def _blob_weight(
-    grid: Grid, shape: tuple[int, int, int], center: np.ndarray, axes: np.ndarray, edge_mm: float, rng: np.random.Generator, irregular: float = 0.22
+    grid: Grid,
+    shape: tuple[int, int, int],
+    center: np.ndarray,
+    axes: np.ndarray,
+    edge_mm: float,
+    rng: np.random.Generator,
+    irregular: float = 0.22,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Soft (0..1) weight of an irregular ellipsoid, on its bounding box."""
     reach = axes * (1.0 + irregular * 2.5) + edge_mm
@@ -75,8 +93,14 @@ def _blob_weight(
 
 
 def covid_lesions(
-    hu: np.ndarray, lung_side: np.ndarray, dp: Depth, grid: Grid, ctx: dict[str, Any], rng: np.random.Generator,
-    lesion_weight: np.ndarray, findings: list[dict[str, Any]],
+    hu: np.ndarray,
+    lung_side: np.ndarray,
+    dp: Depth,
+    grid: Grid,
+    ctx: dict[str, Any],
+    rng: np.random.Generator,
+    lesion_weight: np.ndarray,
+    findings: list[dict[str, Any]],
 ) -> None:
     count = int(rng.integers(2, 9))
     first = int(rng.choice([1, 2]))
@@ -112,13 +136,26 @@ def covid_lesions(
                 pattern = "ground-glass opacity with partial consolidation"
         np.maximum(lesion_weight[box], w, out=lesion_weight[box])
         findings.append(
-            {"type": pattern, "side": "right" if code == 1 else "left", "center_mm": [round(float(v), 1) for v in center], "radius_mm": round(float(radius), 1), "hu": round(float(target))}
+            {
+                "type": pattern,
+                "side": "right" if code == 1 else "left",
+                "center_mm": [round(float(v), 1) for v in center],
+                "radius_mm": round(float(radius), 1),
+                "hu": round(float(target)),
+            }
         )
 
 
 def cap_lesions(
-    hu: np.ndarray, lung_side: np.ndarray, dp: Depth, grid: Grid, ctx: dict[str, Any], bronchi: list[Segment],
-    rng: np.random.Generator, lesion_weight: np.ndarray, findings: list[dict[str, Any]],
+    hu: np.ndarray,
+    lung_side: np.ndarray,
+    dp: Depth,
+    grid: Grid,
+    ctx: dict[str, Any],
+    bronchi: list[Segment],
+    rng: np.random.Generator,
+    lesion_weight: np.ndarray,
+    findings: list[dict[str, Any]],
 ) -> list[int]:
     """Segmental/lobar consolidations around segmental bronchi; returns the sides (-1/+1) used."""
     count = 2 if rng.random() < 0.3 else 1
@@ -130,7 +167,12 @@ def cap_lesions(
         center = None
         for b in (candidates[i] for i in rng.permutation(len(candidates))):
             idx = np.round(to_index(grid, b.p1) / np.array(dp.stride)).astype(int)
-            if np.all(idx >= 0) and np.all(idx < np.array(dp.depth.shape)) and dp.side[tuple(idx)] == code and 18.0 <= dp.depth[tuple(idx)] <= 50.0:
+            if (
+                np.all(idx >= 0)
+                and np.all(idx < np.array(dp.depth.shape))
+                and dp.side[tuple(idx)] == code
+                and 18.0 <= dp.depth[tuple(idx)] <= 50.0
+            ):
                 center = b.p1 + rng.uniform(-5.0, 5.0, 3)
                 break
         if center is None:
@@ -163,19 +205,39 @@ def cap_lesions(
     return sides
 
 
-def pleural_effusion(lung_side: np.ndarray, grid: Grid, ctx: dict[str, Any], rng: np.random.Generator, s: int, findings: list[dict[str, Any]]) -> np.ndarray:
+def pleural_effusion(
+    lung_side: np.ndarray,
+    grid: Grid,
+    ctx: dict[str, Any],
+    rng: np.random.Generator,
+    s: int,
+    findings: list[dict[str, Any]],
+) -> np.ndarray:
     """A dependent (posterior, basal) pleural effusion on side ``s``: a meniscus along the back."""
     code = 1 if s < 0 else 2
     d0 = rng.uniform(18.0, 45.0)
     h = rng.uniform(50.0, 110.0)
     depth = d0 * np.clip(1.0 - grid.t / h, 0.0, 1.0)
     out = (lung_side == code) & (grid.y[None, :, None] > (ctx["bi"] - depth)[:, None, None])
-    findings.append({"type": "pleural effusion", "side": "right" if code == 1 else "left", "depth_mm": round(float(d0), 1), "height_mm": round(float(h), 1)})
+    findings.append(
+        {
+            "type": "pleural effusion",
+            "side": "right" if code == 1 else "left",
+            "depth_mm": round(float(d0), 1),
+            "height_mm": round(float(h), 1),
+        }
+    )
     return out
 
 
 def incidental_findings(
-    hu: np.ndarray, lung_side: np.ndarray, dp: Depth, grid: Grid, ctx: dict[str, Any], rng: np.random.Generator, findings: list[dict[str, Any]]
+    hu: np.ndarray,
+    lung_side: np.ndarray,
+    dp: Depth,
+    grid: Grid,
+    ctx: dict[str, Any],
+    rng: np.random.Generator,
+    findings: list[dict[str, Any]],
 ) -> None:
     """Findings that are not infection, with the same probability in every class."""
     if rng.random() < 0.3:
@@ -191,7 +253,13 @@ def incidental_findings(
             w *= lung_side[box] > 0
             region = hu[box]
             region += (rng.uniform(20.0, 60.0) - region) * w
-            findings.append({"type": "small solid nodule (incidental)", "center_mm": [round(float(v), 1) for v in c], "radius_mm": round(float(r), 1)})
+            findings.append(
+                {
+                    "type": "small solid nodule (incidental)",
+                    "center_mm": [round(float(v), 1) for v in c],
+                    "radius_mm": round(float(r), 1),
+                }
+            )
     if rng.random() < 0.2:
         spots = int(rng.integers(15, 50))
         for _ in range(spots):
@@ -207,4 +275,3 @@ def incidental_findings(
             region = hu[box]
             region += (-985.0 - region) * w
         findings.append({"type": "emphysema-like low-density clusters (incidental)", "count": spots})
-

@@ -40,7 +40,18 @@ import numpy as np
 
 from model.contract.notice import PHANTOM_NOTICE
 from model.contract.result import CLASSES
-from model.phantoms.anatomy import AIR, BLOOD, FLUID, airway_vessel_trees, ct_noise, draw_anatomy, make_grid, paint_segment, smooth_noise, static_anatomy
+from model.phantoms.anatomy import (
+    AIR,
+    BLOOD,
+    FLUID,
+    airway_vessel_trees,
+    ct_noise,
+    draw_anatomy,
+    make_grid,
+    paint_segment,
+    smooth_noise,
+    static_anatomy,
+)
 from model.phantoms.lesions import cap_lesions, coarse_depth, covid_lesions, incidental_findings, pleural_effusion
 
 KINDS: tuple[str, ...] = CLASSES  # ("covid", "cap", "normal")
@@ -56,7 +67,9 @@ class Phantom:
     seed: int
     patient_seed: int
     hu: np.ndarray  # float32 (slices, rows, columns), clipped to [-1024, 3071]
-    lung_mask: np.ndarray  # bool: anatomical lungs (lesions and intrapulmonary vessels included; trachea, main bronchi, effusion excluded)
+    lung_mask: (
+        np.ndarray
+    )  # bool: anatomical lungs (lesions and intrapulmonary vessels included; trachea, main bronchi, effusion excluded)
     lesion_mask: np.ndarray  # bool: the infection (GGO / consolidation); empty for normal
     spacing: tuple[float, float, float]  # (slice distance, row spacing, column spacing) mm
     slice_thickness: float
@@ -92,7 +105,6 @@ class Phantom:
             "findings": self.findings,
             "notice": PHANTOM_NOTICE,
         }
-
 
 
 def make_phantom(
@@ -134,7 +146,12 @@ def make_phantom(
     # Parenchyma: base density, gravity gradient (dependent lung is denser), soft texture.
     texture = smooth_noise(hu.shape, extra_rng, cell_mm=(18.0, 12.0, 12.0), spacing=(grid.dz, grid.ps, grid.ps))
     yy = np.broadcast_to((grid.y / ctx["bi"]).astype(np.float32)[None, :, None], hu.shape)
-    hu[lung] = anatomy.parenchyma + anatomy.gravity * np.clip(yy[lung], -1.0, 1.0) * 0.5 + anatomy.gravity * 0.25 + 12.0 * texture[lung]
+    hu[lung] = (
+        anatomy.parenchyma
+        + anatomy.gravity * np.clip(yy[lung], -1.0, 1.0) * 0.5
+        + anatomy.gravity * 0.25
+        + 12.0 * texture[lung]
+    )
 
     findings: list[dict[str, Any]] = []
     vessels, bronchi = airway_vessel_trees(anatomy, grid, ctx, lung_side, extra_rng)
@@ -189,4 +206,3 @@ def make_phantom(
         kvp=float(scan_rng.choice([100.0, 120.0, 120.0, 140.0])),
         findings=findings,
     )
-

@@ -86,7 +86,11 @@ def read_phantom_truth(series_dir: Path | str) -> PhantomTruth:
     """The masks and metadata that :func:`write_phantom_series` wrote for ``series_dir``."""
     path = masks_path(series_dir)
     with np.load(path) as data:
-        return PhantomTruth(lung_mask=data["lung_mask"].astype(bool), lesion_mask=data["lesion_mask"].astype(bool), meta=json.loads(str(data["meta"])))
+        return PhantomTruth(
+            lung_mask=data["lung_mask"].astype(bool),
+            lesion_mask=data["lesion_mask"].astype(bool),
+            meta=json.loads(str(data["meta"])),
+        )
 
 
 def write_phantom_series(
@@ -154,14 +158,30 @@ def write_phantom_series(
         name = f"{rng.integers(16**12):012x}.dcm" if shuffle_file_names else "EN00001.dcm"
         _save(ds, out / name, ts, stored[order])
     else:
-        names = [f"{v:012x}.dcm" for v in rng.choice(16**12, size=n, replace=False)] if shuffle_file_names else [f"IM{i + 1:05d}.dcm" for i in range(n)]
+        names = (
+            [f"{v:012x}.dcm" for v in rng.choice(16**12, size=n, replace=False)]
+            if shuffle_file_names
+            else [f"IM{i + 1:05d}.dcm" for i in range(n)]
+        )
         for instance, k in enumerate(order, start=1):
             sop = derived_uid("phantom", "instance", content, str(k))
             ds = _ct_image(common, phantom, stored[k], k, instance, intercept, bits, signed, sop)
             _save(ds, out / names[instance - 1], ts, stored[k])
     if write_masks:
-        meta = phantom.describe() | {"series_uid": series, "study_uid": study, "transfer_syntax": ts, "signed": signed, "reverse_instance_numbers": reverse, "multiframe": multiframe}
-        np.savez_compressed(masks_path(out), lung_mask=phantom.lung_mask, lesion_mask=phantom.lesion_mask, meta=np.array(json.dumps(meta)))
+        meta = phantom.describe() | {
+            "series_uid": series,
+            "study_uid": study,
+            "transfer_syntax": ts,
+            "signed": signed,
+            "reverse_instance_numbers": reverse,
+            "multiframe": multiframe,
+        }
+        np.savez_compressed(
+            masks_path(out),
+            lung_mask=phantom.lung_mask,
+            lesion_mask=phantom.lesion_mask,
+            meta=np.array(json.dumps(meta)),
+        )
     return out
 
 
@@ -185,7 +205,14 @@ def _acquisition_time(seed: int) -> datetime.datetime:
 
 
 def _common_dataset(
-    phantom: Phantom, seed: int, study: str, series: str, for_uid: str, patient_id: str | None, patient_name: str | None, series_number: int,
+    phantom: Phantom,
+    seed: int,
+    study: str,
+    series: str,
+    for_uid: str,
+    patient_id: str | None,
+    patient_name: str | None,
+    series_number: int,
     when: datetime.datetime,
 ) -> Dataset:
     """Patient, study, series, frame of reference and equipment attributes shared by every instance."""
@@ -234,7 +261,15 @@ def _common_dataset(
 
 
 def _ct_image(
-    common: Dataset, phantom: Phantom, stored: np.ndarray, k: int, instance: int, intercept: float, bits: int, signed: bool, sop: str
+    common: Dataset,
+    phantom: Phantom,
+    stored: np.ndarray,
+    k: int,
+    instance: int,
+    intercept: float,
+    bits: int,
+    signed: bool,
+    sop: str,
 ) -> Dataset:
     ds = Dataset()
     ds.update(common)
@@ -267,7 +302,15 @@ def _ct_image(
 
 
 def _enhanced_ct(
-    common: Dataset, phantom: Phantom, frames: np.ndarray, order: list[int], intercept: float, bits: int, signed: bool, per_frame_rescale: bool, sop: str
+    common: Dataset,
+    phantom: Phantom,
+    frames: np.ndarray,
+    order: list[int],
+    intercept: float,
+    bits: int,
+    signed: bool,
+    per_frame_rescale: bool,
+    sop: str,
 ) -> Dataset:
     """An Enhanced CT Image (multi-frame): plane positions per frame, pixel measures and
     orientation shared, Pixel Value Transformation shared or per frame."""
@@ -368,4 +411,3 @@ def _save(ds: Dataset, path: Path, ts: str, stored: np.ndarray) -> None:
     else:
         meta.TransferSyntaxUID = UID(ts)
     ds.save_as(path, enforce_file_format=True)
-

@@ -45,7 +45,15 @@ from model.contract.uids import derived_uid
 from model.inference import lung
 from model.inference.io import AIR_HU, SeriesReadError, Volume, load_series, scan_series
 from model.inference.lung import segment_lungs
-from model.inference.preprocess import LUNG_WINDOW, PAPER_INPUT, PREPROCESS_VERSION, InputSpec, lung_slice_indices, prepare_lung_slices, window_bounds
+from model.inference.preprocess import (
+    LUNG_WINDOW,
+    PAPER_INPUT,
+    PREPROCESS_VERSION,
+    InputSpec,
+    lung_slice_indices,
+    prepare_lung_slices,
+    window_bounds,
+)
 from model.phantoms.phantom import KINDS, make_phantom
 from model.phantoms.writer import read_phantom_meta, read_phantom_truth
 
@@ -60,10 +68,25 @@ CCCCII_SPACING: tuple[float, float, float] = (5.0, 0.75, 0.75)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LABEL_ALIASES: dict[str, str] = {
-    "covid": "covid", "covid19": "covid", "covid-19": "covid", "covid_19": "covid", "ncp": "covid", "sars-cov-2": "covid",
-    "cap": "cap", "cp": "cap", "pneumonia": "cap", "community-acquired pneumonia": "cap", "community acquired pneumonia": "cap",
-    "normal": "normal", "np": "normal", "non-pneumonia": "normal", "non pneumonia": "normal", "nonpneumonia": "normal",
-    "no pneumonia": "normal", "healthy": "normal", "negative": "normal",
+    "covid": "covid",
+    "covid19": "covid",
+    "covid-19": "covid",
+    "covid_19": "covid",
+    "ncp": "covid",
+    "sars-cov-2": "covid",
+    "cap": "cap",
+    "cp": "cap",
+    "pneumonia": "cap",
+    "community-acquired pneumonia": "cap",
+    "community acquired pneumonia": "cap",
+    "normal": "normal",
+    "np": "normal",
+    "non-pneumonia": "normal",
+    "non pneumonia": "normal",
+    "nonpneumonia": "normal",
+    "no pneumonia": "normal",
+    "healthy": "normal",
+    "negative": "normal",
 }
 
 
@@ -73,7 +96,9 @@ def normalise_label(value: str) -> str:
     key = str(value).strip().lower()
     if key in _LABEL_ALIASES:
         return _LABEL_ALIASES[key]
-    raise ValueError(f"label {value!r} is not one of {', '.join(CLASSES)} or a known alias ({', '.join(sorted(_LABEL_ALIASES))})")
+    raise ValueError(
+        f"label {value!r} is not one of {', '.join(CLASSES)} or a known alias ({', '.join(sorted(_LABEL_ALIASES))})"
+    )
 
 
 @dataclass(frozen=True)
@@ -166,7 +191,11 @@ def discover_ccccii(root: Path | str) -> list[SeriesRecord]:
                 if any(f.suffix.lower() in _IMAGE_SUFFIXES for f in scan.iterdir()):
                     records.append(
                         SeriesRecord(
-                            series_id=f"{class_name}/{patient.name}/{scan.name}", label=label, patient_id=f"{class_name}/{patient.name}", source=scan, layout="ccccii"
+                            series_id=f"{class_name}/{patient.name}/{scan.name}",
+                            label=label,
+                            patient_id=f"{class_name}/{patient.name}",
+                            source=scan,
+                            layout="ccccii",
                         )
                     )
     if not records:
@@ -233,7 +262,9 @@ def read_nifti(path: Path | str) -> Volume:
     return _synthetic_volume(hu, (zooms[2], zooms[1], zooms[0]), str(path.resolve()))
 
 
-def read_image_slices(folder: Path | str, window: tuple[float, float] = LUNG_WINDOW, spacing: tuple[float, float, float] = CCCCII_SPACING) -> Volume:
+def read_image_slices(
+    folder: Path | str, window: tuple[float, float] = LUNG_WINDOW, spacing: tuple[float, float, float] = CCCCII_SPACING
+) -> Volume:
     """A folder of 8-bit slice images (CC-CCII) ordered by the number in the file name, mapped to
     HU through the assumed ``window`` (0 -> window low, 255 -> window high)."""
     folder = Path(folder)
@@ -272,7 +303,10 @@ def load_volume(source: Volume | Path | str | Sequence[Path | str], layout: str 
         if layout == "nifti" or (layout is None and path.is_file() and _is_nifti(path)):
             return read_nifti(path)
         if layout == "ccccii" or (
-            layout is None and path.is_dir() and any(f.suffix.lower() in _IMAGE_SUFFIXES for f in path.iterdir()) and not _has_dicom(path)
+            layout is None
+            and path.is_dir()
+            and any(f.suffix.lower() in _IMAGE_SUFFIXES for f in path.iterdir())
+            and not _has_dicom(path)
         ):
             return read_image_slices(path)
     return load_series(source)
@@ -314,7 +348,16 @@ def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None)
         if meta is not None:
             lesion = _lesion_loader(r.source, read_phantom_truth)
             involvement = 100.0 * float(meta.get("lesion_fraction", 0.0))
-        items.append(EvalSeries(series_id=r.series_id, label=r.label, patient_id=r.patient_id, source=r.source, lesion_mask=lesion, true_involvement_percent=involvement))
+        items.append(
+            EvalSeries(
+                series_id=r.series_id,
+                label=r.label,
+                patient_id=r.patient_id,
+                source=r.source,
+                lesion_mask=lesion,
+                true_involvement_percent=involvement,
+            )
+        )
     return items
 
 
@@ -383,7 +426,9 @@ def cache_key(record: SeriesRecord, spec: InputSpec, min_fraction: float) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, spec: InputSpec = PAPER_INPUT, min_fraction: float = 0.05) -> CachedSeries:
+def prepare_series(
+    record: SeriesRecord, cache_dir: Path | str, *, spec: InputSpec = PAPER_INPUT, min_fraction: float = 0.05
+) -> CachedSeries:
     """Read, segment, select and pre-process one series (or take it from the cache).
 
     Raises :class:`model.inference.io.SeriesReadError` for unreadable input and ValueError for a series
@@ -410,7 +455,9 @@ def prepare_series(record: SeriesRecord, cache_dir: Path | str, *, spec: InputSp
     # The same path as inference (model.inference.multiscale_cam): crop, fill and normalisation as
     # the spec says. Without lungs (the CC-CCII fallback) the mask is empty and the whole slice is kept.
     lungs = np.zeros_like(mask) if fallback else mask
-    slices = prepare_lung_slices(volume.hu, lungs, spec, (float(volume.spacing[1]), float(volume.spacing[2])), indices).inputs
+    slices = prepare_lung_slices(
+        volume.hu, lungs, spec, (float(volume.spacing[1]), float(volume.spacing[2])), indices
+    ).inputs
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = npy.with_suffix(".tmp.npy")
     np.save(tmp, slices)
@@ -483,7 +530,10 @@ def write_nifti_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows:
         else:  # canonical RAS: first axis to the right, second to anterior
             data = hu[:, ::-1, ::-1].transpose(2, 1, 0)
             n_r, n_c = hu.shape[1], hu.shape[2]
-            affine = np.array([[dx, 0, 0, -(x0 + dx * (n_c - 1))], [0, dy, 0, -(y0 + dy * (n_r - 1))], [0, 0, dz, z0], [0, 0, 0, 1]], dtype=np.float64)
+            affine = np.array(
+                [[dx, 0, 0, -(x0 + dx * (n_c - 1))], [0, dy, 0, -(y0 + dy * (n_r - 1))], [0, 0, dz, z0], [0, 0, 0, 1]],
+                dtype=np.float64,
+            )
         name = f"volumes/study_{i:04d}.nii.gz"
         nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), str(out / name))
         rows_out.append((name, kind, f"NIFTI-{seed}-{i:04d}"))

@@ -36,7 +36,14 @@ from tqdm import tqdm
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
 from model.contract.result import SeriesResult
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import AGGREGATION_RULES, MIN_MARGIN_FLOOR, Predictor, PredictorSettings, aggregate_series, softmax
+from model.inference.multiscale_cam import (
+    AGGREGATION_RULES,
+    MIN_MARGIN_FLOOR,
+    Predictor,
+    PredictorSettings,
+    aggregate_series,
+    softmax,
+)
 from model.inference.weights import load_weights, read_metadata, update_metadata
 from model.training import metrics
 from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
@@ -54,7 +61,9 @@ THRESHOLD_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 NOTICE = EVALUATION_NOTICE
 
 
-def _per_series_localisation(result: SeriesResult, lesion: np.ndarray, spacing: Sequence[float], threshold: float) -> dict[str, Any]:
+def _per_series_localisation(
+    result: SeriesResult, lesion: np.ndarray, spacing: Sequence[float], threshold: float
+) -> dict[str, Any]:
     heat = result.heatmap
     assert heat is not None and result.lung_mask is not None
     if lesion.shape != heat.shape:
@@ -102,12 +111,22 @@ def evaluate_series(
         iterator = tqdm(items, desc="evaluate", unit="series", dynamic_ncols=True)
     for item in iterator:
         if item.label not in classes:
-            raise ValueError(f"series {item.series_id}: label {item.label!r} is not one of the model's classes {classes}")
+            raise ValueError(
+                f"series {item.series_id}: label {item.label!r} is not one of the model's classes {classes}"
+            )
         y = classes.index(item.label)
         try:
             volume = load_volume(item.source)
         except SeriesReadError as exc:
-            rows.append({"series": item.series_id, "label": item.label, "decision": "no_decision", "reason": f"series could not be read: {exc}", "no_decision": True})
+            rows.append(
+                {
+                    "series": item.series_id,
+                    "label": item.label,
+                    "decision": "no_decision",
+                    "reason": f"series could not be read: {exc}",
+                    "no_decision": True,
+                }
+            )
             continue
         result, analysis = predictor.predict_with_analysis(volume)
         row: dict[str, Any] = {
@@ -130,7 +149,9 @@ def evaluate_series(
         for rule in AGGREGATION_RULES:
             # The class bias is chosen for the weights' rule: only that rule gets it.
             bias = settings.class_bias if rule == settings.aggregation else ()
-            probs, used = aggregate_series(analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min, bias)
+            probs, used = aggregate_series(
+                analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min, bias
+            )
             series_probs[rule].append(probs)
             if rule == settings.aggregation:
                 series_logits.append(analysis.logits[used].mean(axis=0))
@@ -143,9 +164,18 @@ def evaluate_series(
             if lesion.any():
                 row.update(_per_series_localisation(result, lesion, volume.spacing, threshold))
         rows.append(row)
-        if out_dir is not None and len(overlay_items) < overlays and (lesion is not None and lesion.any() or item.label != "normal"):
+        if (
+            out_dir is not None
+            and len(overlay_items) < overlays
+            and (lesion is not None and lesion.any() or item.label != "normal")
+        ):
             overlay_items.append((item, result, lesion, volume))
-        elif out_dir is not None and len(overlay_items) < overlays and item.label == "normal" and not any(o[0].label == "normal" for o in overlay_items):
+        elif (
+            out_dir is not None
+            and len(overlay_items) < overlays
+            and item.label == "normal"
+            and not any(o[0].label == "normal" for o in overlay_items)
+        ):
             overlay_items.append((item, result, lesion, volume))
 
     report: dict[str, Any] = {"notice": NOTICE, "model": predictor.model.info.to_json(), "classes": list(classes)}
@@ -154,7 +184,12 @@ def evaluate_series(
     report["no_decision_count"] = sum(1 for r in rows if r.get("no_decision"))
     sp = np.concatenate(slice_probs) if slice_probs else np.zeros((0, len(classes)))
     report["slice_level"] = metrics.classification_report(slice_true, sp, classes)
-    report["series_level"] = {rule: metrics.classification_report(series_true, np.array(series_probs[rule]).reshape(-1, len(classes)), classes) for rule in AGGREGATION_RULES}
+    report["series_level"] = {
+        rule: metrics.classification_report(
+            series_true, np.array(series_probs[rule]).reshape(-1, len(classes)), classes
+        )
+        for rule in AGGREGATION_RULES
+    }
     loc_rows = [r for r in rows if "dice" in r]
     report["localisation"] = _localisation_summary(loc_rows, threshold)
     report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in timings.items()}
@@ -180,10 +215,22 @@ def evaluate_series(
         "notice": NOT_FOR_CLINICAL_USE,
     }
     report["series"] = rows
-    report["series_logits"] = {"labels": series_true, "logits": [[round(float(v), 6) for v in z] for z in series_logits]}
+    report["series_logits"] = {
+        "labels": series_true,
+        "logits": [[round(float(v), 6) for v in z] for z in series_logits],
+    }
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        report["figures"] = _figures(out_dir, classes, series_true, np.array(series_probs[settings.aggregation]).reshape(-1, len(classes)), slice_true, sp, overlay_items, predictor)
+        report["figures"] = _figures(
+            out_dir,
+            classes,
+            series_true,
+            np.array(series_probs[settings.aggregation]).reshape(-1, len(classes)),
+            slice_true,
+            sp,
+            overlay_items,
+            predictor,
+        )
     return report
 
 
@@ -202,10 +249,14 @@ def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "series": len(decided),
         "decision_accuracy": float(np.mean([r["decision"] == r["label"] for r in decided])) if decided else None,
         "indeterminate": sum(1 for r in decided if r["decision"] == "indeterminate"),
-        "pneumonia_specificity": float(np.mean([r["decision"] not in ("covid", "cap") for r in normals])) if normals else None,
+        "pneumonia_specificity": float(np.mean([r["decision"] not in ("covid", "cap") for r in normals]))
+        if normals
+        else None,
         "involvement_error_pp_mean": float(np.mean(errors)) if errors else None,
         "involvement_within_5pp": float(np.mean([e <= INVOLVEMENT_TOLERANCE_PP for e in errors])) if errors else None,
-        "max_normal_involvement_percent": max((float(r["lung_involvement_percent"] or 0.0) for r in normals), default=None),
+        "max_normal_involvement_percent": max(
+            (float(r["lung_involvement_percent"] or 0.0) for r in normals), default=None
+        ),
     }
 
 
@@ -217,7 +268,9 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
         "threshold": threshold,
         "tolerance_mm": POINTING_TOLERANCE_MM,
         "pointing_game_series": float(np.mean([r["pointing_series_hit"] for r in rows])),
-        "pointing_game_slices": float(sum(r["pointing_slice_hits"] for r in rows) / max(sum(r["lesion_slices"] for r in rows), 1)),
+        "pointing_game_slices": float(
+            sum(r["pointing_slice_hits"] for r in rows) / max(sum(r["lesion_slices"] for r in rows), 1)
+        ),
         "dice_mean": float(np.mean([r["dice"] for r in rows])),
         "dice_median": float(np.median([r["dice"] for r in rows])),
         "region_dice_mean": float(np.mean([r["region_dice"] for r in rows])),
@@ -225,7 +278,9 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
         "heat_in_lesion_dilation_mm": MASS_DILATION_MM,
         "dice_lesion_in_lung_mean": float(np.mean([r["dice_lesion_in_lung"] for r in rows])),
         "lesion_in_lung_fraction_mean": float(np.mean([r["lesion_in_lung_fraction"] for r in rows])),
-        "dice_mean_by_threshold": {t: float(np.mean([r["dice_by_threshold"][t] for r in rows])) for t in rows[0]["dice_by_threshold"]},
+        "dice_mean_by_threshold": {
+            t: float(np.mean([r["dice_by_threshold"][t] for r in rows])) for t in rows[0]["dice_by_threshold"]
+        },
         "per_class": {},
     }
     for label in sorted({r["label"] for r in rows}):
@@ -240,7 +295,14 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
 
 
 def _figures(
-    out_dir: Path, classes: Sequence[str], series_true: list[int], series_probs: np.ndarray, slice_true: list[int], slice_probs: np.ndarray, overlay_items: list[Any], predictor: Predictor
+    out_dir: Path,
+    classes: Sequence[str],
+    series_true: list[int],
+    series_probs: np.ndarray,
+    slice_true: list[int],
+    slice_probs: np.ndarray,
+    overlay_items: list[Any],
+    predictor: Predictor,
 ) -> list[str]:
     # lazy: pyplot only once the non-interactive backend is chosen (and only for the figures).
     import matplotlib  # noqa: PLC0415  # lazy: only for the figures, and pyplot needs the backend chosen first
@@ -263,7 +325,10 @@ def _figures(
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
         ax.set_xlabel("1 - specificity")
         ax.set_ylabel("sensitivity")
-        ax.set_title(f"{level}-level ROC, {predictor.model.info.name} {predictor.model.info.version}\nNot for clinical use", fontsize=9)
+        ax.set_title(
+            f"{level}-level ROC, {predictor.model.info.name} {predictor.model.info.version}\nNot for clinical use",
+            fontsize=9,
+        )
         ax.legend(loc="lower right", fontsize=8)
         path = out_dir / f"roc_{level}.png"
         fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -280,7 +345,9 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
 
 
-def _overlay(path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndarray | None, volume: Any, plt: Any) -> None:
+def _overlay(
+    path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndarray | None, volume: Any, plt: Any
+) -> None:
     """The key slice (or the middle lung slice): CT in the lung window, the joint map, lesion outline."""
     if result.heatmap is None:
         return
@@ -301,7 +368,10 @@ def _overlay(path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndar
     if result.region_labels is not None and result.region_labels[z].any():
         ax.contour(result.region_labels[z] > 0, levels=[0.5], colors="lime", linewidths=0.8)
     probs = ", ".join(f"{c} {p:.2f}" for c, p in result.probabilities.items())
-    ax.set_title(f"{item.series_id} (truth {item.label}) slice {z}: {result.decision}\n{probs}\ncyan: lesion mask, green: regions. Not for clinical use", fontsize=8)
+    ax.set_title(
+        f"{item.series_id} (truth {item.label}) slice {z}: {result.decision}\n{probs}\ncyan: lesion mask, green: regions. Not for clinical use",
+        fontsize=8,
+    )
     ax.axis("off")
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -331,7 +401,11 @@ def evaluate_folder(
     items = evaluation_items(Path(data_dir), Path(labels_csv) if labels_csv is not None else None)
     json_out = Path(json_out)
     report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
-    report["data"] = {"folder": str(data_dir), "labels": str(labels_csv) if labels_csv is not None else None, "phantom_seeds": phantom_seeds(discover(Path(data_dir), labels_csv))}
+    report["data"] = {
+        "folder": str(data_dir),
+        "labels": str(labels_csv) if labels_csv is not None else None,
+        "phantom_seeds": phantom_seeds(discover(Path(data_dir), labels_csv)),
+    }
     report["seconds"] = time.perf_counter() - started
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
@@ -340,7 +414,9 @@ def evaluate_folder(
     return report
 
 
-def fit_class_bias(logits: np.ndarray, labels: Sequence[int], step: float = 0.05, limit: float = 4.0) -> tuple[tuple[float, ...], float]:
+def fit_class_bias(
+    logits: np.ndarray, labels: Sequence[int], step: float = 0.05, limit: float = 4.0
+) -> tuple[tuple[float, ...], float]:
     """The class bias (added to series logits; the last class's fixed at 0) that maximises the
     series accuracy on these series (the middle of the region of such biases); and that accuracy.
 
@@ -372,7 +448,13 @@ def top_two_margin(probabilities: np.ndarray) -> np.ndarray:
     return top2[:, 1] - top2[:, 0]
 
 
-def fit_margin(probabilities: np.ndarray, labels: Sequence[int], floor: float = MIN_MARGIN_FLOOR, cap: float = 0.5, step: float = 0.01) -> tuple[float, int]:
+def fit_margin(
+    probabilities: np.ndarray,
+    labels: Sequence[int],
+    floor: float = MIN_MARGIN_FLOOR,
+    cap: float = 0.5,
+    step: float = 0.01,
+) -> tuple[float, int]:
     """The indeterminate margin (model.inference.multiscale_cam.decide): the smallest in
     [floor, cap] that leaves the fewest wrong decisions on these series; and that number."""
     p = np.asarray(probabilities, dtype=np.float64)
@@ -434,8 +516,12 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         "no_decision_count": report["no_decision_count"],
         "per_class_series": {c: v["support"] for c, v in report["series_level"][main_rule]["per_class"].items()},
         "series_level": {},
-        "slice_level": {k: report["slice_level"][k] for k in ("accuracy", "weighted_f1", "weighted_sensitivity", "weighted_specificity")},
-        "localisation": {k: v for k, v in report["localisation"].items() if k != "per_class"} | {"per_class": report["localisation"].get("per_class", {})},
+        "slice_level": {
+            k: report["slice_level"][k]
+            for k in ("accuracy", "weighted_f1", "weighted_sensitivity", "weighted_specificity")
+        },
+        "localisation": {k: v for k, v in report["localisation"].items() if k != "per_class"}
+        | {"per_class": report["localisation"].get("per_class", {})},
         "settings": report["settings"],
         "data": report.get("data", {}),
         "phantom_seeds": report.get("data", {}).get("phantom_seeds", []),

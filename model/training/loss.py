@@ -34,7 +34,9 @@ def class_balance_weights(labels: Sequence[int] | np.ndarray | torch.Tensor, num
     return (y.numel() / counts).to(torch.float32)
 
 
-def focal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None, gamma: float = 1.0) -> torch.Tensor:
+def focal_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor | None = None, gamma: float = 1.0
+) -> torch.Tensor:
     """Batch mean of ``alpha[y] * (1 - p_y) ** gamma * CE(logits, y)`` for one scale."""
     weight = None if alpha is None else alpha.to(logits.device, torch.float32)
     focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=gamma, weight=weight, reduction="none")

@@ -18,7 +18,9 @@ from monai.metrics import compute_dice, compute_roc_auc
 from scipy import ndimage
 
 
-def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int
+) -> np.ndarray:
     """Counts, rows = truth, columns = prediction."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     for t, p in zip(y_true, y_pred):
@@ -38,7 +40,9 @@ def roc_auc(y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] |
     return float(np.asarray(compute_roc_auc(torch.from_numpy(s), torch.from_numpy(y.astype(np.int64)))))
 
 
-def roc_curve(y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(
+    y_true_binary: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) at every distinct threshold, from (0, 0) to (1, 1)."""
     y = np.asarray(y_true_binary).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -95,7 +99,13 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray, classes: Seq
         "weighted_sensitivity": weighted("sensitivity"),
         "weighted_specificity": weighted("specificity"),
         "per_class": per_class,
-        "confusion_matrix": {"classes": list(classes), "rows": "truth", "columns": "prediction", "counts": cm.tolist(), "row_normalised": np.divide(cm, np.maximum(rows, 1)).round(4).tolist()},
+        "confusion_matrix": {
+            "classes": list(classes),
+            "rows": "truth",
+            "columns": "prediction",
+            "counts": cm.tolist(),
+            "row_normalised": np.divide(cm, np.maximum(rows, 1)).round(4).tolist(),
+        },
     }
 
 
@@ -122,7 +132,9 @@ def _within(point: tuple[int, ...], mask: np.ndarray, tolerance_px: tuple[float,
     return bool(np.any(dy * dy + dx * dx <= 1.0))
 
 
-def pointing_game(heatmap: np.ndarray, lesion: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 10.0) -> dict[str, Any]:
+def pointing_game(
+    heatmap: np.ndarray, lesion: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 10.0
+) -> dict[str, Any]:
     """Series and slice pointing game (Zhang et al. 2016, with the tolerance in mm in-plane).
 
     Series: the 3D peak of the map lies on a lesion slice within ``tolerance_mm`` of the lesion.

@@ -31,7 +31,9 @@ PAPER = TrainConfig(recipe="paper")
 
 CPU = TrainConfig(
     recipe="cpu",
-    input=InputSpec(height=64, width=96, crop="lungs", crop_margin_mm=5.0, outside_lungs="lung_median", normalisation="window"),
+    input=InputSpec(
+        height=64, width=96, crop="lungs", crop_margin_mm=5.0, outside_lungs="lung_median", normalisation="window"
+    ),
     objective="mil",
     batch_size=8,
     mil_candidates=12,

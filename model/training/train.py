@@ -159,7 +159,11 @@ class TrainConfig:
         """The config of a weights' metadata ``training.config`` (older ones: ``image_size``)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["input"] = InputSpec.from_json(data["input"]) if "input" in data else InputSpec(height=int(data.get("image_size", 224)), width=int(data.get("image_size", 224)))
+        values["input"] = (
+            InputSpec.from_json(data["input"])
+            if "input" in data
+            else InputSpec(height=int(data.get("image_size", 224)), width=int(data.get("image_size", 224)))
+        )
         if isinstance(values.get("augment"), bool):
             values["augment"] = "flip+affine" if values["augment"] else "none"
         for key in ("classes", "widths", "depths"):
@@ -212,7 +216,9 @@ def patient_folds(patient_ids: Sequence[str], labels: Sequence[str], folds: int,
     return [fold_of[p] for p in patient_ids]
 
 
-def split_by_patient(series: Sequence[SeriesSlices], folds: int, fold: int, seed: int = 0) -> tuple[list[SeriesSlices], list[SeriesSlices]]:
+def split_by_patient(
+    series: Sequence[SeriesSlices], folds: int, fold: int, seed: int = 0
+) -> tuple[list[SeriesSlices], list[SeriesSlices]]:
     """(training, validation) series for ``fold`` of a patient-level k-fold split."""
     if folds < 2:
         return list(series), []
@@ -243,7 +249,9 @@ class _SliceIndex:
         return len(self.pairs)
 
     def batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.stack([np.asarray(self.series[self.pairs[i][0]].slices[self.pairs[i][1]], dtype=np.float32) for i in indices])
+        x = np.stack(
+            [np.asarray(self.series[self.pairs[i][0]].slices[self.pairs[i][1]], dtype=np.float32) for i in indices]
+        )
         return torch.from_numpy(x), torch.from_numpy(self.labels[np.asarray(indices)])
 
 
@@ -283,7 +291,9 @@ def flip_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: float = 0.06, scale: float = 0.1, degrees: float = 8.0) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, generator: torch.Generator, shift: float = 0.06, scale: float = 0.1, degrees: float = 8.0
+) -> torch.Tensor:
     """Random left-right flip and affine (shift as a fraction of the size, scale, rotation) per
     slice, bilinear, edges replicated. Up-down is never flipped (posterior signs stay posterior)."""
     n = x.shape[0]
@@ -316,7 +326,9 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def predict_slices(network: WeaklySupervisedNet, slices: np.ndarray | torch.Tensor, device: torch.device, batch: int = 64) -> np.ndarray:
+def predict_slices(
+    network: WeaklySupervisedNet, slices: np.ndarray | torch.Tensor, device: torch.device, batch: int = 64
+) -> np.ndarray:
     """Mean-over-scales logits (n, classes) of pre-processed slices; eval mode; AMP on CUDA."""
     network.eval()
     out: list[np.ndarray] = []
@@ -329,7 +341,12 @@ def predict_slices(network: WeaklySupervisedNet, slices: np.ndarray | torch.Tens
 
 
 def validate(
-    network: WeaklySupervisedNet, series: Sequence[SeriesSlices], classes: Sequence[str], device: torch.device, loss_fn: MultiScaleFocalLoss | None = None, batch: int = 64
+    network: WeaklySupervisedNet,
+    series: Sequence[SeriesSlices],
+    classes: Sequence[str],
+    device: torch.device,
+    loss_fn: MultiScaleFocalLoss | None = None,
+    batch: int = 64,
 ) -> dict[str, float]:
     """Slice accuracy (the authors' selection metric), per-class slice accuracy, series accuracy.
     Series accuracy uses inference's series rule (model.inference.multiscale_cam)."""
@@ -362,7 +379,13 @@ def validate(
 
 
 def _mil_batch(
-    network: WeaklySupervisedNet, series: Sequence[SeriesSlices], chosen: Sequence[int], config: TrainConfig, classes: Sequence[str], rng: np.random.Generator, device: torch.device
+    network: WeaklySupervisedNet,
+    series: Sequence[SeriesSlices],
+    chosen: Sequence[int],
+    config: TrainConfig,
+    classes: Sequence[str],
+    rng: np.random.Generator,
+    device: torch.device,
 ) -> torch.Tensor:
     """The "mil" objective's input: per chosen series, the ``mil_k`` most abnormal of
     ``mil_candidates`` random lung slices, as (series * k, 1, H, W), scored in one eval pass."""
@@ -418,7 +441,9 @@ def train(
         if len(data) < config.batch_size:
             raise ValueError(f"{len(data)} training slices, fewer than one batch of {config.batch_size}")
     alpha = class_balance_weights(labels, len(classes))
-    network = WeaklySupervisedNet(num_classes=len(classes), widths=config.widths, depths=config.depths, dropout=config.dropout)
+    network = WeaklySupervisedNet(
+        num_classes=len(classes), widths=config.widths, depths=config.depths, dropout=config.dropout
+    )
     if init_state is not None:
         network.load_state_dict(init_state, strict=True)
     network = _prepare(network, device)
@@ -485,7 +510,9 @@ def train(
             last = iteration >= config.iterations or out_of_time
             if val_series and (iteration % config.validate_every == 0 or last):
                 metrics = validate(network, val_series, classes, device, batch=config.eval_batch)
-                metrics.update(iteration=float(iteration), train_loss=running_loss, lr=lr, seconds=time.monotonic() - started)
+                metrics.update(
+                    iteration=float(iteration), train_loss=running_loss, lr=lr, seconds=time.monotonic() - started
+                )
                 acc = metrics[config.selection]
                 key = (acc, -metrics["val_series_loss"]) if mil else (acc, 0.0)
                 if best_key is None or key > best_key:
@@ -527,7 +554,9 @@ def train(
     )
 
 
-def cross_validate(series: Sequence[SeriesSlices], config: TrainConfig = TrainConfig(), progress: bool = False) -> list[TrainResult]:
+def cross_validate(
+    series: Sequence[SeriesSlices], config: TrainConfig = TrainConfig(), progress: bool = False
+) -> list[TrainResult]:
     """Train one model per patient-level fold (validation = that fold); returns them in fold order."""
     results = []
     for fold in range(config.folds):
@@ -544,7 +573,13 @@ def _default_cache_dir() -> Path:
     return user_cache_path("covid-ct-node") / "slices"
 
 
-def _describe_data(data_dir: Path, labels_csv: Path | None, series: Sequence[SeriesSlices], skipped: Sequence[tuple[Any, str]], records: Sequence[Any]) -> dict[str, Any]:
+def _describe_data(
+    data_dir: Path,
+    labels_csv: Path | None,
+    series: Sequence[SeriesSlices],
+    skipped: Sequence[tuple[Any, str]],
+    records: Sequence[Any],
+) -> dict[str, Any]:
     per_class: dict[str, int] = {}
     for s in series:
         per_class[s.label] = per_class.get(s.label, 0) + 1
@@ -574,13 +609,17 @@ def _prepare_one(args: tuple[Any, Path, InputSpec]) -> tuple[Any, Any, str | Non
         return record, None, str(exc)
 
 
-def _prepare_parallel(records: Sequence[Any], cache: Path, spec: InputSpec, workers: int, tick: Callable[[int, int, Any], None] | None) -> Any:
+def _prepare_parallel(
+    records: Sequence[Any], cache: Path, spec: InputSpec, workers: int, tick: Callable[[int, int, Any], None] | None
+) -> Any:
     """model.training.datasets.prepare_dataset over ``workers`` processes (same cache, same skipping)."""
 
     out = PreparedDataset(series=[])
     by_id: dict[str, Any] = {}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for i, (record, cached, error) in enumerate(pool.map(_prepare_one, [(r, cache, spec) for r in records]), start=1):
+        for i, (record, cached, error) in enumerate(
+            pool.map(_prepare_one, [(r, cache, spec) for r in records]), start=1
+        ):
             if cached is None:
                 log.warning("skipping %s: %s", record.series_id, error)
                 out.skipped.append((record, str(error)))
@@ -596,7 +635,8 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
     """The metadata of freshly trained weights, before data and metrics are added."""
     classes = list(config.classes)
     return {
-        "name": name or ("covid-ct-multiscale-cam" if len(classes) == 3 else "covid-ct-multiscale-cam-" + "-".join(classes)),
+        "name": name
+        or ("covid-ct-multiscale-cam" if len(classes) == 3 else "covid-ct-multiscale-cam-" + "-".join(classes)),
         "version": version or "0.0.0+local",
         "classes": classes,
         "method": "Hu et al., IEEE Access 8 (2020), doi:10.1109/ACCESS.2020.3005510: 2D multi-scale CAM network, weak (series) labels",
@@ -612,7 +652,14 @@ def default_metadata(config: TrainConfig, name: str | None = None, version: str 
             "top_k_min": 3,
             "min_lung_slices": 5,
             "min_margin": MIN_MARGIN_FLOOR,
-            "localisation": {"mode": "auto", "ig_slices": 8, "threshold": 0.5, "cam_floor": 0.3, "consolidation_hu": -300.0, "consolidation_opening_mm": 4.0},
+            "localisation": {
+                "mode": "auto",
+                "ig_slices": 8,
+                "threshold": 0.5,
+                "cam_floor": 0.3,
+                "consolidation_hu": -300.0,
+                "consolidation_opening_mm": 4.0,
+            },
         },
         "training": {"config": config.to_json()},
         "notice": WEIGHTS_NOTICE,
@@ -643,7 +690,9 @@ def resolve_init(init: str | Path | None, config: TrainConfig) -> LoadedModel | 
     if str(init) == "auto" and not (folder / "model.safetensors").is_file():
         return None
     loaded = load_weights(folder)
-    wanted = WeaklySupervisedNet(num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout).architecture()
+    wanted = WeaklySupervisedNet(
+        num_classes=len(config.classes), widths=config.widths, depths=config.depths, dropout=config.dropout
+    ).architecture()
     differs = [
         what
         for what, same in (
@@ -708,7 +757,9 @@ def train_folder(
         if bar is not None:
             bar.close()
         series = prepared.series
-        log.info("prepared %d series (%d skipped) in %.0f s", len(series), len(prepared.skipped), time.monotonic() - started)
+        log.info(
+            "prepared %d series (%d skipped) in %.0f s", len(series), len(prepared.skipped), time.monotonic() - started
+        )
         data_json = _describe_data(data_dir, labels_csv, series, prepared.skipped, records)
         summary: dict[str, Any] = {"data": data_json, "config": config.to_json(), "folds": []}
         init_state, init_meta = None, None
@@ -730,7 +781,9 @@ def train_folder(
             target = out_dir / f"fold-{fold}" if cross_validate and config.folds > 1 else out_dir
             target.mkdir(parents=True, exist_ok=True)
             checkpoint = target / "best-checkpoint.pt"
-            result = train(train_set, val_set, fold_config, progress=progress, checkpoint=checkpoint, init_state=init_state)
+            result = train(
+                train_set, val_set, fold_config, progress=progress, checkpoint=checkpoint, init_state=init_state
+            )
             meta = default_metadata(fold_config, name, version)
             meta["training"].update(_result_json(result))
             meta["training"]["fold"] = fold
@@ -753,7 +806,11 @@ def train_folder(
             )
         accs = [f["best_val_value"] for f in summary["folds"] if f["best_val_value"] is not None]
         if len(accs) > 1:
-            summary["cross_validation"] = {"selection": config.selection, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+            summary["cross_validation"] = {
+                "selection": config.selection,
+                "mean": float(np.mean(accs)),
+                "std": float(np.std(accs)),
+            }
             (out_dir / "cross_validation.json").write_text(json.dumps(summary, indent=2) + "\n")
         summary["seconds"] = round(time.monotonic() - started, 1)
         return summary

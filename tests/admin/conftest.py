@@ -66,7 +66,9 @@ class Browser:
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         response = self.http.get(path, **kw)
-        found = CSRF_RE.search(response.text) if response.headers.get("content-type", "").startswith("text/html") else None
+        found = (
+            CSRF_RE.search(response.text) if response.headers.get("content-type", "").startswith("text/html") else None
+        )
         if found:
             self.csrf = found.group(1)
         return response
@@ -144,7 +146,9 @@ def write_sc(path: Path, rgb: np.ndarray, seed: str) -> str:
     return str(ds.SOPInstanceUID)
 
 
-def finished_job(app: AdminApp, *, status: JobStatus = JobStatus.DONE, seed: str = "admin-job") -> tuple[int, int, np.ndarray]:
+def finished_job(
+    app: AdminApp, *, status: JobStatus = JobStatus.DONE, seed: str = "admin-job"
+) -> tuple[int, int, np.ndarray]:
     """A series with a done job, one SC picture in the results dir and one export; returns
     (series id, job id, the picture's pixels)."""
     now = utcnow()
@@ -154,24 +158,61 @@ def finished_job(app: AdminApp, *, status: JobStatus = JobStatus.DONE, seed: str
     rgb[8:16, 8:24, 2] = 255
     with app.db.session() as s:
         series = Series(
-            series_uid=derived_uid(seed, "series"), study_uid=derived_uid(seed, "study"), calling_ae="CT1", patient_id="PAT1",
-            modality="CT", series_description="CHEST", instances=20, frames=20, status=SeriesStatus.COMPLETE.value,
+            series_uid=derived_uid(seed, "series"),
+            study_uid=derived_uid(seed, "study"),
+            calling_ae="CT1",
+            patient_id="PAT1",
+            modality="CT",
+            series_description="CHEST",
+            instances=20,
+            frames=20,
+            status=SeriesStatus.COMPLETE.value,
             completed_at=now,
         )
         s.add(series)
         s.flush()
         job = Job(
-            series_id=series.id, status=status.value, decision="covid", model_name="cam-net", model_version="0.1",
-            result={"probabilities": {"covid": 0.8, "cap": 0.15, "normal": 0.05}, "decision": "covid", "reason": "test"},
-            timings={"load": 0.5, "inference": 2.5, "encoding": 0.3}, started_at=now, finished_at=now,
+            series_id=series.id,
+            status=status.value,
+            decision="covid",
+            model_name="cam-net",
+            model_version="0.1",
+            result={
+                "probabilities": {"covid": 0.8, "cap": 0.15, "normal": 0.05},
+                "decision": "covid",
+                "reason": "test",
+            },
+            timings={"load": 0.5, "inference": 2.5, "encoding": 0.3},
+            started_at=now,
+            finished_at=now,
         )
         s.add(job)
         s.flush()
         relative = f"{job.id}/dicom/sc/{derived_uid(seed, 'sc')}.dcm"
         uid = write_sc(app.settings.results_dir / relative, rgb, seed)
-        job.outputs = [{"kind": "sc", "sop_class_uid": SecondaryCaptureImageStorage, "sop_instance_uid": uid, "series_uid": "", "path": relative}]
-        s.add(Export(job_id=job.id, destination_key="dest:none", title="PACS", host="127.0.0.1", port=104, outputs=["sc"],
-                     status=ExportStatus.DONE.value, attempts=1, objects_sent=1, finished_at=now))
+        job.outputs = [
+            {
+                "kind": "sc",
+                "sop_class_uid": SecondaryCaptureImageStorage,
+                "sop_instance_uid": uid,
+                "series_uid": "",
+                "path": relative,
+            }
+        ]
+        s.add(
+            Export(
+                job_id=job.id,
+                destination_key="dest:none",
+                title="PACS",
+                host="127.0.0.1",
+                port=104,
+                outputs=["sc"],
+                status=ExportStatus.DONE.value,
+                attempts=1,
+                objects_sent=1,
+                finished_at=now,
+            )
+        )
         return series.id, job.id, rgb
 
 

@@ -62,7 +62,9 @@ def audit_rows(app: AdminApp, **where: Any) -> list[AuditEntry]:
 def test_every_route_needs_credentials_except_the_public_ones(admin_app: AdminApp) -> None:
     with admin_app.admin() as api:
         paths = api.get("/openapi.json").json()["paths"]
-    assert {"/api/local-aes", "/api/sources", "/api/destinations", "/api/jobs", "/api/tokens", "/api/audit"} <= set(paths)
+    assert {"/api/local-aes", "/api/sources", "/api/destinations", "/api/jobs", "/api/tokens", "/api/audit"} <= set(
+        paths
+    )
     checked = 0
     with admin_app.client() as anonymous, admin_app.client("dnt_not-a-token") as forged:
         for path, methods in paths.items():
@@ -93,8 +95,20 @@ def test_a_viewer_reads_but_may_not_write(admin_app: AdminApp) -> None:
         dest = api.post("/api/destinations", json={"title": "PACS", "host": "127.0.0.1", "port": 104}).json()
     _, job_id, _ = finished_job(admin_app)
     with admin_app.viewer() as viewer:
-        assert viewer.get("/api/me").json() == {"name": VIEWER, "role": "viewer", "via": viewer.get("/api/me").json()["via"]}
-        for path in ("/api/local-aes", "/api/sources", "/api/destinations", "/api/series", "/api/jobs", "/api/audit", "/api/events"):
+        assert viewer.get("/api/me").json() == {
+            "name": VIEWER,
+            "role": "viewer",
+            "via": viewer.get("/api/me").json()["via"],
+        }
+        for path in (
+            "/api/local-aes",
+            "/api/sources",
+            "/api/destinations",
+            "/api/series",
+            "/api/jobs",
+            "/api/audit",
+            "/api/events",
+        ):
             assert viewer.get(path).status_code == 200, path
         refused = [
             viewer.post("/api/local-aes", json={"title": "NEW", "port": 11112}),
@@ -125,10 +139,19 @@ def test_a_viewer_reads_but_may_not_write(admin_app: AdminApp) -> None:
 
 def test_local_ae_create_read_update_delete_with_audit(admin_app: AdminApp) -> None:
     with admin_app.admin() as api:
-        assert api.post("/api/destinations", json={"title": "PACS", "host": "pacs.example.org", "port": 104}).status_code == 201
+        assert (
+            api.post("/api/destinations", json={"title": "PACS", "host": "pacs.example.org", "port": 104}).status_code
+            == 201
+        )
         created = api.post(
             "/api/local-aes",
-            json={"title": "COVIDNODE", "port": 11112, "quiet_seconds": 3, "send_results_to": ["PACS"], "filters": {"min_slices": 20}},
+            json={
+                "title": "COVIDNODE",
+                "port": 11112,
+                "quiet_seconds": 3,
+                "send_results_to": ["PACS"],
+                "filters": {"min_slices": 20},
+            },
         )
         assert created.status_code == 201, created.text
         ae = created.json()
@@ -164,26 +187,42 @@ def test_sources_and_destinations(admin_app: AdminApp) -> None:
         assert field_errors(api.post("/api/sources", json={"title": "CT1"})) == {"title": "source 'CT1' exists already"}
         assert "host" in field_errors(api.post("/api/sources", json={"title": "CT2", "host": "bad host!"}))
 
-        dest = api.post("/api/destinations", json={"title": "PACS", "host": "10.0.0.9", "port": 11112, "tls": True, "outputs": ["sr", "sc"]})
+        dest = api.post(
+            "/api/destinations",
+            json={"title": "PACS", "host": "10.0.0.9", "port": 11112, "tls": True, "outputs": ["sr", "sc"]},
+        )
         assert dest.status_code == 201, dest.text
         dest_id = dest.json()["id"]
         assert dest.json()["outputs"] == ["sr", "sc"] and dest.json()["tls"] is True
         assert api.patch(f"/api/destinations/{dest_id}", json={"outputs": ["seg"]}).json()["outputs"] == ["seg"]
         assert "outputs" in field_errors(api.patch(f"/api/destinations/{dest_id}", json={"outputs": ["pdf"]}))
-        assert "outputs" in field_errors(api.post("/api/destinations", json={"title": "P2", "host": "h", "port": 1, "outputs": ["sr", "sr"]}))
-        assert field_errors(api.post("/api/local-aes", json={"title": "N", "port": 2000, "send_results_to": ["NOPE"]})) == {
-            "send_results_to": "no destination titled 'NOPE'"
-        }
+        assert "outputs" in field_errors(
+            api.post("/api/destinations", json={"title": "P2", "host": "h", "port": 1, "outputs": ["sr", "sr"]})
+        )
+        assert field_errors(
+            api.post("/api/local-aes", json={"title": "N", "port": 2000, "send_results_to": ["NOPE"]})
+        ) == {"send_results_to": "no destination titled 'NOPE'"}
         assert api.delete(f"/api/sources/{src_id}").status_code == 204
         assert api.delete(f"/api/destinations/{dest_id}").status_code == 204
         assert api.get("/api/sources").json() == [] and api.get("/api/destinations").json() == []
     actions = [e.action for e in audit_rows(admin_app)]
-    assert actions == ["source.create", "source.update", "destination.create", "destination.update", "source.delete", "destination.delete"]
+    assert actions == [
+        "source.create",
+        "source.update",
+        "destination.create",
+        "destination.update",
+        "source.delete",
+        "destination.delete",
+    ]
 
 
 @pytest.mark.parametrize("route", ["/api/local-aes", "/api/sources", "/api/destinations"])
 def test_refusals_name_the_field_with_the_command_lines_reason(admin_app: AdminApp, route: str) -> None:
-    bases: dict[str, dict[str, Any]] = {"/api/local-aes": {"title": "NODE", "port": 11112}, "/api/sources": {"title": "CT1"}, "/api/destinations": {"title": "PACS", "host": "127.0.0.1", "port": 104}}
+    bases: dict[str, dict[str, Any]] = {
+        "/api/local-aes": {"title": "NODE", "port": 11112},
+        "/api/sources": {"title": "CT1"},
+        "/api/destinations": {"title": "PACS", "host": "127.0.0.1", "port": 104},
+    }
     base = bases[route]
     titles = ["A" * 17, "BAD\\TITLE", "", "   "]
     ports = [0, 70000, -1]
@@ -200,15 +239,28 @@ def test_refusals_name_the_field_with_the_command_lines_reason(admin_app: AdminA
         # Changes are checked the same way.
         item = api.post(route, json=base)
         assert item.status_code == 201, item.text
-        assert field_errors(api.patch(f"{route}/{item.json()['id']}", json={"title": "B" * 17})) == {"title": check_ae_title("B" * 17)[1]}
-        assert field_errors(api.patch(f"{route}/{item.json()['id']}", json={"port": 65536})) == {"port": check_port(65536)[1]}
+        assert field_errors(api.patch(f"{route}/{item.json()['id']}", json={"title": "B" * 17})) == {
+            "title": check_ae_title("B" * 17)[1]
+        }
+        assert field_errors(api.patch(f"{route}/{item.json()['id']}", json={"port": 65536})) == {
+            "port": check_port(65536)[1]
+        }
         assert len(api.get(route).json()) == 1
 
 
 def test_form_errors_are_shown_at_their_field(admin_app: AdminApp) -> None:
     browser = admin_app.browser()
     browser.get("/local-aes/new")
-    page = browser.post("/local-aes/new", {"title": "A" * 17, "port": "70000", "quiet_seconds": "5", "max_wait_seconds": "1800", "filters.min_slices": "1"})
+    page = browser.post(
+        "/local-aes/new",
+        {
+            "title": "A" * 17,
+            "port": "70000",
+            "quiet_seconds": "5",
+            "max_wait_seconds": "1800",
+            "filters.min_slices": "1",
+        },
+    )
     assert page.status_code == 422
     html = page.text
     assert re.search(r'id="error-title"[^>]*>is 17 characters long, at most 16 are allowed<', html)
@@ -222,7 +274,14 @@ def test_form_errors_are_shown_at_their_field(admin_app: AdminApp) -> None:
     listing = browser.get("/sources")
     assert "Source CT1 added." in listing.text and 'data-title="CT1"' in listing.text
     with admin_app.admin() as api:
-        assert api.get("/api/sources").json()[0] | {"id": 0} == {"id": 0, "title": "CT1", "host": None, "port": None, "enabled": True, "description": ""}
+        assert api.get("/api/sources").json()[0] | {"id": 0} == {
+            "id": 0,
+            "title": "CT1",
+            "host": None,
+            "port": None,
+            "enabled": True,
+            "description": "",
+        }
     entry = audit_rows(admin_app, action="source.create")[0]
     assert (entry.actor, entry.via) == (ADMIN, "web")
 
@@ -243,7 +302,9 @@ def test_tokens_are_created_shown_once_used_and_revoked(admin_app: AdminApp) -> 
             assert api.delete(f"/api/tokens/{made.json()['id']}").json()["revoked_at"] is not None
             refused = script.get("/api/me")
             assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
-        assert field_errors(api.post("/api/tokens", json={"name": "x", "user": "nobody"})) == {"user": "no user named 'nobody'"}
+        assert field_errors(api.post("/api/tokens", json={"name": "x", "user": "nobody"})) == {
+            "user": "no user named 'nobody'"
+        }
         assert api.delete("/api/tokens/9999").status_code == 404
     with admin_app.db.session() as s:
         stored = s.scalars(select(AuditEntry.action).where(AuditEntry.target_type == "token")).all()
@@ -275,7 +336,10 @@ def test_session_login_csrf_and_logout(admin_app: AdminApp) -> None:
     # The logged-in browser may read the API; writing needs the CSRF token in a header.
     assert browser.http.get("/api/sources").status_code == 200
     assert browser.http.post("/api/sources", json={"title": "CT2"}).status_code == 403
-    assert browser.http.post("/api/sources", json={"title": "CT2"}, headers={"X-CSRF-Token": browser.csrf}).status_code == 201
+    assert (
+        browser.http.post("/api/sources", json={"title": "CT2"}, headers={"X-CSRF-Token": browser.csrf}).status_code
+        == 201
+    )
 
     # Logging out ends the session on the server: the old cookie no longer logs in.
     old_cookies = dict(browser.http.cookies)
@@ -301,7 +365,9 @@ def test_wrong_passwords_lock_the_name_for_a_while(admin_app: AdminApp) -> None:
         assert LoginThrottle().locked(s, ADMIN, "127.0.0.2") == 0
     # The same name from another address is not locked out (nobody can lock an admin out from
     # elsewhere), nor is another name from this address.
-    elsewhere = Browser(httpx.Client(base_url=admin_app.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2")))
+    elsewhere = Browser(
+        httpx.Client(base_url=admin_app.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    )
     elsewhere.get("/login")
     assert elsewhere.post("/login", {"name": ADMIN, "password": PASSWORD}).status_code == 303
     assert browser.post("/login", {"name": VIEWER, "password": PASSWORD}).status_code == 303
@@ -314,7 +380,9 @@ def test_series_jobs_preview_retry_and_resend(admin_app: AdminApp) -> None:
     series_id, job_id, rgb = finished_job(admin_app)
     with admin_app.viewer() as viewer:
         series = viewer.get("/api/series").json()
-        assert [(s["id"], s["status"], s["job_id"], s["decision"]) for s in series] == [(series_id, "done", job_id, "covid")]
+        assert [(s["id"], s["status"], s["job_id"], s["decision"]) for s in series] == [
+            (series_id, "done", job_id, "covid")
+        ]
         assert viewer.get("/api/series", params={"status": "failed"}).json() == []
         assert viewer.get(f"/api/series/{series_id}").json()["jobs"][0]["id"] == job_id
         job = viewer.get(f"/api/jobs/{job_id}").json()
@@ -341,10 +409,16 @@ def test_series_jobs_preview_retry_and_resend(admin_app: AdminApp) -> None:
         assert api.post(f"/api/jobs/{job_id}/export").status_code == 409  # only a done job's results
         assert api.post("/api/jobs/999/retry").status_code == 404
     with admin_app.db.session() as s:
-        topics = s.scalars(select(OutboxMessage.topic).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.id)).all()
+        topics = s.scalars(
+            select(OutboxMessage.topic).where(OutboxMessage.job_id == job_id).order_by(OutboxMessage.id)
+        ).all()
     assert topics == ["export", "analyse"]
     retry = audit_rows(admin_app, action="job.retry")[0]
-    assert retry.before == {"status": "done", "reason": ""} and retry.after is not None and retry.after["status"] == "pending"
+    assert (
+        retry.before == {"status": "done", "reason": ""}
+        and retry.after is not None
+        and retry.after["status"] == "pending"
+    )
 
     # The job's page shows the preview with the notice.
     browser = admin_app.browser(VIEWER)
@@ -366,7 +440,9 @@ def test_health_and_metrics(admin_app: AdminApp) -> None:
         assert down.status_code == 503
         checks = down.json()["checks"]
         assert checks["database"]["ok"] and checks["broker"]["ok"] and checks["disk"]["ok"]
-        assert checks["listeners"]["aes"] == [{"title": "NODE", "port": port, "ok": False, "error": "Connection refused"}]
+        assert checks["listeners"]["aes"] == [
+            {"title": "NODE", "port": port, "ok": False, "error": "Connection refused"}
+        ]
         with closing(socket.socket()) as listener:
             listener.bind(("127.0.0.1", port))
             listener.listen()
@@ -375,9 +451,22 @@ def test_health_and_metrics(admin_app: AdminApp) -> None:
 
         _, job_id, _ = finished_job(admin_app)
         with admin_app.db.session() as s:
-            s.add(Instance(series_id=1, sop_instance_uid="1.2.3", sop_class_uid="1.2", transfer_syntax_uid="1.2.840.10008.1.2.1", path="x", size_bytes=1))
+            s.add(
+                Instance(
+                    series_id=1,
+                    sop_instance_uid="1.2.3",
+                    sop_class_uid="1.2",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path="x",
+                    size_bytes=1,
+                )
+            )
         text = anonymous.get("/metrics").text
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert samples[("dicom_node_instances_received_total", ())] == 1
     assert samples[("dicom_node_series_completed_total", ())] == 1
     assert samples[("dicom_node_jobs", (("state", "done"),))] == 1
@@ -405,15 +494,34 @@ def test_openapi_and_every_page_renders(admin_app: AdminApp) -> None:
         src = api.post("/api/sources", json={"title": "CT1"}).json()
     browser = admin_app.browser()
     pages = [
-        "/", "/series", "/series/rows", f"/series/{series_id}", "/jobs", "/jobs/rows", f"/jobs/{job_id}",
-        "/local-aes", "/local-aes/new", f"/local-aes/{ae['id']}", f"/local-aes/{ae['id']}/delete",
-        "/sources", "/sources/new", f"/sources/{src['id']}", "/destinations", f"/destinations/{dest['id']}",
-        "/audit", "/audit?target_type=local_ae", "/tokens", "/tokens/1/revoke",
+        "/",
+        "/series",
+        "/series/rows",
+        f"/series/{series_id}",
+        "/jobs",
+        "/jobs/rows",
+        f"/jobs/{job_id}",
+        "/local-aes",
+        "/local-aes/new",
+        f"/local-aes/{ae['id']}",
+        f"/local-aes/{ae['id']}/delete",
+        "/sources",
+        "/sources/new",
+        f"/sources/{src['id']}",
+        "/destinations",
+        f"/destinations/{dest['id']}",
+        "/audit",
+        "/audit?target_type=local_ae",
+        "/tokens",
+        "/tokens/1/revoke",
     ]
     for page in pages:
         response = browser.get(page)
         assert response.status_code == 200, (page, response.text[:500])
-        assert "script-src 'self'" in response.headers["content-security-policy"] and response.headers["x-frame-options"] == "DENY"
+        assert (
+            "script-src 'self'" in response.headers["content-security-policy"]
+            and response.headers["x-frame-options"] == "DENY"
+        )
         assert " on" + "change=" not in response.text and "javascript:" not in response.text  # no inline script
     for page in ("/series", "/jobs", f"/jobs/{job_id}", f"/series/{series_id}"):
         assert "Not for clinical use." in browser.get(page).text, page
@@ -426,13 +534,21 @@ def test_c_echo_of_a_destination(admin_app: AdminApp, tmp_path: Any) -> None:
     orthanc = Orthanc(tmp_path / "orthanc").start()
     try:
         with admin_app.admin() as api:
-            good = api.post("/api/destinations", json={"title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}).json()
-            wrong_title = api.post("/api/destinations", json={"title": "NOTORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}).json()
-            nobody = api.post("/api/destinations", json={"title": "NOBODY", "host": "127.0.0.1", "port": free_port()}).json()
+            good = api.post(
+                "/api/destinations", json={"title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+            ).json()
+            wrong_title = api.post(
+                "/api/destinations", json={"title": "NOTORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
+            ).json()
+            nobody = api.post(
+                "/api/destinations", json={"title": "NOBODY", "host": "127.0.0.1", "port": free_port()}
+            ).json()
         with admin_app.viewer() as viewer:
             answer = viewer.post(f"/api/destinations/{good['id']}/echo").json()
             assert answer["ok"] and answer["status"] == "0x0000" and answer["outcome"] == "Success", answer
-            assert answer["round_trip_ms"] > 0 and answer["calling_ae_title"] == admin_app.settings.export.calling_ae_title
+            assert (
+                answer["round_trip_ms"] > 0 and answer["calling_ae_title"] == admin_app.settings.export.calling_ae_title
+            )
             rejected = viewer.post(f"/api/destinations/{wrong_title['id']}/echo").json()
             assert not rejected["ok"] and rejected["outcome"] == "association rejected", rejected
             silent = viewer.post(f"/api/destinations/{nobody['id']}/echo").json()
@@ -445,7 +561,9 @@ def test_c_echo_of_a_destination(admin_app: AdminApp, tmp_path: Any) -> None:
 # --- the command line ----------------------------------------------------------------------
 
 
-def test_admin_commands_and_the_audit_of_command_line_changes(admin_app: AdminApp, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_admin_commands_and_the_audit_of_command_line_changes(
+    admin_app: AdminApp, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(admin_app.settings.data_dir))
     monkeypatch.setenv("DICOM_NODE_DATABASE_URL", admin_app.settings.effective_database_url)
 
@@ -460,7 +578,11 @@ def test_admin_commands_and_the_audit_of_command_line_changes(admin_app: AdminAp
     assert main(["admin", "create-token", "carol", "--name", "nightly report"]) == 0
     token = capsys.readouterr().out.strip()
     with admin_app.client(token) as script:
-        assert script.get("/api/me").json() == {"name": "carol", "role": "viewer", "via": script.get("/api/me").json()["via"]}
+        assert script.get("/api/me").json() == {
+            "name": "carol",
+            "role": "viewer",
+            "via": script.get("/api/me").json()["via"],
+        }
         token_id = int(script.get("/api/me").json()["via"].split()[-1])
         assert main(["admin", "revoke-token", str(token_id)]) == 0
         assert script.get("/api/me").status_code == 401

@@ -56,7 +56,12 @@ def untrained_weights(folder: Path) -> Path:
 
     torch.manual_seed(0)
     network = WeaklySupervisedNet(widths=(8, 16, 16), depths=(1, 1, 1), head_blocks=(2, 3))
-    metadata = {"name": "admin-test-untrained", "version": "0.0", "classes": ["covid", "cap", "normal"], "input": InputSpec().to_json()}
+    metadata = {
+        "name": "admin-test-untrained",
+        "version": "0.0",
+        "classes": ["covid", "cap", "normal"],
+        "input": InputSpec().to_json(),
+    }
     save_weights(network, folder, metadata)
     return folder
 
@@ -73,7 +78,16 @@ def node(tmp_path: Path) -> Iterator[tuple[LiveNode, int]]:
         "worker__localisation": "cam",
         "worker__sc_slices": "lung",
     }
-    cli(node_env(data_dir, **settings), "ae", "add-local", LOCAL_AE, "--port", str(port), "--quiet-seconds", str(OLD_QUIET))
+    cli(
+        node_env(data_dir, **settings),
+        "ae",
+        "add-local",
+        LOCAL_AE,
+        "--port",
+        str(port),
+        "--quiet-seconds",
+        str(OLD_QUIET),
+    )
     live = start_live_node(data_dir, ("up",), **settings)
     yield live, port
     live.process.stop(timeout=40)
@@ -126,7 +140,9 @@ class Pages:
 
     def wait(self, condition: Any, timeout: float = 20) -> Any:
         # The lists re-fill themselves every few seconds: an element found just before may be gone.
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+        return WebDriverWait(
+            self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
 
     def cells(self, row_selector: str) -> list[str] | None:
         """The texts of one table row's cells, read at once (the row may be replaced any time)."""
@@ -203,7 +219,9 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     # Send a series; the series list (not reloaded) shows it receiving, then analysed.
     p.open("/series")
     browser.execute_script("window.notReloaded = true;")
-    series_dir = write_phantom_series("covid", tmp_path / "scanner", seed=3, slices=24, rows=128, columns=128, write_masks=False)
+    series_dir = write_phantom_series(
+        "covid", tmp_path / "scanner", seed=3, slices=24, rows=128, columns=128, write_masks=False
+    )
     # The fixture waits for the admin app only, and the page's "listening" is the AE's
     # configuration: on a loaded machine the listener process may still be starting. Wait for
     # the port itself.
@@ -212,11 +230,22 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     assert sent.returncode == 0, sent.stderr
     # All 24 images in, and no longer receiving (a machine that stalls longer than the quiet
     # period in the middle of the sending completes and re-opens the series: that is allowed).
-    p.wait(lambda d: (cells := p.cells("#series-rows tr[data-series-uid]")) and cells[5] == "24" and cells[6] not in ("receiving", ""), 60)
+    p.wait(
+        lambda d: (
+            (cells := p.cells("#series-rows tr[data-series-uid]"))
+            and cells[5] == "24"
+            and cells[6] not in ("receiving", "")
+        ),
+        60,
+    )
     assert browser.execute_script("return window.notReloaded === true;")
     p.shot("06-series-completed")
     with live.api() as api:
-        series = wait_until(lambda: [s for s in api.get("/api/series").json() if s["series_status"] != "receiving"], 20, "the series to complete")[0]
+        series = wait_until(
+            lambda: [s for s in api.get("/api/series").json() if s["series_status"] != "receiving"],
+            20,
+            "the series to complete",
+        )[0]
         detail = api.get(f"/api/series/{series['id']}").json()
     quiet = (_aware(detail["completed_at"]) - _aware(detail["last_received_at"])).total_seconds()
     assert NEW_QUIET <= quiet < OLD_QUIET, f"completed {quiet:.1f} s after the last image"
@@ -237,7 +266,11 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
 
     # The finished job: its heatmap previews with the notice, and its export to Orthanc.
     with live.api() as api:
-        wait_until(lambda: all(e["status"] == "done" for e in api.get(f"/api/jobs/{job_id}").json()["exports"]), 90, "the export to Orthanc")
+        wait_until(
+            lambda: all(e["status"] == "done" for e in api.get(f"/api/jobs/{job_id}").json()["exports"]),
+            90,
+            "the export to Orthanc",
+        )
     p.open(f"/jobs/{job_id}")
     assert "Not for clinical use." in p.text()
     first = p.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "#previews img.preview")))
@@ -245,7 +278,13 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.wait(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first), 30)
     assert browser.execute_script("return arguments[0].naturalWidth;", first) == 128
     browser.find_element(By.CSS_SELECTOR, "a[data-preview-index='1']").click()  # the next picture, same page
-    p.wait(lambda d: first.get_attribute("src").endswith("index=1") and d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first), 30)
+    p.wait(
+        lambda d: (
+            first.get_attribute("src").endswith("index=1")
+            and d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0;", first)
+        ),
+        30,
+    )
     assert p.by_id("preview-caption").text.startswith("2 / ")
     exports = p.by_id("exports").text
     assert pacs.aet in exports and "done" in exports, exports

@@ -46,7 +46,14 @@ def node(database_url: str, tmp_path: Path) -> Iterator[tuple[Settings, Database
     db = Database(database_url)
     study, series_uid = derived_uid("internal", "study"), derived_uid("internal", "series")
     with db.session() as s:
-        series = Series(series_uid=series_uid, study_uid=study, modality="CT", instances=2, frames=2, status=SeriesStatus.COMPLETE.value)
+        series = Series(
+            series_uid=series_uid,
+            study_uid=study,
+            modality="CT",
+            instances=2,
+            frames=2,
+            status=SeriesStatus.COMPLETE.value,
+        )
         s.add(series)
         s.flush()
         paths = []
@@ -56,7 +63,16 @@ def node(database_url: str, tmp_path: Path) -> Iterator[tuple[Settings, Database
             data = f"instance {i} ".encode() * (1000 + i)
             (settings.storage_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             (settings.storage_dir / rel).write_bytes(data)
-            s.add(Instance(series_id=series.id, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1", path=rel, size_bytes=len(data)))
+            s.add(
+                Instance(
+                    series_id=series.id,
+                    sop_instance_uid=sop,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                    transfer_syntax_uid="1.2.840.10008.1.2.1",
+                    path=rel,
+                    size_bytes=len(data),
+                )
+            )
             paths.append(rel)
         job = Job(series_id=series.id, status=JobStatus.DONE.value, started_at=utcnow(), finished_at=utcnow())
         s.add(job)
@@ -118,13 +134,19 @@ def test_instances_by_indexed_path_only_and_result_files(node: tuple[Settings, D
     assert not (settings.results_dir / str(job_id + 1000)).exists()
 
 
-def test_a_worker_with_its_own_disk_fetches_uploads_and_forgets(node: tuple[Settings, Database, int, str], tmp_path: Path) -> None:
+def test_a_worker_with_its_own_disk_fetches_uploads_and_forgets(
+    node: tuple[Settings, Database, int, str], tmp_path: Path
+) -> None:
     settings, db, job_id, _ = node
-    worker = Settings(data_dir=tmp_path / "worker-data", database_url=settings.database_url,
-                      remote=_remote(settings, TOKEN))
+    worker = Settings(
+        data_dir=tmp_path / "worker-data", database_url=settings.database_url, remote=_remote(settings, TOKEN)
+    )
     files = NodeFiles(worker)
     with db.reader() as conn:
-        refs = [StoredRef(p, n) for p, n in conn.execute(Instance.__table__.select().with_only_columns(Instance.path, Instance.size_bytes))]
+        refs = [
+            StoredRef(p, n)
+            for p, n in conn.execute(Instance.__table__.select().with_only_columns(Instance.path, Instance.size_bytes))
+        ]
     paths, fetched = files.series(refs)
     assert not files.shared and fetched == paths
     assert [p.read_bytes() for p in paths] == [(settings.storage_dir / r.path).read_bytes() for r in refs]
@@ -140,8 +162,9 @@ def test_a_worker_with_its_own_disk_fetches_uploads_and_forgets(node: tuple[Sett
     assert files.upload_results(mine) == 2
     assert (settings.results_dir / str(job_id) / "dicom/seg/1.2.9.dcm").read_bytes() == b"seg bytes"
 
-    other = Settings(data_dir=tmp_path / "other-worker", database_url=settings.database_url,
-                     remote=_remote(settings, TOKEN))
+    other = Settings(
+        data_dir=tmp_path / "other-worker", database_url=settings.database_url, remote=_remote(settings, TOKEN)
+    )
     theirs = JobArtefacts(other.results_dir, job_id)
     assert NodeFiles(other).results(theirs, [Path(f"{job_id}/dicom/seg/1.2.9.dcm")]) == 1
     assert theirs.absolute(f"{job_id}/dicom/seg/1.2.9.dcm").read_bytes() == b"seg bytes"
@@ -153,8 +176,7 @@ def test_a_worker_with_its_own_disk_fetches_uploads_and_forgets(node: tuple[Sett
 
 def test_a_worker_on_the_nodes_own_data_dir_fetches_nothing(node: tuple[Settings, Database, int, str]) -> None:
     settings, db, _, first = node
-    same = Settings(data_dir=settings.data_dir, database_url=settings.database_url,
-                    remote=_remote(settings, TOKEN))
+    same = Settings(data_dir=settings.data_dir, database_url=settings.database_url, remote=_remote(settings, TOKEN))
     (settings.storage_dir / first).unlink()  # even a file missing here is not fetched: the volume is the node's
     files = NodeFiles(same)
     paths, fetched = files.series([StoredRef(first, 1)])

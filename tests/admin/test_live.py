@@ -29,13 +29,19 @@ CALLED = "LIVENODE"
 
 def echo(port: int, calling: str = CALLING) -> subprocess.CompletedProcess[str]:
     exe = require_tool("echoscu", "dcmtk")
-    return subprocess.run([exe, "-aet", calling, "-aec", CALLED, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [exe, "-aet", calling, "-aec", CALLED, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60
+    )
 
 
 def refusals(api: Any) -> int:
     """Associations the node refused to CALLING because of the allow-list (its events)."""
     events = api.get("/api/events", params={"limit": 1000}).json()
-    return sum(1 for e in events if e["category"] == "association" and e["calling_ae"] == CALLING and "allow-list" in e["message"])
+    return sum(
+        1
+        for e in events
+        if e["category"] == "association" and e["calling_ae"] == CALLING and "allow-list" in e["message"]
+    )
 
 
 def assert_refused(api: Any, port: int) -> None:
@@ -66,7 +72,9 @@ def test_changes_reach_the_running_listener(live_node: LiveNode, tmp_path: Path)
         accepted = echo(port)
         assert accepted.returncode == 0, accepted.stderr
 
-        scanner = write_phantom_series("normal", tmp_path / "scanner", seed=1, slices=4, rows=64, columns=64, write_masks=False)
+        scanner = write_phantom_series(
+            "normal", tmp_path / "scanner", seed=1, slices=4, rows=64, columns=64, write_masks=False
+        )
         sent = storescu(scanner, port, calling=CALLING, called=CALLED)
         assert sent.returncode == 0, sent.stderr
         series = wait_until(lambda: api.get("/api/series").json(), 15, "the series to be listed")

@@ -45,14 +45,22 @@ def _user_id(app: AdminApp, name: str) -> int:
 def test_an_admin_manages_users_in_the_pages(admin_app: AdminApp) -> None:
     browser = admin_app.browser()
     page = browser.get("/users")
-    assert page.status_code == 200 and "New user" in page.text and f"{ADMIN} <span class=\"muted\">(you)" in page.text
+    assert page.status_code == 200 and "New user" in page.text and f'{ADMIN} <span class="muted">(you)' in page.text
 
     # Errors at their fields; nothing is made.
-    refused = browser.post("/users", {"name": "carol", "role": "viewer", "password": "short", "password_again": "short"})
-    assert refused.status_code == 422 and re.search(r'id="error-password"[^>]*>must be at least 10 characters long', refused.text)
-    refused = browser.post("/users", {"name": "carol", "role": "viewer", "password": PASSWORD, "password_again": PASSWORD + "x"})
+    refused = browser.post(
+        "/users", {"name": "carol", "role": "viewer", "password": "short", "password_again": "short"}
+    )
+    assert refused.status_code == 422 and re.search(
+        r'id="error-password"[^>]*>must be at least 10 characters long', refused.text
+    )
+    refused = browser.post(
+        "/users", {"name": "carol", "role": "viewer", "password": PASSWORD, "password_again": PASSWORD + "x"}
+    )
     assert refused.status_code == 422 and "the two passwords differ" in refused.text
-    refused = browser.post("/users", {"name": VIEWER, "role": "viewer", "password": PASSWORD, "password_again": PASSWORD})
+    refused = browser.post(
+        "/users", {"name": VIEWER, "role": "viewer", "password": PASSWORD, "password_again": PASSWORD}
+    )
     assert refused.status_code == 422 and "exists already" in refused.text
     assert _audit(admin_app, "user.create") == []
 
@@ -80,12 +88,17 @@ def test_an_admin_manages_users_in_the_pages(admin_app: AdminApp) -> None:
 
     mismatch = browser.post(f"/users/{carol}/password", {"password": NEW_PASSWORD, "password_again": "different"})
     assert mismatch.status_code == 422 and "the two passwords differ" in mismatch.text
-    assert browser.post(f"/users/{carol}/password", {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}).status_code == 303
+    assert (
+        browser.post(f"/users/{carol}/password", {"password": NEW_PASSWORD, "password_again": NEW_PASSWORD}).status_code
+        == 303
+    )
     assert [e.target for e in _audit(admin_app, "user.set_password")] == ["carol"]
     admin_app.browser("carol", NEW_PASSWORD)
     # The user's page shows what happened to them.
     history = browser.get(f"/users/{carol}").text
-    assert all(action in history for action in ("user.create", "user.role", "user.disable", "user.enable", "user.set_password"))
+    assert all(
+        action in history for action in ("user.create", "user.role", "user.disable", "user.enable", "user.set_password")
+    )
 
 
 def test_an_admin_is_always_left(admin_app: AdminApp) -> None:
@@ -105,7 +118,12 @@ def test_viewers_may_not_manage_users(admin_app: AdminApp) -> None:
     me = _user_id(admin_app, VIEWER)
     assert browser.get("/users").status_code == 403
     assert browser.get(f"/users/{me}").status_code == 403
-    assert browser.post("/users", {"name": "mallory", "role": "admin", "password": PASSWORD, "password_again": PASSWORD}).status_code == 403
+    assert (
+        browser.post(
+            "/users", {"name": "mallory", "role": "admin", "password": PASSWORD, "password_again": PASSWORD}
+        ).status_code
+        == 403
+    )
     assert browser.post(f"/users/{me}/role", {"role": "admin"}).status_code == 403
     assert "/users" not in browser.get("/").text.split("<main>")[0]
 

@@ -68,9 +68,14 @@ def test_database_urls_that_can_not_work(env: dict[str, str], url: str, expected
     assert "secret" not in line
 
 
-def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused_not_created(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_refused_not_created(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     missing = tmp_path / "no" / "such" / "dir"
-    one_line_error(run(env, "db", "upgrade", DICOM_NODE_DATABASE_URL=f"sqlite:///{missing}/x.db"), f"the folder {missing} does not exist")
+    one_line_error(
+        run(env, "db", "upgrade", DICOM_NODE_DATABASE_URL=f"sqlite:///{missing}/x.db"),
+        f"the folder {missing} does not exist",
+    )
     assert not (tmp_path / "no").exists()
 
 
@@ -98,14 +103,20 @@ def test_plain_postgresql_urls_work(env: dict[str, str], postgres_database: str)
 
 @pytest.mark.parametrize("command", ["worker", "serve"])
 def test_an_unreachable_broker(env: dict[str, str], command: str) -> None:
-    line = one_line_error(run(env, command, DICOM_NODE_BROKER_URL="redis://:secret@127.0.0.1:1/0"), "cannot reach the broker redis://:***@127.0.0.1:1/0", "DICOM_NODE_BROKER_URL")
+    line = one_line_error(
+        run(env, command, DICOM_NODE_BROKER_URL="redis://:secret@127.0.0.1:1/0"),
+        "cannot reach the broker redis://:***@127.0.0.1:1/0",
+        "DICOM_NODE_BROKER_URL",
+    )
     assert "secret" not in line
 
 
 def test_an_unreachable_pacs(env: dict[str, str]) -> None:
     port = str(_free_port())
     assert run(env, "ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", port).returncode == 0
-    one_line_error(run(env, "ae", "echo", "PACS"), f"PACS at 127.0.0.1:{port} did not answer C-ECHO", "calling AE COVIDCTNODE")
+    one_line_error(
+        run(env, "ae", "echo", "PACS"), f"PACS at 127.0.0.1:{port} did not answer C-ECHO", "calling AE COVIDCTNODE"
+    )
     one_line_error(run(env, "ae", "echo", "NOPE"), "no destination titled 'NOPE'")
 
 
@@ -115,25 +126,39 @@ def test_ports_in_use(env: dict[str, str]) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         # Before up makes its AE: the fix is another --port.
-        one_line_error(run(env, "up", "--port", str(port)), f"port {port} (local AE COVIDNODE) is in use", "dicom-node up --port N")
+        one_line_error(
+            run(env, "up", "--port", str(port)), f"port {port} (local AE COVIDNODE) is in use", "dicom-node up --port N"
+        )
         # A configured AE: the fix is to move it.
         assert run(env, "ae", "add-local", "CTAI", "--port", str(port)).returncode == 0
         one_line_error(run(env, "serve"), f"port {port} (local AE CTAI) is in use", "ae update-local CTAI --port")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", int(env["DICOM_NODE_ADMIN_PORT"])))
         taken.listen()
-        one_line_error(run(env, "serve"), f"port {env['DICOM_NODE_ADMIN_PORT']} (admin app) is in use", "DICOM_NODE_ADMIN_PORT")
+        one_line_error(
+            run(env, "serve"), f"port {env['DICOM_NODE_ADMIN_PORT']} (admin app) is in use", "DICOM_NODE_ADMIN_PORT"
+        )
 
 
 def test_missing_weights(env: dict[str, str], tmp_path: Path) -> None:
-    one_line_error(run(env, "worker", DICOM_NODE_WORKER__WEIGHTS_DIR=str(tmp_path / "nope")), "setting worker.weights_dir", "does not exist")
+    one_line_error(
+        run(env, "worker", DICOM_NODE_WORKER__WEIGHTS_DIR=str(tmp_path / "nope")),
+        "setting worker.weights_dir",
+        "does not exist",
+    )
     series = _secondary_captures(tmp_path / "sc")
-    one_line_error(run(env, "model", "predict", str(series), "--weights", str(tmp_path / "nope")), "model weights:", "metadata.json not found")
+    one_line_error(
+        run(env, "model", "predict", str(series), "--weights", str(tmp_path / "nope")),
+        "model weights:",
+        "metadata.json not found",
+    )
 
 
 def test_input_folders(env: dict[str, str], tmp_path: Path) -> None:
     one_line_error(run(env, "model", "predict", str(tmp_path / "nope")), "does not exist")
-    one_line_error(run(env, "model", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "w")), "is not a folder")
+    one_line_error(
+        run(env, "model", "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "w")), "is not a folder"
+    )
 
 
 def test_a_folder_of_secondary_captures_is_not_a_ct(env: dict[str, str], tmp_path: Path) -> None:

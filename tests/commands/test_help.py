@@ -14,7 +14,9 @@ import pytest
 from dicom_node.cli import build_parser, main
 
 
-def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+def commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """Every parser under ``parser``, with the words that reach it."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -28,15 +30,31 @@ ALL = sorted(commands(build_parser()), key=lambda c: c[0])
 
 def test_the_tree_is_walked() -> None:
     names = {" ".join(path) for path, _ in ALL}
-    assert {"up", "serve", "worker", "ae list", "series list", "jobs list", "model predict", "phantom", "admin create-user"} <= names
+    assert {
+        "up",
+        "serve",
+        "worker",
+        "ae list",
+        "series list",
+        "jobs list",
+        "model predict",
+        "phantom",
+        "admin create-user",
+    } <= names
 
 
 @pytest.mark.parametrize(("path", "parser"), ALL, ids=[" ".join(p) for p, _ in ALL])
-def test_every_command_says_what_it_does_with_an_example(path: tuple[str, ...], parser: argparse.ArgumentParser) -> None:
+def test_every_command_says_what_it_does_with_an_example(
+    path: tuple[str, ...], parser: argparse.ArgumentParser
+) -> None:
     assert parser.description and len(parser.description) > 15, f"dicom-node {' '.join(path)} has no description"
-    assert parser.epilog and parser.epilog.startswith(("example:", "examples:")), f"dicom-node {' '.join(path)} has no example"
+    assert parser.epilog and parser.epilog.startswith(("example:", "examples:")), (
+        f"dicom-node {' '.join(path)} has no example"
+    )
     examples = [line.strip() for line in parser.epilog.splitlines()[1:] if line.strip()]
-    assert any(path[-1] in line and ("dicom-node" in line) for line in examples), f"the example of dicom-node {' '.join(path)} does not use it"
+    assert any(path[-1] in line and ("dicom-node" in line) for line in examples), (
+        f"the example of dicom-node {' '.join(path)} does not use it"
+    )
     assert parser.format_help().count("\n") > 3
 
 

@@ -33,11 +33,29 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
         series = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value)
         s.add(series)
         s.flush()
-        job = Job(series_id=series.id, status=JobStatus.DONE.value, decision="covid", attempts=1, result={"probabilities": {"covid": 0.9, "cap": 0.05, "normal": 0.05}})
+        job = Job(
+            series_id=series.id,
+            status=JobStatus.DONE.value,
+            decision="covid",
+            attempts=1,
+            result={"probabilities": {"covid": 0.9, "cap": 0.05, "normal": 0.05}},
+        )
         s.add(job)
         s.flush()
-        s.add(Export(job_id=job.id, destination_id=1, destination_key="dest:1", title="PACS", host="127.0.0.1", port=104, outputs=["sr"],
-                     status=ExportStatus.FAILED.value, attempts=1, last_error="refused"))
+        s.add(
+            Export(
+                job_id=job.id,
+                destination_id=1,
+                destination_key="dest:1",
+                title="PACS",
+                host="127.0.0.1",
+                port=104,
+                outputs=["sr"],
+                status=ExportStatus.FAILED.value,
+                attempts=1,
+                last_error="refused",
+            )
+        )
     return database
 
 
@@ -48,7 +66,11 @@ def test_jobs_list_json(db: Database, capsys: pytest.CaptureFixture[str]) -> Non
     row = rows[0]
     assert (row["status"], row["decision"], row["probabilities"]["covid"]) == ("done", "covid", 0.9)
     assert row["exports"][0]["destination"] == "PACS"
-    assert (row["exports"][0]["status"], row["exports"][0]["attempts"], row["exports"][0]["last_error"]) == ("failed", 1, "refused")
+    assert (row["exports"][0]["status"], row["exports"][0]["attempts"], row["exports"][0]["last_error"]) == (
+        "failed",
+        1,
+        "refused",
+    )
     assert main(["jobs", "list"]) == 0
     assert "Not for clinical use." in capsys.readouterr().out
 

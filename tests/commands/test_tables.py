@@ -56,15 +56,40 @@ def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pyt
         s.flush()
         done = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value, instances=96, patient_id="PHANTOM-1",
                       series_description="Synthetic chest CT phantom - a COVID-19 pattern, long words", calling_ae="STORESCU")  # fmt: skip
-        skipped = Series(series_uid="1.2.3.5", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.NOT_ANALYSED.value, instances=1, reason="modality MR is not CT")
+        skipped = Series(
+            series_uid="1.2.3.5",
+            study_uid="1.2.3",
+            local_ae_id=ae.id,
+            status=SeriesStatus.NOT_ANALYSED.value,
+            instances=1,
+            reason="modality MR is not CT",
+        )
         s.add_all([done, skipped])
         s.flush()
-        s.add(Job(series_id=done.id, status=JobStatus.DONE.value, decision="covid", attempts=1, result={"probabilities": {"covid": 0.9, "cap": 0.05, "normal": 0.05}}))
+        s.add(
+            Job(
+                series_id=done.id,
+                status=JobStatus.DONE.value,
+                decision="covid",
+                attempts=1,
+                result={"probabilities": {"covid": 0.9, "cap": 0.05, "normal": 0.05}},
+            )
+        )
     db.dispose()
 
     assert main(["series", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["STATUS", "IMAGES", "RECEIVED", "AE", "PATIENT", "DESCRIPTION", "SERIES", "UID", "REASON"]
+    assert lines[0].split() == [
+        "STATUS",
+        "IMAGES",
+        "RECEIVED",
+        "AE",
+        "PATIENT",
+        "DESCRIPTION",
+        "SERIES",
+        "UID",
+        "REASON",
+    ]
     done_line = next(line for line in lines if "1.2.3.4" in line)
     # The description is clipped in its own column; it never runs into the reason.
     assert "Synthetic chest CT phantom - a…" in done_line and done_line.split()[0] == "done"
@@ -78,7 +103,9 @@ def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pyt
 
 
 @pytest.mark.parametrize("path", [("series", "list"), ("jobs", "list")])
-def test_unknown_filter_values_are_refused(empty: str, path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_filter_values_are_refused(
+    empty: str, path: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         main([*path, "--status", "bogus"])
     assert exc.value.code == 2

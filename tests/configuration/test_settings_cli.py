@@ -66,20 +66,28 @@ def test_a_remote_worker_needs_the_token(env: Path, monkeypatch: pytest.MonkeyPa
     ("var", "value", "message"),
     [
         ("DICOM_NODE_ADMIN_PORT", "70000", "setting admin_port: 70000 is out of range"),
-        ("DICOM_NODE_EXPORT__CALLING_AE_TITLE", "A\\B", "setting export.calling_ae_title: must not contain a backslash"),
+        (
+            "DICOM_NODE_EXPORT__CALLING_AE_TITLE",
+            "A\\B",
+            "setting export.calling_ae_title: must not contain a backslash",
+        ),
         ("DICOM_NODE_DATABASE_URL", "nonsense", "setting database_url:"),
         ("DICOM_NODE_WORKER__DEVICE", "tpu", "setting worker.device:"),
         ("DICOM_NODE_REMOTE__NODE_URL", "node:8080", "setting remote.node_url: 'node:8080' is not an http"),
         ("DICOM_NODE_REMOTE__TOKEN", "short", "setting remote.token: must be at least 16 characters"),
     ],
 )
-def test_bad_values_are_refused_naming_the_field(env: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str) -> None:
+def test_bad_values_are_refused_naming_the_field(
+    env: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=message.replace("\\", "\\\\")):
         load_settings()
 
 
-def test_bad_settings_exit_2_from_the_cli(env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_settings_exit_2_from_the_cli(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("DICOM_NODE_ADMIN_PORT", "0")
     with pytest.raises(SystemExit) as exc:
         main(["ae", "list"])
@@ -89,7 +97,10 @@ def test_bad_settings_exit_2_from_the_cli(env: Path, monkeypatch: pytest.MonkeyP
 
 def test_ae_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", "4242", "--outputs", "sr,sc"]) == 0
-    assert main(["ae", "add-local", "COVIDNODE", "--port", "11112", "--quiet-seconds", "2", "--send-results-to", "PACS"]) == 0
+    assert (
+        main(["ae", "add-local", "COVIDNODE", "--port", "11112", "--quiet-seconds", "2", "--send-results-to", "PACS"])
+        == 0
+    )
     assert main(["ae", "add-source", "CT1", "--host", "10.0.0.5", "--port", "104"]) == 0
     capsys.readouterr()
     assert main(["ae", "add-local", "X" * 17, "--port", "11113"]) == 2
@@ -105,7 +116,14 @@ def test_ae_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert [a["title"] for a in data["local"]] == ["COVIDNODE"]
     assert data["local"][0]["send_results_to"] == ["PACS"]
     assert data["local"][0]["quiet_seconds"] == 2.0
-    assert data["sources"][0] == {"id": 1, "title": "CT1", "host": "10.0.0.5", "port": 104, "enabled": True, "description": ""}
+    assert data["sources"][0] == {
+        "id": 1,
+        "title": "CT1",
+        "host": "10.0.0.5",
+        "port": 104,
+        "enabled": True,
+        "description": "",
+    }
     assert data["destinations"][0]["outputs"] == ["sr", "sc"]
     assert main(["ae", "update-local", "COVIDNODE", "--quiet-seconds", "9", "--disable"]) == 0
     capsys.readouterr()
@@ -117,7 +135,13 @@ def test_ae_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_filters() -> None:
-    facts = SeriesFacts(modality="CT", body_part="CHEST", series_description="Thorax 1.0 B70f", slices=120, image_type=("ORIGINAL", "PRIMARY", "AXIAL"))
+    facts = SeriesFacts(
+        modality="CT",
+        body_part="CHEST",
+        series_description="Thorax 1.0 B70f",
+        slices=120,
+        image_type=("ORIGINAL", "PRIMARY", "AXIAL"),
+    )
     assert evaluate(SeriesFilter(), facts) == (True, "")
     assert evaluate(SeriesFilter(body_parts=["chest"]), facts)[0]
     ok, why = evaluate(SeriesFilter(series_description_pattern="lung|thorax.*b70"), facts)

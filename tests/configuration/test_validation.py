@@ -35,12 +35,26 @@ def test_invalid_ae_titles_name_the_reason(title: object, reason: str) -> None:
     assert not ok and reason in why
 
 
-@pytest.mark.parametrize(("port", "ok"), [(1, True), (104, True), (65535, True), (0, False), (65536, False), (-1, False), (True, False), ("104", False)])
+@pytest.mark.parametrize(
+    ("port", "ok"),
+    [(1, True), (104, True), (65535, True), (0, False), (65536, False), (-1, False), (True, False), ("104", False)],
+)
 def test_ports(port: object, ok: bool) -> None:
     assert check_port(port)[0] is ok
 
 
-@pytest.mark.parametrize(("host", "ok"), [("127.0.0.1", True), ("::1", True), ("pacs.example.org", True), ("pacs", True), ("bad host", False), ("", False), ("a..b", False)])
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("pacs.example.org", True),
+        ("pacs", True),
+        ("bad host", False),
+        ("", False),
+        ("a..b", False),
+    ],
+)
 def test_hosts(host: str, ok: bool) -> None:
     assert check_host(host)[0] is ok
 
@@ -62,7 +76,9 @@ def test_valid_uids(uid: str) -> None:
     assert check_uid(uid)[0]
 
 
-@pytest.mark.parametrize("uid", ["../../x", "1.2/3", "1..2", "1.02", "", "1." + "1" * 64, "1.2.3 4", "/etc/passwd", None])
+@pytest.mark.parametrize(
+    "uid", ["../../x", "1.2/3", "1..2", "1.02", "", "1." + "1" * 64, "1.2.3 4", "/etc/passwd", None]
+)
 def test_invalid_uids_never_become_paths(uid: object) -> None:
     assert not check_uid(uid)[0]
     with pytest.raises(ValueError):

@@ -35,7 +35,9 @@ def by_kind(kind: str, name: str) -> dict[str, Any]:
     return next(doc for _, doc in resources() if doc["kind"] == kind and doc["metadata"]["name"] == name)
 
 
-@pytest.mark.parametrize(("file", "resource"), resources(), ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+@pytest.mark.parametrize(
+    ("file", "resource"), resources(), ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}"
+)
 def test_each_resource_is_valid_against_the_api_schema(file: str, resource: dict[str, Any]) -> None:
     kubernetes_validate.validate(resource, kubernetes_validate.latest_version(), strict=True)
 

@@ -43,10 +43,21 @@ TAG = os.environ.get("IMAGE_TAG", "test")
 CONTAINERS_CONF = str(ROOT / "docker" / "containers.conf")
 
 
-def _run(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(args, cwd=ROOT, env=env or dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF), capture_output=True, text=True, timeout=timeout)
+def _run(
+    args: list[str], *, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env or dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -91,7 +102,15 @@ class Stack:
             LISTENER_PROCESSES="1",
             WORKER_DEVICE="cpu",
         )
-        self.compose = ["podman-compose", "-p", self.project, "-f", "docker/compose.yaml", "-f", "docker/compose.test.yaml"]
+        self.compose = [
+            "podman-compose",
+            "-p",
+            self.project,
+            "-f",
+            "docker/compose.yaml",
+            "-f",
+            "docker/compose.test.yaml",
+        ]
 
     def container(self, service: str) -> str:
         return f"{self.project}_{service}_1"
@@ -103,7 +122,9 @@ class Stack:
         """Containers, their volumes (named and anonymous) and the network: nothing left behind."""
         volumes = {f"{self.project}_{v}" for v in ("pgdata", "rabbitmqdata", "nodedata")}
         for service in ("postgres", "rabbitmq", "node", "worker-1", "worker-2", "orthanc"):
-            mounts = _run(["podman", "inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", self.container(service)], check=False).stdout.split()
+            mounts = _run(
+                ["podman", "inspect", "-f", "{{range .Mounts}}{{.Name}} {{end}}", self.container(service)], check=False
+            ).stdout.split()
             volumes.update(mounts)
         _run([*self.compose, "down", "-v"], env=self.env, timeout=600, check=False)
         for volume in sorted(volumes):
@@ -152,7 +173,9 @@ class Stack:
             worker = holder.stdout.readline().strip()
             if not worker:
                 holder.wait(timeout=60)
-                raise AssertionError(f"the job of {series_uid} was not seen running: {holder.stderr.read() if holder.stderr else ''}\n{self.logs()}")
+                raise AssertionError(
+                    f"the job of {series_uid} was not seen running: {holder.stderr.read() if holder.stderr else ''}\n{self.logs()}"
+                )
             yield worker
             holder.stdin.write("\n")
             holder.stdin.flush()
@@ -184,7 +207,9 @@ def _healthy(stack: Stack) -> bool:
         health = stack.http(stack.admin_port, "/health")
     except (OSError, ValueError):
         return False
-    return bool(health.get("checks", health).get("database", {}).get("ok")) and bool(health.get("checks", health).get("broker", {}).get("ok"))
+    return bool(health.get("checks", health).get("database", {}).get("ok")) and bool(
+        health.get("checks", health).get("broker", {}).get("ok")
+    )
 
 
 def _done(jobs: list[dict[str, Any]], uid: str) -> dict[str, Any] | None:
@@ -202,18 +227,33 @@ def test_two_workers_without_a_shared_volume_and_one_killed_mid_job(stack: Stack
     uids = [_series_uid(folder) for folder in series]
     stack.wait("the node's /health to answer with the database and the broker up", 300, lambda: _healthy(stack))
     stack.node("ae", "add-destination", "ORTHANC", "--host", "orthanc", "--port", "4242")
-    stack.node("ae", "add-local", "COVIDNODE", "--port", "11112", "--quiet-seconds", "2", "--send-results-to", "ORTHANC", "--allow-any-source")
+    stack.node(
+        "ae",
+        "add-local",
+        "COVIDNODE",
+        "--port",
+        "11112",
+        "--quiet-seconds",
+        "2",
+        "--send-results-to",
+        "ORTHANC",
+        "--allow-any-source",
+    )
     stack.wait("the listener on the published port", 60, lambda: port_open(stack.dicom_port))
     time.sleep(2)  # the listener process reloads the AE table every second
 
     with ThreadPoolExecutor(2) as pool:
         sent = list(pool.map(lambda folder: storescu(folder, stack.dicom_port), series[:2]))
     assert all(p.returncode == 0 for p in sent), [p.stderr for p in sent]
-    first = [stack.wait(f"job of {uid} done and exported", 900, lambda uid=uid: _done(stack.jobs(), uid)) for uid in uids[:2]]
+    first = [
+        stack.wait(f"job of {uid} done and exported", 900, lambda uid=uid: _done(stack.jobs(), uid)) for uid in uids[:2]
+    ]
     workers = {job["worker"].split(":")[0] for job in first}
     assert len(workers) == 2, f"both analyses ran on one worker: {[j['worker'] for j in first]}"
     assert workers == {stack.hostname("worker-1"), stack.hostname("worker-2")}
-    assert all("fetch" in job["timings"] and "upload" in job["timings"] for job in first), "the workers fetched the series over the network"
+    assert all("fetch" in job["timings"] and "upload" in job["timings"] for job in first), (
+        "the workers fetched the series over the network"
+    )
     in_pacs = stack.http(stack.orthanc_port, "/instances")
     assert len(in_pacs) == sum(sum(j["output_counts"].values()) for j in first)
 
@@ -226,7 +266,10 @@ def test_two_workers_without_a_shared_volume_and_one_killed_mid_job(stack: Stack
     job = stack.wait("the other worker to finish the job", 900, lambda: _done(stack.jobs(), uids[2]))
     assert job["worker"].split(":")[0] == stack.hostname(survivor), job["worker"]
     assert job["attempts"] == 2, job
-    objects = [stack.http(stack.orthanc_port, f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in stack.http(stack.orthanc_port, "/instances")]
+    objects = [
+        stack.http(stack.orthanc_port, f"/instances/{i}/simplified-tags")["SOPInstanceUID"]
+        for i in stack.http(stack.orthanc_port, "/instances")
+    ]
     assert len(objects) == len(set(objects)) == sum(sum(j["output_counts"].values()) for j in [*first, job])
 
 

@@ -81,14 +81,23 @@ class Demo:
         self.timings: dict[str, float] = {}
 
     def shell(self, command: str, *, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-c", command], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["bash", "-c", command], cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def start(self, name: str, command: str, ports: tuple[int, ...]) -> None:
         log = self.log_dir / f"{name}.log"
         self.logs[name] = log
         with open(log, "wb") as out:
             # Its own process group, as a terminal's foreground job: Ctrl+C reaches the whole group.
-            proc = subprocess.Popen(["bash", "-c", command], cwd=self.repo, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=self.repo,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.servers[name] = proc
 
         def ready() -> bool:
@@ -104,7 +113,9 @@ class Demo:
         t = time.monotonic()
         proc = self.shell(command)
         if proc.returncode != 0:
-            raise Failed(f"{command!r} exited {proc.returncode}:\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}")
+            raise Failed(
+                f"{command!r} exited {proc.returncode}:\nstdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-3000:]}"
+            )
         seconds = round(time.monotonic() - t, 1)
         if " phantom " in command:
             self.timings["phantom_seconds"] = seconds
@@ -128,7 +139,9 @@ class Demo:
         return str(out)
 
     def logs_tail(self) -> str:
-        return "\n".join(f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}" for name, path in self.logs.items())
+        return "\n".join(
+            f"--- {name} ---\n{path.read_text(errors='replace')[-4000:]}" for name, path in self.logs.items()
+        )
 
     def stop(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}

@@ -60,7 +60,9 @@ DCIODVFY_KNOWN = (v.DCIODVFY_CONTRIBUTING_DEVICE_UID,)
 class Node:
     """One node: its data dir, environment, local AE port and the processes it runs."""
 
-    def __init__(self, tmp: Path, *, database_url: str | None = None, broker_url: str | None = None, **settings: Any) -> None:
+    def __init__(
+        self, tmp: Path, *, database_url: str | None = None, broker_url: str | None = None, **settings: Any
+    ) -> None:
         self.data_dir = tmp / "node-data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         values = dict(FAST, database_url=database_url, broker_url=broker_url, admin_port=free_port())
@@ -82,7 +84,16 @@ class Node:
         cli(self.env, "db", "upgrade")
         for title, port in destinations:
             cli(self.env, "ae", "add-destination", title, "--host", "127.0.0.1", "--port", str(port))
-        args = ["ae", "add-local", self.title, "--port", str(self.port), "--quiet-seconds", str(quiet_seconds), "--allow-any-source"]
+        args = [
+            "ae",
+            "add-local",
+            self.title,
+            "--port",
+            str(self.port),
+            "--quiet-seconds",
+            str(quiet_seconds),
+            "--allow-any-source",
+        ]
         if destinations:
             args += ["--send-results-to", ",".join(t for t, _ in destinations)]
         cli(self.env, *args)
@@ -214,7 +225,16 @@ def results_in(orthanc: Orthanc, folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def check_results(orthanc: Orthanc, folder: Path, job: dict[str, Any], study_uid: str, series_uid: str, db: Database, *, validate: bool = True) -> dict[str, list[Path]]:
+def check_results(
+    orthanc: Orthanc,
+    folder: Path,
+    job: dict[str, Any],
+    study_uid: str,
+    series_uid: str,
+    db: Database,
+    *,
+    validate: bool = True,
+) -> dict[str, list[Path]]:
     """The job's objects are in Orthanc exactly once, every kind, in the source study,
     referring to the source series; dciodvfy and pixelmed's SR validator find no error."""
     arrived = results_in(orthanc, folder)
@@ -263,5 +283,10 @@ def check_finding(arrived: dict[str, list[Path]], source: Path, kind: str) -> No
         overlap += int(np.count_nonzero(frame & truth.lesion_mask[index[uid]]))
     assert overlap > 0, "the SEG's regions miss the phantom's lesions"
     kos = pydicom.dcmread(arrived["kos"][0])
-    keys = [str(ref.ReferencedSOPInstanceUID) for item in kos.CurrentRequestedProcedureEvidenceSequence for s in item.ReferencedSeriesSequence for ref in s.ReferencedSOPSequence]
+    keys = [
+        str(ref.ReferencedSOPInstanceUID)
+        for item in kos.CurrentRequestedProcedureEvidenceSequence
+        for s in item.ReferencedSeriesSequence
+        for ref in s.ReferencedSOPSequence
+    ]
     assert any(truth.lesion_mask[index[uid]].any() for uid in keys if uid in index), "no key image holds lesion"

@@ -39,13 +39,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_broker_restarted_and_worker_killed_lose_and_duplicate_nothing(
     tmp_path: Path, kind: str, postgres_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]
 ) -> None:
-    broker: PrivateRedis | PrivateRabbitMQ = PrivateRedis(tmp_path / "redis") if kind == "redis" else PrivateRabbitMQ(tmp_path / "rabbitmq")
+    broker: PrivateRedis | PrivateRabbitMQ = (
+        PrivateRedis(tmp_path / "redis") if kind == "redis" else PrivateRabbitMQ(tmp_path / "rabbitmq")
+    )
     broker.start()
     folders = [phantom(seed) for seed in (31, 32, 33)]
     uids = [series_uids(f)[1] for f in folders]
     node = Node(
-        tmp_path, database_url=postgres_url, broker_url=broker.url,
-        worker__concurrency=1, worker__visibility_timeout_seconds=10, worker__lost_after_seconds=3600,
+        tmp_path,
+        database_url=postgres_url,
+        broker_url=broker.url,
+        worker__concurrency=1,
+        worker__visibility_timeout_seconds=10,
+        worker__lost_after_seconds=3600,
     )
     node.configure([("ORTHANC", orthanc.dicom_port)])
     try:
@@ -56,7 +62,11 @@ def test_broker_restarted_and_worker_killed_lose_and_duplicate_nothing(
 
         first = node.wait(_any_running(uids), 240, "a job to run")
         broker.restart()
-        node.wait(lambda jobs: (j := job_of(jobs, first)) and j["status"] == "done" and j, 300, "the running job to end after the broker restart")
+        node.wait(
+            lambda jobs: (j := job_of(jobs, first)) and j["status"] == "done" and j,
+            300,
+            "the running job to end after the broker restart",
+        )
 
         second = node.kill_mid_job(worker, [u for u in uids if u != first], 300).series_uid
         node.start("worker")
@@ -65,7 +75,9 @@ def test_broker_restarted_and_worker_killed_lose_and_duplicate_nothing(
         killed = next(j for j in done if j["series_uid"] == second)
         assert killed["attempts"] == 2, killed
         with node.db.session() as s:
-            analyse_messages = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse"))
+            analyse_messages = s.scalar(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse")
+            )
         assert analyse_messages == 3, "every job came back through the broker, none through a requeue"
         for job in done:
             assert [(e["status"], e["attempts"]) for e in job["exports"]] == [("done", 1)], job["exports"]

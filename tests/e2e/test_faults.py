@@ -50,7 +50,9 @@ def test_worker_killed_during_inference_finishes_once_after_redis_redelivers(
         assert time.monotonic() - killed_at >= 5, "the message came back before the visibility timeout could pass"
         assert job["attempts"] == 2
         with node.db.session() as s:
-            analyse_messages = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse"))
+            analyse_messages = s.scalar(
+                select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse")
+            )
             takeovers = [e.message for e in s.scalars(select(Event).where(Event.category == "job"))]
         assert any("attempt 2 runs on" in m for m in takeovers), takeovers
         assert analyse_messages == 1, "the job must come back through the broker, not a requeue"
@@ -80,7 +82,11 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
                 return None
             by_title = {e["destination"]: e for e in job["exports"]}
             down, refuser = by_title["ORTHANC"], by_title["WRONGAET"]
-            return job if down["status"] == "retrying" and down["attempts"] >= 2 and refuser["status"] == "failed" else None
+            return (
+                job
+                if down["status"] == "retrying" and down["attempts"] >= 2 and refuser["status"] == "failed"
+                else None
+            )
 
         job = node.wait(retrying_and_refused, 300, "the export to the down PACS to retry and the refused one to fail")
         refused = {e["destination"]: e for e in job["exports"]}["WRONGAET"]
@@ -93,14 +99,22 @@ def test_pacs_down_then_back_and_a_refusing_destination(tmp_path: Path, phantom:
 
         pacs.start()
         job = node.wait(
-            lambda jobs: (j := job_of(jobs, series_uid)) and {e["destination"]: e for e in j["exports"]}["ORTHANC"]["status"] == "done" and j,
+            lambda jobs: (
+                (j := job_of(jobs, series_uid))
+                and {e["destination"]: e for e in j["exports"]}["ORTHANC"]["status"] == "done"
+                and j
+            ),
             120,
             "the results to reach the PACS once it is back",
         )
         exports = {e["destination"]: e for e in job["exports"]}
         assert exports["ORTHANC"]["attempts"] >= 2
-        assert exports["WRONGAET"]["status"] == "failed" and exports["WRONGAET"]["attempts"] == refused["attempts"], "no retry of a refusal"
-        assert len(_attempts_logged(worker.output(), "WRONGAET")) == refused["attempts"], "no association after the refusal"
+        assert exports["WRONGAET"]["status"] == "failed" and exports["WRONGAET"]["attempts"] == refused["attempts"], (
+            "no retry of a refusal"
+        )
+        assert len(_attempts_logged(worker.output(), "WRONGAET")) == refused["attempts"], (
+            "no association after the refusal"
+        )
         assert len(pacs.instances()) == sum(job["output_counts"].values())
         assert refusing.instances() == []
     finally:

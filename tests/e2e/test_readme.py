@@ -114,8 +114,12 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
     # Package installs need the network: outside the namespace (a no-op where tests/run ran).
     installs = [c for c in send if c.startswith("apt-get ")]
     for command in installs:
-        assert subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900).returncode == 0, command
-    steps = [{"section": "Run", "command": c} for c in commands("Run")] + [{"section": "Send", "command": c} for c in send if c not in installs]
+        assert subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=900).returncode == 0, (
+            command
+        )
+    steps = [{"section": "Run", "command": c} for c in commands("Run")] + [
+        {"section": "Send", "command": c} for c in send if c not in installs
+    ]
     home = tmp_path / "home"
     home.mkdir()
     spec = tmp_path / "steps.json"
@@ -129,12 +133,16 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    assert demo.returncode == 0 and report.get("ok"), f"{report.get('error', '')}\n{demo.stdout[-3000:]}\n{demo.stderr[-3000:]}"
+    assert demo.returncode == 0 and report.get("ok"), (
+        f"{report.get('error', '')}\n{demo.stdout[-3000:]}\n{demo.stderr[-3000:]}"
+    )
 
     timings = {"install_seconds": round(install_seconds), **report["timings"]}
     print("README demo timings:", json.dumps(timings))
     (ROOT / "test-artifacts").mkdir(exist_ok=True)
-    (ROOT / "test-artifacts" / "readme-demo.json").write_text(json.dumps({"timings": timings, "up_console": report["up_console"]}, indent=2))
+    (ROOT / "test-artifacts" / "readme-demo.json").write_text(
+        json.dumps({"timings": timings, "up_console": report["up_console"]}, indent=2)
+    )
 
     pacs = report["pacs"]
     assert pacs.get("CT") == 96, pacs
@@ -157,7 +165,12 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
 
 def _copy_checkout(dest: Path) -> None:
     """The checkout's files as a clone has them (tracked and not ignored, as they are now)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
         if source.is_file():

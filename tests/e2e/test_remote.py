@@ -39,7 +39,9 @@ def _remote_worker(node: Node, data_dir: Path) -> NodeProcess:
     return proc
 
 
-def test_workers_with_their_own_disks(tmp_path: Path, postgres_url: str, redis_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]) -> None:
+def test_workers_with_their_own_disks(
+    tmp_path: Path, postgres_url: str, redis_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]
+) -> None:
     folder = phantom(41)
     _, series_uid = series_uids(folder)
     node = Node(tmp_path, database_url=postgres_url, broker_url=redis_url, remote__token=TOKEN)
@@ -61,7 +63,9 @@ def test_workers_with_their_own_disks(tmp_path: Path, postgres_url: str, redis_u
             assert row is not None
             outputs = list(row.outputs or [])
         node_results = node.data_dir / "results"
-        assert outputs and all((node_results / o["path"]).is_file() for o in outputs), "the node holds every result file"
+        assert outputs and all((node_results / o["path"]).is_file() for o in outputs), (
+            "the node holds every result file"
+        )
         assert (node_results / str(job["id"]) / "result.json").is_file()
         in_pacs = sorted(orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances())
         assert in_pacs == sorted(o["sop_instance_uid"] for o in outputs)
@@ -71,11 +75,19 @@ def test_workers_with_their_own_disks(tmp_path: Path, postgres_url: str, redis_u
         second = _remote_worker(node, second_dir)
         cli(node.env, "jobs", "export", str(job["id"]))
         node.wait(
-            lambda jobs: (j := job_of(jobs, series_uid)) and all(e["status"] == "done" and e["finished_at"] != job["exports"][0]["finished_at"] for e in j["exports"]) and j,
+            lambda jobs: (
+                (j := job_of(jobs, series_uid))
+                and all(
+                    e["status"] == "done" and e["finished_at"] != job["exports"][0]["finished_at"] for e in j["exports"]
+                )
+                and j
+            ),
             300,
             "the second worker to send the results again",
         )
-        assert all((second_dir / "results" / o["path"]).is_file() for o in outputs), "the second worker fetched the result files it lacked"
+        assert all((second_dir / "results" / o["path"]).is_file() for o in outputs), (
+            "the second worker fetched the result files it lacked"
+        )
         assert "instance(s)" not in second.output(), "no series was fetched for an export"
         again = sorted(orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances())
         assert again == in_pacs, "sent again: the same objects, each once"

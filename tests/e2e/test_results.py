@@ -24,7 +24,9 @@ from tests.e2e.stack import Node, check_finding, check_results, done_and_exporte
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_results_arrive_in_pacs(tmp_path: Path, database_url: str, redis_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]) -> None:
+def test_results_arrive_in_pacs(
+    tmp_path: Path, database_url: str, redis_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]
+) -> None:
     series = phantom(11)
     study_uid, series_uid = series_uids(series)
     node = Node(tmp_path, database_url=database_url, broker_url=redis_url)

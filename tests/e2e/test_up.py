@@ -25,7 +25,9 @@ from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_up_alone_then_killed_during_inference(tmp_path: Path, orthanc: Orthanc, phantom: Callable[[int], Path]) -> None:
+def test_up_alone_then_killed_during_inference(
+    tmp_path: Path, orthanc: Orthanc, phantom: Callable[[int], Path]
+) -> None:
     first, second = phantom(11), phantom(12)
     study_uid, series_uid = series_uids(first)
     node = Node(tmp_path, worker__lost_after_seconds=10)
@@ -53,7 +55,11 @@ def test_up_alone_then_killed_during_inference(tmp_path: Path, orthanc: Orthanc,
         job2 = node.wait(done_and_exported(second_uid), 300, "the killed job to be done after a restart")
         assert job2["attempts"] == 2
         with node.db.session() as s:
-            messages = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == "analyse", OutboxMessage.job_id == job2["id"]))
+            messages = s.scalar(
+                select(func.count())
+                .select_from(OutboxMessage)
+                .where(OutboxMessage.topic == "analyse", OutboxMessage.job_id == job2["id"])
+            )
         assert messages == 2, "the lost-job scan requeues the job once"
         in_pacs = [orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances()]
         assert len(in_pacs) == len(set(in_pacs)) == count_before + sum(job2["output_counts"].values())

@@ -25,7 +25,18 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
-from dicom_node.testing.peers import NodeProcess, cli, cli_json, create_postgres_database, drop_postgres_database, free_port, node_env, require_tool, storescu, wait_until
+from dicom_node.testing.peers import (
+    NodeProcess,
+    cli,
+    cli_json,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    node_env,
+    require_tool,
+    storescu,
+    wait_until,
+)
 from model.phantoms.writer import write_phantom_series
 
 pytestmark = pytest.mark.integration
@@ -108,7 +119,9 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_phantom_series("covid", tmp_path_factory.mktemp("phantom") / "series", seed=11, slices=24, rows=128, columns=128)
+    return write_phantom_series(
+        "covid", tmp_path_factory.mktemp("phantom") / "series", seed=11, slices=24, rows=128, columns=128
+    )
 
 
 def dataset_bytes(path: Path) -> bytes:
@@ -153,7 +166,14 @@ def test_unknown_disabled_and_wrong_host_callers_are_refused(node: Node, phantom
     cli(node.env, "ae", "add-source", "CT_ELSEWHERE", "--host", "10.9.9.9")
     elsewhere = storescu(one, node.port, calling="CT_ELSEWHERE")
     assert "Association Rejected" in elsewhere.stderr
-    wait_until(lambda: "association refused: INTRUDER@127.0.0.1 to COVIDNODE: calling AE 'INTRUDER' is not on the allow-list" in node.log(), 10, "the refusal log line")
+    wait_until(
+        lambda: (
+            "association refused: INTRUDER@127.0.0.1 to COVIDNODE: calling AE 'INTRUDER' is not on the allow-list"
+            in node.log()
+        ),
+        10,
+        "the refusal log line",
+    )
     assert "calling AE 'CT_ELSEWHERE' is allowed only from 10.9.9.9, not from 127.0.0.1" in node.log()
     # Removing a source takes effect at its next association.
     cli(node.env, "ae", "add-source", "SHORTLIVED")
@@ -196,7 +216,13 @@ def test_every_pydicom_data_file_is_accepted_and_stored(node: Node, tmp_path: Pa
     for f in files:
         meta = pydicom.filereader.read_file_meta_info(f)
         if f.name in UNREADABLE_FOR_DCMTK:
-            status = _send_raw(f, port, called="ANYSTORAGE", sop_class=meta.MediaStorageSOPClassUID, transfer_syntax=meta.TransferSyntaxUID)
+            status = _send_raw(
+                f,
+                port,
+                called="ANYSTORAGE",
+                sop_class=meta.MediaStorageSOPClassUID,
+                transfer_syntax=meta.TransferSyntaxUID,
+            )
             assert status == UNREADABLE_FOR_DCMTK[f.name], f.name
             if status == 0:
                 stored.append(f)
@@ -213,7 +239,11 @@ def test_every_pydicom_data_file_is_accepted_and_stored(node: Node, tmp_path: Pa
         assert target.is_file(), f.name
         uids.add(str(ds.SOPInstanceUID))
     # Some files of the package hold the same instance in several transfer syntaxes: stored once.
-    wait_until(lambda: sum(s["instances"] for s in node.series() if s["local_ae"] == "ANYSTORAGE") == len(uids), 10, "the index to hold every instance")
+    wait_until(
+        lambda: sum(s["instances"] for s in node.series() if s["local_ae"] == "ANYSTORAGE") == len(uids),
+        10,
+        "the index to hold every instance",
+    )
 
 
 def _echo(port: int, title: str) -> bool:
@@ -233,7 +263,11 @@ def test_ae_added_while_running_answers_within_seconds(node: Node) -> None:
     start = time.monotonic()
     wait_until(lambda: _echo(port, "LATECOMER"), 10, "LATECOMER to answer C-ECHO")
     assert time.monotonic() - start < 10
-    echoscu = subprocess.run([require_tool("echoscu", "dcmtk"), "-aet", "STORESCU", "-aec", "LATECOMER", "127.0.0.1", str(port)], capture_output=True, text=True)
+    echoscu = subprocess.run(
+        [require_tool("echoscu", "dcmtk"), "-aet", "STORESCU", "-aec", "LATECOMER", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+    )
     assert echoscu.returncode == 0, echoscu.stderr
     cli(node.env, "ae", "update-local", "LATECOMER", "--disable")
     wait_until(lambda: not _echo(port, "LATECOMER"), 10, "LATECOMER to stop")
@@ -275,7 +309,12 @@ def test_bad_input_gets_a_failure_status_and_the_listener_goes_on(node: Node, ph
 
 
 def _send_raw(
-    path: Path, port: int, *, called: str = TITLE, sop_class: str = "1.2.840.10008.5.1.4.1.1.2", transfer_syntax: str = "1.2.840.10008.1.2.1"
+    path: Path,
+    port: int,
+    *,
+    called: str = TITLE,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
+    transfer_syntax: str = "1.2.840.10008.1.2.1",
 ) -> int:
     """C-STORE a file's data set bytes unchanged (pynetdicom streams them without decoding)."""
     old = pynetdicom_config.STORE_SEND_CHUNKED_DATASET
@@ -336,13 +375,55 @@ def tls_node(tmp_path: Path) -> Iterator[tuple[Node, Path]]:
     def run(*args: str) -> None:
         subprocess.run([openssl, *args], check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca", "-keyout", str(certs / "ca.key"), "-out", str(certs / "ca.crt"))
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(certs / "ca.key"),
+        "-out",
+        str(certs / "ca.crt"),
+    )
     for name in ("node", "client"):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(certs / f"{name}.key"), "-out", str(certs / f"{name}.csr"))
-        run("x509", "-req", "-in", str(certs / f"{name}.csr"), "-CA", str(certs / "ca.crt"), "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "2", "-out", str(certs / f"{name}.crt"))
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(certs / f"{name}.key"),
+            "-out",
+            str(certs / f"{name}.csr"),
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(certs / f"{name}.csr"),
+            "-CA",
+            str(certs / "ca.crt"),
+            "-CAkey",
+            str(certs / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            str(certs / f"{name}.crt"),
+        )
     started = start_node(
-        tmp_path, None,
-        listener__tls__cert_file=certs / "node.crt", listener__tls__key_file=certs / "node.key", listener__tls__client_ca_file=certs / "ca.crt",
+        tmp_path,
+        None,
+        listener__tls__cert_file=certs / "node.crt",
+        listener__tls__key_file=certs / "node.key",
+        listener__tls__client_ca_file=certs / "ca.crt",
     )
     yield started, certs
     started.process.stop()

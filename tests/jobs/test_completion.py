@@ -51,9 +51,18 @@ def ae_id(db: Database) -> int:
 
 def item(ae_id: int | None, n: int, series: str = "1.2.3.1", **kw: Any) -> ReceivedInstance:
     values: dict[str, Any] = dict(
-        local_ae_id=ae_id, calling_ae="SCANNER", calling_host="127.0.0.1", study_uid="1.2.3", series_uid=series,
-        sop_instance_uid=f"{series}.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-        path=f"1.2.3/{series}/{series}.{n}.dcm", size_bytes=1000, modality="CT", image_type="ORIGINAL\\PRIMARY\\AXIAL",
+        local_ae_id=ae_id,
+        calling_ae="SCANNER",
+        calling_host="127.0.0.1",
+        study_uid="1.2.3",
+        series_uid=series,
+        sop_instance_uid=f"{series}.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        path=f"1.2.3/{series}/{series}.{n}.dcm",
+        size_bytes=1000,
+        modality="CT",
+        image_type="ORIGINAL\\PRIMARY\\AXIAL",
     )
     values.update(kw)
     return ReceivedInstance(**values)
@@ -88,7 +97,9 @@ def test_completion_after_quiet_period_writes_job_and_outbox(db: Database, ae_id
     assert len(done) == 1 and done[0].analysed and done[0].job_id is not None
     assert series_row(db).status == SeriesStatus.COMPLETE.value
     with db.session() as s:
-        assert s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.job_id == done[0].job_id)) == 1
+        assert (
+            s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.job_id == done[0].job_id)) == 1
+        )
     assert completion.run_once(T0 + dt.timedelta(seconds=30)) == []
 
 
@@ -182,8 +193,12 @@ def test_recovery_indexes_files_the_index_lost(db: Database, ae_id: int, tmp_pat
     # The dataset bytes after the file meta of the test file.
     offset = 132 + 12 + ds.file_meta.FileMetaInformationGroupLength
     storage.write(
-        rel, raw[offset:], sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, source_ae_title="SCANNER",
+        rel,
+        raw[offset:],
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        source_ae_title="SCANNER",
         series_record={"local_ae_id": ae_id, "calling_ae": "SCANNER", "calling_host": "10.0.0.5"},
     )
     assert recover_index(storage, db) == 1

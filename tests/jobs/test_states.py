@@ -45,17 +45,26 @@ def db(database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
-def make_job(db: Database, *, destinations: int = 1, return_to_caller: bool = False, status: JobStatus = JobStatus.QUEUED) -> int:
+def make_job(
+    db: Database, *, destinations: int = 1, return_to_caller: bool = False, status: JobStatus = JobStatus.QUEUED
+) -> int:
     """A local AE with ``destinations`` destinations, a complete series from CALLER@10.0.0.7 and
     a job for it."""
     with db.session() as s:
         dests = [Destination(title=f"PACS{i}", host="127.0.0.1", port=10400 + i) for i in range(destinations)]
-        ae = LocalAE(title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0, return_to_caller=return_to_caller)
+        ae = LocalAE(
+            title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0, return_to_caller=return_to_caller
+        )
         ae.destinations = dests
         s.add(ae)
         s.flush()
         series = Series(
-            series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, calling_ae="CALLER", calling_host="10.0.0.7", status=SeriesStatus.COMPLETE.value
+            series_uid="1.2.3.4",
+            study_uid="1.2.3",
+            local_ae_id=ae.id,
+            calling_ae="CALLER",
+            calling_host="10.0.0.7",
+            status=SeriesStatus.COMPLETE.value,
         )
         s.add(series)
         s.flush()
@@ -82,8 +91,16 @@ def done_job(db: Database, **kw: Any) -> tuple[int, analyses.Claimed]:
     job_id = make_job(db, **kw)
     claimed = analyses.claim(db, job_id, worker="w1", stale_after=STALE)
     assert isinstance(claimed, analyses.Claimed)
-    fields = {"decision": "covid", "outputs": [{"kind": "sr", "path": f"{job_id}/dicom/sr/1.dcm"}, {"kind": "sc", "path": f"{job_id}/dicom/sc/2.dcm"}]}
-    status = analyses.finish(db, claimed, fields=fields, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS))
+    fields = {
+        "decision": "covid",
+        "outputs": [
+            {"kind": "sr", "path": f"{job_id}/dicom/sr/1.dcm"},
+            {"kind": "sc", "path": f"{job_id}/dicom/sc/2.dcm"},
+        ],
+    }
+    status = analyses.finish(
+        db, claimed, fields=fields, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS)
+    )
     assert status == JobStatus.DONE.value
     return job_id, claimed
 
@@ -180,7 +197,10 @@ def test_lost_jobs_are_requeued_through_the_outbox(db: Database) -> None:
     job = get(db, Job, job_id)
     assert job.status == JobStatus.PENDING.value and "w1 stopped" in job.reason
     with db.session() as s:
-        assert s.scalar(select(OutboxMessage).where(OutboxMessage.job_id == job_id, OutboxMessage.topic == "analyse")) is not None
+        assert (
+            s.scalar(select(OutboxMessage).where(OutboxMessage.job_id == job_id, OutboxMessage.topic == "analyse"))
+            is not None
+        )
     again = analyses.claim(db, job_id, worker="w2", stale_after=STALE)
     assert isinstance(again, analyses.Claimed) and again.attempt == 2
 
@@ -197,7 +217,9 @@ def test_done_job_gets_one_export_per_destination_and_the_caller(db: Database) -
     assert isinstance(claimed, analyses.Claimed)
     with db.session() as s:
         one(s, Destination, 2).outputs = ["sr"]
-    analyses.finish(db, claimed, fields={}, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS))
+    analyses.finish(
+        db, claimed, fields={}, on_done=lambda s, job, series: exports.create_for_job(s, job, series, OUTPUTS)
+    )
     with db.session() as s:
         rows = s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id)).all()
         keys = [(r.destination_key, r.title, r.host, r.port, r.outputs, r.status) for r in rows]
@@ -333,5 +355,8 @@ def test_job_rows_list_exports_per_destination(db: Database) -> None:
     row = rows[0]
     assert row["id"] == job_id and row["status"] == "done" and row["decision"] == "covid" and row["attempts"] == 1
     assert row["output_counts"] == {"sr": 1, "sc": 1}
-    assert [(e["destination"], e["status"], e["attempts"]) for e in row["exports"]] == [("PACS0", "pending", 0), ("PACS1", "pending", 0)]
+    assert [(e["destination"], e["status"], e["attempts"]) for e in row["exports"]] == [
+        ("PACS0", "pending", 0),
+        ("PACS1", "pending", 0),
+    ]
     assert job_rows(db, status="failed") == []

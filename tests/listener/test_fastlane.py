@@ -39,7 +39,9 @@ def _store_rq_command(message_id: int = 7, instance: str = "1.2.3.4.5") -> bytes
 
 
 def test_response_decodes_with_pydicom() -> None:
-    raw = encode_store_response(sop_class_uid=CT, sop_instance_uid="1.2.3", message_id=9, status=0xA700, error_comment="disk full")
+    raw = encode_store_response(
+        sop_class_uid=CT, sop_instance_uid="1.2.3", message_id=9, status=0xA700, error_comment="disk full"
+    )
     ds = decode(BytesIO(raw), True, True)
     assert ds.CommandField == 0x8001
     assert ds.MessageIDBeingRespondedTo == 9
@@ -51,7 +53,13 @@ def test_response_decodes_with_pydicom() -> None:
 
 
 def test_success_response_has_no_error_comment() -> None:
-    ds = decode(BytesIO(encode_store_response(sop_class_uid=CT, sop_instance_uid="1.2", message_id=1, status=0, error_comment="x")), True, True)
+    ds = decode(
+        BytesIO(
+            encode_store_response(sop_class_uid=CT, sop_instance_uid="1.2", message_id=1, status=0, error_comment="x")
+        ),
+        True,
+        True,
+    )
     assert "ErrorComment" not in ds
 
 

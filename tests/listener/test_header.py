@@ -21,7 +21,19 @@ from dicom_node.storage.instance import header_of
 from tests.pydicom_files import pydicom_file
 
 PYDICOM_DATA = Path(data_store.__file__).parent / "data"
-PYDICOM_TEST_FILES = [pydicom_file(n) for n in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "emri_small.dcm", "rtplan.dcm", "693_UNCI.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm")]
+PYDICOM_TEST_FILES = [
+    pydicom_file(n)
+    for n in (
+        "CT_small.dcm",
+        "MR_small.dcm",
+        "JPEG2000.dcm",
+        "SC_rgb_rle.dcm",
+        "emri_small.dcm",
+        "rtplan.dcm",
+        "693_UNCI.dcm",
+        "JPGLosslessP14SV1_1s_1f_8b.dcm",
+    )
+]
 
 
 def _part10_files() -> list[Path]:

@@ -8,15 +8,28 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    generate_uid,
+)
 
 from dicom_node.listener.scp import RejectedInstance, parse_header
 from dicom_node.status import Status
 
-TS_FLAGS: dict[str, tuple[bool, bool]] = {ExplicitVRLittleEndian: (True, False), ImplicitVRLittleEndian: (True, True), ExplicitVRBigEndian: (False, False)}
+TS_FLAGS: dict[str, tuple[bool, bool]] = {
+    ExplicitVRLittleEndian: (True, False),
+    ImplicitVRLittleEndian: (True, True),
+    ExplicitVRBigEndian: (False, False),
+}
 
 
-def ct(pixel_bytes: int, *, rows: int = 16, columns: int = 16, bits: int = 16, frames: int | None = None, samples: int = 1) -> Dataset:
+def ct(
+    pixel_bytes: int, *, rows: int = 16, columns: int = 16, bits: int = 16, frames: int | None = None, samples: int = 1
+) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = generate_uid()
@@ -79,6 +92,8 @@ def test_encapsulated_pixel_data_is_not_measured() -> None:
     ds = ct(100)
     raw = encode(ds, ExplicitVRLittleEndian)
     with pytest.raises(RejectedInstance) as refused:
-        parse_header(raw, ExplicitVRLittleEndian, command_sop_class=CTImageStorage, command_sop_instance=str(ds.SOPInstanceUID))
+        parse_header(
+            raw, ExplicitVRLittleEndian, command_sop_class=CTImageStorage, command_sop_instance=str(ds.SOPInstanceUID)
+        )
     assert "Pixel Data has 100 bytes" in refused.value.reason
     parse_header(raw, JPEG2000Lossless, command_sop_class=CTImageStorage, command_sop_instance=str(ds.SOPInstanceUID))

@@ -55,7 +55,9 @@ def _source_sha256(qualified: str) -> str:
 
 def test_pynetdicom_is_the_tested_minor_version_and_pyproject_pins_it() -> None:
     installed = version("pynetdicom")
-    assert installed.split(".")[:2] == TESTED.split(".")[:2], f"pynetdicom {installed} is installed; reactor.py follows {TESTED}"
+    assert installed.split(".")[:2] == TESTED.split(".")[:2], (
+        f"pynetdicom {installed} is installed; reactor.py follows {TESTED}"
+    )
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     pins = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "pynetdicom"]
     assert len(pins) == 1 and TESTED in pins[0].specifier and "3.1.0" not in pins[0].specifier, pins
@@ -75,4 +77,6 @@ def test_pynetdicom_code_reactor_copies_is_unchanged(qualified: str) -> None:
 @pytest.mark.parametrize("qualified", NAMES)
 def test_private_names_reactor_uses_exist(qualified: str) -> None:
     module, attr = qualified.rsplit(".", 1)
-    assert hasattr(importlib.import_module(module), attr), f"pynetdicom no longer has {qualified}: adapt dicom_node/listener/reactor.py"
+    assert hasattr(importlib.import_module(module), attr), (
+        f"pynetdicom no longer has {qualified}: adapt dicom_node/listener/reactor.py"
+    )

@@ -27,4 +27,6 @@ def covid_series(tmp_path_factory: pytest.TempPathFactory, small_phantoms: dict[
     """The covid phantom as a CT series: instance numbers head -> feet, random file names,
     unsigned 12-bit; masks beside the folder."""
     out = tmp_path_factory.mktemp("covid-series") / "series"
-    return write_phantom_series(small_phantoms["covid"], out, reverse_instance_numbers=True, signed=False, shuffle_file_names=True)
+    return write_phantom_series(
+        small_phantoms["covid"], out, reverse_instance_numbers=True, signed=False, shuffle_file_names=True
+    )

@@ -20,12 +20,27 @@ import pytest
 
 from model.inference.io import load_series
 from model.inference.lung import segment_lungs
-from model.inference.preprocess import LUNG_WINDOW, InputSpec, SliceGeometry, lung_slice_indices, prepare_lung_slices, prepare_slices, window_bounds
+from model.inference.preprocess import (
+    LUNG_WINDOW,
+    InputSpec,
+    SliceGeometry,
+    lung_slice_indices,
+    prepare_lung_slices,
+    prepare_slices,
+    window_bounds,
+)
 from model.phantoms.dataset import write_phantom_dataset
 from model.phantoms.phantom import make_phantom
 from model.phantoms.writer import read_phantom_truth
 from model.training import datasets
-from model.training.datasets import CCCCII_CLASSES, discover, evaluation_items, load_volume, normalise_label, prepare_dataset
+from model.training.datasets import (
+    CCCCII_CLASSES,
+    discover,
+    evaluation_items,
+    load_volume,
+    normalise_label,
+    prepare_dataset,
+)
 
 SIZE = 64
 SPEC = InputSpec(height=SIZE, width=SIZE)
@@ -39,7 +54,15 @@ def _prep(hu: np.ndarray, spec: InputSpec | None = None, lung_mask: np.ndarray |
 
 
 def test_label_aliases() -> None:
-    for alias, label in {"NCP": "covid", "COVID-19": "covid", "cp": "cap", "CAP": "cap", "Normal": "normal", "NP": "normal", "non-pneumonia": "normal"}.items():
+    for alias, label in {
+        "NCP": "covid",
+        "COVID-19": "covid",
+        "cp": "cap",
+        "CAP": "cap",
+        "Normal": "normal",
+        "NP": "normal",
+        "non-pneumonia": "normal",
+    }.items():
         assert normalise_label(alias) == label
     with pytest.raises(ValueError, match="flu"):
         normalise_label("flu")
@@ -66,7 +89,9 @@ def test_dicom_layout_through_the_cache(dicom_data: Path, tmp_path: Path, monkey
         mask = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
         idx = lung_slice_indices(mask)
         assert list(idx) == list(s.lung_indices)
-        assert np.array_equal(np.asarray(x), prepare_lung_slices(volume.hu, mask, LUNGS, (volume.spacing[1], volume.spacing[2])).inputs)
+        assert np.array_equal(
+            np.asarray(x), prepare_lung_slices(volume.hu, mask, LUNGS, (volume.spacing[1], volume.spacing[2])).inputs
+        )
 
     def must_not_read(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache was not used")
@@ -201,7 +226,9 @@ def test_lung_crop_fills_outside_with_the_lung_median_and_scales_the_window() ->
     hu[:, 90:95, 5:10] = 1000.0  # bone outside the box
     lung = np.zeros(hu.shape, bool)
     lung[:, 30:70, 20:50] = lung[:, 30:70, 70:100] = True
-    spec = InputSpec(height=32, width=64, crop="lungs", crop_margin_mm=2.0, outside_lungs="lung_median", normalisation="window")
+    spec = InputSpec(
+        height=32, width=64, crop="lungs", crop_margin_mm=2.0, outside_lungs="lung_median", normalisation="window"
+    )
     prepared = prepare_lung_slices(hu, lung, spec, (1.0, 1.0), np.array([0, 1]))
     g = prepared.geometry
     assert g.box == (28, 72, 18, 102)  # the lungs' box over the series, 2 mm (2 px) around it
@@ -227,7 +254,13 @@ def test_input_spec_json_round_trip_and_old_metadata() -> None:
     spec = InputSpec(height=64, width=96, crop="lungs", outside_lungs="lung_median", normalisation="window")
     assert InputSpec.from_json(spec.to_json()) == spec
     # Weights from before the spec: square whole slices, z-score, masked with the window minimum.
-    old = InputSpec.from_json({"image_size": 96, "window": {"width": 1500, "level": -600}, "outside_lungs": "window minimum beyond 2 network pixels"})
+    old = InputSpec.from_json(
+        {
+            "image_size": 96,
+            "window": {"width": 1500, "level": -600},
+            "outside_lungs": "window minimum beyond 2 network pixels",
+        }
+    )
     assert old == InputSpec(height=96, width=96, outside_lungs="window_min")
     assert InputSpec.from_json({"image_size": 224}) == InputSpec()
     for bad in ({"height": 50}, {"crop": "chest"}, {"outside_lungs": "zero"}, {"normalisation": "minmax"}):

@@ -49,7 +49,11 @@ def test_classification_report_by_hand() -> None:
     cov = rep["per_class"]["covid"]
     assert cov["precision"] == 1.0 and cov["recall"] == pytest.approx(2 / 3) and cov["specificity"] == 1.0
     cap = rep["per_class"]["cap"]
-    assert cap["precision"] == pytest.approx(0.5) and cap["recall"] == pytest.approx(0.5) and cap["specificity"] == pytest.approx(3 / 4)
+    assert (
+        cap["precision"] == pytest.approx(0.5)
+        and cap["recall"] == pytest.approx(0.5)
+        and cap["specificity"] == pytest.approx(3 / 4)
+    )
     # Weighted by support 3, 2, 1.
     assert rep["weighted_recall"] == pytest.approx((3 * 2 / 3 + 2 * 0.5 + 1 * 1.0) / 6)
     assert rep["weighted_specificity"] == pytest.approx((3 * 1.0 + 2 * 0.75 + 1 * 0.8) / 6)
@@ -78,17 +82,29 @@ def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     torch.manual_seed(3)
     net = WeaklySupervisedNet(**TINY).eval()
     out = tmp_path_factory.mktemp("w") / "tiny"
-    save_weights(net, out, default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny", version="0"))
+    save_weights(
+        net, out, default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny", version="0")
+    )
     return Predictor(load_weights(out), settings_for(out, mode="cam"))
 
 
 @pytest.mark.slow
-def test_evaluate_series_over_phantoms(tiny_predictor: Predictor, small_phantoms: dict[str, Phantom], tmp_path: Path) -> None:
+def test_evaluate_series_over_phantoms(
+    tiny_predictor: Predictor, small_phantoms: dict[str, Phantom], tmp_path: Path
+) -> None:
     items = []
     for kind, phantom in small_phantoms.items():
         folder = write_phantom_series(phantom, tmp_path / kind)
         assert masks_path(folder).is_file()
-        items.append(EvalSeries(series_id=kind, label=kind, patient_id=kind, source=folder, lesion_mask=lambda f=folder: read_phantom_truth(f).lesion_mask))
+        items.append(
+            EvalSeries(
+                series_id=kind,
+                label=kind,
+                patient_id=kind,
+                source=folder,
+                lesion_mask=lambda f=folder: read_phantom_truth(f).lesion_mask,
+            )
+        )
     items.append(EvalSeries(series_id="broken", label="normal", patient_id="x", source=tmp_path / "nothing-here"))
     (tmp_path / "nothing-here").mkdir()
     report = evaluate_series(tiny_predictor, items, out_dir=tmp_path / "out", overlays=2)
@@ -98,12 +114,26 @@ def test_evaluate_series_over_phantoms(tiny_predictor: Predictor, small_phantoms
     assert report["series_level"]["top_k"]["n"] == 3
     assert report["slice_level"]["n"] > 3
     loc = report["localisation"]
-    assert loc["series_with_lesions"] == 2 and 0.0 <= loc["dice_mean"] <= 1.0 and 0.0 <= loc["pointing_game_series"] <= 1.0
-    assert set(loc["per_class"]) == {"covid", "cap"} and set(loc["dice_mean_by_threshold"]) == {"0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8"}
+    assert (
+        loc["series_with_lesions"] == 2 and 0.0 <= loc["dice_mean"] <= 1.0 and 0.0 <= loc["pointing_game_series"] <= 1.0
+    )
+    assert set(loc["per_class"]) == {"covid", "cap"} and set(loc["dice_mean_by_threshold"]) == {
+        "0.2",
+        "0.3",
+        "0.4",
+        "0.5",
+        "0.6",
+        "0.7",
+        "0.8",
+    }
     head = report["headline"]
     assert {"series_accuracy", "covid_vs_rest_auc", "pointing_game", "lesion_dice", "slice_accuracy"} <= set(head)
     figures = report["figures"]
-    assert "roc_series.png" in figures and "roc_slice.png" in figures and sum(f.startswith("overlay_") for f in figures) == 2
+    assert (
+        "roc_series.png" in figures
+        and "roc_slice.png" in figures
+        and sum(f.startswith("overlay_") for f in figures) == 2
+    )
     for name in figures:
         assert (tmp_path / "out" / name).stat().st_size > 1000
     assert "not for clinical use" in report["notice"].lower()

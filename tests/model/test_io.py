@@ -76,7 +76,15 @@ def test_transfer_syntaxes(tmp_path: Path, tiny: Phantom, syntax: str) -> None:
 
 @pytest.mark.parametrize(("syntax", "per_frame"), [("explicit", False), ("rle", True), ("jpeg-ls", False)])
 def test_enhanced_ct_multiframe(tmp_path: Path, tiny: Phantom, syntax: str, per_frame: bool) -> None:
-    folder = write_phantom_series(tiny, tmp_path / "mf", transfer_syntax=syntax, multiframe=True, reverse_instance_numbers=True, per_frame_rescale=per_frame, signed=False)
+    folder = write_phantom_series(
+        tiny,
+        tmp_path / "mf",
+        transfer_syntax=syntax,
+        multiframe=True,
+        reverse_instance_numbers=True,
+        per_frame_rescale=per_frame,
+        signed=False,
+    )
     files = list(folder.iterdir())
     assert len(files) == 1
     ds = pydicom.dcmread(files[0], stop_before_pixels=True)
@@ -102,8 +110,13 @@ def test_pydicom_data_ct_files() -> None:
         b = load_series([_testfile(plain)]).hu
         assert np.array_equal(a, b), compressed
     jpeg_lossless = load_series([_testfile("bad_sequence.dcm")])  # JPEG Lossless, Process 14 SV1
-    assert pydicom.dcmread(_testfile("bad_sequence.dcm"), stop_before_pixels=True).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
-    assert jpeg_lossless.shape == (1, 512, 512) and -1024 <= jpeg_lossless.hu.min() < -900 and jpeg_lossless.hu.max() > 500
+    assert (
+        pydicom.dcmread(_testfile("bad_sequence.dcm"), stop_before_pixels=True).file_meta.TransferSyntaxUID
+        == pydicom.uid.JPEGLosslessSV1
+    )
+    assert (
+        jpeg_lossless.shape == (1, 512, 512) and -1024 <= jpeg_lossless.hu.min() < -900 and jpeg_lossless.hu.max() > 500
+    )
 
 
 def test_pydicom_data_enhanced_ct_feet_first_normal() -> None:

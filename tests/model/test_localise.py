@@ -184,5 +184,7 @@ def test_integrated_gradients_equal_captums() -> None:
     ours = localise.integrated_gradients(net, x, targets, steps=16, baseline=-1.0, batch=8)
     for s in range(len(net.heads)):
         ig = IntegratedGradients(lambda inp, s=s: net(inp).logits[s])
-        ref = ig.attribute(x, baselines=-1.0, target=targets, n_steps=16, method="riemann_middle", internal_batch_size=8)
+        ref = ig.attribute(
+            x, baselines=-1.0, target=targets, n_steps=16, method="riemann_middle", internal_batch_size=8
+        )
         assert torch.allclose(ours[:, s], ref, atol=1e-5, rtol=1e-4), s

@@ -48,7 +48,11 @@ def test_two_samples_by_hand_and_gamma_zero_is_weighted_ce_mean() -> None:
 
 
 def test_total_is_mean_over_scales_and_has_gradients() -> None:
-    scales = [torch.zeros(1, 3, requires_grad=True), torch.tensor([[0.0, math.log(2.0), 0.0]], requires_grad=True), torch.tensor([[10.0, 0.0, 0.0]], requires_grad=True)]
+    scales = [
+        torch.zeros(1, 3, requires_grad=True),
+        torch.tensor([[0.0, math.log(2.0), 0.0]], requires_grad=True),
+        torch.tensor([[10.0, 0.0, 0.0]], requires_grad=True),
+    ]
     target = torch.tensor([0])
     per_scale = [float(focal_cross_entropy(s, target)) for s in scales]
     # Scale 2: p_t = 1/4, CE = ln 4, factor 3/4.

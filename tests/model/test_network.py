@@ -12,7 +12,9 @@ import torch
 from model.inference.network import DEFAULT_DEPTHS, DEFAULT_WIDTHS, WeaklySupervisedNet, count_parameters
 
 
-def _expected_parameters(widths: tuple[int, ...], depths: tuple[int, ...], heads: tuple[int, ...], classes: int, in_ch: int = 1) -> int:
+def _expected_parameters(
+    widths: tuple[int, ...], depths: tuple[int, ...], heads: tuple[int, ...], classes: int, in_ch: int = 1
+) -> int:
     total, ch = 0, in_ch
     for w, d in zip(widths, depths):
         for _ in range(d):
@@ -74,7 +76,13 @@ def test_xavier_init_and_heads_on_chosen_blocks() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"num_classes": 1}, {"widths": (4, 4), "depths": (1,)}, {"head_blocks": (6,)}, {"head_blocks": (5, 3)}, {"dropout": 1.0}],
+    [
+        {"num_classes": 1},
+        {"widths": (4, 4), "depths": (1,)},
+        {"head_blocks": (6,)},
+        {"head_blocks": (5, 3)},
+        {"dropout": 1.0},
+    ],
 )
 def test_bad_constructor_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -29,7 +29,11 @@ def test_same_seed_same_phantom_other_seed_other_phantom() -> None:
     a = make_phantom("covid", seed=7, rows=64, columns=64, slices=12)
     b = make_phantom("covid", seed=7, rows=64, columns=64, slices=12)
     c = make_phantom("covid", seed=8, rows=64, columns=64, slices=12)
-    assert np.array_equal(a.hu, b.hu) and np.array_equal(a.lung_mask, b.lung_mask) and np.array_equal(a.lesion_mask, b.lesion_mask)
+    assert (
+        np.array_equal(a.hu, b.hu)
+        and np.array_equal(a.lung_mask, b.lung_mask)
+        and np.array_equal(a.lesion_mask, b.lesion_mask)
+    )
     assert a.findings == b.findings
     assert not np.array_equal(a.hu, c.hu)
 
@@ -70,7 +74,12 @@ def test_class_changes_only_the_lungs(small_phantoms: dict[str, Phantom]) -> Non
         changed = p.hu != normal.hu
         assert changed.any()
         assert not (changed & ~normal.lung_mask).any(), kind
-        assert (p.spacing, p.slice_thickness, p.noise_sigma, p.kvp) == (normal.spacing, normal.slice_thickness, normal.noise_sigma, normal.kvp)
+        assert (p.spacing, p.slice_thickness, p.noise_sigma, p.kvp) == (
+            normal.spacing,
+            normal.slice_thickness,
+            normal.noise_sigma,
+            normal.kvp,
+        )
 
 
 def test_covid_is_bilateral_and_peripheral_cap_is_deeper() -> None:
@@ -101,7 +110,9 @@ def test_each_phantom_looks_like_its_own_synthetic_patient(tmp_path: Path) -> No
         assert ds.SeriesDescription == f"SYNTHETIC phantom {kind} seed 7 - not a patient"
         seen.append((ds.PatientID, ds.StudyInstanceUID))
     assert len({pid for pid, _ in seen}) == len({uid for _, uid in seen}) == 2
-    named = write_phantom_series("cap", tmp_path / "named", seed=7, slices=6, rows=32, columns=32, write_masks=False, patient_id="PHANTOM-0-0003")
+    named = write_phantom_series(
+        "cap", tmp_path / "named", seed=7, slices=6, rows=32, columns=32, write_masks=False, patient_id="PHANTOM-0-0003"
+    )
     ds = pydicom.dcmread(next(named.iterdir()), stop_before_pixels=True)
     assert (ds.PatientID, str(ds.PatientName)) == ("PHANTOM-0-0003", "PHANTOM^0-0003")
 
@@ -114,9 +125,25 @@ def test_ct_image_attributes(covid_series: Path) -> None:
     assert ds.BodyPartExamined == "CHEST" and ds.Modality == "CT"
     assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
     for keyword in (
-        "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-        "AccessionNumber", "SeriesNumber", "PatientPosition", "FrameOfReferenceUID", "PositionReferenceIndicator",
-        "Manufacturer", "InstanceNumber", "KVP", "AcquisitionNumber", "SliceThickness", "RescaleSlope", "RescaleType",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+        "SeriesNumber",
+        "PatientPosition",
+        "FrameOfReferenceUID",
+        "PositionReferenceIndicator",
+        "Manufacturer",
+        "InstanceNumber",
+        "KVP",
+        "AcquisitionNumber",
+        "SliceThickness",
+        "RescaleSlope",
+        "RescaleType",
     ):
         assert keyword in ds, keyword
     for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID):
@@ -134,22 +161,64 @@ def test_dataset_is_balanced_with_patients(tmp_path: Path) -> None:
     for p in plans:
         by_patient.setdefault(p.patient_id, set()).add(p.kind)
     assert len(by_patient) == 6 and all(len(v) == 1 for v in by_patient.values())
-    labels = write_phantom_dataset(tmp_path / "ds", 3, seed=2, rows=48, slices_min=6, slices_max=6, series_per_patient=1)
+    labels = write_phantom_dataset(
+        tmp_path / "ds", 3, seed=2, rows=48, slices_min=6, slices_max=6, series_per_patient=1
+    )
     with labels.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["label"] for r in rows] == ["covid", "cap", "normal"]
-    assert all((tmp_path / "ds" / r["series"]).is_dir() and masks_path(tmp_path / "ds" / r["series"]).is_file() for r in rows)
+    assert all(
+        (tmp_path / "ds" / r["series"]).is_dir() and masks_path(tmp_path / "ds" / r["series"]).is_file() for r in rows
+    )
     assert list(rows[0]) == ["series", "label", "patient_id"]
 
 
 def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["phantom", str(tmp_path / "one"), "--kind", "cap", "--rows", "48", "--slices", "6", "--seed", "2", "--transfer-syntax", "rle"]) == 0
+    assert (
+        main(
+            [
+                "phantom",
+                str(tmp_path / "one"),
+                "--kind",
+                "cap",
+                "--rows",
+                "48",
+                "--slices",
+                "6",
+                "--seed",
+                "2",
+                "--transfer-syntax",
+                "rle",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "one").iterdir())) == 6
     ds = pydicom.dcmread(next((tmp_path / "one").iterdir()), stop_before_pixels=True)
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
-    assert main(["phantom", str(tmp_path / "mf"), "--kind", "normal", "--rows", "48", "--slices", "6", "--multiframe"]) == 0
+    assert (
+        main(["phantom", str(tmp_path / "mf"), "--kind", "normal", "--rows", "48", "--slices", "6", "--multiframe"])
+        == 0
+    )
     assert len(list((tmp_path / "mf").iterdir())) == 1
-    assert main(["phantom-dataset", str(tmp_path / "ds"), "--count", "2", "--rows", "48", "--slices-min", "6", "--slices-max", "6", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "phantom-dataset",
+                str(tmp_path / "ds"),
+                "--count",
+                "2",
+                "--rows",
+                "48",
+                "--slices-min",
+                "6",
+                "--slices-max",
+                "6",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "ds" / "labels.csv").is_file()
     assert "not for clinical use" in capsys.readouterr().out.lower()
     assert main(["phantom-dataset", str(tmp_path / "bad"), "--count", "0"]) == 2

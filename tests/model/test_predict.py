@@ -28,7 +28,16 @@ from model.inference.multiscale_cam import Predictor, PredictorSettings, aggrega
 from model.inference.network import CamHead, WeaklySupervisedNet
 from model.inference.options import InferenceOptions
 from model.inference.preprocess import InputSpec
-from model.inference.weights import MULTISCALE_CAM_2D, SHIPPED_WEIGHTS_DIR, WeightsError, load_weights, read_metadata, save_weights, sha256_file, weights_folder
+from model.inference.weights import (
+    MULTISCALE_CAM_2D,
+    SHIPPED_WEIGHTS_DIR,
+    WeightsError,
+    load_weights,
+    read_metadata,
+    save_weights,
+    sha256_file,
+    weights_folder,
+)
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import write_phantom_series
 from model.training.train import TrainConfig, default_metadata
@@ -49,7 +58,9 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
             assert isinstance(head, CamHead)
             head.bn.bias[0] += 5.0
     out = tmp_path_factory.mktemp("weights") / "tiny"
-    meta = default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny-test", version="0.0.1")
+    meta = default_metadata(
+        TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny-test", version="0.0.1"
+    )
     meta["inference"]["localisation"] = {"mode": "cam+ig", "ig_slices": 2, "threshold": 0.6}
     save_weights(net.eval(), out, meta)
     return out
@@ -59,11 +70,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rle_series(tmp_path_factory: pytest.TempPathFactory, small_phantoms: dict[str, Phantom]) -> Path:
     """The covid phantom as an RLE Lossless series, signed, instance numbers feet -> head."""
     out = tmp_path_factory.mktemp("rle") / "series"
-    return write_phantom_series(small_phantoms["covid"], out, transfer_syntax="rle", signed=True, reverse_instance_numbers=False)
+    return write_phantom_series(
+        small_phantoms["covid"], out, transfer_syntax="rle", signed=True, reverse_instance_numbers=False
+    )
 
 
 @pytest.mark.slow
-def test_predict_compressed_series_fills_every_field(tiny_weights: Path, rle_series: Path, small_phantoms: dict[str, Phantom]) -> None:
+def test_predict_compressed_series_fills_every_field(
+    tiny_weights: Path, rle_series: Path, small_phantoms: dict[str, Phantom]
+) -> None:
     predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights))
     assert predictor.settings.localisation.ig_slices == 2 and predictor.settings.localisation.threshold == 0.6
     result = predictor.predict(rle_series)
@@ -74,7 +89,11 @@ def test_predict_compressed_series_fills_every_field(tiny_weights: Path, rle_ser
     assert float(result.heatmap.min()) >= 0.0 and float(result.heatmap.max()) == pytest.approx(1.0)
     assert result.lung_mask is not None and result.lung_mask.shape == shape and result.lung_mask.dtype == bool
     assert not result.heatmap[~result.lung_mask].any()  # restricted to the lungs
-    assert result.region_labels is not None and result.region_labels.dtype == np.uint16 and result.region_labels.shape == shape
+    assert (
+        result.region_labels is not None
+        and result.region_labels.dtype == np.uint16
+        and result.region_labels.shape == shape
+    )
     assert not result.region_labels[~result.lung_mask].any()
     assert len(result.sop_instance_uids) == shape[0] == len(set(result.sop_instance_uids)) == len(result.lung_slices)
     assert result.regions and [r.index for r in result.regions] == list(range(1, len(result.regions) + 1))
@@ -89,12 +108,19 @@ def test_predict_compressed_series_fills_every_field(tiny_weights: Path, rle_ser
     assert result.key_slices and all(result.lung_slices[k] for k in result.key_slices)
     assert {"read", "lungs", "network", "cam", "ig", "regions", "total"} <= set(result.timings)
     info = result.model
-    assert info.name == "tiny-test" and info.version == "0.0.1" and info.weights_sha256 == sha256_file(tiny_weights / "model.safetensors")
+    assert (
+        info.name == "tiny-test"
+        and info.version == "0.0.1"
+        and info.weights_sha256 == sha256_file(tiny_weights / "model.safetensors")
+    )
     doc = json.loads(json.dumps(result.to_json()))
     assert {"probabilities", "decision", "reason", "regions", "lung_involvement_percent", "model", "notice"} <= set(doc)
     # The same phantom, loaded first, gives the same result; CAM-only is a setting.
     volume = load_series(rle_series)
-    cam_only = Predictor(load_weights(tiny_weights), dataclasses.replace(predictor.settings, localisation=LocalisationSettings(mode="cam", threshold=0.6))).predict(volume)
+    cam_only = Predictor(
+        load_weights(tiny_weights),
+        dataclasses.replace(predictor.settings, localisation=LocalisationSettings(mode="cam", threshold=0.6)),
+    ).predict(volume)
     assert cam_only.probabilities == pytest.approx(result.probabilities)
     assert "ig" not in cam_only.timings and cam_only.heatmap is not None and cam_only.heatmap.shape == shape
 
@@ -106,7 +132,9 @@ def test_heatmap_lines_up_with_slices(tiny_weights: Path, covid_series: Path) ->
     volume = load_series(covid_series)
     assert result.sop_instance_uids == volume.sop_instance_uids
     lung_rows = [i for i, v in enumerate(result.lung_slices) if v]
-    assert result.heatmap is not None and all(result.heatmap[i].max() == 0 for i in range(len(result.lung_slices)) if i not in lung_rows)
+    assert result.heatmap is not None and all(
+        result.heatmap[i].max() == 0 for i in range(len(result.lung_slices)) if i not in lung_rows
+    )
 
 
 def test_no_decision_paths(tiny_weights: Path, rle_series: Path, tmp_path: Path) -> None:
@@ -118,7 +146,9 @@ def test_no_decision_paths(tiny_weights: Path, rle_series: Path, tmp_path: Path)
 
     volume = load_series(rle_series)
     mr = predictor.predict(dataclasses.replace(volume, modality="MR"))
-    assert mr.decision == "no_decision" and "modality MR" in mr.reason and len(mr.sop_instance_uids) == volume.hu.shape[0]
+    assert (
+        mr.decision == "no_decision" and "modality MR" in mr.reason and len(mr.sop_instance_uids) == volume.hu.shape[0]
+    )
 
     soft = predictor.predict(dataclasses.replace(volume, hu=np.full_like(volume.hu, 40.0)))
     assert soft.decision == "no_decision" and "no lungs" in soft.reason
@@ -158,7 +188,11 @@ def test_aggregation_rules_by_hand() -> None:
 
 def test_weights_metadata_checks(tiny_weights: Path, tmp_path: Path) -> None:
     meta = read_metadata(tiny_weights)
-    assert meta["classes"] == list(CLASSES) and meta["input"]["height"] == 64 and "not for clinical use" in meta["notice"].lower()
+    assert (
+        meta["classes"] == list(CLASSES)
+        and meta["input"]["height"] == 64
+        and "not for clinical use" in meta["notice"].lower()
+    )
     assert meta["kind"] == MULTISCALE_CAM_2D
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -21,7 +21,17 @@ import torch
 from model.inference.preprocess import InputSpec
 from model.inference.weights import SHIPPED_WEIGHTS_DIR
 from model.training.recipes import recipe
-from model.training.train import TrainConfig, _SeriesBatches, augment_batch, flip_batch, patient_folds, predict_slices, resolve_init, split_by_patient, train
+from model.training.train import (
+    TrainConfig,
+    _SeriesBatches,
+    augment_batch,
+    flip_batch,
+    patient_folds,
+    predict_slices,
+    resolve_init,
+    split_by_patient,
+    train,
+)
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -85,7 +95,16 @@ def test_config_validation() -> None:
 def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     train_set = [_blob_series(lb, 16, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
     val_set = [_blob_series(lb, 8, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"])]
-    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=12, iterations=120, learning_rate=3e-3, lr_step=20, validate_every=10, patience=20, **TINY)
+    config = TrainConfig(
+        input=InputSpec(height=32, width=32),
+        batch_size=12,
+        iterations=120,
+        learning_rate=3e-3,
+        lr_step=20,
+        validate_every=10,
+        patience=20,
+        **TINY,
+    )
     seen: list[int] = []
     result = train(train_set, val_set, config, on_validation=lambda it, m: seen.append(it))
     assert result.best_val_accuracy is not None and result.best_val_accuracy >= 0.6  # chance: 1/3
@@ -94,7 +113,9 @@ def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
     assert seen == [int(h["iteration"]) for h in result.history]
     # The history logs the learning rate of the iteration just run: the step schedule's.
     lrs = {int(h["iteration"]): h["lr"] for h in result.history}
-    assert lrs[10] == pytest.approx(3e-3) and all(lr == pytest.approx(config.learning_rate_at(it - 1)) for it, lr in lrs.items())
+    assert lrs[10] == pytest.approx(3e-3) and all(
+        lr == pytest.approx(config.learning_rate_at(it - 1)) for it, lr in lrs.items()
+    )
     # The returned network is the best checkpoint.
     logits = predict_slices(result.network, np.concatenate([s.slices for s in val_set]), torch.device("cpu"))
     truth = np.repeat([0, 1, 2], 8)
@@ -105,14 +126,18 @@ def test_training_learns_blobs_keeps_best_and_stops_early() -> None:
 @pytest.mark.slow
 def test_training_without_validation_runs_all_iterations() -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
-    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=5, classes=("covid", "normal"), **TINY)
+    config = TrainConfig(
+        input=InputSpec(height=32, width=32), batch_size=4, iterations=5, classes=("covid", "normal"), **TINY
+    )
     result = train(train_set, [], config)
     assert result.iterations_run == 5 and result.best_val_accuracy is None and not result.stopped_early
     assert result.network.num_classes == 2 and not result.network.training
 
 
 def test_training_rejects_unknown_labels_and_too_little_data() -> None:
-    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=1, classes=("covid", "normal"), **TINY)
+    config = TrainConfig(
+        input=InputSpec(height=32, width=32), batch_size=4, iterations=1, classes=("covid", "normal"), **TINY
+    )
     with pytest.raises(ValueError, match="not in"):
         train([_blob_series("cap", 8, 0)], [], config)
     with pytest.raises(ValueError, match="fewer than one batch"):
@@ -124,7 +149,15 @@ def test_training_rejects_unknown_labels_and_too_little_data() -> None:
 
 def test_time_budget_checkpoint_and_augmentation(tmp_path: Path) -> None:
     train_set = [_blob_series(lb, 4, seed) for seed, lb in enumerate(["covid", "normal"])]
-    config = TrainConfig(input=InputSpec(height=32, width=32), batch_size=4, iterations=50, classes=("covid", "normal"), augment="flip+affine", max_minutes=1e-6, **TINY)
+    config = TrainConfig(
+        input=InputSpec(height=32, width=32),
+        batch_size=4,
+        iterations=50,
+        classes=("covid", "normal"),
+        augment="flip+affine",
+        max_minutes=1e-6,
+        **TINY,
+    )
     checkpoint = tmp_path / "best.pt"
     result = train(train_set, train_set[:1], config, checkpoint=checkpoint)
     assert result.iterations_run == 1 and result.stopped_early and len(result.history) == 1
@@ -169,7 +202,9 @@ def test_recipes_and_config_round_trip() -> None:
 def test_resolve_init_starts_from_the_shipped_weights_only_where_they_fit() -> None:
     cpu = recipe("cpu")
     shipped = resolve_init("auto", cpu)
-    assert shipped is not None and shipped.weights_dir == SHIPPED_WEIGHTS_DIR  # the shipped weights are the cpu recipe's
+    assert (
+        shipped is not None and shipped.weights_dir == SHIPPED_WEIGHTS_DIR
+    )  # the shipped weights are the cpu recipe's
     assert resolve_init("none", cpu) is None and resolve_init(None, cpu) is None
     other_input = dataclasses.replace(cpu, input=dataclasses.replace(cpu.input, height=32, width=64))
     assert resolve_init("auto", other_input) is None  # another input: from scratch
@@ -212,9 +247,23 @@ def test_mil_training_learns_series_whose_lesions_are_on_few_slices() -> None:
     train_set = [series(lb, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 6)]
     val_set = [series(lb, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
     config = TrainConfig(
-        input=InputSpec(height=32, width=32), objective="mil", batch_size=6, mil_candidates=8, mil_k=2, iterations=150, learning_rate=3e-3,
-        schedule="cosine", warmup=10, validate_every=25, patience=1000, **TINY,
+        input=InputSpec(height=32, width=32),
+        objective="mil",
+        batch_size=6,
+        mil_candidates=8,
+        mil_k=2,
+        iterations=150,
+        learning_rate=3e-3,
+        schedule="cosine",
+        warmup=10,
+        validate_every=25,
+        patience=1000,
+        **TINY,
     )
     result = train(train_set, val_set, config)
-    assert result.selection == "val_series_accuracy" and result.best_val_accuracy is not None and result.best_val_accuracy >= 0.8
+    assert (
+        result.selection == "val_series_accuracy"
+        and result.best_val_accuracy is not None
+        and result.best_val_accuracy >= 0.8
+    )
     assert all("val_series_loss" in h for h in result.history)

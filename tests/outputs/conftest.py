@@ -97,7 +97,14 @@ def multiframe(phantom: Phantom, tmp_path_factory: pytest.TempPathFactory) -> Ca
 
 
 @pytest.fixture(scope="session")
-def written(covid: Case, normal: Case, indeterminate: Case, no_decision: Case, multiframe: Case, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def written(
+    covid: Case,
+    normal: Case,
+    indeterminate: Case,
+    no_decision: Case,
+    multiframe: Case,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
     """The objects the validators check, as files: name -> path."""
     folder = tmp_path_factory.mktemp("outputs")
     objects: dict[str, Dataset] = {

@@ -105,7 +105,9 @@ def _without_times(ds: Dataset) -> bytes:
 
 
 def test_another_creation_time_changes_only_the_date_and_time_attributes(covid: Case) -> None:
-    later = build_outputs(covid.result, covid.sources, options=OutputOptions(created=CREATED + datetime.timedelta(days=1, seconds=5)))
+    later = build_outputs(
+        covid.result, covid.sources, options=OutputOptions(created=CREATED + datetime.timedelta(days=1, seconds=5))
+    )
     first, second = _all(covid.outputs), _all(later)
     assert _bytes(first[0]) != _bytes(second[0])
     assert all(_without_times(a) == _without_times(b) for a, b in zip(first, second))

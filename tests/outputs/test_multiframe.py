@@ -39,7 +39,9 @@ def test_sr_references_frames(multiframe: Case) -> None:
     region_group = measurements.ContentSequence[1]
     (source,) = [i for i in region_group.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121233"]
     z0, z1 = result.regions[0].slice_range
-    assert [int(v) for v in source.ReferencedSOPSequence[0].ReferencedFrameNumber] == [frame_of(multiframe, z) for z in range(z0, z1 + 1)]
+    assert [int(v) for v in source.ReferencedSOPSequence[0].ReferencedFrameNumber] == [
+        frame_of(multiframe, z) for z in range(z0, z1 + 1)
+    ]
 
 
 def test_kos_references_the_key_frames(multiframe: Case) -> None:

@@ -36,7 +36,15 @@ def frame_slices(case: Case) -> list[int]:
     """For each frame of the map, the index of the CT slice at its position (highdicom orders the
     frames along the slice normal; every frame's position says where it is)."""
     (pm,) = case.outputs["pm"]
-    normal = np.cross(*np.reshape([float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient], (2, 3)))
+    normal = np.cross(
+        *np.reshape(
+            [
+                float(v)
+                for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+            ],
+            (2, 3),
+        )
+    )
     slice_z = [float(np.dot(normal, _slice_position(case, i))) for i in range(len(case.result.sop_instance_uids))]
     out = []
     for frame in pm.PerFrameFunctionalGroupsSequence:
@@ -50,14 +58,18 @@ def _slice_position(case: Case, i: int) -> list[float]:
     frame = case.series.frame_numbers[i]
     if frame is None:
         return [float(v) for v in ds.ImagePositionPatient]
-    return [float(v) for v in ds.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient]
+    return [
+        float(v) for v in ds.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+    ]
 
 
 def test_a_frame_per_ct_slice_at_its_position_derived_from_it(covid: Case) -> None:
     (pm,) = covid.outputs["pm"]
     uids = covid.result.sop_instance_uids
     assert int(pm.NumberOfFrames) == len(uids)
-    orientation = [float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient]
+    orientation = [
+        float(v) for v in pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    ]
     assert orientation == pytest.approx([float(v) for v in covid.source(0).ImageOrientationPatient])
     slices = frame_slices(covid)
     assert sorted(slices) == list(range(len(uids)))  # every slice once
@@ -77,7 +89,10 @@ def test_pixels_are_the_heatmap_with_an_identity_real_world_value_mapping(covid:
     shared = pm.SharedFunctionalGroupsSequence[0]
     mapping = shared.RealWorldValueMappingSequence[0]
     assert (float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)) == (1.0, 0.0)
-    assert (float(mapping.DoubleFloatRealWorldValueFirstValueMapped), float(mapping.DoubleFloatRealWorldValueLastValueMapped)) == (0.0, 1.0)
+    assert (
+        float(mapping.DoubleFloatRealWorldValueFirstValueMapped),
+        float(mapping.DoubleFloatRealWorldValueLastValueMapped),
+    ) == (0.0, 1.0)
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
     assert covid.result.model.name in mapping.LUTExplanation
     window = shared.FrameVOILUTSequence[0]

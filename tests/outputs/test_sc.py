@@ -48,7 +48,12 @@ def test_one_sc_per_lung_slice_in_source_order(covid: Case) -> None:
         source = covid.source(sc.InstanceNumber - 1)
         assert sc.SOPClassUID == SecondaryCaptureImageStorage
         assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
-        assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated, sc.PlanarConfiguration) == ("RGB", 3, 8, 0)
+        assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated, sc.PlanarConfiguration) == (
+            "RGB",
+            3,
+            8,
+            0,
+        )
         assert sc.pixel_array.dtype == np.uint8 and sc.pixel_array.shape == (source.Rows, source.Columns, 3)
 
 
@@ -74,7 +79,11 @@ def test_each_overlay_sits_on_its_ct_slice(covid: Case, multiframe: Case) -> Non
             ct = case.source(i)
             assert sc.FrameOfReferenceUID == ct.FrameOfReferenceUID
             frame = case.series.frame_numbers[i]
-            position = ct.ImagePositionPatient if frame is None else ct.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+            position = (
+                ct.ImagePositionPatient
+                if frame is None
+                else ct.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0].ImagePositionPatient
+            )
             assert [float(v) for v in sc.ImagePositionPatient] == pytest.approx([float(v) for v in position])
             assert [float(v) for v in sc.ImageOrientationPatient] == pytest.approx([1, 0, 0, 0, 1, 0])
             assert float(sc.SliceThickness) > 0 and len(sc.PixelSpacing) == 2
@@ -96,7 +105,9 @@ def test_attributes(covid: Case) -> None:
 
 
 def test_key_slice_setting(covid: Case) -> None:
-    key = build_outputs(covid.result, covid.sources, kinds=["sc"], options=OutputOptions(sc_slices="key", created=CREATED))["sc"]
+    key = build_outputs(
+        covid.result, covid.sources, kinds=["sc"], options=OutputOptions(sc_slices="key", created=CREATED)
+    )["sc"]
     assert [sc.InstanceNumber - 1 for sc in key] == sorted(set(covid.result.key_slices))
     # The same slice gives the same object whichever slices are shown.
     lung_mode = {sc.SOPInstanceUID: sc for sc in covid.outputs["sc"]}
@@ -147,7 +158,10 @@ def test_normal_result_has_no_colour_outside_the_corners(normal: Case) -> None:
 
 def test_rle_lossless_gives_the_same_pixels(covid: Case) -> None:
     rle = build_outputs(
-        covid.result, covid.sources, kinds=["sc"], options=OutputOptions(sc_transfer_syntax_uid=str(RLELossless), created=CREATED)
+        covid.result,
+        covid.sources,
+        kinds=["sc"],
+        options=OutputOptions(sc_transfer_syntax_uid=str(RLELossless), created=CREATED),
     )["sc"]
     assert rle[0].file_meta.TransferSyntaxUID == RLELossless
     for compressed, plain in zip(rle[:3], covid.outputs["sc"][:3]):

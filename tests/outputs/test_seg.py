@@ -50,7 +50,9 @@ def test_segments_describe_the_regions(covid: Case) -> None:
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
         assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "52988006"
         assert segment.AnatomicRegionSequence[0].CodeValue == "39607008"
-        assert segment.TrackingUID == derived_uid(covid.source(0).SeriesInstanceUID, result.model.version, "region", str(number), "tracking")
+        assert segment.TrackingUID == derived_uid(
+            covid.source(0).SeriesInstanceUID, result.model.version, "region", str(number), "tracking"
+        )
         assert "COVID-19" in segment.TrackingID
 
 
@@ -69,9 +71,13 @@ def test_only_frames_with_content_each_at_its_source_slice(covid: Case) -> None:
         assert np.array_equal(pixel.astype(bool), labels[z] == region.index)
         assert pixel.any()
         source = covid.source(z)
-        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [float(v) for v in source.ImagePositionPatient]
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [
+            float(v) for v in source.ImagePositionPatient
+        ]
     assert seg.FrameOfReferenceUID == covid.source(0).FrameOfReferenceUID
-    referenced = {i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence}
+    referenced = {
+        i.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence for i in s.ReferencedInstanceSequence
+    }
     assert referenced == {result.sop_instance_uids[z] for z in slices}
 
 
@@ -88,7 +94,9 @@ def test_no_seg_without_regions(normal: Case) -> None:
 
 def test_thresholded_heatmap_when_the_result_has_no_region_labels(covid: Case) -> None:
     result = dataclasses.replace(covid.result, region_labels=None)
-    out = build_outputs(result, covid.sources, kinds=["seg", "sr"], options=OutputOptions(seg_threshold=0.6, created=CREATED))
+    out = build_outputs(
+        result, covid.sources, kinds=["seg", "sr"], options=OutputOptions(seg_threshold=0.6, created=CREATED)
+    )
     (seg,) = out["seg"]
     assert len(seg.SegmentSequence) == 1 and seg.SegmentSequence[0].SegmentLabel == "Suspected infection"
     assert result.heatmap is not None

@@ -34,7 +34,9 @@ from tests.outputs.conftest import CREATED, Case
 def children(item: Dataset, code_value: str | None = None) -> list[Dataset]:
     out = list(item.get("ContentSequence", []))
     if code_value is not None:
-        out = [c for c in out if "ConceptNameCodeSequence" in c and c.ConceptNameCodeSequence[0].CodeValue == code_value]
+        out = [
+            c for c in out if "ConceptNameCodeSequence" in c and c.ConceptNameCodeSequence[0].CodeValue == code_value
+        ]
     return out
 
 
@@ -124,7 +126,9 @@ def test_image_level_group(covid: Case) -> None:
     )
     involvement = child(group, "113288")
     assert involvement.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
-    assert float(involvement.MeasuredValueSequence[0].NumericValue) == pytest.approx(result.lung_involvement_percent, abs=1e-3)
+    assert float(involvement.MeasuredValueSequence[0].NumericValue) == pytest.approx(
+        result.lung_involvement_percent, abs=1e-3
+    )
     # Qualitative evaluation: COVID-19 present (a code, not a number).
     evaluations = children(group, "840539006")
     assert [code(e) for e in evaluations] == [("52101004", "SCT")]
@@ -245,7 +249,10 @@ def test_evidence_is_the_source_series_and_the_seg(covid: Case) -> None:
     source = covid.source(0)
     evidence = sr.CurrentRequestedProcedureEvidenceSequence
     assert len(evidence) == 1 and evidence[0].StudyInstanceUID == source.StudyInstanceUID
-    by_series = {s.SeriesInstanceUID: [i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence] for s in evidence[0].ReferencedSeriesSequence}
+    by_series = {
+        s.SeriesInstanceUID: [i.ReferencedSOPInstanceUID for i in s.ReferencedSOPSequence]
+        for s in evidence[0].ReferencedSeriesSequence
+    }
     assert sorted(by_series[source.SeriesInstanceUID]) == sorted(covid.result.sop_instance_uids)
     assert by_series[seg.SeriesInstanceUID] == [seg.SOPInstanceUID]
 
@@ -264,7 +271,10 @@ def test_contributing_equipment_names_the_algorithm(covid: Case) -> None:
     assert "NOT FOR CLINICAL USE" in item.ContributionDescription
     # The scanner is named as acquisition equipment.
     scanner = covid.source(0).Manufacturer
-    assert any(i.PurposeOfReferenceCodeSequence[0].CodeValue == "109101" and i.Manufacturer == scanner for i in sr.ContributingEquipmentSequence)
+    assert any(
+        i.PurposeOfReferenceCodeSequence[0].CodeValue == "109101" and i.Manufacturer == scanner
+        for i in sr.ContributingEquipmentSequence
+    )
 
 
 def test_normal_result(normal: Case) -> None:

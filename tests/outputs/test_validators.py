@@ -37,7 +37,9 @@ def test_dciodvfy_reports_no_error_on_any_object(written: dict[str, Path]) -> No
             assert v.explained_by(messages, v.DCIODVFY_SC_IMAGE_PLANE) == [], (name, messages)
 
 
-def test_dciodvfy_device_uid_warning_is_the_only_warning_and_only_for_the_contributing_equipment(written: dict[str, Path]) -> None:
+def test_dciodvfy_device_uid_warning_is_the_only_warning_and_only_for_the_contributing_equipment(
+    written: dict[str, Path],
+) -> None:
     """The one known dciodvfy disagreement, and proof that it is about our Device UID: without
     it the object has no warning at all."""
     path = written["covid_kos"]
@@ -108,7 +110,9 @@ def test_pixelmed_sr_validator_passes_the_kos(pixelmed_results: dict[tuple[str, 
 
 
 @pytest.mark.parametrize("name", ("covid_seg", "multiframe_seg"))
-def test_pixelmed_instance_validator_passes_the_seg_but_for_laterality(name: str, pixelmed_results: dict[tuple[str, str], list[str]]) -> None:
+def test_pixelmed_instance_validator_passes_the_seg_but_for_laterality(
+    name: str, pixelmed_results: dict[tuple[str, str], list[str]]
+) -> None:
     lines = pixelmed_results[("iod", name)]
     assert "Found Segmentation IOD" in lines
     messages = v.pixelmed_messages(lines)
@@ -116,7 +120,9 @@ def test_pixelmed_instance_validator_passes_the_seg_but_for_laterality(name: str
 
 
 @pytest.mark.parametrize("name", ("covid_sc_000", "covid_kos"))
-def test_pixelmed_instance_validator_has_no_rules_for_sc_and_kos(name: str, pixelmed_results: dict[tuple[str, str], list[str]]) -> None:
+def test_pixelmed_instance_validator_has_no_rules_for_sc_and_kos(
+    name: str, pixelmed_results: dict[tuple[str, str], list[str]]
+) -> None:
     assert v.pixelmed_messages(pixelmed_results[("iod", name)]) == ["IOD (SOP Class) unrecognized"]
 
 

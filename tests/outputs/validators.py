@@ -65,7 +65,9 @@ DCIODVFY_CONTRIBUTING_DEVICE_UID = KnownDisagreement(
 DCIODVFY_PARAMETRIC_MAP_QUANTITY = KnownDisagreement(
     name="dciodvfy-2022: QUANTITY as the derived pixel contrast of a Parametric Map",
     tool="dciodvfy",
-    pattern=re.compile(r"^Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <(Image|Frame) Type>\s*$"),
+    pattern=re.compile(
+        r"^Warning - Unrecognized defined term <QUANTITY> for value 4 of attribute <(Image|Frame) Type>\s*$"
+    ),
     why=(
         "Value 4 of Image Type and Frame Type of a Parametric Map is its Derived Pixel Contrast; highdicom 0.28 "
         "writes QUANTITY for one whose pixels are a measured quantity (its DerivedPixelContrastValues list it, "
@@ -168,7 +170,11 @@ def pixelmed_command(validator: str, path: Path) -> list[str]:
     for jar in PIXELMED_JARS:
         if not Path(jar).exists():
             raise AssertionError(f"{jar} is missing: the pixelmed validators need the Debian package pixelmed-apps")
-    main = "com.pixelmed.validate.DicomSRValidator" if validator == "sr" else "com.pixelmed.validate.DicomInstanceValidator"
+    main = (
+        "com.pixelmed.validate.DicomSRValidator"
+        if validator == "sr"
+        else "com.pixelmed.validate.DicomInstanceValidator"
+    )
     options = ["-checktemplateid"] if validator == "sr" else []
     return [java, *PIXELMED_JAVA_FLAGS, "-cp", ":".join(PIXELMED_JARS), main, *options, str(path)]
 
@@ -177,7 +183,11 @@ def pixelmed(validator: str, path: Path) -> list[str]:
     """Pixelmed's output lines for one file (SLF4J start-up noise dropped). Raises AssertionError
     if the validator did not finish (no 'IOD validation complete' and no 'unrecognized')."""
     proc = _run(pixelmed_command(validator, path))
-    lines = [line.rstrip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and not line.startswith("SLF4J")]
+    lines = [
+        line.rstrip()
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and not line.startswith("SLF4J")
+    ]
     finished = any(line in ("IOD validation complete", "IOD (SOP Class) unrecognized") for line in lines)
     if not finished:
         raise AssertionError(f"pixelmed {validator} validator did not finish on {path.name}: {lines[-20:]}")

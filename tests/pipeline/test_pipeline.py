@@ -88,7 +88,12 @@ def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = 
         s.flush()
 
         first = pydicom.dcmread(files[0], stop_before_pixels=True)
-        series = Series(series_uid=first.SeriesInstanceUID, study_uid=first.StudyInstanceUID, local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value)
+        series = Series(
+            series_uid=first.SeriesInstanceUID,
+            study_uid=first.StudyInstanceUID,
+            local_ae_id=ae.id,
+            status=SeriesStatus.COMPLETE.value,
+        )
         s.add(series)
         s.flush()
         for path in files:
@@ -151,7 +156,10 @@ def test_analyse_writes_artefacts_and_queues_exports(rt: Runtime, tmp_path: Path
 def test_a_job_run_twice_writes_the_same_bytes(rt: Runtime, tmp_path: Path, scp: Scp) -> None:
     job_id = store_series(rt, tmp_path, scp.port)
     assert analyse(rt, job_id) == JobStatus.DONE.value
-    first = {o["sop_instance_uid"]: (rt.settings.results_dir / o["path"]).read_bytes() for o in job_row(rt.db, job_id).outputs}
+    first = {
+        o["sop_instance_uid"]: (rt.settings.results_dir / o["path"]).read_bytes()
+        for o in job_row(rt.db, job_id).outputs
+    }
     requeue(rt.db, job_id)
     assert analyse(rt, job_id) == JobStatus.DONE.value
     job = job_row(rt.db, job_id)

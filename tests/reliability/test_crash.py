@@ -30,10 +30,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | N
     drop_postgres_database(name)
 
 
-def test_kill_9_during_a_series_loses_no_acknowledged_instance_and_makes_no_partial_job(database: str | None, tmp_path: Path) -> None:
+def test_kill_9_during_a_series_loses_no_acknowledged_instance_and_makes_no_partial_job(
+    database: str | None, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    env = node_env(data_dir, database_url=database, admin_port=free_port(), listener__processes=2, listener__reload_seconds=0.5, completion__poll_seconds=0.2)
+    env = node_env(
+        data_dir,
+        database_url=database,
+        admin_port=free_port(),
+        listener__processes=2,
+        listener__reload_seconds=0.5,
+        completion__poll_seconds=0.2,
+    )
     url = database or f"sqlite:///{data_dir / 'dicom-node.sqlite3'}"
     port = free_port()
     cli(env, "db", "upgrade")
@@ -41,8 +50,12 @@ def test_kill_9_during_a_series_loses_no_acknowledged_instance_and_makes_no_part
     cli(env, "ae", "add-source", "STORESCU")
     rng = random.Random(8)
     for n in range(ROUNDS):
-        series = write_phantom_series("normal", tmp_path / f"series-{n}", seed=100 + n, slices=60, rows=128, columns=128)
+        series = write_phantom_series(
+            "normal", tmp_path / f"series-{n}", seed=100 + n, slices=60, rows=128, columns=128
+        )
         result = crash_round(env, port, series, url, rng)
-        print(f"round {n}: killed after {result.killed_after:.2f} s, {result.acknowledged} acknowledged, {result.lost} lost, {result.jobs} job(s), {result.partial_jobs} partial")
+        print(
+            f"round {n}: killed after {result.killed_after:.2f} s, {result.acknowledged} acknowledged, {result.lost} lost, {result.jobs} job(s), {result.partial_jobs} partial"
+        )
         assert result.lost == 0, result
         assert result.partial_jobs == 0 and result.jobs == 1 and result.instances == 60, result

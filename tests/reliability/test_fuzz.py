@@ -45,13 +45,27 @@ def node(tmp_path: Path) -> Iterator[tuple[dict[str, str], int, NodeProcess]]:
     process.stop()
 
 
-def test_seeded_fuzz_leaves_the_listener_serving_within_bounds_and_loses_nothing(node: tuple[dict[str, str], int, NodeProcess], tmp_path: Path) -> None:
+def test_seeded_fuzz_leaves_the_listener_serving_within_bounds_and_loses_nothing(
+    node: tuple[dict[str, str], int, NodeProcess], tmp_path: Path
+) -> None:
     env, port, process = node
     assert process.proc is not None
     pid = process.proc.pid
-    listeners = sorted(p.pid for p in wait_until(lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners"))
-    report = run_fuzz(port, fuzz_cases(SEED, CASES, called="COVIDNODE", calling="FUZZER", dataset=fuzz_dataset()), called="COVIDNODE", calling="FUZZER")
-    print(f"fuzz: {report.cases} cases in {report.seconds:.0f} s, {len(report.successes)} stored, {report.failures} refused instances")
+    listeners = sorted(
+        p.pid
+        for p in wait_until(
+            lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners"
+        )
+    )
+    report = run_fuzz(
+        port,
+        fuzz_cases(SEED, CASES, called="COVIDNODE", calling="FUZZER", dataset=fuzz_dataset()),
+        called="COVIDNODE",
+        calling="FUZZER",
+    )
+    print(
+        f"fuzz: {report.cases} cases in {report.seconds:.0f} s, {len(report.successes)} stored, {report.failures} refused instances"
+    )
     assert report.cases == CASES
     assert sorted(p.pid for p in listener_processes(pid)) == listeners, process.output()[-3000:]
     assert max_listener_rss(pid) < RSS_BOUND
@@ -61,8 +75,15 @@ def test_seeded_fuzz_leaves_the_listener_serving_within_bounds_and_loses_nothing
     db = Database(f"sqlite:///{Path(env['DICOM_NODE_DATA_DIR']) / 'dicom-node.sqlite3'}")
     try:
         with db.session() as s:
-            indexed = {row.sop_instance_uid: row.path for row in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(report.successes)))}
+            indexed = {
+                row.sop_instance_uid: row.path
+                for row in s.scalars(select(Instance).where(Instance.sop_instance_uid.in_(report.successes)))
+            }
     finally:
         db.dispose()
-    lost = [uid for uid in report.successes if uid not in indexed or not (Path(env["DICOM_NODE_DATA_DIR"]) / "storage" / indexed[uid]).is_file()]
+    lost = [
+        uid
+        for uid in report.successes
+        if uid not in indexed or not (Path(env["DICOM_NODE_DATA_DIR"]) / "storage" / indexed[uid]).is_file()
+    ]
     assert lost == [], f"{len(lost)} acknowledged instance(s) not stored and indexed"

@@ -85,7 +85,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileNode]:
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_phantom_series("normal", tmp_path_factory.mktemp("phantom") / "series", seed=3, slices=4, rows=64, columns=64)
+    return write_phantom_series(
+        "normal", tmp_path_factory.mktemp("phantom") / "series", seed=3, slices=4, rows=64, columns=64
+    )
 
 
 def assert_healthy(node: HostileNode, phantom: Path) -> None:
@@ -140,7 +142,9 @@ def test_a_partial_pdu_then_silence_is_timed_out(node: HostileNode, phantom: Pat
     assert_healthy(node, phantom)
 
 
-def test_random_bytes_get_an_abort_and_the_connection_closed_and_few_log_lines(node: HostileNode, phantom: Path) -> None:
+def test_random_bytes_get_an_abort_and_the_connection_closed_and_few_log_lines(
+    node: HostileNode, phantom: Path
+) -> None:
     rng = random.Random(8)
     before = node.log().count("protocol error from 127.0.0.5")
     for _ in range(20):
@@ -184,7 +188,9 @@ def _dataset_bytes(ds: pydicom.Dataset) -> bytes:
     return fp.getvalue()
 
 
-def test_an_image_with_half_its_pixel_data_is_refused_and_the_rest_of_its_series_completes(node: HostileNode, tmp_path: Path) -> None:
+def test_an_image_with_half_its_pixel_data_is_refused_and_the_rest_of_its_series_completes(
+    node: HostileNode, tmp_path: Path
+) -> None:
     series = write_phantom_series("normal", tmp_path / "series", seed=21, slices=5, rows=64, columns=64)
     files = sorted(series.iterdir())
     bad = pydicom.dcmread(files[2])
@@ -200,7 +206,11 @@ def test_an_image_with_half_its_pixel_data_is_refused_and_the_rest_of_its_series
     uid = str(bad.SeriesInstanceUID)
 
     def complete() -> dict | None:
-        rows = [r for r in cli_json(node.env, "series", "list", "--json") if r["series_uid"] == uid and r["series_status"] != "receiving"]
+        rows = [
+            r
+            for r in cli_json(node.env, "series", "list", "--json")
+            if r["series_uid"] == uid and r["series_status"] != "receiving"
+        ]
         return rows[0] if rows else None
 
     row = wait_until(complete, 60, "the series to complete")
@@ -218,8 +228,19 @@ def test_rejected_presentation_contexts_are_logged_with_who_and_what(node: Hosti
     peer.send(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
     peer.close()
     assert kind == 0x02 and accepted_contexts(body) == {}
-    line = wait_until(lambda: next((ln for ln in node.log().splitlines() if "FUZZER@127.0.0.1" in ln and "context(s) rejected" in ln), None), 10, "the log line")
-    assert TITLE in line and "MR Image Storage" in line and "abstract syntax (SOP class) not supported" in line and "(0 accepted)" in line
+    line = wait_until(
+        lambda: next(
+            (ln for ln in node.log().splitlines() if "FUZZER@127.0.0.1" in ln and "context(s) rejected" in ln), None
+        ),
+        10,
+        "the log line",
+    )
+    assert (
+        TITLE in line
+        and "MR Image Storage" in line
+        and "abstract syntax (SOP class) not supported" in line
+        and "(0 accepted)" in line
+    )
 
 
 def test_memory_bound_and_no_listener_restarted(node: HostileNode, phantom: Path) -> None:

@@ -27,7 +27,13 @@ pytestmark = pytest.mark.integration
 def make_node(tmp: Path, port: int, title: str = "COVIDNODE") -> tuple[dict[str, str], NodeProcess]:
     data_dir = tmp / f"data-{title}"
     data_dir.mkdir(parents=True)
-    env = node_env(data_dir, admin_port=free_port(), listener__processes=2, listener__reload_seconds=0.5, completion__poll_seconds=0.2)
+    env = node_env(
+        data_dir,
+        admin_port=free_port(),
+        listener__processes=2,
+        listener__reload_seconds=0.5,
+        completion__poll_seconds=0.2,
+    )
     cli(env, "db", "upgrade")
     cli(env, "ae", "add-local", title, "--port", str(port), "--quiet-seconds", "1")
     cli(env, "ae", "add-source", "STORESCU")
@@ -54,7 +60,9 @@ def test_listener_processes_die_with_their_parent(tmp_path: Path) -> None:
         node.wait_for_port(port)
         assert node.proc is not None
         pid = node.proc.pid
-        children = wait_until(lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners")
+        children = wait_until(
+            lambda: listener_processes(pid) if len(listener_processes(pid)) == 2 else None, 60, "2 listeners"
+        )
         os.kill(node.proc.pid, signal.SIGKILL)  # the parent only, as an OOM killer would
         node.proc.wait(10)
 

@@ -17,7 +17,9 @@ from tests.sending.dicom_files import OUTPUT_SOP_CLASSES
 class Scp:
     """A storage SCP answering each C-STORE with ``statuses`` (by SOP Instance UID) or 0x0000."""
 
-    def __init__(self, *, title: str = "PACS", sop_classes: Any = None, syntaxes: Any = None, max_associations: int = 10) -> None:
+    def __init__(
+        self, *, title: str = "PACS", sop_classes: Any = None, syntaxes: Any = None, max_associations: int = 10
+    ) -> None:
         self.port = free_port()
         self.title = title
         self.statuses: dict[str, int] = {}

@@ -87,7 +87,9 @@ def test_out_of_resources_is_retriable_and_the_rest_still_sent(scp: Scp, files: 
     assert "OUT_OF_RESOURCES (0xA700)" in result.reason
 
 
-@pytest.mark.parametrize("status", [Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, Status.CANNOT_UNDERSTAND, Status.NOT_AUTHORIZED])
+@pytest.mark.parametrize(
+    "status", [Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, Status.CANNOT_UNDERSTAND, Status.NOT_AUTHORIZED]
+)
 def test_refusals_are_permanent_and_win_over_retriable(scp: Scp, files: list[Path], status: int) -> None:
     scp.statuses[str(pydicom.dcmread(files[0]).SOPInstanceUID)] = Status.OUT_OF_RESOURCES
     scp.statuses[str(pydicom.dcmread(files[-1]).SOPInstanceUID)] = status

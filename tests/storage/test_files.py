@@ -51,8 +51,13 @@ def test_write_is_part10_and_the_dataset_is_byte_identical(tmp_path: Path) -> No
     storage = Storage(tmp_path / "store")
     rel = storage.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     stored = storage.write(
-        rel, raw, sop_class_uid=ds.SOPClassUID, sop_instance_uid=ds.SOPInstanceUID, transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        source_ae_title="MODALITY", series_record={"local_ae": "COVIDNODE"},
+        rel,
+        raw,
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        source_ae_title="MODALITY",
+        series_record={"local_ae": "COVIDNODE"},
     )
     data = stored.path.read_bytes()
     assert data.endswith(raw)
@@ -85,7 +90,13 @@ def test_failed_write_leaves_nothing_half_written(tmp_path: Path) -> None:
             return 10
 
     with pytest.raises(TypeError):
-        storage.write("1.2/1.2.3/1.2.3.4.dcm", Exploding(), sop_class_uid="1.2", sop_instance_uid="1.2.3.4", transfer_syntax_uid="1.2.840.10008.1.2.1")  # type: ignore[arg-type]  # not bytes, on purpose
+        storage.write(
+            "1.2/1.2.3/1.2.3.4.dcm",
+            Exploding(),  # type: ignore[arg-type]  # not bytes, on purpose
+            sop_class_uid="1.2",
+            sop_instance_uid="1.2.3.4",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+        )
     assert not (tmp_path / "1.2" / "1.2.3" / "1.2.3.4.dcm").exists()
     assert list((tmp_path / INCOMING).iterdir()) == []
 
@@ -97,14 +108,23 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     assert SERIES_RECORD == "series.json"
 
 
-@pytest.mark.parametrize(("name", "cut"), [("CT_small.dcm", 10), ("CT_small.dcm", 3000), ("JPEG2000.dcm", 10), ("SC_rgb_rle.dcm", 3000)])
+@pytest.mark.parametrize(
+    ("name", "cut"), [("CT_small.dcm", 10), ("CT_small.dcm", 3000), ("JPEG2000.dcm", 10), ("SC_rgb_rle.dcm", 3000)]
+)
 def test_truncated_data_sets_are_refused(name: str, cut: int) -> None:
     path = pydicom_file(name)
     meta = pydicom.filereader.read_file_meta_info(path)
     data = Path(path).read_bytes()[132 + 12 + meta.FileMetaInformationGroupLength :]
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    header = parse_header(data, meta.TransferSyntaxUID, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID)
+    header = parse_header(
+        data, meta.TransferSyntaxUID, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID
+    )
     assert header.sop_instance_uid == ds.SOPInstanceUID
     with pytest.raises(RejectedInstance) as exc:
-        parse_header(data[:-cut], meta.TransferSyntaxUID, command_sop_class=ds.SOPClassUID, command_sop_instance=ds.SOPInstanceUID)
+        parse_header(
+            data[:-cut],
+            meta.TransferSyntaxUID,
+            command_sop_class=ds.SOPClassUID,
+            command_sop_instance=ds.SOPInstanceUID,
+        )
     assert exc.value.status == Status.CANNOT_UNDERSTAND

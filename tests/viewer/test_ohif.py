@@ -140,15 +140,28 @@ class Ohif:
 
     def open_study(self) -> None:
         self.driver.get(f"{self.stack.viewer.url}/viewer?StudyInstanceUIDs={self.study.study_uid}")
-        self.wait(lambda d: self.script("return !!(window.services && window.services.displaySetService.getActiveDisplaySets().length >= 5)"), 60, "the study's series")
+        self.wait(
+            lambda d: self.script(
+                "return !!(window.services && window.services.displaySetService.getActiveDisplaySets().length >= 5)"
+            ),
+            60,
+            "the study's series",
+        )
         self.wait(lambda d: self.current_sop() is not None, 60, "the first image")
 
     def wait(self, condition: Any, timeout: float, what: str) -> Any:
         try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.25, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(condition)
+            return WebDriverWait(
+                self.driver,
+                timeout,
+                poll_frequency=0.25,
+                ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+            ).until(condition)
         except Exception as exc:
             self.shot("failed")
-            raise AssertionError(f"{self.study.kind}: timed out waiting for {what}; page says: {self.text()[:1500]}") from exc
+            raise AssertionError(
+                f"{self.study.kind}: timed out waiting for {what}; page says: {self.text()[:1500]}"
+            ) from exc
 
     def script(self, code: str, *args: Any) -> Any:
         return self.driver.execute_script(code, *args)
@@ -161,7 +174,11 @@ class Ohif:
 
     def open_series(self, description: str) -> None:
         """Double-click a series of the study browser, as a person does to show it."""
-        label = self.wait(lambda d: d.find_element(By.XPATH, f"//*[contains(text(), '{description}')]"), 30, f"the series '{description}'")
+        label = self.wait(
+            lambda d: d.find_element(By.XPATH, f"//*[contains(text(), '{description}')]"),
+            30,
+            f"the series '{description}'",
+        )
         ActionChains(self.driver).double_click(label.find_element(By.XPATH, "..")).perform()
 
     def current_sop(self) -> str | None:
@@ -197,7 +214,9 @@ def expected_regions(study: Study) -> int:
 
 
 @pytest.mark.parametrize("kind", [kind for kind, _ in PHANTOMS])
-def test_the_sr_opens_lists_every_region_and_jumps_to_its_slice(stack: Stack, browser: webdriver.Chrome, kind: str) -> None:
+def test_the_sr_opens_lists_every_region_and_jumps_to_its_slice(
+    stack: Stack, browser: webdriver.Chrome, kind: str
+) -> None:
     study = stack.studies[kind]
     regions = expected_regions(study)
     ohif = Ohif(browser, stack, study)
@@ -220,9 +239,13 @@ def test_the_sr_opens_lists_every_region_and_jumps_to_its_slice(stack: Stack, br
     classification = [m for m in measurements if m["id"].startswith("Series classification")]
     assert len(found) == regions, measurements
     assert len(classification) == (0 if study.decision == "no_decision" else 1), measurements
-    assert all(m["loaded"] and m["sop"] for m in measurements), f"not every measurement is on a CT image: {measurements}"
+    assert all(m["loaded"] and m["sop"] for m in measurements), (
+        f"not every measurement is on a CT image: {measurements}"
+    )
     for m in found:
-        assert any(label.startswith("Volume:") for label in m["labels"]) and any(label.startswith("Area:") for label in m["labels"]), m
+        assert any(label.startswith("Volume:") for label in m["labels"]) and any(
+            label.startswith("Area:") for label in m["labels"]
+        ), m
     # The viewport's measurement arrows step through the findings: each region's slice is shown.
     to_see = {m["sop"] for m in found}
     for step in range(len(measurements) + 1):
@@ -245,7 +268,11 @@ def test_the_seg_loads_with_its_segments(stack: Stack, browser: webdriver.Chrome
     ohif = Ohif(browser, stack, study)
     ohif.open_study()
     ohif.open_series("COVID-CT infection SEG")
-    yes = ohif.wait(lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Yes"), None), 30, "OHIF asking to load the SEG")
+    yes = ohif.wait(
+        lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Yes"), None),
+        30,
+        "OHIF asking to load the SEG",
+    )
     yes.click()
     segments = ohif.wait(
         lambda d: ohif.script(
@@ -258,7 +285,9 @@ def test_the_seg_loads_with_its_segments(stack: Stack, browser: webdriver.Chrome
     time.sleep(1.0)
     ohif.shot("4-seg")
     # In number order ("Suspected infection 10" after 9, not after 1).
-    assert sorted(segments, key=lambda label: int(label.rsplit(" ", 1)[-1])) == [f"Suspected infection {i}" for i in range(1, regions + 1)], segments
+    assert sorted(segments, key=lambda label: int(label.rsplit(" ", 1)[-1])) == [
+        f"Suspected infection {i}" for i in range(1, regions + 1)
+    ], segments
     ohif.assert_no_errors()
 
 

@@ -83,12 +83,22 @@ def get(url: str, accept: str | None = None) -> tuple[int, dict[str, str], bytes
 def test_files_of_the_app_with_their_types_and_isolation_headers(viewer: ViewerServer) -> None:
     status, headers, body = get(viewer.url + "/app.bundle.js")
     assert status == 200 and body == b"console.log('app')" and headers["Content-Type"] == "application/javascript"
-    assert headers["Cross-Origin-Opener-Policy"] == "same-origin" and headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    assert (
+        headers["Cross-Origin-Opener-Policy"] == "same-origin"
+        and headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    )
     assert get(viewer.url + "/x.wasm")[1]["Content-Type"] == "application/wasm"
 
 
 def test_the_viewers_routes_and_escapes_get_index_html(viewer: ViewerServer) -> None:
-    for path in ("/", "/viewer?StudyInstanceUIDs=1.2.3", "/segmentation", "/../secret.txt", "/%2e%2e/secret.txt", "/assets/"):
+    for path in (
+        "/",
+        "/viewer?StudyInstanceUIDs=1.2.3",
+        "/segmentation",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/assets/",
+    ):
         status, headers, body = get(viewer.url + path)
         assert (status, body) == (200, INDEX), path
         assert headers["Cache-Control"] == "no-store"

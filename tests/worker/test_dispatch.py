@@ -65,7 +65,10 @@ def test_delivered_messages_of_the_sqlite_broker_are_cleaned_up(tmp_path: Path) 
         assert c.execute(text("SELECT count(*) FROM kombu_message")).scalar() == 2
     assert dispatcher.clean_broker() == 0  # delivered less than an hour ago
     with engine.begin() as c:
-        c.execute(text("UPDATE kombu_message SET timestamp = :t WHERE visible = 0"), {"t": dt.datetime.now() - dt.timedelta(hours=2)})
+        c.execute(
+            text("UPDATE kombu_message SET timestamp = :t WHERE visible = 0"),
+            {"t": dt.datetime.now() - dt.timedelta(hours=2)},
+        )
     assert dispatcher.clean_broker() == 1
     with engine.begin() as c:
         assert c.execute(text("SELECT count(*) FROM kombu_message")).scalar() == 1  # the waiting one stays

@@ -40,7 +40,9 @@ def list_tokens(request: Request, who: Principal = Depends(admin)) -> list[dict[
         return [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]
 
 
-@router.post("/tokens", status_code=201, summary="Create an API token (admin); the answer holds the token, shown this once")
+@router.post(
+    "/tokens", status_code=201, summary="Create an API token (admin); the answer holds the token, shown this once"
+)
 def new_token(data: TokenIn, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
     with ctx(request).db.session() as s:
         name = data.user or who.name
@@ -50,8 +52,14 @@ def new_token(data: TokenIn, request: Request, who: Principal = Depends(admin)) 
         row, raw = create_token(s, user, data.name, created_by=who.name)
         out = token_dict(row)
         audit.record(
-            s, who, "token.create", target_type="token", target_id=row.id, target=f"{row.name} ({user.name})",
-            after=out, remote_addr=client_addr(request),
+            s,
+            who,
+            "token.create",
+            target_type="token",
+            target_id=row.id,
+            target=f"{row.name} ({user.name})",
+            after=out,
+            remote_addr=client_addr(request),
         )
     return {**out, "token": raw}
 
@@ -64,8 +72,14 @@ def delete_token(token_id: int, request: Request, who: Principal = Depends(admin
         row = revoke_token(s, token_id, revoked_by=who.name)
         out = token_dict(row)
         audit.record(
-            s, who, "token.revoke", target_type="token", target_id=row.id, target=f"{row.name} ({row.user.name})",
-            after=out, remote_addr=client_addr(request),
+            s,
+            who,
+            "token.revoke",
+            target_type="token",
+            target_id=row.id,
+            target=f"{row.name} ({row.user.name})",
+            after=out,
+            remote_addr=client_addr(request),
         )
     return out
 

@@ -71,18 +71,30 @@ def retry_job(job_id: int, request: Request, who: Principal = Depends(admin)) ->
 class ResendIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    destination: AETitle | None = Field(None, description="only to this destination (default: every destination of the job)")
+    destination: AETitle | None = Field(
+        None, description="only to this destination (default: every destination of the job)"
+    )
 
 
 @router.post("/jobs/{job_id}/export", status_code=202, summary="Send a done job's results again (admin)")
-def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Principal = Depends(admin)) -> dict[str, Any]:
+def resend(
+    job_id: int, request: Request, data: ResendIn | None = None, who: Principal = Depends(admin)
+) -> dict[str, Any]:
     context = ctx(request)
     destination = data.destination if data is not None else None
-    ids = activity.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    ids = activity.resend(
+        context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs)
+    )
     with context.db.session() as s:
         audit.record(
-            s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",
-            after={"exports": ids}, remote_addr=client_addr(request),
+            s,
+            who,
+            "job.export",
+            target_type="job",
+            target_id=job_id,
+            target=destination or "all destinations",
+            after={"exports": ids},
+            remote_addr=client_addr(request),
         )
     return {"job_id": job_id, "exports": ids, "status": "pending"}
 
@@ -93,14 +105,20 @@ def resend(job_id: int, request: Request, data: ResendIn | None = None, who: Pri
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def preview(job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)) -> Response:
+def preview(
+    job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)
+) -> Response:
     context = ctx(request)
     png = activity.preview_png(context.db, context.settings.results_dir, job_id, index)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOT_FOR_CLINICAL_USE})
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOT_FOR_CLINICAL_USE}
+    )
 
 
 @router.get("/events", summary="What the node reported: refused associations, bad instances, failures")
-def list_events(request: Request, limit: int = Query(100, ge=1, le=5000), who: Principal = Depends(principal)) -> list[dict[str, Any]]:
+def list_events(
+    request: Request, limit: int = Query(100, ge=1, le=5000), who: Principal = Depends(principal)
+) -> list[dict[str, Any]]:
     with ctx(request).db.session() as s:
         rows = s.scalars(select(Event).order_by(Event.id.desc()).limit(limit)).all()
         return [

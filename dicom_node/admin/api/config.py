@@ -46,7 +46,13 @@ def config_router(kind: ConfigKind) -> APIRouter:
             audit.watch(s, who, client_addr(request))
             return kind.to_dict(kind.add(s, data, ctx(request).settings))
 
-    def update_item(item_id: int, data: patch_schema, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:  # type: ignore[valid-type]  # a schema class chosen at run time: FastAPI reads the annotation, mypy can not
+    # A schema class chosen at run time: FastAPI reads the annotation, mypy can not.
+    def update_item(
+        item_id: int,
+        data: patch_schema,  # type: ignore[valid-type]
+        request: Request,
+        who: Principal = Depends(admin),
+    ) -> dict[str, Any]:
         with ctx(request).db.session() as s:
             audit.watch(s, who, client_addr(request))
             return kind.to_dict(kind.update(s, load(s, item_id), data))
@@ -57,11 +63,34 @@ def config_router(kind: ConfigKind) -> APIRouter:
             s.delete(load(s, item_id))
         return Response(status_code=204)
 
-    router.add_api_route("", list_items, methods=["GET"], response_model=list[out_schema], summary=f"List {kind.plural.lower()}")  # type: ignore[valid-type]  # a schema class chosen at run time: FastAPI reads the annotation, mypy can not
-    router.add_api_route("", create_item, methods=["POST"], response_model=out_schema, status_code=201, summary=f"Add a {kind.label} (admin)")
-    router.add_api_route("/{item_id}", get_item, methods=["GET"], response_model=out_schema, summary=f"One {kind.label}")
-    router.add_api_route("/{item_id}", update_item, methods=["PATCH"], response_model=out_schema, summary=f"Change a {kind.label} (admin)")
-    router.add_api_route("/{item_id}", delete_item, methods=["DELETE"], status_code=204, summary=f"Remove a {kind.label} (admin)")
+    router.add_api_route(
+        "",
+        list_items,
+        methods=["GET"],
+        response_model=list[out_schema],  # type: ignore[valid-type]  # a schema class chosen at run time
+        summary=f"List {kind.plural.lower()}",
+    )
+    router.add_api_route(
+        "",
+        create_item,
+        methods=["POST"],
+        response_model=out_schema,
+        status_code=201,
+        summary=f"Add a {kind.label} (admin)",
+    )
+    router.add_api_route(
+        "/{item_id}", get_item, methods=["GET"], response_model=out_schema, summary=f"One {kind.label}"
+    )
+    router.add_api_route(
+        "/{item_id}",
+        update_item,
+        methods=["PATCH"],
+        response_model=out_schema,
+        summary=f"Change a {kind.label} (admin)",
+    )
+    router.add_api_route(
+        "/{item_id}", delete_item, methods=["DELETE"], status_code=204, summary=f"Remove a {kind.label} (admin)"
+    )
     return router
 
 

@@ -21,7 +21,13 @@ AUDIT_PAGE = 100
 AUDIT_TYPES = ["local_ae", "source", "destination", "job", "token", "user", "session"]
 
 
-def _tokens_page(request: Request, *, new_token: dict[str, Any] | None = None, errors: dict[str, str] | None = None, status_code: int = 200) -> Response:
+def _tokens_page(
+    request: Request,
+    *,
+    new_token: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
     with ctx(request).db.session() as s:
         users = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
         tokens = [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id.desc()))]
@@ -55,8 +61,14 @@ def create(request: Request, data: FormData = Depends(form)) -> Response:
             row, raw = create_token(s, user, name, created_by=who.name)
             out = token_dict(row)
             audit.record(
-                s, who, "token.create", target_type="token", target_id=row.id, target=f"{row.name} ({user.name})",
-                after=out, remote_addr=client_addr(request),
+                s,
+                who,
+                "token.create",
+                target_type="token",
+                target_id=row.id,
+                target=f"{row.name} ({user.name})",
+                after=out,
+                remote_addr=client_addr(request),
             )
     except AuthError as exc:
         return _tokens_page(request, errors={exc.field or "name": exc.reason}, status_code=422)
@@ -84,8 +96,14 @@ def revoke(token_id: int, request: Request, data: FormData = Depends(form)) -> R
     with ctx(request).db.session() as s:
         row = revoke_token(s, token_id, revoked_by=who.name)
         audit.record(
-            s, who, "token.revoke", target_type="token", target_id=row.id, target=f"{row.name} ({row.user.name})",
-            after=token_dict(row), remote_addr=client_addr(request),
+            s,
+            who,
+            "token.revoke",
+            target_type="token",
+            target_id=row.id,
+            target=f"{row.name} ({row.user.name})",
+            after=token_dict(row),
+            remote_addr=client_addr(request),
         )
     request.session["flash"] = f"Token {token_id} revoked."
     return RedirectResponse("/tokens", status_code=303)
@@ -97,4 +115,6 @@ def audit_page(request: Request, target_type: str = "", before_id: int | None = 
     with ctx(request).db.session() as s:
         rows = audit.entries(s, limit=AUDIT_PAGE, target_type=target_type or None, before_id=before_id)
     older = rows[-1]["id"] if len(rows) == AUDIT_PAGE else None
-    return render(request, "audit.html", {"rows": rows, "target_type": target_type, "types": AUDIT_TYPES, "older": older})
+    return render(
+        request, "audit.html", {"rows": rows, "target_type": target_type, "types": AUDIT_TYPES, "older": older}
+    )

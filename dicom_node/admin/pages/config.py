@@ -36,24 +36,54 @@ FIELDS: dict[str, list[FormField]] = {
         FormField("title", "AE title", help=TITLE_HELP),
         FormField("port", "Port", "number", help="TCP port this AE listens on (1-65535)"),
         FormField("enabled", "Enabled", "checkbox"),
-        FormField("quiet_seconds", "Quiet period (s)", "number", help="a series is complete after this long without a new image"),
-        FormField("max_wait_seconds", "Maximum wait (s)", "number", help="a series is complete after this long, images or not"),
+        FormField(
+            "quiet_seconds",
+            "Quiet period (s)",
+            "number",
+            help="a series is complete after this long without a new image",
+        ),
+        FormField(
+            "max_wait_seconds", "Maximum wait (s)", "number", help="a series is complete after this long, images or not"
+        ),
         FormField("send_results_to", "Send results to", "choices", choices="destinations"),
         FormField("return_to_caller", "Also send results back to the calling AE (needs its return port)", "checkbox"),
         FormField("require_known_source", "Accept only allowed sources", "checkbox"),
         FormField("filters.modalities", "Rule: modalities", "csv", help="comma separated, e.g. CT"),
         FormField("filters.body_parts", "Rule: body parts", "csv", help="comma separated; empty: any"),
-        FormField("filters.series_description_pattern", "Rule: series description matches", optional=True, help="a regular expression; empty: any"),
+        FormField(
+            "filters.series_description_pattern",
+            "Rule: series description matches",
+            optional=True,
+            help="a regular expression; empty: any",
+        ),
         FormField("filters.min_slices", "Rule: at least this many images", "number"),
-        FormField("filters.image_type_required", "Rule: image type must contain", "csv", help="comma separated, e.g. AXIAL"),
-        FormField("filters.image_type_excluded", "Rule: image type must not contain", "csv", help="comma separated, e.g. LOCALIZER"),
-        FormField("extra_sop_classes", "Extra storage SOP classes", "csv", help="UIDs accepted besides CT and Enhanced CT; * for all"),
+        FormField(
+            "filters.image_type_required", "Rule: image type must contain", "csv", help="comma separated, e.g. AXIAL"
+        ),
+        FormField(
+            "filters.image_type_excluded",
+            "Rule: image type must not contain",
+            "csv",
+            help="comma separated, e.g. LOCALIZER",
+        ),
+        FormField(
+            "extra_sop_classes",
+            "Extra storage SOP classes",
+            "csv",
+            help="UIDs accepted besides CT and Enhanced CT; * for all",
+        ),
         FormField("description", "Description"),
     ],
     SOURCES.slug: [
         FormField("title", "Calling AE title", help=TITLE_HELP),
         FormField("host", "Host", optional=True, help="IP address or host name it must come from; empty: any host"),
-        FormField("port", "Return port", "number", optional=True, help="its own storage SCP port, for results sent back to it; empty: none"),
+        FormField(
+            "port",
+            "Return port",
+            "number",
+            optional=True,
+            help="its own storage SCP port, for results sent back to it; empty: none",
+        ),
         FormField("enabled", "Enabled", "checkbox"),
         FormField("description", "Description"),
     ],
@@ -70,7 +100,12 @@ FIELDS: dict[str, list[FormField]] = {
 
 # Columns of each list page: (heading, key of the kind's dict).
 COLUMNS: dict[str, list[tuple[str, str]]] = {
-    LOCAL_AES.slug: [("Port", "port"), ("Quiet (s)", "quiet_seconds"), ("Sends to", "send_results_to"), ("Only allowed sources", "require_known_source")],
+    LOCAL_AES.slug: [
+        ("Port", "port"),
+        ("Quiet (s)", "quiet_seconds"),
+        ("Sends to", "send_results_to"),
+        ("Only allowed sources", "require_known_source"),
+    ],
     SOURCES.slug: [("Host", "host"), ("Return port", "port")],
     DESTINATIONS.slug: [("Host", "host"), ("Port", "port"), ("TLS", "tls"), ("Outputs", "outputs")],
 }
@@ -148,7 +183,14 @@ def _list(request: Request, kind: ConfigKind) -> Response:
     return render(
         request,
         "config_list.html",
-        {"kind": kind, "kinds": KINDS, "items": items, "columns": COLUMNS[kind.slug], "listening": listening, "flash": flash},
+        {
+            "kind": kind,
+            "kinds": KINDS,
+            "items": items,
+            "columns": COLUMNS[kind.slug],
+            "listening": listening,
+            "flash": flash,
+        },
     )
 
 
@@ -205,7 +247,9 @@ def _register(kind: ConfigKind) -> None:
 
     def confirm_delete(item_id: int, request: Request) -> Response:
         admin(request)
-        return render(request, "confirm_delete.html", {"kind": kind, "kinds": KINDS, "item": _load(request, kind, item_id)})
+        return render(
+            request, "confirm_delete.html", {"kind": kind, "kinds": KINDS, "item": _load(request, kind, item_id)}
+        )
 
     def delete(item_id: int, request: Request, data: FormData = Depends(form)) -> Response:
         who = admin(request)
@@ -246,4 +290,6 @@ def echo(item_id: int, request: Request, data: FormData = Depends(form)) -> Resp
         tls=item["tls"],
         timeout=min(context.settings.export.timeout_seconds, 10.0),
     )
-    return _page(request, DESTINATIONS, item=item, values=shown_values(FIELDS[DESTINATIONS.slug], item), echo=result.to_json())
+    return _page(
+        request, DESTINATIONS, item=item, values=shown_values(FIELDS[DESTINATIONS.slug], item), echo=result.to_json()
+    )

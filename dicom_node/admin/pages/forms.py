@@ -86,7 +86,9 @@ def field_for(fields: list[FormField], loc: tuple[Any, ...]) -> str:
     return GENERAL
 
 
-def validate(schema: type[BaseModel], fields: list[FormField], data: dict[str, Any]) -> tuple[BaseModel | None, dict[str, str]]:
+def validate(
+    schema: type[BaseModel], fields: list[FormField], data: dict[str, Any]
+) -> tuple[BaseModel | None, dict[str, str]]:
     """(the parsed input, {}) or (None, {field: reason}) with every error at its field."""
     try:
         return schema.model_validate(data), {}

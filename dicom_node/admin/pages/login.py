@@ -41,13 +41,30 @@ def login(request: Request, data: FormData = Depends(form)) -> Response:
     with context.db.session() as s:
         user = check_login(s, context.passwords, name, password)
         if user is None:
-            audit.record(s, name[:100] or "(empty)", "session.login_failed", target_type="session", via="web", remote_addr=client_addr(request))
+            audit.record(
+                s,
+                name[:100] or "(empty)",
+                "session.login_failed",
+                target_type="session",
+                via="web",
+                remote_addr=client_addr(request),
+            )
         else:
             sid = start_session(s, user, hours=context.settings.admin.session_hours, remote_addr=client_addr(request))
-            audit.record(s, user.name, "session.login", target_type="session", target=user.name, via="web", remote_addr=client_addr(request))
+            audit.record(
+                s,
+                user.name,
+                "session.login",
+                target_type="session",
+                target=user.name,
+                via="web",
+                remote_addr=client_addr(request),
+            )
     if user is None:
         context.metrics.logins.labels("failed").inc()
-        return render(request, "login.html", {"next": target, "error": "Wrong name or password.", "name": name}, status_code=401)
+        return render(
+            request, "login.html", {"next": target, "error": "Wrong name or password.", "name": name}, status_code=401
+        )
     context.metrics.logins.labels("ok").inc()
     # A new session: nothing from before the login (a planted CSRF token included) survives.
     request.session.clear()

@@ -67,7 +67,13 @@ def jobs_page(request: Request, status: str = "") -> Response:
     return render(
         request,
         "jobs.html",
-        {"rows": rows, "status": status, "states": [s.value for s in JobStatus], "refresh_seconds": REFRESH_SECONDS, "flash": flash},
+        {
+            "rows": rows,
+            "status": status,
+            "states": [s.value for s in JobStatus],
+            "refresh_seconds": REFRESH_SECONDS,
+            "flash": flash,
+        },
     )
 
 
@@ -84,7 +90,9 @@ def one_job(job_id: int, request: Request) -> Response:
     flash = request.session.pop("flash", "")
     with ctx(request).db.session() as s:
         history = audit.entries(s, target_type="job", target_id=str(job_id), limit=20)
-    return render(request, "job.html", {"job": job, "flash": flash, "history": history, "refresh_seconds": REFRESH_SECONDS})
+    return render(
+        request, "job.html", {"job": job, "flash": flash, "history": history, "refresh_seconds": REFRESH_SECONDS}
+    )
 
 
 @router.post("/jobs/{job_id}/retry")
@@ -95,7 +103,12 @@ def retry(job_id: int, request: Request, data: FormData = Depends(form)) -> Resp
     after = activity.job_detail(db, job_id)
     with db.session() as s:
         audit.record(
-            s, who, "job.retry", target_type="job", target_id=job_id, target=before["series_uid"],
+            s,
+            who,
+            "job.retry",
+            target_type="job",
+            target_id=job_id,
+            target=before["series_uid"],
             before={"status": before["status"], "reason": before["reason"]},
             after={"status": after["status"], "reason": after["reason"]},
             remote_addr=client_addr(request),
@@ -109,11 +122,19 @@ def resend(job_id: int, request: Request, data: FormData = Depends(form)) -> Res
     who = admin(request)
     context = ctx(request)
     destination = str(data.get("destination", "")) or None
-    ids = activity.resend(context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs))
+    ids = activity.resend(
+        context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs)
+    )
     with context.db.session() as s:
         audit.record(
-            s, who, "job.export", target_type="job", target_id=job_id, target=destination or "all destinations",
-            after={"exports": ids}, remote_addr=client_addr(request),
+            s,
+            who,
+            "job.export",
+            target_type="job",
+            target_id=job_id,
+            target=destination or "all destinations",
+            after={"exports": ids},
+            remote_addr=client_addr(request),
         )
     request.session["flash"] = f"Results of job {job_id} are being sent again to {destination or 'every destination'}."
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)

@@ -20,28 +20,55 @@ router = APIRouter()
 PASSWORD_HELP = f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters"
 
 
-def _users_page(request: Request, *, errors: dict[str, str] | None = None, values: dict[str, str] | None = None, status_code: int = 200) -> Response:
+def _users_page(
+    request: Request,
+    *,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
     with ctx(request).db.session() as s:
         rows = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
     return render(
         request,
         "users.html",
-        {"users": rows, "roles": ROLES, "errors": errors or {}, "values": values or {}, "password_help": PASSWORD_HELP, "flash": request.session.pop("flash", "")},
+        {
+            "users": rows,
+            "roles": ROLES,
+            "errors": errors or {},
+            "values": values or {},
+            "password_help": PASSWORD_HELP,
+            "flash": request.session.pop("flash", ""),
+        },
         status_code=status_code,
     )
 
 
-def _user_page(request: Request, user_id: int, *, errors: dict[str, str] | None = None, status_code: int = 200) -> Response:
+def _user_page(
+    request: Request, user_id: int, *, errors: dict[str, str] | None = None, status_code: int = 200
+) -> Response:
     with ctx(request).db.session() as s:
         user = s.get(User, user_id)
         if user is None:
-            return render(request, "error.html", {"status": 404, "message": f"no user with id {user_id}", "errors": []}, status_code=404)
+            return render(
+                request,
+                "error.html",
+                {"status": 404, "message": f"no user with id {user_id}", "errors": []},
+                status_code=404,
+            )
         row = user_dict(user)
         history = audit.entries(s, limit=50, target_type="user", target_id=str(user_id))
     return render(
         request,
         "user.html",
-        {"user": row, "roles": ROLES, "errors": errors or {}, "history": history, "password_help": PASSWORD_HELP, "flash": request.session.pop("flash", "")},
+        {
+            "user": row,
+            "roles": ROLES,
+            "errors": errors or {},
+            "history": history,
+            "password_help": PASSWORD_HELP,
+            "flash": request.session.pop("flash", ""),
+        },
         status_code=status_code,
     )
 
@@ -100,15 +127,26 @@ def _change(request: Request, user_id: int, done: str, change: "users.Change") -
 def change_role(user_id: int, request: Request, data: FormData = Depends(form)) -> Response:
     who = admin(request)
     role = str(data.get("role", ""))
-    return _change(request, user_id, f"{{name}} is now {role}.", lambda s: users.change_role(s, who, user_id, role, remote_addr=client_addr(request)))
+    return _change(
+        request,
+        user_id,
+        f"{{name}} is now {role}.",
+        lambda s: users.change_role(s, who, user_id, role, remote_addr=client_addr(request)),
+    )
 
 
 @router.post("/users/{user_id}/enabled")
 def set_enabled(user_id: int, request: Request, data: FormData = Depends(form)) -> Response:
     who = admin(request)
     enabled = str(data.get("enabled", "")) == "true"
-    done = "{name} is enabled again." if enabled else "{name} is disabled: their sessions have ended and their API tokens do not work."
-    return _change(request, user_id, done, lambda s: users.set_enabled(s, who, user_id, enabled, remote_addr=client_addr(request)))
+    done = (
+        "{name} is enabled again."
+        if enabled
+        else "{name} is disabled: their sessions have ended and their API tokens do not work."
+    )
+    return _change(
+        request, user_id, done, lambda s: users.set_enabled(s, who, user_id, enabled, remote_addr=client_addr(request))
+    )
 
 
 @router.post("/users/{user_id}/password")

@@ -10,19 +10,19 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('local_aes', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('listen_error', sa.String(length=200), server_default='', nullable=False))
-        batch_op.add_column(sa.Column('listen_error_at', sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("local_aes", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("listen_error", sa.String(length=200), server_default="", nullable=False))
+        batch_op.add_column(sa.Column("listen_error_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('local_aes', schema=None) as batch_op:
-        batch_op.drop_column('listen_error_at')
-        batch_op.drop_column('listen_error')
+    with op.batch_alter_table("local_aes", schema=None) as batch_op:
+        batch_op.drop_column("listen_error_at")
+        batch_op.drop_column("listen_error")
