@@ -64,8 +64,10 @@ def main() -> None:
             best = min(best, time.perf_counter() - t)
         times[name] = best
     print(json.dumps({
-        "slices": args.slices, "steps": args.steps, "input": [spec.height, spec.width], "threads": torch.get_num_threads(),
-        "ours_s": round(times["ours"], 3), "captum_s": round(times["captum"], 3), "captum_over_ours": round(times["captum"] / times["ours"], 2),
+        "slices": args.slices, "steps": args.steps, "input": [spec.height, spec.width],
+        "threads": torch.get_num_threads(),
+        "ours_s": round(times["ours"], 3), "captum_s": round(times["captum"], 3),
+        "captum_over_ours": round(times["captum"] / times["ours"], 2),
         "max_abs_difference": float((results["ours"] - results["captum"]).abs().max()),
     }, indent=2))  # fmt: skip
 

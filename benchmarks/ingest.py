@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 t_node.append(send(folder, node_port, "COVIDNODE"))
                 t_floor.append(fsync_floor(folder, work))
                 print(
-                    f"run {k + 1}: storescp {t_scp[-1]:.2f} s   node {t_node[-1]:.2f} s   fsync floor {t_floor[-1]:.2f} s",
+                    f"run {k + 1}: storescp {t_scp[-1]:.2f} s   node {t_node[-1]:.2f} s   "
+                    f"fsync floor {t_floor[-1]:.2f} s",
                     flush=True,
                 )
             m_scp, m_node, m_floor = statistics.median(t_scp), statistics.median(t_node), statistics.median(t_floor)
@@ -180,16 +181,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  dicom-node (fsync + index)        {m_node:6.2f} s")
     print(f"  ratio node / storescp             {m_node / m_scp:6.2f}   (target <= 2.5)")
     print(
-        f"  of which durable writes alone     {m_floor:6.2f} s   (fdatasync + rename + directory fsync per file, same disk)"
+        f"  of which durable writes alone     {m_floor:6.2f} s   "
+        "(fdatasync + rename + directory fsync per file, same disk)"
     )
     print(
-        f"  node beyond durable writes        {m_node - m_floor:6.2f} s   ratio to storescp {(m_node - m_floor) / m_scp:.2f}"
+        f"  node beyond durable writes        {m_node - m_floor:6.2f} s   "
+        f"ratio to storescp {(m_node - m_floor) / m_scp:.2f}"
     )
     print(
-        f"{args.concurrent} senders: in sequence {t_seq:.2f} s, at once {t_par:.2f} s, speed-up {t_seq / t_par:.2f}x   (target >= 1.5)"
+        f"{args.concurrent} senders: in sequence {t_seq:.2f} s, at once {t_par:.2f} s, "
+        f"speed-up {t_seq / t_par:.2f}x   (target >= 1.5)"
     )
     print(
-        f"listener memory over {batches * args.slices} instances: {rss_start / 2**20:.0f} MB -> {rss_end / 2**20:.0f} MB ({(rss_end - rss_start) / 2**20:+.0f} MB, target within 50 MB)"
+        f"listener memory over {batches * args.slices} instances: {rss_start / 2**20:.0f} MB -> "
+        f"{rss_end / 2**20:.0f} MB ({(rss_end - rss_start) / 2**20:+.0f} MB, target within 50 MB)"
     )
     return 0
 

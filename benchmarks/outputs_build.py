@@ -1,7 +1,7 @@
-"""Time dicom_node.outputs.build_outputs (SR, SC, SEG, KOS) for one phantom series.
+"""Time dicom_node.outputs.build_outputs (SR, SC, SEG, KOS, Parametric Map) for one phantom series.
 
 Usage: ``nice -n 10 .venv/bin/python -m benchmarks.outputs_build [--slices 128] [--size 512]``.
-Prints the seconds per kind and for all four, building and encoding (what the export sends),
+Prints the seconds per kind and for all kinds together, building and encoding (what the export sends),
 best of ``--repeat`` runs. CPU only; the phantom and the hand-made result come from the test
 helpers (dicom_node/testing/synthetic.py). Not for clinical use.
 """
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings.append((built, time.perf_counter() - t, size))
         built, total, size = min(timings)
         counts = {k: len(v) for k, v in out.items()}
-        print(f"all four {counts}: build {built:.2f} s, build + encode {total:.2f} s, {size / 1e6:.0f} MB")
+        print(f"all kinds {counts}: build {built:.2f} s, build + encode {total:.2f} s, {size / 1e6:.0f} MB")
     return 0
 
 

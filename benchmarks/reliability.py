@@ -100,9 +100,11 @@ def fuzz(work: Path, cases: int, seed: int) -> bool:
     finally:
         node.stop()
     print(
-        f"fuzz, seed {seed}: {report.cases} cases in {report.seconds:.0f} s; listener processes {'unchanged' if same else 'RESTARTED'}; "
+        f"fuzz, seed {seed}: {report.cases} cases in {report.seconds:.0f} s; "
+        f"listener processes {'unchanged' if same else 'RESTARTED'}; "
         f"largest listener RSS {rss_start / 2**20:.0f} MB -> {rss_end / 2**20:.0f} MB (bound {RSS_BOUND / 2**20:.0f}); "
-        f"{len(report.successes)} instance(s) answered Success, {lost} of them lost; {report.failures} refused; storescu afterwards {'ok' if real else 'FAILED'}"
+        f"{len(report.successes)} instance(s) answered Success, {lost} of them lost; {report.failures} refused; "
+        f"storescu afterwards {'ok' if real else 'FAILED'}"
     )
     return same and real and lost == 0 and rss_end < RSS_BOUND
 
@@ -126,7 +128,8 @@ def crashes(work: Path, rounds: int, seed: int, database: str) -> bool:
             partial += result.partial_jobs + (result.jobs != 1)
             acknowledged += result.acknowledged
             print(
-                f"  {database} round {n + 1}: killed {result.killed_after:.2f} s into the series, {result.acknowledged}/60 acknowledged, "
+                f"  {database} round {n + 1}: killed {result.killed_after:.2f} s into the series, "
+                f"{result.acknowledged}/60 acknowledged, "
                 f"{result.lost} lost, {result.jobs} job(s), {result.partial_jobs} partial",
                 flush=True,
             )
@@ -134,7 +137,8 @@ def crashes(work: Path, rounds: int, seed: int, database: str) -> bool:
         if pg_name:
             drop_postgres_database(pg_name)
     print(
-        f"kill -9 on {database}: {rounds} rounds in {time.monotonic() - started:.0f} s, {acknowledged} instances acknowledged before the kills, {lost} lost, {partial} partial-series job(s)"
+        f"kill -9 on {database}: {rounds} rounds in {time.monotonic() - started:.0f} s, "
+        f"{acknowledged} instances acknowledged before the kills, {lost} lost, {partial} partial-series job(s)"
     )
     return lost == 0 and partial == 0
 

@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         work = Path(tmp)
         print(
-            f"writing {2 * args.series} series of {args.slices} x {args.matrix}^2, {args.burst} of {args.burst_slices} slices, and warm-ups ...",
+            f"writing {2 * args.series} series of {args.slices} x {args.matrix}^2, "
+            f"{args.burst} of {args.burst_slices} slices, and warm-ups ...",
             flush=True,
         )
         warm = [write_series(work / "series", 700 + i, 16, args.matrix) for i in range(2)]
@@ -267,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "notice": "Not for clinical use.",
     }
     print(
-        f"1 worker {results[0]['series_per_hour']:.0f} series/h; 2 workers {results[1]['series_per_hour']:.0f} series/h (x{ratio:.2f}); "
-        f"burst of {args.burst}: queue wait median {results[2]['queue_wait_median']:.1f} s, p95 {results[2]['queue_wait_p95']:.1f} s, max {results[2]['queue_wait_max']:.1f} s"
+        f"1 worker {results[0]['series_per_hour']:.0f} series/h; "
+        f"2 workers {results[1]['series_per_hour']:.0f} series/h (x{ratio:.2f}); "
+        f"burst of {args.burst}: queue wait median {results[2]['queue_wait_median']:.1f} s, "
+        f"p95 {results[2]['queue_wait_p95']:.1f} s, max {results[2]['queue_wait_max']:.1f} s"
     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

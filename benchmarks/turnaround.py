@@ -12,7 +12,7 @@ For each run it prints, in seconds:
   completion loop's polling);
 - queue: completed -> the worker claimed the job (outbox relay, broker, claim);
 - load: reading the series from storage; inference: the predictor (lungs, network,
-  localisation); encoding: building and writing SR, SC, SEG, KOS;
+  localisation); encoding: building and writing SR, SC, SEG, KOS, PM;
 - worker_other: the rest of the worker's time on the job (claim, artefacts, commit);
 - export: job done -> the last result stored in Orthanc (outbox relay, broker, C-STORE);
 - total, and beyond_quiet = total - the configured quiet period (the target is <= 30 s on the

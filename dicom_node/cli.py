@@ -7,7 +7,7 @@ FastAPI) inside its handlers, so ``dicom-node ae list`` stays fast.
 
 A failure a person can fix (a bad setting or database URL, a server that does not answer, a port
 in use, missing weights, an input that is not a CT series) ends the command with one line that
-says what to do, and exit status 2 (dicom_node.commands.common.explain); ``-v`` shows the
+says what to do, and exit status 2 (:func:`explain` below); ``-v`` shows the
 traceback instead. Anything else is a bug and keeps its traceback.
 """
 
@@ -67,7 +67,10 @@ def explain(exc: BaseException) -> str | None:
         return str(exc)
     weights = sys.modules.get("model.inference.weights")
     if weights is not None and isinstance(exc, weights.WeightsError):
-        return f"model weights: {exc}; name a folder with model.safetensors and metadata.json (--weights, or worker.weights_dir), or leave it out for the shipped weights"
+        return (
+            f"model weights: {exc}; name a folder with model.safetensors and metadata.json "
+            "(--weights, or worker.weights_dir), or leave it out for the shipped weights"
+        )
     reader = sys.modules.get("model.inference.io")
     if reader is not None and isinstance(exc, reader.SeriesReadError):
         return exc.reason

@@ -123,7 +123,8 @@ class WorkerSettings(_Section):
         if v is not None and not (v / "metadata.json").is_file():
             what = "does not exist" if not v.exists() else "has no metadata.json"
             raise ValueError(
-                f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the shipped weights"
+                f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the "
+                "shipped weights"
             )
         return v
 

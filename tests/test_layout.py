@@ -1,8 +1,9 @@
 """The arrows between the top-level packages (README, "Architecture"), read from the source.
 
 Covers: model/ imports nothing of dicom_node/ or worker/; dicom_node/ imports worker/ only in its
-command-line composition root (dicom_node/cli.py); no package imports tests/. Not covered: imports
-inside functions (ruff's PLC0415, run by tests/run), cycles within a package.
+command-line composition root (dicom_node/cli.py); no package imports tests/. Every absolute import
+counts, at the top of a module or inside a function. Not covered: relative imports (the packages
+use none), imports by name at run time (importlib), cycles within a package.
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def check_broker(settings: Settings, timeout: float = 5.0) -> None:
         folder = Path(url.removeprefix("sqla+sqlite:///")).expanduser().parent
         if not folder.is_dir():
             raise BrokerUnavailable(
-                f"broker {shown}: the folder {folder} does not exist; create it or correct broker_url (DICOM_NODE_BROKER_URL)"
+                f"broker {shown}: the folder {folder} does not exist; create it or correct broker_url "
+                "(DICOM_NODE_BROKER_URL)"
             )
     connection = Connection(url, connect_timeout=timeout, transport_options=transport_options(settings))
     try:
@@ -127,7 +128,8 @@ def check_broker(settings: Settings, timeout: float = 5.0) -> None:
     except Exception as exc:  # kombu raises its transports' own errors
         reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__).rstrip(".")
         raise BrokerUnavailable(
-            f"cannot reach the broker {shown}: {reason}; is it running, and is broker_url (DICOM_NODE_BROKER_URL) right?"
+            f"cannot reach the broker {shown}: {reason}; is it running, and is broker_url (DICOM_NODE_BROKER_URL) "
+            "right?"
         ) from exc
     finally:
         connection.release()

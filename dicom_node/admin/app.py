@@ -54,7 +54,10 @@ PUBLIC_PATHS = frozenset({"/health", "/metrics", "/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 SESSION_COOKIE = "dicom_node_session"
 # Only this site's own scripts, styles, pictures and forms; no framing.
-CSP = "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+CSP = (
+    "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 
 Next = Callable[[Request], Awaitable[Response]]
 

@@ -211,7 +211,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     admin_sub = admin.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
 
-    rule = f"The password is asked for on the terminal ({MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters), or read from standard input with --password-stdin"
+    rule = (
+        f"The password is asked for on the terminal ({MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters), "
+        "or read from standard input with --password-stdin"
+    )
     p = command(
         admin_sub,
         "create-user",

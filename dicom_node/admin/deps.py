@@ -82,7 +82,8 @@ async def form(request: Request) -> FormData:
     if not csrf_matches(request.session.get("csrf"), str(given) if given else None):
         raise HTTPException(
             403,
-            "this form has expired or did not come from this site (CSRF token missing or wrong); reload the page and try again",
+            "this form has expired or did not come from this site (CSRF token missing or wrong); reload the page and "
+            "try again",
         )
     return data
 

@@ -45,7 +45,8 @@ def cmd_series_list(args: argparse.Namespace) -> int:
             )
             for r in rows
         ),
-        empty=f"no series{' with status ' + args.status if args.status else ''} yet: send one to a local AE (dicom-node ae list shows them)",
+        empty=f"no series{' with status ' + args.status if args.status else ''} yet: "
+        "send one to a local AE (dicom-node ae list shows them)",
     )
     return 0
 
@@ -74,7 +75,8 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
             )
             for r in rows
         ),
-        empty=f"no jobs{' with status ' + args.status if args.status else ''} yet: a complete series that the AE's filters select gets one",
+        empty=f"no jobs{' with status ' + args.status if args.status else ''} yet: "
+        "a complete series that the AE's filters select gets one",
     )
     failed = [r for r in rows if r["status"] == "failed" and r["reason"]]
     for r in failed:

@@ -207,7 +207,8 @@ def cmd_ae_echo(args: argparse.Namespace) -> int:
         print(json.dumps(answer.to_json(), indent=2))
     if not answer.ok:
         raise CommandError(
-            f"{args.title} at {host}:{port} did not answer C-ECHO: {answer.outcome}{': ' + answer.detail if answer.detail else ''}; "
+            f"{args.title} at {host}:{port} did not answer C-ECHO: "
+            f"{answer.outcome}{': ' + answer.detail if answer.detail else ''}; "
             f"is it running, and does it accept calling AE {calling} and called AE {args.title}?"
         )
     if not args.json:
@@ -224,7 +225,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node ae list
         dicom-node ae add-source STORESCU --host 127.0.0.1
         """,
-        description="Local AE titles (where the node listens), allowed sources (who may send) and result destinations (PACS)",
+        description="Local AE titles (where the node listens), allowed sources (who may send) "
+        "and result destinations (PACS)",
     )
     ae_sub = ae.add_subparsers(dest="ae_command", metavar="ACTION", required=True)
 
@@ -299,7 +301,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node ae add-destination PACS --host 127.0.0.1 --port 4242
         dicom-node ae add-destination VNA --host vna.example.org --port 11112 --tls --outputs sr,seg
         """,
-        description="A storage SCP (PACS) that receives results. The node calls it as export.calling_ae_title (COVIDCTNODE by default): the PACS must accept that AE",
+        description="A storage SCP (PACS) that receives results. The node calls it as export.calling_ae_title "
+        "(COVIDCTNODE by default): the PACS must accept that AE",
     )
     p.add_argument("title")
     p.add_argument("--host", required=True)

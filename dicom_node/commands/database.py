@@ -41,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node db upgrade
         DICOM_NODE_DATABASE_URL=postgresql://dicom:secret@db.example.org/dicom_node dicom-node db upgrade
         """,
-        description="Create or migrate the database (database_url; SQLite under the data dir when unset) to the current schema. "
-        "Every command does it first; this is for doing it alone, e.g. before starting several machines",
+        description="Create or migrate the database (database_url; SQLite under the data dir when unset) to the "
+        "current schema. Every command does it first; this is for doing it alone, e.g. before starting several "
+        "machines",
     )
     p.set_defaults(handler=cmd_db_upgrade)
     p = command(
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "reindex",
         "index stored files the database does not know (after a crash)",
         "dicom-node db reindex",
-        description="Index stored files the database does not know, e.g. after a power cut rolled back SQLite's last commits "
-        "('serve' does it by itself after an unclean stop). Shows progress on a terminal",
+        description="Index stored files the database does not know, e.g. after a power cut rolled back SQLite's "
+        "last commits ('serve' does it by itself after an unclean stop). Shows progress on a terminal",
     )
     p.set_defaults(handler=cmd_db_reindex)

@@ -174,11 +174,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         "run the listeners, series completion and the admin app (workers run apart)",
         """
-        DICOM_NODE_DATABASE_URL=postgresql://dicom:secret@db/dicom_node DICOM_NODE_BROKER_URL=redis://redis:6379/0 dicom-node serve
+        export DICOM_NODE_DATABASE_URL=postgresql://dicom:secret@db/dicom_node
+        export DICOM_NODE_BROKER_URL=redis://redis:6379/0
+        dicom-node serve
         """,
-        description="Run the DICOM listeners (one port per local AE), series completion, the queueing of jobs and the admin app "
-        "in the foreground, without a worker: run 'dicom-node worker' beside it, on this machine or others, sharing its database "
-        "and broker. Ctrl+C (or SIGTERM) stops it. For one machine, 'dicom-node up' does both",
+        description="Run the DICOM listeners (one port per local AE), series completion, the queueing of jobs and "
+        "the admin app in the foreground, without a worker: run 'dicom-node worker' beside it, on this machine or "
+        "others, sharing its database and broker. Ctrl+C (or SIGTERM) stops it. For one machine, 'dicom-node up' "
+        "does both",
     )
     p.add_argument("--no-admin", action="store_true", help="do not serve the admin app")
     p.set_defaults(handler=cmd_serve)
@@ -192,9 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node up --ae-title CTAI --port 11113
         """,
         description="Run everything on this machine in the foreground: the DICOM listeners, the admin app "
-        "(http://127.0.0.1:8080) and a worker. With no database or broker configured it keeps both in SQLite files under the "
-        "data dir (nothing else to install). With no local AE it makes one (COVIDNODE on port 11112), which accepts nobody "
-        "until a source is added (dicom-node ae add-source). Ctrl+C stops it; a running job may finish first",
+        "(http://127.0.0.1:8080) and a worker. With no database or broker configured it keeps both in SQLite files "
+        "under the data dir (nothing else to install). With no local AE it makes one (COVIDNODE on port 11112), "
+        "which accepts nobody until a source is added (dicom-node ae add-source). Ctrl+C stops it; a running job may "
+        "finish first",
     )
     p.add_argument("--no-admin", action="store_true", help="do not serve the admin app")
     p.add_argument(

@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dicom-node viewer --port 3001 --dicom-port 4244 --aet VIEWER2
         """,
         description=f"{NOT_FOR_CLINICAL_USE} Start a private Orthanc (Debian packages orthanc, orthanc-dicomweb) that "
-        f"takes DICOM on --dicom-port, and the OHIF viewer {OHIF_VERSION} (npm package @ohif/app, fetched once with npm) "
-        "on http://127.0.0.1:PORT reading it. Send the CT there and make it a destination of the node",
+        f"takes DICOM on --dicom-port, and the OHIF viewer {OHIF_VERSION} (npm package @ohif/app, fetched once "
+        "with npm) on http://127.0.0.1:PORT reading it. Send the CT there and make it a destination of the node",
     )
     p.add_argument("--port", type=int, default=3000, help="the viewer's HTTP port on 127.0.0.1 (default 3000)")
     # Not Orthanc's own defaults (4242, 8042): a PACS Orthanc may already run there.

@@ -77,13 +77,15 @@ def check_url(url: str) -> None:
         parsed.get_dialect().import_dbapi()
     except (NoSuchModuleError, ImportError) as exc:
         raise DatabaseURLError(
-            f"database URL {safe_url(url)}: its driver is not installed ({exc}); write postgresql:// (psycopg) or postgresql+psycopg2://, both ship with the node"
+            f"database URL {safe_url(url)}: its driver is not installed ({exc}); write postgresql:// (psycopg) or "
+            "postgresql+psycopg2://, both ship with the node"
         ) from None
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
         folder = Path(parsed.database).expanduser().parent
         if not folder.is_dir():
             raise DatabaseURLError(
-                f"database URL {url}: the folder {folder} does not exist; create it, or correct the path (sqlite:////absolute/path/file.sqlite3 has four slashes)"
+                f"database URL {url}: the folder {folder} does not exist; create it, or correct the path "
+                "(sqlite:////absolute/path/file.sqlite3 has four slashes)"
             )
 
 

@@ -253,7 +253,10 @@ def finish(
             setattr(job, key, value)
         if series is not None and series.generation > job.generation:
             job.status = JobStatus.SUPERSEDED.value
-            job.reason = f"the series re-opened while it was analysed (generation {job.generation}, now {series.generation}); its next job reports"
+            job.reason = (
+                f"the series re-opened while it was analysed (generation {job.generation}, now {series.generation}); "
+                "its next job reports"
+            )
             log.info("job %d superseded: %s", job.id, job.reason)
             return job.status
         job.status = JobStatus.DONE.value
@@ -308,7 +311,8 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
                     .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value, Job.attempts == job.attempts)
                     .values(
                         status=JobStatus.PENDING.value,
-                        reason=f"requeued: worker {job.worker or '?'} stopped (no heartbeat since {beat_at.isoformat(timespec='seconds')})",
+                        reason=f"requeued: worker {job.worker or '?'} stopped "
+                        f"(no heartbeat since {beat_at.isoformat(timespec='seconds')})",
                         heartbeat_at=None,
                     )
                 ),

@@ -90,7 +90,8 @@ class Admission:
             self.peer_log.warning(
                 host,
                 "admission",
-                "connection from %s to %s refused: %d connection(s) from that address already open (listener.max_connections_per_address)",
+                "connection from %s to %s refused: %d connection(s) from that address already open "
+                "(listener.max_connections_per_address)",
                 host,
                 local,
                 count,
@@ -99,7 +100,8 @@ class Admission:
             self.peer_log.warning(
                 host,
                 "admission",
-                "connection from %s to %s refused: %d connection(s) open in this listener process (listener.max_connections)",
+                "connection from %s to %s refused: %d connection(s) open in this listener process "
+                "(listener.max_connections)",
                 host,
                 local,
                 total,
@@ -114,12 +116,3 @@ class Admission:
             else:
                 self._open.pop(host, None)
             self._total = max(0, self._total - 1)
-
-    def open_from(self, host: str) -> int:
-        with self._lock:
-            return self._open.get(host, 0)
-
-    @property
-    def open_total(self) -> int:
-        with self._lock:
-            return self._total

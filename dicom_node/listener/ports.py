@@ -64,7 +64,8 @@ class PortLock:
                     os.close(fd)
                     raise PortTaken(
                         self.port,
-                        f"port {self.port} is in use by another dicom-node ({owner_name.strip() or 'unknown data dir'})",
+                        f"port {self.port} is in use by another dicom-node "
+                        f"({owner_name.strip() or 'unknown data dir'})",
                     ) from None
                 fcntl.flock(fd, fcntl.LOCK_SH)
             else:

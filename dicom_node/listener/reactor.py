@@ -234,7 +234,8 @@ class EventDrivenDUL(DULServiceProvider):
         except PeerTimeout:
             self._refuse(
                 "timeout",
-                f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within {limits.association_seconds:g} s)",
+                f"no complete PDU within {limits.pdu_read_seconds:g} s (or association not negotiated within "
+                f"{limits.association_seconds:g} s)",
                 _ABORT_REASON_NOT_SPECIFIED,
             )
             return

@@ -170,7 +170,8 @@ class PixelGeometry:
         if self.pixel_length < expected:
             raise RejectedInstance(
                 Status.CANNOT_UNDERSTAND,
-                f"Pixel Data has {self.pixel_length} bytes; Rows x Columns x SamplesPerPixel x BitsAllocated/8 x Frames "
+                f"Pixel Data has {self.pixel_length} bytes; "
+                "Rows x Columns x SamplesPerPixel x BitsAllocated/8 x Frames "
                 f"({self.rows} x {self.columns} x {samples} x {self.bits_allocated}/8 x {self.frames}) need {expected}",
             )
 
@@ -455,7 +456,8 @@ def handlers_for(
         # One entry per SOP class and reason (a sender proposes each class once per transfer syntax).
         reasons = list(
             dict.fromkeys(
-                f"{_sop_class_name(str(cx.abstract_syntax))}: {_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}"
+                f"{_sop_class_name(str(cx.abstract_syntax))}: "
+                f"{_CONTEXT_RESULTS.get(int(cx.result or 0), f'result {cx.result}')}"
                 for cx in rejected
             )
         )

@@ -260,7 +260,8 @@ def resolve_slices(result: SeriesResult, sources: SourceSeries) -> list[SliceRef
             raw = None if sources.frame_numbers is None else sources.frame_numbers[i]
             if raw is None or not 1 <= int(raw) <= int(ds.NumberOfFrames):
                 raise ValueError(
-                    f"slice {i}: instance {uid} is multi-frame; a frame number 1-{ds.NumberOfFrames} is needed, got {raw!r}"
+                    f"slice {i}: instance {uid} is multi-frame; a frame number 1-{ds.NumberOfFrames} is needed, got "
+                    f"{raw!r}"
                 )
             frame = int(raw)
         slices.append(SliceRef(index=i, dataset=ds, frame=frame))

@@ -1,12 +1,13 @@
 """Secondary Capture heatmap overlays: one RGB SC image per shown source slice.
 
-A new series in the source study (series number ``OutputOptions.series_number("sc")``,
-description "AI: ... NOT FOR DIAGNOSTIC USE"), one image per lung slice or per key slice (``OutputOptions.sc_slices``), in the
-source slice order, at the source matrix size. Each image references its source image (Source
-Image Sequence, with Referenced Frame Number for a multi-frame source) and the source series
-(Referenced Series Sequence). Pixels: :func:`dicom_node.outputs.render.render_overlay`. Burned In
-Annotation is NO: the label carries the model's result, nothing that identifies the patient.
-Stored lossless (explicit VR little endian, or RLE).
+A new series in the source study (series number ``OutputOptions.series_number("sc")``, description
+"AI: ... NOT FOR DIAGNOSTIC USE"), one image per lung slice or per key slice
+(``OutputOptions.sc_slices``), in the source slice order, at the source matrix size. Each image
+references its source image (Source Image Sequence, with Referenced Frame Number for a multi-frame
+source) and the source series (Referenced Series Sequence). Pixels:
+:func:`dicom_node.outputs.render.render_overlay`. Burned In Annotation is NO: the label carries the
+model's result, nothing that identifies the patient. Stored lossless (explicit VR little endian, or
+RLE).
 
 The instance number is the source slice's 1-based position, so one source slice always gives the
 same SC (same UID, same bytes) whichever slices are shown.

@@ -5,7 +5,7 @@ association is never shared between threads. Each output SOP class present in th
 requested explicitly with Explicit and Implicit VR Little Endian (and, in its own presentation
 context, the file's transfer syntax when that is another one, e.g. RLE Lossless).
 
-Every answer is classified (dicom-outputs.md, "Sending"):
+Every answer is classified (the Conformance Statement, docs/conformance.md 4.2.2, lists the same):
 
 - success: 0x0000 and the storage warnings 0xB000, 0xB006, 0xB007 (any other warning, 0x0001 or
   0xBxxx, is also kept as sent: the peer stored the object);

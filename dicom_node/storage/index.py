@@ -67,7 +67,10 @@ _SQL = {
         " :frames, :path, :size_bytes, :now)"
         " ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id"
     ),
-    "count_instance": "UPDATE series SET instances = instances + 1, frames = frames + :frames, last_received_at = :now WHERE id = :series_id",
+    "count_instance": (
+        "UPDATE series SET instances = instances + 1, frames = frames + :frames, last_received_at = :now"
+        " WHERE id = :series_id"
+    ),
     "reopen_series": (
         "UPDATE series SET status = :receiving, reason = '', generation = generation + 1, opened_at = :now,"
         " completed_at = NULL WHERE id = :series_id"
@@ -203,7 +206,8 @@ class Index:
             return True, ""
         return (
             False,
-            f"calling AE {calling_ae!r} is allowed only from {', '.join(h for h in enabled if h)}, not from {calling_host}",
+            f"calling AE {calling_ae!r} is allowed only from {', '.join(h for h in enabled if h)}, "
+            f"not from {calling_host}",
         )
 
     def event(

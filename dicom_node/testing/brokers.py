@@ -61,7 +61,8 @@ class PrivateRedis:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(
-                f"redis-server exited {self.proc.returncode}: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}"
+                f"redis-server exited {self.proc.returncode}: "
+                f"{(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}"
             )
         return port_open(self.port)
 
@@ -131,7 +132,8 @@ class PrivateRabbitMQ:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError(
-                f"rabbitmq-server exited {self.proc.returncode}: {(self.workdir / 'server.out').read_text(errors='replace')[-3000:]}"
+                f"rabbitmq-server exited {self.proc.returncode}: "
+                f"{(self.workdir / 'server.out').read_text(errors='replace')[-3000:]}"
             )
         return port_open(self.port)
 

@@ -83,10 +83,6 @@ def store_command(sop_class: str, sop_instance: str, message_id: int = 1) -> byt
     return _element(0, 0x0000, struct.pack("<I", len(body))) + body
 
 
-def release_rq() -> bytes:
-    return struct.pack(">BBI", 0x05, 0, 4) + b"\x00" * 4
-
-
 class Peer:
     """One raw TCP connection to the listener, optionally from a given local address (127.0.0.2
     and so on: loopback has them all), for hostile senders distinct from the real one."""

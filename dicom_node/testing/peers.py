@@ -236,8 +236,9 @@ class Orthanc:
     def start(self) -> "Orthanc":
         try:
             config = orthanc_config(
-                self.workdir, aet=self.aet, dicom_port=self.dicom_port, http_port=self.http_port, dicomweb=self.dicomweb,
-                Name="test-pacs", DicomModalities=self.modalities, HttpServerEnabled=True, LogExportedResources=False, KeepAlive=True,
+                self.workdir, aet=self.aet, dicom_port=self.dicom_port, http_port=self.http_port,
+                dicomweb=self.dicomweb, Name="test-pacs", DicomModalities=self.modalities, HttpServerEnabled=True,
+                LogExportedResources=False, KeepAlive=True,
             )  # fmt: skip
             self.process = OrthancProcess(self.workdir, config).start()
         except RuntimeError as exc:  # a missing package or an Orthanc that does not start: the test fails

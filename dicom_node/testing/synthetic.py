@@ -168,7 +168,8 @@ def indeterminate_result(series: Series) -> SeriesResult:
         normal_result(series),
         probabilities={"covid": 0.40, "cap": 0.36, "normal": 0.24},
         decision="indeterminate",
-        reason="indeterminate, low confidence: p(covid)=0.400 against p(cap)=0.360, a margin of 0.040 below the 0.100 chosen on validation data",
+        reason="indeterminate, low confidence: p(covid)=0.400 against p(cap)=0.360, a margin of 0.040 below the "
+        "0.100 chosen on validation data",
     )
 
 

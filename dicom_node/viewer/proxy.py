@@ -22,8 +22,8 @@ from dicom_node.viewer.ohif import DICOMWEB_PATH, app_config
 log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {
-    ".js": "application/javascript", ".mjs": "application/javascript", ".wasm": "application/wasm", ".json": "application/json",
-    ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2",
+    ".js": "application/javascript", ".mjs": "application/javascript", ".wasm": "application/wasm",
+    ".json": "application/json", ".css": "text/css", ".svg": "image/svg+xml", ".woff2": "font/woff2",
 }  # fmt: skip
 ISOLATION_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
@@ -129,8 +129,8 @@ def start_viewer_server(
     dist: Path, orthanc_url: str, *, host: str = "127.0.0.1", port: int = 0, config_js: str | None = None
 ) -> ViewerServer:
     """Serve OHIF from ``dist`` with Orthanc's DICOMweb API behind ``/dicom-web`` (``orthanc_url``:
-    Orthanc's HTTP root; its DICOMweb plugin answers at ``/dicom-web/``, its default), in a background thread; ``port`` 0 picks a free one. Stop it with
-    ``server.shutdown(); server.server_close()``."""
+    Orthanc's HTTP root; its DICOMweb plugin answers at ``/dicom-web/``, its default), in a background
+    thread; ``port`` 0 picks a free one. Stop it with ``server.shutdown(); server.server_close()``."""
     if not (dist / "index.html").is_file():
         raise ValueError(f"{dist} is not OHIF's built app (no index.html)")
     server = ViewerServer((host, port), dist, orthanc_url, config_js or app_config())

@@ -146,7 +146,10 @@ class Pages:
 
     def cells(self, row_selector: str) -> list[str] | None:
         """The texts of one table row's cells, read at once (the row may be replaced any time)."""
-        script = "const r = document.querySelector(arguments[0]); return r ? Array.from(r.cells).map(c => c.textContent.trim()) : null;"
+        script = (
+            "const r = document.querySelector(arguments[0]);"
+            " return r ? Array.from(r.cells).map(c => c.textContent.trim()) : null;"
+        )
         found: list[str] | None = self.driver.execute_script(script, row_selector)
         return found
 

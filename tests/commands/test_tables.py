@@ -54,8 +54,9 @@ def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pyt
         ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=4242)]
         s.add(ae)
         s.flush()
-        done = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value, instances=96, patient_id="PHANTOM-1",
-                      series_description="Synthetic chest CT phantom - a COVID-19 pattern, long words", calling_ae="STORESCU")  # fmt: skip
+        done = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value,
+                      instances=96, patient_id="PHANTOM-1", calling_ae="STORESCU",
+                      series_description="Synthetic chest CT phantom - a COVID-19 pattern, long words")  # fmt: skip
         skipped = Series(
             series_uid="1.2.3.5",
             study_uid="1.2.3",

@@ -165,7 +165,8 @@ class Stack:
         killed mid-job. Polling through `podman exec dicom-node jobs list` took seconds per
         look, in which a job could run from start to end."""
         holder = subprocess.Popen(
-            ["podman", "exec", "-i", self.container("node"), "python", "-c", HOLD_RUNNING_JOB, series_uid, str(timeout)],
+            ["podman", "exec", "-i", self.container("node"), "python", "-c", HOLD_RUNNING_JOB, series_uid,
+             str(timeout)],
             cwd=ROOT, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert holder.stdin is not None and holder.stdout is not None
@@ -174,7 +175,8 @@ class Stack:
             if not worker:
                 holder.wait(timeout=60)
                 raise AssertionError(
-                    f"the job of {series_uid} was not seen running: {holder.stderr.read() if holder.stderr else ''}\n{self.logs()}"
+                    f"the job of {series_uid} was not seen running: "
+                    f"{holder.stderr.read() if holder.stderr else ''}\n{self.logs()}"
                 )
             yield worker
             holder.stdin.write("\n")

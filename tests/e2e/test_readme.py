@@ -5,9 +5,9 @@
 - "Run" and "Send a study" run as written in that copy (tests/e2e/readme_demo.py), inside a
   network namespace of their own (their fixed ports collide with nothing) and with a HOME of
   their own: ``up`` and Orthanc start, the node is configured, a covid phantom goes through
-  storescu (to PACS and to the node), ``jobs list`` shows the job done and sent, Orthanc holds the SR, SC, SEG and KOS, and
-  Ctrl+C stops ``up`` with status 0; ``up``'s console shows the user-level events and none of
-  Celery's banner, its superuser warning or highdicom's INFO lines;
+  storescu (to PACS and to the node), ``jobs list`` shows the job done and sent, Orthanc holds the
+  SR, SC, SEG and KOS, and Ctrl+C stops ``up`` with status 0; ``up``'s console shows the
+  user-level events and none of Celery's banner, its superuser warning or highdicom's INFO lines;
 - "Test" is the command CI runs (.ci/run); CI running it is its test;
 - every ``dicom-node`` command the README names, in a block or inline, parses.
 

@@ -7,8 +7,8 @@ lesion masks and true involvement; the NIfTI layout (both stored orientations re
 phantom's HU); the CC-CCII layout (classes, patients, numeric slice order, JPEG and PNG);
 labels.csv errors; the input specs: the paper's (window, resize, z-score, square padding and its
 inverse), the legacy masking, and the CPU recipe's (lung crop, lung-median fill, window scaling)
-with its inverse geometry; the spec's JSON round trip and the old metadata form. Not covered: the real public collections themselves
-(not shippable here): replicas generated from phantoms stand in for them.
+with its inverse geometry; the spec's JSON round trip and the old metadata form. Not covered: the
+real public collections themselves (not shippable here): replicas generated from phantoms stand in for them.
 """
 
 from __future__ import annotations

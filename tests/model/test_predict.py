@@ -1,7 +1,7 @@
 """The predict path: from a (compressed) DICOM series or a Volume to a complete SeriesResult.
 
-Covers model/inference/multiscale_cam.py and model/inference/weights.py with a tiny network (random weights, its covid head
-biased so the decision is known): every SeriesResult field and its geometry, the series
+Covers model/inference/multiscale_cam.py and model/inference/weights.py with a tiny network
+(random weights, its covid head biased so the decision is known): every SeriesResult field and its geometry, the series
 aggregation rules, the no_decision paths, weights metadata and caching, the shipped weights'
 metadata. Not covered here: the quality of the shipped weights (``dicom-node model evaluate``;
 metadata.json records it) and the localisation maths (test_localise.py).

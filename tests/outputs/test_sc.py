@@ -1,10 +1,10 @@
 """The secondary-capture overlays and the renderer behind them (also the admin's PNG preview).
 
-Covers: one SC per lung slice (or per key slice) in source order at source size, references to
-the source image and series, the CT's frame of reference and image plane on each, the attributes PACS and de-identification tools rely on, lossless
-encoding (explicit little endian, RLE), and the pixels: the lung-window background equals the CT
-(computed here from the HU values), colour only where the heatmap is at or above the threshold,
-the label and colour bar only in their corners.
+Covers: one SC per lung slice (or per key slice) in source order at source size, references to the
+source image and series, the CT's frame of reference and image plane on each, the attributes PACS
+and de-identification tools rely on, lossless encoding (explicit little endian, RLE), and the
+pixels: the lung-window background equals the CT (computed here from the HU values), colour only
+where the heatmap is at or above the threshold, the label and colour bar only in their corners.
 Not covered: validators (test_validators.py), multi-frame sources (test_multiframe.py).
 """
 

@@ -147,8 +147,9 @@ def test_classification_measurements_are_inferred_from_the_lungs_on_the_first_ke
     assert result.lung_mask is not None
     lungs = result.lung_mask[key]
     ys, xs = lungs.nonzero()
-    expected_box = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1,
-                    float(xs.min()), float(ys.max()) + 1, float(xs.min()), float(ys.min())]  # fmt: skip
+    expected_box = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.min()),
+                    float(xs.max()) + 1, float(ys.max()) + 1, float(xs.min()), float(ys.max()) + 1,
+                    float(xs.min()), float(ys.min())]  # fmt: skip
     numbers = children(group, "122157") + children(group, "113288")
     assert len(numbers) == 4
     for num in numbers:

@@ -53,7 +53,8 @@ DCIODVFY_CONTRIBUTING_DEVICE_UID = KnownDisagreement(
     tool="dciodvfy",
     pattern=re.compile(
         r"^Warning - (Attribute is not present in standard DICOM IOD - \(0x0018,0x1002\) UI Device UID"
-        r"|Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP Class)\s*$"
+        r"|Dicom dataset contains attributes not present in standard DICOM IOD - this is a Standard Extended SOP "
+        r"Class)\s*$"
     ),
     why=(
         "PS3.3 C.12.1 (SOP Common Module, Table C.12-1): the Contributing Equipment Sequence item has "
@@ -98,7 +99,8 @@ PIXELMED_ONE_TEMPLATE_PER_CONTAINER = KnownDisagreement(
     name="pixelmed-2022: one measurement-group template for all groups of Imaging Measurements",
     tool="pixelmed-sr",
     pattern=re.compile(
-        r"^(Error: Template (1410 PlanarROIMeasurements|1411 VolumetricROIMeasurements)/\[Row 1\] CONTAINER \(125007,DCM,\"Measurement Group\"\)"
+        r"^(Error: Template (1410 PlanarROIMeasurements|1411 VolumetricROIMeasurements)/\[Row 1\] CONTAINER "
+        r"\(125007,DCM,\"Measurement Group\"\)"
         r"/\[Row (5|7|8|10)\] [A-Z0-9]+ \((111030|121191|121214|121231|121233),DCM,\"[^\"]+\"\): within 1\.8\.\d+: .*"
         r": (Missing conditional content item|Conditional content item present when condition not satisfied)"
         r"|Warning: " + _IMAGE_GROUP + r"(\.\d+)+: .*: Content Item not in template)$"

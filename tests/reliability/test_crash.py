@@ -55,7 +55,8 @@ def test_kill_9_during_a_series_loses_no_acknowledged_instance_and_makes_no_part
         )
         result = crash_round(env, port, series, url, rng)
         print(
-            f"round {n}: killed after {result.killed_after:.2f} s, {result.acknowledged} acknowledged, {result.lost} lost, {result.jobs} job(s), {result.partial_jobs} partial"
+            f"round {n}: killed after {result.killed_after:.2f} s, {result.acknowledged} acknowledged, {result.lost} "
+            f"lost, {result.jobs} job(s), {result.partial_jobs} partial"
         )
         assert result.lost == 0, result
         assert result.partial_jobs == 0 and result.jobs == 1 and result.instances == 60, result

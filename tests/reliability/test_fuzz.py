@@ -64,7 +64,8 @@ def test_seeded_fuzz_leaves_the_listener_serving_within_bounds_and_loses_nothing
         calling="FUZZER",
     )
     print(
-        f"fuzz: {report.cases} cases in {report.seconds:.0f} s, {len(report.successes)} stored, {report.failures} refused instances"
+        f"fuzz: {report.cases} cases in {report.seconds:.0f} s, {len(report.successes)} stored, {report.failures} "
+        "refused instances"
     )
     assert report.cases == CASES
     assert sorted(p.pid for p in listener_processes(pid)) == listeners, process.output()[-3000:]

@@ -3,10 +3,11 @@
 Covers: the status classification (success, storage warnings, 0xA7xx retriable, 0xA9xx/0xCxxx and
 other failures permanent, no response retriable), association rejection (permanent and transient),
 no listener (retriable), a peer that takes the connection but does not answer the association
-request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a peer that accepts no presentation context, one association per batch,
-the requested contexts (each SOP class with explicit and implicit little endian), and a
-compressed file sent as is or decompressed when the peer takes only uncompressed syntaxes.
-Does not cover TLS (no certificate authority here) or DCMTK/Orthanc as the peer (tests/e2e).
+request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a
+peer that accepts no presentation context, one association per batch, the requested contexts (each
+SOP class with explicit and implicit little endian), and a compressed file sent as is or
+decompressed when the peer takes only uncompressed syntaxes. Does not cover TLS (no certificate
+authority here) or DCMTK/Orthanc as the peer (tests/e2e).
 """
 
 from __future__ import annotations

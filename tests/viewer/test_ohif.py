@@ -185,7 +185,8 @@ class Ohif:
         """The SOP Instance UID of the image shown in the active viewport."""
         image_id = self.script(
             "const s = window.services; if (!s) return null;"
-            "const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());"
+            "const vp = s.cornerstoneViewportService.getCornerstoneViewport("
+            "s.viewportGridService.getActiveViewportId());"
             "return vp && vp.getCurrentImageId ? vp.getCurrentImageId() : null;"
         )
         if not image_id or "/instances/" not in image_id:
@@ -226,8 +227,9 @@ def test_the_sr_opens_lists_every_region_and_jumps_to_its_slice(
     measurements = ohif.wait(
         lambda d: ohif.script(
             "const sr = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR');"
-            "return sr && sr.isLoaded && sr.measurements ? sr.measurements.map(m => ({id: m.TrackingIdentifier, loaded: m.loaded,"
-            " sop: m.ReferencedSOPInstanceUID || null, labels: (m.labels || []).map(l => l.label + ': ' + l.value)})) : null;"
+            "return sr && sr.isLoaded && sr.measurements ? sr.measurements.map(m => ({"
+            "id: m.TrackingIdentifier, loaded: m.loaded, sop: m.ReferencedSOPInstanceUID || null,"
+            " labels: (m.labels || []).map(l => l.label + ': ' + l.value)})) : null;"
         ),
         60,
         "the SR's measurements",
@@ -301,9 +303,12 @@ def test_the_parametric_map_is_fused_on_the_ct(stack: Stack, browser: webdriver.
     ohif.open_series("COVID-CT heatmap map")
     layers = ohif.wait(
         lambda d: ohif.script(
-            "const s = window.services; const pm = s.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'PMAP');"
-            "const vp = s.cornerstoneViewportService.getCornerstoneViewport(s.viewportGridService.getActiveViewportId());"
-            "return pm && pm.isLoaded && vp && vp.getActors && vp.getActors().length >= 2 ? vp.getActors().length : null;"
+            "const s = window.services;"
+            " const pm = s.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'PMAP');"
+            "const vp = s.cornerstoneViewportService.getCornerstoneViewport("
+            "s.viewportGridService.getActiveViewportId());"
+            "return pm && pm.isLoaded && vp && vp.getActors && vp.getActors().length >= 2"
+            " ? vp.getActors().length : null;"
         ),
         90,
         "the map fused on the CT",
