@@ -5,7 +5,7 @@ files, no fsync, no index) and to `dicom-node serve` (durable write + index), se
 medians and the ratio node / storescp are printed. Then: 4 senders at once against the same 4 in
 sequence (the listener processes share the port), and the listener's memory over 3,000 instances.
 
-    .venv/bin/python benchmarks/ingest.py [--runs 5] [--slices 300] [--memory-instances 3000]
+    .venv/bin/python -m benchmarks.ingest [--runs 5] [--slices 300] [--memory-instances 3000]
 
 Needs dcmtk. Each run sends a fresh copy of the series (new UIDs), so the node really stores it.
 Not a test: these machines are shared and noisy; read the ratio, not the seconds.
@@ -28,9 +28,9 @@ import pydicom
 from pydicom.uid import UID
 
 from dicom_node.storage.files import Storage
-from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until
 from model.contract.uids import derived_uid
 from model.phantoms.writer import write_phantom_series
+from tests.harness.peers import NodeProcess, cli, free_port, node_env, port_open, require_tool, wait_until
 
 
 def copies(template: Path, out: Path, n: int, tag: str) -> list[Path]:

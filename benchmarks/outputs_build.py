@@ -3,7 +3,7 @@
 Usage: ``nice -n 10 .venv/bin/python -m benchmarks.outputs_build [--slices 128] [--size 512]``.
 Prints the seconds per kind and for all kinds together, building and encoding (what the export sends),
 best of ``--repeat`` runs. CPU only; the phantom and the hand-made result come from the test
-helpers (dicom_node/testing/synthetic.py). Not for clinical use.
+helpers (tests/harness/synthetic.py). Not for clinical use.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.testing import synthetic
+from tests.harness import synthetic
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,14 +2,14 @@
 
 1. A seeded fuzz run against `dicom-node serve` (SQLite, 2 listener processes): connections of
    mutated association requests, PDU headers, P-DATA fragments, command sets and data sets
-   (dicom_node.testing.hostile); then the listener processes must be the same ones, under the RSS
+   (tests.harness.hostile); then the listener processes must be the same ones, under the RSS
    bound, a real storescu must succeed, and every instance answered Success must be stored and
    indexed.
-2. kill -9 rounds (dicom_node.testing.crash) on SQLite and on PostgreSQL: the whole node killed at
+2. kill -9 rounds (tests.harness.crash) on SQLite and on PostgreSQL: the whole node killed at
    a random moment while storescu sends a 60-slice series, restarted, the series sent again:
    acknowledged instances lost, and jobs for a partial series, must both be 0.
 
-    .venv/bin/python benchmarks/reliability.py [--fuzz-cases 5000] [--rounds 20] [--seed 1] [--no-postgresql]
+    .venv/bin/python -m benchmarks.reliability [--fuzz-cases 5000] [--rounds 20] [--seed 1] [--no-postgresql]
 
 Needs dcmtk and, for the PostgreSQL rounds, PostgreSQL at $TEST_POSTGRES_URL (tests/run's).
 """
@@ -27,9 +27,10 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Instance
-from dicom_node.testing.crash import crash_round
-from dicom_node.testing.hostile import fuzz_cases, fuzz_dataset, listener_processes, max_listener_rss, run_fuzz
-from dicom_node.testing.peers import (
+from model.phantoms.writer import write_phantom_series
+from tests.harness.crash import crash_round
+from tests.harness.hostile import fuzz_cases, fuzz_dataset, listener_processes, max_listener_rss, run_fuzz
+from tests.harness.peers import (
     NodeProcess,
     cli,
     create_postgres_database,
@@ -39,7 +40,6 @@ from dicom_node.testing.peers import (
     storescu,
     wait_until,
 )
-from model.phantoms.writer import write_phantom_series
 
 RSS_BOUND = 300 * 2**20
 

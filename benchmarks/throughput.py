@@ -2,7 +2,7 @@
 waits in the queue when 20 arrive at once.
 
 Runs the real thing on this machine: PostgreSQL (a fresh database), a private RabbitMQ node
-(dicom_node.testing.brokers), a private Orthanc as the PACS, ``dicom-node serve`` with its admin
+(tests.harness.brokers), a private Orthanc as the PACS, ``dicom-node serve`` with its admin
 app and workers as subprocesses; by default each worker has a data dir of its own and fetches the
 series from the node over HTTP (``--shared`` gives them the node's data dir instead). Phantom
 chest CT series (model.phantoms, CAP) are sent with DCMTK's storescu; CAM localisation.
@@ -23,8 +23,8 @@ share of a worker's time that is busy.
 On a 2-core machine the node, the workers, PostgreSQL, RabbitMQ and Orthanc share the same cores,
 so two workers cannot be twice as fast; the ratio says how much of the work is the workers'.
 
-    .venv/bin/python benchmarks/throughput.py                     # N=6, 48 x 256 x 256 series
-    .venv/bin/python benchmarks/throughput.py --series 10 --slices 128 --matrix 512 --json out.json
+    .venv/bin/python -m benchmarks.throughput                     # N=6, 48 x 256 x 256 series
+    .venv/bin/python -m benchmarks.throughput --series 10 --slices 128 --matrix 512 --json out.json
 
 Not for clinical use: the phantoms are synthetic.
 """
@@ -49,8 +49,9 @@ from sqlalchemy import func, select
 from dicom_node.db import Database
 from dicom_node.db.models import Export, Job, Series
 from dicom_node.db.times import as_utc
-from dicom_node.testing.brokers import PrivateRabbitMQ
-from dicom_node.testing.peers import (
+from model.phantoms.writer import write_phantom_series
+from tests.harness.brokers import PrivateRabbitMQ
+from tests.harness.peers import (
     NodeProcess,
     Orthanc,
     cli,
@@ -61,7 +62,6 @@ from dicom_node.testing.peers import (
     storescu,
     wait_until,
 )
-from model.phantoms.writer import write_phantom_series
 
 TOKEN = "throughput-benchmark-token-0123456789"
 

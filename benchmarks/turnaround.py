@@ -20,8 +20,8 @@ For each run it prints, in seconds:
 
 Usage (from the repository root; peers as for the tests: Orthanc, DCMTK, the shipped weights)::
 
-    .venv/bin/python benchmarks/turnaround.py --runs 3
-    .venv/bin/python benchmarks/turnaround.py --mode serve+worker --broker-url redis://127.0.0.1:6379/15
+    .venv/bin/python -m benchmarks.turnaround --runs 3
+    .venv/bin/python -m benchmarks.turnaround --mode serve+worker --broker-url redis://127.0.0.1:6379/15
 
 Not for clinical use: the phantoms are synthetic.
 """
@@ -46,8 +46,8 @@ from dicom_node.db import Database
 from dicom_node.db.models import Job, Series
 from dicom_node.db.times import as_utc
 from dicom_node.settings import load_settings
-from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
+from tests.harness.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 
 STAGES = ("quiet", "queue", "load", "inference", "encoding", "worker_other", "export", "total", "beyond_quiet")
 

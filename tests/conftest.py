@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from dicom_node.testing.brokers import PrivateRabbitMQ
-from dicom_node.testing.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
+from tests.harness.brokers import PrivateRabbitMQ
+from tests.harness.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
 
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRabbitMQ]:
-    """A RabbitMQ node of the test session's own (dicom_node.testing.brokers), never the shared
+    """A RabbitMQ node of the test session's own (tests.harness.brokers), never the shared
     one: tests may restart it, and its queues are nobody else's."""
     server = PrivateRabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
     yield server

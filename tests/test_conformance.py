@@ -30,7 +30,7 @@ from dicom_node.sending.scu import UNCOMPRESSED
 from dicom_node.settings import ListenerSettings
 from dicom_node.status import Status
 from dicom_node.storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from dicom_node.testing import synthetic
+from tests.harness import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 STATEMENT = ROOT / "docs" / "conformance.md"

@@ -24,8 +24,8 @@ from dicom_node.db.models import Export, Job, Series, User
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import Settings
-from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, wait_until
 from model.contract.uids import derived_uid
+from tests.harness.peers import NodeProcess, cli, free_port, node_env, wait_until
 
 ADMIN, VIEWER = "alice", "victor"
 PASSWORD = "correct horse battery staple"

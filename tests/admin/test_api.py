@@ -36,9 +36,9 @@ from dicom_node.admin.auth import LoginThrottle
 from dicom_node.cli import main
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import AuditEntry, Instance, OutboxMessage, Source
-from dicom_node.testing.peers import Orthanc, free_port
 from dicom_node.validation import check_ae_title, check_port
 from tests.admin.conftest import ADMIN, PASSWORD, VIEWER, AdminApp, Browser, finished_job
+from tests.harness.peers import Orthanc, free_port
 
 PUBLIC = {"/health", "/metrics"}
 

@@ -34,12 +34,12 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from dicom_node.db.times import as_utc
-from dicom_node.testing.peers import Orthanc, cli, free_port, node_env, port_open, require_tool, storescu, wait_until
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 from model.inference.weights import save_weights
 from model.phantoms.writer import write_phantom_series
 from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
+from tests.harness.peers import Orthanc, cli, free_port, node_env, port_open, require_tool, storescu, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 

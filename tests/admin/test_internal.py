@@ -22,9 +22,9 @@ from dicom_node.pipeline.remote import NodeFiles, RemoteError, StoredRef
 from dicom_node.settings import RemoteSettings, Settings
 from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.results import JobArtefacts
-from dicom_node.testing.peers import wait_until
 from model.contract.uids import derived_uid
 from tests.admin.conftest import make_settings
+from tests.harness.peers import wait_until
 
 TOKEN = "internal-token-for-tests-0123456789"
 

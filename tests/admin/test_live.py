@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from dicom_node.testing.peers import free_port, port_open, require_tool, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
 from tests.admin.conftest import LiveNode
+from tests.harness.peers import free_port, port_open, require_tool, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

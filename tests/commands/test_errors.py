@@ -21,7 +21,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_node.testing.peers import DICOM_NODE, create_postgres_database, drop_postgres_database, node_env
+from tests.harness.peers import DICOM_NODE, create_postgres_database, drop_postgres_database, node_env
 
 # dicom-node as a subprocess, each case: the services tier (tests/conftest.py).
 pytestmark = pytest.mark.services

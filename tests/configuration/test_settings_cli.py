@@ -17,7 +17,7 @@ from dicom_node.db import Database, upgrade
 from dicom_node.jobs.filters import SeriesFacts, SeriesFilter, evaluate
 from dicom_node.listener.servers import ListenerSet
 from dicom_node.settings import SettingsError, load_settings
-from dicom_node.testing.peers import free_port, port_open
+from tests.harness.peers import free_port, port_open
 
 
 @pytest.fixture

@@ -31,9 +31,10 @@ from typing import Any, Iterator
 import pydicom
 import pytest
 
-from dicom_node.testing.peers import free_port, port_open, storescu, wait_until
-from dicom_node.testing.synthetic import clear_phantom
 from tests.e2e.conftest import KIND, MATRIX, SLICES
+from tests.harness import jobs as harness_jobs
+from tests.harness.peers import free_port, port_open, storescu, wait_until
+from tests.harness.synthetic import clear_phantom
 
 # The first build of the images alone may take longer than the suite's 600 s per test.
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -63,16 +64,19 @@ def _run(
 
 # Run by `python -c` in the node's container (its settings name the database): holds the running
 # job of argv[1] (waiting up to argv[2] seconds), prints its worker, and lets go at a line on stdin.
-HOLD_RUNNING_JOB = """
+# The image holds the node, not tests/: the harness module's source goes along with the script
+# (it imports only the node and SQLAlchemy).
+HOLD_RUNNING_JOB = (
+    Path(harness_jobs.__file__).read_text()
+    + """
 import sys
-from dicom_node.db import Database
 from dicom_node.settings import load_settings
-from dicom_node.testing.jobs import hold_running_job
 db = Database(load_settings().effective_database_url)
 with hold_running_job(db, [sys.argv[1]], float(sys.argv[2])) as job:
     print(job.worker, flush=True)
     sys.stdin.readline()
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +164,7 @@ class Stack:
     @contextlib.contextmanager
     def running_job_held(self, series_uid: str, timeout: float) -> Iterator[str]:
         """Wait for the job of ``series_uid`` to run and yield its worker (host:pid) while the
-        job's row is locked (dicom_node.testing.jobs, in the node's container, on the stack's
+        job's row is locked (tests.harness.jobs, in the node's container, on the stack's
         database), so that the job can not end before the block does: a worker killed inside is
         killed mid-job. Polling through `podman exec dicom-node jobs list` took seconds per
         look, in which a job could run from start to end."""

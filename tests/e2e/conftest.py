@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from dicom_node.testing.synthetic import clear_phantom
+from tests.harness.synthetic import clear_phantom
 
 # The disease of the phantoms (and the decision the tests expect).
 KIND = "covid"
@@ -25,7 +25,7 @@ MATRIX = 256
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
     """``phantom(seed)``: the folder of a KIND phantom series for that seed, with a clear finding
-    (dicom_node.testing.synthetic.clear_phantom)."""
+    (tests.harness.synthetic.clear_phantom)."""
     root = tmp_path_factory.mktemp("phantoms")
     written: dict[int, Path] = {}
 

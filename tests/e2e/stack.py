@@ -1,5 +1,5 @@
 """The node as the end-to-end tests run it: ``dicom-node serve``, ``worker`` or ``up`` as
-subprocesses (dicom_node.testing.peers.NodeProcess), configured through the real command line, read back
+subprocesses (tests.harness.peers.NodeProcess), configured through the real command line, read back
 through its database; and the checks of what arrives in Orthanc.
 
 ``TEST_WEIGHTS_DIR`` (optional) points the worker at another weights folder than the shipped
@@ -31,10 +31,10 @@ from dicom_node.jobs.queries import job_rows
 from dicom_node.outputs.codes import CLASS_FINDINGS, PRESENT
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import load_settings
-from dicom_node.testing.jobs import RunningJob, hold_running_job
-from dicom_node.testing.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from model.inference.io import load_series
 from model.phantoms.writer import read_phantom_truth
+from tests.harness.jobs import RunningJob, hold_running_job
+from tests.harness.peers import NodeProcess, Orthanc, cli, free_port, node_env, storescu, wait_until
 from tests.outputs import validators as v
 
 # Settings that keep the tests short on a 2-core machine: one listener process, fast polling,
@@ -120,7 +120,7 @@ class Node:
 
     def kill_mid_job(self, proc: NodeProcess, series_uids: list[str], timeout: float) -> RunningJob:
         """Kill ``proc``'s tree (kill_tree) while a job of one of ``series_uids`` runs, with the
-        job's row locked so that it can not end first (dicom_node.testing.jobs); returns that job."""
+        job's row locked so that it can not end first (tests.harness.jobs); returns that job."""
         try:
             with hold_running_job(self.db, series_uids, timeout) as job:
                 self.kill_tree(proc)

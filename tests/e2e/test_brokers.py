@@ -1,5 +1,5 @@
 """Redis and RabbitMQ as they run in production, each a private server of this test (started,
-restarted and removed by it: dicom_node.testing.brokers), with PostgreSQL, ``dicom-node serve``
+restarted and removed by it: tests.harness.brokers), with PostgreSQL, ``dicom-node serve``
 and one worker (one process) as subprocesses, Orthanc as the PACS and storescu as the scanner.
 
 Three series are sent at once, so two wait in the queue behind the first. Then:
@@ -28,9 +28,9 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.db.models import OutboxMessage
-from dicom_node.testing.brokers import PrivateRabbitMQ, PrivateRedis
-from dicom_node.testing.peers import Orthanc
 from tests.e2e.stack import Node, done_and_exported, job_of, series_uids
+from tests.harness.brokers import PrivateRabbitMQ, PrivateRedis
+from tests.harness.peers import Orthanc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

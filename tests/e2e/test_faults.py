@@ -26,8 +26,8 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.db.models import Event, OutboxMessage
-from dicom_node.testing.peers import Orthanc
 from tests.e2e.stack import Node, done_and_exported, job_of, series_uids
+from tests.harness.peers import Orthanc
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

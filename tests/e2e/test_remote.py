@@ -20,9 +20,9 @@ from typing import Callable
 import pytest
 
 from dicom_node.db.models import Job
-from dicom_node.testing.peers import NodeProcess, Orthanc, cli
 from tests.e2e.conftest import SLICES
 from tests.e2e.stack import Node, done_and_exported, job_of, series_uids
+from tests.harness.peers import NodeProcess, Orthanc, cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -17,9 +17,9 @@ from typing import Callable
 
 import pytest
 
-from dicom_node.testing.peers import Orthanc, cli
 from tests.e2e.conftest import KIND
 from tests.e2e.stack import Node, check_finding, check_results, done_and_exported, series_uids
+from tests.harness.peers import Orthanc, cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

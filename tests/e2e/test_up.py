@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.db.models import OutboxMessage
-from dicom_node.testing.peers import Orthanc, port_open, wait_until
 from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
+from tests.harness.peers import Orthanc, port_open, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

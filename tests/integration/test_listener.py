@@ -25,7 +25,8 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 
-from dicom_node.testing.peers import (
+from model.phantoms.writer import write_phantom_series
+from tests.harness.peers import (
     NodeProcess,
     cli,
     cli_json,
@@ -37,7 +38,6 @@ from dicom_node.testing.peers import (
     storescu,
     wait_until,
 )
-from model.phantoms.writer import write_phantom_series
 
 pytestmark = pytest.mark.integration
 

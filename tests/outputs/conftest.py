@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
-from dicom_node.testing import synthetic
 from model.contract.result import SeriesResult
 from model.phantoms.phantom import Phantom
+from tests.harness import synthetic
 from tests.outputs import validators
 
 CREATED = datetime.datetime(2024, 3, 4, 5, 6, 7)

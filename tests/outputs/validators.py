@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicom_node.testing.peers import require_tool
+from tests.harness.peers import require_tool
 
 PIXELMED_JARS = (
     "/usr/share/java/pixelmed.jar",

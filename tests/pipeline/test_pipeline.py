@@ -32,9 +32,9 @@ from dicom_node.pipeline.runtime import Runtime
 from dicom_node.settings import Settings, load_settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import MAPS_FILE, RESULT_FILE
-from dicom_node.testing.synthetic import MODEL, blob_result, make_test_phantom, write_series
-from dicom_node.testing.synthetic import Series as SyntheticSeries
 from model.contract.result import SeriesResult
+from tests.harness.synthetic import MODEL, blob_result, make_test_phantom, write_series
+from tests.harness.synthetic import Series as SyntheticSeries
 from tests.sending.scp import Scp
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """kill -9 of the whole node during a series, restart, the sender resumes (issue 8), a few rounds
-on SQLite and on PostgreSQL (dicom_node.testing.crash; benchmarks/reliability.py runs 20): every
+on SQLite and on PostgreSQL (tests.harness.crash; benchmarks/reliability.py runs 20): every
 instance acknowledged before the kill is stored and indexed after the restart (0 lost), and the
 series is analysed once, whole (0 jobs for a partial series: the downtime is not a quiet period)."""
 
@@ -11,9 +11,9 @@ from typing import Iterator
 
 import pytest
 
-from dicom_node.testing.crash import crash_round
-from dicom_node.testing.peers import cli, create_postgres_database, drop_postgres_database, free_port, node_env
 from model.phantoms.writer import write_phantom_series
+from tests.harness.crash import crash_round
+from tests.harness.peers import cli, create_postgres_database, drop_postgres_database, free_port, node_env
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """A seeded fuzz run against `dicom-node serve` (issue 8): 2,000 connections of mutated
 A-ASSOCIATE-RQs, random bytes and PDU headers, and, inside associations from an allowed AE,
-mutated P-DATA fragments, command sets and data sets (dicom_node.testing.hostile.fuzz_cases).
+mutated P-DATA fragments, command sets and data sets (tests.harness.hostile.fuzz_cases).
 Asserted afterwards: no listener process crashed (the same ones serve), each under the RSS bound, a
 real storescu succeeds, and every instance answered Success is stored and indexed (0 lost).
 benchmarks/reliability.py runs longer ones."""
@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Instance
-from dicom_node.testing.hostile import fuzz_cases, fuzz_dataset, listener_processes, max_listener_rss, run_fuzz
-from dicom_node.testing.peers import NodeProcess, cli, free_port, node_env, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
+from tests.harness.hostile import fuzz_cases, fuzz_dataset, listener_processes, max_listener_rss, run_fuzz
+from tests.harness.peers import NodeProcess, cli, free_port, node_env, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

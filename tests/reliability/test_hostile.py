@@ -20,7 +20,8 @@ import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 
-from dicom_node.testing.hostile import (
+from model.phantoms.writer import write_phantom_series
+from tests.harness.hostile import (
     CT_IMAGE,
     EXPLICIT_LE,
     MR_IMAGE,
@@ -30,8 +31,7 @@ from dicom_node.testing.hostile import (
     max_listener_rss,
     send_store,
 )
-from dicom_node.testing.peers import NodeProcess, cli, cli_json, free_port, node_env, storescu, wait_until
-from model.phantoms.writer import write_phantom_series
+from tests.harness.peers import NodeProcess, cli, cli_json, free_port, node_env, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

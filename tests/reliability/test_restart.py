@@ -17,9 +17,9 @@ from typing import Any
 import psutil
 import pytest
 
-from dicom_node.testing.hostile import listener_processes
-from dicom_node.testing.peers import NodeProcess, cli, cli_json, free_port, node_env, port_open, storescu, wait_until
 from model.phantoms.writer import write_phantom_series
+from tests.harness.hostile import listener_processes
+from tests.harness.peers import NodeProcess, cli, cli_json, free_port, node_env, port_open, storescu, wait_until
 
 pytestmark = pytest.mark.integration
 

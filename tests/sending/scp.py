@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dicom_node.sending.scu import Peer
-from dicom_node.testing.peers import free_port
+from tests.harness.peers import free_port
 from tests.sending.dicom_files import OUTPUT_SOP_CLASSES
 
 

@@ -24,7 +24,7 @@ from pynetdicom import AE
 
 from dicom_node.sending.scu import Outcome, Peer, classify_status, send_files, status_name, worst
 from dicom_node.status import Status
-from dicom_node.testing.peers import free_port
+from tests.harness.peers import free_port
 from tests.sending.dicom_files import OUTPUT_SOP_CLASSES, write_object, write_outputs
 from tests.sending.scp import Scp
 

@@ -40,11 +40,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dicom_node.db.models import Job
-from dicom_node.testing.peers import Orthanc, require_tool, storescu
-from dicom_node.testing.synthetic import clear_phantom
 from dicom_node.viewer.ohif import ohif_dist
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
 from tests.e2e.stack import Node, done_and_exported, series_uids
+from tests.harness.peers import Orthanc, require_tool, storescu
+from tests.harness.synthetic import clear_phantom
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 

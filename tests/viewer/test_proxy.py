@@ -20,9 +20,9 @@ from typing import Iterator
 
 import pytest
 
-from dicom_node.testing.peers import free_port
 from dicom_node.viewer import ohif
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
+from tests.harness.peers import free_port
 
 INDEX = b"<!doctype html><title>OHIF</title>"
 

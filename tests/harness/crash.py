@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Instance, Job, Series
-from dicom_node.testing.peers import NodeProcess, require_tool, storescu, wait_until
+from tests.harness.peers import NodeProcess, require_tool, storescu, wait_until
 
 _SENDING = re.compile(r"Sending file: (.+)$")
 

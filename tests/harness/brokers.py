@@ -16,7 +16,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from dicom_node.testing.peers import free_port, port_open, require_tool, wait_until
+from tests.harness.peers import free_port, port_open, require_tool, wait_until
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 

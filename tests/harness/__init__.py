@@ -1,4 +1,6 @@
-"""The harness of tests/ and benchmarks/; nothing in the node imports it.
+"""The harness of tests/ and benchmarks/; nothing in the node imports it, and it is not part of the
+installed package (it raises AssertionError, as tests do). Benchmarks run from the repository root
+(``python -m benchmarks.NAME``) to find it.
 
 :mod:`.peers` runs the node and its real peers on loopback (``dicom-node`` subprocesses, DCMTK's
 storescu as the modality, Orthanc as the PACS, PostgreSQL and Redis databases); :mod:`.synthetic`
