@@ -22,13 +22,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
+from dicom_node.dicom_answers import Status
 from dicom_node.listener import scp as listener_scp
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import SourceSeries
 from dicom_node.outputs.kinds import KINDS, OUTPUT_KINDS
 from dicom_node.sending.scu import UNCOMPRESSED
 from dicom_node.settings import ListenerSettings
-from dicom_node.status import Status
 from dicom_node.storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.harness import synthetic
 

@@ -23,7 +23,7 @@ from dicom_node.db.models import Job, LocalAE, Series
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import iso as _iso
 from dicom_node.jobs.queries import job_dict, job_rows, series_rows
-from dicom_node.jobs.status import JobStatus
+from dicom_node.jobs.states import JobStatus
 from dicom_node.outputs.kinds import PREVIEW_KIND
 
 

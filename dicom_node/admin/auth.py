@@ -157,7 +157,7 @@ def find_user(session: Session, name: str) -> User:
     return user
 
 
-def check_login(session: Session, passwords: Passwords, name: str, password: str) -> User | None:
+def user_for_login(session: Session, passwords: Passwords, name: str, password: str) -> User | None:
     """The enabled user with this name and password, or None (same time either way)."""
     user = session.scalar(select(User).where(User.name == name))
     ok = passwords.verify(user.password_hash if user is not None else None, password)

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Export, Instance, Job, OutboxMessage, Series
-from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 
 # Job.timings key the worker writes for running the model (seconds).
 INFERENCE_TIMING = "inference"

@@ -2,7 +2,7 @@
 jobs, the outbox, exports, events).
 
 State columns are strings without a default; their values and every transition between them are
-dicom_node.jobs' (dicom_node.jobs.status names them).
+dicom_node.jobs' (dicom_node.jobs.states names them).
 
 Field checks use dicom_node.validation, the same validators as the config loader, the REST schemas
 and the command line.
@@ -194,7 +194,7 @@ class Series(Base):
     instances: Mapped[int] = mapped_column(Integer, default=0)
     # Images: instances times frames (Enhanced CT holds a whole series in one instance).
     frames: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.SeriesStatus
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.SeriesStatus
     reason: Mapped[str] = mapped_column(Text, default="")
     # Incremented each time the series re-opens after completion.
     generation: Mapped[int] = mapped_column(Integer, default=0)
@@ -232,7 +232,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.JobStatus
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.JobStatus
     reason: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(200), default="")
@@ -291,7 +291,7 @@ class Export(Base):
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
     outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.status.ExportStatus
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.ExportStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     objects_sent: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)

@@ -1,6 +1,6 @@
 """The job state machine in the database: claims, heartbeats, the end of a job, lost workers.
 
-States (dicom_node.jobs.status.JobStatus) and who moves a job between them::
+States (dicom_node.jobs.states.JobStatus) and who moves a job between them::
 
     PENDING --relay--> QUEUED --claim--> RUNNING --finish--> DONE
        ^  |               |                 |   |
@@ -52,7 +52,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import Event, Job, LocalAE, Series
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
-from dicom_node.jobs.status import ACTIVE_JOB_STATUSES, FINISHED_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
+from dicom_node.jobs.states import ACTIVE_JOB_STATUSES, FINISHED_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 

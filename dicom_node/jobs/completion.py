@@ -19,7 +19,7 @@ from dicom_node.db.models import Job, LocalAE, Series
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs.filters import SeriesFacts, SeriesFilter, evaluate
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
-from dicom_node.jobs.status import WAITING_JOB_STATUSES, JobStatus, SeriesStatus
+from dicom_node.jobs.states import WAITING_JOB_STATUSES, JobStatus, SeriesStatus
 from dicom_node.settings import CompletionSettings
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The export state machine in the database: one Export row per (job, destination).
 
-States (dicom_node.jobs.status.ExportStatus)::
+States (dicom_node.jobs.states.ExportStatus)::
 
     PENDING --claim--> SENDING --success--> DONE
        ^                  |----permanent refusal----------------> FAILED
@@ -42,7 +42,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, Series, Source
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs.outbox import EXPORT_TOPIC, write_message
-from dicom_node.jobs.status import OPEN_EXPORT_STATUSES, ExportStatus, JobStatus
+from dicom_node.jobs.states import OPEN_EXPORT_STATUSES, ExportStatus, JobStatus
 from dicom_node.sending.scu import Outcome, Peer, SendResult
 from dicom_node.settings import ExportSettings
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db import Database
 from dicom_node.db.models import Job, OutboxMessage
 from dicom_node.db.times import utcnow
-from dicom_node.jobs.status import JobStatus
+from dicom_node.jobs.states import JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from dicom_node.db import Database
 from dicom_node.db.models import Export, Job, LocalAE, Series
 from dicom_node.db.times import as_utc
-from dicom_node.jobs.status import SeriesStatus
+from dicom_node.jobs.states import SeriesStatus
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from dicom_node.status import Status
+from dicom_node.dicom_answers import Status
 
 log = logging.getLogger(__name__)
 

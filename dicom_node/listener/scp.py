@@ -2,7 +2,7 @@
 
 Knows nothing of Celery. A C-STORE is answered with success only after the instance is durably on
 disk (dicom_node.storage.files) and indexed (dicom_node.storage.index); anything else gets a named failure
-status (dicom_node.status) and a log line that says why. The data set is stored exactly as
+status (dicom_node.dicom_answers) and a log line that says why. The data set is stored exactly as
 received; it is parsed only to check it.
 """
 
@@ -44,8 +44,8 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
+from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
 from dicom_node.listener import header as fast_header
-from dicom_node.status import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
 from dicom_node.storage.instance import Header, InvalidHeader, header_of, make_header

@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError
 from dicom_node.db.models import Instance, Job, Series
 from dicom_node.db.times import as_utc
 from dicom_node.jobs import analyses, exports
-from dicom_node.jobs.status import JobStatus
+from dicom_node.jobs.states import JobStatus
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS

@@ -10,7 +10,7 @@ from typing import Any
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
 
-from dicom_node.status import Status
+from dicom_node.dicom_answers import Status
 
 # The answer should come quickly; the export timeout (30 s by default) is too long for a page.
 MAX_ECHO_SECONDS = 10.0

@@ -39,7 +39,7 @@ import pydicom
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from dicom_node.status import SUCCESS_STATUSES, AssociateResult, Status
+from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import Event, LocalAE, Source
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.analyses import SUPERSEDE_WAITING_SQL, supersede_waiting_params
-from dicom_node.jobs.status import SeriesStatus
+from dicom_node.jobs.states import SeriesStatus
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Export, Job, Series, User
 from dicom_node.db.times import utcnow
-from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import Settings
 from model.contract.uids import derived_uid
 from tests.harness.peers import NodeProcess, cli, free_port, node_env, wait_until

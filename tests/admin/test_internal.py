@@ -17,7 +17,7 @@ from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Instance, Job, Series
 from dicom_node.db.times import utcnow
-from dicom_node.jobs.status import JobStatus, SeriesStatus
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 from dicom_node.pipeline.remote import NodeFiles, RemoteError, StoredRef
 from dicom_node.settings import RemoteSettings, Settings
 from dicom_node.storage.identity import data_dir_id

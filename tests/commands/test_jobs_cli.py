@@ -15,7 +15,7 @@ from sqlalchemy import select
 from dicom_node.cli import build_parser, main
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Destination, Export, Job, LocalAE, OutboxMessage, Series
-from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import load_settings
 
 

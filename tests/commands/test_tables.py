@@ -15,7 +15,7 @@ import pytest
 from dicom_node.cli import build_parser, main
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Destination, Job, LocalAE, Series
-from dicom_node.jobs.status import JobStatus, SeriesStatus
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 from dicom_node.settings import load_settings
 from tests.commands.test_help import commands
 

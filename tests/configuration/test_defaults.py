@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.admin.kinds import LOCAL_AES
+from dicom_node.admin.config_kinds import LOCAL_AES
 from dicom_node.admin.pages.config import _defaults
 from dicom_node.cli import main
 from dicom_node.configuration import ConfigError, LocalAEIn, ensure_local_ae, parse

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Job, Series
-from dicom_node.jobs.status import JobStatus
+from dicom_node.jobs.states import JobStatus
 
 
 @dataclass(frozen=True)

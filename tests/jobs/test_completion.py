@@ -22,7 +22,7 @@ from dicom_node.db.models import Instance, Job, LocalAE, OutboxMessage, Series
 from dicom_node.jobs.analyses import requeue
 from dicom_node.jobs.completion import Completion
 from dicom_node.jobs.outbox import OutboxRelay
-from dicom_node.jobs.status import JobStatus, SeriesStatus
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 from dicom_node.settings import CompletionSettings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, ReceivedInstance

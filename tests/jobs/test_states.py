@@ -22,7 +22,7 @@ from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, Outbo
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import job_rows
-from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.scu import Outcome, Peer, SendResult
 from dicom_node.settings import ExportSettings

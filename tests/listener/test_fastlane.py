@@ -16,8 +16,8 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 
+from dicom_node.dicom_answers import Status
 from dicom_node.listener.fastlane import FastLane, encode_store_response, p_data_tf, parse_command
-from dicom_node.status import Status
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

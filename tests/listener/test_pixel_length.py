@@ -17,8 +17,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicom_node.dicom_answers import Status
 from dicom_node.listener.scp import RejectedInstance, parse_header
-from dicom_node.status import Status
 
 TS_FLAGS: dict[str, tuple[bool, bool]] = {
     ExplicitVRLittleEndian: (True, False),

@@ -24,7 +24,7 @@ from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Destination, Export, Instance, Job, LocalAE, Series
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.analyses import requeue
-from dicom_node.jobs.status import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.analyse import analyse
 from dicom_node.pipeline.export import export_job

@@ -22,8 +22,8 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE
 
+from dicom_node.dicom_answers import Status
 from dicom_node.sending.scu import Outcome, Peer, classify_status, send_files, status_name, worst
-from dicom_node.status import Status
 from tests.harness.peers import free_port
 from tests.sending.dicom_files import OUTPUT_SOP_CLASSES, write_object, write_outputs
 from tests.sending.scp import Scp

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from dicom_node.admin.api import access, activity, config, monitoring
-from dicom_node.admin.kinds import KINDS
+from dicom_node.admin.api import access, config, monitoring, series_jobs
+from dicom_node.admin.config_kinds import KINDS
 
 
 def api_router() -> APIRouter:
@@ -14,7 +14,7 @@ def api_router() -> APIRouter:
     for kind in KINDS:
         router.include_router(config.config_router(kind))
     router.include_router(config.echo_router())
-    router.include_router(activity.router)
+    router.include_router(series_jobs.router)
     router.include_router(access.router)
     return router
 

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from dicom_node.admin import audit
 from dicom_node.admin.auth import Principal
+from dicom_node.admin.config_kinds import ConfigKind
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
-from dicom_node.admin.kinds import ConfigKind
 from dicom_node.db.models import Destination
 from dicom_node.sending.echo import c_echo
 

@@ -17,9 +17,9 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit
+from dicom_node.admin.config_kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCES, ConfigKind
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import check_listeners
-from dicom_node.admin.kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCES, ConfigKind
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
 from dicom_node.configuration import ConfigError
 from dicom_node.db.models import Destination

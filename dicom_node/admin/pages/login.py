@@ -8,7 +8,7 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import check_login, end_session, new_csrf_token, start_session
+from dicom_node.admin.auth import end_session, new_csrf_token, start_session, user_for_login
 from dicom_node.admin.deps import client_addr, ctx, form, principal, render
 
 router = APIRouter()
@@ -39,7 +39,7 @@ def login(request: Request, data: FormData = Depends(form)) -> Response:
         message = f"Too many wrong passwords for this name from this address; try again in {int(wait) + 1} s."
         return render(request, "login.html", {"next": target, "error": message, "name": name}, status_code=429)
     with context.db.session() as s:
-        user = check_login(s, context.passwords, name, password)
+        user = user_for_login(s, context.passwords, name, password)
         if user is None:
             audit.record(
                 s,

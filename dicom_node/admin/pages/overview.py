@@ -13,7 +13,7 @@ from dicom_node.admin import activity, audit
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import health
 from dicom_node.db.models import Event
-from dicom_node.jobs.status import JobStatus, SeriesStatus
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 
 router = APIRouter()
 

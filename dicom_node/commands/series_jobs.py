@@ -11,7 +11,7 @@ from typing import Any
 from dicom_node.commands.common import clip, command, database_from, fail, print_table, settings_from, utc_time
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import job_rows, series_rows
-from dicom_node.jobs.status import JobStatus, SeriesStatus
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 # What --status takes: a series shows its own state until its job exists, then the job's.
