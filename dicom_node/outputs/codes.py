@@ -32,6 +32,18 @@ PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
 INDETERMINATE = codes.SCT.Indeterminate
 
+# The node's own codes (a private coding scheme, identified in each SR that uses it): concepts the
+# standard has no code for. Viewers label a measurement with its concept's meaning only (OHIF
+# shows "Probability: 0.99" three times for three classes), so each class's probability is its
+# own concept, "Probability of <class>", the way DCM has "Probability of cancer" (111047).
+PRIVATE_SCHEME = "99COVIDCT"
+PRIVATE_SCHEME_NAME = "COVID-CT AI node codes"
+CLASS_PROBABILITIES: dict[str, Code] = {
+    "covid": Code("P-COVID", PRIVATE_SCHEME, "Probability of COVID-19"),
+    "cap": Code("P-CAP", PRIVATE_SCHEME, "Probability of community-acquired pneumonia"),
+    "normal": Code("P-NORMAL", PRIVATE_SCHEME, "Probability of no pneumonia"),
+}
+
 # Concept names.
 PROBABILITY = codes.DCM.Probability  # DCM 122157
 VOLUME_RATIO = codes.DCM.VolumeRatio  # DCM 113288, CID 7469: infected / lung volume, in %

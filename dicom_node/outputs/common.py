@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless
 
 from dicom_node import __version__
 from dicom_node.outputs import codes
@@ -30,6 +30,10 @@ from model.contract.uids import clean_uid, derived_uid
 SC_SLICE_MODES = ("lung", "key")
 LOSSLESS_TRANSFER_SYNTAXES = (str(ExplicitVRLittleEndian), str(RLELossless))
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
+# The multi-frame maps (SEG, Parametric Map) are mostly zeros: written deflated, they are a few
+# per cent of their raw size (the sender falls back to Explicit VR Little Endian for a peer that
+# does not take the deflated syntax).
+MAP_TRANSFER_SYNTAX_UID = DeflatedExplicitVRLittleEndian
 
 
 @dataclass(frozen=True)

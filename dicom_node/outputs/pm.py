@@ -1,23 +1,42 @@
 """The joint heatmap as a Parametric Map (highdicom ``ParametricMap``): what viewers fuse on the CT.
 
-One multi-frame instance in the CT's frame of reference: one frame per source slice, in the
-result's slice order (ascending along the slice normal), each at its slice's plane position and
-orientation, derived from it (Derivation Image Sequence). Every slice, also those without a
-score: OHIF 3.x places a map's frames on the CT by index and needs one per CT slice. The price
-is size: 4 bytes per CT voxel (a 300-slice 512 x 512 CT gives a 315 MB map), so destinations
-that do not fuse maps leave ``pm`` out of their outputs. Pixels are the heatmap values themselves, 32-bit
-float in 0-1 (Float Pixel Data), with an identity Real World Value Mapping (unit "1", range 0-1)
-and a window over that range. Body Part Examined CHEST, content qualification RESEARCH, the
-model's algorithm as contributing equipment.
+One multi-frame instance in the CT's frame of reference, one frame per CT slice, each at its
+slice's plane position and orientation and derived from it (Derivation Image Sequence), so a
+viewer that places frames by position puts each one on its slice.
+
+Frame order: ascending along the slice normal, cross(row direction, column direction) of the
+CT's Image Orientation (Patient); feet to head for an axial head-first CT, whatever the CT's
+instance numbers or file order. OHIF 3.13's Parametric Map loader copies the map's frames into
+the CT volume by frame index, ignoring their positions, and builds that volume in exactly this
+order (cornerstone's sortImageIdsAndGetSpacing); highdicom writes the frames the other way
+round, so they are put in this order after it. Both kinds of viewer then show the heat on the
+same slice.
+
+Every CT slice has a frame, also those without a score, at the CT's matrix size: OHIF needs the
+map's voxels to fill the CT volume one to one (it refuses another matrix size and copies frames
+by index).
+
+Pixels: the heatmap itself, 32-bit float in 0-1 (Float Pixel Data), in steps of 1/256 (the
+colour maps that draw it have 256 colours), with an identity Real World Value Mapping (unit "1",
+range 0-1) and a window over that range. OHIF 3.13 reads the stored values, not the mapping
+(it multiplies them by 100 and windows 0-100), so they must be the 0-1 score: an integer map is
+drawn all or nothing there.
+
+Size: the file is written in Deflated Explicit VR Little Endian (the one compression the standard
+defines for float pixels). Outside the lungs the map is zero and in them it is smooth, so the
+quantised map deflates to about 1 % of the CT's bytes (a dense map over the whole lungs to about
+3 %) instead of twice the CT. The sender offers the peer that transfer syntax and falls back to
+Explicit VR Little Endian for a peer that does not take it.
 
 Why float and no Palette Color LUT: highdicom allows a palette only with integer pixels, and an
 integer Parametric Map with the palette highdicom writes (and the ICC profile and Stored Value
 Color Range the palette asks for) is reported by dciodvfy 2022 as carrying palette attributes its
-Image Pixel Description rules forbid; viewers colour a map themselves (OHIF offers its colormaps
-when it fuses one), and the SC overlays carry the colours for PACS that only show pictures.
+Image Pixel Description rules forbid; viewers colour a map themselves (OHIF with its own colour
+map), and the SC overlays carry the colours and a colour bar for PACS that only show pictures.
 
-A result without a heatmap (``no_decision``) gets no Parametric Map. A multi-frame source: the
-frames derive from that instance's frames. Not for clinical use.
+Body Part Examined CHEST, content qualification RESEARCH, the model's algorithm as contributing
+equipment. A result without a heatmap (``no_decision``) gets no Parametric Map. A multi-frame
+source: the frames derive from that instance's frames. Not for clinical use.
 """
 
 from __future__ import annotations
@@ -25,11 +44,34 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, slice_orientation, slice_position, stamp
+from dicom_node.outputs.common import (
+    MAP_TRANSFER_SYNTAX_UID,
+    BuildContext,
+    SliceRef,
+    pixel_spacing,
+    slice_orientation,
+    slice_position,
+    stamp,
+)
+from model.inference.io import slice_normal
 
 LUT_LABEL = "AI_SCORE"
+# The map's values are multiples of 1/LEVELS: what a colour map shows, and what deflates well.
+LEVELS = 256
+
+
+def quantised_scores(heatmap: np.ndarray) -> np.ndarray:
+    """The heatmap as the map stores it: float32 in 0-1, NaN as 0, in steps of 1/LEVELS."""
+    scores = np.array(heatmap, dtype=np.float32)  # a copy: quantised in place
+    np.nan_to_num(scores, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(scores, 0.0, 1.0, out=scores)
+    np.multiply(scores, LEVELS, out=scores)
+    np.rint(scores, out=scores)
+    np.divide(scores, LEVELS, out=scores)
+    return scores
 
 
 def _real_world_value_mapping(ctx: BuildContext) -> hd.pm.RealWorldValueMapping:
@@ -74,7 +116,7 @@ def build_pm(ctx: BuildContext) -> list[Dataset]:
     heatmap = ctx.result.heatmap
     if heatmap is None:
         return []
-    scores = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    scores = quantised_scores(heatmap)
     slices = ctx.slices
     measures, orientation, positions = _plane_geometry(ctx, slices)
     # One source dataset per instance (a multi-frame source is one instance); plane positions
@@ -106,8 +148,30 @@ def build_pm(ctx: BuildContext) -> list[Dataset]:
     ctx.set_software_versions(pm)
     pm.BodyPartExamined = "CHEST"
     _fix_dimension_organization(pm, ctx.uid("pm", "dimension-organization"))
+    _order_frames_along_normal(pm)
+    pm.file_meta.TransferSyntaxUID = MAP_TRANSFER_SYNTAX_UID
     stamp(pm, ctx.created)
     return [pm]
+
+
+def _order_frames_along_normal(pm: Dataset) -> None:
+    """Put the frames in ascending order along the slice normal, cross(row, column direction):
+    the order in which OHIF (cornerstone) builds the CT volume. Each frame keeps its functional
+    groups; the dimension index values follow the frame numbers."""
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    normal = slice_normal([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
+    frames = pm.PerFrameFunctionalGroupsSequence
+    along = [float(np.dot(normal, [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])) for f in frames]
+    order = np.argsort(along, kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return
+    size = int(pm.Rows) * int(pm.Columns)
+    pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(frames), size)
+    pm.FloatPixelData = pixels[order].tobytes()
+    items = [frames[int(i)] for i in order]
+    for number, item in enumerate(items, start=1):
+        item.FrameContentSequence[0].DimensionIndexValues = number
+    pm.PerFrameFunctionalGroupsSequence = Sequence(items)
 
 
 def _fix_dimension_organization(pm: Dataset, uid: str) -> None:

@@ -8,6 +8,9 @@ SEG (an empty segmentation says nothing that the SR does not).
 
 Single-frame sources: the SEG references the source slices that carry a segment. A multi-frame
 source instance: the SEG's frames reference that instance's frames.
+
+Written in Deflated Explicit VR Little Endian (``MAP_TRANSFER_SYNTAX_UID``): the bit-packed
+frames are mostly zeros.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs import codes
-from dicom_node.outputs.common import BuildContext, stamp
+from dicom_node.outputs.common import MAP_TRANSFER_SYNTAX_UID, BuildContext, stamp
 
 
 def _segment_descriptions(ctx: BuildContext) -> list[hd.seg.SegmentDescription]:
@@ -92,5 +95,6 @@ def build_seg(ctx: BuildContext) -> list[Dataset]:
     )
     ctx.set_software_versions(seg)
     _fix_dimension_organization(seg, ctx.uid("seg", "dimension-organization"))
+    seg.file_meta.TransferSyntaxUID = MAP_TRANSFER_SYNTAX_UID
     stamp(seg, ctx.created)
     return [seg]

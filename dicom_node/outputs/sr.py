@@ -9,18 +9,19 @@ Content tree (PS3.16 names)::
       Imaging Measurements
         TID 1501 image-level group "Series classification": finding (COVID-19 / community
             acquired pneumonia / pneumonia), finding site lung, TID 4019 algorithm, the three
-            class probabilities (DCM 122157 "Probability", UCUM "1", each labelled with TID 300
-            "Equivalent Meaning of Concept Name"), lung involvement (DCM 113288 "Volume Ratio",
-            UCUM "%"), each measurement INFERRED FROM a SCOORD (TID 300 / TID 320): the box
+            class probabilities, each its own concept (the node's codes "Probability of
+            COVID-19", ..., scheme 99COVIDCT) in UCUM "%", lung involvement (DCM 113288 "Volume
+            Ratio", UCUM "%", with its TID 300 "Equivalent Meaning of Concept Name"; only with a
+            region), each measurement INFERRED FROM a SCOORD (TID 300 / TID 320): the box
             around the lungs on the first key slice, the qualitative evaluation finding =
             present / absent / indeterminate, the source images (the lung slices)
         per suspected-infection region, one finding in two groups that share its tracking
         identifier and UID (the SEG segment's TrackingUID):
           TID 1411 volumetric ROI group: the SEG segment, its source images, volume, finding,
-              finding site lung, TID 4019 algorithm under the measurement
+              TID 4019 algorithm and finding site lung under the measurement
           TID 1410 planar ROI group: the region's outline on its key slice (the slice where it
               is largest) as a closed SCOORD POLYLINE on that CT image, its area there, finding,
-              finding site lung, TID 4019 algorithm under the measurement
+              TID 4019 algorithm and finding site lung under the measurement
       Qualitative Evaluations (TID 1500 row 12): the decision as a code, the decision and reason
           as text, and the "not for clinical use" statement
 
@@ -28,6 +29,12 @@ Why every group of Imaging Measurements carries spatial coordinates: viewers (OH
 them) list a TID 1500 report's measurement groups as measurements that jump to their image, and
 take a group without SCOORD/SCOORD3D for an error. The classification's box says which slice to
 look at; the planar groups draw each finding on the CT.
+
+What a viewer prints, and so how the numbers are coded: OHIF 3.13 labels each number with its
+concept's meaning, its value to two decimals and its unit's code ("Probability: 0.99 1"), prints
+a value of 0 as nothing, and a group-level finding site of a region as "363698007: Lung". Hence
+one concept per class probability, per cent, no zero-valued number (a zero involvement is left
+to the impression text), and the regions' finding site under each measurement (TID 300 row 4).
 
 ``no_decision``: no probabilities the model stands behind, so nothing to measure and no
 Imaging Measurements container (TID 1500 asks for one of rows 6, 10 or 12); the decision,
@@ -38,6 +45,7 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage
@@ -51,19 +59,21 @@ from model.contract.result import CLASSES
 RelationshipType = hd.sr.RelationshipTypeValues
 
 
+def percent(value: float) -> float:
+    """A 0-1 value in per cent, to four significant digits (a tiny probability stays non-zero:
+    viewers print a zero as an empty value)."""
+    return float(f"{100.0 * float(value):.4g}")
+
+
 def _probability(value: float, class_name: str, where: hd.sr.CoordinatesForMeasurement) -> hd.sr.Measurement:
-    """TID 300 Measurement "Probability" with TID 300 row 16 Equivalent Meaning of Concept Name
-    saying which class (three measurements share the concept name)."""
-    measurement = hd.sr.Measurement(
-        name=codes.PROBABILITY, value=round(float(value), 6), unit=codes.UNITLESS, referenced_coordinates=[where]
+    """TID 300 Measurement "Probability of <class>" (the node's code for the class) in per cent,
+    so that a viewer that prints a measurement's concept, value and unit says which class it is."""
+    return hd.sr.Measurement(
+        name=codes.CLASS_PROBABILITIES[class_name],
+        value=percent(value),
+        unit=codes.PERCENT,
+        referenced_coordinates=[where],
     )
-    meaning = hd.sr.TextContentItem(
-        name=codes.EQUIVALENT_MEANING,
-        value=f"Probability of {class_name}",
-        relationship_type=RelationshipType.HAS_CONCEPT_MOD,
-    )
-    measurement[0].ContentSequence.insert(0, meaning)
-    return measurement
 
 
 def _source_for_region(s: SliceRef) -> hd.sr.SourceImageForRegion:
@@ -129,10 +139,10 @@ def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEva
     measurements = []
     if result.decision != "no_decision":
         for c in CLASSES:
-            measurements.append(
-                _probability(result.probabilities.get(c, 0.0), codes.CLASS_NAMES[c], _classification_coordinates(ctx))
-            )
-        if result.lung_involvement_percent is not None:
+            measurements.append(_probability(result.probabilities.get(c, 0.0), c, _classification_coordinates(ctx)))
+        # No suspected infection: no involvement to measure (the impression says 0 %); viewers
+        # would print a zero as an empty value.
+        if result.lung_involvement_percent:
             involvement = hd.sr.Measurement(
                 name=codes.VOLUME_RATIO,
                 value=round(float(result.lung_involvement_percent), 3),
@@ -187,6 +197,7 @@ def _region_groups(ctx: BuildContext) -> list[hd.sr.VolumetricROIMeasurementsAnd
             value=round(segment.volume_ml, 3),
             unit=codes.CUBIC_CENTIMETER,
             algorithm_id=ctx.sr_algorithm(),
+            finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
         )
         referenced_segment = hd.sr.ReferencedSegment(
             sop_class_uid=SegmentationStorage,
@@ -199,7 +210,6 @@ def _region_groups(ctx: BuildContext) -> list[hd.sr.VolumetricROIMeasurementsAnd
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
                 referenced_segment=referenced_segment,
                 finding_type=finding,
-                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
                 measurements=[volume],
             )
         )
@@ -224,7 +234,11 @@ def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQual
             area = polygon_area(points, (spacing[0], spacing[1]))
             measurements.append(
                 hd.sr.Measurement(
-                    name=codes.AREA, value=round(area, 3), unit=codes.SQUARE_MILLIMETER, algorithm_id=ctx.sr_algorithm()
+                    name=codes.AREA,
+                    value=round(area, 3),
+                    unit=codes.SQUARE_MILLIMETER,
+                    algorithm_id=ctx.sr_algorithm(),
+                    finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
                 )
             )
         region = hd.sr.ImageRegion(
@@ -235,7 +249,6 @@ def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQual
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
                 referenced_region=region,
                 finding_type=finding,
-                finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
                 measurements=measurements or None,
             )
         )
@@ -353,5 +366,13 @@ def build_sr(ctx: BuildContext) -> Dataset:
         manufacturer_model_name=ctx.model_name,
     )
     ctx.set_software_versions(sr)
+    if ctx.result.decision != "no_decision":  # the probabilities use the node's own codes
+        sr.CodingSchemeIdentificationSequence = [
+            CodingSchemeIdentificationItem(
+                designator=codes.PRIVATE_SCHEME,
+                name=codes.PRIVATE_SCHEME_NAME,
+                responsible_organization=ctx.options.manufacturer,
+            )
+        ]
     stamp(sr, ctx.created)
     return sr

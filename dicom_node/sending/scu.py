@@ -3,7 +3,8 @@
 One call of :func:`send_files` is one batch over one association, opened and released here, so an
 association is never shared between threads. Each output SOP class present in the batch is
 requested explicitly with Explicit and Implicit VR Little Endian (and, in its own presentation
-context, the file's transfer syntax when that is another one, e.g. RLE Lossless).
+context, the file's transfer syntax when that is another one, e.g. RLE Lossless or Deflated Explicit
+VR Little Endian; a peer that takes only the uncompressed ones gets the object uncompressed).
 
 Every answer is classified (the Conformance Statement, docs/conformance.md 4.2.2, lists the same):
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pydicom
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
@@ -159,12 +160,15 @@ def _accepted(assoc: Any, info: _FileInfo) -> tuple[bool, bool]:
 
 
 def _dataset_for(info: _FileInfo, own: bool) -> Path | pydicom.Dataset:
-    """The file itself, or, when the peer took only uncompressed contexts for a compressed file,
-    its decompressed data set (lossless: the pixel values are the same)."""
+    """The file itself, or, when the peer took only uncompressed contexts for a compressed or
+    deflated file, its data set to be sent uncompressed (lossless: the values are the same)."""
     if own or info.transfer_syntax_uid in UNCOMPRESSED:
         return info.path
-    ds = pydicom.dcmread(info.path)
-    ds.decompress()
+    ds = pydicom.dcmread(info.path)  # a deflated file is inflated as it is read
+    if info.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    else:
+        ds.decompress()
     return ds
 
 

@@ -175,3 +175,16 @@ def test_sources_from_model_io_volume(covid: Case) -> None:
     assert _bytes(out["kos"][0]) == _bytes(covid.outputs["kos"][0])
     # Metadata only: the datasets carry no pixel data.
     assert all("PixelData" not in ds for ds in sources.datasets.values())
+
+
+def test_all_results_together_are_at_most_a_quarter_of_the_ct(covid: Case) -> None:
+    """Objects sized for what they say, with the node's default settings (SC of the key slices):
+    the SR, key-slice SC, SEG, KOS and Parametric Map together as written, against the CT's files.
+    The float map alone would be twice the CT; deflated it is a few per cent."""
+    out = build_outputs(
+        covid.result, covid.sources, options=dataclasses.replace(OutputOptions(created=CREATED), sc_slices="key")
+    )
+    sizes = {kind: sum(len(_bytes(ds)) for ds in objects) for kind, objects in out.items()}
+    ct = sum(path.stat().st_size for path in covid.paths)
+    assert sum(sizes.values()) <= 0.25 * ct, {kind: f"{100 * size / ct:.1f} %" for kind, size in sizes.items()}
+    assert sizes["pm"] <= 0.05 * ct and sizes["seg"] <= 0.05 * ct, sizes

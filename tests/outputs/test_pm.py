@@ -3,19 +3,27 @@
 Covers: one instance per result with a heatmap (none for no decision); SOP class, series,
 description, body part; the CT's frame of reference; one frame per CT slice at that slice's
 position and orientation, derived from it (Referenced Frame Number for a multi-frame source);
-the pixel values (32-bit float) equal to the heatmap; the identity real-world value mapping (unit
-"1", range 0-1) and the window; determinism of the bytes.
+the frames in ascending order along cross(row, column direction), the order of OHIF's CT volume,
+whatever the source's instance or frame order; the pixel values (32-bit float) equal to the
+heatmap within its 1/256 steps; the identity real-world value mapping (unit "1", range 0-1) and
+the window; the file deflated and its size against the CT's; determinism of the bytes.
 Not covered: validation by external tools (test_validators.py), fusion in a viewer (tests/viewer).
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
-from pydicom.uid import ParametricMapStorage
+from pydicom.dataset import Dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ParametricMapStorage
 
 from dicom_node.outputs.build import build_outputs
-from dicom_node.outputs.common import OutputOptions
+from dicom_node.outputs.common import OutputOptions, SourceSeries
+from dicom_node.outputs.pm import LEVELS
 from tests.outputs.conftest import CREATED, Case
 
 
@@ -33,8 +41,8 @@ def test_one_parametric_map_on_the_ct_frame_of_reference(covid: Case) -> None:
 
 
 def frame_slices(case: Case) -> list[int]:
-    """For each frame of the map, the index of the CT slice at its position (highdicom orders the
-    frames along the slice normal; every frame's position says where it is)."""
+    """For each frame of the map, the index of the CT slice at its position (every frame's
+    position says where it is)."""
     (pm,) = case.outputs["pm"]
     normal = np.cross(
         *np.reshape(
@@ -80,12 +88,56 @@ def test_a_frame_per_ct_slice_at_its_position_derived_from_it(covid: Case) -> No
         assert source.ReferencedSOPInstanceUID == uids[i]
 
 
+def along_normal(pm: Dataset) -> list[float]:
+    """Each frame's position along cross(row direction, column direction), in frame order."""
+    orientation = pm.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    normal = np.cross(*np.reshape([float(v) for v in orientation], (2, 3)))
+    return [
+        float(np.dot(normal, [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient]))
+        for f in pm.PerFrameFunctionalGroupsSequence
+    ]
+
+
+@pytest.mark.parametrize("name", ["covid", "multiframe"])
+def test_frames_run_in_the_order_of_the_viewers_volume(name: str, request: pytest.FixtureRequest) -> None:
+    """OHIF 3.13 copies frame k of the map onto slice k of its CT volume, which it sorts ascending
+    along cross(row, column direction): the map's frames must run the same way (the test series
+    numbers its instances and frames against that order, so nothing here follows them)."""
+    case: Case = request.getfixturevalue(name)
+    (pm,) = case.outputs["pm"]
+    along = along_normal(pm)
+    assert along == sorted(along) and len(set(along)) == len(along)
+    assert frame_slices(case) == list(range(len(case.result.sop_instance_uids)))
+    values = [int(f.FrameContentSequence[0].DimensionIndexValues) for f in pm.PerFrameFunctionalGroupsSequence]
+    assert values == list(range(1, len(values) + 1))
+
+
+def test_a_feet_first_ct_gets_its_frames_head_to_feet(covid: Case) -> None:
+    """The order is the normal's, not the patient's axis: a CT whose rows run right to left
+    (normal towards the feet) gets its map's frames from the head down."""
+    flipped = {}
+    for uid, ds in covid.sources.datasets.items():
+        copy = deepcopy(ds)
+        orientation = [float(v) for v in ds.ImageOrientationPatient]
+        copy.ImageOrientationPatient = [-orientation[0], *orientation[1:]]
+        flipped[uid] = copy
+    sources = SourceSeries(datasets=flipped, hu=covid.sources.hu)
+    (pm,) = build_outputs(covid.result, sources, kinds=["pm"], options=OutputOptions(created=CREATED))["pm"]
+    along = along_normal(pm)
+    assert along == sorted(along)
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in pm.PerFrameFunctionalGroupsSequence]
+    assert z == sorted(z, reverse=True)
+
+
 def test_pixels_are_the_heatmap_with_an_identity_real_world_value_mapping(covid: Case) -> None:
     (pm,) = covid.outputs["pm"]
     assert "FloatPixelData" in pm and "PixelData" not in pm
     values = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(int(pm.NumberOfFrames), pm.Rows, pm.Columns)
     assert covid.result.heatmap is not None
-    np.testing.assert_allclose(values, covid.result.heatmap[frame_slices(covid)], atol=1e-7)
+    expected = covid.result.heatmap[frame_slices(covid)]
+    np.testing.assert_allclose(values, expected, atol=0.5 / LEVELS + 1e-7)
+    np.testing.assert_array_equal(values * LEVELS, np.rint(values * LEVELS))  # steps of 1/256
+    assert values.max() == pytest.approx(expected.max(), abs=0.5 / LEVELS)
     shared = pm.SharedFunctionalGroupsSequence[0]
     mapping = shared.RealWorldValueMappingSequence[0]
     assert (float(mapping.RealWorldValueSlope), float(mapping.RealWorldValueIntercept)) == (1.0, 0.0)
@@ -105,6 +157,21 @@ def test_a_multiframe_source_is_referenced_by_frame(multiframe: Case) -> None:
     for frame, i in zip(pm.PerFrameFunctionalGroupsSequence, frame_slices(multiframe)):
         source = frame.DerivationImageSequence[0].SourceImageSequence[0]
         assert int(source.ReferencedFrameNumber) == frames[i]
+
+
+def test_written_deflated_at_a_fraction_of_the_ct(covid: Case, tmp_path: Path) -> None:
+    """The map as the node writes and sends it: Deflated Explicit VR Little Endian, a few per cent
+    of the CT's bytes (the float frames alone are twice the CT), and read back unchanged."""
+    (pm,) = build_outputs(covid.result, covid.sources, kinds=["pm"], options=OutputOptions(created=CREATED))["pm"]
+    assert pm.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    path = tmp_path / "pm.dcm"
+    pydicom.dcmwrite(path, pm, enforce_file_format=True)
+    ct_bytes = sum(p.stat().st_size for p in covid.paths)
+    raw = len(pm.FloatPixelData)
+    assert raw > 1.9 * ct_bytes
+    assert path.stat().st_size < 0.05 * ct_bytes, (path.stat().st_size, ct_bytes)
+    back = pydicom.dcmread(path)
+    assert back.FloatPixelData == pm.FloatPixelData
 
 
 def test_no_parametric_map_without_a_heatmap(no_decision: Case, normal: Case) -> None:

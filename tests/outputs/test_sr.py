@@ -2,11 +2,12 @@
 and of a no-decision result, read back item by item.
 
 Covers: document flags, device observer and its Device UID rule, procedure reported, the
-image-level group (finding, site, algorithm, probabilities, involvement, the box on the key slice
-they are inferred from, qualitative evaluation, source images), region groups (a TID 1411 and a
-TID 1410 group per region sharing the tracking UID = SEG TrackingUID; referenced segment, source
-images, volume, algorithm under the measurement; the outline on the region's key slice and its
-area), every group having spatial coordinates (what viewers list), the readable decision and "not
+image-level group (finding, site, algorithm, one "Probability of <class>" per class in per cent,
+involvement, the box on the key slice they are inferred from, qualitative evaluation, source
+images), region groups (a TID 1411 and a TID 1410 group per region sharing the tracking UID = SEG
+TrackingUID; referenced segment, source images, volume, algorithm and finding site under the
+measurement; the outline on the region's key slice and its area), no zero-valued number (a
+viewer prints it empty), every group having spatial coordinates (what viewers list), the readable decision and "not
 for clinical use" text, no Imaging Measurements without a decision, evidence and contributing
 equipment.
 Not covered: validation by external tools (test_validators.py), multi-frame references
@@ -61,6 +62,15 @@ def groups(sr: Dataset) -> list[Dataset]:
     return children(child(sr, "126010"), "125007")
 
 
+def probability_items(group: Dataset) -> list[Dataset]:
+    """The class probabilities: NUM items named by the node's own "Probability of <class>" codes."""
+    return [
+        c
+        for c in children(group)
+        if c.ValueType == "NUM" and c.ConceptNameCodeSequence[0].CodeMeaning.startswith("Probability of ")
+    ]
+
+
 def template(group: Dataset) -> str:
     return str(group.ContentTemplateSequence[0].TemplateIdentifier)
 
@@ -110,20 +120,28 @@ def test_image_level_group(covid: Case) -> None:
     assert code(child(group, "363698007")) == ("39607008", "SCT")  # finding site: lung
     assert texts(group, "111001") == [result.model.name]
     assert texts(group, "111003") == [result.model.version]
-    # The three class probabilities, each named by its Equivalent Meaning.
+    # The three class probabilities, each its own concept (what a viewer prints), in per cent.
     probabilities = {}
-    for num in children(group, "122157"):
-        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "1"
-        meaning = child(num, "121050").TextValue
-        probabilities[meaning] = float(num.MeasuredValueSequence[0].NumericValue)
-    assert list(probabilities) == ["Probability of COVID-19", "Probability of CAP", "Probability of non-pneumonia"]
+    for num in probability_items(group):
+        assert num.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
+        name = num.ConceptNameCodeSequence[0]
+        assert name.CodingSchemeDesignator == "99COVIDCT"
+        probabilities[name.CodeMeaning] = float(num.MeasuredValueSequence[0].NumericValue)
+    assert list(probabilities) == [
+        "Probability of COVID-19",
+        "Probability of community-acquired pneumonia",
+        "Probability of no pneumonia",
+    ]
     assert probabilities == pytest.approx(
         {
-            "Probability of COVID-19": result.probabilities["covid"],
-            "Probability of CAP": result.probabilities["cap"],
-            "Probability of non-pneumonia": result.probabilities["normal"],
-        }
+            "Probability of COVID-19": 100 * result.probabilities["covid"],
+            "Probability of community-acquired pneumonia": 100 * result.probabilities["cap"],
+            "Probability of no pneumonia": 100 * result.probabilities["normal"],
+        },
+        rel=1e-3,
     )
+    (scheme,) = sr.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == "99COVIDCT" and scheme.CodingSchemeName
     involvement = child(group, "113288")
     assert involvement.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "%"
     assert float(involvement.MeasuredValueSequence[0].NumericValue) == pytest.approx(
@@ -150,7 +168,7 @@ def test_classification_measurements_are_inferred_from_the_lungs_on_the_first_ke
     expected_box = [float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.min()),
                     float(xs.max()) + 1, float(ys.max()) + 1, float(xs.min()), float(ys.max()) + 1,
                     float(xs.min()), float(ys.min())]  # fmt: skip
-    numbers = children(group, "122157") + children(group, "113288")
+    numbers = probability_items(group) + children(group, "113288")
     assert len(numbers) == 4
     for num in numbers:
         (scoord,) = [c for c in children(num) if c.ValueType == "SCOORD"]
@@ -191,6 +209,7 @@ def test_region_groups_reference_the_seg_segments(covid: Case) -> None:
         # TID 4019 under the measurement (TID 1419 row 20), not on the group.
         assert texts(volume, "111001") == [result.model.name]
         assert children(group, "111001") == []
+        assert code(child(volume, "363698007")) == ("39607008", "SCT") and children(group, "363698007") == []
 
 
 def test_planar_groups_outline_each_region_on_its_largest_slice(covid: Case) -> None:
@@ -218,7 +237,10 @@ def test_planar_groups_outline_each_region_on_its_largest_slice(covid: Case) -> 
         assert 0.6 * pixels_mm2 < float(area.MeasuredValueSequence[0].NumericValue) <= pixels_mm2
         assert texts(area, "111001") == [result.model.name]
         assert code(child(group, "121071")) == ("840539006", "SCT")
-        assert code(child(group, "363698007")) == ("39607008", "SCT")
+        # The site belongs to each measurement (TID 300), not to the group: viewers print a
+        # group's finding site as its raw code ("363698007: Lung").
+        assert children(group, "363698007") == []
+        assert code(child(area, "363698007")) == ("39607008", "SCT")
 
 
 def test_every_finding_has_spatial_coordinates(covid: Case, normal: Case) -> None:
@@ -284,7 +306,12 @@ def test_normal_result(normal: Case) -> None:
     group = groups(sr)[0]
     assert code(child(group, "121071")) == ("233604007", "SCT")  # pneumonia ...
     assert code(child(group, "233604007")) == ("272519000", "SCT")  # ... absent
-    assert len(children(group, "122157")) == 3
+    assert len(probability_items(group)) == 3
+    # No region, no involvement to measure: no zero that a viewer would print as an empty value.
+    assert children(group, "113288") == []
+    for num in walk(group):
+        if num.get("ValueType") == "NUM":
+            assert float(num.MeasuredValueSequence[0].NumericValue) != 0.0
     assert "CurrentRequestedProcedureEvidenceSequence" in sr
     assert len(sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence) == 1  # no SEG referenced
 
@@ -328,7 +355,7 @@ def test_indeterminate_is_reported_as_such(indeterminate: Case) -> None:
     group = groups(sr)[0]
     assert code(child(group, "121071")) == ("233604007", "SCT")  # pneumonia ...
     assert code(child(group, "233604007")) == ("82334004", "SCT")  # ... indeterminate
-    assert len(children(group, "122157")) == 3  # the probabilities are still there
+    assert len(probability_items(group)) == 3  # the probabilities are still there
     assert texts(group, "112039") == ["Series classification: indeterminate (low confidence)"]
     assert "low confidence" in child(child(sr, "C0034375"), "121073").TextValue
     assert label_lines(indeterminate.result)[0] == "AI: indeterminate (low confidence)"

@@ -23,7 +23,12 @@ from tests.outputs import validators as v
 
 pytestmark = pytest.mark.services  # dciodvfy, pixelmed (a JVM), dsrdump
 
-DCIODVFY_KNOWN = (v.DCIODVFY_CONTRIBUTING_DEVICE_UID, v.DCIODVFY_PARAMETRIC_MAP_QUANTITY, v.DCIODVFY_SC_IMAGE_PLANE)
+DCIODVFY_KNOWN = (
+    v.DCIODVFY_CONTRIBUTING_DEVICE_UID,
+    v.DCIODVFY_PARAMETRIC_MAP_QUANTITY,
+    v.DCIODVFY_SC_IMAGE_PLANE,
+    v.DCIODVFY_PRIVATE_CODING_SCHEME,
+)
 
 
 def test_dciodvfy_reports_no_error_on_any_object(written: dict[str, Path]) -> None:
@@ -35,6 +40,11 @@ def test_dciodvfy_reports_no_error_on_any_object(written: dict[str, Path]) -> No
             assert v.explained_by(messages, v.DCIODVFY_PARAMETRIC_MAP_QUANTITY) == [], (name, messages)
         if "_sc" not in name:
             assert v.explained_by(messages, v.DCIODVFY_SC_IMAGE_PLANE) == [], (name, messages)
+        private = v.explained_by(messages, v.DCIODVFY_PRIVATE_CODING_SCHEME)
+        if name.endswith("_sr") and name != "no_decision_sr":
+            assert len(private) == 4, (name, messages)  # three probability codes and the scheme's identification
+        else:
+            assert private == [], (name, messages)
 
 
 def test_dciodvfy_device_uid_warning_is_the_only_warning_and_only_for_the_contributing_equipment(

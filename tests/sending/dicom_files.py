@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
     Comprehensive3DSRStorage,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     KeyObjectSelectionDocumentStorage,
     ParametricMapStorage,
@@ -30,8 +31,9 @@ OUTPUT_SOP_CLASSES = {
 }
 
 
-def write_object(folder: Path, sop_class: UID, name: str, *, rle: bool = False) -> Path:
-    """One small object; an 8x8 RGB image for secondary capture (RLE Lossless when ``rle``)."""
+def write_object(folder: Path, sop_class: UID, name: str, *, rle: bool = False, deflate: bool = False) -> Path:
+    """One small object; an 8x8 RGB image for secondary capture (RLE Lossless when ``rle``); the
+    file in Deflated Explicit VR Little Endian when ``deflate`` (as the node writes SEG and map)."""
     folder.mkdir(parents=True, exist_ok=True)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -54,6 +56,8 @@ def write_object(folder: Path, sop_class: UID, name: str, *, rle: bool = False) 
         ds.PixelData = (np.arange(8 * 8 * 3, dtype=np.uint8)).tobytes()
         if rle:
             ds.compress(RLELossless)
+    if deflate:
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     path = folder / f"{name}.dcm"
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path

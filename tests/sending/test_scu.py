@@ -6,8 +6,8 @@ no listener (retriable), a peer that takes the connection but does not answer th
 request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a
 peer that accepts no presentation context, one association per batch, the requested contexts (each
 SOP class with explicit and implicit little endian), and a compressed file sent as is or
-decompressed when the peer takes only uncompressed syntaxes. Does not cover TLS (no certificate
-authority here) or DCMTK/Orthanc as the peer (tests/e2e).
+decompressed (a deflated one inflated) when the peer takes only uncompressed syntaxes. Does not
+cover TLS (no certificate authority here) or DCMTK/Orthanc as the peer (tests/e2e).
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from typing import Any, Iterator
 
 import pydicom
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pynetdicom import AE
 
 from dicom_node.dicom_answers import Status
@@ -184,6 +190,23 @@ def test_compressed_file_sent_as_is_or_decompressed(tmp_path: Path) -> None:
         uncompressed_only.stop()
     assert takes_rle.received[0][1] == RLELossless
     assert uncompressed_only.received[0][1] in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def test_deflated_file_sent_as_is_or_inflated(tmp_path: Path) -> None:
+    """The node writes SEG and Parametric Map deflated: a peer that takes that syntax gets them so,
+    another one gets the same data set in a little-endian syntax it took."""
+    path = write_object(tmp_path, OUTPUT_SOP_CLASSES["pm"], "deflated", deflate=True)
+    takes_deflate = Scp(syntaxes=[DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian]).start()
+    uncompressed_only = Scp().start()
+    try:
+        assert _send([path], takes_deflate.peer).outcome is Outcome.SUCCESS
+        assert _send([path], uncompressed_only.peer).outcome is Outcome.SUCCESS
+    finally:
+        takes_deflate.stop()
+        uncompressed_only.stop()
+    assert takes_deflate.received[0][1] == DeflatedExplicitVRLittleEndian
+    assert uncompressed_only.received[0][1] in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    assert takes_deflate.received[0][0] == uncompressed_only.received[0][0]
 
 
 def test_progress_is_reported_after_each_stored_object(scp: Scp, files: list[Path]) -> None:
