@@ -178,35 +178,25 @@ def test_no_response_ends_the_batch_as_retriable(scp: Scp, files: list[Path]) ->
     assert all(o.outcome is Outcome.RETRIABLE for o in result.objects)
 
 
-def test_compressed_file_sent_as_is_or_decompressed(tmp_path: Path) -> None:
-    path = write_object(tmp_path, OUTPUT_SOP_CLASSES["sc"], "rle", rle=True)
-    takes_rle = Scp(syntaxes=[RLELossless, ExplicitVRLittleEndian]).start()
+@pytest.mark.parametrize(
+    ("kind", "syntax"),
+    [("sc", RLELossless), ("pm", DeflatedExplicitVRLittleEndian)],  # an RLE overlay; a deflated map (SEG, PM)
+)
+def test_compressed_file_sent_as_is_or_decompressed(tmp_path: Path, kind: str, syntax: str) -> None:
+    """A peer that takes the file's syntax gets the file so; another one gets the same data set,
+    decompressed or inflated, in a little-endian syntax it took."""
+    rle, deflate = syntax == RLELossless, syntax == DeflatedExplicitVRLittleEndian
+    path = write_object(tmp_path, OUTPUT_SOP_CLASSES[kind], kind, rle=rle, deflate=deflate)
+    takes_it = Scp(syntaxes=[syntax, ExplicitVRLittleEndian]).start()
     uncompressed_only = Scp().start()
     try:
-        assert _send([path], takes_rle.peer).outcome is Outcome.SUCCESS
+        assert _send([path], takes_it.peer).outcome is Outcome.SUCCESS
         assert _send([path], uncompressed_only.peer).outcome is Outcome.SUCCESS
     finally:
-        takes_rle.stop()
+        takes_it.stop()
         uncompressed_only.stop()
-    assert takes_rle.received[0][1] == RLELossless
+    assert takes_it.received[0][1] == syntax
     assert uncompressed_only.received[0][1] in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-def test_deflated_file_sent_as_is_or_inflated(tmp_path: Path) -> None:
-    """The node writes SEG and Parametric Map deflated: a peer that takes that syntax gets them so,
-    another one gets the same data set in a little-endian syntax it took."""
-    path = write_object(tmp_path, OUTPUT_SOP_CLASSES["pm"], "deflated", deflate=True)
-    takes_deflate = Scp(syntaxes=[DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian]).start()
-    uncompressed_only = Scp().start()
-    try:
-        assert _send([path], takes_deflate.peer).outcome is Outcome.SUCCESS
-        assert _send([path], uncompressed_only.peer).outcome is Outcome.SUCCESS
-    finally:
-        takes_deflate.stop()
-        uncompressed_only.stop()
-    assert takes_deflate.received[0][1] == DeflatedExplicitVRLittleEndian
-    assert uncompressed_only.received[0][1] in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-    assert takes_deflate.received[0][0] == uncompressed_only.received[0][0]
 
 
 def test_progress_is_reported_after_each_stored_object(scp: Scp, files: list[Path]) -> None:
