@@ -7,8 +7,9 @@ FastAPI) inside its handlers, so ``dicom-node ae list`` stays fast.
 
 A failure a person can fix (a bad setting or database URL, a server that does not answer, a port
 in use, missing weights, an input that is not a CT series) ends the command with one line that
-says what to do, and exit status 2 (:func:`explain` below); ``-v`` shows the
-traceback instead. Anything else is a bug and keeps its traceback.
+says what to do, and exit status 2: the node's errors of a kind (dicom_node.errors) say it
+themselves, :func:`explain` words the few foreign ones (SQLAlchemy's, the model's); ``-v`` shows
+the traceback instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +25,8 @@ from sqlalchemy.exc import OperationalError
 from dicom_node import __version__
 from dicom_node.admin import cli as admin_cli
 from dicom_node.commands import aes, database, run, series_jobs, viewer
-from dicom_node.commands.common import CommandError
-from dicom_node.configuration import ConfigError
-from dicom_node.db import DatabaseUnavailable, DatabaseURLError
-from dicom_node.settings import CONFIG_ENV, ENV_PREFIX, SettingsError
+from dicom_node.errors import NodeError
+from dicom_node.settings import CONFIG_ENV, ENV_PREFIX
 from model import cli as model_cli
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 from model.phantoms import cli as phantom_cli
@@ -49,22 +48,22 @@ every command has its own help and an example: dicom-node COMMAND --help
 """
 
 
-def explain(exc: BaseException) -> str | None:
-    """The one line for a failure a person can fix, or None for a bug (which keeps its traceback)."""
-    if isinstance(exc, (CommandError, DatabaseURLError, DatabaseUnavailable)):
-        return str(exc)
-    if isinstance(exc, SettingsError):
-        return "invalid settings: " + "; ".join(str(exc).splitlines())
-    if isinstance(exc, ConfigError):
-        return f"refused: {exc}"
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit status for a failure a person can fix, or None for a bug (which keeps
+    its traceback)."""
+    if isinstance(exc, NodeError):
+        return None if exc.exit_status is None else (exc.one_line(), exc.exit_status)
+    message = _foreign(exc)
+    return None if message is None else (message, 2)
+
+
+def _foreign(exc: BaseException) -> str | None:
+    """The one line for an error of a library or of the model (which knows nothing of the node)."""
     if isinstance(exc, OperationalError):
         reason = next((line.strip() for line in str(exc.orig).splitlines() if line.strip()), type(exc.orig).__name__)
         return f"the database stopped answering: {reason}; is it running? (run with -v for the details)"
-    # Imported by the commands that need them (Celery, torch, pydicom): such an error can come
-    # only from a module that is loaded.
-    broker = sys.modules.get("worker.celery_app")
-    if broker is not None and isinstance(exc, broker.BrokerUnavailable):
-        return str(exc)
+    # Imported by the commands that need them (torch, pydicom): such an error can come only from a
+    # module that is loaded.
     weights = sys.modules.get("model.inference.weights")
     if weights is not None and isinstance(exc, weights.WeightsError):
         return (
@@ -110,11 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        message = explain(exc)
-        if message is None or args.verbose:
+        known = explain(exc)
+        if known is None or args.verbose:
             raise  # a bug, or asked for: the traceback
+        message, status = known
         print(f"dicom-node: {message}", file=sys.stderr)
-        return 2
+        return status
 
 
 if __name__ == "__main__":

@@ -21,20 +21,12 @@ from sqlalchemy.orm import RelationshipProperty, Session
 
 from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
+from dicom_node.errors import Refused
 from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import CompletionSettings
 from dicom_node.validation import AETitle, Host, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
-
-
-class ConfigError(ValueError):
-    """A refused change; ``field`` names what is wrong (None for the whole object)."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        super().__init__(f"{field}: {reason}" if field else reason)
-        self.field = field
-        self.reason = reason
 
 
 def _sop_classes(value: list[str]) -> list[str]:
@@ -135,13 +127,13 @@ class DestinationPatch(BaseModel):
 
 
 def parse(schema: type[BaseModel], data: dict[str, Any]) -> Any:
-    """Validate ``data``; raise ConfigError naming the first bad field."""
+    """Validate ``data``; raise Refused naming the first bad field."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
-        raise ConfigError(field, err["msg"].removeprefix("Value error, ")) from None
+        raise Refused(field, err["msg"].removeprefix("Value error, ")) from None
 
 
 # --- serialisation -------------------------------------------------------------------------
@@ -196,7 +188,7 @@ def _destinations(session: Session, titles: list[str]) -> list[Destination]:
     for title in titles:
         row = session.scalar(select(Destination).where(Destination.title == title))
         if row is None:
-            raise ConfigError("send_results_to", f"no destination titled {title!r}")
+            raise Refused("send_results_to", f"no destination titled {title!r}")
         rows.append(row)
     return rows
 
@@ -205,11 +197,11 @@ def _check_unique_local(session: Session, title: str | None, port: int | None, e
     if title is not None:
         other = session.scalar(select(LocalAE).where(LocalAE.title == title))
         if other is not None and other.id != exclude_id:
-            raise ConfigError("title", f"a local AE titled {title!r} exists already")
+            raise Refused("title", f"a local AE titled {title!r} exists already")
     if port is not None:
         other = session.scalar(select(LocalAE).where(LocalAE.port == port))
         if other is not None and other.id != exclude_id:
-            raise ConfigError("port", f"port {port} is used by local AE {other.title!r}")
+            raise Refused("port", f"port {port} is used by local AE {other.title!r}")
 
 
 def add_local_ae(session: Session, data: LocalAEIn, defaults: CompletionSettings) -> LocalAE:
@@ -250,7 +242,7 @@ def add_source(session: Session, data: SourceIn) -> Source:
         )
     )
     if other is not None:
-        raise ConfigError("title", f"source {data.title!r}{' from ' + data.host if data.host else ''} exists already")
+        raise Refused("title", f"source {data.title!r}{' from ' + data.host if data.host else ''} exists already")
     row = Source(**data.model_dump())
     session.add(row)
     session.flush()
@@ -266,7 +258,7 @@ def update_source(session: Session, row: Source, patch: SourcePatch) -> Source:
 
 def add_destination(session: Session, data: DestinationIn) -> Destination:
     if session.scalar(select(Destination).where(Destination.title == data.title)) is not None:
-        raise ConfigError("title", f"a destination titled {data.title!r} exists already")
+        raise Refused("title", f"a destination titled {data.title!r} exists already")
     row = Destination(**data.model_dump())
     session.add(row)
     session.flush()
@@ -277,7 +269,7 @@ def update_destination(session: Session, row: Destination, patch: DestinationPat
     changes = patch.model_dump(exclude_unset=True)
     if changes.get("title") and changes["title"] != row.title:
         if session.scalar(select(Destination).where(Destination.title == changes["title"])) is not None:
-            raise ConfigError("title", f"a destination titled {changes['title']!r} exists already")
+            raise Refused("title", f"a destination titled {changes['title']!r} exists already")
     for key, value in changes.items():
         if value is None and key != "description":
             continue

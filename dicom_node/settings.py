@@ -18,6 +18,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from dicom_node.errors import Invalid
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import AETitle, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 
@@ -274,8 +275,11 @@ class Settings(BaseSettings):
         return self.data_dir / "results"
 
 
-class SettingsError(ValueError):
-    """Settings could not be loaded; the message names each bad field and why."""
+class SettingsError(Invalid):
+    """Settings could not be loaded; the message names each bad field and why, one a line."""
+
+    def one_line(self) -> str:
+        return "invalid settings: " + "; ".join(str(self).splitlines())
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -41,6 +41,7 @@ from celery import Celery
 from kombu import Connection, Exchange, Queue
 
 from dicom_node.commands.common import redact
+from dicom_node.errors import Unavailable
 from dicom_node.settings import Settings, load_settings
 
 ANALYSE_TASK = "worker.tasks.analyse"
@@ -102,7 +103,7 @@ def queues(broker: str) -> list[Queue]:
     return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in (EXPORT_QUEUE, ANALYSE_QUEUE)]
 
 
-class BrokerUnavailable(RuntimeError):
+class BrokerUnavailable(Unavailable):
     """The broker did not answer at start; the message names it (without a password) and the fix."""
 
 

@@ -14,8 +14,9 @@ import os
 
 from pydantic import ValidationError
 
-from dicom_node.commands.common import command, fail, redact, settings_from
+from dicom_node.commands.common import command, redact, settings_from
 from dicom_node.db.engine import check_connection
+from dicom_node.errors import Invalid, Unavailable
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, WorkerSettings
 
@@ -48,10 +49,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         settings = worker_settings(settings_from(args), args)
     except ValidationError as exc:
-        return fail(f"invalid worker option: {exc.errors()[0]['msg']}")
+        raise Invalid(f"invalid worker option: {exc.errors()[0]['msg']}") from None
     device = settings.worker.device
     if device == "cuda" and _gpu_count() == 0:
-        return fail("--device cuda: no CUDA device is available")
+        raise Unavailable("--device cuda: no CUDA device is available")
     concurrency = settings.worker.concurrency or 1
     pool = settings.worker.pool if settings.worker.pool != "auto" else ("solo" if concurrency == 1 else "prefork")
     configure_logging(settings, process_name="worker")

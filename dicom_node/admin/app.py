@@ -26,10 +26,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.responses import Response
 
 from dicom_node import __version__
-from dicom_node.admin import activity
 from dicom_node.admin.api import api_router, monitoring_router
 from dicom_node.admin.auth import (
-    AuthError,
     Passwords,
     Principal,
     csrf_matches,
@@ -43,8 +41,8 @@ from dicom_node.admin.internal import authorised as internal_authorised
 from dicom_node.admin.internal import router as internal_router
 from dicom_node.admin.metrics import AdminMetrics
 from dicom_node.admin.pages import pages_router
-from dicom_node.configuration import ConfigError
 from dicom_node.db import Database
+from dicom_node.errors import Conflict, Invalid, NodeError, NotFound, Refused, Unavailable
 from dicom_node.settings import Settings
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
@@ -204,31 +202,16 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         errors = _field_errors(exc)
         return error_response(request, 422, "; ".join(f"{e['field']}: {e['msg']}" for e in errors), errors)
 
-    @app.exception_handler(ConfigError)
-    async def refused_config(request: Request, exc: ConfigError) -> Response:
-        return error_response(
-            request,
-            422,
-            str(exc),
-            [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}],
-        )
+    async def node_error(request: Request, exc: Exception) -> Response:
+        """The node's error kinds (dicom_node.errors) as their HTTP status; a Refused names its field."""
+        assert isinstance(exc, NodeError)
+        errors = None
+        if isinstance(exc, Refused):
+            errors = [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}]
+        return error_response(request, exc.http_status, str(exc), errors)
 
-    @app.exception_handler(AuthError)
-    async def refused_auth(request: Request, exc: AuthError) -> Response:
-        return error_response(
-            request,
-            422,
-            str(exc),
-            [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}],
-        )
-
-    @app.exception_handler(activity.NotFound)
-    async def not_found(request: Request, exc: activity.NotFound) -> Response:
-        return error_response(request, 404, str(exc))
-
-    @app.exception_handler(activity.Conflict)
-    async def conflict(request: Request, exc: activity.Conflict) -> Response:
-        return error_response(request, 409, str(exc))
+    for kind in (Invalid, NotFound, Conflict, Unavailable):
+        app.add_exception_handler(kind, node_error)
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from dicom_node.db.models import AdminSession, ApiToken, AuditEntry, Role, User
 from dicom_node.db.times import as_utc, utcnow
+from dicom_node.errors import Refused
 from dicom_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,15 +46,6 @@ SECRET_FILE = "admin-secret.key"
 TOUCH_SECONDS = 60.0
 
 _USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-
-
-class AuthError(ValueError):
-    """A refused user or token operation; ``field`` names the bad input (None: the whole request)."""
-
-    def __init__(self, field: str | None, reason: str) -> None:
-        super().__init__(f"{field}: {reason}" if field else reason)
-        self.field = field
-        self.reason = reason
 
 
 # --- validators (return (ok, reason) like dicom_node.validation) -------------------------
@@ -89,7 +81,7 @@ def check_password(value: object) -> tuple[bool, str]:
 def _require(field: str, check: Callable[[object], tuple[bool, str]], value: object) -> None:
     ok, reason = check(value)
     if not ok:
-        raise AuthError(field, reason)
+        raise Refused(field, reason)
 
 
 # --- passwords -----------------------------------------------------------------------------
@@ -136,7 +128,7 @@ def create_user(session: Session, passwords: Passwords, name: str, role: str, pa
     _require("name", check_user_name, name)
     _require("role", check_role, role)
     if session.scalar(select(User).where(User.name == name)) is not None:
-        raise AuthError("name", f"a user named {name!r} exists already")
+        raise Refused("name", f"a user named {name!r} exists already")
     user = User(name=name, role=role, password_hash=passwords.hash(password), enabled=True)
     session.add(user)
     session.flush()
@@ -153,7 +145,7 @@ def set_password(session: Session, passwords: Passwords, user: User, password: s
 def find_user(session: Session, name: str) -> User:
     user = session.scalar(select(User).where(User.name == name))
     if user is None:
-        raise AuthError("name", f"no user named {name!r}")
+        raise Refused("name", f"no user named {name!r}")
     return user
 
 
@@ -183,7 +175,7 @@ def user_dict(user: User) -> dict[str, object]:
 def create_token(session: Session, user: User, name: str, created_by: str) -> tuple[ApiToken, str]:
     """A new bearer token for ``user``; returns the row and the token (shown once)."""
     if len(name) > 100:
-        raise AuthError("name", f"is {len(name)} characters long, at most 100 are allowed")
+        raise Refused("name", f"is {len(name)} characters long, at most 100 are allowed")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         user_id=user.id,
@@ -200,7 +192,7 @@ def create_token(session: Session, user: User, name: str, created_by: str) -> tu
 def revoke_token(session: Session, token_id: int, revoked_by: str) -> ApiToken:
     row = session.get(ApiToken, token_id)
     if row is None:
-        raise AuthError("id", f"no token with id {token_id}")
+        raise Refused("id", f"no token with id {token_id}")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         row.revoked_by = revoked_by

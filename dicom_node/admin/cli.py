@@ -26,7 +26,6 @@ from dicom_node.admin import audit
 from dicom_node.admin.auth import (
     MAX_PASSWORD_LENGTH,
     MIN_PASSWORD_LENGTH,
-    AuthError,
     Passwords,
     check_password,
     create_token,
@@ -37,18 +36,10 @@ from dicom_node.admin.auth import (
     token_dict,
     user_dict,
 )
-from dicom_node.commands.common import (
-    CommandError,
-    clip,
-    command,
-    database_from,
-    fail,
-    print_table,
-    settings_from,
-    utc_time,
-)
+from dicom_node.commands.common import clip, command, database_from, print_table, settings_from, utc_time
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import ApiToken, User
+from dicom_node.errors import Invalid, Refused
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -56,15 +47,15 @@ def _password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif not sys.stdin.isatty():
-        raise CommandError("no terminal to ask for the password; use --password-stdin")
+        raise Invalid("no terminal to ask for the password; use --password-stdin")
     else:
         print(f"The password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long.", file=sys.stderr)
         password = getpass.getpass("Password: ")
     ok, reason = check_password(password)
     if not ok:
-        raise CommandError(f"refused: password: {reason}")
+        raise Refused("password", reason)
     if not args.password_stdin and password != getpass.getpass("Again: "):
-        raise CommandError("the two passwords differ")
+        raise Invalid("the two passwords differ")
     return password
 
 
@@ -73,8 +64,6 @@ def _run(args: argparse.Namespace, change: Callable[[Any, str], Any]) -> int:
     try:
         with db.session() as s:
             result = change(s, cli_actor())
-    except AuthError as exc:
-        return fail(f"refused: {exc}")
     finally:
         db.dispose()
     if result is not None:
@@ -87,7 +76,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
     def change(s: Any, actor: str) -> Any:
         if args.name is None:
-            raise AuthError("name", "must not be empty")
+            raise Refused("name", "must not be empty")
         user = create_user(s, Passwords(), args.name, args.role, password)
         out = user_dict(user)
         audit.record(

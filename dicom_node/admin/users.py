@@ -19,8 +19,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import AuthError, Passwords, Principal, check_role, create_user, set_password, user_dict
+from dicom_node.admin.auth import Passwords, Principal, check_role, create_user, set_password, user_dict
 from dicom_node.db.models import AdminSession, Role, User
+from dicom_node.errors import Refused
 
 # One of the changes below, bound to its arguments (the pages run it in their transaction).
 Change = Callable[[Session], User]
@@ -38,15 +39,15 @@ def _enabled_admins(session: Session) -> int:
 def _user(session: Session, user_id: int) -> User:
     user = session.get(User, user_id)
     if user is None:
-        raise AuthError(None, f"no user with id {user_id}")
+        raise Refused(None, f"no user with id {user_id}")
     return user
 
 
 def _keeps_an_admin(session: Session, who: Principal, user: User, what: str) -> None:
     if user.id == who.user_id:
-        raise AuthError(None, f"you can not {what} yourself; another admin can")
+        raise Refused(None, f"you can not {what} yourself; another admin can")
     if user.role == Role.ADMIN.value and user.enabled and _enabled_admins(session) <= 1:
-        raise AuthError(None, f"{user.name} is the last enabled admin; make another admin first")
+        raise Refused(None, f"{user.name} is the last enabled admin; make another admin first")
 
 
 def add(
@@ -76,7 +77,7 @@ def add(
 def change_role(session: Session, who: Principal, user_id: int, role: str, *, remote_addr: str = "") -> User:
     ok, reason = check_role(role)
     if not ok:
-        raise AuthError("role", reason)
+        raise Refused("role", reason)
     user = _user(session, user_id)
     if user.role == role:
         return user

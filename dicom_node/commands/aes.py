@@ -14,17 +14,16 @@ from sqlalchemy import select
 
 from dicom_node import configuration as c
 from dicom_node.commands.common import (
-    CommandError,
     command,
     csv_list,
     database_from,
-    fail,
     json_arg,
     print_table,
     settings_from,
 )
-from dicom_node.configuration import ConfigError, audit_changes, cli_actor
+from dicom_node.configuration import audit_changes, cli_actor
 from dicom_node.db.models import Destination, LocalAE, Source
+from dicom_node.errors import NotFound, Unavailable
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 
 
@@ -34,8 +33,6 @@ def _apply(args: argparse.Namespace, change: Any) -> int:
         with db.session() as s:
             audit_changes(s, cli_actor(), via="cli")
             result = change(s)
-    except ConfigError as exc:
-        return fail(f"refused: {exc}")
     finally:
         db.dispose()
     print(json.dumps(result, default=str))
@@ -72,7 +69,7 @@ def cmd_ae_update_local(args: argparse.Namespace) -> int:
     def change(s: Any) -> dict[str, Any]:
         row = s.scalar(select(LocalAE).where(LocalAE.title == args.title))
         if row is None:
-            raise c.ConfigError("title", f"no local AE titled {args.title!r}")
+            raise c.Refused("title", f"no local AE titled {args.title!r}")
         data: dict[str, Any] = {}
         for key in ("port", "quiet_seconds", "max_wait_seconds"):
             if getattr(args, key) is not None:
@@ -121,7 +118,7 @@ def cmd_ae_remove(args: argparse.Namespace) -> int:
     def change(s: Any) -> dict[str, Any]:
         rows = s.scalars(select(model).where(model.title == args.title)).all()
         if not rows:
-            raise c.ConfigError("title", f"no {args.kind} titled {args.title!r}")
+            raise c.Refused("title", f"no {args.kind} titled {args.title!r}")
         for row in rows:
             s.delete(row)
         return {"removed": args.kind, "title": args.title, "count": len(rows)}
@@ -199,14 +196,14 @@ def cmd_ae_echo(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     if peer is None:
-        raise CommandError(f"no destination titled {args.title!r}; dicom-node ae list shows them")
+        raise NotFound(f"no destination titled {args.title!r}; dicom-node ae list shows them")
     host, port, tls = peer
     calling = settings.export.calling_ae_title
     answer = c_echo(host, port, args.title, calling_ae_title=calling, tls=tls)
     if args.json:
         print(json.dumps(answer.to_json(), indent=2))
     if not answer.ok:
-        raise CommandError(
+        raise Unavailable(
             f"{args.title} at {host}:{port} did not answer C-ECHO: "
             f"{answer.outcome}{': ' + answer.detail if answer.detail else ''}; "
             f"is it running, and does it accept calling AE {calling} and called AE {args.title}?"

@@ -1,5 +1,7 @@
-"""What every sub-command shares: the settings, the database, the way a command fails, tables
-and examples in the help."""
+"""What every sub-command shares: the settings, the database, tables and examples in the help.
+
+A command fails by raising one of dicom_node.errors' kinds; dicom_node.cli prints its one line
+and exits 2."""
 
 from __future__ import annotations
 
@@ -16,20 +18,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
-from dicom_node.configuration import ConfigError
 from dicom_node.db import Database, upgrade
 from dicom_node.db.times import as_utc
-from dicom_node.settings import Settings, SettingsError, load_settings
+from dicom_node.errors import Refused, Unavailable
+from dicom_node.settings import Settings, load_settings
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Load settings once for a command; exit 2 naming the bad field."""
-    try:
-        return load_settings(getattr(args, "config", None))
-    except SettingsError as exc:
-        for line in str(exc).splitlines():
-            print(f"dicom-node: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Load settings once for a command (SettingsError names every bad field)."""
+    return load_settings(getattr(args, "config", None))
 
 
 def database_from(settings: Settings) -> Database:
@@ -38,18 +35,8 @@ def database_from(settings: Settings) -> Database:
     return Database(settings.effective_database_url)
 
 
-class CommandError(Exception):
-    """A failure the person can fix; the message says what happened and what to do. The command
-    line prints it as one line and exits 2 (dicom_node.cli)."""
-
-
-def fail(message: str) -> int:
-    print(f"dicom-node: {message}", file=sys.stderr)
-    return 2
-
-
 def check_port_free(host: str, port: int, what: str, fix: str) -> None:
-    """Raise CommandError when another program listens on ``port`` (a bind without SO_REUSEPORT
+    """Raise Unavailable when another program listens on ``port`` (a bind without SO_REUSEPORT
     fails even against sockets that use it, so a second node on the same port is caught too)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,11 +44,11 @@ def check_port_free(host: str, port: int, what: str, fix: str) -> None:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise CommandError(
+                raise Unavailable(
                     f"port {port} ({what}) is in use by another program (another dicom-node?); stop it, or {fix}"
                 ) from None
             if exc.errno == errno.EACCES:
-                raise CommandError(f"port {port} ({what}) needs root (ports below 1024); {fix}") from None
+                raise Unavailable(f"port {port} ({what}) needs root (ports below 1024); {fix}") from None
             raise
 
 
@@ -141,7 +128,7 @@ def json_arg(name: str, value: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise ConfigError(name.lstrip("-"), f"is not JSON: {exc}") from None
+        raise Refused(name.lstrip("-"), f"is not JSON: {exc}") from None
 
 
 def redact(url: str) -> str:

@@ -8,7 +8,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from dicom_node.commands.common import clip, command, database_from, fail, print_table, settings_from, utc_time
+from dicom_node.commands.common import clip, command, database_from, print_table, settings_from, utc_time
+from dicom_node.errors import Conflict
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import job_rows, series_rows
 from dicom_node.jobs.states import JobStatus, SeriesStatus
@@ -100,10 +101,9 @@ def cmd_jobs_retry(args: argparse.Namespace) -> int:
     db = database_from(settings_from(args))
     try:
         message_id = analyses.requeue(db, args.job_id, reason="retry requested on the command line", force=args.force)
-    except analyses.JobNotFound as exc:
-        return fail(str(exc))
     except analyses.JobActive as exc:
-        return fail(f"{exc}; wait for it, or use --force to run it again anyway")
+        hint = "wait for it, or use --force to run it again anyway"
+        raise Conflict(f"job {exc.job_id} is {exc.status}; {hint}") from None
     finally:
         db.dispose()
     print(json.dumps({"job_id": args.job_id, "status": "pending", "outbox_message": message_id}))
@@ -117,8 +117,6 @@ def cmd_jobs_export(args: argparse.Namespace) -> int:
         ids = exports.reexport(
             db, args.job_id, destination=args.destination, default_outputs=settings.export.default_outputs
         )
-    except ValueError as exc:
-        return fail(str(exc))
     finally:
         db.dispose()
     print(json.dumps({"job_id": args.job_id, "exports": ids, "status": "pending"}))

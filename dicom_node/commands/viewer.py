@@ -9,7 +9,8 @@ import signal
 import threading
 from pathlib import Path
 
-from dicom_node.commands.common import check_port_free, command, fail, settings_from
+from dicom_node.commands.common import check_port_free, command, settings_from
+from dicom_node.errors import Invalid, Unavailable
 from dicom_node.validation import check_ae_title, check_port
 from dicom_node.viewer.ohif import OHIF_VERSION, ohif_dist
 from dicom_node.viewer.orthanc import OrthancProcess, orthanc_config
@@ -51,14 +52,14 @@ def cmd_viewer(args: argparse.Namespace) -> int:
     ):
         ok, reason = check_port(value)
         if not ok:
-            return fail(f"{name}: {reason}")
+            raise Invalid(f"{name}: {reason}")
     ok, reason = check_ae_title(args.aet)
     if not ok:
-        return fail(f"--aet: {reason}")
+        raise Invalid(f"--aet: {reason}")
     try:
         dist = ohif_dist()
-    except RuntimeError as exc:
-        return fail(str(exc))
+    except RuntimeError as exc:  # npm or Orthanc missing or failing: the message says which
+        raise Unavailable(str(exc)) from None
     if args.fetch_only:
         print(f"OHIF {OHIF_VERSION} is in {dist}")
         return 0
@@ -74,13 +75,13 @@ def cmd_viewer(args: argparse.Namespace) -> int:
     config = orthanc_config(folder, aet=args.aet, dicom_port=args.dicom_port, http_port=args.orthanc_http_port)
     try:
         orthanc = OrthancProcess(folder, config).start()
-    except RuntimeError as exc:
-        return fail(str(exc))
+    except RuntimeError as exc:  # npm or Orthanc missing or failing: the message says which
+        raise Unavailable(str(exc)) from None
     try:
         server = start_viewer_server(dist, orthanc.url, port=args.port)
     except OSError as exc:
         orthanc.stop()
-        return fail(f"--port {args.port}: {exc.strerror or exc}")
+        raise Unavailable(f"--port {args.port}: {exc.strerror or exc}") from None
     print(
         f"Viewer: {server.url} (OHIF {OHIF_VERSION}), reading Orthanc {args.aet} at 127.0.0.1:{args.dicom_port} "
         f"(storage {folder}). {NOT_FOR_CLINICAL_USE}\n"

@@ -51,6 +51,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from dicom_node.db import Database
 from dicom_node.db.models import Event, Job, LocalAE, Series
 from dicom_node.db.times import as_utc, utcnow
+from dicom_node.errors import Conflict, NodeError, NotFound
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
 from dicom_node.jobs.states import ACTIVE_JOB_STATUSES, FINISHED_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
 
@@ -182,7 +183,7 @@ def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None
     return bool(changed)
 
 
-class LostOwnership(RuntimeError):
+class LostOwnership(NodeError):
     """The attempt no longer owns its job (taken over, requeued or superseded meanwhile)."""
 
 
@@ -328,27 +329,23 @@ def recover_lost(db: Database, *, lost_after: float, now: dt.datetime | None = N
     return requeued
 
 
-class JobNotFound(LookupError):
-    """No job has this id."""
-
-
-class JobActive(ValueError):
+class JobActive(Conflict):
     """The job is pending, queued or running: it is not retried unless forced."""
 
     def __init__(self, job_id: int, status: str) -> None:
-        super().__init__(f"job {job_id} is {status}")
+        super().__init__(f"job {job_id} is {status}; only a finished job can be retried")
         self.job_id = job_id
         self.status = status
 
 
 def requeue(db: Database, job_id: int, *, reason: str = "retry requested", force: bool = False) -> int:
     """Analyse a job again (retry on demand): PENDING with ``reason`` and a new outbox message, in
-    one transaction. Refused with :class:`JobActive` while the job is pending, queued or running,
-    unless ``force``. Returns the message id."""
+    one transaction. NotFound without such a job; refused with :class:`JobActive` while the job is
+    pending, queued or running, unless ``force``. Returns the message id."""
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise JobNotFound(f"job {job_id} does not exist")
+            raise NotFound(f"job {job_id} does not exist")
         if job.status in {st.value for st in ACTIVE_JOB_STATUSES} and not force:
             raise JobActive(job_id, job.status)
         s.execute(

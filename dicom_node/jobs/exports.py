@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db import Database
 from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, Series, Source
 from dicom_node.db.times import as_utc, utcnow
+from dicom_node.errors import Conflict, NotFound
 from dicom_node.jobs.outbox import EXPORT_TOPIC, write_message
 from dicom_node.jobs.states import OPEN_EXPORT_STATUSES, ExportStatus, JobStatus
 from dicom_node.sending.scu import Outcome, Peer, SendResult
@@ -142,14 +143,15 @@ def create_for_job(
 def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], destination: str | None = None) -> list[int]:
     """Send a DONE job's results again (all its exports, or those to the destination titled
     ``destination``, creating that export if the destination was added since). Returns the
-    export ids; raises ValueError naming what is wrong."""
+    export ids. NotFound without such a job or destination; Conflict when the job is not done or
+    has no destination."""
     now = utcnow()
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise ValueError(f"job {job_id} does not exist")
+            raise NotFound(f"job {job_id} does not exist")
         if job.status != JobStatus.DONE.value:
-            raise ValueError(f"job {job_id} is {job.status}; only a done job's results can be sent (retry it first)")
+            raise Conflict(f"job {job_id} is {job.status}; only a done job's results can be sent (retry it first)")
         series = s.get(Series, job.series_id)
         rows = list(s.scalars(select(Export).where(Export.job_id == job.id).order_by(Export.id)))
         if destination is not None:
@@ -157,7 +159,7 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
             if not rows:
                 dest = s.scalar(select(Destination).where(Destination.title == destination))
                 if dest is None:
-                    raise ValueError(f"no destination titled {destination!r}")
+                    raise NotFound(f"no destination titled {destination!r}")
                 row = Export(job_id=job.id, destination_key=f"dest:{dest.id}", destination_id=dest.id)
                 row.title, row.host, row.port, row.outputs = (
                     dest.title,
@@ -177,7 +179,7 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
                     s.add(row)
                     rows.append(row)
         if not rows:
-            raise ValueError(f"job {job_id} has no destination to send to")
+            raise Conflict(f"job {job_id} has no destination to send to")
         for row in rows:
             _reset(row, now)
         s.flush()

@@ -7,12 +7,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from dicom_node.db import Database
 from dicom_node.db.models import Export, Job, LocalAE, Series
 from dicom_node.db.times import as_utc
-from dicom_node.jobs.states import SeriesStatus
+from dicom_node.errors import NotFound
+from dicom_node.jobs.states import JobStatus, SeriesStatus
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 
@@ -23,13 +25,17 @@ def iso(value: dt.datetime | None) -> str | None:
     return as_utc(value).isoformat()
 
 
+def _ae_titles(session: Session) -> dict[int, str]:
+    return {a.id: a.title for a in session.scalars(select(LocalAE))}
+
+
 def series_rows(db: Database, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
     """Series with the state of their latest job, newest first: ``series list --json`` and the
     admin app."""
     with db.session() as s:
         q = select(Series).order_by(Series.last_received_at.desc()).limit(limit)
         rows = s.scalars(q).all()
-        ae_titles = {a.id: a.title for a in s.scalars(select(LocalAE))}
+        ae_titles = _ae_titles(s)
         out = []
         for r in rows:
             job = s.scalar(select(Job).where(Job.series_id == r.id).order_by(Job.id.desc()).limit(1))
@@ -136,7 +142,7 @@ def job_rows(
         if job_ids is not None:
             q = q.where(Job.id.in_(job_ids))
         pairs = s.execute(q).all()
-        titles = {a.id: a.title for a in s.scalars(select(LocalAE))}
+        titles = _ae_titles(s)
         by_job: dict[int, list[Export]] = {job.id: [] for job, _ in pairs}
         if by_job:
             for e in s.scalars(select(Export).where(Export.job_id.in_(list(by_job))).order_by(Export.id)):
@@ -144,3 +150,51 @@ def job_rows(
         return [
             job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id]) for job, series in pairs
         ]
+
+
+def job_detail(db: Database, job_id: int) -> dict[str, Any]:
+    """One job with its series and exports; NotFound without it."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job with id {job_id}")
+        series = job.series
+        return job_dict(job, series, _ae_titles(s).get(series.local_ae_id or -1, ""))
+
+
+def series_detail(db: Database, series_id: int) -> dict[str, Any]:
+    """One series with all its jobs; NotFound without it."""
+    with db.session() as s:
+        series = s.get(Series, series_id)
+        if series is None:
+            raise NotFound(f"no series with id {series_id}")
+        local_ae = _ae_titles(s).get(series.local_ae_id or -1, "")
+        return {
+            "id": series.id,
+            "series_uid": series.series_uid,
+            "study_uid": series.study_uid,
+            "patient_id": series.patient_id,
+            "modality": series.modality,
+            "body_part": series.body_part,
+            "series_description": series.series_description,
+            "series_number": series.series_number,
+            "instances": series.instances,
+            "frames": series.frames,
+            "status": series.status,
+            "reason": series.reason,
+            "generation": series.generation,
+            "local_ae": local_ae,
+            "calling_ae": series.calling_ae,
+            "calling_host": series.calling_host,
+            "first_received_at": iso(series.first_received_at),
+            "last_received_at": iso(series.last_received_at),
+            "completed_at": iso(series.completed_at),
+            "jobs": [job_dict(j, series, local_ae) for j in series.jobs],
+        }
+
+
+def job_counts(db: Database) -> dict[str, int]:
+    """Jobs per status (every status, zero included)."""
+    with db.engine.connect() as conn:
+        counts = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return {s.value: int(counts.get(s.value, 0)) for s in JobStatus}

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import struct
 
+from dicom_node.errors import NodeError
+
 WANTED: dict[int, str] = {
     0x00080005: "SpecificCharacterSet",
     0x00080008: "ImageType",
@@ -45,11 +47,11 @@ _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 
 
-class Unsupported(Exception):
+class Unsupported(NodeError):
     """Not something this reader handles; use pydicom."""
 
 
-class Truncated(Exception):
+class Truncated(NodeError):
     """The data ends inside an element or item."""
 
 

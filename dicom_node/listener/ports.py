@@ -18,8 +18,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from dicom_node.errors import NodeError
 
-class PortTaken(OSError):
+
+class PortTaken(NodeError, OSError):
     """The port is held by another node (or another program)."""
 
     def __init__(self, port: int, reason: str) -> None:

@@ -41,6 +41,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.errors import NodeError
 from dicom_node.listener.fastlane import FastLane
 from dicom_node.listener.limits import PEER_LOG, Admission
 
@@ -84,7 +85,7 @@ class ReadLimits:
         )
 
 
-class PeerTimeout(TimeoutError):
+class PeerTimeout(NodeError, TimeoutError):
     """A PDU that did not arrive whole before its deadline."""
 
 

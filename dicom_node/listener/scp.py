@@ -45,6 +45,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
+from dicom_node.errors import NodeError
 from dicom_node.listener import header as fast_header
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
@@ -100,7 +101,7 @@ def requires_pixel_data(sop_class_uid: str) -> bool:
     return any(word in name for word in _IMAGE_WORDS) and "Presentation State" not in name
 
 
-class RejectedInstance(Exception):
+class RejectedInstance(NodeError):
     """An instance we refuse; carries the status to answer and the reason to log."""
 
     def __init__(self, status: Status, reason: str) -> None:

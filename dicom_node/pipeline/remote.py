@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import quote
 
+from dicom_node.errors import NodeError
 from dicom_node.settings import Settings
 from dicom_node.storage.files import fsync_dir
 from dicom_node.storage.identity import data_dir_id
@@ -48,7 +49,7 @@ from dicom_node.storage.results import JobArtefacts
 log = logging.getLogger(__name__)
 
 
-class RemoteError(RuntimeError):
+class RemoteError(NodeError):
     """The node could not be reached or refused a request; the message says which and why."""
 
 

@@ -14,13 +14,14 @@ from typing import Callable
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicom_node.errors import NodeError
 from dicom_node.storage.index import ReceivedInstance
 from model.contract.uids import check_received_uid, check_uid
 
 log = logging.getLogger(__name__)
 
 
-class InvalidHeader(ValueError):
+class InvalidHeader(NodeError, ValueError):
     """A UID is missing or unsafe: the instance can not be stored."""
 
 

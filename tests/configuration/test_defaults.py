@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from dicom_node.admin.config_kinds import LOCAL_AES
 from dicom_node.admin.pages.config import _defaults
 from dicom_node.cli import main
-from dicom_node.configuration import ConfigError, LocalAEIn, ensure_local_ae, parse
+from dicom_node.configuration import LocalAEIn, ensure_local_ae, parse
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import LocalAE
+from dicom_node.errors import Refused
 from dicom_node.settings import CompletionSettings, SettingsError, load_settings
 
 
@@ -57,7 +58,7 @@ def test_up_and_the_admin_form_take_the_settings_defaults(config: Path) -> None:
 
 
 def test_one_validator_for_the_maximum_wait(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="max_wait_seconds: 0.5 is out of range 1-604800 seconds"):
+    with pytest.raises(Refused, match="max_wait_seconds: 0.5 is out of range 1-604800 seconds"):
         parse(LocalAEIn, {"title": "NODE", "port": 104, "max_wait_seconds": 0.5})
     with pytest.raises(ValidationError, match="0.5 is out of range 1-604800 seconds"):
         CompletionSettings(default_max_wait_seconds=0.5)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db import Database, upgrade
 from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, OutboxMessage, Series, Source
 from dicom_node.db.times import as_utc, utcnow
+from dicom_node.errors import Conflict, NotFound
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.queries import job_rows
 from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
@@ -341,10 +342,10 @@ def test_reexport_resets_the_rows_and_adds_a_new_destination(db: Database) -> No
     assert (row.status, row.attempts, row.last_error) == (ExportStatus.PENDING.value, 0, "")
     archive = exports.reexport(db, job_id, default_outputs=OUTPUTS, destination="ARCHIVE")
     assert len(archive) == 1 and get(db, Export, archive[0]).outputs == ["sr"]
-    with pytest.raises(ValueError, match="no destination"):
+    with pytest.raises(NotFound, match="no destination titled 'NOPE'"):
         exports.reexport(db, job_id, default_outputs=OUTPUTS, destination="NOPE")
     analyses.requeue(db, job_id)
-    with pytest.raises(ValueError, match="only a done job"):
+    with pytest.raises(Conflict, match="only a done job"):
         exports.reexport(db, job_id, default_outputs=OUTPUTS)
 
 

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import AuthError, Principal, create_token, revoke_token, token_dict, user_dict
+from dicom_node.admin.auth import Principal, create_token, revoke_token, token_dict, user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import ApiToken, User
+from dicom_node.errors import Refused
 
 router = APIRouter(tags=["Access"])
 
@@ -48,7 +49,7 @@ def new_token(data: TokenIn, request: Request, who: Principal = Depends(admin)) 
         name = data.user or who.name
         user = s.scalar(select(User).where(User.name == name))
         if user is None:
-            raise AuthError("user", f"no user named {name!r}")
+            raise Refused("user", f"no user named {name!r}")
         row, raw = create_token(s, user, data.name, created_by=who.name)
         out = token_dict(row)
         audit.record(

@@ -8,10 +8,12 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from dicom_node.admin import activity, audit
+from dicom_node.admin import job_actions
 from dicom_node.admin.auth import Principal
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
+from dicom_node.admin.preview import job_picture_png
 from dicom_node.db.models import Event
+from dicom_node.jobs.queries import job_detail, job_rows, series_detail, series_rows
 from dicom_node.validation import AETitle
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
@@ -25,12 +27,12 @@ def list_series(
     limit: int = Query(200, ge=1, le=5000),
     who: Principal = Depends(principal),
 ) -> list[dict[str, Any]]:
-    return activity.series_list(ctx(request).db, status, limit)
+    return series_rows(ctx(request).db, status, limit)
 
 
 @router.get("/series/{series_id}", summary="One series with all its jobs")
 def get_series(series_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    return activity.series_detail(ctx(request).db, series_id)
+    return series_detail(ctx(request).db, series_id)
 
 
 @router.get("/jobs", summary="Jobs, newest first, with their exports")
@@ -40,32 +42,17 @@ def list_jobs(
     limit: int = Query(200, ge=1, le=5000),
     who: Principal = Depends(principal),
 ) -> list[dict[str, Any]]:
-    return activity.job_list(ctx(request).db, status, limit)
+    return job_rows(ctx(request).db, status=status, limit=limit)
 
 
 @router.get("/jobs/{job_id}", summary="One job: status, reason, timings, outputs, export state per destination")
 def get_job(job_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-    return activity.job_detail(ctx(request).db, job_id)
+    return job_detail(ctx(request).db, job_id)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, summary="Run a finished or failed job again (admin)")
 def retry_job(job_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
-    db = ctx(request).db
-    before = activity.retry_job(db, job_id)
-    after = activity.job_detail(db, job_id)
-    with db.session() as s:
-        audit.record(
-            s,
-            who,
-            "job.retry",
-            target_type="job",
-            target_id=job_id,
-            target=before["series_uid"],
-            before={"status": before["status"], "reason": before["reason"]},
-            after={"status": after["status"], "reason": after["reason"]},
-            remote_addr=client_addr(request),
-        )
-    return after
+    return job_actions.retry(ctx(request).db, job_id, who, client_addr(request))
 
 
 class ResendIn(BaseModel):
@@ -82,20 +69,14 @@ def resend(
 ) -> dict[str, Any]:
     context = ctx(request)
     destination = data.destination if data is not None else None
-    ids = activity.resend(
-        context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs)
+    ids = job_actions.resend(
+        context.db,
+        job_id,
+        who,
+        client_addr(request),
+        destination=destination,
+        default_outputs=context.settings.export.default_outputs,
     )
-    with context.db.session() as s:
-        audit.record(
-            s,
-            who,
-            "job.export",
-            target_type="job",
-            target_id=job_id,
-            target=destination or "all destinations",
-            after={"exports": ids},
-            remote_addr=client_addr(request),
-        )
     return {"job_id": job_id, "exports": ids, "status": "pending"}
 
 
@@ -109,7 +90,7 @@ def preview(
     job_id: int, request: Request, index: int = Query(0, ge=0), who: Principal = Depends(principal)
 ) -> Response:
     context = ctx(request)
-    png = activity.preview_png(context.db, context.settings.results_dir, job_id, index)
+    png = job_picture_png(context.db, context.settings.results_dir, job_id, index)
     return Response(
         png, media_type="image/png", headers={"Cache-Control": "private, no-store", "X-Notice": NOT_FOR_CLINICAL_USE}
     )

@@ -11,9 +11,10 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import AuthError, create_token, revoke_token, token_dict, user_dict
+from dicom_node.admin.auth import create_token, revoke_token, token_dict, user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.db.models import ApiToken, User
+from dicom_node.errors import Refused
 
 router = APIRouter()
 
@@ -57,7 +58,7 @@ def create(request: Request, data: FormData = Depends(form)) -> Response:
         with ctx(request).db.session() as s:
             user = s.scalar(select(User).where(User.name == user_name))
             if user is None:
-                raise AuthError("user", f"no user named {user_name!r}")
+                raise Refused("user", f"no user named {user_name!r}")
             row, raw = create_token(s, user, name, created_by=who.name)
             out = token_dict(row)
             audit.record(
@@ -70,7 +71,7 @@ def create(request: Request, data: FormData = Depends(form)) -> Response:
                 after=out,
                 remote_addr=client_addr(request),
             )
-    except AuthError as exc:
+    except Refused as exc:
         return _tokens_page(request, errors={exc.field or "name": exc.reason}, status_code=422)
     return _tokens_page(request, new_token={**out, "token": raw}, status_code=201)
 

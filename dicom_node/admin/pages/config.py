@@ -21,8 +21,8 @@ from dicom_node.admin.config_kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCE
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import check_listeners
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
-from dicom_node.configuration import ConfigError
 from dicom_node.db.models import Destination
+from dicom_node.errors import Refused
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.echo import c_echo
 from dicom_node.settings import Settings
@@ -214,7 +214,7 @@ def _save(request: Request, kind: ConfigKind, data: FormData, item_id: int | Non
                     raise HTTPException(404, f"no {kind.label} with id {item_id}")
                 row = kind.update(s, row, kind.patch_schema.model_validate(parsed.model_dump()))
             title = row.title
-    except ConfigError as exc:
+    except Refused as exc:
         where = exc.field if exc.field is not None and any(f.name == exc.field for f in fields) else GENERAL
         errors = {where: exc.reason}
         return _page(request, kind, item=item, values=shown_values(fields, raw), errors=errors, status_code=422)

@@ -9,15 +9,17 @@ from sqlalchemy import select
 from starlette.datastructures import FormData
 from starlette.responses import Response
 
-from dicom_node.admin import activity, audit
+from dicom_node.admin import audit, job_actions
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import health
 from dicom_node.db.models import Event
+from dicom_node.jobs.queries import job_counts, job_detail, job_rows, series_detail, series_rows
 from dicom_node.jobs.states import JobStatus, SeriesStatus
 
 router = APIRouter()
 
 REFRESH_SECONDS = 3
+ROWS = 200  # the newest series or jobs a list page shows
 SERIES_STATES = [SeriesStatus.RECEIVING.value, SeriesStatus.NOT_ANALYSED.value] + [s.value for s in JobStatus]
 
 
@@ -32,14 +34,14 @@ def dashboard(request: Request) -> Response:
     return render(
         request,
         "dashboard.html",
-        {"health": report, "counts": activity.job_counts(context.db), "events": events, "audit": recent},
+        {"health": report, "counts": job_counts(context.db), "events": events, "audit": recent},
     )
 
 
 @router.get("/series")
 def series_page(request: Request, status: str = "") -> Response:
     principal(request)
-    rows = activity.series_list(ctx(request).db, status or None)
+    rows = series_rows(ctx(request).db, status or None, ROWS)
     return render(
         request,
         "series.html",
@@ -50,19 +52,19 @@ def series_page(request: Request, status: str = "") -> Response:
 @router.get("/series/rows")
 def series_rows_fragment(request: Request, status: str = "") -> Response:
     principal(request)
-    return render(request, "_series_rows.html", {"rows": activity.series_list(ctx(request).db, status or None)})
+    return render(request, "_series_rows.html", {"rows": series_rows(ctx(request).db, status or None, ROWS)})
 
 
 @router.get("/series/{series_id}")
 def one_series(series_id: int, request: Request) -> Response:
     principal(request)
-    return render(request, "series_detail.html", {"series": activity.series_detail(ctx(request).db, series_id)})
+    return render(request, "series_detail.html", {"series": series_detail(ctx(request).db, series_id)})
 
 
 @router.get("/jobs")
 def jobs_page(request: Request, status: str = "") -> Response:
     principal(request)
-    rows = activity.job_list(ctx(request).db, status or None)
+    rows = job_rows(ctx(request).db, status=status or None, limit=ROWS)
     flash = request.session.pop("flash", "")
     return render(
         request,
@@ -80,13 +82,13 @@ def jobs_page(request: Request, status: str = "") -> Response:
 @router.get("/jobs/rows")
 def jobs_rows_fragment(request: Request, status: str = "") -> Response:
     principal(request)
-    return render(request, "_jobs_rows.html", {"rows": activity.job_list(ctx(request).db, status or None)})
+    return render(request, "_jobs_rows.html", {"rows": job_rows(ctx(request).db, status=status or None, limit=ROWS)})
 
 
 @router.get("/jobs/{job_id}")
 def one_job(job_id: int, request: Request) -> Response:
     principal(request)
-    job = activity.job_detail(ctx(request).db, job_id)
+    job = job_detail(ctx(request).db, job_id)
     flash = request.session.pop("flash", "")
     with ctx(request).db.session() as s:
         history = audit.entries(s, target_type="job", target_id=str(job_id), limit=20)
@@ -98,21 +100,7 @@ def one_job(job_id: int, request: Request) -> Response:
 @router.post("/jobs/{job_id}/retry")
 def retry(job_id: int, request: Request, data: FormData = Depends(form)) -> Response:
     who = admin(request)
-    db = ctx(request).db
-    before = activity.retry_job(db, job_id)
-    after = activity.job_detail(db, job_id)
-    with db.session() as s:
-        audit.record(
-            s,
-            who,
-            "job.retry",
-            target_type="job",
-            target_id=job_id,
-            target=before["series_uid"],
-            before={"status": before["status"], "reason": before["reason"]},
-            after={"status": after["status"], "reason": after["reason"]},
-            remote_addr=client_addr(request),
-        )
+    job_actions.retry(ctx(request).db, job_id, who, client_addr(request))
     request.session["flash"] = f"Job {job_id} queued again."
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
@@ -122,19 +110,13 @@ def resend(job_id: int, request: Request, data: FormData = Depends(form)) -> Res
     who = admin(request)
     context = ctx(request)
     destination = str(data.get("destination", "")) or None
-    ids = activity.resend(
-        context.db, job_id, destination=destination, default_outputs=list(context.settings.export.default_outputs)
+    job_actions.resend(
+        context.db,
+        job_id,
+        who,
+        client_addr(request),
+        destination=destination,
+        default_outputs=context.settings.export.default_outputs,
     )
-    with context.db.session() as s:
-        audit.record(
-            s,
-            who,
-            "job.export",
-            target_type="job",
-            target_id=job_id,
-            target=destination or "all destinations",
-            after={"exports": ids},
-            remote_addr=client_addr(request),
-        )
     request.session["flash"] = f"Results of job {job_id} are being sent again to {destination or 'every destination'}."
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)

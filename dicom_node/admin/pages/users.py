@@ -11,9 +11,10 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit, users
-from dicom_node.admin.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, ROLES, AuthError, user_dict
+from dicom_node.admin.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, ROLES, user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, form, render
 from dicom_node.db.models import User
+from dicom_node.errors import Refused
 
 router = APIRouter()
 
@@ -78,7 +79,7 @@ def _passwords(data: FormData) -> tuple[str, dict[str, str]]:
     return password, ({"password_again": "the two passwords differ"} if password != again else {})
 
 
-def _field(exc: AuthError) -> dict[str, str]:
+def _field(exc: Refused) -> dict[str, str]:
     return {exc.field or "general": exc.reason}
 
 
@@ -100,7 +101,7 @@ def create(request: Request, data: FormData = Depends(form)) -> Response:
         with context.db.session() as s:
             user = users.add(s, who, context.passwords, name, role, password, remote_addr=client_addr(request))
             made = user.name
-    except AuthError as exc:
+    except Refused as exc:
         return _users_page(request, errors=_field(exc), values={"name": name, "role": role}, status_code=422)
     request.session["flash"] = f"User {made} ({role}) added."
     return RedirectResponse("/users", status_code=303)
@@ -117,7 +118,7 @@ def _change(request: Request, user_id: int, done: str, change: "users.Change") -
         with ctx(request).db.session() as s:
             user = change(s)
             name = user.name
-    except AuthError as exc:
+    except Refused as exc:
         return _user_page(request, user_id, errors=_field(exc), status_code=422)
     request.session["flash"] = done.format(name=name)
     return RedirectResponse(f"/users/{user_id}", status_code=303)
