@@ -1,21 +1,38 @@
 """The one home of field validators.
 
-Each validator returns ``(ok, reason)``; :func:`require` turns a failure into ValueError naming the
-field. The config loader, the ORM models, the REST schemas and the command line all call these,
-through the pydantic types at the bottom or directly.
+Each validator returns ``(ok, reason)``; :func:`require` turns a failure into
+:class:`~dicom_node.errors.Refused` (a ValueError) naming the field. The config loader, the ORM
+models, the REST schemas and the command line all call these, through the pydantic types at the
+bottom or directly.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from typing import Annotated, Callable, TypeVar
 
 from pydantic import AfterValidator
 
+from dicom_node.errors import Refused
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 
 T = TypeVar("T")
+
+_USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+
+
+class Role(str, enum.Enum):
+    """What an admin-app user may do."""
+
+    ADMIN = "admin"  # reads and changes everything
+    VIEWER = "viewer"  # reads
+
+
+ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
@@ -102,11 +119,40 @@ def check_regex(value: object) -> tuple[bool, str]:
     return True, ""
 
 
+def check_user_name(value: object) -> tuple[bool, str]:
+    """An admin-app user name: 1-64 characters, letters, digits and . _ @ -, starting with a letter
+    or digit."""
+    if not isinstance(value, str) or not value:
+        return False, "must not be empty"
+    if len(value) > 64:
+        return False, f"is {len(value)} characters long, at most 64 are allowed"
+    if not _USER_NAME_RE.match(value):
+        return False, "may contain only letters, digits and . _ @ - and must start with a letter or digit"
+    return True, ""
+
+
+def check_role(value: object) -> tuple[bool, str]:
+    if value not in ROLES:
+        return False, f"must be one of {', '.join(ROLES)}"
+    return True, ""
+
+
+def check_password(value: object) -> tuple[bool, str]:
+    """A new password: MIN_PASSWORD_LENGTH to MAX_PASSWORD_LENGTH characters."""
+    if not isinstance(value, str):
+        return False, "must be a string"
+    if len(value) < MIN_PASSWORD_LENGTH:
+        return False, f"must be at least {MIN_PASSWORD_LENGTH} characters long"
+    if len(value) > MAX_PASSWORD_LENGTH:
+        return False, f"must be at most {MAX_PASSWORD_LENGTH} characters long"
+    return True, ""
+
+
 def require(field: str, check: Callable[[object], tuple[bool, str]], value: T) -> T:
-    """Raise ValueError("FIELD: reason") unless ``check(value)`` passes; return the value."""
+    """Raise Refused("FIELD: reason") unless ``check(value)`` passes; return the value."""
     ok, reason = check(value)
     if not ok:
-        raise ValueError(f"{field}: {reason}")
+        raise Refused(field, reason)
     return value
 
 
@@ -127,3 +173,6 @@ QuietSeconds = Annotated[float, AfterValidator(_pydantic(check_quiet_seconds))]
 MaxWaitSeconds = Annotated[float, AfterValidator(_pydantic(check_max_wait_seconds))]
 OutputKinds = Annotated[list[str], AfterValidator(_pydantic(check_output_kinds))]
 Regex = Annotated[str, AfterValidator(_pydantic(check_regex))]
+UserName = Annotated[str, AfterValidator(_pydantic(check_user_name))]
+RoleName = Annotated[str, AfterValidator(_pydantic(check_role))]
+Password = Annotated[str, AfterValidator(_pydantic(check_password))]

@@ -4,7 +4,7 @@
 - Passwords are kept as argon2id hashes (argon2-cffi's encoded form, parameters included).
 - API bearer tokens and session ids are random (256 bits); only their sha256 is stored, so a copy
   of the database does not log anyone in. A token is shown once, when it is created.
-- Roles: ``admin`` changes things, ``viewer`` reads (:class:`dicom_node.db.models.Role`).
+- Roles: ``admin`` changes things, ``viewer`` reads (:class:`dicom_node.validation.Role`).
 - The secret that signs the session cookie comes from ``settings.admin.secret_key`` or a file
   generated once under the data dir (mode 0600).
 
@@ -18,71 +18,28 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from dicom_node.db.models import AdminSession, ApiToken, AuditEntry, Role, User
+from dicom_node.db.models import AdminSession, ApiToken, AuditEntry, User
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.errors import Refused
 from dicom_node.settings import Settings
+from dicom_node.validation import Role, check_password, check_role, check_user_name, require
 
 log = logging.getLogger(__name__)
 
-ROLES = tuple(r.value for r in Role)
-MIN_PASSWORD_LENGTH = 10
-MAX_PASSWORD_LENGTH = 1024
 TOKEN_PREFIX = "dnt_"
 SECRET_FILE = "admin-secret.key"
 # last_used_at / last_seen_at are written at most this often (SQLite has one writer at a time).
 TOUCH_SECONDS = 60.0
-
-_USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-
-
-# --- validators (return (ok, reason) like dicom_node.validation) -------------------------
-
-
-def check_user_name(value: object) -> tuple[bool, str]:
-    """1-64 characters: letters, digits and . _ @ -, starting with a letter or digit."""
-    if not isinstance(value, str) or not value:
-        return False, "must not be empty"
-    if len(value) > 64:
-        return False, f"is {len(value)} characters long, at most 64 are allowed"
-    if not _USER_NAME_RE.match(value):
-        return False, "may contain only letters, digits and . _ @ - and must start with a letter or digit"
-    return True, ""
-
-
-def check_role(value: object) -> tuple[bool, str]:
-    if value not in ROLES:
-        return False, f"must be one of {', '.join(ROLES)}"
-    return True, ""
-
-
-def check_password(value: object) -> tuple[bool, str]:
-    if not isinstance(value, str):
-        return False, "must be a string"
-    if len(value) < MIN_PASSWORD_LENGTH:
-        return False, f"must be at least {MIN_PASSWORD_LENGTH} characters long"
-    if len(value) > MAX_PASSWORD_LENGTH:
-        return False, f"must be at most {MAX_PASSWORD_LENGTH} characters long"
-    return True, ""
-
-
-def _require(field: str, check: Callable[[object], tuple[bool, str]], value: object) -> None:
-    ok, reason = check(value)
-    if not ok:
-        raise Refused(field, reason)
-
 
 # --- passwords -----------------------------------------------------------------------------
 
@@ -104,7 +61,7 @@ class Passwords:
             return self._dummy
 
     def hash(self, password: str) -> str:
-        _require("password", check_password, password)
+        require("password", check_password, password)
         return self._hasher.hash(password)
 
     def verify(self, password_hash: str | None, password: str) -> bool:
@@ -125,8 +82,8 @@ def sha256_hex(value: str) -> str:
 
 
 def create_user(session: Session, passwords: Passwords, name: str, role: str, password: str) -> User:
-    _require("name", check_user_name, name)
-    _require("role", check_role, role)
+    require("name", check_user_name, name)
+    require("role", check_role, role)
     if session.scalar(select(User).where(User.name == name)) is not None:
         raise Refused("name", f"a user named {name!r} exists already")
     user = User(name=name, role=role, password_hash=passwords.hash(password), enabled=True)

@@ -24,10 +24,7 @@ from sqlalchemy import select
 
 from dicom_node.admin import audit
 from dicom_node.admin.auth import (
-    MAX_PASSWORD_LENGTH,
-    MIN_PASSWORD_LENGTH,
     Passwords,
-    check_password,
     create_token,
     create_user,
     find_user,
@@ -39,7 +36,8 @@ from dicom_node.admin.auth import (
 from dicom_node.commands.common import clip, command, database_from, print_table, settings_from, utc_time
 from dicom_node.configuration import cli_actor
 from dicom_node.db.models import ApiToken, User
-from dicom_node.errors import Invalid, Refused
+from dicom_node.errors import Invalid
+from dicom_node.validation import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, ROLES, check_password, require
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -51,9 +49,7 @@ def _password(args: argparse.Namespace) -> str:
     else:
         print(f"The password must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long.", file=sys.stderr)
         password = getpass.getpass("Password: ")
-    ok, reason = check_password(password)
-    if not ok:
-        raise Refused("password", reason)
+    require("password", check_password, password)
     if not args.password_stdin and password != getpass.getpass("Again: "):
         raise Invalid("the two passwords differ")
     return password
@@ -75,8 +71,6 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     password = _password(args)
 
     def change(s: Any, actor: str) -> Any:
-        if args.name is None:
-            raise Refused("name", "must not be empty")
         user = create_user(s, Passwords(), args.name, args.role, password)
         out = user_dict(user)
         audit.record(
@@ -215,7 +209,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=f"Add a user of the admin pages and API (there is no default user). {rule}",
     )
     p.add_argument("name")
-    p.add_argument("--role", required=True, choices=["admin", "viewer"], help="admin: changes things; viewer: reads")
+    p.add_argument("--role", required=True, choices=ROLES, help="admin: changes things; viewer: reads")
     p.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of standard input"
     )

@@ -19,9 +19,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import Passwords, Principal, check_role, create_user, set_password, user_dict
-from dicom_node.db.models import AdminSession, Role, User
+from dicom_node.admin.auth import Passwords, Principal, create_user, set_password, user_dict
+from dicom_node.db.models import AdminSession, User
 from dicom_node.errors import Refused
+from dicom_node.validation import Role, check_role, require
 
 # One of the changes below, bound to its arguments (the pages run it in their transaction).
 Change = Callable[[Session], User]
@@ -75,9 +76,7 @@ def add(
 
 
 def change_role(session: Session, who: Principal, user_id: int, role: str, *, remote_addr: str = "") -> User:
-    ok, reason = check_role(role)
-    if not ok:
-        raise Refused("role", reason)
+    require("role", check_role, role)
     user = _user(session, user_id)
     if user.role == role:
         return user

@@ -11,7 +11,6 @@ and the command line.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any
 
 from sqlalchemy import (
@@ -34,12 +33,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from dicom_node.db.times import utcnow
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import (
+    Role,
     check_ae_title,
     check_host,
     check_max_wait_seconds,
     check_output_kinds,
     check_port,
     check_quiet_seconds,
+    check_role,
+    check_user_name,
     require,
 )
 
@@ -321,11 +323,6 @@ class Event(Base):
 # --- admin: users, API tokens, sessions, audit log ------------------------------------------
 
 
-class Role(str, enum.Enum):
-    ADMIN = "admin"  # reads and changes everything
-    VIEWER = "viewer"  # reads
-
-
 class User(Base):
     """A person (or script owner) who may use the admin pages and API. No default user exists."""
 
@@ -341,11 +338,13 @@ class User(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
+    @validates("name")
+    def _v_name(self, key: str, value: str) -> str:
+        return require("name", check_user_name, value)
+
     @validates("role")
     def _v_role(self, key: str, value: str) -> str:
-        if value not in {r.value for r in Role}:
-            raise ValueError(f"role: {value!r} is not one of {', '.join(r.value for r in Role)}")
-        return value
+        return require("role", check_role, value)
 
 
 class ApiToken(Base):

@@ -1,4 +1,5 @@
-"""Unit tests of the field validators (AE title, port, host, output kinds) and the UID rule.
+"""Unit tests of the field validators (AE title, port, host, output kinds, user name, role,
+password) and the UID rule.
 
 Covers the one validator each field has, as the CLI, the ORM, the REST API and the settings use
 it. Does not cover the REST layer's 422 answers (tests/admin).
@@ -7,8 +8,23 @@ it. Does not cover the REST layer's 422 answers (tests/admin).
 from __future__ import annotations
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from dicom_node.validation import check_ae_title, check_host, check_output_kinds, check_port, require
+from dicom_node.db.models import User
+from dicom_node.errors import Refused
+from dicom_node.validation import (
+    MAX_PASSWORD_LENGTH,
+    MIN_PASSWORD_LENGTH,
+    UserName,
+    check_ae_title,
+    check_host,
+    check_output_kinds,
+    check_password,
+    check_port,
+    check_role,
+    check_user_name,
+    require,
+)
 from model.contract.uids import check_received_uid, check_uid, clean_uid, derived_uid, new_uid
 
 
@@ -67,8 +83,40 @@ def test_output_kinds() -> None:
 
 
 def test_require_names_the_field() -> None:
-    with pytest.raises(ValueError, match=r"^title: is 17 characters"):
+    with pytest.raises(Refused, match=r"^title: is 17 characters") as refused:
         require("title", check_ae_title, "X" * 17)
+    assert (refused.value.field, refused.value.reason) == ("title", "is 17 characters long, at most 16 are allowed")
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "bob.smith@example.org", "x_1-2", "A" * 64])
+def test_valid_user_names(name: str) -> None:
+    assert check_user_name(name) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("", "empty"), (None, "empty"), ("A" * 65, "65 characters"), (".hidden", "start with"), ("a b", "only letters")],
+)
+def test_invalid_user_names(name: object, reason: str) -> None:
+    ok, why = check_user_name(name)
+    assert not ok and reason in why
+
+
+def test_roles_and_passwords() -> None:
+    assert check_role("admin") == check_role("viewer") == (True, "")
+    assert check_role("root") == (False, "must be one of admin, viewer")
+    assert check_password("x" * MIN_PASSWORD_LENGTH) == check_password("x" * MAX_PASSWORD_LENGTH) == (True, "")
+    assert check_password("x" * (MIN_PASSWORD_LENGTH - 1)) == (False, "must be at least 10 characters long")
+    assert not check_password("x" * (MAX_PASSWORD_LENGTH + 1))[0] and not check_password(None)[0]
+
+
+def test_the_orm_and_the_schemas_use_the_same_user_validators() -> None:
+    with pytest.raises(Refused, match="^role: must be one of admin, viewer"):
+        User(name="alice", role="root", password_hash="x")
+    with pytest.raises(Refused, match="^name: may contain only"):
+        User(name="a b", role="viewer", password_hash="x")
+    with pytest.raises(ValidationError, match="may contain only"):
+        TypeAdapter(UserName).validate_python("a b")
 
 
 @pytest.mark.parametrize("uid", ["1.2.840.10008.5.1.4.1.1.2", "2.25.1234567890", "1.2.3\x00"])

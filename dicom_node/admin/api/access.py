@@ -13,6 +13,7 @@ from dicom_node.admin.auth import Principal, create_token, revoke_token, token_d
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import ApiToken, User
 from dicom_node.errors import Refused
+from dicom_node.validation import UserName
 
 router = APIRouter(tags=["Access"])
 
@@ -21,7 +22,7 @@ class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=100, description="what the token is for, e.g. 'backup script'")
-    user: str | None = Field(None, description="whose role the token carries (default: yours)")
+    user: UserName | None = Field(None, description="whose role the token carries (default: yours)")
 
 
 @router.get("/me", summary="The caller: name, role, and how they logged in")

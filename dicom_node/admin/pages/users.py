@@ -11,10 +11,11 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit, users
-from dicom_node.admin.auth import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, ROLES, user_dict
+from dicom_node.admin.auth import user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, form, render
 from dicom_node.db.models import User
 from dicom_node.errors import Refused
+from dicom_node.validation import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, ROLES
 
 router = APIRouter()
 
