@@ -23,8 +23,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.errors import Refused
 from dicom_node.jobs.filters import SeriesFilter
-from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.settings import CompletionSettings
+from dicom_node.settings import CompletionSettings, ExportSettings
 from dicom_node.validation import AETitle, Host, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
 
@@ -109,7 +108,8 @@ class DestinationIn(BaseModel):
     host: Host
     port: Port
     tls: bool = False
-    outputs: OutputKinds = Field(default_factory=lambda: list(OUTPUT_KINDS))
+    # None: the settings' export.default_outputs (add_destination fills them in).
+    outputs: OutputKinds | None = None
     enabled: bool = True
     description: str = Field(default="", max_length=200)
 
@@ -174,7 +174,7 @@ def destination_dict(row: Destination) -> dict[str, Any]:
         "host": row.host,
         "port": row.port,
         "tls": row.tls,
-        "outputs": list(row.outputs or []),
+        "outputs": list(row.outputs),
         "enabled": row.enabled,
         "description": row.description,
     }
@@ -256,10 +256,14 @@ def update_source(session: Session, row: Source, patch: SourcePatch) -> Source:
     return row
 
 
-def add_destination(session: Session, data: DestinationIn) -> Destination:
+def add_destination(session: Session, data: DestinationIn, defaults: ExportSettings) -> Destination:
+    """A new destination; outputs not given are the settings' default outputs."""
     if session.scalar(select(Destination).where(Destination.title == data.title)) is not None:
         raise Refused("title", f"a destination titled {data.title!r} exists already")
-    row = Destination(**data.model_dump())
+    values = data.model_dump()
+    if values["outputs"] is None:
+        values["outputs"] = list(defaults.default_outputs)
+    row = Destination(**values)
     session.add(row)
     session.flush()
     return row

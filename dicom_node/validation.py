@@ -99,8 +99,11 @@ def check_max_wait_seconds(value: object) -> tuple[bool, str]:
 
 
 def check_output_kinds(value: object) -> tuple[bool, str]:
+    """A list of output kinds: at least one (an empty list would send nothing), each known, none twice."""
     if not isinstance(value, (list, tuple)):
         return False, f"must be a list of {', '.join(OUTPUT_KINDS)}"
+    if not value:
+        return False, f"is empty: name at least one of {', '.join(OUTPUT_KINDS)}"
     bad = [v for v in value if v not in OUTPUT_KINDS]
     if bad:
         return False, f"unknown output kind(s) {', '.join(map(str, bad))}; known: {', '.join(OUTPUT_KINDS)}"

@@ -103,9 +103,10 @@ DESTINATIONS = ConfigKind(
     create_schema=c.DestinationIn,
     patch_schema=c.DestinationPatch,
     out_schema=DestinationOut,
-    add=lambda s, data, settings: c.add_destination(s, data),
+    add=lambda s, data, settings: c.add_destination(s, data, settings.export),
     update=c.update_destination,
     to_dict=c.destination_dict,
+    form_defaults=lambda settings: {"outputs": list(settings.export.default_outputs)},
 )
 
 KINDS: tuple[ConfigKind, ...] = (LOCAL_AES, SOURCES, DESTINATIONS)

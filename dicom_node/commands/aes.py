@@ -98,11 +98,13 @@ def cmd_ae_add_source(args: argparse.Namespace) -> int:
 
 
 def cmd_ae_add_destination(args: argparse.Namespace) -> int:
+    defaults = settings_from(args).export
+
     def change(s: Any) -> dict[str, Any]:
         data: dict[str, Any] = {"title": args.title, "host": args.host, "port": args.port, "tls": args.tls}
-        if args.outputs:
+        if args.outputs is not None:
             data["outputs"] = csv_list(args.outputs)
-        return c.destination_dict(c.add_destination(s, c.parse(c.DestinationIn, data)))
+        return c.destination_dict(c.add_destination(s, c.parse(c.DestinationIn, data), defaults))
 
     return _apply(args, change)
 
@@ -305,7 +307,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--tls", action="store_true")
-    p.add_argument("--outputs", metavar="KIND[,KIND]", help=f"which of {','.join(OUTPUT_KINDS)} it gets (default all)")
+    p.add_argument(
+        "--outputs",
+        metavar="KIND[,KIND]",
+        help=f"which of {','.join(OUTPUT_KINDS)} it gets (default: the setting export.default_outputs)",
+    )
     p.set_defaults(handler=cmd_ae_add_destination)
 
     p = command(

@@ -31,7 +31,6 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from dicom_node.db.times import utcnow
-from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.validation import (
     Role,
     check_ae_title,
@@ -154,7 +153,8 @@ class Destination(Base):
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
-    outputs: Mapped[list[Any]] = mapped_column(JSON, default=lambda: list(OUTPUT_KINDS))
+    # Always written (dicom_node.configuration fills in the settings' export.default_outputs).
+    outputs: Mapped[list[Any]] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

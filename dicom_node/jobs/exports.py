@@ -92,7 +92,7 @@ def targets_for(s: Session, series: Series, default_outputs: Sequence[str]) -> l
     if ae is None:
         return []
     out = [
-        Target(f"dest:{d.id}", d.id, d.title, d.host, d.port, list(d.outputs or default_outputs))
+        Target(f"dest:{d.id}", d.id, d.title, d.host, d.port, list(d.outputs))
         for d in sorted(ae.destinations, key=lambda d: d.id)
         if d.enabled
     ]
@@ -165,7 +165,7 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
                     dest.title,
                     dest.host,
                     dest.port,
-                    list(dest.outputs or default_outputs),
+                    list(dest.outputs),
                 )
                 s.add(row)
                 rows = [row]

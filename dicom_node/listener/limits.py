@@ -1,10 +1,12 @@
-"""What one peer may cost a listener process: connections per remote address, and log lines.
+"""What one peer may cost a listener process: PDU lengths and read times, connections per remote
+address, and log lines.
 
 A DICOM port on a clinical network meets port scanners, broken senders and worse. Nothing a peer
-sends may make a listener allocate without bound (dicom_node.listener.reactor caps PDU lengths and
-read times), hold every slot (:class:`Admission`: connections per remote address), or fill the
-log (:class:`PeerLog`: a few lines a minute per peer and kind of error, then a count of what was
-left out). No pynetdicom here: the reactor and the servers call these.
+sends may make a listener allocate without bound (:class:`ReadLimits`, which
+dicom_node.listener.reactor applies to every PDU), hold every slot (:class:`Admission`:
+connections per remote address), or fill the log (:class:`PeerLog`: a few lines a minute per peer
+and kind of error, then a count of what was left out). No pynetdicom here: the reactor and the
+servers call these.
 """
 
 from __future__ import annotations
@@ -12,9 +14,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
+from dicom_node.settings import ListenerSettings
+
 log = logging.getLogger("dicom_node.listener")
+
+# Largest PDU other than P-DATA-TF accepted: an A-ASSOCIATE-RQ with 128 presentation contexts of
+# many transfer syntaxes and a user identity is well under it.
+MAX_CONTROL_PDU = 256 * 1024
+# Largest P-DATA-TF accepted when listener.max_pdu_bytes is 0 (announced as unlimited).
+MAX_UNLIMITED_PDU = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one PDU may cost: its length (checked on the 6-byte header, before anything of that
+    size is allocated) and the time to read it whole. Before an association is negotiated
+    (states Sta1/Sta2) the deadline is ARTIM's: ``association_seconds`` from the connection.
+    The figures are the listener settings' (:meth:`from_settings`)."""
+
+    max_pdata_bytes: int
+    pdu_read_seconds: float
+    association_seconds: float
+    max_control_bytes: int = MAX_CONTROL_PDU
+
+    @classmethod
+    def from_settings(cls, listener: ListenerSettings) -> ReadLimits:
+        return cls(
+            max_pdata_bytes=listener.max_pdu_bytes if listener.max_pdu_bytes > 0 else MAX_UNLIMITED_PDU,
+            pdu_read_seconds=listener.network_timeout_seconds,
+            association_seconds=listener.association_timeout_seconds,
+        )
+
+
+# For a server not started by dicom_node.listener.servers (which sets the node's own): the
+# listener settings' defaults.
+DEFAULT_READ_LIMITS = ReadLimits.from_settings(ListenerSettings())
 
 
 class PeerLog:

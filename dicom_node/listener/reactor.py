@@ -29,7 +29,6 @@ import struct
 import threading
 import time
 from copy import deepcopy
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, cast
 
@@ -43,7 +42,7 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 
 from dicom_node.errors import NodeError
 from dicom_node.listener.fastlane import FastLane
-from dicom_node.listener.limits import PEER_LOG, Admission
+from dicom_node.listener.limits import DEFAULT_READ_LIMITS, PEER_LOG, Admission, ReadLimits
 
 LOGGER = logging.getLogger("pynetdicom")
 
@@ -55,34 +54,9 @@ _ABORT_REASON_UNRECOGNISED_PDU = 0x01
 _ABORT_REASON_INVALID_PARAMETER = 0x06
 _PDU_TYPES = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
 _P_DATA_TF = 0x04
-# Largest PDU other than P-DATA-TF accepted: an A-ASSOCIATE-RQ with 128 presentation contexts of
-# many transfer syntaxes and a user identity is well under it.
-MAX_CONTROL_PDU = 256 * 1024
-# Largest P-DATA-TF accepted when listener.max_pdu_bytes is 0 (announced as unlimited).
-MAX_UNLIMITED_PDU = 64 * 1024 * 1024
 LISTEN_BACKLOG = 1024
 # What the acceptor's wait for its A-ASSOCIATE-RQ takes as "none came" (receive_pdu() -> None).
 _NO_PRIMITIVE: Any = None
-
-
-@dataclass(frozen=True)
-class ReadLimits:
-    """What one PDU may cost: its length (checked on the 6-byte header, before anything of that
-    size is allocated) and the time to read it whole. Before an association is negotiated
-    (states Sta1/Sta2) the deadline is ARTIM's: ``association_seconds`` from the connection."""
-
-    max_pdata_bytes: int = 4 * 1024 * 1024
-    max_control_bytes: int = MAX_CONTROL_PDU
-    pdu_read_seconds: float = 60.0
-    association_seconds: float = 30.0
-
-    @classmethod
-    def of(cls, *, max_pdu_bytes: int, pdu_read_seconds: float, association_seconds: float) -> "ReadLimits":
-        return cls(
-            max_pdata_bytes=max_pdu_bytes if max_pdu_bytes > 0 else MAX_UNLIMITED_PDU,
-            pdu_read_seconds=pdu_read_seconds,
-            association_seconds=association_seconds,
-        )
 
 
 class PeerTimeout(NodeError, TimeoutError):
@@ -152,7 +126,7 @@ class EventDrivenDUL(DULServiceProvider):
         self.fast_lane: FastLane | None = None
         self.to_user_queue = _WakingQueue(user_wake.set)
         self.event_queue = _WakingQueue(self.wake)
-        self.read_limits = ReadLimits()
+        self.read_limits = DEFAULT_READ_LIMITS
         self._connected_at = time.monotonic()
 
     def wake(self) -> None:
@@ -523,7 +497,7 @@ class EventDrivenRequestHandler(RequestHandler):
         client = self.request
         assert isinstance(client, socket.socket)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        limits = getattr(self.server, "read_limits", None) or ReadLimits()
+        limits = getattr(self.server, "read_limits", None) or DEFAULT_READ_LIMITS
         client.settimeout(limits.pdu_read_seconds)
         fast_socket = FastSocket(assoc, client_socket=client)
         fast_socket.send_timeout = limits.pdu_read_seconds
@@ -563,7 +537,7 @@ class EventDrivenServer(ThreadedAssociationServer):
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     admission: Admission | None = None
-    read_limits: ReadLimits = ReadLimits()
+    read_limits: ReadLimits = DEFAULT_READ_LIMITS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", EventDrivenRequestHandler)

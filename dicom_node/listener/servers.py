@@ -28,9 +28,9 @@ from sqlalchemy import select, update
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
 from dicom_node.db.times import utcnow
-from dicom_node.listener.limits import Admission
+from dicom_node.listener.limits import Admission, ReadLimits
 from dicom_node.listener.ports import PortLock, PortTaken
-from dicom_node.listener.reactor import EventDrivenServer, ReadLimits, quiet_pdu_logs, register_server
+from dicom_node.listener.reactor import EventDrivenServer, quiet_pdu_logs, register_server
 from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
@@ -184,11 +184,7 @@ class ListenerSet:
         )
         server.store_handler = fast_store_handler(snap, self.receiver)
         server.admission = Admission(per_address=settings.max_connections_per_address, total=settings.max_connections)
-        server.read_limits = ReadLimits.of(
-            max_pdu_bytes=settings.max_pdu_bytes,
-            pdu_read_seconds=settings.network_timeout_seconds,
-            association_seconds=settings.association_timeout_seconds,
-        )
+        server.read_limits = ReadLimits.from_settings(settings)
         register_server(ae, server)
         return server
 

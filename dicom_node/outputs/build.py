@@ -1,35 +1,30 @@
 """Building the outputs of one analysed series: every requested kind's writer over one shared
-:class:`~dicom_node.outputs.common.BuildContext` (one time stamp, one set of derived UIDs)."""
+:class:`~dicom_node.outputs.common.BuildContext` (one time stamp, one set of derived UIDs).
+
+The writers are found by the registry's rule (dicom_node.outputs.kinds): the kind ``NAME`` is
+written by ``build_NAME`` in ``dicom_node.outputs.NAME``; nothing here lists the kinds again.
+"""
 
 from __future__ import annotations
 
 import datetime
-from typing import Callable, Iterable
+import importlib
+from typing import Callable, Iterable, cast
 
 from pydicom.dataset import Dataset
 
 from dicom_node.outputs.common import BuildContext, OutputOptions, SourceSeries, resolve_slices
-from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.outputs.kos import build_kos
-from dicom_node.outputs.pm import build_pm
-from dicom_node.outputs.sc import build_sc
-from dicom_node.outputs.seg import build_seg
-from dicom_node.outputs.sr import build_sr
+from dicom_node.outputs.kinds import KINDS, OUTPUT_KINDS
 from dicom_node.validation import check_output_kinds, require
 from model.contract.result import SeriesResult
 
 Writer = Callable[[BuildContext], list[Dataset]]
 
-# One writer per kind of dicom_node.outputs.kinds.
-WRITERS: dict[str, Writer] = {
-    "sr": lambda ctx: [build_sr(ctx)],
-    "sc": build_sc,
-    "seg": build_seg,
-    "kos": build_kos,
-    "pm": build_pm,
-}
-if set(WRITERS) != set(OUTPUT_KINDS):
-    raise RuntimeError(f"output kinds {sorted(OUTPUT_KINDS)} and writers {sorted(WRITERS)} differ")
+
+def writer(kind: str) -> Writer:
+    """The writer of an output kind of the registry: ``build_<kind>`` of ``dicom_node.outputs.<kind>``."""
+    name = KINDS[kind].name
+    return cast(Writer, getattr(importlib.import_module(f"{__package__}.{name}"), f"build_{name}"))
 
 
 def build_outputs(
@@ -55,4 +50,4 @@ def build_outputs(
     ctx = BuildContext(
         result=result, sources=sources, slices=resolve_slices(result, sources), options=options, created=created
     )
-    return {kind: WRITERS[kind](ctx) for kind in kinds}
+    return {kind: writer(kind)(ctx) for kind in kinds}

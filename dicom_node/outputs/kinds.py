@@ -1,11 +1,12 @@
 """The output kinds: the one list that validation, the settings, the command line, the admin pages,
 exports and the builder read.
 
-Adding a kind (an RT Structure Set, say): write its writer module beside the others, a function
-``build_<kind>(ctx: BuildContext) -> list[Dataset]`` (dicom_node.outputs.common holds what writers
-share), add one :class:`OutputKind` line below and one line to ``WRITERS`` in
-dicom_node.outputs.build. Destinations may then name it in their ``outputs``; it is built for
-every job and sent to the destinations that take it.
+Adding a kind (an RT Structure Set, say): write its writer module beside the others, named after
+the kind (``dicom_node/outputs/<kind>.py``), with a function ``build_<kind>(ctx: BuildContext) ->
+list[Dataset]`` (dicom_node.outputs.common holds what writers share), and add one
+:class:`OutputKind` line below: dicom_node.outputs.build finds the writer by that rule. Destinations
+may then name it in their ``outputs``; it is built for every job and sent to the destinations that
+take it.
 
 This module imports nothing heavy: the settings and validators read it at start-up.
 """

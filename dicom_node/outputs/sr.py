@@ -311,8 +311,8 @@ def _seg_stub(ctx: BuildContext) -> Dataset:
     return ds
 
 
-def build_sr(ctx: BuildContext) -> Dataset:
-    """The SR of the result (one instance)."""
+def build_sr(ctx: BuildContext) -> list[Dataset]:
+    """The SR of the result (one instance, in a list like every writer's objects)."""
     model = ctx.result.model
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=ctx.device_uid,
@@ -375,4 +375,4 @@ def build_sr(ctx: BuildContext) -> Dataset:
             )
         ]
     stamp(sr, ctx.created)
-    return sr
+    return [sr]

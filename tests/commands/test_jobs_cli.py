@@ -27,7 +27,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Database:
     database = Database(url)
     with database.session() as s:
         ae = LocalAE(title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0)
-        ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=104)]
+        ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=104, outputs=["sr"])]
         s.add(ae)
         s.flush()
         series = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value)

@@ -51,7 +51,7 @@ def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pyt
     db = Database(empty)
     with db.session() as s:
         ae = LocalAE(title="COVIDNODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0)
-        ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=4242)]
+        ae.destinations = [Destination(title="PACS", host="127.0.0.1", port=4242, outputs=["sr", "seg"])]
         s.add(ae)
         s.flush()
         done = Series(series_uid="1.2.3.4", study_uid="1.2.3", local_ae_id=ae.id, status=SeriesStatus.COMPLETE.value,

@@ -1,10 +1,12 @@
-"""The completion defaults of the settings are the defaults everywhere a local AE is made: the
-command line, the admin app's form and API, and ``dicom-node up``'s first local AE.
+"""The defaults of the settings are the defaults everywhere a local AE or a destination is made:
+the command line, the admin app's form and API, and ``dicom-node up``'s first local AE.
 
 Covers: a YAML file's ``completion.default_quiet_seconds`` and ``default_max_wait_seconds``
 reaching a local AE added without them (command line, ``ensure_local_ae``), the admin form's new
-item, and one validator for the maximum wait (settings, schemas, ORM). Not covered: completion
-itself (tests/jobs/test_completion.py).
+item, and one validator for the maximum wait (settings, schemas, ORM); ``export.default_outputs``
+reaching a destination added without outputs (command line, admin form) and an empty list of
+outputs refused with the field and the reason everywhere (settings, schemas, ORM, command line).
+Not covered: completion itself (tests/jobs/test_completion.py), exports (tests/jobs/test_states.py).
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dicom_node.admin.config_kinds import LOCAL_AES
+from dicom_node.admin.config_kinds import DESTINATIONS, LOCAL_AES
 from dicom_node.admin.pages.config import _defaults
 from dicom_node.cli import main
-from dicom_node.configuration import LocalAEIn, ensure_local_ae, parse
+from dicom_node.configuration import DestinationIn, LocalAEIn, ensure_local_ae, parse
 from dicom_node.db import Database, upgrade
-from dicom_node.db.models import LocalAE
+from dicom_node.db.models import Destination, LocalAE
 from dicom_node.errors import Refused
-from dicom_node.settings import CompletionSettings, SettingsError, load_settings
+from dicom_node.settings import CompletionSettings, ExportSettings, SettingsError, load_settings
 
 
 @pytest.fixture
@@ -66,3 +68,39 @@ def test_one_validator_for_the_maximum_wait(tmp_path: Path) -> None:
         load_settings(data_dir=tmp_path, completion={"default_max_wait_seconds": 10**9})
     with pytest.raises(ValueError, match="max_wait_seconds: 0.5 is out of range"):
         LocalAE(title="NODE", port=104, quiet_seconds=5.0, max_wait_seconds=0.5)
+
+
+@pytest.fixture
+def export_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path / "data"))
+    path = tmp_path / "node.yaml"
+    path.write_text("export:\n  default_outputs: [sr, kos]\n")
+    return path
+
+
+def test_a_destination_without_outputs_gets_the_settings_default(
+    export_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--config", str(export_config), "ae", "add-destination"]
+    assert main([*args, "PACS", "--host", "127.0.0.1", "--port", "4242"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == ["sr", "kos"]
+    assert main([*args, "VNA", "--host", "127.0.0.1", "--port", "4243", "--outputs", "seg"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == ["seg"]
+    assert _defaults(DESTINATIONS, load_settings(export_config))["outputs"] == ["sr", "kos"]
+
+
+def test_an_empty_list_of_outputs_is_refused_naming_the_field(
+    export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    why = "is empty: name at least one of sr, sc, seg, kos, pm"
+    args = ["--config", str(export_config), "ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", "4242"]
+    assert main([*args, "--outputs", ""]) == 2
+    assert capsys.readouterr().err == f"dicom-node: refused: outputs: {why}\n"
+    with pytest.raises(Refused, match=f"^outputs: {why}$"):
+        parse(DestinationIn, {"title": "PACS", "host": "127.0.0.1", "port": 4242, "outputs": []})
+    with pytest.raises(Refused, match=f"^outputs: {why}$"):
+        Destination(title="PACS", host="127.0.0.1", port=4242, outputs=[])
+    with pytest.raises(ValidationError, match=why):
+        ExportSettings(default_outputs=[])
+    with pytest.raises(SettingsError, match=f"setting export.default_outputs: {why}"):
+        load_settings(data_dir=tmp_path, export={"default_outputs": []})

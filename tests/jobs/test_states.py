@@ -52,7 +52,10 @@ def make_job(
     """A local AE with ``destinations`` destinations, a complete series from CALLER@10.0.0.7 and
     a job for it."""
     with db.session() as s:
-        dests = [Destination(title=f"PACS{i}", host="127.0.0.1", port=10400 + i) for i in range(destinations)]
+        dests = [
+            Destination(title=f"PACS{i}", host="127.0.0.1", port=10400 + i, outputs=OUTPUTS)
+            for i in range(destinations)
+        ]
         ae = LocalAE(
             title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0, return_to_caller=return_to_caller
         )
@@ -226,7 +229,7 @@ def test_done_job_gets_one_export_per_destination_and_the_caller(db: Database) -
         keys = [(r.destination_key, r.title, r.host, r.port, r.outputs, r.status) for r in rows]
         messages = s.scalars(select(OutboxMessage).where(OutboxMessage.topic == "export")).all()
     assert keys == [
-        ("dest:1", "PACS0", "127.0.0.1", 10400, list(OUTPUT_KINDS), "pending"),  # made without outputs: every kind
+        ("dest:1", "PACS0", "127.0.0.1", 10400, list(OUTPUT_KINDS), "pending"),  # made with every kind
         ("dest:2", "PACS1", "127.0.0.1", 10401, ["sr"], "pending"),
         ("caller:CALLER@10.0.0.7:4242", "CALLER", "10.0.0.7", 4242, list(OUTPUTS), "pending"),
     ]

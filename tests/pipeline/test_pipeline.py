@@ -83,7 +83,7 @@ def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = 
     storage = Storage(settings.storage_dir)
     with db.session() as s:
         ae = LocalAE(title="NODE", port=11112, quiet_seconds=5.0, max_wait_seconds=1800.0)
-        ae.destinations = [Destination(title=dest_title, host="127.0.0.1", port=dest_port)]
+        ae.destinations = [Destination(title=dest_title, host="127.0.0.1", port=dest_port, outputs=list(OUTPUT_KINDS))]
         s.add(ae)
         s.flush()
 
