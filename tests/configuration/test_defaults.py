@@ -31,7 +31,10 @@ from dicom_node.settings import CompletionSettings, ExportSettings, SettingsErro
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path / "data"))
     path = tmp_path / "node.yaml"
-    path.write_text("completion:\n  default_quiet_seconds: 7.5\n  default_max_wait_seconds: 600\n")
+    path.write_text(
+        "completion:\n  default_quiet_seconds: 7.5\n  default_max_wait_seconds: 600\n"
+        "export:\n  default_outputs: [sr, kos]\n"
+    )
     return path
 
 
@@ -70,30 +73,22 @@ def test_one_validator_for_the_maximum_wait(tmp_path: Path) -> None:
         LocalAE(title="NODE", port=104, quiet_seconds=5.0, max_wait_seconds=0.5)
 
 
-@pytest.fixture
-def export_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path / "data"))
-    path = tmp_path / "node.yaml"
-    path.write_text("export:\n  default_outputs: [sr, kos]\n")
-    return path
-
-
 def test_a_destination_without_outputs_gets_the_settings_default(
-    export_config: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--config", str(export_config), "ae", "add-destination"]
+    args = ["--config", str(config), "ae", "add-destination"]
     assert main([*args, "PACS", "--host", "127.0.0.1", "--port", "4242"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"] == ["sr", "kos"]
     assert main([*args, "VNA", "--host", "127.0.0.1", "--port", "4243", "--outputs", "seg"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"] == ["seg"]
-    assert _defaults(DESTINATIONS, load_settings(export_config))["outputs"] == ["sr", "kos"]
+    assert _defaults(DESTINATIONS, load_settings(config))["outputs"] == ["sr", "kos"]
 
 
 def test_an_empty_list_of_outputs_is_refused_naming_the_field(
-    export_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     why = "is empty: name at least one of sr, sc, seg, kos, pm"
-    args = ["--config", str(export_config), "ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", "4242"]
+    args = ["--config", str(config), "ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", "4242"]
     assert main([*args, "--outputs", ""]) == 2
     assert capsys.readouterr().err == f"dicom-node: refused: outputs: {why}\n"
     with pytest.raises(Refused, match=f"^outputs: {why}$"):
