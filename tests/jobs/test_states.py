@@ -1,7 +1,8 @@
-"""The job and export state machines (dicom_node.jobs.analyses, dicom_node.jobs.exports) on a real database, SQLite and
-PostgreSQL: claims and takeovers, ownership by attempt, superseded generations, the lost-job scan,
-export targets (destinations and the calling AE), backoff, permanent refusals, the maximum age,
-the due-exports scheduler, re-export and the jobs listing.
+"""The job and export state machines (dicom_node.jobs.analyses, dicom_node.jobs.exports) on a real
+database, SQLite (the fast tier) and PostgreSQL (the services tier): claims and takeovers, ownership
+by attempt, superseded generations, the lost-job scan, export targets (destinations and the calling
+AE), backoff, permanent refusals, the maximum age, the due-exports scheduler, re-export and the jobs
+listing.
 
 Send results are made by hand (dicom_node.sending.scu is tested against a real SCP in test_scu.py); no
 model, no Celery, no network here.
@@ -27,8 +28,6 @@ from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.sending.scu import Outcome, Peer, SendResult
 from dicom_node.settings import ExportSettings
-
-pytestmark = pytest.mark.integration
 
 STALE = 15.0
 Row = TypeVar("Row")
