@@ -66,6 +66,9 @@ class ListenerSettings(_Section):
     # Largest PDU we accept (0 = unlimited, then 64 MiB at most); larger PDUs mean fewer round
     # trips per image. A peer that sends a longer one is aborted before it is read.
     max_pdu_bytes: int = Field(default=4 * 1024 * 1024, ge=0)
+    # Largest data set accepted (a deflated one: inflated); a longer one is answered 0xA700 and
+    # nothing of it is kept. The default takes a 2 GB Enhanced CT.
+    max_dataset_bytes: int = Field(default=3 * 1024**3, ge=1024 * 1024)
     # How often listener processes re-read the AE table (adding an AE takes effect this fast).
     reload_seconds: float = Field(default=1.0, gt=0, le=60)
     # Storage SOP classes accepted by every local AE in addition to CT and Enhanced CT.

@@ -3,11 +3,12 @@ DIMSE round trip.
 
 In pynetdicom every C-STORE crosses two threads and builds its command sets with pydicom, which
 costs a few milliseconds a message: more than writing a 512x512 CT image to disk. Here, in state
-Sta6 (association established), a P-DATA-TF PDU whose first PDV is a complete C-STORE-RQ command
-set on an accepted presentation context is taken by the fast lane: the data set fragments are
-gathered, the store handler is called, and the C-STORE-RSP is written back, all in the DUL thread
-(the one thread that writes to the socket). Any other message goes through pynetdicom unchanged:
-association negotiation, C-ECHO, release, abort and any message we do not recognise.
+Sta6 (association established), every C-STORE-RQ on an accepted presentation context is taken by
+the fast lane: its data set fragments go to a spool as they arrive (dicom_node.storage.spool: in
+memory for an image, a file for a large one), the store handler is called, and the C-STORE-RSP is
+written back, all in the DUL thread (the one thread that writes to the socket). Any other message
+goes through pynetdicom: association negotiation, C-ECHO, release, abort and any message we do
+not recognise.
 
 P-DATA in Sta6 does not change the state of the upper-layer state machine (PS3.8 9.2, actions
 DT-1 and DT-2), so taking such PDUs out of the machine leaves it consistent.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from dicom_node.dicom_answers import Status
@@ -37,13 +38,36 @@ _TAG_DATA_SET_TYPE = 0x00000800
 _TAG_STATUS = 0x00000900
 _TAG_ERROR_COMMENT = 0x00000902
 _TAG_AFFECTED_SOP_INSTANCE = 0x00001000
+# A command set is a few hundred bytes; one longer than this is a protocol error.
+MAX_COMMAND_BYTES = 64 * 1024
+# The data set of a message the fast lane does not take (pynetdicom builds it in memory).
+PASSTHROUGH_BYTES = 1024 * 1024
+
+
+class DatasetSink(Protocol):
+    """Where a data set goes as its fragments arrive (dicom_node.storage.spool.Spool)."""
+
+    def write(self, fragment: bytes | memoryview) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 class StoreHandler(Protocol):
-    def __call__(
-        self, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: bytes
+    def open(self, *, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str) -> DatasetSink:
+        """A sink for the data set of a C-STORE-RQ that has just begun."""
+        ...
+
+    def store(
+        self,
+        *,
+        context_id: int,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: DatasetSink,
     ) -> tuple[int, str]:
-        """Store the data set; return (status, error comment or "")."""
+        """Store the whole data set; return (status, error comment or "")."""
+        ...
 
 
 def parse_command(data: bytes | memoryview) -> dict[int, bytes]:
@@ -113,11 +137,18 @@ class _Message:
     sop_class_uid: str
     sop_instance_uid: str
     message_id: int
-    parts: list[memoryview] = field(default_factory=list)  # fragments of the PDUs, joined at the end
+    dataset: DatasetSink
 
 
 class FastLane:
-    """Per-association state of the fast lane (lives in the DUL thread)."""
+    """Per-association state of the fast lane (lives in the DUL thread).
+
+    Every C-STORE-RQ on an accepted context is taken, its command set in one fragment or several;
+    its data set goes to the handler's sink as it arrives, so a data set of any size costs the
+    lane one PDU of memory. What the lane does not take goes to pynetdicom, whose messages are
+    built in memory: there a data set may be at most :data:`PASSTHROUGH_BYTES` long (the node
+    answers nothing else that carries one), and a longer one is a protocol error (ValueError).
+    """
 
     def __init__(
         self, handler: StoreHandler, accepted: Callable[[int], str | None], send: Callable[[bytes], None]
@@ -126,33 +157,75 @@ class FastLane:
         self.accepted = accepted  # context id -> transfer syntax, None if not accepted
         self.send = send
         self.message: _Message | None = None
+        self._command: bytearray | None = None  # command fragments so far
+        self._command_context = 0
+        self._passed = 0  # data set bytes given to pynetdicom since its last command
 
     def take(self, pdu: bytes) -> bytes | None:
         """Handle a P-DATA-TF PDU (with its 6-byte header).
 
-        Returns None when the fast lane consumed the whole PDU, else the PDU bytes (possibly the
-        remainder after a fast-lane message ended in it) for pynetdicom to process.
+        Returns None when the fast lane consumed the whole PDU, else a P-DATA-TF PDU of what is
+        left (the PDU itself when the lane took nothing of it) for pynetdicom to process.
         """
         items = _pdvs(pdu)
-        if self.message is None and not (items and self._is_store_command(items[0])):
-            return pdu
-        for index, (context_id, control, data) in enumerate(items):
-            if self.message is None:
-                if not self._is_store_command((context_id, control, data)):
-                    return _repack(items[index:])
-                self._start((context_id, control, data))
+        rest: list[tuple[int, int, bytes | memoryview]] = []
+        took = False
+        for context_id, control, data in items:
+            if self.message is not None:
+                if control & 0x01 or context_id != self.message.context_id:
+                    raise ValueError("a new command arrived before the data set of a C-STORE ended")
+                self.message.dataset.write(data)
+                took = True
+                if control & 0x02:
+                    self._finish()
                 continue
-            if control & 0x01 or context_id != self.message.context_id:
-                raise ValueError("a new command arrived before the data set of a C-STORE ended")
-            self.message.parts.append(data)
-            if control & 0x02:
-                self._finish()
-        return None
+            if control & 0x01:
+                took = self._command_fragment(context_id, control, data, rest) or took
+                continue
+            if self._command is not None:
+                raise ValueError("a data set fragment arrived before its command set ended")
+            self._passed += len(data)
+            if self._passed > PASSTHROUGH_BYTES:
+                raise ValueError(
+                    f"a data set of more than {PASSTHROUGH_BYTES} bytes on a message other than a C-STORE-RQ"
+                )
+            rest.append((context_id, control, data))
+        if not rest:
+            return None
+        return pdu if not took and len(rest) == len(items) else _repack(rest)
 
-    def _is_store_command(self, pdv: tuple[int, int, memoryview]) -> bool:
-        """A complete C-STORE-RQ command set, with a data set to follow, on an accepted context."""
-        context_id, control, data = pdv
-        if control & 0x03 != 0x03 or self.accepted(context_id) is None:
+    def _command_fragment(
+        self, context_id: int, control: int, data: memoryview, rest: list[tuple[int, int, bytes | memoryview]]
+    ) -> bool:
+        """A command fragment: gathered until the last one. Returns whether the lane took it
+        (a whole command set in one fragment that is not a C-STORE-RQ goes on as it came)."""
+        if self._command is None:
+            if control & 0x02:  # the whole command set in one fragment, as most senders do
+                if self._is_store_command(context_id, data):
+                    self._start(context_id, data)
+                    return True
+                self._passed = 0
+                rest.append((context_id, control, data))
+                return False
+            self._command = bytearray()
+            self._command_context = context_id
+        elif context_id != self._command_context:
+            raise ValueError("command fragments on two presentation contexts")
+        self._command += data
+        if len(self._command) > MAX_COMMAND_BYTES:
+            raise ValueError(f"a command set of more than {MAX_COMMAND_BYTES} bytes")
+        if control & 0x02:
+            command, self._command = bytes(self._command), None
+            if self._is_store_command(context_id, command):
+                self._start(context_id, command)
+            else:
+                self._passed = 0
+                rest.append((context_id, 0x03, command))
+        return True
+
+    def _is_store_command(self, context_id: int, data: bytes | memoryview) -> bool:
+        """A C-STORE-RQ command set, with a data set to follow, on an accepted context."""
+        if self.accepted(context_id) is None:
             return False
         try:
             command = parse_command(data)
@@ -164,34 +237,39 @@ class FastLane:
             and all(t in command for t in (_TAG_AFFECTED_SOP_CLASS, _TAG_AFFECTED_SOP_INSTANCE, _TAG_MESSAGE_ID))
         )
 
-    def _start(self, pdv: tuple[int, int, memoryview]) -> None:
-        context_id, _, data = pdv
+    def _start(self, context_id: int, data: bytes | memoryview) -> None:
         command = parse_command(data)
+        transfer_syntax = str(self.accepted(context_id))
+        sop_class_uid = _ui(command[_TAG_AFFECTED_SOP_CLASS])
+        sop_instance_uid = _ui(command[_TAG_AFFECTED_SOP_INSTANCE])
         self.message = _Message(
             context_id=context_id,
-            transfer_syntax=str(self.accepted(context_id)),
-            sop_class_uid=_ui(command[_TAG_AFFECTED_SOP_CLASS]),
-            sop_instance_uid=_ui(command[_TAG_AFFECTED_SOP_INSTANCE]),
+            transfer_syntax=transfer_syntax,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
             message_id=_us(command[_TAG_MESSAGE_ID]),
+            dataset=self.handler.open(
+                transfer_syntax=transfer_syntax, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
+            ),
         )
 
     def _finish(self) -> None:
         message, self.message = self.message, None
         assert message is not None
-        dataset = b"".join(message.parts)
-        message.parts.clear()
         try:
-            status, comment = self.handler(
+            status, comment = self.handler.store(
                 context_id=message.context_id,
                 transfer_syntax=message.transfer_syntax,
                 sop_class_uid=message.sop_class_uid,
                 sop_instance_uid=message.sop_instance_uid,
-                dataset=dataset,
+                dataset=message.dataset,
             )
         except Exception:
             # As pynetdicom does for a handler that raises: log it, answer a failure.
             log.exception("C-STORE handler failed for %s", message.sop_instance_uid)
             status, comment = int(Status.UNABLE_TO_PROCESS), "internal error, see the node's log"
+        finally:
+            message.dataset.discard()
         response = encode_store_response(
             sop_class_uid=message.sop_class_uid,
             sop_instance_uid=message.sop_instance_uid,
@@ -200,6 +278,12 @@ class FastLane:
             error_comment=comment,
         )
         self.send(p_data_tf(message.context_id, 0x03, response))
+
+    def close(self) -> None:
+        """The association ended: a data set still arriving is dropped (its temporary file removed)."""
+        message, self.message = self.message, None
+        if message is not None:
+            message.dataset.discard()
 
 
 def _pdvs(pdu: bytes) -> list[tuple[int, int, memoryview]]:
@@ -220,6 +304,6 @@ def _pdvs(pdu: bytes) -> list[tuple[int, int, memoryview]]:
     return out
 
 
-def _repack(items: list[tuple[int, int, memoryview]]) -> bytes:
+def _repack(items: list[tuple[int, int, bytes | memoryview]]) -> bytes:
     body = b"".join(struct.pack(">IBB", len(data) + 2, cid, ctl) + bytes(data) for cid, ctl, data in items)
     return struct.pack(">BBI", 0x04, 0x00, len(body)) + body

@@ -337,6 +337,8 @@ class EventDrivenDUL(DULServiceProvider):
                 self.state_machine.do_action(event)
                 sleep = False
         finally:
+            if self.fast_lane is not None:
+                self.fast_lane.close()
             self._wake_r.close()
             self._wake_w.close()
 
@@ -514,9 +516,7 @@ class EventDrivenRequestHandler(RequestHandler):
         if isinstance(dul, EventDrivenDUL):
             dul.read_limits = limits
         if store is not None and isinstance(dul, EventDrivenDUL) and dul.socket is not None:
-            dul.fast_lane = FastLane(
-                functools.partial(store, assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send
-            )
+            dul.fast_lane = FastLane(store(assoc), functools.partial(_accepted_transfer_syntax, assoc), dul.socket.send)
         for event, handlers in self.server._handlers.items():
             if event.is_intervention and handlers:
                 assoc.bind(event, *handlers)

@@ -8,16 +8,11 @@ received; it is parsed only to check it.
 
 from __future__ import annotations
 
+import functools
 import logging
-import zlib
-from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, Callable
 
-from pydicom.charset import convert_encodings
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -45,11 +40,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
-from dicom_node.errors import NodeError
-from dicom_node.listener import header as fast_header
+from dicom_node.listener.dataset import DEFAULT_MAX_BYTES, RejectedInstance, parse_header
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
-from dicom_node.storage.instance import Header, InvalidHeader, header_of, make_header
+from dicom_node.storage.spool import Spool
 from model.contract.uids import check_received_uid
 
 log = logging.getLogger(__name__)
@@ -82,7 +76,6 @@ _ALL_STORAGE_CLASSES: tuple[str, ...] = tuple(
     for uid, (name, kind, *_rest) in UID_dictionary.items()
     if kind == "SOP Class" and "Storage" in name and "Commitment" not in name and "Directory" not in name
 )
-_IMAGE_WORDS = ("Image Storage", "Multi-frame", "Photograph", "Volume Storage")
 
 
 def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
@@ -96,200 +89,27 @@ def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
     return list(dict.fromkeys(out))  # without repeats, in order
 
 
-def requires_pixel_data(sop_class_uid: str) -> bool:
-    name = UID(sop_class_uid).name
-    return any(word in name for word in _IMAGE_WORDS) and "Presentation State" not in name
-
-
-class RejectedInstance(NodeError):
-    """An instance we refuse; carries the status to answer and the reason to log."""
-
-    def __init__(self, status: Status, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def parse_header(raw: bytes, transfer_syntax: str, *, command_sop_class: str, command_sop_instance: str) -> Header:
-    """Read what the node keeps of a received data set, check that the data set is whole (a
-    truncated one fails here) and matches its request. Raises RejectedInstance with the status
-    to answer."""
-    ts = UID(transfer_syntax)
-    data = raw
-    if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            data = zlib.decompress(raw, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"deflated data set does not inflate: {exc}") from None
-    if len(data) == 0:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
-    header, has_pixels = _read_header(data, ts)
-    if header.sop_instance_uid != command_sop_instance.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.CANNOT_UNDERSTAND,
-            f"SOPInstanceUID {header.sop_instance_uid} differs from the request's {command_sop_instance}",
-        )
-    if header.sop_class_uid != command_sop_class.rstrip("\x00").strip():
-        raise RejectedInstance(
-            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-            f"SOPClassUID {header.sop_class_uid} differs from the request's {command_sop_class}",
-        )
-    if requires_pixel_data(header.sop_class_uid) and not has_pixels:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "image has no pixel data")
-    return header
-
-
-@dataclass(frozen=True)
-class PixelGeometry:
-    """What the length of a native Pixel Data must be (PS3.5 8.1.1, PS3.3 C.7.6.3)."""
-
-    rows: int | None
-    columns: int | None
-    samples: int | None
-    bits_allocated: int | None
-    frames: int
-    pixel_length: int | None  # None: no native Pixel Data (encapsulated, float, or none)
-
-    def check(self) -> None:
-        """Raise RejectedInstance when the Pixel Data is shorter than its image needs: such an
-        instance can not be decoded, and one of them makes a whole series' analysis fail."""
-        if self.pixel_length is None:
-            return
-        missing = [
-            name
-            for name, v in (("Rows", self.rows), ("Columns", self.columns), ("BitsAllocated", self.bits_allocated))
-            if not v
-        ]
-        if missing:
-            raise RejectedInstance(
-                Status.CANNOT_UNDERSTAND, f"Pixel Data without {', '.join(missing)}: the image can not be decoded"
-            )
-        assert self.rows and self.columns and self.bits_allocated
-        samples = self.samples or 1
-        bits = self.rows * self.columns * samples * self.frames * self.bits_allocated
-        expected = (bits + 7) // 8
-        if self.pixel_length < expected:
-            raise RejectedInstance(
-                Status.CANNOT_UNDERSTAND,
-                f"Pixel Data has {self.pixel_length} bytes; "
-                "Rows x Columns x SamplesPerPixel x BitsAllocated/8 x Frames "
-                f"({self.rows} x {self.columns} x {samples} x {self.bits_allocated}/8 x {self.frames}) need {expected}",
-            )
-
-
-def _read_header(data: bytes, ts: UID) -> tuple[Header, bool]:
-    """(header, has pixel data): the fast reader for little endian data, pydicom otherwise. A
-    native Pixel Data shorter than its image needs is refused here."""
-    if ts.is_little_endian:
-        try:
-            values, has_pixels = fast_header.scan(data, implicit=ts.is_implicit_VR)
-        except fast_header.Truncated as exc:
-            raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set is truncated: {exc}") from None
-        except fast_header.Unsupported as exc:
-            log.debug("fast header reader: %s; reading with pydicom", exc)
-        else:
-            encodings = _encodings(fast_header.text(values.get("SpecificCharacterSet")))
-            try:
-                header = make_header(lambda k: fast_header.text(values.get(k), encodings))
-            except InvalidHeader as exc:
-                raise RejectedInstance(Status.CANNOT_UNDERSTAND, str(exc)) from None
-            PixelGeometry(
-                rows=fast_header.unsigned_short(values.get("Rows")),
-                columns=fast_header.unsigned_short(values.get("Columns")),
-                samples=fast_header.unsigned_short(values.get("SamplesPerPixel")),
-                bits_allocated=fast_header.unsigned_short(values.get("BitsAllocated")),
-                frames=header.frames,
-                pixel_length=fast_header.unsigned_long(values.get(fast_header.PIXEL_DATA_LENGTH))
-                if not ts.is_compressed
-                else None,
-            ).check()
-            return header, has_pixels
-    try:
-        ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
-    except (EOFError, ValueError, NotImplementedError, OSError, KeyError, IndexError, TypeError) as exc:
-        raise RejectedInstance(
-            Status.CANNOT_UNDERSTAND, f"data set cannot be parsed: {type(exc).__name__}: {exc}"
-        ) from None
-    if len(ds) == 0:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, "data set is empty")
-    _check_complete(ds, len(data))
-    try:
-        header = header_of(ds)
-        PixelGeometry(
-            rows=_us(ds, "Rows"),
-            columns=_us(ds, "Columns"),
-            samples=_us(ds, "SamplesPerPixel"),
-            bits_allocated=_us(ds, "BitsAllocated"),
-            frames=header.frames,
-            pixel_length=None if ts.is_compressed else _native_pixel_length(ds),
-        ).check()
-        return header, any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    except InvalidHeader as exc:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, str(exc)) from None
-    except (ValueError, TypeError, KeyError, EOFError, OverflowError) as exc:
-        raise RejectedInstance(
-            Status.CANNOT_UNDERSTAND, f"data set has an unreadable attribute: {type(exc).__name__}: {exc}"
-        ) from None
-
-
-def _us(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(value[0])
-    except (TypeError, IndexError, ValueError):
-        return None
-
-
-def _native_pixel_length(ds: Dataset) -> int | None:
-    """The length of a defined-length Pixel Data as received; None if there is none."""
-    if 0x7FE00010 not in ds:
-        return None
-    elem = ds.get_item(0x7FE00010)
-    if isinstance(elem, RawDataElement):
-        return None if elem.length == 0xFFFFFFFF else int(elem.length)
-    value = elem.value
-    return len(value) if isinstance(value, (bytes, bytearray)) else None
-
-
-def _encodings(specific_character_set: str) -> list[str]:
-    if not specific_character_set:
-        return ["iso8859"]
-    try:
-        return list(convert_encodings([v.strip() for v in specific_character_set.split("\\")]))
-    except LookupError:
-        return ["iso8859"]
-
-
-def _check_complete(ds: Dataset, size: int) -> None:
-    """pydicom reads a value cut short by the end of the data without complaint: check that every
-    top-level element got all its bytes and that nothing is missing after the last one."""
-    end = 0
-    for tag in ds.keys():
-        elem = ds.get_item(tag)  # the element as read, not converted
-        if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
-            continue
-        got = len(elem.value) if elem.value is not None else 0
-        if got != elem.length:
-            raise RejectedInstance(
-                Status.CANNOT_UNDERSTAND,
-                f"data set is truncated: element {elem.tag} has {got} of its {elem.length} bytes",
-            )
-        end = max(end, elem.value_tell + elem.length)
-    if end > size:
-        raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"data set is truncated at byte {size}")
-
-
 class Receiver:
     """The C-STORE logic of the node, independent of the network: check, store durably, index."""
 
-    def __init__(self, storage: Storage, index: Index, *, min_free_bytes: int) -> None:
+    def __init__(
+        self, storage: Storage, index: Index, *, min_free_bytes: int, max_dataset_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         self.storage = storage
         self.index = index
         self.min_free_bytes = min_free_bytes
+        self.max_dataset_bytes = max_dataset_bytes
+
+    def spool(self, *, calling_ae: str, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> Spool:
+        """Where the data set of a C-STORE goes as it arrives (dicom_node.storage.spool)."""
+        return self.storage.spool(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            source_ae_title=calling_ae,
+            max_bytes=self.max_dataset_bytes,
+            min_free_bytes=self.min_free_bytes,
+        )
 
     def store(
         self,
@@ -300,12 +120,14 @@ class Receiver:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax_uid: str,
-        dataset: bytes,
+        dataset: bytes | Spool,
     ) -> tuple[Status, str]:
-        """Store one instance; return the status to answer and, for a failure, why."""
+        """Store one instance; return the status to answer and, for a failure, why. A spool is
+        stored (its file renamed into place) or discarded: nothing of it is left behind."""
+        spool = dataset if isinstance(dataset, Spool) else Spool.of_bytes(dataset)
         try:
             return self._store(
-                local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset
+                local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, spool
             ), ""
         except RejectedInstance as exc:
             log.warning(
@@ -327,6 +149,8 @@ class Receiver:
                 local_ae=local_ae.title,
             )
             return exc.status, exc.reason
+        finally:
+            spool.discard()
 
     def _store(
         self,
@@ -336,9 +160,11 @@ class Receiver:
         sop_class_uid: str,
         sop_instance_uid: str,
         transfer_syntax_uid: str,
-        dataset: bytes,
+        dataset: Spool,
     ) -> Status:
-        if self.storage.free_bytes() < self.min_free_bytes + len(dataset):
+        if dataset.refusal is not None:
+            raise RejectedInstance(Status.OUT_OF_RESOURCES, dataset.refusal)
+        if self.storage.free_bytes() < self.min_free_bytes + (dataset.size if dataset.in_memory else 0):
             raise RejectedInstance(
                 Status.OUT_OF_RESOURCES,
                 f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB",
@@ -347,7 +173,11 @@ class Receiver:
         if not ok:
             raise RejectedInstance(Status.CANNOT_UNDERSTAND, f"request's AffectedSOPInstanceUID: {reason}")
         header = parse_header(
-            dataset, transfer_syntax_uid, command_sop_class=sop_class_uid, command_sop_instance=sop_instance_uid
+            dataset,
+            transfer_syntax_uid,
+            command_sop_class=sop_class_uid,
+            command_sop_instance=sop_instance_uid,
+            max_bytes=self.max_dataset_bytes,
         )
         relative = self.storage.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
         # The layout is a function of the UIDs, so an existing file is the cheap duplicate check;
@@ -527,16 +357,33 @@ def status_dataset(status: Status, reason: str) -> Dataset:
     return ds
 
 
-def fast_store_handler(local_ae: LocalAESnapshot, receiver: Receiver) -> Callable[..., tuple[int, str]]:
-    """The store handler of the fast lane (dicom_node.listener.fastlane) for one local AE."""
+class FastStore:
+    """The fast lane's store handler (dicom_node.listener.fastlane) of one local AE on one association."""
+
+    def __init__(self, local_ae: LocalAESnapshot, receiver: Receiver, assoc: Any) -> None:
+        self.local_ae = local_ae
+        self.receiver = receiver
+        self.assoc = assoc
+
+    def _calling_ae(self) -> str:
+        return str(self.assoc.requestor.ae_title).strip()
+
+    def open(self, *, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str) -> Spool:
+        return self.receiver.spool(
+            calling_ae=self._calling_ae(),
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax,
+        )
 
     def store(
-        assoc: Any, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: bytes
+        self, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: Any
     ) -> tuple[int, str]:
-        status, reason = receiver.store(
-            local_ae,
-            calling_ae=str(assoc.requestor.ae_title).strip(),
-            calling_host=str(assoc.requestor.address),
+        assert isinstance(dataset, Spool)
+        status, reason = self.receiver.store(
+            self.local_ae,
+            calling_ae=self._calling_ae(),
+            calling_host=str(self.assoc.requestor.address),
             sop_class_uid=sop_class_uid,
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=transfer_syntax,
@@ -544,4 +391,7 @@ def fast_store_handler(local_ae: LocalAESnapshot, receiver: Receiver) -> Callabl
         )
         return int(status), reason
 
-    return store
+
+def fast_store_handler(local_ae: LocalAESnapshot, receiver: Receiver) -> Callable[[Any], FastStore]:
+    """The fast lane's store handler of one local AE, made for each association."""
+    return functools.partial(FastStore, local_ae, receiver)

@@ -31,7 +31,14 @@ from dicom_node.db.times import utcnow
 from dicom_node.listener.limits import Admission, ReadLimits
 from dicom_node.listener.ports import PortLock, PortTaken
 from dicom_node.listener.reactor import EventDrivenServer, quiet_pdu_logs, register_server
-from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver, accepted_sop_classes, fast_store_handler, handlers_for
+from dicom_node.listener.scp import (
+    TRANSFER_SYNTAXES,
+    FastStore,
+    Receiver,
+    accepted_sop_classes,
+    fast_store_handler,
+    handlers_for,
+)
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage.files import Storage
@@ -45,8 +52,8 @@ class ReusePortServer(EventDrivenServer):
     """The event-driven server with bounded admission (dicom_node.listener.reactor), bound with
     SO_REUSEPORT so sibling processes share a port."""
 
-    # The fast lane's store handler of this server's local AE (dicom_node.listener.scp).
-    store_handler: Callable[..., tuple[int, str]] | None = None
+    # Makes the fast lane's store handler of this server's local AE for an association (dicom_node.listener.scp).
+    store_handler: Callable[[Any], FastStore] | None = None
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -76,7 +83,10 @@ class ListenerSet:
         self.storage = Storage(settings.storage_dir)
         self.index = Index(db)
         self.receiver = Receiver(
-            self.storage, self.index, min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024
+            self.storage,
+            self.index,
+            min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024,
+            max_dataset_bytes=settings.listener.max_dataset_bytes,
         )
         self.ssl_context = make_ssl_context(settings.listener.tls)
         self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread, PortLock]] = {}

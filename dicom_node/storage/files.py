@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dicom_node import __version__
+from dicom_node.storage.spool import Spool
 from model.contract.uids import clean_uid, derived_uid
 
 IMPLEMENTATION_CLASS_UID = derived_uid("implementation-class")
@@ -67,10 +68,30 @@ class Storage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def spool(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_ae_title: str = "",
+        max_bytes: int,
+        min_free_bytes: int = 0,
+    ) -> Spool:
+        """Where a data set being received goes (dicom_node.storage.spool): in memory, then a
+        temporary file of ``.incoming/`` that :meth:`write` renames into place."""
+        return Spool(
+            self.incoming,
+            part10_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title),
+            max_bytes=max_bytes,
+            free_bytes=self.free_bytes,
+            min_free_bytes=min_free_bytes,
+        )
+
     def write(
         self,
         relative: str,
-        dataset_bytes: bytes | memoryview,
+        dataset_bytes: bytes | memoryview | Spool,
         *,
         sop_class_uid: str,
         sop_instance_uid: str,
@@ -81,8 +102,15 @@ class Storage:
         """Write a Part 10 file durably and atomically; return where it is.
 
         ``series_record`` is kept as ``series.json`` beside the first instance of a series (who
-        sent it, to which local AE), so that the index can be rebuilt from the files alone.
+        sent it, to which local AE), so that the index can be rebuilt from the files alone. A
+        spool that went to a file (its Part 10 header made by :meth:`spool` with the same
+        arguments) is made durable and renamed into place.
         """
+        if isinstance(dataset_bytes, Spool):
+            if dataset_bytes.in_memory:
+                dataset_bytes = dataset_bytes.memory()
+            else:
+                return self._move_spool(relative, dataset_bytes, series_record)
         header = part10_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title)
         target = self.root / relative
         tmp = self.incoming / f"{uuid.uuid4().hex}.part"
@@ -108,6 +136,17 @@ class Storage:
             tmp.unlink(missing_ok=True)
             raise
         return StoredFile(target, relative, len(header) + len(dataset_bytes))
+
+    def _move_spool(self, relative: str, spool: Spool, series_record: dict[str, Any] | None) -> StoredFile:
+        assert spool.path is not None
+        spool.finish()
+        target = self.root / relative
+        if self._ensure_dir(target.parent) and series_record is not None:
+            self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
+        os.replace(spool.path, target)
+        spool.moved()
+        fsync_dir(target.parent)
+        return StoredFile(target, relative, len(spool.prefix) + spool.size)
 
     def _ensure_dir(self, directory: Path) -> bool:
         """Create the directory (durably) if needed; True if it is new."""

@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import threading
 import time
+import zlib
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Iterator
 
 import psutil
@@ -27,6 +30,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 VERIFICATION = "1.2.840.10008.1.1"
+DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 
 
 def _uid(value: str) -> bytes:
@@ -200,6 +204,75 @@ def send_store(
     for n, chunk in enumerate(chunks):
         peer.send(p_data_tf(context_id, 0x02 if n == len(chunks) - 1 else 0x00, chunk))
     return store_status(peer.read_pdu())
+
+
+def send_endless(
+    peer: Peer, context_id: int, sop_class: str, sop_instance: str, total: int, *, fragment: int = 16384
+) -> int:
+    """A C-STORE-RQ whose data set goes on for ``total`` bytes in fragments of ``fragment`` bytes,
+    none of them the last; returns the bytes sent (fewer if the listener closed first)."""
+    if not peer.send(p_data_tf(context_id, 0x03, store_command(sop_class, sop_instance))):
+        return 0
+    pdu = p_data_tf(context_id, 0x00, b"\x00" * fragment)
+    sent = 0
+    while sent < total:
+        if not peer.send(pdu):
+            break
+        sent += fragment
+    return sent
+
+
+def deflate_bomb(sop_instance: str, inflated: int, *, block: int = 16 * 1024 * 1024) -> bytes:
+    """A Deflated Explicit VR Little Endian CT data set of about ``inflated`` bytes once inflated
+    (a Pixel Data of zeros), about a thousandth of that deflated. Made in a fraction of a second:
+    one block of zeros deflated after a full flush deflates to the same bytes every time."""
+    blocks = max(1, inflated // block)
+    ds = Dataset()
+    ds.SOPClassUID = CT_IMAGE
+    ds.SOPInstanceUID = sop_instance
+    ds.StudyInstanceUID = "2.25.9" + "0" * 30
+    ds.SeriesInstanceUID = "2.25.9" + "0" * 29 + "1"
+    ds.Modality = "CT"
+    ds.PatientID = "BOMB"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 512, 512, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    head = fp.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, blocks * block)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    start = compressor.compress(head) + compressor.flush(zlib.Z_FULL_FLUSH)
+    zeros = compressor.compress(bytes(block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return start + zeros * blocks + compressor.flush()
+
+
+class RssPeak:
+    """The largest resident set of a ``serve`` process's listeners while the ``with`` block runs,
+    sampled every ``interval`` seconds."""
+
+    def __init__(self, serve_pid: int, interval: float = 0.05) -> None:
+        self.serve_pid = serve_pid
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, max_listener_rss(self.serve_pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, max_listener_rss(self.serve_pid))
 
 
 # --- the listener's processes ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 
 from dicom_node.dicom_answers import Status
-from dicom_node.listener.scp import RejectedInstance, parse_header
+from dicom_node.listener.dataset import RejectedInstance, parse_header
 
 TS_FLAGS: dict[str, tuple[bool, bool]] = {
     ExplicitVRLittleEndian: (True, False),

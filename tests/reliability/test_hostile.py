@@ -13,6 +13,7 @@ import os
 import random
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -20,16 +21,23 @@ import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
 
+from dicom_node.listener.fastlane import p_data_tf
 from model.phantoms.writer import write_phantom_series
 from tests.harness.hostile import (
     CT_IMAGE,
+    DEFLATED_LE,
     EXPLICIT_LE,
     MR_IMAGE,
     Peer,
+    RssPeak,
     accepted_contexts,
+    deflate_bomb,
+    fresh_uid,
     listener_processes,
     max_listener_rss,
+    send_endless,
     send_store,
+    store_status,
 )
 from tests.harness.peers import NodeProcess, cli, cli_json, free_port, node_env, storescu, wait_until
 
@@ -40,6 +48,7 @@ RSS_BOUND = 300 * 2**20  # bytes, per listener process
 ASSOCIATION_TIMEOUT = 8.0  # ARTIM: long enough that the half-open test holds its connections
 NETWORK_TIMEOUT = 3.0
 PER_ADDRESS = 16
+MAX_DATASET = 384 * 2**20  # listener.max_dataset_bytes here (takes the 315 MB Enhanced CT below)
 
 
 class HostileNode:
@@ -55,6 +64,14 @@ class HostileNode:
     def rss(self) -> int:
         return max_listener_rss(self.pid)
 
+    @property
+    def incoming(self) -> Path:
+        """Where data sets being received are spooled (dicom_node.storage.spool)."""
+        return Path(self.env["DICOM_NODE_DATA_DIR"]) / "storage" / ".incoming"
+
+    def stored(self, sop_instance: str) -> list[Path]:
+        return list((Path(self.env["DICOM_NODE_DATA_DIR"]) / "storage").rglob(f"{sop_instance}.dcm"))
+
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileNode]:
@@ -68,6 +85,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileNode]:
         listener__association_timeout_seconds=ASSOCIATION_TIMEOUT,
         listener__network_timeout_seconds=NETWORK_TIMEOUT,
         listener__max_connections_per_address=PER_ADDRESS,
+        listener__max_dataset_bytes=MAX_DATASET,
         completion__poll_seconds=0.2,
     )
     port = free_port()
@@ -98,8 +116,8 @@ def assert_healthy(node: HostileNode, phantom: Path) -> None:
     assert sorted(p.pid for p in listener_processes(node.pid)) == node.listeners, node.log()[-3000:]
 
 
-def established(node: HostileNode) -> Peer:
-    peer = Peer(node.port)
+def established(node: HostileNode, timeout: float = 10.0) -> Peer:
+    peer = Peer(node.port, timeout=timeout)
     answer = peer.associate(TITLE, "FUZZER", [(1, CT_IMAGE, [EXPLICIT_LE])])
     assert answer[0] == 0x02, answer
     return peer
@@ -241,6 +259,100 @@ def test_rejected_presentation_contexts_are_logged_with_who_and_what(node: Hosti
         and "abstract syntax (SOP class) not supported" in line
         and "(0 accepted)" in line
     )
+
+
+def _endless_then_last(node: HostileNode, total: int) -> int | None:
+    """A data set of ``total`` bytes in 16 kB fragments, then its last fragment: the status."""
+    peer = established(node, timeout=120)
+    try:
+        uid = fresh_uid(random.Random())
+        assert send_endless(peer, 1, CT_IMAGE, uid, total) == total
+        peer.send(p_data_tf(1, 0x02, b"\x00\x00"))
+        return store_status(peer.read_pdu())
+    finally:
+        peer.close()
+
+
+def test_a_data_set_that_never_ends_is_refused_in_bounded_memory_and_leaves_nothing(
+    node: HostileNode, phantom: Path
+) -> None:
+    """1.5 GB of P-DATA fragments of 16 kB, never the last: the first MAX_DATASET bytes are
+    spooled to a file, then counted and dropped; the last fragment gets 0xA700 naming the limit."""
+    with RssPeak(node.pid) as rss:
+        status = _endless_then_last(node, 1536 * 2**20)
+    assert status == 0xA700, status
+    assert "listener.max_dataset_bytes" in node.log()
+    assert list(node.incoming.iterdir()) == []
+    assert rss.peak < RSS_BOUND, f"listener RSS {rss.peak / 2**20:.0f} MB"
+    assert_healthy(node, phantom)
+
+
+def test_a_data_set_cut_off_by_its_sender_leaves_nothing_on_disk(node: HostileNode, phantom: Path) -> None:
+    peer = established(node)
+    send_endless(peer, 1, CT_IMAGE, fresh_uid(random.Random()), 64 * 2**20)
+    wait_until(lambda: any(node.incoming.glob("*.part")), 30, "the data set to be spooled to a file")
+    peer.close()
+    wait_until(lambda: not any(node.incoming.iterdir()), 30, "the spooled file to be removed")
+    assert_healthy(node, phantom)
+
+
+def _bomb_status(node: HostileNode, bomb: bytes, uid: str) -> int | None:
+    peer = Peer(node.port, timeout=120)
+    try:
+        kind, body = peer.associate(TITLE, "FUZZER", [(1, CT_IMAGE, [DEFLATED_LE])])
+        assert kind == 0x02 and accepted_contexts(body) == {1: DEFLATED_LE}, body
+        return send_store(peer, 1, CT_IMAGE, uid, bomb)
+    finally:
+        peer.close()
+
+
+def test_a_deflate_bomb_is_inflated_in_bounded_memory_and_refused(node: HostileNode, phantom: Path) -> None:
+    """1.5 MB that inflates to 1.5 GB: inflated a chunk at a time while its header is read, refused
+    0xA700 once it passes listener.max_dataset_bytes; nothing stored."""
+    uid = fresh_uid(random.Random())
+    bomb = deflate_bomb(uid, 1536 * 2**20)
+    assert len(bomb) < 2 * 2**20
+    with RssPeak(node.pid) as rss:
+        status = _bomb_status(node, bomb, uid)
+    assert status == 0xA700, status
+    assert "inflates to more than" in node.log()
+    assert node.stored(uid) == [] and list(node.incoming.iterdir()) == []
+    assert rss.peak < RSS_BOUND, f"listener RSS {rss.peak / 2**20:.0f} MB"
+    assert_healthy(node, phantom)
+
+
+def test_ten_such_peers_at_once_stay_in_bounded_memory(node: HostileNode, phantom: Path) -> None:
+    """Ten long data sets of zeros (spooled to files, then refused: not a data set) and ten deflate
+    bombs past listener.max_dataset_bytes, all at once."""
+    uids = [fresh_uid(random.Random()) for _ in range(10)]
+    bombs = [deflate_bomb(uid, MAX_DATASET + 16 * 2**20) for uid in uids]
+    with RssPeak(node.pid) as rss:
+        with ThreadPoolExecutor(20) as pool:
+            endless = [pool.submit(_endless_then_last, node, 64 * 2**20) for _ in range(10)]
+            inflating = [pool.submit(_bomb_status, node, bomb, uid) for bomb, uid in zip(bombs, uids)]
+            statuses = [f.result() for f in endless + inflating]
+    assert statuses == [0xC000] * 10 + [0xA700] * 10, statuses
+    assert list(node.incoming.iterdir()) == []
+    print(f"ten endless data sets and ten bombs at once: listener RSS peak {rss.peak / 2**20:.0f} MB")
+    assert rss.peak < RSS_BOUND, f"listener RSS {rss.peak / 2**20:.0f} MB"
+    assert_healthy(node, phantom)
+
+
+def test_an_enhanced_ct_of_600_frames_is_stored_in_bounded_memory(node: HostileNode, tmp_path: Path) -> None:
+    """One 315 MB object by storescu: spooled to a file as it arrives and renamed into place."""
+    path = write_phantom_series(
+        "covid", tmp_path / "enhanced", seed=5, slices=600, rows=512, columns=512, multiframe=True, write_masks=False
+    )
+    files = list(path.iterdir())
+    assert len(files) == 1 and files[0].stat().st_size > 300 * 2**20
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID)
+    with RssPeak(node.pid) as rss:
+        sent = storescu(files, node.port)
+    assert sent.returncode == 0, sent.stderr
+    stored = node.stored(uid)
+    assert len(stored) == 1 and stored[0].stat().st_size > files[0].stat().st_size - 2**20
+    print(f"a 600-frame Enhanced CT: listener RSS peak {rss.peak / 2**20:.0f} MB")
+    assert rss.peak < RSS_BOUND, f"listener RSS {rss.peak / 2**20:.0f} MB"
 
 
 def test_memory_bound_and_no_listener_restarted(node: HostileNode, phantom: Path) -> None:

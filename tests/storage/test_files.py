@@ -16,7 +16,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from dicom_node.dicom_answers import Status
-from dicom_node.listener.scp import RejectedInstance, parse_header
+from dicom_node.listener.dataset import RejectedInstance, parse_header
 from dicom_node.storage.files import INCOMING, SERIES_RECORD, Storage, part10_header
 from tests.harness.peers import require_tool
 from tests.pydicom_files import pydicom_file
