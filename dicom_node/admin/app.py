@@ -107,6 +107,90 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _context(request: Request) -> AdminContext:
+    context: AdminContext = request.app.state.ctx
+    return context
+
+
+async def authenticate(request: Request, call_next: Next) -> Response:
+    """Middleware: the principal of every request but the public ones, from a bearer token or the
+    session cookie; workers on other hosts by the shared remote.token; a browser session writing to
+    the API must send its CSRF token."""
+    path = request.url.path
+    request.state.principal = None
+    if is_public(path):
+        return await call_next(request)
+    context = _context(request)
+    if path.startswith(INTERNAL_PREFIX + "/"):
+        # Workers on other hosts (admin.internal): the shared remote.token, no user session.
+        code = internal_authorised(context.settings, request.headers.get("authorization", ""))
+        if code == 200:
+            return await call_next(request)
+        detail = (
+            "not found"
+            if code == 404
+            else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
+        )
+        return JSONResponse({"detail": detail}, status_code=code)
+    who, why = await run_in_threadpool(_resolve, context, request)
+    if who is None:
+        if wants_json(path):
+            return JSONResponse(
+                {"detail": f"not authenticated: {why}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+    if who.via == "web" and request.method not in SAFE_METHODS and wants_json(path):
+        if not csrf_matches(request.session.get("csrf"), request.headers.get("x-csrf-token")):
+            return JSONResponse(
+                {"detail": "a browser session writing to the API must send its CSRF token in X-CSRF-Token"},
+                status_code=403,
+            )
+    request.state.principal = who
+    return await call_next(request)
+
+
+async def measure(request: Request, call_next: Next) -> Response:
+    """Middleware: the request's time in the metrics (by route template), and the security headers."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", None) or ("/static" if request.url.path.startswith("/static/") else "unmatched")
+    _context(request).metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    return response
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    response = error_response(request, exc.status_code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = _field_errors(exc)
+    return error_response(request, 422, "; ".join(f"{e['field']}: {e['msg']}" for e in errors), errors)
+
+
+async def node_error(request: Request, exc: Exception) -> Response:
+    """The node's error kinds (dicom_node.errors) as their HTTP status; a Refused names its field."""
+    assert isinstance(exc, NodeError)
+    errors = None
+    if isinstance(exc, Refused):
+        errors = [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}]
+    return error_response(request, exc.http_status, str(exc), errors)
+
+
+async def favicon() -> Response:
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 def create_app(settings: Settings, db: Database) -> FastAPI:
     """The admin app over ``db`` (migrated already: ``dicom-node serve`` does it at start)."""
     app = FastAPI(
@@ -121,62 +205,13 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         docs_url=None,  # Swagger UI and ReDoc load their code from a CDN: nothing is fetched at run time
         redoc_url=None,
     )
-    context = AdminContext(
+    app.state.ctx = AdminContext(
         settings=settings,
         db=db,
         passwords=Passwords(),
         metrics=AdminMetrics(db),
         templates=templates(),
     )
-    app.state.ctx = context
-
-    async def authenticate(request: Request, call_next: Next) -> Response:
-        path = request.url.path
-        request.state.principal = None
-        if is_public(path):
-            return await call_next(request)
-        if path.startswith(INTERNAL_PREFIX + "/"):
-            # Workers on other hosts (admin.internal): the shared remote.token, no user session.
-            code = internal_authorised(settings, request.headers.get("authorization", ""))
-            if code == 200:
-                return await call_next(request)
-            detail = (
-                "not found"
-                if code == 404
-                else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
-            )
-            return JSONResponse({"detail": detail}, status_code=code)
-        who, why = await run_in_threadpool(_resolve, context, request)
-        if who is None:
-            if wants_json(path):
-                return JSONResponse(
-                    {"detail": f"not authenticated: {why}"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-            target = path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
-        if who.via == "web" and request.method not in SAFE_METHODS and wants_json(path):
-            if not csrf_matches(request.session.get("csrf"), request.headers.get("x-csrf-token")):
-                return JSONResponse(
-                    {"detail": "a browser session writing to the API must send its CSRF token in X-CSRF-Token"},
-                    status_code=403,
-                )
-        request.state.principal = who
-        return await call_next(request)
-
-    async def measure(request: Request, call_next: Next) -> Response:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", None) or (
-            "/static" if request.url.path.startswith("/static/") else "unmatched"
-        )
-        context.metrics.observe(request.method, template, response.status_code, time.perf_counter() - start)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
-
     # Starlette runs the last added middleware first: measure, then the session cookie, then auth.
     app.add_middleware(BaseHTTPMiddleware, dispatch=authenticate)
     app.add_middleware(
@@ -189,34 +224,11 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         https_only=settings.admin.secure_cookies,
     )
     app.add_middleware(BaseHTTPMiddleware, dispatch=measure)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        response = error_response(request, exc.status_code, str(exc.detail))
-        if exc.headers:
-            response.headers.update(exc.headers)
-        return response
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        errors = _field_errors(exc)
-        return error_response(request, 422, "; ".join(f"{e['field']}: {e['msg']}" for e in errors), errors)
-
-    async def node_error(request: Request, exc: Exception) -> Response:
-        """The node's error kinds (dicom_node.errors) as their HTTP status; a Refused names its field."""
-        assert isinstance(exc, NodeError)
-        errors = None
-        if isinstance(exc, Refused):
-            errors = [{"field": exc.field, "loc": ["body", exc.field or ""], "msg": exc.reason, "type": "refused"}]
-        return error_response(request, exc.http_status, str(exc), errors)
-
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     for kind in (Invalid, NotFound, Conflict, Unavailable):
         app.add_exception_handler(kind, node_error)
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon() -> Response:
-        return RedirectResponse("/static/favicon.svg", status_code=301)
-
+    app.add_api_route("/favicon.ico", favicon, include_in_schema=False)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(monitoring_router)
     app.include_router(internal_router)

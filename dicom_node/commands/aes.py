@@ -228,7 +228,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and result destinations (PACS)",
     )
     ae_sub = ae.add_subparsers(dest="ae_command", metavar="ACTION", required=True)
+    _register_local(ae_sub)
+    _register_peers(ae_sub)
+    _register_listing(ae_sub)
 
+
+def _register_local(ae_sub: argparse._SubParsersAction) -> None:
+    """``ae add-local`` and ``ae update-local``: the AE titles the node listens as."""
     p = command(
         ae_sub,
         "add-local",
@@ -284,6 +290,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.set_defaults(handler=cmd_ae_update_local)
 
+
+def _register_peers(ae_sub: argparse._SubParsersAction) -> None:
+    """``ae add-source``, ``ae add-destination`` and ``ae echo``: who sends, who receives results."""
     p = command(
         ae_sub, "add-source", "allow a calling AE to send", "dicom-node ae add-source CT_SCANNER_1 --host 10.0.0.21"
     )
@@ -324,6 +333,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the full answer as JSON")
     p.set_defaults(handler=cmd_ae_echo)
 
+
+def _register_listing(ae_sub: argparse._SubParsersAction) -> None:
+    """``ae remove`` and ``ae list``."""
     p = command(ae_sub, "remove", "remove a local AE, source or destination", "dicom-node ae remove source STORESCU")
     p.add_argument("kind", choices=["local", "source", "destination"])
     p.add_argument("title")

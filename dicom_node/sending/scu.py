@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 import pydicom
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
 
 from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
 
@@ -172,6 +173,101 @@ def _dataset_for(info: _FileInfo, own: bool) -> Path | pydicom.Dataset:
     return ds
 
 
+class _Negotiation:
+    """What the association request met, from pynetdicom's events: a TCP connection, an answer,
+    and that answer's result (accepted, or rejected with its result, source and reason)."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.answered = False
+        self.accepted = False
+        self.rejected: int | None = None  # AssociateResult.REJECTED_PERMANENT or _TRANSIENT
+        self.rejection = "no detail"
+
+    def handlers(self) -> list[EventHandlerType]:
+        return [(evt.EVT_ACSE_RECV, self._on_acse_recv), (evt.EVT_CONN_OPEN, self._on_conn_open)]
+
+    def _on_conn_open(self, _event: Any) -> None:
+        self.connected = True
+
+    def _on_acse_recv(self, event: Any) -> None:
+        self.answered = True
+        primitive = event.primitive
+        result = getattr(primitive, "result", None)
+        if result in (AssociateResult.REJECTED_PERMANENT, AssociateResult.REJECTED_TRANSIENT):
+            self.rejected = result
+            self.rejection = f"{primitive.result_str}, source: {primitive.source_str}, reason: {primitive.reason_str}"
+        elif result == AssociateResult.ACCEPTED:
+            self.accepted = True
+
+    def why_not(self, assoc: Any, files: Sequence[_FileInfo], where: str, timeout: float) -> tuple[Outcome, str]:
+        """The outcome and reason of an association that was not established."""
+        if assoc.is_rejected:
+            outcome = Outcome.RETRIABLE if self.rejected == AssociateResult.REJECTED_TRANSIENT else Outcome.PERMANENT
+            return outcome, f"association rejected by {where}: {self.rejection}"
+        if self.accepted:
+            classes = sorted({f.sop_class_uid.name for f in files})
+            return Outcome.PERMANENT, f"{where} accepted none of the presentation contexts ({', '.join(classes)})"
+        if not self.connected:
+            return Outcome.RETRIABLE, f"no association with {where}: no TCP connection (refused or timed out)"
+        if not self.answered:
+            return (
+                Outcome.RETRIABLE,
+                f"no association with {where}: no answer to the association request within {timeout:g} s",
+            )
+        return Outcome.RETRIABLE, f"no association with {where}: aborted during negotiation"
+
+
+def _store_one(assoc: Any, info: _FileInfo, own: bool) -> ObjectResult:
+    """C-STORE one file on an established association (in its own transfer syntax when ``own``)
+    and classify the answer."""
+    rsp = assoc.send_c_store(_dataset_for(info, own))
+    code = int(rsp.Status) if "Status" in rsp else None
+    outcome = classify_status(code)
+    if outcome is Outcome.SUCCESS:
+        return ObjectResult(info.path, info.sop_instance_uid, code, outcome)
+    detail = f"{info.sop_class_uid.name} {info.sop_instance_uid}: {status_name(code)}"
+    if code is not None and "ErrorComment" in rsp:
+        detail += f" ({rsp.ErrorComment})"
+    return ObjectResult(info.path, info.sop_instance_uid, code, outcome, detail)
+
+
+def _not_sent(files: Sequence[_FileInfo]) -> list[ObjectResult]:
+    return [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
+
+
+def _store_all(
+    assoc: Any, files: Sequence[_FileInfo], where: str, on_progress: Callable[[int], None] | None
+) -> list[ObjectResult]:
+    """Every file in turn; after a lost association (no answer, abort) the rest is not sent."""
+    results: list[ObjectResult] = []
+    for i, info in enumerate(files):
+        own, uncompressed = _accepted(assoc, info)
+        if not (own or uncompressed):
+            detail = f"{where} accepted no presentation context for {info.sop_class_uid.name}"
+            results.append(ObjectResult(info.path, info.sop_instance_uid, None, Outcome.PERMANENT, detail))
+            continue
+        result = _store_one(assoc, info, own)
+        results.append(result)
+        if result.outcome is Outcome.SUCCESS and on_progress is not None:
+            on_progress(sum(1 for r in results if r.outcome is Outcome.SUCCESS))
+        if result.status is None or not assoc.is_established:
+            # The association is gone (timeout, abort): the rest waits for the next attempt.
+            results.extend(_not_sent(files[i + 1 :]))
+            break
+    return results
+
+
+def _batch_reason(results: Sequence[ObjectResult], where: str) -> str:
+    """What went wrong in a batch: how many objects were stored, and the first failures."""
+    failures = [r.detail for r in results if r.outcome is not Outcome.SUCCESS and r.detail != "not sent"]
+    sent = sum(1 for r in results if r.outcome is Outcome.SUCCESS)
+    reason = f"{sent} of {len(results)} objects stored by {where}; " + "; ".join(failures[:5])
+    if len(failures) > 5:
+        reason += f"; and {len(failures) - 5} more"
+    return reason
+
+
 def send_files(
     paths: Sequence[Path],
     peer: Peer,
@@ -189,103 +285,26 @@ def send_files(
     if not files:
         return SendResult(Outcome.SUCCESS, "", seconds=0.0)
     ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.maximum_pdu_size = max_pdu
     _request_contexts(ae, files)
-
-    rejection: dict[str, Any] = {}
-
-    def on_conn_open(_event: Any) -> None:
-        rejection["connected"] = True
-
-    def on_acse_recv(event: Any) -> None:
-        rejection["answered"] = True
-        primitive = event.primitive
-        if getattr(primitive, "result", None) in (
-            AssociateResult.REJECTED_PERMANENT,
-            AssociateResult.REJECTED_TRANSIENT,
-        ):
-            rejection.update(
-                result=primitive.result,
-                text=f"{primitive.result_str}, source: {primitive.source_str}, reason: {primitive.reason_str}",
-            )
-        elif getattr(primitive, "result", None) == AssociateResult.ACCEPTED:
-            rejection["accepted"] = True
-
-    tls_args = None
-    if peer.tls:
-        tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host)
+    tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host) if peer.tls else None
     where = f"{peer.title}@{peer.host}:{peer.port}"
+    negotiation = _Negotiation()
     assoc = ae.associate(
-        peer.host,
-        peer.port,
-        ae_title=peer.title,
-        tls_args=tls_args,
-        evt_handlers=[(evt.EVT_ACSE_RECV, on_acse_recv), (evt.EVT_CONN_OPEN, on_conn_open)],
+        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=negotiation.handlers()
     )
     if not assoc.is_established:
-        not_sent = [ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent") for f in files]
-        if assoc.is_rejected:
-            transient = rejection.get("result") == AssociateResult.REJECTED_TRANSIENT
-            outcome = Outcome.RETRIABLE if transient else Outcome.PERMANENT
-            reason = f"association rejected by {where}: {rejection.get('text', 'no detail')}"
-        elif rejection.get("accepted"):
-            outcome = Outcome.PERMANENT
-            classes = sorted({f.sop_class_uid.name for f in files})
-            reason = f"{where} accepted none of the presentation contexts ({', '.join(classes)})"
-        elif not rejection.get("connected"):
-            outcome = Outcome.RETRIABLE
-            reason = f"no association with {where}: no TCP connection (refused or timed out)"
-        elif not rejection.get("answered"):
-            outcome = Outcome.RETRIABLE
-            reason = f"no association with {where}: no answer to the association request within {timeout:g} s"
-        else:
-            outcome = Outcome.RETRIABLE
-            reason = f"no association with {where}: aborted during negotiation"
+        outcome, reason = negotiation.why_not(assoc, files, where, timeout)
         log.warning("export to %s: %s", where, reason)
-        return SendResult(outcome, reason, not_sent, 0, time.monotonic() - started)
-
-    results: list[ObjectResult] = []
+        return SendResult(outcome, reason, _not_sent(files), 0, time.monotonic() - started)
     try:
-        for i, info in enumerate(files):
-            own, uncompressed = _accepted(assoc, info)
-            if not (own or uncompressed):
-                detail = f"{where} accepted no presentation context for {info.sop_class_uid.name}"
-                results.append(ObjectResult(info.path, info.sop_instance_uid, None, Outcome.PERMANENT, detail))
-                continue
-            rsp = assoc.send_c_store(_dataset_for(info, own))
-            code = int(rsp.Status) if "Status" in rsp else None
-            outcome = classify_status(code)
-            detail = (
-                ""
-                if outcome is Outcome.SUCCESS
-                else f"{info.sop_class_uid.name} {info.sop_instance_uid}: {status_name(code)}"
-            )
-            if code is not None and outcome is not Outcome.SUCCESS and "ErrorComment" in rsp:
-                detail += f" ({rsp.ErrorComment})"
-            results.append(ObjectResult(info.path, info.sop_instance_uid, code, outcome, detail))
-            if outcome is Outcome.SUCCESS and on_progress is not None:
-                on_progress(sum(1 for r in results if r.outcome is Outcome.SUCCESS))
-            if code is None or not assoc.is_established:
-                # The association is gone (timeout, abort): the rest waits for the next attempt.
-                results.extend(
-                    ObjectResult(f.path, f.sop_instance_uid, None, Outcome.RETRIABLE, "not sent")
-                    for f in files[i + 1 :]
-                )
-                break
+        results = _store_all(assoc, files, where, on_progress)
     finally:
         if assoc.is_established:
             assoc.release()
     outcome = worst([r.outcome for r in results])
-    failures = [r.detail for r in results if r.outcome is not Outcome.SUCCESS and r.detail != "not sent"]
-    reason = ""
-    if outcome is not Outcome.SUCCESS:
-        sent = sum(1 for r in results if r.outcome is Outcome.SUCCESS)
-        reason = f"{sent} of {len(files)} objects stored by {where}; " + "; ".join(failures[:5])
-        if len(failures) > 5:
-            reason += f"; and {len(failures) - 5} more"
+    reason = "" if outcome is Outcome.SUCCESS else _batch_reason(results, where)
+    if reason:
         log.warning("export to %s: %s", where, reason)
     return SendResult(outcome, reason, results, 1, time.monotonic() - started)
