@@ -22,13 +22,11 @@ from typing import Any, Callable
 
 from sqlalchemy import select
 
-from dicom_node.admin import audit
+from dicom_node.admin import audit, tokens
 from dicom_node.admin.auth import (
     Passwords,
-    create_token,
     create_user,
     find_user,
-    revoke_token,
     set_password,
     token_dict,
     user_dict,
@@ -116,22 +114,10 @@ def cmd_list_users(args: argparse.Namespace) -> int:
 
 def cmd_create_token(args: argparse.Namespace) -> int:
     def change(s: Any, actor: str) -> Any:
-        user = find_user(s, args.user)
-        row, raw = create_token(s, user, args.name or "", created_by=actor)
-        out = token_dict(row)
-        audit.record(
-            s,
-            actor,
-            "token.create",
-            target_type="token",
-            target_id=row.id,
-            target=f"{row.name} ({user.name})",
-            after=out,
-            via="cli",
-        )
+        out, raw, user = tokens.issue(s, actor, args.user, args.name or "", via="cli")
         if args.json:
             return {**out, "token": raw}
-        print(f"token {row.id} for {user.name} ({user.role}); it is not shown again:", file=sys.stderr)
+        print(f"token {out['id']} for {user.name} ({user.role}); it is not shown again:", file=sys.stderr)
         return raw
 
     return _run(args, change)
@@ -167,19 +153,8 @@ def cmd_list_tokens(args: argparse.Namespace) -> int:
 
 def cmd_revoke_token(args: argparse.Namespace) -> int:
     def change(s: Any, actor: str) -> Any:
-        row = revoke_token(s, args.id, revoked_by=actor)
-        out = token_dict(row)
-        audit.record(
-            s,
-            actor,
-            "token.revoke",
-            target_type="token",
-            target_id=row.id,
-            target=f"{row.name} ({row.user.name})",
-            after=out,
-            via="cli",
-        )
-        return f"token {row.id} revoked"
+        out = tokens.withdraw(s, actor, args.id, via="cli")
+        return f"token {out['id']} revoked"
 
     return _run(args, change)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from dicom_node.admin import audit
-from dicom_node.admin.auth import Principal, create_token, revoke_token, token_dict, user_dict
+from dicom_node.admin import audit, tokens
+from dicom_node.admin.auth import Principal, token_dict, user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import ApiToken, User
-from dicom_node.errors import Refused
 from dicom_node.validation import UserName
 
 router = APIRouter(tags=["Access"])
@@ -47,43 +46,14 @@ def list_tokens(request: Request, who: Principal = Depends(admin)) -> list[dict[
 )
 def new_token(data: TokenIn, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
     with ctx(request).db.session() as s:
-        name = data.user or who.name
-        user = s.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise Refused("user", f"no user named {name!r}")
-        row, raw = create_token(s, user, data.name, created_by=who.name)
-        out = token_dict(row)
-        audit.record(
-            s,
-            who,
-            "token.create",
-            target_type="token",
-            target_id=row.id,
-            target=f"{row.name} ({user.name})",
-            after=out,
-            remote_addr=client_addr(request),
-        )
+        out, raw, _ = tokens.issue(s, who, data.user or who.name, data.name, remote_addr=client_addr(request))
     return {**out, "token": raw}
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke an API token (admin): it fails from its next use on")
 def delete_token(token_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
     with ctx(request).db.session() as s:
-        if s.get(ApiToken, token_id) is None:
-            raise HTTPException(404, f"no API token with id {token_id}")
-        row = revoke_token(s, token_id, revoked_by=who.name)
-        out = token_dict(row)
-        audit.record(
-            s,
-            who,
-            "token.revoke",
-            target_type="token",
-            target_id=row.id,
-            target=f"{row.name} ({row.user.name})",
-            after=out,
-            remote_addr=client_addr(request),
-        )
-    return out
+        return tokens.withdraw(s, who, token_id, remote_addr=client_addr(request))
 
 
 @router.get("/audit", summary="The audit log, newest first")

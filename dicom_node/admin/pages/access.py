@@ -11,7 +11,8 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit
-from dicom_node.admin.auth import create_token, revoke_token, token_dict, user_dict
+from dicom_node.admin import tokens as token_actions
+from dicom_node.admin.auth import token_dict, user_dict
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.db.models import ApiToken, User
 from dicom_node.errors import Refused
@@ -56,21 +57,7 @@ def create(request: Request, data: FormData = Depends(form)) -> Response:
         return _tokens_page(request, errors={"name": "must not be empty"}, status_code=422)
     try:
         with ctx(request).db.session() as s:
-            user = s.scalar(select(User).where(User.name == user_name))
-            if user is None:
-                raise Refused("user", f"no user named {user_name!r}")
-            row, raw = create_token(s, user, name, created_by=who.name)
-            out = token_dict(row)
-            audit.record(
-                s,
-                who,
-                "token.create",
-                target_type="token",
-                target_id=row.id,
-                target=f"{row.name} ({user.name})",
-                after=out,
-                remote_addr=client_addr(request),
-            )
+            out, raw, _ = token_actions.issue(s, who, user_name, name, remote_addr=client_addr(request))
     except Refused as exc:
         return _tokens_page(request, errors={exc.field or "name": exc.reason}, status_code=422)
     return _tokens_page(request, new_token={**out, "token": raw}, status_code=201)
@@ -93,19 +80,8 @@ def confirm_revoke(token_id: int, request: Request) -> Response:
 @router.post("/tokens/{token_id}/revoke")
 def revoke(token_id: int, request: Request, data: FormData = Depends(form)) -> Response:
     who = admin(request)
-    _token(request, token_id)
     with ctx(request).db.session() as s:
-        row = revoke_token(s, token_id, revoked_by=who.name)
-        audit.record(
-            s,
-            who,
-            "token.revoke",
-            target_type="token",
-            target_id=row.id,
-            target=f"{row.name} ({row.user.name})",
-            after=token_dict(row),
-            remote_addr=client_addr(request),
-        )
+        token_actions.withdraw(s, who, token_id, remote_addr=client_addr(request))
     request.session["flash"] = f"Token {token_id} revoked."
     return RedirectResponse("/tokens", status_code=303)
 
