@@ -307,6 +307,13 @@ _AUDITED: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
 }
 
 
+def audited(model: type, kind: str, serialise: Callable[[Any], dict[str, Any]]) -> None:
+    """Have :func:`audit_changes` record the changes of ``model`` too (``kind`` names it in the
+    audit log; the row's ``title`` is its readable name): for configuration kept by other modules
+    (dicom_node.triage.rules)."""
+    _AUDITED[model] = (kind, serialise)
+
+
 def cli_actor() -> str:
     """The audit actor of a command-line change: ``cli:<os user>``."""
     try:
@@ -331,7 +338,8 @@ def _previous(row: Any) -> SimpleNamespace:
 
 
 def audit_changes(session: Session, actor: str, *, via: str = "", remote_addr: str = "") -> None:
-    """Record every local AE, source and destination that ``session`` creates, changes or deletes
+    """Record every local AE, source and destination (and every kind registered with
+    :func:`audited`) that ``session`` creates, changes or deletes
     from now on as an AuditEntry (before and after), in the same transaction. Calling it again on
     the same session changes the actor."""
     info = {"actor": actor[:100], "via": via[:32], "remote_addr": remote_addr[:64]}

@@ -1,5 +1,5 @@
 """``dicom-node serve``: listener processes, series completion, the scheduling of lost jobs and
-due exports, the outbox relay and the admin app.
+due exports, the outbox relay, the sender of notifications and the admin app.
 
 The parent process supervises listener children (restarting any that die), runs completion, the
 scheduling and the relay in a thread, and the admin app (when present) in another. The scheduling
@@ -25,6 +25,7 @@ from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.completion import Completion
 from dicom_node.jobs.outbox import Dispatcher, OutboxRelay, load_dispatcher
 from dicom_node.listener.servers import run_listener_process
+from dicom_node.notify.sender import Notifier
 from dicom_node.settings import Settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
@@ -129,7 +130,7 @@ class Node:
         if unclean_start(settings.data_dir):
             log.warning("the previous run did not stop cleanly: checking the index against the stored files")
             log.warning("index recovery added %d instance(s)", recover_index(storage, db))
-        completion = Completion(db, settings.completion)
+        completion = Completion(db, settings.completion, storage_dir=settings.storage_dir)
         # Nothing completes before the listeners are up; then every open series gets a whole
         # quiet period again (a series arriving when the node stopped is not completed by the
         # downtime: its sender comes back to the listeners first).
@@ -143,7 +144,12 @@ class Node:
             housekeeping.run_once()
             relay.relay_once()
 
-        loops: list[Loop] = [BackgroundLoop("completion", tick, settings.completion.poll_seconds)]
+        notifier = Notifier(db, settings)
+        loops: list[Loop] = [
+            BackgroundLoop("completion", tick, settings.completion.poll_seconds),
+            # Notifications apart from completion: a slow endpoint must not hold up the queue.
+            BackgroundLoop("notifications", notifier.run_once, settings.notify.poll_seconds),
+        ]
         admin_server = self._admin_server(db) if self.admin else None
         if admin_server is not None:
             loops.append(admin_server)
@@ -184,6 +190,7 @@ class Node:
                 child.kill()
         for loop in loops:
             loop.stop()
+        notifier.close()
         db.dispose()
         clean_stop(settings.data_dir)
         return 0

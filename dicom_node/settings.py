@@ -152,6 +152,62 @@ class ExportSettings(_Section):
     stale_after_seconds: float = Field(default=300.0, gt=0)
 
 
+class NotifySettings(_Section):
+    """Notifications of finished jobs (dicom_node.notify): how ``serve`` sends them."""
+
+    # How often serve looks for notifications to send (the delay between a job's end and its
+    # notification's departure is at most this).
+    poll_seconds: float = Field(default=0.25, gt=0, le=60)
+    # A send (connect, message, answer) taking longer fails and is retried.
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Retries: base, 2 base, 4 base... capped; a notification not delivered this long after the
+    # job ended fails for good (with an event and an audit entry).
+    backoff_base_seconds: float = Field(default=5.0, gt=0)
+    backoff_cap_seconds: float = Field(default=300.0, gt=0)
+    max_age_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # Notifications sent at once (each to its own endpoint).
+    threads: int = Field(default=4, ge=1, le=32)
+    # Who the node says it is in HL7 messages (MSH-3 sending application, MSH-4 facility).
+    hl7_application: str = Field(default="COVIDCTNODE", min_length=1, max_length=180)
+    hl7_facility: str = Field(default="", max_length=180)
+
+
+class TriageSettings(_Section):
+    """The worklist and the monitoring of triage (dicom_node.triage)."""
+
+    # "Open in viewer" on the worklist: a URL with {study_uid}, {series_uid}, {accession_number}
+    # and {patient_id} in it, e.g. OHIF's http://viewer:3000/viewer?StudyInstanceUIDs={study_uid};
+    # None: no link.
+    viewer_url: str | None = None
+    # The node's admin pages as people reach them, for links in notifications (None: no link).
+    node_url: str | None = None
+    # A warning event when the radiologists' agreement with the node over the last
+    # agreement_window_days falls below this (with at least agreement_min_verdicts verdicts).
+    agreement_warning_below: float = Field(default=0.8, ge=0, le=1)
+    agreement_min_verdicts: int = Field(default=10, ge=1)
+    agreement_window_days: int = Field(default=7, ge=1, le=365)
+
+    @field_validator("viewer_url", "node_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _fields(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                v.format(study_uid="1", series_uid="1", accession_number="A", patient_id="P")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"{v!r}: only {{study_uid}}, {{series_uid}}, {{accession_number}} and {{patient_id}}"
+                    f" may be filled in ({exc})"
+                ) from None
+        return v
+
+
 class RemoteSettings(_Section):
     """Workers on hosts that do not share the node's disk (dicom_node.pipeline.remote).
 
@@ -229,6 +285,8 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    triage: TriageSettings = Field(default_factory=TriageSettings)
 
     @classmethod
     def settings_customise_sources(

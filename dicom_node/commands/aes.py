@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from dicom_node import configuration as c
 from dicom_node.commands.common import (
+    apply_change,
     command,
     csv_list,
     database_from,
@@ -21,22 +22,9 @@ from dicom_node.commands.common import (
     print_table,
     settings_from,
 )
-from dicom_node.configuration import audit_changes, cli_actor
 from dicom_node.db.models import Destination, LocalAE, Source
 from dicom_node.errors import NotFound, Unavailable
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-
-
-def _apply(args: argparse.Namespace, change: Any) -> int:
-    db = database_from(settings_from(args))
-    try:
-        with db.session() as s:
-            audit_changes(s, cli_actor(), via="cli")
-            result = change(s)
-    finally:
-        db.dispose()
-    print(json.dumps(result, default=str))
-    return 0
 
 
 def cmd_ae_add_local(args: argparse.Namespace) -> int:
@@ -62,7 +50,7 @@ def cmd_ae_add_local(args: argparse.Namespace) -> int:
             data["enabled"] = False
         return c.local_ae_dict(c.add_local_ae(s, c.parse(c.LocalAEIn, data), defaults))
 
-    return _apply(args, change)
+    return apply_change(args, change)
 
 
 def cmd_ae_update_local(args: argparse.Namespace) -> int:
@@ -86,7 +74,7 @@ def cmd_ae_update_local(args: argparse.Namespace) -> int:
             data["enabled"] = args.enabled
         return c.local_ae_dict(c.update_local_ae(s, row, c.parse(c.LocalAEPatch, data)))
 
-    return _apply(args, change)
+    return apply_change(args, change)
 
 
 def cmd_ae_add_source(args: argparse.Namespace) -> int:
@@ -94,7 +82,7 @@ def cmd_ae_add_source(args: argparse.Namespace) -> int:
         data: dict[str, Any] = {"title": args.title, "host": args.host, "port": args.port}
         return c.source_dict(c.add_source(s, c.parse(c.SourceIn, data)))
 
-    return _apply(args, change)
+    return apply_change(args, change)
 
 
 def cmd_ae_add_destination(args: argparse.Namespace) -> int:
@@ -106,7 +94,7 @@ def cmd_ae_add_destination(args: argparse.Namespace) -> int:
             data["outputs"] = csv_list(args.outputs)
         return c.destination_dict(c.add_destination(s, c.parse(c.DestinationIn, data), defaults))
 
-    return _apply(args, change)
+    return apply_change(args, change)
 
 
 def cmd_ae_remove(args: argparse.Namespace) -> int:
@@ -125,7 +113,7 @@ def cmd_ae_remove(args: argparse.Namespace) -> int:
             s.delete(row)
         return {"removed": args.kind, "title": args.title, "count": len(rows)}
 
-    return _apply(args, change)
+    return apply_change(args, change)
 
 
 def cmd_ae_list(args: argparse.Namespace) -> int:

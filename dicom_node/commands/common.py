@@ -12,12 +12,13 @@ import json
 import socket
 import sys
 import textwrap
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
+from dicom_node.configuration import audit_changes, cli_actor
 from dicom_node.db import Database, upgrade
 from dicom_node.db.times import as_utc
 from dicom_node.errors import Refused, Unavailable
@@ -33,6 +34,20 @@ def database_from(settings: Settings) -> Database:
     """The database of ``settings``, migrated to the current schema first."""
     upgrade(settings.effective_database_url)
     return Database(settings.effective_database_url)
+
+
+def apply_change(args: argparse.Namespace, change: Callable[[Any], Any]) -> int:
+    """Run ``change(session)`` in one audited transaction (actor ``cli:<os user>``) and print its
+    result as JSON."""
+    db = database_from(settings_from(args))
+    try:
+        with db.session() as s:
+            audit_changes(s, cli_actor(), via="cli")
+            result = change(s)
+    finally:
+        db.dispose()
+    print(json.dumps(result, default=str))
+    return 0
 
 
 def check_port_free(host: str, port: int, what: str, fix: str) -> None:

@@ -62,10 +62,11 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print_table(
-        ("JOB", "STATUS", "DECISION", "SECONDS", "ATTEMPTS", "PATIENT", "SERIES UID", "SENT TO"),
+        ("JOB", "PRIORITY", "STATUS", "DECISION", "SECONDS", "ATTEMPTS", "PATIENT", "SERIES UID", "SENT TO"),
         (
             (
                 r["id"],
+                r["priority"],
                 r["status"],
                 r["decision"],
                 _seconds(r),

@@ -191,6 +191,14 @@ class Series(Base):
     body_part: Mapped[str] = mapped_column(String(64), default="")
     series_description: Mapped[str] = mapped_column(String(64), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Read from a stored instance when the series completes (dicom_node.triage.study), for the
+    # worklist and the priority rules; "" until then.
+    patient_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # The most urgent C-STORE priority its instances came with (2 high, 1 medium, 0 low), written
+    # by the listener (dicom_node.storage.index).
+    store_priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
     image_type: Mapped[str] = mapped_column(String(200), default="")
     instances: Mapped[int] = mapped_column(Integer, default=0)
@@ -229,13 +237,23 @@ class Job(Base):
     """One analysis of one series (one generation of it)."""
 
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_series_status", "series_id", "status"),)
+    __table_args__ = (
+        Index("ix_jobs_series_status", "series_id", "status"),
+        # The next job to run: the most urgent waiting one (dicom_node.jobs.analyses.claim).
+        Index("ix_jobs_status_priority", "status", "priority"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
     generation: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.JobStatus
     reason: Mapped[str] = mapped_column(Text, default="")
+    # dicom_node.triage.priority.Priority (higher runs first; 1 = routine) and the rule that set it.
+    priority: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    priority_reason: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Set while the job waits after a more urgent job ran on its queue message (that job's id):
+    # the next delivery that finds its own job not waiting runs it (dicom_node.jobs.analyses.claim).
+    message_taken_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -318,6 +336,118 @@ class Event(Base):
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     calling_host: Mapped[str] = mapped_column(String(253), default="")
     local_ae: Mapped[str] = mapped_column(String(16), default="")
+
+
+# --- triage: priority rules --------------------------------------------------------------
+
+
+class PriorityRule(Base):
+    """An admin's rule for the priority of a series' job (dicom_node.triage.priority): when every
+    condition holds, the job gets at least ``priority``."""
+
+    __tablename__ = "priority_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # A dicom_node.triage.priority.Priority name: stat, high, routine, low.
+    priority: Mapped[str] = mapped_column(String(16))
+    # dicom_node.triage.priority.PriorityConditions as JSON; every key optional.
+    conditions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def title(self) -> str:
+        """What the audit log names it by."""
+        return self.name
+
+
+# --- triage: notifications ---------------------------------------------------------------
+
+
+class NotificationChannel(Base):
+    """Where notifications go: an HL7 v2 receiver (a RIS, over MLLP), a webhook or e-mail
+    (dicom_node.notify.channels holds each kind's settings)."""
+
+    __tablename__ = "notification_channels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # hl7, webhook, email
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def title(self) -> str:
+        return self.name
+
+
+notification_rule_channels = Table(
+    "notification_rule_channels",
+    Base.metadata,
+    Column("rule_id", ForeignKey("notification_rules.id", ondelete="CASCADE"), primary_key=True),
+    Column("channel_id", ForeignKey("notification_channels.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class NotificationRule(Base):
+    """Which finished jobs are notified to which channels (dicom_node.triage.notify_rules)."""
+
+    __tablename__ = "notification_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # dicom_node.triage.notify_rules.NotifyConditions as JSON; every key optional.
+    conditions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    channels: Mapped[list[NotificationChannel]] = relationship(secondary=notification_rule_channels, lazy="selectin")
+
+    @property
+    def title(self) -> str:
+        return self.name
+
+
+class Notification(Base):
+    """One finished job told to one channel: the durable outbox of notifications. Written in the
+    transaction that ends the job; sent by ``serve`` (dicom_node.notify.sender) until the endpoint
+    acknowledges it or it fails for good (dicom_node.jobs.notifications)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    channel_id: Mapped[int | None] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="SET NULL"), nullable=True
+    )
+    # "<job id>:<attempt>:<channel id>": one notification per run of a job and channel.
+    key: Mapped[str] = mapped_column(String(100), unique=True)
+    channel: Mapped[str] = mapped_column(String(64))  # its name, kept if the channel is deleted
+    kind: Mapped[str] = mapped_column(String(16))
+    rules: Mapped[list[Any]] = mapped_column(JSON, default=list)  # names of the rules that matched
+    # The identity the endpoint sees, the same on every attempt: HL7 MSH-10, the webhook's
+    # delivery id, the e-mail's Message-ID.
+    message_id: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.NotificationStatus
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    # What the endpoint answered (HL7 MSA, HTTP status, SMTP reply).
+    response: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    job: Mapped[Job] = relationship()
 
 
 # --- admin: users, API tokens, sessions, audit log ------------------------------------------

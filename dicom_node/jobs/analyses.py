@@ -26,6 +26,18 @@ PostgreSQL, BEGIN IMMEDIATE on SQLite):
 - A job older than its series (the series re-opened and a newer generation exists) becomes
   SUPERSEDED instead of running.
 
+Priority, the same with every broker: a delivery whose job waits runs the most urgent waiting job
+instead when one is more urgent (higher ``priority``, dicom_node.triage.priority), so a STAT
+series sent behind a backlog runs next, whatever order the broker hands the messages out in. The
+job whose message was taken records it (``message_taken_by``) and keeps its place: it runs on the
+next delivery of a job of its priority that comes after it (whose job then waits in its stead), or
+on a delivery whose own job no longer waits (done, or running on another job's message): while
+such a job waits, no delivery ends without running the most urgent waiting job. One message is
+still one run, and no waiting job is left without one (tests/jobs/test_priority_queue.py delivers
+messages in random orders with duplicates). A job of a worker
+that died is taken over by its own message's redelivery as above, or requeued by the lost-job
+scan.
+
 The attempt number is the claim's token: the heartbeat, :func:`finish` and :func:`fail` change
 the job only while it is still RUNNING under that attempt, so an attempt that lost the job to a
 takeover can not overwrite the newer attempt's state. A job that finishes after its series
@@ -52,6 +64,7 @@ from dicom_node.db import Database
 from dicom_node.db.models import Event, Job, LocalAE, Series
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.errors import Conflict, NodeError, NotFound
+from dicom_node.jobs import notifications
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
 from dicom_node.jobs.states import ACTIVE_JOB_STATUSES, FINISHED_JOB_STATUSES, WAITING_JOB_STATUSES, JobStatus
 
@@ -110,61 +123,119 @@ class Skipped:
     reason: str
 
 
+_WAITING = [st.value for st in WAITING_JOB_STATUSES]
+
+
+def _next_waiting(s: Any, db: Database, *, before: Job | None = None, any_job: bool = False) -> Job | None:
+    """The waiting job to run next (the highest priority, then the oldest) among those whose
+    message another job ran on and, with ``before``, those more urgent than ``before`` (with
+    ``any_job``, among all); None when there is none, or when ``before`` comes first. Locked on
+    PostgreSQL (rows that other claims hold are skipped)."""
+    query = select(Job).where(Job.status.in_(_WAITING))
+    if before is not None:
+        query = query.where(or_(Job.priority > before.priority, Job.message_taken_by.is_not(None)))
+    elif not any_job:
+        query = query.where(Job.message_taken_by.is_not(None))
+    query = query.order_by(Job.priority.desc(), Job.id).limit(1)
+    if db.locks_rows:
+        query = query.with_for_update(skip_locked=True)
+    job = s.scalar(query)
+    if job is None or before is None:
+        return job
+    return job if (job.priority, -job.id) > (before.priority, -before.id) else None
+
+
 def claim(
     db: Database, job_id: int, *, worker: str, stale_after: float, now: dt.datetime | None = None
 ) -> Claimed | Busy | Skipped:
-    """Claim ``job_id`` for ``worker`` (see the module docstring for the rule)."""
+    """Claim the job that a delivery of ``job_id``'s message runs, for ``worker`` (see the module
+    docstring): the first of the waiting jobs in priority order when it comes before ``job_id``."""
     now = now or utcnow()
     with db.session() as s:
-        job = s.get(Job, job_id, with_for_update=db.locks_rows)
-        if job is None:
+        own = s.get(Job, job_id, with_for_update=db.locks_rows)
+        if own is None:
             return Skipped(job_id, "missing", "no such job")
-        if job.status in {st.value for st in FINISHED_JOB_STATUSES}:
-            return Skipped(job_id, job.status, job.reason)
-        took_over = ""
-        if job.status == JobStatus.RUNNING.value:
-            beat = as_utc(job.heartbeat_at or job.started_at) or now
-            age = (now - beat).total_seconds()
-            if age < stale_after:
-                return Busy(job_id, job.worker, age)
-            took_over = job.worker or "an unknown worker"
-        series = s.get(Series, job.series_id)
-        if series is None:
-            return Skipped(job_id, "missing", "the series is gone")
-        if job.generation < series.generation:
-            reason = (
-                f"the series changed after this job was made (generation {job.generation}, now {series.generation})"
-            )
-            job.status = JobStatus.SUPERSEDED.value
-            job.reason = reason
-            job.finished_at = now
-            job.heartbeat_at = None
-            return Skipped(job_id, JobStatus.SUPERSEDED.value, reason)
-        waited_from = as_utc(job.queued_at or job.created_at) or now
-        job.status = JobStatus.RUNNING.value
-        job.attempts = (job.attempts or 0) + 1
-        job.worker = worker[:200]
-        job.started_at = now
-        job.heartbeat_at = now
-        job.finished_at = None
-        job.reason = f"attempt {job.attempts} took over from {took_over}, whose heartbeat stopped" if took_over else ""
-        if took_over:
-            _event(
-                s,
-                series,
-                "warning",
-                f"job {job.id}: worker {took_over} stopped; attempt {job.attempts} runs on {worker}",
-            )
-        return Claimed(
-            job_id=job.id,
-            attempt=job.attempts,
-            series_id=series.id,
-            series_uid=series.series_uid,
-            generation=job.generation,
-            created_at=as_utc(job.created_at) or now,
-            queue_wait=max(0.0, (now - waited_from).total_seconds()),
-            took_over_from=took_over,
+        while True:
+            if own.status in _WAITING:
+                job = _next_waiting(s, db, before=own) or own
+            elif own.status == JobStatus.RUNNING.value and _heartbeat_age(own, now) >= stale_after:
+                job = own  # its worker is gone: this delivery takes it over
+            elif _next_waiting(s, db) is not None:
+                # The job is done or runs, and a job waits whose message another one ran on: this
+                # delivery is owed to it. It runs the most urgent job waiting (that one, or one
+                # whose own message then is owed to it).
+                job = _next_waiting(s, db, any_job=True) or own
+            else:
+                job = own
+            outcome = _claim_one(s, job, job_id, worker=worker, stale_after=stale_after, now=now)
+            if outcome is None:  # the job chosen was superseded meanwhile (and marked so)
+                if job is own:
+                    return Skipped(job_id, JobStatus.SUPERSEDED.value, own.reason)
+                continue
+            if isinstance(outcome, Claimed) and job is not own and own.status in _WAITING:
+                own.message_taken_by = job.id
+            return outcome
+
+
+def _heartbeat_age(job: Job, now: dt.datetime) -> float:
+    beat = as_utc(job.heartbeat_at or job.started_at) or now
+    return (now - beat).total_seconds()
+
+
+def _claim_one(
+    s: Any, job: Job, delivered_for: int, *, worker: str, stale_after: float, now: dt.datetime
+) -> Claimed | Busy | Skipped | None:
+    """Claim ``job`` for the delivery of ``delivered_for``'s message; None when ``job`` turned out
+    superseded (a newer generation of its series exists) and was marked so."""
+    if job.status in {st.value for st in FINISHED_JOB_STATUSES}:
+        return Skipped(job.id, job.status, job.reason)
+    took_over = ""
+    if job.status == JobStatus.RUNNING.value:
+        age = _heartbeat_age(job, now)
+        if age < stale_after:
+            return Busy(job.id, job.worker, age)
+        took_over = job.worker or "an unknown worker"
+    series = s.get(Series, job.series_id)
+    if series is None:
+        return Skipped(job.id, "missing", "the series is gone")
+    if job.generation < series.generation:
+        reason = f"the series changed after this job was made (generation {job.generation}, now {series.generation})"
+        job.status = JobStatus.SUPERSEDED.value
+        job.reason = reason
+        job.finished_at = now
+        job.heartbeat_at = None
+        s.flush()
+        return None
+    waited_from = as_utc(job.queued_at or job.created_at) or now
+    job.status = JobStatus.RUNNING.value
+    job.attempts = (job.attempts or 0) + 1
+    job.worker = worker[:200]
+    job.started_at = now
+    job.heartbeat_at = now
+    job.finished_at = None
+    job.message_taken_by = None
+    job.reason = f"attempt {job.attempts} took over from {took_over}, whose heartbeat stopped" if took_over else ""
+    if took_over:
+        _event(
+            s,
+            series,
+            "warning",
+            f"job {job.id}: worker {took_over} stopped; attempt {job.attempts} runs on {worker}",
         )
+    elif job.id != delivered_for:
+        log.info(
+            "job %d (priority %d) runs before job %d, whose delivery this was", job.id, job.priority, delivered_for
+        )
+    return Claimed(
+        job_id=job.id,
+        attempt=job.attempts,
+        series_id=series.id,
+        series_uid=series.series_uid,
+        generation=job.generation,
+        created_at=as_utc(job.created_at) or now,
+        queue_wait=max(0.0, (now - waited_from).total_seconds()),
+        took_over_from=took_over,
+    )
 
 
 def beat(db: Database, job_id: int, attempt: int, now: dt.datetime | None = None) -> bool:
@@ -240,7 +311,8 @@ def finish(
 ) -> str:
     """End a claimed attempt: DONE with ``fields`` (decision, result, outputs, timings...), or
     SUPERSEDED when the series re-opened meanwhile. ``on_done(session, job, series)`` runs in the
-    same transaction as DONE (the exports and their outbox message). Returns the job's status;
+    same transaction as DONE (the exports and their outbox message), as do the job's notifications
+    (dicom_node.jobs.notifications; FAILED writes them too). Returns the job's status;
     raises :class:`LostOwnership` when the attempt no longer owns the job."""
     now = now or utcnow()
     with db.session() as s:
@@ -263,6 +335,7 @@ def finish(
         job.status = JobStatus.DONE.value
         if on_done is not None:
             on_done(s, job, series)
+        notifications.create_for_job(s, job, series, now)
         return job.status
 
 
@@ -289,6 +362,7 @@ def fail(
         series = s.get(Series, job.series_id)
         if series is not None:
             _event(s, series, "error", f"job {job.id} failed: {reason}"[:2000])
+        notifications.create_for_job(s, job, series, now)
     return True
 
 

@@ -60,10 +60,13 @@ class OutboxRelay:
 
     def relay_once(self) -> int:
         with self.db.engine.connect() as conn:
+            # The most urgent jobs' messages first (the worker picks by priority anyway:
+            # dicom_node.jobs.analyses.claim; this keeps a queue without priorities close to it).
             pending = conn.execute(
                 select(OutboxMessage.id, OutboxMessage.topic, OutboxMessage.job_id)
+                .outerjoin(Job, Job.id == OutboxMessage.job_id)
                 .where(OutboxMessage.dispatched_at.is_(None))
-                .order_by(OutboxMessage.id)
+                .order_by(Job.priority.desc(), OutboxMessage.id)
                 .limit(self.batch)
             ).all()
         sent = 0

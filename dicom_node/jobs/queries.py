@@ -11,10 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.db import Database
-from dicom_node.db.models import Export, Job, LocalAE, Series
+from dicom_node.db.models import Export, Job, LocalAE, Notification, Series
 from dicom_node.db.times import as_utc
 from dicom_node.errors import NotFound
 from dicom_node.jobs.states import JobStatus, SeriesStatus
+from dicom_node.triage.priority import Priority
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 
@@ -92,7 +93,38 @@ def export_dict(row: Export) -> dict[str, Any]:
     }
 
 
-def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export] | None = None) -> dict[str, Any]:
+def priority_label(value: int | None) -> str:
+    """A stored priority as people read it (stat, high, routine, low)."""
+    try:
+        return Priority(int(value if value is not None else Priority.ROUTINE)).label
+    except ValueError:
+        return str(value)
+
+
+def notification_dict(row: Notification) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "channel": row.channel,
+        "kind": row.kind,
+        "rules": list(row.rules or []),
+        "message_id": row.message_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": iso(row.next_attempt_at),
+        "last_error": row.last_error,
+        "response": row.response,
+        "created_at": iso(row.created_at),
+        "delivered_at": iso(row.delivered_at),
+    }
+
+
+def job_dict(
+    job: Job,
+    series: Series,
+    local_ae: str = "",
+    exports: list[Export] | None = None,
+    notifications: list[Notification] | None = None,
+) -> dict[str, Any]:
     result = job.result or {}
     outputs = [o for o in job.outputs or [] if isinstance(o, dict)]
     counts: dict[str, int] = {}
@@ -105,12 +137,17 @@ def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export]
         "study_uid": series.study_uid,
         "series_description": series.series_description,
         "patient_id": series.patient_id,
+        "patient_name": series.patient_name,
+        "accession_number": series.accession_number,
+        "study_description": series.study_description,
         "local_ae": local_ae,
         "calling_ae": series.calling_ae,
         "instances": series.instances,
         "generation": job.generation,
         "status": job.status,
         "reason": job.reason,
+        "priority": priority_label(job.priority),
+        "priority_reason": job.priority_reason,
         "attempts": job.attempts,
         "worker": job.worker,
         "created_at": iso(job.created_at),
@@ -127,6 +164,7 @@ def job_dict(job: Job, series: Series, local_ae: str = "", exports: list[Export]
         "outputs": outputs,
         "output_counts": counts,
         "exports": [export_dict(e) for e in (exports if exports is not None else job.exports)],
+        "notifications": [notification_dict(n) for n in notifications or []],
         "notice": NOT_FOR_CLINICAL_USE,
     }
 
@@ -144,11 +182,17 @@ def job_rows(
         pairs = s.execute(q).all()
         titles = _ae_titles(s)
         by_job: dict[int, list[Export]] = {job.id: [] for job, _ in pairs}
+        told: dict[int, list[Notification]] = {job.id: [] for job, _ in pairs}
         if by_job:
             for e in s.scalars(select(Export).where(Export.job_id.in_(list(by_job))).order_by(Export.id)):
                 by_job[e.job_id].append(e)
+            for n in s.scalars(
+                select(Notification).where(Notification.job_id.in_(list(by_job))).order_by(Notification.id)
+            ):
+                told[n.job_id].append(n)
         return [
-            job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id]) for job, series in pairs
+            job_dict(job, series, titles.get(series.local_ae_id or -1, ""), by_job[job.id], told[job.id])
+            for job, series in pairs
         ]
 
 
@@ -159,7 +203,8 @@ def job_detail(db: Database, job_id: int) -> dict[str, Any]:
         if job is None:
             raise NotFound(f"no job with id {job_id}")
         series = job.series
-        return job_dict(job, series, _ae_titles(s).get(series.local_ae_id or -1, ""))
+        told = list(s.scalars(select(Notification).where(Notification.job_id == job_id).order_by(Notification.id)))
+        return job_dict(job, series, _ae_titles(s).get(series.local_ae_id or -1, ""), notifications=told)
 
 
 def series_detail(db: Database, series_id: int) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The columns that hold them (dicom_node.db.models) are plain strings without a default: every row
 is written with a state from here, by the module that owns the transition (storage.index and
 jobs.completion for series; jobs.completion, jobs.analyses and jobs.outbox for jobs; jobs.exports
-for exports).
+for exports; jobs.notifications for notifications).
 """
 
 from __future__ import annotations
@@ -42,3 +42,14 @@ class ExportStatus(str, enum.Enum):
 
 
 OPEN_EXPORT_STATUSES = (ExportStatus.PENDING, ExportStatus.SENDING, ExportStatus.RETRYING)
+
+
+class NotificationStatus(str, enum.Enum):
+    PENDING = "pending"  # written with the job's end, not yet tried
+    SENDING = "sending"
+    RETRYING = "retrying"  # the endpoint was down or answered a transient error; next_attempt_at
+    DONE = "done"  # the endpoint acknowledged it
+    FAILED = "failed"  # refused for good, or not delivered within the maximum age
+
+
+OPEN_NOTIFICATION_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING, NotificationStatus.RETRYING)

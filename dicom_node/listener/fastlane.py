@@ -34,6 +34,7 @@ _TAG_AFFECTED_SOP_CLASS = 0x00000002
 _TAG_COMMAND_FIELD = 0x00000100
 _TAG_MESSAGE_ID = 0x00000110
 _TAG_MESSAGE_ID_RESPONDED = 0x00000120
+_TAG_PRIORITY = 0x00000700
 _TAG_DATA_SET_TYPE = 0x00000800
 _TAG_STATUS = 0x00000900
 _TAG_ERROR_COMMENT = 0x00000902
@@ -65,8 +66,10 @@ class StoreHandler(Protocol):
         sop_class_uid: str,
         sop_instance_uid: str,
         dataset: DatasetSink,
+        priority: int = 0,
     ) -> tuple[int, str]:
-        """Store the whole data set; return (status, error comment or "")."""
+        """Store the whole data set; return (status, error comment or ""). ``priority``: the
+        request's Priority (0000,0700): 0 medium, 1 high, 2 low."""
         ...
 
 
@@ -138,6 +141,7 @@ class _Message:
     sop_instance_uid: str
     message_id: int
     dataset: DatasetSink
+    priority: int = 0  # the request's Priority (0000,0700)
 
 
 class FastLane:
@@ -251,6 +255,7 @@ class FastLane:
             dataset=self.handler.open(
                 transfer_syntax=transfer_syntax, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid
             ),
+            priority=_us(command[_TAG_PRIORITY]) if _TAG_PRIORITY in command else 0,
         )
 
     def _finish(self) -> None:
@@ -263,6 +268,7 @@ class FastLane:
                 sop_class_uid=message.sop_class_uid,
                 sop_instance_uid=message.sop_instance_uid,
                 dataset=message.dataset,
+                priority=message.priority,
             )
         except Exception:
             # As pynetdicom does for a handler that raises: log it, answer a failure.

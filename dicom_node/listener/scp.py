@@ -44,6 +44,7 @@ from dicom_node.listener.dataset import DEFAULT_MAX_BYTES, RejectedInstance, par
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
 from dicom_node.storage.spool import Spool
+from dicom_node.triage.priority import store_priority_rank
 from model.contract.uids import check_received_uid
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,22 @@ class Receiver:
         sop_instance_uid: str,
         transfer_syntax_uid: str,
         dataset: bytes | Spool,
+        priority: int = 0,
     ) -> tuple[Status, str]:
         """Store one instance; return the status to answer and, for a failure, why. A spool is
-        stored (its file renamed into place) or discarded: nothing of it is left behind."""
+        stored (its file renamed into place) or discarded: nothing of it is left behind.
+        ``priority``: the request's Priority (0000,0700), recorded for the priority rules."""
         spool = dataset if isinstance(dataset, Spool) else Spool.of_bytes(dataset)
         try:
             return self._store(
-                local_ae, calling_ae, calling_host, sop_class_uid, sop_instance_uid, transfer_syntax_uid, spool
+                local_ae,
+                calling_ae,
+                calling_host,
+                sop_class_uid,
+                sop_instance_uid,
+                transfer_syntax_uid,
+                spool,
+                priority,
             ), ""
         except RejectedInstance as exc:
             log.warning(
@@ -161,6 +171,7 @@ class Receiver:
         sop_instance_uid: str,
         transfer_syntax_uid: str,
         dataset: Spool,
+        priority: int = 0,
     ) -> Status:
         if dataset.refusal is not None:
             raise RejectedInstance(Status.OUT_OF_RESOURCES, dataset.refusal)
@@ -210,6 +221,7 @@ class Receiver:
                 transfer_syntax_uid=str(transfer_syntax_uid),
                 path=stored.relative,
                 size_bytes=stored.size,
+                store_priority=store_priority_rank(priority),
             )
         )
         return Status.SUCCESS
@@ -332,6 +344,7 @@ def handlers_for(
             sop_instance_uid=str(request.AffectedSOPInstanceUID),
             transfer_syntax_uid=str(event.context.transfer_syntax),
             dataset=request.DataSet.getvalue(),
+            priority=int(request.Priority or 0),
         )
         return status_dataset(status, reason)
 
@@ -377,7 +390,14 @@ class FastStore:
         )
 
     def store(
-        self, *, context_id: int, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str, dataset: Any
+        self,
+        *,
+        context_id: int,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        dataset: Any,
+        priority: int = 0,
     ) -> tuple[int, str]:
         assert isinstance(dataset, Spool)
         status, reason = self.receiver.store(
@@ -388,6 +408,7 @@ class FastStore:
             sop_instance_uid=sop_instance_uid,
             transfer_syntax_uid=transfer_syntax,
             dataset=dataset,
+            priority=priority,
         )
         return int(status), reason
 

@@ -107,6 +107,11 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
             claimed.took_over_from,
             redelivered,
         )
+    if claimed.job_id != job_id:
+        log.info(
+            "job %d runs on the delivery of job %d (the most urgent waiting job runs first)", claimed.job_id, job_id
+        )
+    job_id = claimed.job_id
     log.info(
         "job %d started%s (series %s)",
         job_id,

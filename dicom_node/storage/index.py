@@ -44,6 +44,8 @@ class ReceivedInstance:
     series_description: str = ""
     series_number: int | None = None
     image_type: str = ""
+    # The C-STORE request's priority as dicom_node.triage.priority ranks it (2 high, 1 medium, 0 low).
+    store_priority: int = 1
 
 
 # The per-instance statements: plain SQL that SQLite (>= 3.35) and PostgreSQL both understand,
@@ -54,10 +56,10 @@ _SQL = {
     "insert_series": (
         "INSERT INTO series (series_uid, study_uid, local_ae_id, calling_ae, calling_host, patient_id, modality,"
         " body_part, series_description, series_number, sop_class_uid, image_type, instances, frames, status, reason,"
-        " generation, first_received_at, opened_at, last_received_at)"
+        " generation, first_received_at, opened_at, last_received_at, store_priority)"
         " VALUES (:series_uid, :study_uid, :local_ae_id, :calling_ae, :calling_host, :patient_id, :modality,"
         " :body_part, :series_description, :series_number, :sop_class_uid, :image_type, 0, 0, :status, '',"
-        " 0, :now, :now, :now)"
+        " 0, :now, :now, :now, :store_priority)"
         " ON CONFLICT (series_uid) DO NOTHING"
     ),
     "insert_instance": (
@@ -67,8 +69,10 @@ _SQL = {
         " :frames, :path, :size_bytes, :now)"
         " ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id"
     ),
+    # The most urgent C-STORE priority of the series' instances is kept.
     "count_instance": (
-        "UPDATE series SET instances = instances + 1, frames = frames + :frames, last_received_at = :now"
+        "UPDATE series SET instances = instances + 1, frames = frames + :frames, last_received_at = :now,"
+        " store_priority = CASE WHEN :store_priority > store_priority THEN :store_priority ELSE store_priority END"
         " WHERE id = :series_id"
     ),
     "reopen_series": (
@@ -144,6 +148,7 @@ class Index:
                             "image_type": item.image_type[:200],
                             "status": SeriesStatus.RECEIVING.value,
                             "now": when,
+                            "store_priority": item.store_priority,
                         },
                     )
                     cur.execute(sql["select_series"], {"series_uid": item.series_uid})
@@ -166,7 +171,15 @@ class Index:
                 )
                 inserted = cur.fetchone() is not None
                 if inserted:
-                    cur.execute(sql["count_instance"], {"frames": item.frames, "now": when, "series_id": series_id})
+                    cur.execute(
+                        sql["count_instance"],
+                        {
+                            "frames": item.frames,
+                            "now": when,
+                            "series_id": series_id,
+                            "store_priority": item.store_priority,
+                        },
+                    )
                     if status != SeriesStatus.RECEIVING.value:
                         cur.execute(
                             sql["reopen_series"],

@@ -49,6 +49,7 @@ class Header:
         transfer_syntax_uid: str,
         path: str,
         size_bytes: int,
+        store_priority: int = 1,
     ) -> ReceivedInstance:
         return ReceivedInstance(
             local_ae_id=local_ae_id,
@@ -69,6 +70,7 @@ class Header:
             series_description=self.series_description,
             series_number=self.series_number,
             image_type=self.image_type,
+            store_priority=store_priority,
         )
 
 

@@ -19,7 +19,14 @@ from dicom_node.jobs.states import JobStatus, SeriesStatus
 from dicom_node.settings import load_settings
 from tests.commands.test_help import commands
 
-LISTS = [("ae", "list"), ("series", "list"), ("jobs", "list"), ("admin", "list-users"), ("admin", "list-tokens")]
+LISTS = [
+    ("ae", "list"),
+    ("series", "list"),
+    ("jobs", "list"),
+    ("triage", "list"),
+    ("admin", "list-users"),
+    ("admin", "list-tokens"),
+]
 
 
 @pytest.fixture
@@ -44,7 +51,9 @@ def test_empty_lists_say_what_to_do(empty: str, path: tuple[str, ...], capsys: p
     assert out.strip(), "an empty list says so"
     assert "dicom-node" in out or "send one" in out or "gets one" in out, out
     assert main([*path, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) in ([], {"local": [], "sources": [], "destinations": []})
+    data = json.loads(capsys.readouterr().out)
+    # A list, or a dict of lists (ae list, triage list): all empty.
+    assert data == [] or (isinstance(data, dict) and data and all(v == [] for v in data.values())), data
 
 
 def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -98,8 +107,8 @@ def test_series_and_jobs_tables_have_headers_and_columns(empty: str, capsys: pyt
 
     assert main(["jobs", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split()[:4] == ["JOB", "STATUS", "DECISION", "SECONDS"]
-    assert lines[1].split()[:3] == ["1", "done", "covid"]
+    assert lines[0].split()[:5] == ["JOB", "PRIORITY", "STATUS", "DECISION", "SECONDS"]
+    assert lines[1].split()[:4] == ["1", "routine", "done", "covid"]
     assert lines[-1] == "Not for clinical use."
 
 
