@@ -30,6 +30,9 @@ class Role(str, enum.Enum):
 
     ADMIN = "admin"  # reads and changes everything
     VIEWER = "viewer"  # reads
+    # The triage worklist and its monitoring only: acknowledges studies and gives verdicts
+    # (dicom_node.admin.app keeps every other page and API route from them).
+    RADIOLOGIST = "radiologist"
 
 
 ROLES: tuple[str, ...] = tuple(r.value for r in Role)

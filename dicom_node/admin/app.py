@@ -3,9 +3,11 @@
 Access rule, applied to every route by one middleware: /health, /metrics, /login and /static/
 are public; anything else needs a logged-in browser session or an API bearer token, and answers
 401 (API, /openapi.json) or redirects to the login page (pages) without one. Admins change,
-viewers read (checked per route). /internal/v1/ (dicom_node.admin.internal, for workers on
-other hosts) answers to the node's remote.token only. Page forms carry a per-session CSRF token; a logged-in browser
-that writes to the API must send it in X-CSRF-Token.
+viewers read (checked per route); radiologists reach the triage worklist and its monitoring only
+(RADIOLOGIST_PREFIXES), where they acknowledge studies and give verdicts. /internal/v1/
+(dicom_node.admin.internal, for workers on other hosts) answers to the node's remote.token only.
+Page forms carry a per-session CSRF token; a logged-in browser that writes to the API must send it
+in X-CSRF-Token.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dicom_node.admin.pages import pages_router
 from dicom_node.db import Database
 from dicom_node.errors import Conflict, Invalid, NodeError, NotFound, Refused, Unavailable
 from dicom_node.settings import Settings
+from dicom_node.validation import Role
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,16 @@ CSP = (
 )
 
 Next = Callable[[Request], Awaitable[Response]]
+
+
+# All a radiologist reaches: the worklist, its pictures and its monitoring, as pages and as API,
+# and logging out. Every other page and API route answers 403 to them.
+RADIOLOGIST_PREFIXES = ("/worklist", "/triage", "/api/worklist", "/api/triage")
+RADIOLOGIST_PATHS = frozenset({"/logout"})
+
+
+def radiologist_may(path: str) -> bool:
+    return path in RADIOLOGIST_PATHS or any(path == p or path.startswith(p + "/") for p in RADIOLOGIST_PREFIXES)
 
 
 def is_public(path: str) -> bool:
@@ -147,6 +160,10 @@ async def authenticate(request: Request, call_next: Next) -> Response:
                 status_code=403,
             )
     request.state.principal = who
+    if who.role == Role.RADIOLOGIST.value and not radiologist_may(path):
+        if path == "/":
+            return RedirectResponse("/worklist", status_code=303)
+        return error_response(request, 403, f"{who.name} is a radiologist: the worklist is at /worklist")
     return await call_next(request)
 
 

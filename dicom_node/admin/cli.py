@@ -1,6 +1,6 @@
 """``dicom-node admin``: users and API tokens, from the server's shell.
 
-    dicom-node admin create-user NAME --role admin|viewer [--password-stdin]
+    dicom-node admin create-user NAME --role admin|viewer|radiologist [--password-stdin]
     dicom-node admin set-password NAME [--password-stdin]
     dicom-node admin list-users [--json]
     dicom-node admin create-token USER [--name TEXT]      (prints the token once)
@@ -184,7 +184,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=f"Add a user of the admin pages and API (there is no default user). {rule}",
     )
     p.add_argument("name")
-    p.add_argument("--role", required=True, choices=ROLES, help="admin: changes things; viewer: reads")
+    p.add_argument(
+        "--role",
+        required=True,
+        choices=ROLES,
+        help="admin: changes things; viewer: reads; radiologist: the triage worklist only (reviews results)",
+    )
     p.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of standard input"
     )

@@ -19,6 +19,7 @@ from dicom_node.admin.metrics import AdminMetrics
 from dicom_node.db import Database
 from dicom_node.db.times import as_utc
 from dicom_node.settings import Settings
+from dicom_node.validation import Role
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 HERE = Path(__file__).parent
@@ -55,6 +56,14 @@ def admin(request: Request) -> Principal:
     who = principal(request)
     if not who.is_admin:
         raise HTTPException(403, f"only an admin may do this; {who.name} is a {who.role}")
+    return who
+
+
+def reviewer(request: Request) -> Principal:
+    """The authenticated user, who must be a radiologist or an admin (acknowledgements, verdicts)."""
+    who = principal(request)
+    if who.role not in (Role.RADIOLOGIST.value, Role.ADMIN.value):
+        raise HTTPException(403, f"only a radiologist or an admin may review results; {who.name} is a {who.role}")
     return who
 
 
@@ -100,6 +109,20 @@ def when(value: Any) -> str:
     if isinstance(value, dt.datetime):
         return as_utc(value).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return str(value)
+
+
+def age(value: Any) -> str:
+    """A wait for people: "45 s", "12 min", "3 h 05 min", "2 d 4 h"."""
+    if not isinstance(value, (int, float)):
+        return ""
+    s = int(value)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
 def seconds(value: Any) -> str:
@@ -155,6 +178,7 @@ def templates() -> Jinja2Templates:
     t.env.filters["when"] = when
     t.env.filters["seconds"] = seconds
     t.env.filters["timing_rows"] = timing_rows
+    t.env.filters["age"] = age
     return t
 
 

@@ -25,8 +25,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dicom_node.db import Database
-from dicom_node.db.models import Export, Instance, Job, OutboxMessage, Series
-from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
+from dicom_node.db.models import Export, Instance, Job, Notification, OutboxMessage, Series
+from dicom_node.jobs.states import ExportStatus, JobStatus, NotificationStatus, SeriesStatus
+from dicom_node.triage import monitoring
 
 # Job.timings key the worker writes for running the model (seconds).
 INFERENCE_TIMING = "inference"
@@ -132,12 +133,66 @@ class DatabaseCollector(Collector):
         )
 
 
+class TriageCollector(Collector):
+    """Triage from the database at every scrape (dicom_node.triage.monitoring): studies waiting by
+    priority, notifications by state, the time from the last image to a notification delivered,
+    and the radiologists' agreement and positive predictive values over the last four weeks."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        data = monitoring.stats(self.db, weeks=4)
+        with self.db.engine.connect() as conn:
+            told = dict(conn.execute(select(Notification.status, func.count()).group_by(Notification.status)).all())
+        unread = GaugeMetricFamily(
+            "dicom_node_triage_waiting", "Studies waiting, by priority and stage", labels=["priority", "stage"]
+        )
+        for level, counts in data["waiting"].items():
+            unread.add_metric([level, "unread"], counts["unread"])
+            unread.add_metric([level, "queued"], counts["queued"])
+        yield unread
+        notes = GaugeMetricFamily("dicom_node_notifications", "Notifications by state", labels=["state"])
+        for state in NotificationStatus:
+            notes.add_metric([state.value], told.get(state.value, 0))
+        yield notes
+        latency = GaugeMetricFamily(
+            "dicom_node_triage_notification_seconds",
+            "Last image to notification delivered, last four weeks",
+            labels=["quantile"],
+        )
+        for q, key in (("0.5", "p50_seconds"), ("0.95", "p95_seconds")):
+            if data["latency"][key] is not None:
+                latency.add_metric([q], data["latency"][key])
+        yield latency
+        overall = data["overall"]
+        yield GaugeMetricFamily(
+            "dicom_node_triage_verdicts", "Radiologists' verdicts, last four weeks", value=overall["verdicts"]
+        )
+        if overall["agreement"] is not None:
+            yield GaugeMetricFamily(
+                "dicom_node_triage_agreement_ratio",
+                "Share of verdicts agreeing with the node, last four weeks",
+                value=overall["agreement"],
+            )
+        ppv = GaugeMetricFamily(
+            "dicom_node_triage_ppv_ratio",
+            "Positive predictive value per decision, last four weeks",
+            labels=["decision"],
+        )
+        for cls, value in overall["ppv"].items():
+            if value is not None:
+                ppv.add_metric([cls], value)
+        yield ppv
+
+
 class AdminMetrics:
     """The registry of one admin app: the database collector and this process's own metrics."""
 
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(DatabaseCollector(db))
+        self.registry.register(TriageCollector(db))
         ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "dicom_node_admin_requests", "Admin HTTP requests", ["method", "route", "status"], registry=self.registry

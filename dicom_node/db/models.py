@@ -450,6 +450,29 @@ class Notification(Base):
     job: Mapped[Job] = relationship()
 
 
+# --- triage: the radiologists' reviews --------------------------------------------------------
+
+
+class Review(Base):
+    """A radiologist's reading of one job's result on the worklist (dicom_node.triage.worklist):
+    acknowledged (seen), and the verdict: agree, or disagree with the true class. One per job; each
+    change is in the audit log."""
+
+    __tablename__ = "reviews"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    acknowledged_by: Mapped[str] = mapped_column(String(100), default="")
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    verdict: Mapped[str] = mapped_column(String(16), default="")  # "", agree, disagree
+    # The class the radiologist found (covid, cap, normal); the node's decision when they agree.
+    true_class: Mapped[str] = mapped_column(String(16), default="")
+    comment: Mapped[str] = mapped_column(Text, default="")
+    verdict_by: Mapped[str] = mapped_column(String(100), default="")
+    verdict_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 # --- admin: users, API tokens, sessions, audit log ------------------------------------------
 
 

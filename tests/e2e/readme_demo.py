@@ -129,10 +129,12 @@ class Demo:
 
         def done() -> str | None:
             out = self.run(command)
-            rows = [line.split() for line in out.splitlines()[1:] if line[:1].isdigit()]
-            if any(r[1] == "failed" for r in rows):
+            lines = out.splitlines()
+            state = lines[0].split().index("STATUS") if lines and "STATUS" in lines[0].split() else 1
+            rows = [line.split() for line in lines[1:] if line[:1].isdigit()]
+            if any(r[state] == "failed" for r in rows):
                 raise Failed(f"the job failed:\n{out}\n{self.logs_tail()}")
-            return out if any(r[1] == "done" and "PACS done" in " ".join(r) for r in rows) else None
+            return out if any(r[state] == "done" and "PACS done" in " ".join(r) for r in rows) else None
 
         out = wait(done, TIMEOUT, "jobs list to show the job done and sent to PACS", interval=2.0)
         self.timings["results_after_last_image_seconds"] = round(time.monotonic() - self.sent_at, 1)

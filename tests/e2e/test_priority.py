@@ -54,7 +54,7 @@ def test_a_stat_series_sent_last_starts_next(tmp_path: Path, kind: str, small_se
     routine_uids = [series_uids(f)[1] for f in routine]
     urgent_uid = series_uids(urgent)[1]
     try:
-        node.start("serve", "--no-admin").wait_for_port(node.port)
+        node.start("serve", "--no-admin").wait_for_port(node.port, timeout=240)
         node.start("worker")
         for folder in routine:
             node.send(folder)

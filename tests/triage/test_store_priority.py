@@ -68,11 +68,11 @@ def test_the_c_store_priority_and_the_study_names_reach_the_job(tmp_path: Path) 
     )
     serve = NodeProcess(env, ["serve", "--no-admin"]).start()
     try:
-        serve.wait_for_port(port)
+        serve.wait_for_port(port, timeout=240)
         _send_with_pynetdicom(high, port, priority=1)  # PS3.7: 1 = HIGH
         sent = storescu(medium, port, calling="STORESCU", called=TITLE)
         assert sent.returncode == 0, sent.stderr
-        jobs = wait_until(lambda: j if len(j := _jobs(env)) == 2 else None, 60, "two jobs")
+        jobs = wait_until(lambda: j if len(j := _jobs(env)) == 2 else None, 180, "two jobs")
     finally:
         serve.stop()
     by_patient = {j["patient_name"]: j for j in jobs}

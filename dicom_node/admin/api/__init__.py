@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from dicom_node.admin.api import access, config, monitoring, series_jobs
+from dicom_node.admin.api import access, config, monitoring, series_jobs, worklist
 from dicom_node.admin.config_kinds import KINDS
 
 
@@ -16,6 +16,7 @@ def api_router() -> APIRouter:
     router.include_router(config.echo_router())
     router.include_router(series_jobs.router)
     router.include_router(access.router)
+    router.include_router(worklist.router)
     return router
 
 

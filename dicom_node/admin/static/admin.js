@@ -1,14 +1,18 @@
 // The node's admin pages: a few lines of our own instead of a framework.
 // Elements with data-refresh-url are re-filled from that URL (server-rendered HTML, escaped by the
 // server) every data-refresh-seconds, while the tab is visible. A lost session reloads the page,
-// which then goes to the login form.
+// which then goes to the login form. A list in which someone is filling in a form (a verdict on
+// the worklist) waits until that form is sent or left untouched.
 "use strict";
 
 function startRefresh(el) {
   const every = 1000 * Number(el.dataset.refreshSeconds || 3);
   const stamp = document.querySelector('[data-refresh-stamp="' + el.id + '"]');
+  el.addEventListener("input", function () { el.dataset.editing = "1"; });
+  el.addEventListener("change", function () { el.dataset.editing = "1"; });
   async function tick() {
-    if (!document.hidden) {
+    const busy = el.dataset.editing === "1" || el.contains(document.activeElement);
+    if (!document.hidden && !busy) {
       try {
         const response = await fetch(el.dataset.refreshUrl, {
           credentials: "same-origin",
