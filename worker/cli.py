@@ -11,10 +11,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import socket
+import threading
+import time
 
 from pydantic import ValidationError
 
 from dicom_node.commands.common import command, redact, settings_from
+from dicom_node.db import Database
 from dicom_node.db.engine import check_connection
 from dicom_node.errors import Invalid, Unavailable
 from dicom_node.logs import configure_logging
@@ -42,6 +47,54 @@ def worker_settings(settings: Settings, args: argparse.Namespace) -> Settings:
     return settings.model_copy(update={"worker": worker})
 
 
+def _stop_with(parent: int, grace: float) -> None:
+    """Started by ``up`` (process ``parent``): stop when it is gone, however it ended (a kill -9
+    sends no SIGTERM of its own): a warm shutdown (the running job may finish), then after
+    ``grace`` seconds this process group is killed (a job cut short goes to a worker again when
+    its heartbeat is found lost)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("up (process %d) is gone: this worker stops too (a running job gets %g s)", parent, grace)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _clear_cache(settings: Settings) -> None:
+    """A worker on another host: remove the series an earlier run left in its cache (killed
+    mid-job), keeping those a live worker process of this host is analysing now."""
+    from dicom_node.jobs.queries import running_series  # lazy: see the module docstring
+    from dicom_node.pipeline.remote import NodeFiles, RemoteError
+
+    db = Database(settings.effective_database_url)
+    try:
+        host = socket.gethostname()
+        keep = {uid for uid, worker in running_series(db) if _alive_here(worker, host)}
+    finally:
+        db.dispose()
+    try:
+        NodeFiles(settings).clear_cache(keep)
+    except RemoteError as exc:  # the node answers later; its jobs will say so
+        log.warning("could not check this worker's cache against the node: %s", exc)
+
+
+def _alive_here(worker: str, host: str) -> bool:
+    name, _, pid = worker.rpartition(":")
+    if name != host or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from worker import tasks  # lazy: Celery, and torch for the solo pool
     from worker.celery_app import ANALYSE_QUEUE, EXPORT_QUEUE, check_broker, make_celery
@@ -56,7 +109,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     concurrency = settings.worker.concurrency or 1
     pool = settings.worker.pool if settings.worker.pool != "auto" else ("solo" if concurrency == 1 else "prefork")
     configure_logging(settings, process_name="worker")
+    if args.parent_pid:
+        _stop_with(args.parent_pid, args.parent_grace)
     check_connection(settings.effective_database_url)
+    if settings.remote.node_url:
+        _clear_cache(settings)
     app = make_celery(settings)
     check_broker(settings)
     if pool == "solo":
@@ -97,6 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or beside 'dicom-node serve'",
     )
     p.add_argument("--concurrency", type=int, help="worker processes (default: 1 on CPU, one per GPU on CUDA)")
+    # Set by up for the worker it starts: stop when that process is gone.
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--parent-grace", type=float, default=30.0, help=argparse.SUPPRESS)
     p.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="where the model runs (default: the worker.device setting)"
     )

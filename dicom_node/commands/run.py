@@ -158,7 +158,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "dicom_node.cli"]
     if getattr(args, "config", None):
         argv += ["--config", args.config]
-    argv.append("worker")
+    # The worker ends with this process however it ends: PR_SET_PDEATHSIG (a SIGTERM) and, should
+    # that not stop it, its own watch of its parent (worker.cli).
+    argv += ["worker", "--parent-pid", str(os.getpid()), "--parent-grace", str(args.shutdown_seconds)]
     supervisor = WorkerSupervisor(argv)
     supervisor.start()
     try:

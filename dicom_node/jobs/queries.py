@@ -243,3 +243,14 @@ def job_counts(db: Database) -> dict[str, int]:
     with db.engine.connect() as conn:
         counts = dict(conn.execute(select(Job.status, func.count()).group_by(Job.status)).all())
     return {s.value: int(counts.get(s.value, 0)) for s in JobStatus}
+
+
+def running_series(db: Database) -> list[tuple[str, str]]:
+    """(series UID, worker "host:pid") of every running job."""
+    with db.reader() as conn:
+        rows = conn.execute(
+            select(Series.series_uid, Job.worker)
+            .join(Job, Job.series_id == Series.id)
+            .where(Job.status == JobStatus.RUNNING.value)
+        ).all()
+    return [(uid, worker) for uid, worker in rows]

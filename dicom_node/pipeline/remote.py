@@ -18,6 +18,8 @@ health check as the admin app. Files are checked against the index's size and wr
   them and any worker can send them.
 - :meth:`NodeFiles.results`: an export on a worker that lacks a job's files fetches them.
 - :meth:`NodeFiles.prune_results`: a remote worker keeps ``remote.cached_results`` result folders.
+- :meth:`NodeFiles.clear_cache`: at its start a remote worker removes the series an earlier run of
+  it left behind (killed mid-job).
 
 A worker whose data dir is the node's (the ids of dicom_node.storage.identity match) is "shared":
 every method then does nothing. Without ``remote.node_url`` there is no NodeFiles at all.
@@ -148,6 +150,26 @@ class NodeFiles:
             for d in (folder, folder.parent):
                 if d != root and d.is_dir() and not any(d.iterdir()):
                     d.rmdir()
+
+    def clear_cache(self, keep: set[str]) -> int:
+        """Remove the series left in this worker's storage dir by earlier runs (a worker killed
+        mid-job leaves the series it fetched), except those named in ``keep`` (series UIDs of jobs
+        that a live worker process of this host runs now). Returns how many series folders went.
+        Nothing is removed on a shared volume: the files there are the node's."""
+        root = self.settings.storage_dir
+        if self.shared or not root.is_dir():
+            return 0
+        removed = 0
+        for study in [d for d in root.iterdir() if d.is_dir()]:
+            for series in [d for d in study.iterdir() if d.is_dir()]:
+                if series.name not in keep:
+                    shutil.rmtree(series, ignore_errors=True)
+                    removed += 1
+            if not any(study.iterdir()):
+                study.rmdir()
+        if removed:
+            log.info("removed %d series left in this worker's cache (%s) by an earlier run", removed, root)
+        return removed
 
     # -- results ----------------------------------------------------------------------------------
 

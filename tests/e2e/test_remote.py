@@ -6,7 +6,8 @@ Redis shared, Orthanc as the PACS, storescu as the scanner, all as real processe
   hands the results to the node before the job is done (the node's results dir holds every output,
   as the admin pages need), and sends them to PACS itself;
 - a second such worker, which never saw the job, sends it again on ``jobs export``: it fetches the
-  result files it lacks from the node; PACS still holds each object once (same UIDs).
+  result files it lacks from the node; PACS still holds each object once (same UIDs);
+- a worker killed mid-job leaves the series it fetched in its cache; started again, it removes it.
 
 Not covered here: the endpoints' access rule and a worker on the node's own data dir (tests/admin/
 test_internal.py); separate hosts (the containers of docker/test).
@@ -22,7 +23,8 @@ import pytest
 from dicom_node.db.models import Job
 from tests.e2e.conftest import SLICES
 from tests.e2e.stack import Node, done_and_exported, job_of, series_uids
-from tests.harness.peers import NodeProcess, Orthanc, cli
+from tests.harness.jobs import hold_running_job
+from tests.harness.peers import NodeProcess, Orthanc, cli, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -91,5 +93,35 @@ def test_workers_with_their_own_disks(
         assert "instance(s)" not in second.output(), "no series was fetched for an export"
         again = sorted(orthanc.instance_tags(i)["SOPInstanceUID"] for i in orthanc.instances())
         assert again == in_pacs, "sent again: the same objects, each once"
+    finally:
+        node.stop()
+
+
+def test_a_worker_killed_mid_job_clears_what_it_fetched_when_it_starts_again(
+    tmp_path: Path, postgres_url: str, redis_url: str, orthanc: Orthanc, phantom: Callable[[int], Path]
+) -> None:
+    """The series a remote worker fetched for a job stays in its cache when it is killed; at its
+    next start it is removed (the job itself goes to a worker again when its heartbeat is lost)."""
+    folder = phantom(42)
+    _, series_uid = series_uids(folder)
+    node = Node(tmp_path, database_url=postgres_url, broker_url=redis_url, remote__token=TOKEN)
+    node.configure([("ORTHANC", orthanc.dicom_port)])
+    try:
+        node.start("serve").wait_for_port(node.port)
+        cache = tmp_path / "worker"
+        worker = _remote_worker(node, cache)
+        node.send(folder)
+        # The job can not end while its row is held (tests.harness.jobs): killed once it fetched.
+        with hold_running_job(node.db, [series_uid], 300):
+            wait_until(
+                lambda: len(list((cache / "storage").rglob("*.dcm"))) == SLICES, 120, "the worker to fetch the series"
+            )
+            node.kill_tree(worker)
+        left = list((cache / "storage").rglob("*.dcm"))
+        assert len(left) == SLICES, f"{len(left)} files in the killed worker's cache"
+        again = _remote_worker(node, cache)
+        node.wait(done_and_exported(series_uid), 600, "the job to be done by the restarted worker")
+        assert "removed 1 series left in this worker's cache" in again.output(), again.output()[-3000:]
+        assert not list((cache / "storage").rglob("*.dcm"))
     finally:
         node.stop()

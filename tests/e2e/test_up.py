@@ -3,23 +3,28 @@ server to install): a series sent with storescu comes back as SR, SC, SEG and KO
 (validated as in test_results.py), the admin app answers when it is installed; then ``up`` and its
 worker are killed (SIGKILL) during the analysis of a second series, and after a restart that job
 completes exactly once: that broker loses the killed worker's message, the job's stopped heartbeat
-brings it back (the lost-job scan, ``worker.lost_after_seconds`` = 10 s here).
+brings it back (the lost-job scan, ``worker.lost_after_seconds`` = 10 s here); ``up`` killed
+alone takes its listeners and its worker with it.
 
 Not covered: Redis redelivery (test_faults.py), PostgreSQL (test_results.py).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 from sqlalchemy import func, select
 
 from dicom_node.db.models import OutboxMessage
 from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
+from tests.harness.jobs import hold_running_job
 from tests.harness.peers import Orthanc, port_open, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -70,3 +75,31 @@ def test_up_alone_then_killed_during_inference(
 
 def _admin_installed() -> bool:
     return find_spec("dicom_node.admin.server") is not None
+
+
+def test_up_killed_takes_its_listeners_and_its_worker_with_it(
+    tmp_path: Path, orthanc: Orthanc, phantom: Callable[[int], Path]
+) -> None:
+    """kill -9 of ``up`` alone (not its process group) during a job: its listeners end at once,
+    its worker within ``--shutdown-seconds`` even when its job can not end (its row held here, as
+    tests.harness.jobs does), and nothing serves or takes jobs for a node that is gone."""
+    folder = phantom(13)
+    _, series_uid = series_uids(folder)
+    node = Node(tmp_path)
+    node.configure([("ORTHANC", orthanc.dicom_port)])
+    up = node.start("up", "--shutdown-seconds", "5")
+    try:
+        up.wait_for_port(node.port, timeout=120)
+        node.send(folder)
+        with hold_running_job(node.db, [series_uid], 300):
+            assert up.proc is not None
+            children = psutil.Process(up.proc.pid).children(recursive=True)
+            workers = [c for c in children if "worker" in " ".join(c.cmdline())]
+            assert workers and len(children) > len(workers), [c.cmdline() for c in children]
+            os.kill(up.proc.pid, signal.SIGKILL)
+            up.proc.wait(10)
+            _, alive = psutil.wait_procs(children, timeout=30)
+            assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+        wait_until(lambda: not port_open(node.port), 30, "the DICOM port to close")
+    finally:
+        node.stop()
