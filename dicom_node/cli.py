@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicom_node import __version__
 from dicom_node.admin import cli as admin_cli
-from dicom_node.commands import aes, database, run, series_jobs, triage, viewer
+from dicom_node.commands import aes, database, run, series_jobs, storage, triage, viewer
 from dicom_node.errors import NodeError
 from dicom_node.settings import CONFIG_ENV, ENV_PREFIX
 from model import cli as model_cli
@@ -90,7 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="tracebacks of errors, the node's details and other libraries' messages in the log (log_level DEBUG)",
     )  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (database, aes, series_jobs, triage, run, viewer, phantom_cli, model_cli, worker_cli, admin_cli):
+    for module in (
+        database,
+        aes,
+        series_jobs,
+        storage,
+        triage,
+        run,
+        viewer,
+        phantom_cli,
+        model_cli,
+        worker_cli,
+        admin_cli,
+    ):
         module.register(sub)
     return parser
 

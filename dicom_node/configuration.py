@@ -24,7 +24,7 @@ from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.errors import Refused
 from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.settings import CompletionSettings, ExportSettings
-from dicom_node.validation import AETitle, Host, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
+from dicom_node.validation import AETitle, Host, KeepDays, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 from model.contract.uids import check_uid
 
 
@@ -47,6 +47,8 @@ class LocalAEIn(BaseModel):
     # None: the completion defaults of the settings (add_local_ae fills them in).
     quiet_seconds: QuietSeconds | None = None
     max_wait_seconds: MaxWaitSeconds | None = None
+    # None: retention.images_days.
+    keep_images_days: KeepDays | None = None
     filters: SeriesFilter = Field(default_factory=SeriesFilter)
     extra_sop_classes: list[str] = Field(default_factory=list)
     return_to_caller: bool = False
@@ -68,6 +70,7 @@ class LocalAEPatch(BaseModel):
     enabled: bool | None = None
     quiet_seconds: QuietSeconds | None = None
     max_wait_seconds: MaxWaitSeconds | None = None
+    keep_images_days: KeepDays | None = None
     filters: SeriesFilter | None = None
     extra_sop_classes: list[str] | None = None
     return_to_caller: bool | None = None
@@ -147,6 +150,7 @@ def local_ae_dict(row: LocalAE) -> dict[str, Any]:
         "enabled": row.enabled,
         "quiet_seconds": row.quiet_seconds,
         "max_wait_seconds": row.max_wait_seconds,
+        "keep_images_days": row.keep_images_days,
         "filters": SeriesFilter.from_json(row.filters).model_dump(),
         "extra_sop_classes": list(row.extra_sop_classes or []),
         "return_to_caller": row.return_to_caller,

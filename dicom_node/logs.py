@@ -10,6 +10,10 @@ when they log at INFO and the node's own details appear too.
 ``log_format: json`` writes one JSON object per line instead, for log collectors (console and
 file alike): ``time`` (UTC, ISO 8601), ``level``, ``process``, ``pid``, ``logger``, ``message``
 and ``exception`` when there is one.
+
+Every process of the node appends to one file, ``logs/dicom-node.log``; ``serve`` rotates it
+(:func:`rotate`, ``log_max_mb`` and ``log_keep_files``), and each process's handler follows the
+new file at its next line, as it would after logrotate.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import json
 import logging
 import logging.handlers
 import multiprocessing
+import os
+from pathlib import Path
 
 from dicom_node.settings import Settings
 
 # The loggers of this project; every other logger is third-party.
 OWN_LOGGERS = ("dicom_node", "worker", "model")
 FILE_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
+LOG_FILE = "dicom-node.log"
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -83,10 +90,31 @@ def configure_logging(settings: Settings, *, process_name: str | None = None) ->
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     # All processes append to one file (O_APPEND keeps lines whole); rotate it with logrotate,
     # which the watched handler follows.
-    file_handler = logging.handlers.WatchedFileHandler(settings.log_dir / "dicom-node.log")
+    file_handler = logging.handlers.WatchedFileHandler(settings.log_dir / LOG_FILE)
     file_handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(FILE_FORMAT))
     root.addHandler(file_handler)
     # Python warnings (Celery's "running with superuser privileges", library deprecations)
     # only with -v.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.WARNING if verbose else logging.ERROR)
+
+
+def rotate(log_dir: Path, *, max_bytes: int, keep: int) -> bool:
+    """Once the log file passes ``max_bytes``: ``dicom-node.log`` becomes ``.1``, ``.1`` becomes
+    ``.2`` and so on, the oldest beyond ``keep`` removed. Returns whether it rotated. The processes
+    writing it open the new file at their next line (WatchedFileHandler); a line written meanwhile
+    goes to ``.1``, none is lost."""
+    current = log_dir / LOG_FILE
+    try:
+        if current.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    (log_dir / f"{LOG_FILE}.{keep}").unlink(missing_ok=True)
+    for n in range(keep - 1, 0, -1):
+        older = log_dir / f"{LOG_FILE}.{n}"
+        if older.exists():
+            os.replace(older, log_dir / f"{LOG_FILE}.{n + 1}")
+    os.replace(current, log_dir / f"{LOG_FILE}.1")
+    logging.getLogger(__name__).info("log file rotated (over %d MB)", max_bytes // 2**20)
+    return True

@@ -5,7 +5,8 @@ The parent process supervises listener children (restarting any that die), runs 
 scheduling and the relay in a thread, and the admin app (when present) in another. The scheduling
 (:class:`Housekeeping`) is the node's own, whatever the dispatcher: lost jobs are requeued and due
 exports dispatched through the outbox (dicom_node.jobs), then the dispatcher does its broker's
-upkeep.
+upkeep; every ``retention.check_seconds`` the retention policy is applied
+(dicom_node.storage.retention).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable, Protocol
 
+from dicom_node import logs
 from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
 from dicom_node.jobs import analyses, exports
@@ -30,6 +32,7 @@ from dicom_node.settings import Settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
+from dicom_node.storage.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +82,17 @@ class Housekeeping:
     """What ``serve`` schedules besides completion, at most once every ``interval`` seconds:
     running jobs whose heartbeat stopped are requeued (dicom_node.jobs.analyses.recover_lost),
     due and stale exports dispatched again (dicom_node.jobs.exports.dispatch_due), both through
-    the outbox; then the dispatcher's own upkeep."""
+    the outbox; then the dispatcher's own upkeep and the log file's rotation; every
+    ``retention.check_seconds``, retention."""
 
     def __init__(self, db: Database, settings: Settings, dispatcher: Dispatcher, *, interval: float = 1.0) -> None:
         self.db = db
         self.settings = settings
         self.dispatcher = dispatcher
         self.interval = interval
+        self.retention = Retention(db, settings)
         self._next = 0.0
+        self._next_retention = 0.0
 
     def run_once(self) -> None:
         now = time.monotonic()
@@ -96,6 +102,12 @@ class Housekeeping:
         analyses.recover_lost(self.db, lost_after=self.settings.worker.lost_after_seconds)
         exports.dispatch_due(self.db, stale_after=self.settings.export.stale_after_seconds)
         self.dispatcher.housekeeping()
+        logs.rotate(
+            self.settings.log_dir, max_bytes=self.settings.log_max_mb * 2**20, keep=self.settings.log_keep_files
+        )
+        if now >= self._next_retention:
+            self._next_retention = now + self.settings.retention.check_seconds
+            self.retention.run_once()
 
 
 class Node:

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from dicom_node.errors import Invalid
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.validation import AETitle, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
+from dicom_node.validation import AETitle, KeepDays, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 
 ENV_PREFIX = "DICOM_NODE_"
 CONFIG_ENV = "DICOM_NODE_CONFIG"
@@ -252,6 +252,34 @@ class RemoteSettings(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """What the node keeps, and for how long (dicom_node.storage.retention). A series' images are
+    purged only once its analysis and every export of it are finished, never before."""
+
+    # Days a series' images are kept once its analysis and exports are finished (a local AE may keep
+    # its own: ae update-local --keep-images-days); None: until the disk needs the room.
+    images_days: KeepDays | None = 30.0
+    # Days a job's results (the objects sent to PACS, result.json, the maps) are kept after the job
+    # finished; None: for ever. The job's row, with its decision, stays.
+    results_days: KeepDays | None = 365.0
+    # Days event rows (what happened) and audit rows (who changed what) are kept.
+    events_days: KeepDays = 90.0
+    audit_days: KeepDays = 730.0
+    # Disk use (percent of the data dir's file system) above which the images of the oldest finished
+    # series are purged, until the use is back under low_water_percent.
+    high_water_percent: float = Field(default=85.0, gt=0, lt=100)
+    low_water_percent: float = Field(default=75.0, gt=0, lt=100)
+    # How often serve applies the policy (seconds); the listeners make room themselves when a
+    # C-STORE would take the disk under listener.min_free_disk_mb.
+    check_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _water(self) -> "RetentionSettings":
+        if self.low_water_percent >= self.high_water_percent:
+            raise ValueError("low_water_percent must be below high_water_percent")
+        return self
+
+
 class AdminSettings(_Section):
     host: str = "127.0.0.1"
     # Secret for session cookies and CSRF tokens; generated and kept under the data dir if unset.
@@ -279,11 +307,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # text: lines for people; json: one JSON object per line, for log collectors (dicom_node.logs).
     log_format: Literal["text", "json"] = "text"
+    # serve renames logs/dicom-node.log to .1 once it passes this size, keeping log_keep_files of them.
+    log_max_mb: int = Field(default=100, ge=1)
+    log_keep_files: int = Field(default=5, ge=1, le=100)
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     completion: CompletionSettings = Field(default_factory=CompletionSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     triage: TriageSettings = Field(default_factory=TriageSettings)

@@ -101,6 +101,15 @@ def check_max_wait_seconds(value: object) -> tuple[bool, str]:
     return check_seconds(value, minimum=1.0)
 
 
+def check_keep_days(value: object) -> tuple[bool, str]:
+    """How many days something is kept: a number from 0.01 (about a quarter of an hour) to 36500."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False, "must be a number of days"
+    if not 0.01 <= float(value) <= 36500:
+        return False, f"{value} is out of range 0.01-36500 days"
+    return True, ""
+
+
 def check_output_kinds(value: object) -> tuple[bool, str]:
     """A list of output kinds: at least one (an empty list would send nothing), each known, none twice."""
     if not isinstance(value, (list, tuple)):
@@ -177,6 +186,7 @@ Port = Annotated[int, AfterValidator(_pydantic(check_port))]
 Host = Annotated[str, AfterValidator(_pydantic(check_host))]
 QuietSeconds = Annotated[float, AfterValidator(_pydantic(check_quiet_seconds))]
 MaxWaitSeconds = Annotated[float, AfterValidator(_pydantic(check_max_wait_seconds))]
+KeepDays = Annotated[float, AfterValidator(_pydantic(check_keep_days))]
 OutputKinds = Annotated[list[str], AfterValidator(_pydantic(check_output_kinds))]
 Regex = Annotated[str, AfterValidator(_pydantic(check_regex))]
 UserName = Annotated[str, AfterValidator(_pydantic(check_user_name))]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from dicom_node.logs import configure_logging
+from dicom_node.logs import LOG_FILE, configure_logging, rotate
 from dicom_node.settings import load_settings
 
 THIRD_PARTY = ("highdicom.sr", "celery.worker.consumer", "kombu.connection", "pynetdicom.assoc", "uvicorn.error")
@@ -87,3 +88,33 @@ def test_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Traceback" in records[2]["exception"]
     file_records = [json.loads(line) for line in (tmp_path / "logs" / "dicom-node.log").read_text().splitlines()]
     assert [r["message"] for r in file_records] == [r["message"] for r in records]
+
+
+def test_the_log_file_is_rotated_and_every_writer_follows(tmp_path: Path) -> None:
+    """Two writers (two processes of the node, as far as the file is concerned) keep writing across
+    rotations: nothing is lost, the newest lines in the new file, at most ``keep`` old files."""
+    writers = [logging.handlers.WatchedFileHandler(tmp_path / LOG_FILE) for _ in range(2)]
+    for w in writers:
+        w.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("dicom_node.test_rotation")
+    logger.propagate = False
+    for w in writers:
+        logger.addHandler(w)
+    try:
+        written = 0
+        for _round in range(6):
+            for _ in range(50):
+                logger.warning("line %d %s", written, "x" * 100)  # both writers write it
+                written += 1
+            assert rotate(tmp_path, max_bytes=10_000, keep=3)
+        assert not rotate(tmp_path, max_bytes=10_000, keep=3)  # nothing written since: under the limit
+        logger.warning("after the last rotation")
+    finally:
+        for w in writers:
+            logger.removeHandler(w)
+            w.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [LOG_FILE, f"{LOG_FILE}.1", f"{LOG_FILE}.2", f"{LOG_FILE}.3"]
+    assert (tmp_path / LOG_FILE).read_text().splitlines() == ["after the last rotation"] * 2
+    newest_old = (tmp_path / f"{LOG_FILE}.1").read_text().splitlines()
+    assert newest_old[-1].startswith(f"line {written - 1} ") and len(newest_old) == 100

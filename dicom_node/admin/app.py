@@ -226,7 +226,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
         settings=settings,
         db=db,
         passwords=Passwords(),
-        metrics=AdminMetrics(db),
+        metrics=AdminMetrics(db, settings),
         templates=templates(),
     )
     # Starlette runs the last added middleware first: measure, then the session cookie, then auth.

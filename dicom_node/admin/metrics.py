@@ -3,7 +3,8 @@
 The node's work happens in several processes (listeners, completion, workers), so its numbers are
 read from the database when Prometheus scrapes, not counted in memory: instances received, series
 completed, jobs and exports by state, queue depth, inference and export durations, export
-failures. This process adds its own: admin requests and logins, and the usual process metrics.
+failures, the disk and what retention purged and pruned. This process adds its own: admin
+requests and logins, and the usual process metrics.
 Each app has its own registry (no module-level global).
 """
 
@@ -25,8 +26,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from dicom_node.db import Database
-from dicom_node.db.models import Export, Instance, Job, Notification, OutboxMessage, Series
+from dicom_node.db.models import Export, Job, Notification, OutboxMessage, Series
 from dicom_node.jobs.states import ExportStatus, JobStatus, NotificationStatus, SeriesStatus
+from dicom_node.settings import Settings
+from dicom_node.storage.retention import (
+    AUDIT_PRUNED,
+    BYTES_PURGED,
+    EVENTS_PRUNED,
+    RESULTS_PURGED,
+    SERIES_PURGED,
+    Retention,
+)
 from dicom_node.triage import monitoring
 
 # Job.timings key the worker writes for running the model (seconds).
@@ -53,12 +63,15 @@ def _seconds(later: dt.datetime | None, earlier: dt.datetime | None) -> float | 
 class DatabaseCollector(Collector):
     """Reads the node's state from the database at every scrape."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: Settings | None = None) -> None:
         self.db = db
+        self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._retention()
         with self.db.engine.connect() as conn:
-            instances = conn.execute(select(func.count()).select_from(Instance)).scalar_one()
+            # Counted on the series: retention deletes the instance rows of the series it purges.
+            instances = conn.execute(select(func.coalesce(func.sum(Series.instances), 0))).scalar_one()
             series_by_status = dict(conn.execute(select(Series.status, func.count()).group_by(Series.status)).all())
             completed = conn.execute(
                 select(func.count()).select_from(Series).where(Series.completed_at.is_not(None))
@@ -132,6 +145,37 @@ class DatabaseCollector(Collector):
             sum_value=total,
         )
 
+    def _retention(self) -> Iterator[Metric]:
+        """The disk and what retention removed (dicom_node.storage.retention)."""
+        if self.settings is None:
+            return
+        usage = Retention(self.db, self.settings).usage()
+        counts = usage.counters
+        yield GaugeMetricFamily("dicom_node_disk_total_bytes", "Size of the data dir's file system", usage.disk.total)
+        yield GaugeMetricFamily(
+            "dicom_node_disk_free_bytes", "Free space on the data dir's file system", usage.disk.free
+        )
+        yield GaugeMetricFamily(
+            "dicom_node_received_bytes_per_day", "Bytes of instances received a day (last 7 days)", usage.bytes_per_day
+        )
+        if usage.days_left is not None:
+            yield GaugeMetricFamily(
+                "dicom_node_disk_days_left",
+                "Days before the free space reaches listener.min_free_disk_mb at that rate, without purging",
+                usage.days_left,
+            )
+        yield CounterMetricFamily(
+            "dicom_node_series_purged", "Series whose images retention purged", counts[SERIES_PURGED]
+        )
+        yield CounterMetricFamily("dicom_node_purged_bytes", "Bytes of images retention purged", counts[BYTES_PURGED])
+        yield CounterMetricFamily(
+            "dicom_node_results_purged", "Jobs whose result folders retention removed", counts[RESULTS_PURGED]
+        )
+        pruned = CounterMetricFamily("dicom_node_rows_pruned", "Rows deleted past their retention", labels=["table"])
+        pruned.add_metric(["events"], counts[EVENTS_PRUNED])
+        pruned.add_metric(["audit_log"], counts[AUDIT_PRUNED])
+        yield pruned
+
 
 class TriageCollector(Collector):
     """Triage from the database at every scrape (dicom_node.triage.monitoring): studies waiting by
@@ -189,9 +233,9 @@ class TriageCollector(Collector):
 class AdminMetrics:
     """The registry of one admin app: the database collector and this process's own metrics."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: Settings | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(DatabaseCollector(db))
+        self.registry.register(DatabaseCollector(db, settings))
         self.registry.register(TriageCollector(db))
         ProcessCollector(registry=self.registry)
         self.requests = Counter(

@@ -36,6 +36,8 @@ def cmd_ae_add_local(args: argparse.Namespace) -> int:
             data["quiet_seconds"] = args.quiet_seconds
         if args.max_wait_seconds is not None:
             data["max_wait_seconds"] = args.max_wait_seconds
+        if args.keep_images_days is not None:
+            data["keep_images_days"] = args.keep_images_days
         if args.send_results_to:
             data["send_results_to"] = csv_list(args.send_results_to)
         if args.filters:
@@ -59,7 +61,7 @@ def cmd_ae_update_local(args: argparse.Namespace) -> int:
         if row is None:
             raise c.Refused("title", f"no local AE titled {args.title!r}")
         data: dict[str, Any] = {}
-        for key in ("port", "quiet_seconds", "max_wait_seconds"):
+        for key in ("port", "quiet_seconds", "max_wait_seconds", "keep_images_days"):
             if getattr(args, key) is not None:
                 data[key] = getattr(args, key)
         if args.new_title:
@@ -241,6 +243,13 @@ def _register_local(ae_sub: argparse._SubParsersAction) -> None:
         type=float,
         help="series complete after this long regardless (default: completion.default_max_wait_seconds)",
     )
+    p.add_argument(
+        "--keep-images-days",
+        type=float,
+        metavar="DAYS",
+        help="keep a series' images this long once its analysis and exports are finished (default: "
+        "retention.images_days)",
+    )
     p.add_argument("--send-results-to", metavar="DEST[,DEST]", help="destination titles")
     p.add_argument(
         "--filters",
@@ -271,6 +280,7 @@ def _register_local(ae_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--quiet-seconds", type=float)
     p.add_argument("--max-wait-seconds", type=float)
+    p.add_argument("--keep-images-days", type=float, metavar="DAYS")
     p.add_argument("--send-results-to", metavar="DEST[,DEST]")
     p.add_argument("--filters", metavar="JSON")
     p.add_argument("--sop-classes", metavar="UID[,UID]")

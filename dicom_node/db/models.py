@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -35,6 +36,7 @@ from dicom_node.validation import (
     Role,
     check_ae_title,
     check_host,
+    check_keep_days,
     check_max_wait_seconds,
     check_output_kinds,
     check_port,
@@ -93,6 +95,8 @@ class LocalAE(Base):
     # written by the listener processes, shown by `ae list`, the admin pages and /health.
     listen_error: Mapped[str] = mapped_column(String(200), default="", server_default="")
     listen_error_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Days this AE's series' images are kept once finished; None: retention.images_days.
+    keep_images_days: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     destinations: Mapped[list["Destination"]] = relationship(secondary=local_ae_destinations, lazy="selectin")
 
@@ -111,6 +115,10 @@ class LocalAE(Base):
     @validates("max_wait_seconds")
     def _v_max_wait(self, key: str, value: float) -> float:
         return float(require("max_wait_seconds", check_max_wait_seconds, value))
+
+    @validates("keep_images_days")
+    def _v_keep_days(self, key: str, value: float | None) -> float | None:
+        return None if value is None else float(require("keep_images_days", check_keep_days, value))
 
 
 class Source(Base):
@@ -213,6 +221,10 @@ class Series(Base):
     opened_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+    # Bytes of the instances received (counted as they are indexed; kept when they are purged).
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When retention removed the images (dicom_node.storage.retention); None while they are kept.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
 
     jobs: Mapped[list["Job"]] = relationship(back_populates="series", order_by="Job.id")
 
@@ -229,7 +241,7 @@ class Instance(Base):
     frames: Mapped[int] = mapped_column(Integer, default=1)
     # Relative to the storage root (dicom_node.storage.files).
     path: Mapped[str] = mapped_column(String(300))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -471,6 +483,16 @@ class Review(Base):
     verdict_by: Mapped[str] = mapped_column(String(100), default="")
     verdict_at: Mapped[dt.datetime | None] = mapped_column(nullable=True, index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class NodeCounter(Base):
+    """A count that outlives the rows it counts (series purged, events pruned...), for /metrics
+    and the admin pages; dicom_node.storage.retention adds to them."""
+
+    __tablename__ = "node_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 # --- admin: users, API tokens, sessions, audit log ------------------------------------------

@@ -412,16 +412,31 @@ class JobActive(Conflict):
         self.status = status
 
 
+class ImagesPurged(Conflict):
+    """The series' images were purged by retention: nothing to analyse again."""
+
+    def __init__(self, job_id: int, purged_at: dt.datetime) -> None:
+        super().__init__(
+            f"job {job_id} can not be analysed again: the images of its series were purged on "
+            f"{purged_at:%Y-%m-%d %H:%M} (retention); send the series again to analyse it"
+        )
+
+
 def requeue(db: Database, job_id: int, *, reason: str = "retry requested", force: bool = False) -> int:
     """Analyse a job again (retry on demand): PENDING with ``reason`` and a new outbox message, in
     one transaction. NotFound without such a job; refused with :class:`JobActive` while the job is
-    pending, queued or running, unless ``force``. Returns the message id."""
+    pending, queued or running, unless ``force``, and with :class:`ImagesPurged` when retention
+    removed the series' images. Returns the message id."""
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
         if job.status in {st.value for st in ACTIVE_JOB_STATUSES} and not force:
             raise JobActive(job_id, job.status)
+        # The series row locked: retention (dicom_node.storage.retention) checks it the same way.
+        series = s.get(Series, job.series_id, with_for_update=db.locks_rows)
+        if series is not None and series.purged_at is not None:
+            raise ImagesPurged(job_id, series.purged_at)
         s.execute(
             update(Job).where(Job.id == job_id).values(status=JobStatus.PENDING.value, reason=reason, finished_at=None)
         )

@@ -175,7 +175,8 @@ class Receiver:
     ) -> Status:
         if dataset.refusal is not None:
             raise RejectedInstance(Status.OUT_OF_RESOURCES, dataset.refusal)
-        if self.storage.free_bytes() < self.min_free_bytes + (dataset.size if dataset.in_memory else 0):
+        # A spooled data set's file is on the disk already (its room was checked as it grew).
+        if not self.storage.has_room(dataset.size if dataset.in_memory else 0, self.min_free_bytes):
             raise RejectedInstance(
                 Status.OUT_OF_RESOURCES,
                 f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB",

@@ -44,6 +44,7 @@ from dicom_node.settings import Settings, TLSSettings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.index import Index, ListenKey, LocalAESnapshot
+from dicom_node.storage.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,10 @@ class ListenerSet:
         self.settings = settings
         self.db = db
         self.storage = Storage(settings.storage_dir)
+        # Before a C-STORE would be answered 0xA700 for want of disk, the oldest finished series
+        # are purged down to the low water mark (dicom_node.storage.retention).
+        retention = Retention(db, settings, self.storage, actor=f"listener {os.getpid()}")
+        self.storage.make_room = lambda need: retention.make_room(max(need, retention.low_water_free()))
         self.index = Index(db)
         self.receiver = Receiver(
             self.storage,

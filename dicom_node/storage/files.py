@@ -19,7 +19,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from dicom_node import __version__
 from dicom_node.storage.spool import Spool
@@ -44,6 +44,9 @@ class Storage:
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        # Asked to free at least this many bytes when a write would take the disk under its
+        # watermark (dicom_node.storage.retention.Retention.make_room, set by the listeners).
+        self.make_room: Callable[[int], object] | None = None
 
     def relative_path(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
         """The layout. Raises ValueError naming the bad UID."""
@@ -68,6 +71,16 @@ class Storage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def has_room(self, n: int, min_free: int) -> bool:
+        """Whether ``n`` more bytes leave at least ``min_free`` free; if not, :attr:`make_room`
+        is asked first."""
+        if self.free_bytes() >= min_free + n:
+            return True
+        if self.make_room is None:
+            return False
+        self.make_room(min_free + n)
+        return self.free_bytes() >= min_free + n
+
     def spool(
         self,
         *,
@@ -84,8 +97,7 @@ class Storage:
             self.incoming,
             part10_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae_title),
             max_bytes=max_bytes,
-            free_bytes=self.free_bytes,
-            min_free_bytes=min_free_bytes,
+            has_room=lambda n: self.has_room(n, min_free_bytes),
         )
 
     def write(
@@ -128,24 +140,33 @@ class Storage:
             raise
         os.close(fd)
         try:
-            if self._ensure_dir(target.parent) and series_record is not None:
-                self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
-            os.replace(tmp, target)
-            fsync_dir(target.parent)
+            self._place(tmp, target, series_record)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return StoredFile(target, relative, len(header) + len(dataset_bytes))
 
+    def _place(self, tmp: Path, target: Path, series_record: dict[str, Any] | None) -> None:
+        """Rename a written file into the layout, making its folder (and series record) when new.
+        A folder retention removed since this process last wrote there is made again."""
+        for attempt in (1, 2):
+            if self._ensure_dir(target.parent) and series_record is not None:
+                self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
+            try:
+                os.replace(tmp, target)
+                break
+            except FileNotFoundError:
+                self._known_dirs.discard(target.parent)
+                if attempt == 2 or not tmp.exists():
+                    raise
+        fsync_dir(target.parent)
+
     def _move_spool(self, relative: str, spool: Spool, series_record: dict[str, Any] | None) -> StoredFile:
         assert spool.path is not None
         spool.finish()
         target = self.root / relative
-        if self._ensure_dir(target.parent) and series_record is not None:
-            self._write_small(target.parent / SERIES_RECORD, json.dumps(series_record).encode())
-        os.replace(spool.path, target)
+        self._place(spool.path, target, series_record)
         spool.moved()
-        fsync_dir(target.parent)
         return StoredFile(target, relative, len(spool.prefix) + spool.size)
 
     def _ensure_dir(self, directory: Path) -> bool:

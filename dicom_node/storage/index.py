@@ -52,7 +52,7 @@ class ReceivedInstance:
 # run on the pooled DBAPI connection. Going through SQLAlchemy's statement machinery per C-STORE
 # cost more CPU than the SQL itself; everything else in the project uses SQLAlchemy.
 _SQL = {
-    "select_series": "SELECT id, status FROM series WHERE series_uid = :series_uid",
+    "select_series": "SELECT id, status, purged_at FROM series WHERE series_uid = :series_uid",
     "insert_series": (
         "INSERT INTO series (series_uid, study_uid, local_ae_id, calling_ae, calling_host, patient_id, modality,"
         " body_part, series_description, series_number, sop_class_uid, image_type, instances, frames, status, reason,"
@@ -71,13 +71,18 @@ _SQL = {
     ),
     # The most urgent C-STORE priority of the series' instances is kept.
     "count_instance": (
-        "UPDATE series SET instances = instances + 1, frames = frames + :frames, last_received_at = :now,"
+        "UPDATE series SET instances = instances + 1, frames = frames + :frames, size_bytes = size_bytes + :size,"
+        " last_received_at = :now,"
         " store_priority = CASE WHEN :store_priority > store_priority THEN :store_priority ELSE store_priority END"
         " WHERE id = :series_id"
     ),
     "reopen_series": (
         "UPDATE series SET status = :receiving, reason = '', generation = generation + 1, opened_at = :now,"
         " completed_at = NULL WHERE id = :series_id"
+    ),
+    # A series whose images retention purged, sent again: it starts again from nothing.
+    "restart_purged": (
+        "UPDATE series SET instances = 0, frames = 0, size_bytes = 0, purged_at = NULL WHERE id = :series_id"
     ),
     # The job transition belongs to dicom_node.jobs; it runs in this transaction.
     "supersede_jobs": SUPERSEDE_WAITING_SQL,
@@ -154,7 +159,7 @@ class Index:
                     cur.execute(sql["select_series"], {"series_uid": item.series_uid})
                     row = cur.fetchone()
                     assert row is not None  # inserted just now, or by a concurrent sender
-                series_id, status = row
+                series_id, status, purged_at = row
                 cur.execute(
                     sql["insert_instance"],
                     {
@@ -171,22 +176,25 @@ class Index:
                 )
                 inserted = cur.fetchone() is not None
                 if inserted:
-                    cur.execute(
-                        sql["count_instance"],
-                        {
-                            "frames": item.frames,
-                            "now": when,
-                            "series_id": series_id,
-                            "store_priority": item.store_priority,
-                        },
-                    )
                     if status != SeriesStatus.RECEIVING.value:
                         cur.execute(
                             sql["reopen_series"],
                             {"receiving": SeriesStatus.RECEIVING.value, "now": when, "series_id": series_id},
                         )
                         cur.execute(sql["supersede_jobs"], supersede_waiting_params(series_id, when))
+                        if purged_at is not None:
+                            cur.execute(sql["restart_purged"], {"series_id": series_id})
                         log.info("series %s re-opened by instance %s", item.series_uid, item.sop_instance_uid)
+                    cur.execute(
+                        sql["count_instance"],
+                        {
+                            "frames": item.frames,
+                            "size": item.size_bytes,
+                            "now": when,
+                            "series_id": series_id,
+                            "store_priority": item.store_priority,
+                        },
+                    )
                 if self._postgres:
                     raw.commit()
                 else:

@@ -5,8 +5,8 @@ here as it comes. Up to ``memory_bytes`` stay in memory (a CT image: stored as b
 write); beyond that the data set goes to a temporary file in the storage's ``.incoming/`` that
 starts with the Part 10 header, so that storing it is an fsync and a rename
 (dicom_node.storage.files.Storage.write), never a copy. A data set longer than ``max_bytes``
-(``listener.max_dataset_bytes``), or one that would leave less than ``min_free_bytes`` free on
-the disk, is counted and dropped as it arrives: nothing more is kept, the file is removed, and
+(``listener.max_dataset_bytes``), or one that would take the disk under its watermark
+(``has_room``), is counted and dropped as it arrives: nothing more is kept, the file is removed, and
 :attr:`Spool.refusal` says why (the C-STORE is then answered with a failure status).
 """
 
@@ -30,15 +30,13 @@ class Spool:
         *,
         max_bytes: int,
         memory_bytes: int = MEMORY_BYTES,
-        free_bytes: Callable[[], int] | None = None,
-        min_free_bytes: int = 0,
+        has_room: Callable[[int], bool] | None = None,
     ) -> None:
         self.incoming = incoming
         self.prefix = prefix  # written before the data set when it goes to a file (the Part 10 header)
         self.max_bytes = max_bytes
         self.memory_bytes = memory_bytes
-        self.free_bytes = free_bytes
-        self.min_free_bytes = min_free_bytes
+        self.has_room = has_room  # has_room(n): n more bytes leave the disk above its watermark
         self.size = 0  # data set bytes received (kept or not)
         self.refusal: str | None = None
         self.path: Path | None = None  # the temporary file, once the data set went there
@@ -96,17 +94,14 @@ class Spool:
             self._refuse(f"cannot write the data set: {exc}")
 
     def _check_disk(self, n: int) -> None:
-        if self.free_bytes is None:
+        if self.has_room is None:
             return
         self._written_since_check += n
         if self._fd is not None and self._written_since_check < DISK_CHECK_BYTES:
             return
         self._written_since_check = 0
-        if self.free_bytes() < self.min_free_bytes + DISK_CHECK_BYTES:
-            self._refuse(
-                f"free disk space below the watermark of {self.min_free_bytes // (1024 * 1024)} MB"
-                " (listener.min_free_disk_mb)"
-            )
+        if not self.has_room(DISK_CHECK_BYTES):
+            self._refuse("free disk space below the watermark (listener.min_free_disk_mb)")
 
     def _refuse(self, reason: str) -> None:
         self.refusal = reason

@@ -120,7 +120,7 @@ def test_beyond_max_bytes_nothing_is_kept(tmp_path: Path) -> None:
 def test_below_the_free_disk_watermark_nothing_is_kept(tmp_path: Path) -> None:
     storage = Storage(tmp_path)
     ds, raw = _ct(4 * 512 * 512 * 2)
-    spool = Spool(storage.incoming, b"", max_bytes=1 << 40, free_bytes=lambda: 100 * 2**20, min_free_bytes=50 * 2**20)
+    spool = Spool(storage.incoming, b"", max_bytes=1 << 40, has_room=lambda n: False)
     _feed(spool, raw)
     assert spool.refusal is not None and "free disk space" in spool.refusal
     assert list(storage.incoming.iterdir()) == []

@@ -45,6 +45,13 @@ FIELDS: dict[str, list[FormField]] = {
         FormField(
             "max_wait_seconds", "Maximum wait (s)", "number", help="a series is complete after this long, images or not"
         ),
+        FormField(
+            "keep_images_days",
+            "Keep images (days)",
+            "number",
+            optional=True,
+            help="once a series' analysis and exports are finished; empty: the node's retention.images_days",
+        ),
         FormField("send_results_to", "Send results to", "choices", choices="destinations"),
         FormField("return_to_caller", "Also send results back to the calling AE (needs its return port)", "checkbox"),
         FormField("require_known_source", "Accept only allowed sources", "checkbox"),

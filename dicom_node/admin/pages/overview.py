@@ -15,6 +15,7 @@ from dicom_node.admin.health import health
 from dicom_node.db.models import Event
 from dicom_node.jobs.queries import job_counts, job_detail, job_rows, series_detail, series_rows
 from dicom_node.jobs.states import JobStatus, SeriesStatus
+from dicom_node.storage.retention import Retention
 
 router = APIRouter()
 
@@ -31,10 +32,18 @@ def dashboard(request: Request) -> Response:
     with context.db.session() as s:
         events = s.scalars(select(Event).order_by(Event.id.desc()).limit(10)).all()
         recent = audit.entries(s, limit=10)
+    storage = Retention(context.db, context.settings).usage()
     return render(
         request,
         "dashboard.html",
-        {"health": report, "counts": job_counts(context.db), "events": events, "audit": recent},
+        {
+            "health": report,
+            "counts": job_counts(context.db),
+            "events": events,
+            "audit": recent,
+            "storage": storage,
+            "retention": context.settings.retention,
+        },
     )
 
 
