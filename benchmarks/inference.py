@@ -38,8 +38,10 @@ import numpy as np
 import torch
 
 from model.inference.io import load_series
-from model.inference.lung import segment_lungs
+from model.inference.lung import find_lungs
 from model.inference.multiscale_cam import Predictor, settings_for
+from model.inference.network import mixed_precision
+from model.inference.options import InferenceOptions
 from model.inference.preprocess import prepare_lung_slices
 from model.inference.weights import load_weights
 from model.phantoms.phantom import make_phantom
@@ -47,7 +49,9 @@ from model.phantoms.writer import write_phantom_series
 
 
 def _predictor(weights: str | None, device: str, mode: str, ig_slices: int, batch: int) -> Any:
-    settings = settings_for(weights, device=device, batch_size=batch, mode=mode, ig_slices=ig_slices)
+    settings = settings_for(
+        weights, InferenceOptions(device=device, batch_size=batch, localisation=mode, ig_slices=ig_slices)
+    )
     return Predictor(load_weights(weights, device), settings)
 
 
@@ -59,13 +63,12 @@ def _sync(device: str) -> None:
 def _bare_forward(predictor: Any, inputs: Any, device: str) -> float:
     """Seconds of the network alone over ``inputs`` (already pre-processed), as the predictor runs it."""
     net = predictor.network
-    amp = device.startswith("cuda")
     _sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, inputs.shape[0], predictor.settings.batch_size):
             x = predictor._batch_to_device(inputs[start : start + predictor.settings.batch_size])
-            with torch.autocast(device_type=predictor.device.type, dtype=torch.float16, enabled=amp):
+            with mixed_precision(predictor.device):
                 out = net(x)
             out.mean_logits.float().cpu()
     _sync(device)
@@ -132,9 +135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_lung, n_all = int(lung_idx.size), len(result.lung_slices)
 
         volume = load_series(folder)
-        lungs = segment_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last)
+        lungs = find_lungs(volume.hu, volume.spacing, superior_last=volume.superior_last, segmenter=cam.model.lungs)
+        pixels = (volume.spacing[1], volume.spacing[2])
         inputs = torch.from_numpy(
-            prepare_lung_slices(volume.hu, lungs, spec, (volume.spacing[1], volume.spacing[2]), lung_idx).inputs
+            prepare_lung_slices(volume.hu, lungs, spec, pixels, lung_idx, volume.spacing[0]).inputs
         )
         del volume, lungs
         bare_s = min(_bare_forward(cam, inputs, args.device) for _ in range(args.repeat))

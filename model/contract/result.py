@@ -115,7 +115,8 @@ class SeriesResult:
                 continue
             if array.ndim != 3 or array.shape[0] != n:
                 raise ValueError(
-                    f"{name} has shape {array.shape}; (slices, rows, columns) with {n} slices (sop_instance_uids) is needed"
+                    f"{name} has shape {array.shape}; (slices, rows, columns) with {n} slices "
+                    f"(sop_instance_uids) is needed"
                 )
             shapes.add(array.shape)
         if len(shapes) > 1:

@@ -47,7 +47,7 @@ IG_BASELINE = -1.0
 class LocalisationSettings:
     """How the joint map and its regions are made (all settings of the predictor)."""
 
-    mode: str = "cam+ig"
+    mode: str = "auto"
     ig_slices: int = 8  # IG runs on this many of the most suspicious lung slices
     ig_steps: int = IG_STEPS
     ig_baseline: float = IG_BASELINE
@@ -59,9 +59,12 @@ class LocalisationSettings:
     # the network says which slices and which part of the lung; the density says which voxels there
     # are abnormal. Infection is denser than aerated lung (ground glass -700..-300 HU, consolidation
     # above); healthy lung is not.
+    # The slice's lungs are their ``density_percentile``-th percentile of HU: aerated lung even when
+    # disease fills most of the slice (a median then lies in the disease and erases it).
     density_weighting: bool = True
     density_offset_hu: float = 100.0
     density_range_hu: float = 200.0
+    density_percentile: float = 15.0
     # Before the density weighting, the joint map counts from this share of its range up (rescaled
     # to [0, 1]): the low end of the network's map covers much of the lungs, and every vessel in
     # it is dense; chosen on calibration phantoms (model/README.md).
@@ -91,6 +94,8 @@ class LocalisationSettings:
             raise ValueError(f"min_volume_ml must be >= 0, got {self.min_volume_ml!r}")
         if self.density_range_hu <= 0:
             raise ValueError(f"density_range_hu must be > 0, got {self.density_range_hu!r}")
+        if not 0.0 <= self.density_percentile <= 100.0:
+            raise ValueError(f"density_percentile must be in [0, 100], got {self.density_percentile!r}")
         if not 0.0 <= self.cam_floor < 1.0:
             raise ValueError(f"cam_floor must be in [0, 1), got {self.cam_floor!r}")
         if self.consolidation_opening_mm < 0:
@@ -98,18 +103,23 @@ class LocalisationSettings:
 
 
 def density_excess(
-    hu: np.ndarray, lung_mask: np.ndarray, offset_hu: float = 100.0, range_hu: float = 200.0
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    offset_hu: float = 100.0,
+    range_hu: float = 200.0,
+    percentile: float = 15.0,
 ) -> np.ndarray:
-    """Per voxel, how far above its slice's lung median density it lies: 0 up to ``offset_hu``
-    above the median, rising linearly to 1 at ``offset_hu + range_hu`` above; 0 outside the lungs.
-    float32 of ``hu``'s shape. Slice by slice (a full-series float copy of the HU is not needed)."""
+    """Per voxel, how far above its slice's aerated lung it lies (the ``percentile``-th percentile
+    of the slice's lung HU): 0 up to ``offset_hu`` above it, rising linearly to 1 at
+    ``offset_hu + range_hu`` above; 0 outside the lungs. float32 of ``hu``'s shape. Slice by slice
+    (a full-series float copy of the HU is not needed)."""
     if hu.shape != lung_mask.shape:
         raise ValueError(f"hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
     out = np.zeros(hu.shape, dtype=np.float32)
     for z in np.flatnonzero(lung_mask.any(axis=(1, 2))):
         lung = lung_mask[z]
-        median = float(np.median(hu[z][lung]))
-        excess = (hu[z].astype(np.float32) - np.float32(median + offset_hu)) * np.float32(1.0 / range_hu)
+        aerated = float(np.percentile(hu[z][lung], percentile))
+        excess = (hu[z].astype(np.float32) - np.float32(aerated + offset_hu)) * np.float32(1.0 / range_hu)
         np.clip(excess, 0.0, 1.0, out=excess)
         out[z] = excess * lung
     return out

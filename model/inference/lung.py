@@ -34,6 +34,8 @@ from scipy import ndimage as ndi
 from skimage.morphology import convex_hull_image
 from torch.nn import functional as F
 
+from model.inference.lungnet import LungSegmenter
+
 # Bumped whenever the masks change (invalidates the dataset slice caches).
 LUNG_VERSION = 2
 # Working resolution (mm) of the segmentation.
@@ -49,6 +51,20 @@ _SLICE = np.array(
 )
 _SLICE8 = np.zeros((3, 3, 3), dtype=bool)
 _SLICE8[1] = True
+
+
+def find_lungs(
+    hu: np.ndarray,
+    spacing: tuple[float, float, float] | list[float],
+    *,
+    superior_last: bool | None = None,
+    segmenter: LungSegmenter | None = None,
+) -> np.ndarray:
+    """The lung mask of a series: the weights' learned lung network (model.inference.lungnet) when
+    they have one, else the threshold method of :func:`segment_lungs` (weights without one)."""
+    if segmenter is not None:
+        return segmenter.segment(hu, (float(spacing[0]), float(spacing[1]), float(spacing[2])))
+    return np.asarray(segment_lungs(hu, spacing, superior_last=superior_last), dtype=np.bool_)
 
 
 def segment_lungs(

@@ -20,155 +20,45 @@ normal decision the heatmap still shows where the evidence for the likelier abno
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
-from model.contract.result import CLASSES, ModelInfo, SeriesResult
+from model.contract.result import ModelInfo, SeriesResult
 from model.inference import localise
 from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.inference.localise import LocalisationSettings
-from model.inference.lung import segment_lungs
+from model.inference.lung import find_lungs
+from model.inference.network import mixed_precision
 from model.inference.options import InferenceOptions
 from model.inference.preprocess import SliceGeometry, lung_slice_indices, prepare_lung_slices
-from model.inference.weights import LoadedModel, load_weights, read_metadata, weights_folder
-
-AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
-# The least min_margin calibration may choose (model.training.evaluate.fit_margin): a series whose two
-# likeliest classes are within 0.1 of each other is never decided.
-MIN_MARGIN_FLOOR = 0.1
-ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
-CLASS_WORDS = {
-    "covid": "COVID-19 pattern",
-    "cap": "community-acquired pneumonia pattern",
-    "normal": "no pneumonia pattern",
-}
-
-
-@dataclass(frozen=True)
-class PredictorSettings:
-    """Inference settings. ``device`` "cpu" or "cuda" (or "cuda:N")."""
-
-    device: str = "cpu"
-    batch_size: int = 32
-    aggregation: str = "top_k"
-    top_k_fraction: float = 0.1
-    top_k_min: int = 3
-    min_lung_slices: int = 5
-    min_lung_volume_ml: float = 100.0
-    key_slices: int = 5
-    # Added to the series logits before the softmax, one per class (empty: none). Chosen on
-    # validation data by `dicom-node model evaluate --calibrate` and kept in the weights'
-    # inference metadata: a calibration of the series rule, not of the network.
-    class_bias: tuple[float, ...] = ()
-    # The least difference between the two likeliest series probabilities for a decision; below it
-    # the decision is "indeterminate" (the reason names both). Chosen on validation data by
-    # `dicom-node model evaluate --calibrate` (never below MIN_MARGIN_FLOOR) and kept in the weights'
-    # inference metadata. 0: always decide.
-    min_margin: float = 0.0
-    localisation: LocalisationSettings = field(default_factory=LocalisationSettings)
-
-    def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATION_RULES:
-            raise ValueError(f"aggregation must be one of {AGGREGATION_RULES}, got {self.aggregation!r}")
-        if not 0.0 < self.top_k_fraction <= 1.0 or self.top_k_min < 1:
-            raise ValueError("top_k_fraction must be in (0, 1] and top_k_min >= 1")
-        if self.batch_size < 1 or self.min_lung_slices < 1 or self.key_slices < 0:
-            raise ValueError("batch_size and min_lung_slices must be >= 1, key_slices >= 0")
-        if not 0.0 <= self.min_margin < 1.0:
-            raise ValueError(f"min_margin must be in [0, 1), got {self.min_margin!r}")
-
-
-def abnormality(logits: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """Per slice: 1 - p(normal), or the top probability for a model without a normal class."""
-    probs = softmax(logits)
-    if "normal" in classes:
-        return 1.0 - probs[:, list(classes).index("normal")]
-    return probs.max(axis=1)
-
-
-def aggregate_series(
-    logits: np.ndarray,
-    classes: Sequence[str],
-    rule: str = "top_k",
-    top_k_fraction: float = 0.1,
-    top_k_min: int = 3,
-    class_bias: Sequence[float] = (),
-) -> tuple[np.ndarray, np.ndarray]:
-    """Series probabilities from slice logits (n, classes), and the slice indices used.
-
-    See the module docstring for the rule; ``class_bias`` (one per class) is added to the series
-    logits before the softmax. Returns (probabilities (classes,), indices used, most abnormal
-    first for "top_k").
-    """
-    if logits.ndim != 2 or logits.shape[0] == 0:
-        raise ValueError(f"need (n >= 1, classes) slice logits, got shape {logits.shape}")
-    n = logits.shape[0]
-    if rule == "mean":
-        used = np.arange(n)
-    elif rule == "top_k":
-        k = min(n, max(top_k_min, math.ceil(top_k_fraction * n)))
-        used = np.argsort(-abnormality(logits, classes), kind="stable")[:k]
-    else:
-        raise ValueError(f"aggregation must be one of {AGGREGATION_RULES}, got {rule!r}")
-    series_logits = logits[used].mean(axis=0)
-    if len(class_bias):
-        if len(class_bias) != logits.shape[1]:
-            raise ValueError(f"class_bias needs one value per class ({logits.shape[1]}), got {len(class_bias)}")
-        series_logits = series_logits + np.asarray(class_bias, dtype=series_logits.dtype)
-    return softmax(series_logits[None, :])[0], used
-
-
-def decide(
-    probs: np.ndarray | Sequence[float], classes: Sequence[str], min_margin: float = 0.0
-) -> tuple[str, str | None]:
-    """The series decision: the likeliest class, or "indeterminate" when it leads the second by
-    less than ``min_margin``; then also the reason, naming both."""
-    p = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(-p, kind="stable")
-    first = classes[int(order[0])]
-    if len(order) < 2 or min_margin <= 0.0:
-        return first, None
-    second = classes[int(order[1])]
-    margin = float(p[order[0]] - p[order[1]])
-    if margin >= min_margin:
-        return first, None
-    return "indeterminate", (
-        f"low confidence: p({first})={p[order[0]]:.3f} against p({second})={p[order[1]]:.3f}, "
-        f"a margin of {margin:.3f} below the {min_margin:.3f} chosen on validation data"
-    )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis (numerically stable)."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def full_probabilities(probs: np.ndarray | Sequence[float], classes: Sequence[str]) -> dict[str, float]:
-    """The model's probabilities keyed by all of CLASSES (0 for a class the model lacks)."""
-    out = {c: 0.0 for c in CLASSES}
-    for c, p in zip(classes, probs):
-        out[c] = float(p)
-    return out
+from model.inference.series_rule import (
+    ABNORMAL_CLASSES,
+    CLASS_WORDS,
+    PredictorSettings,
+    aggregate_series,
+    decide,
+    full_probabilities,
+    localisation_target,
+    softmax,
+)
+from model.inference.weights import LoadedModel, WeightsError, load_weights, read_metadata, weights_folder
 
 
 @dataclass
 class SliceAnalysis:
     """The network's view of a series' lung slices (what evaluation needs beyond the result)."""
 
-    lung_indices: np.ndarray  # (n,) indices into the sorted slices
+    lung_indices: np.ndarray  # (n,) the slices the network saw (slab centres), indices into the sorted slices
     logits: np.ndarray  # (n, classes) mean-over-scales logits
     cams: list[np.ndarray]  # per scale (n, classes, h_s, w_s) float32
     inputs: torch.Tensor  # (n, 1, height, width) pre-processed slices (CPU)
     geometry: SliceGeometry  # where the inputs lie in the series' slices
+    lung_slices: np.ndarray | None = None  # every lung slice (the heatmap covers them all); None: lung_indices
 
 
 class Predictor:
@@ -201,11 +91,10 @@ class Predictor:
         """Mean logits (n, classes) and per-scale CAMs of pre-processed slices, in batches."""
         logits: list[np.ndarray] = []
         cams: list[list[np.ndarray]] = [[] for _ in self.network.heads]
-        amp = self.device.type == "cuda"
         with torch.inference_mode():
             for start in range(0, inputs.shape[0], self.settings.batch_size):
                 x = self._batch_to_device(inputs[start : start + self.settings.batch_size])
-                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=amp):
+                with mixed_precision(self.device):
                     out = self.network(x)
                 logits.append(out.mean_logits.float().cpu().numpy())
                 for s, cam in enumerate(out.cams):
@@ -213,14 +102,25 @@ class Predictor:
         return np.concatenate(logits), [np.concatenate(c) for c in cams]
 
     def analyse_slices(
-        self, hu: np.ndarray, lung_indices: np.ndarray, lung_mask: np.ndarray, pixel_spacing: tuple[float, float]
+        self,
+        hu: np.ndarray,
+        lung_indices: np.ndarray,
+        lung_mask: np.ndarray,
+        pixel_spacing: tuple[float, float],
+        slice_spacing: float = 0.0,
     ) -> SliceAnalysis:
-        """Pre-process the lung slices as the weights' input spec says and run the network over them."""
-        prepared = prepare_lung_slices(hu, lung_mask, self.input_spec, pixel_spacing, lung_indices)
+        """Pre-process the lung slices as the weights' input spec says (slabs of thin slices) and run
+        the network over them."""
+        prepared = prepare_lung_slices(hu, lung_mask, self.input_spec, pixel_spacing, lung_indices, slice_spacing)
         inputs = torch.from_numpy(prepared.inputs)
         logits, cams = self.forward_slices(inputs)
         return SliceAnalysis(
-            lung_indices=prepared.indices, logits=logits, cams=cams, inputs=inputs, geometry=prepared.geometry
+            lung_indices=prepared.indices,
+            logits=logits,
+            cams=cams,
+            inputs=inputs,
+            geometry=prepared.geometry,
+            lung_slices=np.asarray(lung_indices, dtype=np.int64),
         )
 
     # -- the series -------------------------------------------------------------------------------
@@ -252,7 +152,7 @@ class Predictor:
         sz, sy, sx = (float(s) for s in volume.spacing)
         spacing = (sz, sy, sx)
         t = time.perf_counter()
-        lung_mask = np.asarray(segment_lungs(hu, spacing, superior_last=volume.superior_last), dtype=np.bool_)
+        lung_mask = find_lungs(hu, spacing, superior_last=volume.superior_last, segmenter=self.model.lungs)
         lung_indices = np.asarray(lung_slice_indices(lung_mask), dtype=np.int64)
         timings["lungs"] = time.perf_counter() - t
         lung_slices = [False] * hu.shape[0]
@@ -268,22 +168,17 @@ class Predictor:
             return self._no_decision(reason, timings, t_total, uids, lung_slices), None
 
         t = time.perf_counter()
-        analysis = self.analyse_slices(hu, lung_indices, lung_mask, (sy, sx))
+        analysis = self.analyse_slices(hu, lung_indices, lung_mask, (sy, sx), sz)
         timings["network"] = time.perf_counter() - t
-        probs, used = aggregate_series(
-            analysis.logits,
-            self.classes,
-            self.settings.aggregation,
-            self.settings.top_k_fraction,
-            self.settings.top_k_min,
-            self.settings.class_bias,
-        )
+        probs, used = aggregate_series(analysis.logits, self.classes, self.settings)
         decision, doubt = decide(probs, self.classes, self.settings.min_margin)
         target = localisation_target(probs, self.classes)
+        seen = analysis.lung_indices.size
+        unit = "lung slices" if seen == lung_indices.size else f"slabs of the {lung_indices.size} lung slices"
         rule = (
-            f"mean logits of the {len(used)} most abnormal of {lung_indices.size} lung slices"
+            f"mean logits of the {len(used)} most abnormal of {seen} {unit}"
             if self.settings.aggregation == "top_k"
-            else f"mean logits of all {lung_indices.size} lung slices"
+            else f"mean logits of all {seen} {unit}"
         )
         if doubt is not None:
             reason = f"indeterminate, {doubt} ({rule}). {NOT_FOR_CLINICAL_USE}"
@@ -391,22 +286,28 @@ class Predictor:
             factor = {int(i): f[j] for j, i in enumerate(chosen)}
             timings["ig"] = time.perf_counter() - t
         t = time.perf_counter()
-        heat = np.zeros(lung_mask.shape, dtype=np.float32)
+        joints = np.empty((n, self.input_spec.height, self.input_spec.width), dtype=np.float32)
         chunk = max(1, self.settings.batch_size)
         for start in range(0, n, chunk):
             idx = np.arange(start, min(n, start + chunk))
             m = self._cams_at(analysis, idx, target, peaks)
             for j, i in enumerate(idx):
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
-            joint = localise.joint_map(m).numpy()
-            heat[analysis.lung_indices[idx]] = analysis.geometry.to_original(joint)
+            joints[idx] = localise.joint_map(m).numpy()
+        heat = np.zeros(lung_mask.shape, dtype=np.float32)
+        slices = analysis.lung_slices if analysis.lung_slices is not None else analysis.lung_indices
+        for start in range(0, slices.size, chunk):
+            part = slices[start : start + chunk]
+            heat[part] = analysis.geometry.to_original(between_slabs(joints, analysis.lung_indices, part))
         heat = localise.min_max(heat, lung_mask, inplace=True)
         if settings.density_weighting and hu is not None:
             if settings.cam_floor > 0:
                 heat -= np.float32(settings.cam_floor)
                 heat *= np.float32(1.0 / (1.0 - settings.cam_floor))
                 np.clip(heat, 0.0, 1.0, out=heat)
-            heat *= localise.density_excess(hu, lung_mask, settings.density_offset_hu, settings.density_range_hu)
+            heat *= localise.density_excess(
+                hu, lung_mask, settings.density_offset_hu, settings.density_range_hu, settings.density_percentile
+            )
             heat = localise.min_max(heat, lung_mask, inplace=True)
         timings["cam"] += time.perf_counter() - t
         return heat
@@ -425,58 +326,56 @@ class Predictor:
         )
 
 
-def localisation_target(probs: np.ndarray, classes: Sequence[str]) -> int:
-    """The class the heatmap shows: the likelier abnormal class (whatever the decision: a normal or
-    indeterminate series' map shows where the evidence for disease is); the top class for a model
-    without abnormal classes."""
-    abnormal = [c for c in classes if c in ABNORMAL_CLASSES]
-    if not abnormal:
-        return int(np.argmax(probs))
-    return list(classes).index(max(abnormal, key=lambda c: probs[list(classes).index(c)]))
+def between_slabs(maps: np.ndarray, centres: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """Maps of the network's slices (one per slab centre, ascending) at other ``slices``: linear
+    between the two nearest centres, the nearest one beyond the ends."""
+    if centres.size == 1:
+        return np.repeat(maps[:1], slices.size, axis=0)
+    pos = np.interp(slices.astype(np.float64), centres.astype(np.float64), np.arange(centres.size, dtype=np.float64))
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, centres.size - 1)
+    w = (pos - lo).astype(np.float32)[:, None, None]
+    return maps[lo] * (1.0 - w) + maps[hi] * w
 
 
-def settings_for(
-    weights_dir: Path | str | None = None,
-    device: str = "cpu",
-    batch_size: int = 32,
-    mode: str | None = None,
-    ig_slices: int | None = None,
-    threshold: float | None = None,
-    aggregation: str | None = None,
-) -> PredictorSettings:
+# Keys of the weights' "inference" metadata that are records, not settings.
+_INFERENCE_RECORDS = ("calibration",)
+
+
+def settings_for(weights_dir: Path | str | None = None, options: InferenceOptions | None = None) -> PredictorSettings:
     """Settings from the weights' ``inference`` metadata (chosen on validation data when the
-    weights were made), overridden by any argument that is not None."""
-    meta = read_metadata(weights_folder(weights_dir))
-    rec = dict(meta.get("inference", {}))
+    weights were made), overridden by every option that is not None. A key the settings do not
+    know is refused (WeightsError naming it): weights made for other code must not run silently
+    with defaults in its place."""
+    options = options or InferenceOptions()
+    folder = weights_folder(weights_dir)
+    meta = read_metadata(folder)
+    rec = {k: v for k, v in meta.get("inference", {}).items() if k not in _INFERENCE_RECORDS}
     loc = dict(rec.pop("localisation", {}))
-    for key, value in (("mode", mode), ("ig_slices", ig_slices), ("threshold", threshold)):
+    known = {f for f in PredictorSettings.__dataclass_fields__ if f not in ("device", "batch_size", "localisation")}
+    unknown = sorted(set(rec) - known) + sorted(
+        f"localisation.{k}" for k in set(loc) - set(LocalisationSettings.__dataclass_fields__)
+    )
+    if unknown:
+        raise WeightsError(f"{folder}: inference settings {', '.join(unknown)} are not known to this version")
+    for key, value in (
+        ("mode", options.localisation),
+        ("ig_slices", options.ig_slices),
+        ("threshold", options.threshold),
+    ):
         if value is not None:
             loc[key] = value
-    if aggregation is not None:
-        rec["aggregation"] = aggregation
+    if options.aggregation is not None:
+        rec["aggregation"] = options.aggregation
     if "class_bias" in rec:
         rec["class_bias"] = tuple(float(b) for b in rec["class_bias"])
-    known = {f for f in PredictorSettings.__dataclass_fields__ if f not in ("device", "batch_size", "localisation")}
     return PredictorSettings(
-        device=device,
-        batch_size=batch_size,
-        localisation=LocalisationSettings(
-            **{k: v for k, v in loc.items() if k in LocalisationSettings.__dataclass_fields__}
-        ),
-        **{k: v for k, v in rec.items() if k in known},
+        device=options.device, batch_size=options.batch_size, localisation=LocalisationSettings(**loc), **rec
     )
 
 
 def load(weights_dir: Path, options: InferenceOptions) -> Predictor:
     """The loader of kind multiscale-cam-2d (model.inference.kinds): the weights on
     ``options.device``, with the inference settings of their metadata overridden by ``options``."""
-    settings = settings_for(
-        weights_dir,
-        device=options.device,
-        batch_size=options.batch_size,
-        mode=options.localisation,
-        ig_slices=options.ig_slices,
-        threshold=options.threshold,
-        aggregation=options.aggregation,
-    )
+    settings = settings_for(weights_dir, options)
     return Predictor(load_weights(weights_dir, settings.device), settings)

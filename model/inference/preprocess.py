@@ -65,6 +65,9 @@ class InputSpec:
     crop_margin_mm: float = 5.0
     outside_lungs: str = "keep"
     normalisation: str = "zscore"
+    # Slices thinner than this are averaged into slabs of about this thickness (mm), and the
+    # network sees one slab per group: a 0.625 mm series reads like a 2.5 mm one. 0: every slice.
+    slab_mm: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -81,6 +84,8 @@ class InputSpec:
             raise ValueError(f"input window width must be > 0, got {self.window[1]}")
         if self.crop_margin_mm < 0:
             raise ValueError(f"input crop_margin_mm must be >= 0, got {self.crop_margin_mm}")
+        if self.slab_mm < 0:
+            raise ValueError(f"input slab_mm must be >= 0, got {self.slab_mm}")
 
     @property
     def needs_lungs(self) -> bool:
@@ -97,7 +102,9 @@ class InputSpec:
             "crop_margin_mm": self.crop_margin_mm,
             "outside_lungs": self.outside_lungs,
             "normalisation": self.normalisation,
-            "slices": "lung slices only (model.inference.lung.segment_lungs), ascending along the slice normal",
+            "slab_mm": self.slab_mm,
+            "slices": "lung slices only (model.inference.lung.find_lungs), ascending along the slice normal; "
+            "thinner slices averaged into slabs of slab_mm",
             "description": "model.inference.preprocess: window, crop, resize, outside the lungs, normalisation",
         }
 
@@ -121,6 +128,7 @@ class InputSpec:
             crop_margin_mm=float(data.get("crop_margin_mm", 5.0)),
             outside_lungs=str(data.get("outside_lungs", "keep")),
             normalisation=str(data.get("normalisation", "zscore")),
+            slab_mm=float(data.get("slab_mm", 0.0)),
         )
 
 
@@ -309,19 +317,50 @@ class LungSlices:
     geometry: SliceGeometry
 
 
+def slab_size(spec: InputSpec, slice_spacing: float) -> int:
+    """How many neighbouring slices make one slab of the spec (1: each slice on its own)."""
+    if spec.slab_mm <= 0 or slice_spacing <= 0:
+        return 1
+    return max(1, int(round(spec.slab_mm / slice_spacing)))
+
+
+def slab_centres(indices: np.ndarray, size: int) -> np.ndarray:
+    """Every ``size``-th lung slice, starting half a slab in: the slices the network sees."""
+    if size <= 1 or indices.size == 0:
+        return indices
+    return indices[min(size // 2, indices.size - 1) :: size]
+
+
+def slab_means(hu: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+    """(len(centres), rows, columns) float32: the mean of ``size`` slices around each centre."""
+    if size <= 1:
+        return np.asarray(hu[centres], dtype=np.float32)
+    out = np.empty((centres.size, *hu.shape[1:]), dtype=np.float32)
+    for i, c in enumerate(centres):
+        lo = max(0, int(c) - size // 2)
+        out[i] = hu[lo : min(hu.shape[0], lo + size)].mean(axis=0, dtype=np.float32)
+    return out
+
+
 def prepare_lung_slices(
     hu: np.ndarray,
     lung_mask: np.ndarray,
     spec: InputSpec,
     pixel_spacing: tuple[float, float],
     indices: np.ndarray | None = None,
+    slice_spacing: float = 0.0,
 ) -> LungSlices:
     """The one path from a series (HU volume and its lung mask) to the network's input, for
-    training and inference alike. ``indices``: the lung slices (default: :func:`lung_slice_indices`)."""
+    training and inference alike. ``indices``: the lung slices (default: :func:`lung_slice_indices`);
+    with the spec's ``slab_mm`` and a ``slice_spacing`` below it, every slab's centre (the mean of
+    its slices) instead of every slice."""
     if indices is None:
         indices = lung_slice_indices(lung_mask)
     indices = np.asarray(indices, dtype=np.int64)
     lungs = lung_mask[indices] if indices.size else lung_mask[:0]
     geometry = SliceGeometry.for_series(spec, hu.shape[1], hu.shape[2], lungs, pixel_spacing)
-    inputs = prepare_slices(hu[indices], spec, geometry, lungs if spec.needs_lungs else None)
-    return LungSlices(indices=indices, inputs=inputs, geometry=geometry)
+    size = slab_size(spec, slice_spacing)
+    centres = slab_centres(indices, size)
+    slabs = slab_means(hu, centres, size) if size > 1 else hu[centres]
+    inputs = prepare_slices(slabs, spec, geometry, lung_mask[centres] if spec.needs_lungs else None)
+    return LungSlices(indices=centres, inputs=inputs, geometry=geometry)

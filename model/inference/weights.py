@@ -1,10 +1,13 @@
 """Saving and loading model weights with their metadata (a MONAI-style model folder).
 
-A weights folder holds ``model.safetensors`` (the network's state dict) and ``metadata.json``:
-the model kind (model.inference.kinds), name, version, classes, architecture, input spec,
-aggregation rule, training data and configuration, held-out metrics, the sha256 of the weights
-file and "not for clinical use". :func:`weights_folder` is the one place that says which folder
-"no folder" means: the weights shipped in model/weights/.
+A weights folder holds ``model.safetensors`` (the network's state dict) and ``metadata.json``: the model kind
+(model.inference.kinds), name, version, classes, architecture, input spec, aggregation rule, training data and
+configuration, held-out metrics, the sha256 of the weights file and "not for clinical use". Beside them,
+``lungs.safetensors`` holds the lung network (model.inference.lungnet), described by the metadata's ``lungs``
+(written first to ``lungs.json`` by ``dicom-node model train-lungs``, merged into the metadata when the
+classifier is saved); weights without it segment the lungs by threshold (model.inference.lung).
+:func:`weights_folder` is the one place that says which folder "no folder" means: the weights shipped in
+model/weights/.
 
 Nothing here caches: whoever keeps a predictor (a worker process: dicom_node.pipeline.runtime)
 loads it once.
@@ -23,11 +26,14 @@ from safetensors.torch import load_file, save_file
 
 from model.contract.notice import WEIGHTS_NOTICE
 from model.contract.result import CLASSES, ModelInfo
+from model.inference.lungnet import LungSegmenter, build_lung_net
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
+LUNGS_FILE = "lungs.safetensors"
+LUNGS_METADATA_FILE = "lungs.json"
 SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 # The kind of the weights this module writes and reads: the 2D multi-scale CAM network of
 # model.inference.network with the series rule of model.inference.multiscale_cam.
@@ -46,6 +52,7 @@ class LoadedModel:
     metadata: dict[str, Any]
     device: torch.device
     weights_dir: Path
+    lungs: LungSegmenter | None = None  # None: the threshold method (model.inference.lung)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -113,8 +120,47 @@ def save_weights(network: WeaklySupervisedNet, out_dir: Path, metadata: dict[str
     meta["weights_dtype"] = "float16" if half else "float32"
     meta["weights_sha256"] = sha256_file(weights_path)
     meta.setdefault("notice", WEIGHTS_NOTICE)
+    lungs = out_dir / LUNGS_METADATA_FILE
+    if lungs.is_file() and "lungs" not in meta:
+        meta["lungs"] = json.loads(lungs.read_text())
     (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
     return weights_path
+
+
+def save_lung_weights(state: dict[str, torch.Tensor], out_dir: Path, description: dict[str, Any]) -> Path:
+    """Write the lung network's state dict and its description (``lungs.json``, with the sha256),
+    which :func:`save_weights` merges into the metadata; an existing metadata.json gets it at once."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LUNGS_FILE
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    desc = dict(description) | {"weights_file": LUNGS_FILE, "weights_sha256": sha256_file(path)}
+    (out_dir / LUNGS_METADATA_FILE).write_text(json.dumps(desc, indent=2) + "\n")
+    if (out_dir / METADATA_FILE).is_file():
+        meta = json.loads((out_dir / METADATA_FILE).read_text())
+        meta["lungs"] = desc
+        (out_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_lung_segmenter(weights_dir: Path | str, device: str | torch.device = "cpu") -> LungSegmenter | None:
+    """The lung network of a weights folder (from its metadata's ``lungs``, else ``lungs.json``),
+    checked against its sha256; None when the folder has none."""
+    weights_dir = Path(weights_dir)
+    meta_path = weights_dir / METADATA_FILE
+    desc = json.loads(meta_path.read_text()).get("lungs") if meta_path.is_file() else None
+    if desc is None and (weights_dir / LUNGS_METADATA_FILE).is_file():
+        desc = json.loads((weights_dir / LUNGS_METADATA_FILE).read_text())
+    if desc is None:
+        return None
+    path = weights_dir / str(desc.get("weights_file", LUNGS_FILE))
+    if not path.is_file():
+        raise WeightsError(f"{path} not found")
+    if desc.get("weights_sha256") and sha256_file(path) != desc["weights_sha256"]:
+        raise WeightsError(f"{path}: sha256 differs from its metadata")
+    network = build_lung_net(tuple(desc["channels"]))
+    network.load_state_dict(load_file(str(path)), strict=True)
+    return LungSegmenter(network, device)
 
 
 def read_metadata(weights_dir: Path) -> dict[str, Any]:
@@ -183,4 +229,5 @@ def load_weights(weights_dir: Path | str | None, device: str | torch.device = "c
     network.load_state_dict(state, strict=True)
     dev = torch.device(device)
     network.to(dev).eval()
-    return LoadedModel(network=network, metadata=meta, device=dev, weights_dir=weights_dir)
+    lungs = load_lung_segmenter(weights_dir, dev)
+    return LoadedModel(network=network, metadata=meta, device=dev, weights_dir=weights_dir, lungs=lungs)

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write one synthetic chest CT series (with its lung/lesion masks beside it)",
         description="Write one synthetic chest CT phantom as a DICOM series in OUT_DIR; the masks go to "
         "OUT_DIR.masks.npz beside it. Synthetic data, not for clinical use.",
-        epilog="examples:\n  dicom-node phantom /tmp/covid --kind covid --slices 96\n  dicom-node phantom /tmp/small --kind cap --slices 24 --rows 256 --seed 3",
+        epilog="examples:\n  dicom-node phantom /tmp/covid --kind covid --slices 96\n  dicom-node phantom "
+        "/tmp/small --kind cap --slices 24 --rows 256 --seed 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     one.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -48,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write a class-balanced set of synthetic chest CT series and labels.csv",
         description="Write COUNT phantom series (covid, cap, normal in turn) under OUT_DIR with labels.csv "
         "(series,label,patient_id); a progress bar on a terminal. Synthetic data, not for clinical use.",
-        epilog="example:\n  dicom-node phantom-dataset /tmp/phantoms --count 30 --rows 256 --slices-min 30 --slices-max 45",
+        epilog="example:\n  dicom-node phantom-dataset /tmp/phantoms --count 30 --rows 256 --slices-min 30 "
+        "--slices-max 45",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     many.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -62,7 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     many.add_argument(
         "--matched",
         action="store_true",
-        help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about the label",
+        help="scan every patient once per class (same anatomy, different disease): anatomy says nothing about "
+        "the label",
+    )
+    many.add_argument(
+        "--native-slices",
+        action="store_true",
+        help="each series as its scan draws it (range over slice thickness, 0.625-5 mm), at most --slices-max slices",
     )
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
     many.add_argument(
@@ -97,7 +105,8 @@ def _phantom(args: argparse.Namespace) -> int:
         )
     print(
         f"{out}: {phantom.kind} phantom, {phantom.shape[0]} slices of {phantom.shape[1]}x{phantom.shape[2]}, "
-        f"spacing {phantom.spacing[0]:.2f}/{phantom.spacing[1]:.3f} mm, lesions {100 * phantom.lesion_fraction:.1f}% of lung; "
+        f"spacing {phantom.spacing[0]:.2f}/{phantom.spacing[1]:.3f} mm, "
+        f"lesions {100 * phantom.lesion_fraction:.1f}% of lung; "
         f"masks in {masks_path(out)}. {PHANTOM_NOTICE}"
     )
     return 0
@@ -119,7 +128,7 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
     )
 
     def progress(done: int, total: int, plan: PhantomPlan) -> None:
-        bar.set_postfix_str(f"{plan.name}: {plan.kind}, {plan.slices} slices", refresh=False)
+        bar.set_postfix_str(f"{plan.name}: {plan.kind}, {plan.slices or 'native'} slices", refresh=False)
         bar.update(done - bar.n)
 
     try:
@@ -134,6 +143,7 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
             series_per_patient=args.series_per_patient,
             transfer_syntax=args.transfer_syntax,
             matched=args.matched,
+            native_slices=args.native_slices,
             progress=progress,
         )
     except ValueError as exc:

@@ -26,7 +26,8 @@ class PhantomPlan:
     patient_id: str
     seed: int
     patient_seed: int
-    slices: int
+    slices: int | None  # None: the scan's own (its range over its slice thickness, at most max_slices)
+    max_slices: int = 400
 
 
 def plan_phantom_dataset(
@@ -38,6 +39,7 @@ def plan_phantom_dataset(
     slices_max: int = 96,
     series_per_patient: int = 1,
     matched: bool = False,
+    native_slices: bool = False,
 ) -> list[PhantomPlan]:
     """Class-balanced series (classes dealt in turn over patients; every series of a patient has
     the patient's class), with seeds and slice counts derived from ``seed``.
@@ -45,7 +47,10 @@ def plan_phantom_dataset(
     ``matched``: instead, every patient is scanned once per kind with one seed and slice count, so
     the series of a patient are identical (anatomy, scanner, noise) except for the disease: only the
     lesions carry information about the label, so training cannot memorise patients or scans
-    (``series_per_patient`` is then the number of kinds)."""
+    (``series_per_patient`` is then the number of kinds).
+
+    ``native_slices``: each series gets its scan's own slices (its range over its slice
+    thickness), at most ``slices_max``, instead of a count drawn from [slices_min, slices_max]."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if not kinds or any(k not in KINDS for k in kinds):
@@ -68,9 +73,12 @@ def plan_phantom_dataset(
                 patient_id=f"PHANTOM-{seed}-{p:04d}",
                 seed=series_seed,
                 patient_seed=patient_seed,
-                slices=int(np.random.default_rng([seed, 9, p]).integers(slices_min, slices_max + 1))
+                slices=None
+                if native_slices
+                else int(np.random.default_rng([seed, 9, p]).integers(slices_min, slices_max + 1))
                 if matched
                 else int(rng.integers(slices_min, slices_max + 1)),
+                max_slices=slices_max,
             )
         )
     return plans
@@ -90,6 +98,7 @@ def write_phantom_dataset(
     transfer_syntax: str = "explicit",
     progress: Callable[[int, int, PhantomPlan], None] | None = None,
     matched: bool = False,
+    native_slices: bool = False,
 ) -> Path:
     """Write ``count`` phantom series (:func:`plan_phantom_dataset`) as ``out_dir/series_NNNN/``
     with their masks beside them, and ``out_dir/labels.csv`` (columns series, label, patient_id;
@@ -105,6 +114,7 @@ def write_phantom_dataset(
         slices_max=slices_max,
         series_per_patient=series_per_patient,
         matched=matched,
+        native_slices=native_slices,
     )
     for i, plan in enumerate(plans):
         phantom = make_phantom(
@@ -114,6 +124,7 @@ def write_phantom_dataset(
             slices=plan.slices,
             rows=rows,
             columns=columns or rows,
+            max_slices=plan.max_slices,
         )
         write_phantom_series(
             phantom,

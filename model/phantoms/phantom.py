@@ -5,34 +5,27 @@ clinical (no real patient data can be shipped or fetched here). Not for clinical
 
 Geometry: axial head-first-supine, Image Orientation (Patient) 1\\0\\0\\0\\1\\0, so x goes to the
 patient's left along a row, y to posterior down a column, and the slices are sorted ascending in z
-(feet -> head), as :class:`model.inference.io.Volume` sorts them. Anatomy (method.md): body outline with
-subcutaneous fat and muscle, ribs, sternum and spine with discs, mediastinal fat with heart,
-aorta, trachea, main bronchi and oesophagus, two lungs (parenchyma about -850 HU, denser towards
-the back) above diaphragm domes, pulmonary vessels and bronchi that branch and thin towards the
-periphery, liver/spleen and sometimes a stomach gas bubble below the diaphragm, a table, and
-correlated scanner noise.
+(feet -> head), as :class:`model.inference.io.Volume` sorts them.
 
-Disease signs, drawn only by the class:
+Three independent draws make a phantom, so that no single cue names the class:
 
-- covid: bilateral multifocal rounded ground-glass opacities (-700..-400 HU) placed subpleurally,
-  with posterior and lower predominance; some with crazy paving or a consolidated core.
-- cap: one or two (mostly unilateral) segmental/lobar consolidations (-80..+40 HU) centred on a
-  segmental bronchus (so air bronchograms show), deeper in the lung, with a thin ground-glass
-  rim; pleural effusion in about a third.
-- normal: no infection.
+- the patient (``patient_seed``; model.phantoms.anatomy): habitus, body outline, breasts, arms,
+  ribs, scapulae, clavicles, spine, mediastinum, heart and great vessels, trachea, lungs with lobes
+  and fissures, a dependent density gradient, vessel and bronchial trees (model.phantoms.trees),
+  liver, spleen, stomach and bowel gas under the domes;
+- the scan (``seed``; model.phantoms.scan): slice thickness 0.625-5 mm, pixel spacing 0.5-0.95 mm
+  at 512, soft or sharp kernel, noise 8-60 HU, contrast or not, scan range from the upper abdomen
+  to the neck, in-plane rotation, the table, arms up or down, streaks at the shoulders, breathing
+  motion at the bases; and the confounders every class gets alike (model.phantoms.confounders:
+  atelectasis, emphysema, nodules, scars, small effusions);
+- the disease (``seed`` and the class; model.phantoms.lesions): COVID-19 by stage, CAP by pattern.
 
-Everything that is not a sign is drawn from the same distributions for every class: patient size,
-fat, parenchyma density and its gravity gradient, field of view, slice spacing and thickness,
-noise level, kVp, table, stomach gas and the incidental findings (small solid nodules,
-emphysema-like low-density clusters), so that no shortcut separates the classes.
-
-Determinism: one seed gives the same phantom. The anatomy comes from ``patient_seed`` (default:
-the seed), so two phantoms with one patient seed are one "patient" scanned twice.
+Two phantoms of one seed and patient seed are one patient on one scanner with one set of
+confounders, differing only in the disease (what a "matched" data set uses).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,15 +37,29 @@ from model.phantoms.anatomy import (
     AIR,
     BLOOD,
     FLUID,
-    airway_vessel_trees,
-    ct_noise,
+    Anatomy,
+    Grid,
     draw_anatomy,
+    fissure_distance,
+    lobe_map,
     make_grid,
-    paint_segment,
     smooth_noise,
     static_anatomy,
+    table_mask,
 )
-from model.phantoms.lesions import cap_lesions, coarse_depth, covid_lesions, incidental_findings, pleural_effusion
+from model.phantoms.confounders import confounders
+from model.phantoms.lesions import cap_lesions, coarse_depth, covid_lesions, pleural_effusion
+from model.phantoms.scan import (
+    Scan,
+    apply_kernel,
+    breathing_ghost,
+    ct_noise,
+    draw_scan,
+    rotate_slices,
+    shoulder_streaks,
+    slice_profile,
+)
+from model.phantoms.trees import airway_vessel_trees, paint_segment
 
 KINDS: tuple[str, ...] = CLASSES  # ("covid", "cap", "normal")
 ORIENTATION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -67,17 +74,20 @@ class Phantom:
     seed: int
     patient_seed: int
     hu: np.ndarray  # float32 (slices, rows, columns), clipped to [-1024, 3071]
-    lung_mask: (
-        np.ndarray
-    )  # bool: anatomical lungs (lesions and intrapulmonary vessels included; trachea, main bronchi, effusion excluded)
-    lesion_mask: np.ndarray  # bool: the infection (GGO / consolidation); empty for normal
+    # bool: anatomical lungs (lesions, atelectasis and intrapulmonary vessels included; trachea, main
+    # bronchi, effusion excluded)
+    lung_mask: np.ndarray
+    lesion_mask: np.ndarray  # bool: the infection (ground glass / consolidation); empty for normal
     spacing: tuple[float, float, float]  # (slice distance, row spacing, column spacing) mm
     slice_thickness: float
     image_positions: np.ndarray  # (slices, 3) mm
     orientation: tuple[float, ...] = ORIENTATION
     noise_sigma: float = 0.0
     kvp: float = 120.0
-    findings: list[dict[str, Any]] = field(default_factory=list)  # lesions and incidental findings, for people
+    kernel: str = "soft"
+    findings: list[dict[str, Any]] = field(default_factory=list)  # lesions and confounders, for people
+    pattern: str = "none"  # the disease's stage (covid) or pattern (cap)
+    scan: dict[str, Any] = field(default_factory=dict)  # the acquisition (model.phantoms.scan.Scan)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -101,6 +111,9 @@ class Phantom:
             "slice_thickness": self.slice_thickness,
             "noise_sigma": round(self.noise_sigma, 2),
             "kvp": self.kvp,
+            "kernel": self.kernel,
+            "pattern": self.pattern,
+            "scan": self.scan,
             "lesion_fraction": round(self.lesion_fraction, 5),
             "findings": self.findings,
             "notice": PHANTOM_NOTICE,
@@ -117,15 +130,15 @@ def make_phantom(
     slice_spacing: float | None = None,
     patient_seed: int | None = None,
     noise: bool = True,
+    max_slices: int = 400,
 ) -> Phantom:
     """A synthetic chest CT of class ``kind`` (see the module docstring).
 
-    ``slices``: number of slices (default: drawn from 80..160). ``slice_spacing``: distance between
-    slices in mm; by default the slices cover the whole chest (lung apices to below the bases), so
-    the spacing follows from the count (about 0.6-5 mm for 60-500 slices; coarser for the small
-    counts of unit tests). The field of view is drawn per phantom; the pixel spacing is the field
-    of view over the matrix size, so small matrices give the same anatomy at lower resolution.
-    ``noise=False`` leaves out scanner noise (for tests of geometry).
+    ``slices``: number of slices; by default the scan's range over its slice thickness, at most ``max_slices``
+    (then the slices are further apart than they are thick). With ``slices`` and no ``slice_spacing`` the
+    slices cover the scan range, so the spacing follows from the count. The pixel spacing is the protocol's
+    field of view over the matrix size, so small matrices give the same anatomy at lower resolution.
+    ``noise=False`` leaves out scanner noise, kernel and artefacts (for tests of geometry).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -136,58 +149,45 @@ def make_phantom(
     patient_seed = seed if patient_seed is None else patient_seed
     anatomy = draw_anatomy(np.random.default_rng([patient_seed, 1]))
     scan_rng = np.random.default_rng([seed, 2])
+    scan = draw_scan(scan_rng)
     lesion_rng = np.random.default_rng([seed, 3, KINDS.index(kind)])
     extra_rng = np.random.default_rng([seed, 4])
 
-    grid, thickness = make_grid(anatomy, scan_rng, slices, rows, columns, slice_spacing)
-    labels_hu, lung_side, ctx = static_anatomy(anatomy, grid)
-    hu = labels_hu
-    lung = lung_side > 0
-    # Parenchyma: base density, gravity gradient (dependent lung is denser), soft texture.
-    texture = smooth_noise(hu.shape, extra_rng, cell_mm=(18.0, 12.0, 12.0), spacing=(grid.dz, grid.ps, grid.ps))
-    yy = np.broadcast_to((grid.y / ctx["bi"]).astype(np.float32)[None, :, None], hu.shape)
-    hu[lung] = (
-        anatomy.parenchyma
-        + anatomy.gravity * np.clip(yy[lung], -1.0, 1.0) * 0.5
-        + anatomy.gravity * 0.25
-        + 12.0 * texture[lung]
-    )
-
-    findings: list[dict[str, Any]] = []
+    grid, thickness = make_grid(anatomy, scan, scan_rng, slices, rows, columns, slice_spacing, max_slices)
+    hu, lung_side, ctx = static_anatomy(anatomy, grid, scan)
+    _parenchyma(hu, lung_side, grid, anatomy, ctx, extra_rng)
+    lobes = lobe_map(lung_side, grid, anatomy, ctx["bi"])
     vessels, bronchi = airway_vessel_trees(anatomy, grid, ctx, lung_side, extra_rng)
     depth = coarse_depth(lung_side, grid)
-
-    effusion = np.zeros(hu.shape, dtype=bool)
+    findings: list[dict[str, Any]] = []
+    effusion = confounders(hu, lung_side, depth, grid, ctx, extra_rng, findings)
     lesion_weight = np.zeros(hu.shape, dtype=np.float32)
+    pattern = "none"
     if kind == "covid":
-        covid_lesions(hu, lung_side, depth, grid, ctx, lesion_rng, lesion_weight, findings)
-        if lesion_rng.random() < 0.05:
-            effusion |= pleural_effusion(lung_side, grid, ctx, lesion_rng, int(lesion_rng.choice([-1, 1])), findings)
+        pattern = covid_lesions(hu, lung_side, depth, grid, ctx, lesion_rng, lesion_weight, findings)
     elif kind == "cap":
-        sides = cap_lesions(hu, lung_side, depth, grid, ctx, bronchi, lesion_rng, lesion_weight, findings)
-        if lesion_rng.random() < 0.35:
+        pattern, sides = cap_lesions(
+            hu, lung_side, lobes, depth, grid, ctx, bronchi, lesion_rng, lesion_weight, findings
+        )
+        if sides and lesion_rng.random() < 0.35:
             for s in sides if lesion_rng.random() < 0.3 else sides[:1]:
-                effusion |= pleural_effusion(lung_side, grid, ctx, lesion_rng, s, findings)
-    incidental_findings(hu, lung_side, depth, grid, ctx, extra_rng, findings)
-
+                effusion |= pleural_effusion(
+                    lung_side, grid, ctx, lesion_rng, s, findings, reason="parapneumonic effusion"
+                )
+    lung = lung_side > 0
     # Vessels and bronchi go over the parenchyma and the lesions: vessels stay visible in
-    # ground glass, bronchial lumen stays air in consolidation (air bronchograms).
+    # ground glass, the bronchial lumen stays air in consolidation (air bronchograms).
+    blood = BLOOD + 0.8 * scan.contrast
     for seg in vessels:
-        paint_segment(hu, seg, grid, BLOOD, lung if seg.side else None, wall=None)
+        paint_segment(hu, seg, grid, blood, lung if seg.side else None, wall=None)
     for seg in bronchi:
         paint_segment(hu, seg, grid, AIR, lung if seg.side else None, wall=max(0.6, 0.22 * seg.r0))
     if effusion.any():
         fluid = effusion & lung
-        hu[fluid] = FLUID + 6.0 * texture[fluid]
+        hu[fluid] = FLUID + 6.0 * extra_rng.standard_normal(int(fluid.sum())).astype(np.float32) * 0.3
         lung &= ~effusion
     lesion_mask = (lesion_weight > 0.5) & lung
-
-    sigma = float(scan_rng.uniform(10.0, 30.0) * math.sqrt(2.5 / max(thickness, 0.5)))
-    sigma = float(np.clip(sigma, 6.0, 60.0))
-    if noise:
-        hu += ct_noise(hu.shape, scan_rng, sigma)
-    hu[:, ~ctx["fov"]] = MIN_HU
-    np.clip(hu, MIN_HU, MAX_HU, out=hu)
+    hu, lung, lesion_mask = _acquire(hu, lung, lesion_mask, grid, anatomy, scan, thickness, ctx, scan_rng, noise)
     n = hu.shape[0]
     positions = np.stack(
         [np.full(n, grid.origin[0]), np.full(n, grid.origin[1]), grid.origin[2] + grid.dz * np.arange(n)], axis=1
@@ -202,7 +202,68 @@ def make_phantom(
         spacing=(float(grid.dz), float(grid.ps), float(grid.ps)),
         slice_thickness=float(thickness),
         image_positions=positions,
-        noise_sigma=sigma if noise else 0.0,
-        kvp=float(scan_rng.choice([100.0, 120.0, 120.0, 140.0])),
+        noise_sigma=scan.noise if noise else 0.0,
+        kvp=scan.kvp,
+        kernel=scan.kernel,
         findings=findings,
+        pattern=pattern,
+        scan=scan.describe() | {"thickness": round(float(thickness), 3)},
     )
+
+
+def _parenchyma(
+    hu: np.ndarray, lung_side: np.ndarray, grid: Grid, an: Anatomy, ctx: dict[str, Any], rng: np.random.Generator
+) -> None:
+    """Base density, the dependent gradient (the back of the lung is denser), a soft texture and the
+    fissures (thin lines where the lobes meet)."""
+    lung = lung_side > 0
+    texture = smooth_noise(hu.shape, rng, cell_mm=(18.0, 12.0, 12.0), spacing=(grid.dz, grid.ps, grid.ps))
+    yy = np.broadcast_to(np.clip(grid.y / ctx["bi"], -1.0, 1.0).astype(np.float32)[None, :, None], hu.shape)
+    hu[lung] = an.parenchyma + an.gravity * (0.5 * yy[lung] + 0.25) + 12.0 * texture[lung]
+    visible = min(1.0, 1.2 / max(grid.ps, grid.dz * 0.5))
+    for k in range(hu.shape[0]):
+        if not lung[k].any():
+            continue
+        d = fissure_distance(grid, an, ctx["bi"], k)
+        line = (np.exp(-((d / 0.8) ** 2)) * 350.0 * visible).astype(np.float32)
+        hu[k] += line[:, None] * lung[k]
+        if grid.t[k] > an.oblique[0] * an.lung_height:
+            dh = np.abs(grid.t[k] - an.horizontal * an.lung_height)
+            if dh < 3.0 * grid.dz:
+                front = (grid.y < 0)[:, None] & (lung_side[k] == 1)
+                hu[k] += float(np.exp(-((dh / 0.8) ** 2)) * 350.0 * visible) * front
+
+
+def _acquire(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    lesion: np.ndarray,
+    grid: Grid,
+    an: Anatomy,
+    scan: Scan,
+    thickness: float,
+    ctx: dict[str, Any],
+    rng: np.random.Generator,
+    noise: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the scanner does to the anatomy: rotation on the table, the table, slice thickness,
+    breathing motion, the kernel, noise, streaks and the reconstruction circle."""
+    if scan.rotation:
+        hu = rotate_slices(hu, scan.rotation, 1, AIR)
+        lung = rotate_slices(lung.astype(np.uint8), scan.rotation, 0, 0).astype(bool)
+        lesion = rotate_slices(lesion.astype(np.uint8), scan.rotation, 0, 0).astype(bool)
+    table, table_hu = table_mask(grid, an, scan.table)
+    hu[(table[None] & (hu < -500))] = table_hu
+    hu = slice_profile(hu, thickness, grid.dz)
+    if noise:
+        if scan.breathing > 0:
+            breathing_ghost(hu, grid.t, an.lung_height, scan.breathing, grid.dz)
+        hu = apply_kernel(hu, scan.kernel, grid.ps)
+        hu += ct_noise(hu.shape, rng, scan.noise, scan.kernel, grid.ps)
+        if scan.streaks > 0:
+            u = grid.t / an.lung_height
+            shoulders = np.flatnonzero((u > 0.88) & (u < 1.1))
+            shoulder_streaks(hu, grid.y, ctx["body"], shoulders, scan.streaks, rng)
+    hu[:, ~ctx["fov"]] = MIN_HU
+    np.clip(hu, MIN_HU, MAX_HU, out=hu)
+    return hu.astype(np.float32, copy=False), lung, lesion

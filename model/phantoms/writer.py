@@ -145,7 +145,10 @@ def write_phantom_series(
 
     n = phantom.shape[0]
     stored, intercept, bits = _encode(phantom.hu, signed)
-    content = f"{phantom.kind}|{phantom.seed}|{phantom.patient_seed}|{phantom.shape}|{phantom.spacing}|{phantom.noise_sigma:.4f}"
+    content = (
+        f"{phantom.kind}|{phantom.seed}|{phantom.patient_seed}|{phantom.shape}|{phantom.spacing}|"
+        f"{phantom.noise_sigma:.4f}"
+    )
     study = clean_uid(study_uid) if study_uid else derived_uid("phantom", "study", content)
     series = derived_uid("phantom", "series", content, "enhanced" if multiframe else "single")
     for_uid = derived_uid("phantom", "frame-of-reference", content)

@@ -1,4 +1,4 @@
-"""Training and evaluation data from three folder layouts, with a cache of pre-processed slices.
+"""Training and evaluation data from three folder layouts.
 
 Layouts (:func:`discover`):
 
@@ -17,22 +17,16 @@ Layouts (:func:`discover`):
 
 Labels are normalised to covid / cap / normal (:func:`normalise_label`).
 
-:func:`prepare_dataset` turns records into :class:`CachedSeries`: per series the label, patient
-and the pre-processed lung slices (n, 1, S, S) float32, exactly as inference computes them
-(:mod:`model.inference.lung`, :mod:`model.inference.preprocess`), cached as .npy under a cache folder keyed by the
-source files, the size and the pre-processing version, so training does not re-read DICOM.
-
-Writers of small NIfTI and CC-CCII replicas from phantoms are here too (tests, docs).
+model.training.cache turns records into prepared, cached slices (exactly as inference computes
+them); model.training.replicas writes small NIfTI and CC-CCII replicas from phantoms.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,27 +36,17 @@ from PIL import Image, UnidentifiedImageError
 
 from model.contract.result import CLASSES
 from model.contract.uids import derived_uid
-from model.inference import lung
 from model.inference.io import AIR_HU, SeriesReadError, Volume, load_series, scan_series
-from model.inference.lung import segment_lungs
 from model.inference.preprocess import (
     LUNG_WINDOW,
-    PAPER_INPUT,
-    PREPROCESS_VERSION,
-    InputSpec,
-    lung_slice_indices,
-    prepare_lung_slices,
     window_bounds,
 )
-from model.phantoms.phantom import KINDS, make_phantom
-from model.phantoms.writer import read_phantom_meta, read_phantom_truth
+from model.phantoms.writer import masks_path, read_phantom_meta, read_phantom_truth
 
 log = logging.getLogger(__name__)
 
 LAYOUTS: tuple[str, ...] = ("dicom", "nifti", "ccccii")
 LABELS_CSV = "labels.csv"
-# Bumped when the cached content changes for a reason other than model.inference.preprocess (lung masks).
-CACHE_VERSION = 2
 CCCCII_CLASSES: dict[str, str] = {"NCP": "covid", "CP": "cap", "Normal": "normal"}
 CCCCII_SPACING: tuple[float, float, float] = (5.0, 0.75, 0.75)
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -329,6 +313,8 @@ class EvalSeries:
     source: Any  # a folder / file list for model.inference.io.load_series, or a model.inference.io.Volume
     lesion_mask: Any = None  # callable () -> bool array (slices, rows, columns) in sorted order, or None
     true_involvement_percent: float | None = None  # a phantom's lesion share of its lungs (its masks file)
+    lung_mask: Any = None  # callable () -> the true lungs (a phantom's), like lesion_mask, or None
+    meta: dict[str, Any] | None = None  # a phantom's description (its scan, findings, pattern), or None
 
 
 def phantom_seeds(records: Sequence[Any]) -> list[int]:
@@ -343,10 +329,11 @@ def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None)
     its masks file is beside the series folder, else None."""
     items = []
     for r in discover(data_dir, labels_csv):
-        lesion, involvement = None, None
+        lesion, lungs, involvement = None, None, None
         meta = read_phantom_meta(r.source) if r.layout == "dicom" else None
         if meta is not None:
-            lesion = _lesion_loader(r.source, read_phantom_truth)
+            lesion = _mask_loader(r.source, "lesion_mask")
+            lungs = _mask_loader(r.source, "lung_mask")
             involvement = 100.0 * float(meta.get("lesion_fraction", 0.0))
         items.append(
             EvalSeries(
@@ -356,215 +343,25 @@ def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None)
                 source=r.source,
                 lesion_mask=lesion,
                 true_involvement_percent=involvement,
+                lung_mask=lungs,
+                meta=meta,
             )
         )
     return items
 
 
-def _lesion_loader(folder: Path, reader: Callable[[Path], Any]) -> Callable[[], np.ndarray]:
+def _mask_loader(folder: Path, which: str) -> Callable[[], np.ndarray]:
+    """Loads one mask (``lesion_mask`` or ``lung_mask``) of a phantom's truth when called."""
+
     def load() -> np.ndarray:
-        return np.asarray(reader(folder).lesion_mask, dtype=bool)
+        return np.asarray(getattr(read_phantom_truth(folder), which), dtype=bool)
 
     return load
 
 
-# -- the slice cache --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CachedSeries:
-    """A series ready for training (``model.training.train.SeriesSlices``): label, patient and the
-    pre-processed lung slices, memory-mapped from the cache."""
-
-    series_id: str
-    label: str
-    patient_id: str
-    path: Path  # the .npy of (n, 1, S, S) float32
-    lung_indices: tuple[int, ...]  # which sorted slices these are
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def slices(self) -> np.ndarray:
-        return np.load(self.path, mmap_mode="r")
-
-    @property
-    def count(self) -> int:
-        return len(self.lung_indices)
-
-
-@dataclass
-class PreparedDataset:
-    """The cached series, and the records that could not be used with the reason."""
-
-    series: list[CachedSeries]
-    skipped: list[tuple[SeriesRecord, str]] = field(default_factory=list)
-
-
-def _signature(source: Path) -> list[Any]:
-    if source.is_file():
-        st = source.stat()
-        return [source.name, st.st_size, st.st_mtime_ns]
-    out: list[Any] = []
-    for f in sorted(p for p in source.rglob("*") if p.is_file()):
-        st = f.stat()
-        out.append([str(f.relative_to(source)), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def cache_key(record: SeriesRecord, spec: InputSpec, min_fraction: float) -> str:
-    """Hash of the source files (names, sizes, times), the layout and the pre-processing."""
-    payload = {
-        "source": str(record.source.resolve()),
-        "layout": record.layout,
-        "files": _signature(record.source),
-        "input": spec.to_json(),
-        "min_fraction": min_fraction,
-        "preprocess": PREPROCESS_VERSION,
-        "lung": lung.LUNG_VERSION,
-        "cache": CACHE_VERSION,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def prepare_series(
-    record: SeriesRecord, cache_dir: Path | str, *, spec: InputSpec = PAPER_INPUT, min_fraction: float = 0.05
-) -> CachedSeries:
-    """Read, segment, select and pre-process one series (or take it from the cache).
-
-    Raises :class:`model.inference.io.SeriesReadError` for unreadable input and ValueError for a series
-    without lung slices. A CC-CCII scan without a lung mask keeps all its slices (its images may
-    already be cropped to the lungs).
-    """
-    cache_dir = Path(cache_dir)
-    key = cache_key(record, spec, min_fraction)
-    npy, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
-    if npy.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return CachedSeries(record.series_id, record.label, record.patient_id, npy, tuple(meta["lung_indices"]), meta)
-    volume = load_volume(record.source, record.layout)
-    # Image slices (CC-CCII) have no known direction: look for the trachea at both ends.
-    superior_last = None if record.layout == "ccccii" else volume.superior_last
-    mask = segment_lungs(volume.hu, volume.spacing, superior_last=superior_last)
-    indices = lung_slice_indices(mask, min_fraction)
-    fallback = False
-    if indices.size == 0:
-        if record.layout != "ccccii":
-            raise ValueError(f"{record.series_id}: no lung slices found")
-        indices = np.arange(volume.hu.shape[0])
-        fallback = True
-    # The same path as inference (model.inference.multiscale_cam): crop, fill and normalisation as
-    # the spec says. Without lungs (the CC-CCII fallback) the mask is empty and the whole slice is kept.
-    lungs = np.zeros_like(mask) if fallback else mask
-    slices = prepare_lung_slices(
-        volume.hu, lungs, spec, (float(volume.spacing[1]), float(volume.spacing[2])), indices
-    ).inputs
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_suffix(".tmp.npy")
-    np.save(tmp, slices)
-    tmp.replace(npy)
-    meta = {
-        "series_id": record.series_id,
-        "label": record.label,
-        "patient_id": record.patient_id,
-        "source": str(record.source),
-        "layout": record.layout,
-        "shape": list(volume.hu.shape),
-        "spacing": list(volume.spacing),
-        "lung_indices": [int(i) for i in indices],
-        "lung_ml": float(mask.sum()) * float(np.prod(volume.spacing)) / 1000.0,
-        "all_slices_fallback": fallback,
-        "input": spec.to_json(),
-    }
-    meta_path.write_text(json.dumps(meta))
-    return CachedSeries(record.series_id, record.label, record.patient_id, npy, tuple(meta["lung_indices"]), meta)
-
-
-def prepare_dataset(
-    data: Path | str | Sequence[SeriesRecord],
-    cache_dir: Path | str,
-    *,
-    labels_csv: Path | str | None = None,
-    spec: InputSpec = PAPER_INPUT,
-    min_fraction: float = 0.05,
-    skip_unreadable: bool = True,
-    progress: Callable[[int, int, SeriesRecord], None] | None = None,
-) -> PreparedDataset:
-    """:func:`prepare_series` for every record (a data folder is discovered first). Series that
-    cannot be read or have no lungs are skipped with their reason (or raise, with
-    ``skip_unreadable=False``)."""
-    records = discover(data, labels_csv) if isinstance(data, (str, Path)) else list(data)
-    out = PreparedDataset(series=[])
-    for i, record in enumerate(records):
-        try:
-            out.series.append(prepare_series(record, cache_dir, spec=spec, min_fraction=min_fraction))
-        except (SeriesReadError, ValueError) as exc:
-            if not skip_unreadable:
-                raise
-            log.warning("skipping %s: %s", record.series_id, exc)
-            out.skipped.append((record, str(exc)))
-        if progress is not None:
-            progress(i + 1, len(records), record)
-    return out
-
-
-# -- replicas of the public layouts, from phantoms --------------------------------------------------
-
-
-def write_nifti_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows: int = 128, slices: int = 32) -> Path:
-    """``count`` phantoms as .nii.gz (int16 HU) + labels.csv; half stored with the DICOM-like
-    (LPS) array order and a flipped affine, half already canonical (RAS), so readers must use the
-    affine. Returns labels.csv."""
-
-    out = Path(out_dir)
-    (out / "volumes").mkdir(parents=True, exist_ok=True)
-    rows_out = []
-    for i in range(count):
-        kind = KINDS[i % len(KINDS)]
-        p = make_phantom(kind, seed=seed * 1000 + i, rows=rows, columns=rows, slices=slices)
-        dz, dy, dx = p.spacing
-        x0, y0, z0 = p.image_positions[0]
-        hu = np.rint(p.hu).astype(np.int16)
-        if i % 2 == 0:  # array (columns, rows, slices) as stored by DICOM converters
-            data = hu.transpose(2, 1, 0)
-            affine = np.array([[-dx, 0, 0, -x0], [0, -dy, 0, -y0], [0, 0, dz, z0], [0, 0, 0, 1]], dtype=np.float64)
-        else:  # canonical RAS: first axis to the right, second to anterior
-            data = hu[:, ::-1, ::-1].transpose(2, 1, 0)
-            n_r, n_c = hu.shape[1], hu.shape[2]
-            affine = np.array(
-                [[dx, 0, 0, -(x0 + dx * (n_c - 1))], [0, dy, 0, -(y0 + dy * (n_r - 1))], [0, 0, dz, z0], [0, 0, 0, 1]],
-                dtype=np.float64,
-            )
-        name = f"volumes/study_{i:04d}.nii.gz"
-        nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), str(out / name))
-        rows_out.append((name, kind, f"NIFTI-{seed}-{i:04d}"))
-    labels = out / LABELS_CSV
-    with labels.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["series", "label", "patient_id"])
-        w.writerows(rows_out)
-    return labels
-
-
-def write_ccccii_replica(out_dir: Path | str, count: int, *, seed: int = 0, rows: int = 128, slices: int = 32) -> Path:
-    """``count`` phantoms as CC-CCII ``<NCP|CP|Normal>/<patient>/<scan>/<n>.png|jpg`` (8-bit, lung
-    window W1500/L-600). File numbers are unpadded (so 10 sorts after 9 only numerically) and
-    descend head -> feet in every other scan; JPEG for every third scan. Returns ``out_dir``."""
-
-    names = {v: k for k, v in CCCCII_CLASSES.items()}
-    out = Path(out_dir)
-    low, high = window_bounds(LUNG_WINDOW)
-    for i in range(count):
-        kind = KINDS[i % len(KINDS)]
-        p = make_phantom(kind, seed=seed * 1000 + i, rows=rows, columns=rows, slices=slices)
-        scan = out / names[kind] / str(100 + i) / str(3000 + i)
-        scan.mkdir(parents=True, exist_ok=True)
-        img = np.rint((np.clip(p.hu, low, high) - low) / (high - low) * 255.0).astype(np.uint8)
-        order = range(p.shape[0] - 1, -1, -1) if i % 2 else range(p.shape[0])
-        ext = ".jpg" if i % 3 == 2 else ".png"
-        for number, k in enumerate(order):
-            picture = Image.fromarray(img[k])
-            if ext == ".jpg":
-                picture.save(scan / f"{number}{ext}", quality=95)
-            else:
-                picture.save(scan / f"{number}{ext}")
-    return out
+def lung_truth(record: SeriesRecord) -> np.ndarray:
+    """The known lung mask of a series: the phantom masks file beside its folder."""
+    source = Path(record.source)
+    if not masks_path(source).is_file():
+        raise ValueError(f"{record.series_id}: no lung mask beside the series ({masks_path(source).name})")
+    return read_phantom_truth(source).lung_mask

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,17 +36,13 @@ from tqdm import tqdm
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
 from model.contract.result import SeriesResult
 from model.inference.io import SeriesReadError
-from model.inference.multiscale_cam import (
-    AGGREGATION_RULES,
-    MIN_MARGIN_FLOOR,
-    Predictor,
-    PredictorSettings,
-    aggregate_series,
-    softmax,
-)
+from model.inference.multiscale_cam import Predictor
+from model.inference.series_rule import AGGREGATION_RULES, PredictorSettings, aggregate_series, softmax
 from model.inference.weights import load_weights, read_metadata, update_metadata
-from model.training import metrics
+from model.training import metrics, truth
+from model.training.calibration import reliability
 from model.training.datasets import EvalSeries, discover, evaluation_items, load_volume, phantom_seeds
+from model.training.figures import write_figures
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +83,24 @@ def _per_series_localisation(
     }
 
 
+@dataclass
+class _Collected:
+    """What the series of an evaluation add up to."""
+
+    classes: tuple[str, ...]
+    slice_true: list[int] = field(default_factory=list)
+    slice_probs: list[np.ndarray] = field(default_factory=list)
+    series_true: list[int] = field(default_factory=list)
+    series_probs: dict[str, list[np.ndarray]] = field(default_factory=lambda: {r: [] for r in AGGREGATION_RULES})
+    series_logits: list[np.ndarray] = field(default_factory=list)  # the settings' rule, before any calibration
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    overlays: list[tuple[EvalSeries, SeriesResult, np.ndarray | None, Any]] = field(default_factory=list)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+
+    def probs(self, rule: str) -> np.ndarray:
+        return np.array(self.series_probs[rule]).reshape(-1, len(self.classes))
+
+
 def evaluate_series(
     predictor: Predictor,
     items: Sequence[EvalSeries],
@@ -95,143 +109,151 @@ def evaluate_series(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run the predictor over ``items`` and compute every metric (see the module docstring)."""
-    classes = predictor.classes
-    settings = predictor.settings
-    threshold = settings.localisation.threshold
-    slice_true: list[int] = []
-    slice_probs: list[np.ndarray] = []
-    series_true: list[int] = []
-    series_probs: dict[str, list[np.ndarray]] = {rule: [] for rule in AGGREGATION_RULES}
-    series_logits: list[np.ndarray] = []  # the settings' rule, before any class bias
-    rows: list[dict[str, Any]] = []
-    overlay_items: list[tuple[EvalSeries, SeriesResult, np.ndarray | None, Any]] = []
-    timings: dict[str, list[float]] = {}
-    iterator: Any = items
-    if progress:
-        iterator = tqdm(items, desc="evaluate", unit="series", dynamic_ncols=True)
+    got = _Collected(tuple(predictor.classes))
+    iterator: Any = tqdm(items, desc="evaluate", unit="series", dynamic_ncols=True) if progress else items
     for item in iterator:
-        if item.label not in classes:
+        if item.label not in got.classes:
             raise ValueError(
-                f"series {item.series_id}: label {item.label!r} is not one of the model's classes {classes}"
+                f"series {item.series_id}: label {item.label!r} is not one of the model's classes {got.classes}"
             )
-        y = classes.index(item.label)
-        try:
-            volume = load_volume(item.source)
-        except SeriesReadError as exc:
-            rows.append(
-                {
-                    "series": item.series_id,
-                    "label": item.label,
-                    "decision": "no_decision",
-                    "reason": f"series could not be read: {exc}",
-                    "no_decision": True,
-                }
-            )
-            continue
-        result, analysis = predictor.predict_with_analysis(volume)
-        row: dict[str, Any] = {
-            "series": item.series_id,
-            "label": item.label,
-            "decision": result.decision,
-            "probabilities": {c: round(p, 6) for c, p in result.probabilities.items()},
-            "reason": result.reason,
-            "regions": len(result.regions),
-            "lung_involvement_percent": result.lung_involvement_percent,
-            "true_involvement_percent": item.true_involvement_percent,
-        }
-        for k, v in result.timings.items():
-            timings.setdefault(k, []).append(v)
-        if analysis is None:
-            row["no_decision"] = True
-            rows.append(row)
-            continue
-        series_true.append(y)
-        for rule in AGGREGATION_RULES:
-            # The class bias is chosen for the weights' rule: only that rule gets it.
-            bias = settings.class_bias if rule == settings.aggregation else ()
-            probs, used = aggregate_series(
-                analysis.logits, classes, rule, settings.top_k_fraction, settings.top_k_min, bias
-            )
-            series_probs[rule].append(probs)
-            if rule == settings.aggregation:
-                series_logits.append(analysis.logits[used].mean(axis=0))
-        p = softmax(analysis.logits)
-        slice_probs.append(p)
-        slice_true.extend([y] * len(p))
-        lesion = None
-        if item.lesion_mask is not None:
-            lesion = np.asarray(item.lesion_mask(), dtype=bool)
-            if lesion.any():
-                row.update(_per_series_localisation(result, lesion, volume.spacing, threshold))
-        rows.append(row)
-        if (
-            out_dir is not None
-            and len(overlay_items) < overlays
-            and (lesion is not None and lesion.any() or item.label != "normal")
-        ):
-            overlay_items.append((item, result, lesion, volume))
-        elif (
-            out_dir is not None
-            and len(overlay_items) < overlays
-            and item.label == "normal"
-            and not any(o[0].label == "normal" for o in overlay_items)
-        ):
-            overlay_items.append((item, result, lesion, volume))
+        _evaluate_one(predictor, item, got, overlays if out_dir is not None else 0)
+    report = _report(predictor, got, len(items))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report["figures"] = write_figures(
+            out_dir,
+            got.classes,
+            got.series_true,
+            got.probs(predictor.settings.aggregation),
+            got.slice_true,
+            np.concatenate(got.slice_probs) if got.slice_probs else np.zeros((0, len(got.classes))),
+            got.overlays,
+            predictor,
+        )
+    return report
 
+
+def _evaluate_one(predictor: Predictor, item: EvalSeries, got: _Collected, overlays: int) -> None:
+    """Predict one series and add its row, its probabilities and its truth metrics to ``got``."""
+    settings = predictor.settings
+    try:
+        volume = load_volume(item.source)
+    except SeriesReadError as exc:
+        got.rows.append(
+            {
+                "series": item.series_id,
+                "label": item.label,
+                "decision": "no_decision",
+                "reason": f"series could not be read: {exc}",
+                "no_decision": True,
+            }
+        )
+        return
+    result, analysis = predictor.predict_with_analysis(volume)
+    row: dict[str, Any] = {
+        "series": item.series_id,
+        "label": item.label,
+        "decision": result.decision,
+        "probabilities": {c: round(p, 6) for c, p in result.probabilities.items()},
+        "reason": result.reason,
+        "regions": len(result.regions),
+        "lung_involvement_percent": result.lung_involvement_percent,
+        "true_involvement_percent": item.true_involvement_percent,
+    }
+    for k, v in result.timings.items():
+        got.timings.setdefault(k, []).append(v)
+    if analysis is None:
+        row["no_decision"] = True
+        got.rows.append(row)
+        return
+    y = got.classes.index(item.label)
+    got.series_true.append(y)
+    for rule in AGGREGATION_RULES:
+        # The calibration (bias, temperature) is the weights' rule's: only that rule gets it.
+        as_rule = (
+            settings
+            if rule == settings.aggregation
+            else replace(settings, aggregation=rule, class_bias=(), temperature=1.0)
+        )
+        probs, used = aggregate_series(analysis.logits, got.classes, as_rule)
+        got.series_probs[rule].append(probs)
+        if rule == settings.aggregation:
+            got.series_logits.append(analysis.logits[used].mean(axis=0))
+    p = softmax(analysis.logits)
+    got.slice_probs.append(p)
+    got.slice_true.extend([y] * len(p))
+    lesion = np.asarray(item.lesion_mask(), dtype=bool) if item.lesion_mask is not None else None
+    if lesion is not None and lesion.any():
+        row.update(_per_series_localisation(result, lesion, volume.spacing, settings.localisation.threshold))
+    if item.lung_mask is not None and result.lung_mask is not None:
+        true_lungs = np.asarray(item.lung_mask(), dtype=bool)
+        row.update(truth.lung_mask_metrics(result.lung_mask, true_lungs, lesion, volume.hu, volume.spacing))
+        row["region_voxels_outside_lungs"] = truth.regions_outside_lungs(
+            result.region_labels, true_lungs, volume.spacing
+        )
+    row["categories"] = truth.categories(item.meta)
+    got.rows.append(row)
+    # Overlays: series with lesions (or labelled disease) first, and one normal series.
+    wanted = (lesion is not None and lesion.any()) or item.label != "normal"
+    first_normal = item.label == "normal" and not any(o[0].label == "normal" for o in got.overlays)
+    if len(got.overlays) < overlays and (wanted or first_normal):
+        got.overlays.append((item, result, lesion, volume))
+
+
+def _report(predictor: Predictor, got: _Collected, count: int) -> dict[str, Any]:
+    settings, classes, rows = predictor.settings, got.classes, got.rows
     report: dict[str, Any] = {"notice": NOTICE, "model": predictor.model.info.to_json(), "classes": list(classes)}
     report["settings"] = _settings_json(settings)
-    report["series_count"] = len(items)
+    report["series_count"] = count
     report["no_decision_count"] = sum(1 for r in rows if r.get("no_decision"))
-    sp = np.concatenate(slice_probs) if slice_probs else np.zeros((0, len(classes)))
-    report["slice_level"] = metrics.classification_report(slice_true, sp, classes)
+    sp = np.concatenate(got.slice_probs) if got.slice_probs else np.zeros((0, len(classes)))
+    report["slice_level"] = metrics.classification_report(got.slice_true, sp, classes)
     report["series_level"] = {
-        rule: metrics.classification_report(
-            series_true, np.array(series_probs[rule]).reshape(-1, len(classes)), classes
-        )
-        for rule in AGGREGATION_RULES
+        rule: metrics.classification_report(got.series_true, got.probs(rule), classes) for rule in AGGREGATION_RULES
     }
-    loc_rows = [r for r in rows if "dice" in r]
-    report["localisation"] = _localisation_summary(loc_rows, threshold)
-    report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in timings.items()}
+    report["localisation"] = _localisation_summary([r for r in rows if "dice" in r], settings.localisation.threshold)
+    report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in got.timings.items()}
     report["decisions"] = _decision_summary(rows)
+    report["lungs"] = _lung_summary(rows)
+    report["by_category"] = truth.category_table(rows)
+    report["calibration"] = reliability(got.probs(settings.aggregation), got.series_true)
+    report["headline"] = _headline(report, settings, count)
+    report["series"] = rows
+    report["series_logits"] = {
+        "labels": got.series_true,
+        "logits": [[round(float(v), 6) for v in z] for z in got.series_logits],
+    }
+    return report
+
+
+def _headline(report: dict[str, Any], settings: PredictorSettings, count: int) -> dict[str, Any]:
     main = report["series_level"][settings.aggregation]
-    report["headline"] = {
+    decisions, lungs, loc = report["decisions"], report["lungs"], report["localisation"]
+    return {
         "series_accuracy": main["accuracy"],
         "covid_vs_rest_auc": main["per_class"].get("covid", {}).get("roc_auc"),
         "cap_vs_rest_auc": main["per_class"].get("cap", {}).get("roc_auc"),
         "normal_vs_rest_auc": main["per_class"].get("normal", {}).get("roc_auc"),
-        "decision_accuracy": report["decisions"]["decision_accuracy"],
-        "indeterminate": report["decisions"]["indeterminate"],
-        "pneumonia_specificity": report["decisions"]["pneumonia_specificity"],
-        "pointing_game": report["localisation"].get("pointing_game_series"),
-        "lesion_dice": report["localisation"].get("dice_mean"),
-        "region_dice": report["localisation"].get("region_dice_mean"),
-        "heat_in_lesion": report["localisation"].get("heat_in_lesion_mean"),
-        "involvement_within_5pp": report["decisions"]["involvement_within_5pp"],
-        "max_normal_involvement_percent": report["decisions"]["max_normal_involvement_percent"],
+        "decision_accuracy": decisions["decision_accuracy"],
+        "indeterminate": decisions["indeterminate"],
+        "pneumonia_sensitivity": decisions["pneumonia_sensitivity"],
+        "pneumonia_specificity": decisions["pneumonia_specificity"],
+        "covid_vs_cap_accuracy": decisions["covid_vs_cap_accuracy"],
+        "ece": report["calibration"]["ece"],
+        "lung_dice_mean": lungs.get("lung_dice_mean"),
+        "lesion_in_lung_mask": lungs.get("lesion_in_mask_mean"),
+        "region_voxels_outside_lungs": lungs.get("region_voxels_outside_lungs"),
+        "pointing_game": loc.get("pointing_game_series"),
+        "lesion_dice": loc.get("dice_mean"),
+        "region_dice": loc.get("region_dice_mean"),
+        "heat_in_lesion": loc.get("heat_in_lesion_mean"),
+        "involvement_within_5pp": decisions["involvement_within_5pp"],
+        "max_normal_involvement_percent": decisions["max_normal_involvement_percent"],
         "slice_accuracy": report["slice_level"]["accuracy"],
         "aggregation": settings.aggregation,
-        "series": len(items),
+        "series": count,
         "notice": NOT_FOR_CLINICAL_USE,
     }
-    report["series"] = rows
-    report["series_logits"] = {
-        "labels": series_true,
-        "logits": [[round(float(v), 6) for v in z] for z in series_logits],
-    }
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report["figures"] = _figures(
-            out_dir,
-            classes,
-            series_true,
-            np.array(series_probs[settings.aggregation]).reshape(-1, len(classes)),
-            slice_true,
-            sp,
-            overlay_items,
-            predictor,
-        )
-    return report
 
 
 def _settings_json(settings: PredictorSettings) -> dict[str, Any]:
@@ -243,6 +265,8 @@ def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     normal series called pneumonia, lung involvement against the truth."""
     decided = [r for r in rows if not r.get("no_decision")]
     normals = [r for r in decided if r["label"] == "normal"]
+    sick = [r for r in decided if r["label"] in ("covid", "cap")]
+    called = [r for r in sick if r["decision"] in ("covid", "cap")]
     disease = [r for r in decided if r["label"] != "normal" and r.get("true_involvement_percent") is not None]
     errors = [abs(float(r["lung_involvement_percent"] or 0.0) - float(r["true_involvement_percent"])) for r in disease]
     return {
@@ -252,11 +276,32 @@ def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pneumonia_specificity": float(np.mean([r["decision"] not in ("covid", "cap") for r in normals]))
         if normals
         else None,
+        "pneumonia_sensitivity": float(np.mean([r["decision"] in ("covid", "cap") for r in sick])) if sick else None,
+        "covid_vs_cap_accuracy": float(np.mean([r["decision"] == r["label"] for r in called])) if called else None,
         "involvement_error_pp_mean": float(np.mean(errors)) if errors else None,
         "involvement_within_5pp": float(np.mean([e <= INVOLVEMENT_TOLERANCE_PP for e in errors])) if errors else None,
         "max_normal_involvement_percent": max(
             (float(r["lung_involvement_percent"] or 0.0) for r in normals), default=None
         ),
+    }
+
+
+def _lung_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lung mask against the phantoms' true lungs (series with a truth)."""
+    known = [r for r in rows if "lung_dice" in r]
+    if not known:
+        return {}
+    lesioned = [r["lesion_in_mask"] for r in known if "lesion_in_mask" in r]
+    return {
+        "series": len(known),
+        "lung_dice_mean": float(np.mean([r["lung_dice"] for r in known])),
+        "lung_dice_min": float(np.min([r["lung_dice"] for r in known])),
+        "lesion_in_mask_mean": float(np.mean(lesioned)) if lesioned else None,
+        "lesion_in_mask_min": float(np.min(lesioned)) if lesioned else None,
+        "air_called_lung_ml_max": float(np.max([r["air_called_lung_ml"] for r in known])),
+        "false_lung_ml_mean": float(np.mean([r["false_lung_ml"] for r in known])),
+        "region_voxels_outside_lungs": int(sum(r.get("region_voxels_outside_lungs", 0) for r in known)),
+        "series_with_regions_outside_lungs": sum(1 for r in known if r.get("region_voxels_outside_lungs", 0) > 0),
     }
 
 
@@ -294,89 +339,6 @@ def _localisation_summary(rows: list[dict[str, Any]], threshold: float) -> dict[
     return out
 
 
-def _figures(
-    out_dir: Path,
-    classes: Sequence[str],
-    series_true: list[int],
-    series_probs: np.ndarray,
-    slice_true: list[int],
-    slice_probs: np.ndarray,
-    overlay_items: list[Any],
-    predictor: Predictor,
-) -> list[str]:
-    # lazy: pyplot only once the non-interactive backend is chosen (and only for the figures).
-    import matplotlib  # noqa: PLC0415  # lazy: only for the figures, and pyplot needs the backend chosen first
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    written: list[str] = []
-    for level, y, probs in (("series", series_true, series_probs), ("slice", slice_true, slice_probs)):
-        if len(y) == 0:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for c, name in enumerate(classes):
-            truth = np.asarray(y) == c
-            auc = metrics.roc_auc(truth, probs[:, c])
-            if auc is None:
-                continue
-            fpr, tpr = metrics.roc_curve(truth, probs[:, c])
-            ax.plot(fpr, tpr, label=f"{name} vs rest (AUC {auc:.3f})")
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        ax.set_xlabel("1 - specificity")
-        ax.set_ylabel("sensitivity")
-        ax.set_title(
-            f"{level}-level ROC, {predictor.model.info.name} {predictor.model.info.version}\nNot for clinical use",
-            fontsize=9,
-        )
-        ax.legend(loc="lower right", fontsize=8)
-        path = out_dir / f"roc_{level}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path.name)
-    for item, result, lesion, volume in overlay_items:
-        path = out_dir / f"overlay_{_safe(item.series_id)}.png"
-        _overlay(path, item, result, lesion, volume, plt)
-        written.append(path.name)
-    return written
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:80]
-
-
-def _overlay(
-    path: Path, item: EvalSeries, result: SeriesResult, lesion: np.ndarray | None, volume: Any, plt: Any
-) -> None:
-    """The key slice (or the middle lung slice): CT in the lung window, the joint map, lesion outline."""
-    if result.heatmap is None:
-        return
-    lung_idx = [i for i, v in enumerate(result.lung_slices) if v]
-    if result.key_slices:
-        z = result.key_slices[0]
-    elif lesion is not None and lesion.any():
-        z = int(np.argmax(lesion.reshape(lesion.shape[0], -1).sum(axis=1)))
-    else:
-        z = lung_idx[len(lung_idx) // 2]
-    ct = np.clip((volume.hu[z] + 1350.0) / 1500.0, 0, 1)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(ct, cmap="gray", vmin=0, vmax=1)
-    heat = np.ma.masked_less(result.heatmap[z], 0.05)
-    ax.imshow(heat, cmap="magma", alpha=0.5, vmin=0, vmax=1)
-    if lesion is not None and lesion[z].any():
-        ax.contour(lesion[z], levels=[0.5], colors="cyan", linewidths=0.8)
-    if result.region_labels is not None and result.region_labels[z].any():
-        ax.contour(result.region_labels[z] > 0, levels=[0.5], colors="lime", linewidths=0.8)
-    probs = ", ".join(f"{c} {p:.2f}" for c, p in result.probabilities.items())
-    ax.set_title(
-        f"{item.series_id} (truth {item.label}) slice {z}: {result.decision}\n{probs}\ncyan: lesion mask, green: regions. Not for clinical use",
-        fontsize=8,
-    )
-    ax.axis("off")
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-
-
 def evaluate_folder(
     data_dir: Path,
     labels_csv: Path | None,
@@ -402,8 +364,7 @@ def evaluate_folder(
     json_out = Path(json_out)
     report = evaluate_series(predictor, items, json_out.parent, overlays, progress)
     report["data"] = {
-        "folder": str(data_dir),
-        "labels": str(labels_csv) if labels_csv is not None else None,
+        "name": Path(data_dir).name,
         "phantom_seeds": phantom_seeds(discover(Path(data_dir), labels_csv)),
     }
     report["seconds"] = time.perf_counter() - started
@@ -412,99 +373,6 @@ def evaluate_folder(
     if record is not None and record_into is not None:
         record_metrics(record_into, record, report, command)
     return report
-
-
-def fit_class_bias(
-    logits: np.ndarray, labels: Sequence[int], step: float = 0.05, limit: float = 4.0
-) -> tuple[tuple[float, ...], float]:
-    """The class bias (added to series logits; the last class's fixed at 0) that maximises the
-    series accuracy on these series (the middle of the region of such biases); and that accuracy.
-
-    A grid search (the bias has one or two free values): validation data, never held-out data.
-    """
-    z = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(labels)
-    if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
-        raise ValueError(f"need (series, classes) logits and one label per series, got {z.shape} and {y.shape}")
-    grid = np.arange(-limit, limit + step / 2, step)
-    free = z.shape[1] - 1
-    axes = np.meshgrid(*([grid] * free), indexing="ij")
-    candidates = np.stack([a.ravel() for a in axes] + [np.zeros(axes[0].size)], axis=1)  # (m, classes)
-    accuracy = np.array([np.mean(np.argmax(z + b, axis=1) == y) for b in candidates])
-    best = np.flatnonzero(accuracy == accuracy.max())
-    # The middle of the best region (away from its edges, where one series flips), if it is in
-    # the region; else the smallest best bias.
-    middle = candidates[best].mean(axis=0)
-    if np.mean(np.argmax(z + middle, axis=1) == y) == accuracy.max():
-        chosen = middle
-    else:
-        chosen = candidates[best[np.argmin(np.abs(candidates[best]).sum(axis=1))]]
-    return tuple(round(float(v), 4) + 0.0 for v in chosen), float(accuracy.max())
-
-
-def top_two_margin(probabilities: np.ndarray) -> np.ndarray:
-    """Per series, the likeliest class's probability minus the second's."""
-    top2 = np.sort(np.asarray(probabilities, dtype=np.float64), axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
-
-
-def fit_margin(
-    probabilities: np.ndarray,
-    labels: Sequence[int],
-    floor: float = MIN_MARGIN_FLOOR,
-    cap: float = 0.5,
-    step: float = 0.01,
-) -> tuple[float, int]:
-    """The indeterminate margin (model.inference.multiscale_cam.decide): the smallest in
-    [floor, cap] that leaves the fewest wrong decisions on these series; and that number."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    y = np.asarray(labels)
-    margin = top_two_margin(p)
-    wrong = np.argmax(p, axis=1) != y
-    best, fewest = floor, None
-    for m in np.arange(floor, cap + step / 2, step):
-        n = int(np.count_nonzero(wrong & (margin >= m)))
-        if fewest is None or n < fewest:
-            best, fewest = float(m), n
-    return round(best, 4), int(fewest or 0)
-
-
-def calibrate(weights_dir: Path, report: dict[str, Any], command: str | None = None) -> dict[str, Any]:
-    """From an evaluation on validation data (run without class bias and margin): the class bias,
-    the indeterminate margin and the region threshold, kept in the weights' inference metadata.
-    Returns what was stored."""
-    fit = report["series_logits"]
-    logits, labels = np.array(fit["logits"]), fit["labels"]
-    bias, accuracy = fit_class_bias(logits, labels)
-    probs = softmax(logits + np.asarray(bias))
-    margin, wrong = fit_margin(probs, labels)
-    meta = read_metadata(weights_dir)
-    inference = dict(meta.get("inference", {}))
-    inference["class_bias"] = list(bias)
-    inference["min_margin"] = margin
-    by_threshold = report["localisation"].get("dice_mean_by_threshold", {})
-    chosen: dict[str, Any] = {
-        "series": len(labels),
-        "series_accuracy_before": report["headline"]["series_accuracy"],
-        "series_accuracy_after": accuracy,
-        "class_bias": list(bias),
-        "min_margin": margin,
-        "wrong_decisions_left": wrong,
-        "indeterminate": int(np.count_nonzero(top_two_margin(probs) < margin)),
-        "data": report.get("data", {}).get("folder"),
-        "command": command,
-    }
-    if by_threshold:
-        best = max(by_threshold, key=lambda t: by_threshold[t])
-        localisation = dict(inference.get("localisation", {}))
-        localisation["threshold"] = float(best)
-        inference["localisation"] = localisation
-        chosen["threshold"] = float(best)
-        chosen["dice_at_threshold"] = by_threshold[best]
-    inference["calibration"] = chosen
-    inference.pop("class_bias_fit", None)
-    update_metadata(weights_dir, {"inference": inference})
-    return chosen
 
 
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
@@ -522,6 +390,9 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         },
         "localisation": {k: v for k, v in report["localisation"].items() if k != "per_class"}
         | {"per_class": report["localisation"].get("per_class", {})},
+        "lungs": report.get("lungs", {}),
+        "calibration": report.get("calibration", {}),
+        "by_category": report.get("by_category", []),
         "settings": report["settings"],
         "data": report.get("data", {}),
         "phantom_seeds": report.get("data", {}).get("phantom_seeds", []),

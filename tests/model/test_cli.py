@@ -1,6 +1,6 @@
 """``dicom-node model train | evaluate | predict`` end to end on tiny phantom data sets.
 
-Covers model/cli.py and model/training/train.py's ``train_folder`` on each data layout (DICOM phantom data
+Covers model/cli.py and model/training/folder.py's ``train_folder`` on each data layout (DICOM phantom data
 set, NIfTI and CC-CCII replicas), with the full-width network at a 32-pixel input for a few
 iterations (the layouts and the plumbing, not the learning), then evaluate and predict with the
 weights it wrote; plus a short run that overfits a few phantoms. Not covered: the shipped weights'
@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from dicom_node.cli import main
-from model.inference.multiscale_cam import aggregate_series
 from model.inference.preprocess import InputSpec
+from model.inference.series_rule import aggregate_series
 from model.inference.weights import SHIPPED_WEIGHTS_DIR, read_metadata
 from model.phantoms.dataset import write_phantom_dataset
-from model.training.datasets import prepare_dataset, write_ccccii_replica, write_nifti_replica
+from model.phantoms.writer import read_phantom_truth
+from model.training.cache import prepare_dataset
+from model.training.replicas import write_ccccii_replica, write_nifti_replica
 from model.training.train import TrainConfig, predict_slices, train
 
 
@@ -121,7 +123,9 @@ def test_train_evaluate_predict_on_a_phantom_set(
         and set(recorded["series_level"]) == {"top_k", "mean"}
         and recorded["phantom_seeds"]
     )
-    assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == 4
+    # Every phantom whose lesion mask is not empty (a small segmental CAP may draw none at 48 px).
+    lesioned = sum(read_phantom_truth(phantom_set / r["series"]).lesion_mask.any() for r in report["series"])
+    assert report["series_count"] == 6 and report["localisation"]["series_with_lesions"] == lesioned >= 3
     assert (out_json.parent / "roc_series.png").is_file() and any(
         p.name.startswith("overlay_") for p in out_json.parent.iterdir()
     )

@@ -32,15 +32,16 @@ from model.inference.preprocess import (
 from model.phantoms.dataset import write_phantom_dataset
 from model.phantoms.phantom import make_phantom
 from model.phantoms.writer import read_phantom_truth
-from model.training import datasets
+from model.training import cache
+from model.training.cache import prepare_dataset
 from model.training.datasets import (
     CCCCII_CLASSES,
     discover,
     evaluation_items,
     load_volume,
     normalise_label,
-    prepare_dataset,
 )
+from model.training.replicas import write_ccccii_replica, write_nifti_replica
 
 SIZE = 64
 SPEC = InputSpec(height=SIZE, width=SIZE)
@@ -96,7 +97,7 @@ def test_dicom_layout_through_the_cache(dicom_data: Path, tmp_path: Path, monkey
     def must_not_read(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache was not used")
 
-    monkeypatch.setattr(datasets, "load_volume", must_not_read)
+    monkeypatch.setattr(cache, "load_volume", must_not_read)
     again = prepare_dataset(dicom_data, tmp_path / "cache", spec=LUNGS)
     assert [s.path for s in again.series] == [s.path for s in prepared.series]
     # Another input spec is another cache entry (the spec is in the key).
@@ -115,7 +116,7 @@ def test_evaluation_items_carry_lesion_masks(dicom_data: Path) -> None:
 
 
 def test_nifti_layout(tmp_path: Path) -> None:
-    labels = datasets.write_nifti_replica(tmp_path / "nii", 2, seed=0, rows=64, slices=20)
+    labels = write_nifti_replica(tmp_path / "nii", 2, seed=0, rows=64, slices=20)
     records = discover(tmp_path / "nii", labels)
     assert [(r.layout, r.label) for r in records] == [("nifti", "covid"), ("nifti", "cap")]
     for i, r in enumerate(records):
@@ -128,7 +129,7 @@ def test_nifti_layout(tmp_path: Path) -> None:
 
 
 def test_ccccii_layout(tmp_path: Path) -> None:
-    root = datasets.write_ccccii_replica(tmp_path / "cc", 3, seed=1, rows=64, slices=20)
+    root = write_ccccii_replica(tmp_path / "cc", 3, seed=1, rows=64, slices=20)
     records = discover(root)
     assert {r.label for r in records} == {"covid", "cap", "normal"}
     assert all(r.patient_id.split("/")[0] in CCCCII_CLASSES for r in records)

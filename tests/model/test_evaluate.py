@@ -17,13 +17,15 @@ import torch
 
 from model.inference.multiscale_cam import Predictor, settings_for
 from model.inference.network import WeaklySupervisedNet
+from model.inference.options import InferenceOptions
 from model.inference.preprocess import InputSpec
 from model.inference.weights import load_weights, save_weights
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 from model.training import metrics
-from model.training.evaluate import EvalSeries, evaluate_series, fit_class_bias, fit_margin
-from model.training.train import TrainConfig, default_metadata
+from model.training.evaluate import EvalSeries, evaluate_series
+from model.training.folder import default_metadata
+from model.training.train import TrainConfig
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -85,7 +87,7 @@ def tiny_predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
     save_weights(
         net, out, default_metadata(TrainConfig(input=InputSpec(height=64, width=64), **TINY), name="tiny", version="0")
     )
-    return Predictor(load_weights(out), settings_for(out, mode="cam"))
+    return Predictor(load_weights(out), settings_for(out, InferenceOptions(localisation="cam")))
 
 
 @pytest.mark.slow
@@ -137,29 +139,6 @@ def test_evaluate_series_over_phantoms(
     for name in figures:
         assert (tmp_path / "out" / name).stat().st_size > 1000
     assert "not for clinical use" in report["notice"].lower()
-
-
-def test_class_bias_fit_by_hand() -> None:
-    # Normal series whose logits lean to cap, and clear covid/cap series: a cap bias of about -1
-    # fixes the normals without losing the cap series.
-    logits = np.array([[0.0, 1.0, 0.5], [0.0, 0.8, 0.4], [3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 2.5, 0.2]])
-    labels = [2, 2, 0, 1, 1]
-    assert np.mean(np.argmax(logits, axis=1) == labels) == pytest.approx(0.6)
-    bias, accuracy = fit_class_bias(logits, labels)
-    assert accuracy == 1.0 and len(bias) == 3 and bias[2] == 0.0
-    assert np.all(np.argmax(logits + np.array(bias), axis=1) == labels)
-    assert -2.3 <= bias[1] < -0.5  # the smallest bias that does it, not the edge of the grid
-    with pytest.raises(ValueError):
-        fit_class_bias(np.zeros((2, 3)), [0])
-
-
-def test_fit_margin_leaves_the_fewest_wrong_decisions_and_keeps_the_floor() -> None:
-    probs = np.array([[0.8, 0.1, 0.1], [0.45, 0.30, 0.25], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
-    labels = [0, 1, 2, 2]  # the second (margin 0.15) and third (0.01) are wrong
-    margin, wrong = fit_margin(probs, labels)
-    assert margin == pytest.approx(0.16) and wrong == 0
-    assert fit_margin(probs[[0, 3]], [0, 2]) == (0.1, 0)  # nothing wrong: the floor
-    assert fit_margin(np.array([[0.9, 0.05, 0.05]]), [1]) == (0.1, 1)  # can't be fixed: the floor
 
 
 def test_heat_mass_inside_a_dilated_mask() -> None:

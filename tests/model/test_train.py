@@ -2,9 +2,10 @@
 validation, best checkpoint, early stop, the recipes, series batches and the flip, and short runs
 of both objectives (slice and multiple-instance) on synthetic blobs.
 
-Covers model/training/train.py with tiny networks on small images. Not covered here: the shipped weights'
-quality (``dicom-node model evaluate``, recorded in model/weights/metadata.json) and the data
-layouts' readers (the data side's tests; the ``train_folder`` layouts are in test_cli.py).
+Covers model/training/train.py, augment.py and folder.py's resolve_init with tiny networks on small
+images. Not covered here: the shipped weights' quality (``dicom-node model evaluate``, recorded in
+model/weights/metadata.json) and the data layouts' readers (the data side's tests; the
+``train_folder`` layouts are in test_cli.py).
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ import torch
 
 from model.inference.preprocess import InputSpec
 from model.inference.weights import SHIPPED_WEIGHTS_DIR
+from model.training.augment import augment_batch, flip_batch
+from model.training.batches import _SeriesBatches
+from model.training.folder import resolve_init
 from model.training.recipes import recipe
 from model.training.train import (
     TrainConfig,
-    _SeriesBatches,
-    augment_batch,
-    flip_batch,
     patient_folds,
     predict_slices,
-    resolve_init,
     split_by_patient,
     train,
 )

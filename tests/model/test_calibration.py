@@ -1,0 +1,67 @@
+"""The series rule's calibration (model.training.calibration): temperature and class bias fitted by
+likelihood, the indeterminate margin, the expected calibration error and its reliability bins.
+Synthetic logits only; what calibration does to the shipped weights is in the model card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.inference.series_rule import softmax
+from model.training.calibration import fit_margin, fit_temperature_and_bias, reliability
+
+
+def _overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits that rank well but are far too sure: a quarter of the series carry the wrong class's
+    logit high, scaled x8."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    z = rng.normal(0.0, 1.0, (n, 3))
+    shown = np.where(rng.random(n) < 0.75, y, rng.integers(0, 3, n))
+    z[np.arange(n), shown] += 2.0
+    return z * 8.0, y
+
+
+def test_temperature_brings_an_overconfident_rule_close_to_its_accuracy() -> None:
+    z, y = _overconfident()
+    before = reliability(softmax(z), y)["ece"]
+    t, bias, nll = fit_temperature_and_bias(z, y)
+    after = reliability(softmax((z + np.asarray(bias)) / t), y)["ece"]
+    assert t > 3.0 and len(bias) == 3 and bias[2] == 0.0
+    assert before > 0.15 and after < min(0.08, before / 3)  # 600 series in 10 bins: sampling noise stays
+    # the fit does not change which class is likeliest much: the bias is small against the logits
+    assert np.mean(np.argmax(z + np.asarray(bias), axis=1) == np.argmax(z, axis=1)) > 0.95
+
+
+def test_a_bias_moves_decisions_that_lean_one_way() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 300)
+    z = rng.normal(0.0, 0.5, (300, 3))
+    z[np.arange(300), y] += 2.0
+    z[:, 1] += 1.5  # every series leans to the second class
+    t, bias, _ = fit_temperature_and_bias(z, y)
+    assert bias[1] - bias[0] < -1.0
+    assert np.mean(np.argmax(z + np.asarray(bias), axis=1) == y) > np.mean(np.argmax(z, axis=1) == y)
+
+
+def test_fit_rejects_mismatched_labels() -> None:
+    with pytest.raises(ValueError):
+        fit_temperature_and_bias(np.zeros((2, 3)), [0])
+
+
+def test_reliability_bins_count_every_series() -> None:
+    p = np.array([[0.95, 0.05, 0.0], [0.9, 0.1, 0.0], [0.55, 0.45, 0.0], [0.4, 0.35, 0.25]])
+    rel = reliability(p, [0, 1, 0, 2])
+    assert sum(b["count"] for b in rel["bins"]) == 4
+    # by hand: bins (0.3, 0.4] {0.4: wrong}, (0.5, 0.6] {0.55: right}, (0.8, 0.9] {0.9: wrong}, (0.9, 1] {0.95: right}
+    assert rel["ece"] == pytest.approx((0.4 + 0.45 + 0.9 + 0.05) / 4)
+    assert reliability(np.zeros((0, 3)), [])["ece"] is None
+
+
+def test_fit_margin_leaves_the_fewest_wrong_decisions_and_keeps_the_floor() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.45, 0.30, 0.25], [0.34, 0.33, 0.33], [0.1, 0.1, 0.8]])
+    labels = [0, 1, 2, 2]  # the second (margin 0.15) and third (0.01) are wrong
+    margin, wrong = fit_margin(probs, labels)
+    assert margin == pytest.approx(0.16) and wrong == 0
+    assert fit_margin(probs[[0, 3]], [0, 2]) == (0.1, 0)  # nothing wrong: the floor
+    assert fit_margin(np.array([[0.9, 0.05, 0.05]]), [1]) == (0.1, 1)  # can't be fixed: the floor

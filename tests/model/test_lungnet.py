@@ -1,0 +1,104 @@
+"""model.inference.lungnet: the learned lung network, with the shipped weights, on phantoms whose
+lungs are known; and its working grid.
+
+Covers: the working grid maps a mask there and back; the shipped lung network keeps a consolidated
+lobe in the lungs, leaves stomach gas, the liver dome and the trachea out, reaches Dice >= 0.97 on
+phantoms of each class; a CAP series' regions lie inside the true lungs (no voxel more than 3 mm
+outside). Not covered: real CT (no patient data here): these say the network learned what the
+phantoms draw, nothing clinical. How long it takes is benchmarks/inference.py's, not a test's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from model.inference.lungnet import WorkGrid
+from model.inference.multiscale_cam import Predictor, settings_for
+from model.inference.weights import load_lung_segmenter, load_weights, weights_folder
+from model.phantoms.phantom import Phantom, make_phantom
+from model.phantoms.writer import write_phantom_series
+from model.training import truth
+from model.training.metrics import dice
+
+
+@pytest.fixture(scope="module")
+def segmenter():  # type: ignore[no-untyped-def]  # -> LungSegmenter
+    seg = load_lung_segmenter(weights_folder(None))
+    assert seg is not None, "the shipped weights have no lung network"
+    return seg
+
+
+def _find(kind: str, pattern: str, *, rows: int = 192, start: int = 0, **kwargs: object) -> Phantom:
+    """The first phantom from ``start`` on whose disease pattern is ``pattern``."""
+    for seed in range(start, start + 60):
+        p = make_phantom(kind, seed=seed, rows=rows, columns=rows, max_slices=100, **kwargs)  # type: ignore[arg-type]
+        if p.pattern == pattern:
+            return p
+    raise AssertionError(f"no {kind} phantom with pattern {pattern} in 60 seeds")
+
+
+def test_work_grid_round_trip() -> None:
+    mask = np.zeros((60, 200, 180), dtype=bool)
+    yy, xx = np.mgrid[:200, :180]
+    for k in range(8, 52):
+        r = 40 + 10 * np.sin(k / 9.0)
+        mask[k] = (yy - 100) ** 2 / 1.4 + (xx - 90) ** 2 < r**2
+    grid = WorkGrid.for_series(mask.shape, (1.25, 1.4, 1.4))
+    assert grid.slabs == 15  # 5 mm slabs of 1.25 mm slices
+    back = grid.to_series(grid.to_work(mask.astype(np.float32), 0.0))
+    assert back.shape == mask.shape and dice(back, mask) > 0.97
+
+
+@pytest.mark.slow
+def test_a_consolidated_lobe_is_lung(segmenter) -> None:  # type: ignore[no-untyped-def]
+    p = _find("cap", "lobar")
+    mask = segmenter.segment(p.hu, p.spacing)
+    m = truth.lung_mask_metrics(mask, p.lung_mask, p.lesion_mask, p.hu, p.spacing)
+    assert m["lesion_in_mask"] >= 0.95, m
+    assert m["lung_dice"] >= 0.95, m
+
+
+@pytest.mark.slow
+def test_stomach_gas_liver_dome_and_trachea_are_not_lung(segmenter) -> None:  # type: ignore[no-untyped-def]
+    # A scan that reaches well into the abdomen, with gas in the stomach.
+    for seed in range(40):
+        p = make_phantom("normal", seed=seed, rows=192, columns=192, max_slices=100)
+        low = slice(0, p.shape[0] // 3)
+        body = np.stack([ndi.binary_fill_holes(s > -400) for s in p.hu[low]])
+        gas = body & (p.hu[low] < -900) & ~p.lung_mask[low]  # stomach and bowel gas under the domes
+        if p.scan["below"] > 80 and gas.sum() > 50:
+            break
+    else:
+        raise AssertionError("no phantom with stomach gas in 40 seeds")
+    mask = segmenter.segment(p.hu, p.spacing)
+    m = truth.lung_mask_metrics(mask, p.lung_mask, None, p.hu, p.spacing)
+    assert m["air_called_lung_ml"] < 2.0, m
+    dense_outside = mask & ~p.lung_mask & (p.hu > 0)  # liver, dome, chest wall called lung
+    assert dense_outside.sum() * np.prod(p.spacing) / 1000.0 < 5.0
+    assert m["lung_dice"] >= 0.97, m
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["covid", "cap", "normal"])
+def test_dice_against_the_phantoms_lungs(segmenter, kind: str) -> None:  # type: ignore[no-untyped-def]
+    scores = []
+    for seed in (501, 502):
+        p = make_phantom(kind, seed=seed, rows=256, columns=256, max_slices=120)
+        mask = segmenter.segment(p.hu, p.spacing)
+        scores.append(dice(mask, p.lung_mask))
+        if p.lesion_mask.any():
+            assert np.count_nonzero(mask & p.lesion_mask) / np.count_nonzero(p.lesion_mask) >= 0.95
+    assert min(scores) >= 0.97, scores
+
+
+@pytest.mark.slow
+def test_no_region_outside_the_lungs(tmp_path: Path) -> None:
+    p = _find("cap", "lobar", start=20)
+    folder = write_phantom_series(p, tmp_path / "cap")
+    result = Predictor(load_weights(None), settings_for(None)).predict(folder)
+    assert result.decision == "cap" and result.region_labels is not None and result.region_labels.any()
+    assert truth.regions_outside_lungs(result.region_labels, p.lung_mask, p.spacing) == 0
