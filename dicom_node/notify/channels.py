@@ -186,9 +186,7 @@ def send(kind: str, settings: dict[str, Any], note: dict[str, Any], options: Sen
             return _send_webhook(parsed, note, options)
         assert isinstance(parsed, EmailSettings)
         return _send_email(parsed, note, options)
-    except ValueError as exc:  # a template that no longer renders, a value HL7 can not carry
-        return Delivery("permanent", str(exc))
-    except hl7v2.HL7Error as exc:
+    except ValueError as exc:  # a template that no longer renders, a value HL7 can not carry (HL7Error)
         return Delivery("permanent", str(exc))
 
 

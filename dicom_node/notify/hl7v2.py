@@ -26,6 +26,7 @@ from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_message
 
+from dicom_node.errors import Invalid
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 from model.contract.result import CLASSES
 
@@ -54,7 +55,7 @@ DECISION_TEXT = {
 ABNORMAL = {"covid": "A", "cap": "A", "normal": "N"}
 
 
-class HL7Error(RuntimeError):
+class HL7Error(Invalid):
     """The message could not be built (a value HL7 can not carry)."""
 
 
