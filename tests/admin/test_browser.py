@@ -144,13 +144,16 @@ class Pages:
             self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
         ).until(condition)
 
-    def cells(self, row_selector: str) -> list[str] | None:
-        """The texts of one table row's cells, read at once (the row may be replaced any time)."""
+    def cells(self, row_selector: str) -> dict[str, str] | None:
+        """The texts of one table row's cells by their column's header, read at once (the row may be
+        replaced any time; columns may be added)."""
         script = (
             "const r = document.querySelector(arguments[0]);"
-            " return r ? Array.from(r.cells).map(c => c.textContent.trim()) : null;"
+            " if (!r) return null;"
+            " const heads = Array.from(r.closest('table').tHead.rows[0].cells).map(c => c.textContent.trim());"
+            " return Object.fromEntries(Array.from(r.cells).map((c, i) => [heads[i], c.textContent.trim()]));"
         )
-        found: list[str] | None = self.driver.execute_script(script, row_selector)
+        found: dict[str, str] | None = self.driver.execute_script(script, row_selector)
         return found
 
     def by_id(self, element_id: str) -> Any:
@@ -236,8 +239,8 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.wait(
         lambda d: (
             (cells := p.cells("#series-rows tr[data-series-uid]"))
-            and cells[5] == "24"
-            and cells[6] not in ("receiving", "")
+            and cells["Images"] == "24"
+            and cells["State"] not in ("receiving", "")
         ),
         60,
     )
@@ -259,13 +262,13 @@ def test_an_admin_configures_the_node_and_follows_a_series_to_its_preview(
     p.open("/jobs")
     browser.execute_script("window.notReloaded = true;")
     job_row = f"#job-rows tr[data-job-id='{job_id}']"
-    p.wait(lambda d: (cells := p.cells(job_row)) and cells[3] in ("done", "failed"), 180)
-    assert (p.cells(job_row) or [])[3] == "done", p.cells(job_row)
+    p.wait(lambda d: (cells := p.cells(job_row)) and cells["State"] in ("done", "failed"), 180)
+    assert (p.cells(job_row) or {}).get("State") == "done", p.cells(job_row)
     assert browser.execute_script("return window.notReloaded === true;")
     p.shot("07-jobs-list-done")
     Select(p.by_id("status")).select_by_value("done")  # the filter applies when chosen (own JS, no inline handler)
     p.wait(EC.url_contains("/jobs?status=done"))
-    assert (p.cells(job_row) or [])[3] == "done"
+    assert (p.cells(job_row) or {}).get("State") == "done"
 
     # The finished job: its heatmap previews with the notice, and its export to Orthanc.
     with live.api() as api:
