@@ -104,7 +104,10 @@ def test_a_worker_killed_mid_job_clears_what_it_fetched_when_it_starts_again(
     next start it is removed (the job itself goes to a worker again when its heartbeat is lost)."""
     folder = phantom(42)
     _, series_uid = series_uids(folder)
-    node = Node(tmp_path, database_url=postgres_url, broker_url=redis_url, remote__token=TOKEN)
+    # The killed worker's job goes back to the queue once its heartbeat (every 5 s) is 20 s old.
+    node = Node(
+        tmp_path, database_url=postgres_url, broker_url=redis_url, remote__token=TOKEN, worker__lost_after_seconds=20
+    )
     node.configure([("ORTHANC", orthanc.dicom_port)])
     try:
         node.start("serve").wait_for_port(node.port)
