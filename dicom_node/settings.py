@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
@@ -398,5 +399,10 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"setting {field}: {msg}")
         raise SettingsError("\n".join(lines)) from None
+    except yaml.YAMLError as exc:  # the file is not YAML: where, and what the parser expected
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "the config file"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SettingsError(f"{where}: not valid YAML ({problem})") from None
     finally:
         _config_file.reset(token)

@@ -94,6 +94,18 @@ def test_bad_settings_exit_2_from_the_cli(
     assert err.startswith("dicom-node: invalid settings: setting admin_port") and err.count("\n") == 1, err
 
 
+def test_a_config_file_that_is_not_yaml_is_one_line_and_exit_2(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = env / "node.yaml"
+    cfg.write_text("listener:\n  processes: [1\n")
+    monkeypatch.setenv("DICOM_NODE_CONFIG", str(cfg))
+    assert main(["ae", "list"]) == 2
+    err = capsys.readouterr().err
+    expected = "not valid YAML (expected ',' or ']', but got '<stream end>')"
+    assert err == f"dicom-node: invalid settings: {cfg}, line 3, column 1: {expected}\n"
+
+
 def test_ae_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", "4242", "--outputs", "sr,sc"]) == 0
     assert (
