@@ -54,7 +54,8 @@ def check_ports(settings: Settings, db: Database, *, admin: bool) -> None:
             settings.listener.host,
             port,
             f"local AE {title}",
-            f"move the AE to a free port: dicom-node ae update-local {title} --port N",
+            f"if it is not a node using {settings.data_dir} (that one would move too), move the AE to a free "
+            f"port: dicom-node ae update-local {title} --port N",
         )
     if admin:
         check_port_free(
