@@ -350,15 +350,14 @@ class Retention:
             if shortest is None:
                 return report
             completed_before = now - dt.timedelta(days=shortest)  # finished no earlier than completed
-        total = disk.total
         with self._turn() if not dry_run else contextlib.nullcontext():
             for item in self._all_finished(completed_before):
                 if item.due(now):
                     why = f"kept {item.keep_days:g} day(s) after it was finished"
                 elif over_high and free < low_water_free:
                     why = (
-                        f"disk {100 * (total - free) / total:.0f} % used, over the high water mark of "
-                        f"{self.policy.high_water_percent:g} %"
+                        f"disk {disk.percent_used:.0f} % used, over the high water mark of "
+                        f"{self.policy.high_water_percent:g} %; purging down to {self.policy.low_water_percent:g} %"
                     )
                 else:
                     continue
