@@ -74,9 +74,9 @@ class PeerLog:
         # (peer, kind) -> [window start, lines in this window, lines left out]
         self._state: dict[tuple[str, str], list[float]] = {}
 
-    def warning(self, peer: str, kind: str, message: str, *args: object) -> bool:
+    def warning(self, peer: str, kind: str, message: str, *args: object) -> int | None:
         """Log ``message % args`` unless this peer had ``burst`` lines of this kind in the window;
-        returns whether it was logged."""
+        returns None when it was not logged, else how many like it were left out before it."""
         now = self.clock()
         with self._lock:
             if len(self._state) > 10_000:  # many peers: forget the old windows
@@ -89,11 +89,11 @@ class PeerLog:
                 left_out = 0
             if state[1] >= self.burst:
                 state[2] += 1
-                return False
+                return None
             state[1] += 1
         suffix = f" ({left_out} more like it from {peer} in the last {self.window:g} s not logged)" if left_out else ""
         self.logger.warning(message + suffix, *args)
-        return True
+        return left_out
 
 
 PEER_LOG = PeerLog()

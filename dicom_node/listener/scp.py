@@ -41,6 +41,7 @@ from pynetdicom.events import EventHandlerType
 
 from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
 from dicom_node.listener.dataset import DEFAULT_MAX_BYTES, RejectedInstance, parse_header
+from dicom_node.listener.limits import PeerLog
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
 from dicom_node.storage.spool import Spool
@@ -48,6 +49,8 @@ from dicom_node.triage.priority import store_priority_rank
 from model.contract.uids import check_received_uid
 
 log = logging.getLogger(__name__)
+# Refused associations: at most 3 log lines and event rows a minute per peer address.
+REFUSALS = PeerLog(log, burst=3, window=60.0)
 
 DEFAULT_SOP_CLASSES: tuple[str, ...] = (CTImageStorage, EnhancedCTImageStorage)
 
@@ -250,17 +253,19 @@ def handlers_for(
         calling_ae = str(request.calling_ae_title).strip()
         host = str(assoc.requestor.address)
         established = sum(1 for a in assoc.ae.active_associations if a.is_acceptor and a.is_established)
+        called_ae = str(request.called_ae_title).strip()
+        if called_ae != local_ae.title:
+            refused(calling_ae, host, f"called AE title {called_ae!r} is not this port's ({local_ae.title})")
+            assoc.acse.send_reject(
+                AssociateResult.REJECTED_PERMANENT,
+                RejectSource.SERVICE_USER,
+                RejectReason.CALLED_AE_TITLE_NOT_RECOGNISED,
+            )
+            assoc.kill()
+            return
         if established >= max_associations:
             reason = f"{established} associations already open (listener.max_associations); rejected as transient"
-            log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
-            receiver.index.event(
-                "association",
-                f"refused: {reason}",
-                level="warning",
-                calling_ae=calling_ae,
-                calling_host=host,
-                local_ae=local_ae.title,
-            )
+            refused(calling_ae, host, reason)
             assoc.acse.send_reject(
                 AssociateResult.REJECTED_TRANSIENT,
                 RejectSource.SERVICE_PROVIDER_PRESENTATION,
@@ -270,15 +275,7 @@ def handlers_for(
             return
         ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
         if not ok:
-            log.warning("association refused: %s@%s to %s: %s", calling_ae, host, local_ae.title, reason)
-            receiver.index.event(
-                "association",
-                f"refused: {reason}",
-                level="warning",
-                calling_ae=calling_ae,
-                calling_host=host,
-                local_ae=local_ae.title,
-            )
+            refused(calling_ae, host, reason)
             assoc.acse.send_reject(
                 AssociateResult.REJECTED_PERMANENT,
                 RejectSource.SERVICE_USER,
@@ -287,16 +284,34 @@ def handlers_for(
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
             # and the peer has closed, before the server shuts the socket down.
             assoc.kill()
-        else:
-            log.info("association from %s@%s to %s accepted", calling_ae, host, local_ae.title)
+
+    def refused(calling_ae: str, host: str, reason: str) -> None:
+        """A refused association in the log and the events, at most a few a minute per peer (a
+        sender retrying in a loop would otherwise write a row each time); the next one that is
+        written says how many were left out."""
+        message = "association refused: %s@%s to %s: %s"
+        left_out = REFUSALS.warning(host, "association refused", message, calling_ae, host, local_ae.title, reason)
+        if left_out is None:
+            return
+        window = f"{REFUSALS.window:g} s"
+        more = f" ({left_out} more refusals of {host} in the last {window} not recorded)" if left_out else ""
+        receiver.index.event(
+            "association",
+            f"refused: {reason}{more}"[:1000],
+            level="warning",
+            calling_ae=calling_ae,
+            calling_host=host,
+            local_ae=local_ae.title,
+        )
 
     def on_accepted(event: evt.Event) -> None:
         assoc = event.assoc
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        host = str(assoc.requestor.address)
+        log.info("association from %s@%s to %s accepted", calling_ae, host, local_ae.title)
         rejected = assoc.rejected_contexts
         if not rejected:
             return
-        calling_ae = str(assoc.requestor.ae_title).strip()
-        host = str(assoc.requestor.address)
         # One entry per SOP class and reason (a sender proposes each class once per transfer syntax).
         reasons = list(
             dict.fromkeys(

@@ -24,7 +24,10 @@ import pytest
 from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
+from sqlalchemy import select
 
+from dicom_node.db import Database
+from dicom_node.db.models import Event
 from model.phantoms.writer import write_phantom_series
 from tests.harness.peers import (
     NodeProcess,
@@ -183,8 +186,24 @@ def test_unknown_disabled_and_wrong_host_callers_are_refused(node: Node, phantom
 
 
 def test_called_ae_must_match(node: Node, phantom: Path) -> None:
-    wrong = storescu(sorted(phantom.glob("*.dcm"))[:1], node.port, called="SOMEONEELSE")
-    assert "Association Rejected" in wrong.stderr
+    """Refused with the reason in the sender's A-ASSOCIATE-RJ, the log and the events; a sender
+    retrying in a loop writes at most 3 refusals a minute per listener process (2 here)."""
+    one = sorted(phantom.glob("*.dcm"))[:1]
+    tries = 8
+    for _ in range(tries):
+        wrong = storescu(one, node.port, called="SOMEONEELSE")
+        assert "Called AE Title Not Recognized" in wrong.stderr, wrong.stderr
+    reason = "called AE title 'SOMEONEELSE' is not this port's (COVIDNODE)"
+    wait_until(lambda: node.log().count(reason) >= 3, 10, "the refusal log lines")
+    url = node.env.get("DICOM_NODE_DATABASE_URL") or f"sqlite:///{node.data_dir / 'dicom-node.sqlite3'}"
+    db = Database(url)
+    try:
+        with db.reader() as conn:
+            events = conn.scalars(select(Event.message).where(Event.message.like("%SOMEONEELSE%"))).all()
+    finally:
+        db.dispose()
+    assert 3 <= len(events) <= 6 and set(events) == {f"refused: {reason}"}, events
+    assert node.log().count(reason) == len(events)
 
 
 # Files of pydicom-data that DCMTK's storescu refuses to read, sent by pynetdicom instead (it
