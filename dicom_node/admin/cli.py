@@ -92,7 +92,7 @@ def cmd_set_password(args: argparse.Namespace) -> int:
 
 
 def cmd_list_users(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         with db.session() as s:
             users = [user_dict(u) for u in s.scalars(select(User).order_by(User.name))]
@@ -124,7 +124,7 @@ def cmd_create_token(args: argparse.Namespace) -> int:
 
 
 def cmd_list_tokens(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         with db.session() as s:
             tokens = [token_dict(t) for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]

@@ -119,7 +119,7 @@ def cmd_ae_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_ae_list(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         with db.session() as s:
             data = {

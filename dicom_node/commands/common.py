@@ -19,7 +19,7 @@ from sqlalchemy.exc import ArgumentError
 from tqdm import tqdm
 
 from dicom_node.configuration import audit_changes, cli_actor
-from dicom_node.db import Database, upgrade
+from dicom_node.db import Database, check_schema, upgrade
 from dicom_node.db.times import as_utc
 from dicom_node.errors import Refused, Unavailable
 from dicom_node.settings import Settings, load_settings
@@ -30,9 +30,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
 
-def database_from(settings: Settings) -> Database:
-    """The database of ``settings``, migrated to the current schema first."""
-    upgrade(settings.effective_database_url)
+def database_from(settings: Settings, *, migrate: bool = True) -> Database:
+    """The database of ``settings``, migrated to the current schema first; a command that only
+    reads (``migrate=False``) changes nothing and says to run ``db upgrade`` when it is not."""
+    if migrate:
+        upgrade(settings.effective_database_url)
+    else:
+        check_schema(settings.effective_database_url)
     return Database(settings.effective_database_url)
 
 

@@ -23,7 +23,7 @@ JOB_STATES = tuple(st.value for st in JobStatus)
 
 
 def cmd_series_list(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         rows = series_rows(db, args.status, args.limit)
     finally:
@@ -53,7 +53,7 @@ def cmd_series_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         rows = job_rows(db, status=args.status, limit=args.limit)
     finally:

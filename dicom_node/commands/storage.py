@@ -23,7 +23,7 @@ def _mb(n: float | int | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    db = database_from(settings)
+    db = database_from(settings, migrate=False)
     try:
         usage = Retention(db, settings).usage()
     finally:

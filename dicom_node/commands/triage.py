@@ -258,7 +258,7 @@ def cmd_test_channel(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    db = database_from(settings_from(args))
+    db = database_from(settings_from(args), migrate=False)
     try:
         with db.session() as s:
             data = {

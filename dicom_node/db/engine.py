@@ -8,6 +8,8 @@ from typing import Any, Iterator
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
@@ -149,6 +151,32 @@ def upgrade(url: str, revision: str = "head") -> None:
     server does not answer, each with a message for a person."""
     check_connection(url)
     command.upgrade(alembic_config(url), revision)
+
+
+class DatabaseNotMigrated(Unavailable):
+    """The database exists but is not at the schema this version needs (or has none yet)."""
+
+
+def check_schema(url: str) -> None:
+    """Raise DatabaseNotMigrated unless the database at ``url`` is at the migrations' head; changes
+    nothing (no SQLite file created, no table): what read-only commands check instead of
+    :func:`upgrade`."""
+    fix = "run `dicom-node db upgrade` (serve and up do it when they start)"
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if not Path(parsed.database).is_file():
+            raise DatabaseNotMigrated(f"there is no database at {parsed.database} yet: {fix}")
+    check_connection(url)
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        state = "has no tables yet" if current is None else f"is at revision {current}"
+        raise DatabaseNotMigrated(f"the database {safe_url(url)} {state}, this version needs {head}: {fix}")
 
 
 def check_connection(url: str) -> None:

@@ -9,6 +9,7 @@ every kind). Not covered: downgrades (the node migrates forward only).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,6 +19,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from dicom_node.cli import main
 from dicom_node.db.engine import alembic_config, upgrade
 from dicom_node.db.models import Base
 
@@ -77,3 +79,34 @@ def test_0005_names_every_kind_where_a_destination_had_none(database_url: str, e
     with engine.connect() as conn:
         found = {title: outputs for title, outputs in conn.execute(sa.select(rows.c.title, rows.c.outputs))}
     assert found == {"EMPTY": ["sr", "sc", "seg", "kos", "pm"], "SR": ["sr"]}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["ae", "list"], ["series", "list"], ["jobs", "list"], ["storage", "status"]])
+def test_read_commands_change_nothing_in_a_database_without_the_schema(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """A read command against a new database says to run db upgrade and creates nothing: no SQLite
+    file, no table in PostgreSQL; after the upgrade it reads."""
+    for key in list(os.environ):
+        if key.startswith("DICOM_NODE_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("DICOM_NODE_DATABASE_URL", database_url)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "run `dicom-node db upgrade`" in err and err.count("\n") == 1, err
+    if database_url.startswith("sqlite"):
+        assert not (tmp_path / "node.sqlite3").exists()
+    else:
+        engine = sa.create_engine(database_url)
+        try:
+            assert sa.inspect(engine).get_table_names() == []
+        finally:
+            engine.dispose()
+    assert main(["db", "upgrade"]) == 0
+    assert main(command) == 0
