@@ -10,9 +10,11 @@ function startRefresh(el) {
   const stamp = document.querySelector('[data-refresh-stamp="' + el.id + '"]');
   el.addEventListener("input", function () { el.dataset.editing = "1"; });
   el.addEventListener("change", function () { el.dataset.editing = "1"; });
+  function busy() {
+    return el.dataset.editing === "1" || el.contains(document.activeElement);
+  }
   async function tick() {
-    const busy = el.dataset.editing === "1" || el.contains(document.activeElement);
-    if (!document.hidden && !busy) {
+    if (!document.hidden && !busy()) {
       try {
         const response = await fetch(el.dataset.refreshUrl, {
           credentials: "same-origin",
@@ -23,8 +25,10 @@ function startRefresh(el) {
           window.location.reload();
           return;
         }
-        if (response.ok) {
-          el.innerHTML = await response.text();
+        const html = response.ok ? await response.text() : null;
+        // Someone may have begun a form while the rows were on their way: keep what they wrote.
+        if (html !== null && !busy()) {
+          el.innerHTML = html;
           el.dataset.refreshedAt = String(Date.now());
           if (stamp) stamp.textContent = "(updated " + new Date().toLocaleTimeString() + ")";
         }
