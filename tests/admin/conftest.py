@@ -1,10 +1,14 @@
 """Fixtures of the admin tests: the admin app served by uvicorn on a loopback port over a real
-database (SQLite and PostgreSQL), with an admin and a viewer user and a token for each; helpers
-for browser-like sessions (login form, CSRF token) and for a finished job's files."""
+database (SQLite and PostgreSQL), with an admin and a viewer user and a token for each (and a
+radiologist, with the worklist's viewer link set); helpers for browser-like sessions (login form,
+CSRF token), for a finished job's files and a worklist study; headless Chromium (the browser
+fixture) and the steps a person takes in it (Pages)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from dicom_node.admin.auth import Passwords, create_token
 from dicom_node.admin.server import AdminServerThread
@@ -24,10 +35,11 @@ from dicom_node.db.models import Export, Job, Series, User
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import Settings
+from dicom_node.triage.priority import Priority
 from model.contract.uids import derived_uid
-from tests.harness.peers import NodeProcess, cli, free_port, node_env, wait_until
+from tests.harness.peers import NodeProcess, cli, free_port, node_env, require_tool, wait_until
 
-ADMIN, VIEWER = "alice", "victor"
+ADMIN, VIEWER, RADIOLOGIST = "alice", "victor", "rita"
 PASSWORD = "correct horse battery staple"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -216,6 +228,42 @@ def finished_job(
         return series.id, job.id, rgb
 
 
+# --- the worklist: a radiologist, the viewer link, studies of a given priority and suspicion ----
+
+VIEWER_URL = "http://viewer.test/viewer?StudyInstanceUIDs={study_uid}"
+
+
+@pytest.fixture
+def radiologist_app(admin_app: AdminApp) -> Iterator[tuple[AdminApp, str]]:
+    """The admin app with a radiologist (and their token) and the viewer link set."""
+    admin_app.settings.triage.viewer_url = VIEWER_URL
+    with admin_app.db.session() as s:
+        rita = User(name=RADIOLOGIST, role="radiologist", password_hash=password_hash(), enabled=True)
+        s.add(rita)
+        s.flush()
+        _, token = create_token(s, rita, "tests", created_by="pytest")
+    yield admin_app, token
+
+
+def study(
+    app: AdminApp, seed: str, *, priority: Priority, p_normal: float, minutes_ago: float, decision: str = "covid"
+) -> int:
+    """A finished job (with its heatmap picture) of the given priority, p(normal) and wait."""
+    _, job_id, _ = finished_job(app, seed=seed)
+    with app.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.priority = int(priority)
+        job.decision = decision
+        rest = (1 - p_normal) / 2
+        job.result = {**(job.result or {}), "probabilities": {"covid": rest, "cap": rest, "normal": p_normal}}
+        series = s.get(Series, job.series_id)
+        assert series is not None
+        series.last_received_at = utcnow() - dt.timedelta(minutes=minutes_ago)
+        series.accession_number = f"ACC-{seed}"
+    return job_id
+
+
 # --- a running node (dicom-node serve / up as a subprocess) ---------------------------------
 
 
@@ -252,6 +300,106 @@ def live_node(tmp_path: Path) -> Iterator[LiveNode]:
     node = start_live_node(tmp_path / "node-data")
     yield node
     node.process.stop()
+
+
+# --- headless Chromium (Debian's chromium and chromedriver, driven by selenium) ------------------
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin-browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
+    require_tool("chromium", "chromium")
+    require_tool("chromedriver", "chromium-driver")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / f"failed-{request.node.name}.png"))
+        (ARTIFACTS / f"failed-{request.node.name}.html").write_text(driver.page_source)
+    driver.quit()
+
+
+class Pages:
+    """The steps a person takes, with a screenshot after each."""
+
+    def __init__(self, driver: WebDriver, base: str) -> None:
+        self.driver = driver
+        self.base = base
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base + path)
+
+    def shot(self, name: str) -> None:
+        self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+    def wait(self, condition: Any, timeout: float = 20) -> Any:
+        # The lists re-fill themselves every few seconds: an element found just before may be gone.
+        return WebDriverWait(
+            self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
+
+    def cells(self, row_selector: str) -> dict[str, str] | None:
+        """The texts of one table row's cells by their column's header, read at once (the row may be
+        replaced any time; columns may be added)."""
+        script = (
+            "const r = document.querySelector(arguments[0]);"
+            " if (!r) return null;"
+            " const heads = Array.from(r.closest('table').tHead.rows[0].cells).map(c => c.textContent.trim());"
+            " return Object.fromEntries(Array.from(r.cells).map((c, i) => [heads[i], c.textContent.trim()]));"
+        )
+        found: dict[str, str] | None = self.driver.execute_script(script, row_selector)
+        return found
+
+    def column(self, row_selector: str, header: str) -> dict[str, Any] | None:
+        """One cell of a table row, found by its column's header (the header's text starts with
+        ``header``): its text and the links in it, read at once; None without that row or column."""
+        script = """
+            const r = document.querySelector(arguments[0]);
+            if (!r) return null;
+            const heads = Array.from(r.closest('table').tHead.rows[0].cells);
+            const i = heads.findIndex(h => h.textContent.trim().startsWith(arguments[1]));
+            if (i < 0 || i >= r.cells.length) return null;
+            const c = r.cells[i];
+            return {text: c.textContent.trim(), links: Array.from(c.querySelectorAll('a')).map(a => a.href)};
+        """
+        found: dict[str, Any] | None = self.driver.execute_script(script, row_selector, header)
+        return found
+
+    def rows(self, body_selector: str, attribute: str) -> list[str]:
+        """The ``attribute`` of each row of a table body, top to bottom."""
+        script = (
+            "return Array.from(document.querySelectorAll(arguments[0] + ' > tr'))"
+            ".map(r => r.getAttribute(arguments[1]));"
+        )
+        found: list[str] = [v for v in self.driver.execute_script(script, body_selector, attribute) if v is not None]
+        return found
+
+    def by_id(self, element_id: str) -> Any:
+        return self.driver.find_element(By.ID, element_id)
+
+    def fill(self, values: dict[str, str]) -> None:
+        for element_id, value in values.items():
+            field = self.by_id(element_id)
+            field.clear()
+            field.send_keys(value)
+
+    def text(self) -> str:
+        return str(self.driver.find_element(By.TAG_NAME, "body").text)
 
 
 @pytest.hookimpl(hookwrapper=True)

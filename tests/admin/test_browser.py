@@ -18,34 +18,26 @@ localisation): the pipeline is the real one, the model's answer is meaningless a
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import torch
-from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from dicom_node.db.times import as_utc
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 from model.inference.weights import save_weights
 from model.phantoms.writer import write_phantom_series
-from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, start_live_node
-from tests.harness.peers import Orthanc, cli, free_port, node_env, port_open, require_tool, storescu, wait_until
+from tests.admin.conftest import ADMIN, PASSWORD, LiveNode, Pages, start_live_node
+from tests.harness.peers import Orthanc, cli, free_port, node_env, port_open, storescu, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin-browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 LOCAL_AE = "CTNODE"
 CALLING = "MODALITY1"
 OLD_QUIET, NEW_QUIET = 30, 4
@@ -94,79 +86,10 @@ def node(tmp_path: Path) -> Iterator[tuple[LiveNode, int]]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
-    require_tool("chromium", "chromium")
-    require_tool("chromedriver", "chromium-driver")
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1100",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(ARTIFACTS / "failed.png"))
-        (ARTIFACTS / "failed.html").write_text(driver.page_source)
-    driver.quit()
-
-
-@pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[Orthanc]:
     server = Orthanc(tmp_path / "orthanc").start()
     yield server
     server.stop()
-
-
-class Pages:
-    """The steps a person takes, with a screenshot after each."""
-
-    def __init__(self, driver: WebDriver, base: str) -> None:
-        self.driver = driver
-        self.base = base
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-
-    def open(self, path: str) -> None:
-        self.driver.get(self.base + path)
-
-    def shot(self, name: str) -> None:
-        self.driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-
-    def wait(self, condition: Any, timeout: float = 20) -> Any:
-        # The lists re-fill themselves every few seconds: an element found just before may be gone.
-        return WebDriverWait(
-            self.driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
-        ).until(condition)
-
-    def cells(self, row_selector: str) -> dict[str, str] | None:
-        """The texts of one table row's cells by their column's header, read at once (the row may be
-        replaced any time; columns may be added)."""
-        script = (
-            "const r = document.querySelector(arguments[0]);"
-            " if (!r) return null;"
-            " const heads = Array.from(r.closest('table').tHead.rows[0].cells).map(c => c.textContent.trim());"
-            " return Object.fromEntries(Array.from(r.cells).map((c, i) => [heads[i], c.textContent.trim()]));"
-        )
-        found: dict[str, str] | None = self.driver.execute_script(script, row_selector)
-        return found
-
-    def by_id(self, element_id: str) -> Any:
-        return self.driver.find_element(By.ID, element_id)
-
-    def fill(self, values: dict[str, str]) -> None:
-        for element_id, value in values.items():
-            field = self.by_id(element_id)
-            field.clear()
-            field.send_keys(value)
-
-    def text(self) -> str:
-        return str(self.driver.find_element(By.TAG_NAME, "body").text)
 
 
 def _aware(value: str) -> dt.datetime:

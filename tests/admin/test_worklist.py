@@ -7,65 +7,28 @@ picture; acknowledging and verdicts (stored, audited, refused without a true cla
 disagreeing, refused to a viewer); a radiologist reaching the worklist and its monitoring and
 nothing else (pages and API answer 403; / leads to the worklist); the confusion table, PPV and
 agreement from verdicts, the warning event when agreement falls below the setting, the charts as
-PNG and the Prometheus metrics. Not covered: a browser's refresh of the rows (the admin pages'
-own script, as for the jobs list).
+PNG and the Prometheus metrics. Not covered: a browser's refresh of the rows and its forms
+(test_worklist_browser.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterator
 
 import pytest
 from sqlalchemy import select
 
-from dicom_node.admin.auth import create_token
-from dicom_node.db.models import AuditEntry, Event, Job, Series, User
-from dicom_node.db.times import utcnow
+from dicom_node.db.models import AuditEntry, Event, Job
 from dicom_node.jobs.states import JobStatus
 from dicom_node.triage import monitoring
 from dicom_node.triage.priority import Priority
-from tests.admin.conftest import PASSWORD, AdminApp, finished_job, password_hash
+from tests.admin.conftest import PASSWORD, RADIOLOGIST, VIEWER_URL, AdminApp, study
 
 pytestmark = pytest.mark.integration
 
-RADIOLOGIST = "rita"
-VIEWER_URL = "http://viewer.test/viewer?StudyInstanceUIDs={study_uid}"
 
-
-@pytest.fixture
-def app(admin_app: AdminApp) -> Iterator[tuple[AdminApp, str]]:
-    """The admin app with a radiologist (and their token) and the viewer link set."""
-    admin_app.settings.triage.viewer_url = VIEWER_URL
-    with admin_app.db.session() as s:
-        rita = User(name=RADIOLOGIST, role="radiologist", password_hash=password_hash(), enabled=True)
-        s.add(rita)
-        s.flush()
-        _, token = create_token(s, rita, "tests", created_by="pytest")
-    yield admin_app, token
-
-
-def study(
-    app: AdminApp, seed: str, *, priority: Priority, p_normal: float, minutes_ago: float, decision: str = "covid"
-) -> int:
-    """A finished job (with its heatmap picture) of the given priority, p(normal) and wait."""
-    _, job_id, _ = finished_job(app, seed=seed)
-    with app.db.session() as s:
-        job = s.get(Job, job_id)
-        assert job is not None
-        job.priority = int(priority)
-        job.decision = decision
-        rest = (1 - p_normal) / 2
-        job.result = {**(job.result or {}), "probabilities": {"covid": rest, "cap": rest, "normal": p_normal}}
-        series = s.get(Series, job.series_id)
-        assert series is not None
-        series.last_received_at = utcnow() - dt.timedelta(minutes=minutes_ago)
-        series.accession_number = f"ACC-{seed}"
-    return job_id
-
-
-def test_order_filters_link_and_picture(app: tuple[AdminApp, str]) -> None:
-    admin_app, token = app
+def test_order_filters_link_and_picture(radiologist_app: tuple[AdminApp, str]) -> None:
+    admin_app, token = radiologist_app
     routine_old = study(admin_app, "r-old", priority=Priority.ROUTINE, p_normal=0.4, minutes_ago=50)
     routine_suspicious = study(admin_app, "r-sus", priority=Priority.ROUTINE, p_normal=0.1, minutes_ago=5)
     routine_same = study(admin_app, "r-same", priority=Priority.ROUTINE, p_normal=0.4, minutes_ago=10)
@@ -88,8 +51,8 @@ def test_order_filters_link_and_picture(app: tuple[AdminApp, str]) -> None:
         assert page.text.index(f'data-job-id="{stat}"') < page.text.index(f'data-job-id="{routine_old}"')
 
 
-def test_reviews_are_stored_audited_and_refused_when_incomplete(app: tuple[AdminApp, str]) -> None:
-    admin_app, token = app
+def test_reviews_are_stored_audited_and_refused_when_incomplete(radiologist_app: tuple[AdminApp, str]) -> None:
+    admin_app, token = radiologist_app
     one = study(admin_app, "one", priority=Priority.HIGH, p_normal=0.2, minutes_ago=3)
     two = study(admin_app, "two", priority=Priority.ROUTINE, p_normal=0.2, minutes_ago=3)
     with admin_app.client(token) as http, admin_app.viewer() as viewer:
@@ -120,8 +83,8 @@ def test_reviews_are_stored_audited_and_refused_when_incomplete(app: tuple[Admin
     ]
 
 
-def test_a_radiologist_reaches_the_worklist_and_nothing_else(app: tuple[AdminApp, str]) -> None:
-    admin_app, token = app
+def test_a_radiologist_reaches_the_worklist_and_nothing_else(radiologist_app: tuple[AdminApp, str]) -> None:
+    admin_app, token = radiologist_app
     with admin_app.client(token) as http:
         assert http.get("/api/worklist").status_code == 200
         assert http.get("/api/triage/stats").status_code == 200
@@ -137,8 +100,8 @@ def test_a_radiologist_reaches_the_worklist_and_nothing_else(app: tuple[AdminApp
         assert 'href="/users"' not in denied.text
 
 
-def test_agreement_ppv_charts_metrics_and_the_warning(app: tuple[AdminApp, str]) -> None:
-    admin_app, token = app
+def test_agreement_ppv_charts_metrics_and_the_warning(radiologist_app: tuple[AdminApp, str]) -> None:
+    admin_app, token = radiologist_app
     admin_app.settings.triage.agreement_min_verdicts = 3
     admin_app.settings.triage.agreement_warning_below = 0.6
     ids = [study(admin_app, f"m{n}", priority=Priority.ROUTINE, p_normal=0.2, minutes_ago=2) for n in range(4)]
