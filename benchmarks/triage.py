@@ -70,15 +70,29 @@ def _job_of(db: Database, series_uid: str) -> Job | None:
 
 
 def _results_in_pacs(db: Database, series_uid: str) -> dt.datetime | None:
-    """When the job's last export (to PACS) was done; None until then."""
+    """When the job's last export (to PACS) was done; None until then. A job or an export that
+    failed for good ends the run (waiting would only reach the timeout)."""
     with db.session() as s:
         job = s.scalar(select(Job).join(Series, Series.id == Job.series_id).where(Series.series_uid == series_uid))
+        if job is not None and job.status == JobStatus.FAILED.value:
+            raise SystemExit(f"job {job.id} failed: {job.reason}")
         if job is None or job.status != JobStatus.DONE.value:
             return None
         exports = list(s.scalars(select(Export).where(Export.job_id == job.id)))
+        failed = [e for e in exports if e.status == ExportStatus.FAILED.value]
+        if failed:
+            raise SystemExit(f"job {job.id}'s export to {failed[0].title} failed: {failed[0].last_error}")
         if not exports or any(e.status != ExportStatus.DONE.value for e in exports):
             return None
         return max(as_utc(e.finished_at) for e in exports if e.finished_at is not None)
+
+
+def _undelivered(db: Database) -> int:
+    """Notifications not yet delivered. A read-only connection, closed after: on SQLite a
+    connection left open in its transaction would hold the write lock the node needs."""
+    with db.reader() as conn:
+        count = select(func.count()).select_from(Notification).where(Notification.status != "done")
+        return int(conn.execute(count).scalar_one())
 
 
 def _send(port: int, folder: Path, calling: str) -> float:
@@ -140,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         notify__poll_seconds=0.1,
     )
     cli(env, "db", "upgrade")
-    cli(env, "ae", "add-destination", "PACS", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
+    # The destination's title is the one Orthanc answers to: it rejects any other called AE title.
+    cli(env, "ae", "add-destination", orthanc.aet, "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
     cli(env, "ae", "add-local", TITLE, "--port", str(port), "--quiet-seconds", "1", "--allow-any-source",
-        "--send-results-to", "PACS")  # fmt: skip
+        "--send-results-to", orthanc.aet)  # fmt: skip
     cli(env, "triage", "add-priority-rule", "emergency", "--priority", "stat", "--calling-ae", "ER_CT")
     cli(env, "triage", "add-channel", "ris", "--kind", "hl7", "--host", "127.0.0.1", "--port", str(ris.port))
     cli(env, "triage", "add-notify-rule", "everything", "--channels", "ris")
@@ -182,16 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: all(_results_in_pacs(db, u) for u in alone_uids), args.timeout, "routine", interval=1)
         without_stat = routine_throughput(db, alone_uids)
 
-        wait_until(
-            lambda: (
-                db.engine.connect()
-                .execute(select(func.count()).select_from(Notification).where(Notification.status != "done"))
-                .scalar_one()
-                == 0
-            ),
-            120,
-            "every notification delivered",
-        )
+        wait_until(lambda: _undelivered(db) == 0, 120, "every notification delivered")
         with db.session() as s:
             ended = {
                 note.message_id: as_utc(job.finished_at).timestamp()
