@@ -24,7 +24,25 @@ from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
 from dicom_node.errors import Refused
 from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.settings import CompletionSettings, ExportSettings
-from dicom_node.validation import AETitle, Host, KeepDays, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
+from dicom_node.validation import (
+    AETitle,
+    CAFile,
+    DestinationKind,
+    DestinationKindName,
+    DicomWebURL,
+    Host,
+    KeepDays,
+    MaxWaitSeconds,
+    OutputKinds,
+    Port,
+    QuietSeconds,
+    WebAuthName,
+    WebSecret,
+    check_ca_file_readable,
+    destination_problem,
+    require,
+    url_host_port,
+)
 from model.contract.uids import check_uid
 
 
@@ -105,12 +123,25 @@ class SourcePatch(BaseModel):
 
 
 class DestinationIn(BaseModel):
+    """A destination: a storage SCP (kind dimse: host, port, tls) or a DICOMweb service (kind
+    dicomweb: url, auth with username and password or token, verify_tls, ca_file; host and port
+    are taken from the URL). Which fields a kind needs is checked by add_destination."""
+
     model_config = ConfigDict(extra="forbid")
 
     title: AETitle
-    host: Host
-    port: Port
+    kind: DestinationKindName = DestinationKind.DIMSE.value
+    host: Host | None = None
+    port: Port | None = None
     tls: bool = False
+    url: DicomWebURL | None = None
+    auth: WebAuthName = "none"
+    username: str = Field(default="", max_length=200)
+    # Write only: never in a destination's dict (an empty value in a change keeps the stored one).
+    password: WebSecret | None = None
+    token: WebSecret | None = None
+    verify_tls: bool = True
+    ca_file: CAFile = ""
     # None: the settings' export.default_outputs (add_destination fills them in).
     outputs: OutputKinds | None = None
     enabled: bool = True
@@ -121,9 +152,17 @@ class DestinationPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: AETitle | None = None
+    kind: DestinationKindName | None = None
     host: Host | None = None
     port: Port | None = None
     tls: bool | None = None
+    url: DicomWebURL | None = None
+    auth: WebAuthName | None = None
+    username: str | None = Field(default=None, max_length=200)
+    password: WebSecret | None = None
+    token: WebSecret | None = None
+    verify_tls: bool | None = None
+    ca_file: CAFile | None = None
     outputs: OutputKinds | None = None
     enabled: bool | None = None
     description: str | None = Field(default=None, max_length=200)
@@ -172,12 +211,19 @@ def source_dict(row: Source) -> dict[str, Any]:
 
 
 def destination_dict(row: Destination) -> dict[str, Any]:
+    """A destination as lists and the API show it: never its password or token."""
     return {
         "id": row.id,
         "title": row.title,
+        "kind": row.kind,
         "host": row.host,
         "port": row.port,
         "tls": row.tls,
+        "url": row.url or None,
+        "auth": row.auth,
+        "username": row.username,
+        "verify_tls": row.verify_tls,
+        "ca_file": row.ca_file,
         "outputs": list(row.outputs),
         "enabled": row.enabled,
         "description": row.description,
@@ -260,6 +306,19 @@ def update_source(session: Session, row: Source, patch: SourcePatch) -> Source:
     return row
 
 
+def _complete_destination(values: dict[str, Any]) -> dict[str, Any]:
+    """Check that a destination's fields fit its kind (Refused naming the field) and fill in what
+    the kind decides: a DICOMweb destination's host, port and tls from its URL."""
+    problem = destination_problem(values)
+    if problem is not None:
+        raise Refused(*problem)
+    if values.get("kind") == DestinationKind.DICOMWEB.value:
+        require("ca_file", check_ca_file_readable, values.get("ca_file") or "")
+        values["host"], values["port"] = url_host_port(values["url"])
+        values["tls"] = values["url"].startswith("https://")
+    return values
+
+
 def add_destination(session: Session, data: DestinationIn, defaults: ExportSettings) -> Destination:
     """A new destination; outputs not given are the settings' default outputs."""
     if session.scalar(select(Destination).where(Destination.title == data.title)) is not None:
@@ -267,21 +326,36 @@ def add_destination(session: Session, data: DestinationIn, defaults: ExportSetti
     values = data.model_dump()
     if values["outputs"] is None:
         values["outputs"] = list(defaults.default_outputs)
+    values = _complete_destination(values)
+    for key in ("url", "password", "token"):
+        values[key] = values[key] or ""
     row = Destination(**values)
     session.add(row)
     session.flush()
     return row
 
 
+_DESTINATION_FIELDS = tuple(DestinationPatch.model_fields)
+
+
 def update_destination(session: Session, row: Destination, patch: DestinationPatch) -> Destination:
+    """Change a destination; a field given as None (or an empty password or token) is kept."""
     changes = patch.model_dump(exclude_unset=True)
     if changes.get("title") and changes["title"] != row.title:
         if session.scalar(select(Destination).where(Destination.title == changes["title"])) is not None:
             raise Refused("title", f"a destination titled {changes['title']!r} exists already")
+    merged = {key: getattr(row, key) for key in _DESTINATION_FIELDS}
     for key, value in changes.items():
-        if value is None and key != "description":
+        if (value is None and key != "description") or (key in ("password", "token") and value == ""):
             continue
-        setattr(row, key, value)
+        merged[key] = value
+    merged = _complete_destination(merged)
+    for key in _DESTINATION_FIELDS:
+        value = merged[key]
+        if value is None and key == "url":
+            value = ""
+        if value is not None and getattr(row, key) != value:
+            setattr(row, key, value)
     session.flush()
     return row
 

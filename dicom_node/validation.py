@@ -11,7 +11,8 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from typing import Annotated, Callable, TypeVar
+from typing import Annotated, Any, Callable, Mapping, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
@@ -163,6 +164,144 @@ def check_password(value: object) -> tuple[bool, str]:
     return True, ""
 
 
+class DestinationKind(str, enum.Enum):
+    """How results reach a destination."""
+
+    DIMSE = "dimse"  # C-STORE SCU (dicom_node.sending.scu)
+    DICOMWEB = "dicomweb"  # STOW-RS client (dicom_node.sending.dicomweb)
+
+
+DESTINATION_KINDS: tuple[str, ...] = tuple(k.value for k in DestinationKind)
+
+
+class WebAuth(str, enum.Enum):
+    """The HTTP authentication of a DICOMweb destination."""
+
+    NONE = "none"
+    BASIC = "basic"  # user name and password
+    BEARER = "bearer"  # a token in the Authorization header
+
+
+WEB_AUTHS: tuple[str, ...] = tuple(a.value for a in WebAuth)
+MAX_URL_LENGTH = 2000
+
+
+def check_destination_kind(value: object) -> tuple[bool, str]:
+    if value not in DESTINATION_KINDS:
+        return False, f"must be one of {', '.join(DESTINATION_KINDS)}"
+    return True, ""
+
+
+def check_web_auth(value: object) -> tuple[bool, str]:
+    if value not in WEB_AUTHS:
+        return False, f"must be one of {', '.join(WEB_AUTHS)}"
+    return True, ""
+
+
+def check_dicomweb_url(value: object) -> tuple[bool, str]:
+    """A DICOMweb service's base URL (the one /studies is appended to): http or https, a host,
+    no credentials (they have fields of their own), no query or fragment."""
+    if not isinstance(value, str) or not value:
+        return False, "must be an http:// or https:// URL"
+    if len(value) > MAX_URL_LENGTH:
+        return False, f"is {len(value)} characters long, at most {MAX_URL_LENGTH} are allowed"
+    if any(c.isspace() or ord(c) < 0x20 for c in value):
+        return False, "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return False, f"{value[:80]!r} is not a URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return False, f"{value[:80]!r} must start with http:// or https://"
+    if parts.username is not None or parts.password is not None:
+        return False, "must not contain a user name or password (use the user and password fields)"
+    if not parts.hostname:
+        return False, f"{value[:80]!r} has no host"
+    ok, reason = check_host(parts.hostname)
+    if not ok:
+        return False, f"host {reason}"
+    if port is not None and not 1 <= port <= 65535:
+        return False, f"port {port} is out of range 1-65535"
+    if parts.query or parts.fragment:
+        return False, "must not have a query (?...) or fragment (#...)"
+    return True, ""
+
+
+def url_host_port(url: str) -> tuple[str, int]:
+    """The host and port a valid DICOMweb URL connects to (80 or 443 when it names none)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_ca_file(value: object) -> tuple[bool, str]:
+    """A private CA bundle (PEM) named by an absolute path; "" for the system's CAs. Whether the
+    file is there is checked where the destination is saved and used (it may live on a worker)."""
+    if not isinstance(value, str):
+        return False, "must be a path"
+    if value and not value.startswith("/"):
+        return False, f"{value[:80]!r} must be an absolute path"
+    if len(value) > 1000:
+        return False, "is longer than 1000 characters"
+    return True, ""
+
+
+def check_ca_file_readable(value: object) -> tuple[bool, str]:
+    """An absolute path to a readable PEM file (or "")."""
+    ok, reason = check_ca_file(value)
+    if not ok or not value:
+        return ok, reason
+    assert isinstance(value, str)
+    try:
+        with open(value, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:
+        return False, f"{value!r} can not be read: {exc.strerror or exc}"
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        return False, f"{value!r} holds no PEM certificate"
+    return True, ""
+
+
+def check_web_secret(value: object) -> tuple[bool, str]:
+    """A DICOMweb password or bearer token: up to 4096 characters, no control characters (it goes
+    into an HTTP header)."""
+    if not isinstance(value, str):
+        return False, "must be a string"
+    if len(value) > 4096:
+        return False, "is longer than 4096 characters"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return False, "must not contain control characters"
+    return True, ""
+
+
+def destination_problem(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, reason) for a destination whose fields do not fit together, or None. ``values``
+    are a destination's fields after a change (kind, host, port, url, auth, username, password,
+    token, ca_file), each already valid on its own."""
+    kind = values.get("kind") or DestinationKind.DIMSE.value
+    if kind == DestinationKind.DIMSE.value:
+        if not values.get("host"):
+            return "host", "is required for a DIMSE destination"
+        if values.get("port") is None:
+            return "port", "is required for a DIMSE destination"
+        return None
+    if not values.get("url"):
+        return "url", "is required for a DICOMweb destination (the STOW-RS base URL, e.g. http://pacs:8042/dicom-web)"
+    auth = values.get("auth") or WebAuth.NONE.value
+    if auth == WebAuth.BASIC.value:
+        if not values.get("username"):
+            return "username", "is required for basic authentication"
+        if not values.get("password"):
+            return "password", "is required for basic authentication"
+        if ":" in str(values["username"]):
+            return "username", "must not contain a colon (basic authentication)"
+    if auth == WebAuth.BEARER.value and not values.get("token"):
+        return "token", "is required for bearer authentication"
+    if values.get("ca_file") and str(values.get("url", "")).startswith("http://"):
+        return "ca_file", "is used only with an https:// URL"
+    return None
+
+
 def require(field: str, check: Callable[[object], tuple[bool, str]], value: T) -> T:
     """Raise Refused("FIELD: reason") unless ``check(value)`` passes; return the value."""
     ok, reason = check(value)
@@ -192,3 +331,8 @@ Regex = Annotated[str, AfterValidator(_pydantic(check_regex))]
 UserName = Annotated[str, AfterValidator(_pydantic(check_user_name))]
 RoleName = Annotated[str, AfterValidator(_pydantic(check_role))]
 Password = Annotated[str, AfterValidator(_pydantic(check_password))]
+DestinationKindName = Annotated[str, AfterValidator(_pydantic(check_destination_kind))]
+WebAuthName = Annotated[str, AfterValidator(_pydantic(check_web_auth))]
+DicomWebURL = Annotated[str, AfterValidator(_pydantic(check_dicomweb_url))]
+WebSecret = Annotated[str, AfterValidator(_pydantic(check_web_secret))]
+CAFile = Annotated[str, AfterValidator(_pydantic(check_ca_file))]

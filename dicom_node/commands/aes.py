@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from sqlalchemy import select
@@ -23,8 +24,9 @@ from dicom_node.commands.common import (
     settings_from,
 )
 from dicom_node.db.models import Destination, LocalAE, Source
-from dicom_node.errors import NotFound, Unavailable
+from dicom_node.errors import Invalid, NotFound, Unavailable
 from dicom_node.outputs.kinds import OUTPUT_KINDS
+from dicom_node.validation import DESTINATION_KINDS, WEB_AUTHS
 
 
 def cmd_ae_add_local(args: argparse.Namespace) -> int:
@@ -87,14 +89,49 @@ def cmd_ae_add_source(args: argparse.Namespace) -> int:
     return apply_change(args, change)
 
 
+def _destination_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The destination fields given on the command line (add-destination and update-destination)."""
+    data: dict[str, Any] = {}
+    for key in ("kind", "host", "port", "url", "auth", "username", "password", "token", "ca_file"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    if args.secret_stdin:
+        if "password" in data or "token" in data:
+            raise Invalid("--secret-stdin replaces --password and --token: give one of them")
+        secret = sys.stdin.readline().rstrip("\r\n")
+        data["token" if data.get("auth") == "bearer" else "password"] = secret
+    if args.verify_tls is not None:
+        data["verify_tls"] = args.verify_tls
+    if args.outputs is not None:
+        data["outputs"] = csv_list(args.outputs)
+    return data
+
+
 def cmd_ae_add_destination(args: argparse.Namespace) -> int:
     defaults = settings_from(args).export
 
     def change(s: Any) -> dict[str, Any]:
-        data: dict[str, Any] = {"title": args.title, "host": args.host, "port": args.port, "tls": args.tls}
-        if args.outputs is not None:
-            data["outputs"] = csv_list(args.outputs)
+        data: dict[str, Any] = {"title": args.title, "tls": args.tls, **_destination_options(args)}
+        if args.disabled:
+            data["enabled"] = False
         return c.destination_dict(c.add_destination(s, c.parse(c.DestinationIn, data), defaults))
+
+    return apply_change(args, change)
+
+
+def cmd_ae_update_destination(args: argparse.Namespace) -> int:
+    def change(s: Any) -> dict[str, Any]:
+        row = s.scalar(select(Destination).where(Destination.title == args.title))
+        if row is None:
+            raise c.Refused("title", f"no destination titled {args.title!r}")
+        data = _destination_options(args)
+        if args.new_title:
+            data["title"] = args.new_title
+        if args.tls is not None:
+            data["tls"] = args.tls
+        if args.enabled is not None:
+            data["enabled"] = args.enabled
+        return c.destination_dict(c.update_destination(s, row, c.parse(c.DestinationPatch, data)))
 
     return apply_change(args, change)
 
@@ -166,9 +203,18 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
     )
     print("\nDestinations (where results go):")
     print_table(
-        ("TITLE", "HOST", "PORT", "TLS", "OUTPUTS"),
+        ("TITLE", "HOST", "PORT", "TLS", "OUTPUTS", "KIND", "URL", "AUTH"),
         (
-            (dst["title"], dst["host"], dst["port"], "yes" if dst["tls"] else "no", ",".join(dst["outputs"]))
+            (
+                dst["title"],
+                dst["host"],
+                dst["port"],
+                ("yes" if dst["verify_tls"] else "unverified") if dst["tls"] else "no",
+                ",".join(dst["outputs"]) + ("" if dst["enabled"] else " (disabled)"),
+                dst["kind"],
+                dst["url"],
+                _auth_shown(dst),
+            )
             for dst in data["destinations"]
         ),
         empty="  none: dicom-node ae add-destination TITLE --host H --port P",
@@ -176,7 +222,16 @@ def cmd_ae_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_shown(dst: dict[str, Any]) -> str:
+    """A DICOMweb destination's authentication without its secret: basic:user, bearer, none."""
+    if dst["kind"] != "dicomweb":
+        return ""
+    return f"basic:{dst['username']}" if dst["auth"] == "basic" else dst["auth"]
+
+
 def cmd_ae_echo(args: argparse.Namespace) -> int:
+    from dicom_node.jobs.exports import web_peer_for  # noqa: PLC0415  httpx: only this command needs it
+    from dicom_node.sending.dicomweb import web_echo  # noqa: PLC0415  httpx: only this command needs it
     from dicom_node.sending.echo import c_echo  # noqa: PLC0415  pynetdicom: only this command needs it
 
     settings = settings_from(args)
@@ -185,10 +240,13 @@ def cmd_ae_echo(args: argparse.Namespace) -> int:
         with db.session() as s:
             row = s.scalar(select(Destination).where(Destination.title == args.title))
             peer = None if row is None else (row.host, row.port, row.tls)
+            web = None if row is None else web_peer_for(row)
     finally:
         db.dispose()
     if peer is None:
         raise NotFound(f"no destination titled {args.title!r}; dicom-node ae list shows them")
+    if web is not None:
+        return _web_echo_answer(args, web_echo(web, timeout=min(settings.export.timeout_seconds, 10.0)))
     host, port, tls = peer
     calling = settings.export.calling_ae_title
     answer = c_echo(host, port, args.title, calling_ae_title=calling, tls=tls)
@@ -202,6 +260,22 @@ def cmd_ae_echo(args: argparse.Namespace) -> int:
         )
     if not args.json:
         print(f"{args.title} at {host}:{port} answered C-ECHO (calling AE {calling}) in {answer.total_ms:.0f} ms")
+    return 0
+
+
+def _web_echo_answer(args: argparse.Namespace, answer: Any) -> int:
+    """What ``ae echo`` says about a DICOMweb destination's QIDO-RS test."""
+    if args.json:
+        print(json.dumps(answer.to_json(), indent=2))
+    if not answer.ok:
+        raise Unavailable(
+            f"{args.title} at {answer.url} did not answer a QIDO-RS search: "
+            f"{answer.outcome}{': ' + answer.detail if answer.detail else ''}; "
+            "is the URL the DICOMweb base (the one /studies follows), and are its credentials right?"
+        )
+    if not args.json:
+        took = f"{answer.total_ms:.0f} ms"
+        print(f"{args.title} at {answer.url} answered a QIDO-RS search (HTTP {answer.status}) in {took}")
     return 0
 
 
@@ -302,34 +376,83 @@ def _register_peers(ae_sub: argparse._SubParsersAction) -> None:
     p = command(
         ae_sub,
         "add-destination",
-        "a storage SCP (PACS) that receives results",
+        "a storage SCP (PACS) or DICOMweb service that receives results",
         """
         dicom-node ae add-destination PACS --host 127.0.0.1 --port 4242
         dicom-node ae add-destination VNA --host vna.example.org --port 11112 --tls --outputs sr,seg
-        """,
-        description="A storage SCP (PACS) that receives results. The node calls it as export.calling_ae_title "
-        "(COVIDCTNODE by default): the PACS must accept that AE",
+        dicom-node ae add-destination WEBPACS --kind dicomweb --url https://pacs.example.org/dicom-web --auth basic --user node --secret-stdin
+        """,  # noqa: E501  an example line is one command
+        description="A storage SCP (PACS) that receives results by C-STORE (kind dimse: --host, --port), or a "
+        "DICOMweb service that receives them by STOW-RS (kind dicomweb: --url, --auth). The node calls a storage "
+        "SCP as export.calling_ae_title (COVIDCTNODE by default): the PACS must accept that AE",
     )
-    p.add_argument("title")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--tls", action="store_true")
-    p.add_argument(
-        "--outputs",
-        metavar="KIND[,KIND]",
-        help=f"which of {','.join(OUTPUT_KINDS)} it gets (default: the setting export.default_outputs)",
-    )
+    p.add_argument("title", help="the called AE title (DIMSE) or a name of the same form (DICOMweb)")
+    p.add_argument("--tls", action="store_true", help="DIMSE over TLS (a DICOMweb URL says it with https://)")
+    p.add_argument("--disabled", action="store_true")
+    _destination_arguments(p)
     p.set_defaults(handler=cmd_ae_add_destination)
 
     p = command(
         ae_sub,
+        "update-destination",
+        "change a destination (fields not given are kept)",
+        """
+        dicom-node ae update-destination WEBPACS --auth bearer --token 'eyJhbGciOi...'
+        dicom-node ae update-destination PACS --outputs sr,kos --disable
+        """,
+    )
+    p.add_argument("title")
+    p.add_argument("--new-title")
+    p.add_argument("--tls", dest="tls", action="store_const", const=True)
+    p.add_argument("--no-tls", dest="tls", action="store_const", const=False)
+    p.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    p.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    _destination_arguments(p)
+    p.set_defaults(handler=cmd_ae_update_destination)
+
+    p = command(
+        ae_sub,
         "echo",
-        "check that a destination answers (C-ECHO, calling AE export.calling_ae_title)",
+        "check that a destination answers (C-ECHO as export.calling_ae_title; a DICOMweb one: a QIDO-RS search)",
         "dicom-node ae echo PACS",
     )
     p.add_argument("title", help="a destination's title")
     p.add_argument("--json", action="store_true", help="the full answer as JSON")
     p.set_defaults(handler=cmd_ae_echo)
+
+
+def _destination_arguments(p: argparse.ArgumentParser) -> None:
+    """The options add-destination and update-destination share."""
+    p.add_argument("--kind", choices=DESTINATION_KINDS, help="dimse (C-STORE, the default) or dicomweb (STOW-RS)")
+    p.add_argument("--host", help="DIMSE: the storage SCP's host")
+    p.add_argument("--port", type=int, help="DIMSE: the storage SCP's port")
+    p.add_argument(
+        "--url", help="DICOMweb: the base URL, e.g. http://pacs:8042/dicom-web (STOW-RS posts to URL/studies)"
+    )
+    p.add_argument("--auth", choices=WEB_AUTHS, help="DICOMweb: HTTP authentication (default none)")
+    p.add_argument("--user", dest="username", help="DICOMweb: the user name of basic authentication")
+    p.add_argument("--password", help="DICOMweb: the password of basic authentication (see --secret-stdin)")
+    p.add_argument("--token", help="DICOMweb: the bearer token (see --secret-stdin)")
+    p.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read the password (basic) or token (bearer) from the first line of standard input, out of the "
+        "process list",
+    )
+    p.add_argument("--ca-file", help="DICOMweb over https: a PEM file of the CA(s) to trust instead of the system's")
+    p.add_argument(
+        "--no-verify-tls",
+        dest="verify_tls",
+        action="store_const",
+        const=False,
+        help="DICOMweb over https: do not verify the server's certificate (tests only)",
+    )
+    p.add_argument("--verify-tls", dest="verify_tls", action="store_const", const=True, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--outputs",
+        metavar="KIND[,KIND]",
+        help=f"which of {','.join(OUTPUT_KINDS)} it gets (default: the setting export.default_outputs)",
+    )
 
 
 def _register_listing(ae_sub: argparse._SubParsersAction) -> None:

@@ -28,13 +28,19 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from dicom_node.db.times import utcnow
 from dicom_node.validation import (
+    DestinationKind,
     Role,
+    WebAuth,
     check_ae_title,
+    check_ca_file,
+    check_destination_kind,
+    check_dicomweb_url,
     check_host,
     check_keep_days,
     check_max_wait_seconds,
@@ -43,6 +49,8 @@ from dicom_node.validation import (
     check_quiet_seconds,
     check_role,
     check_user_name,
+    check_web_auth,
+    check_web_secret,
     require,
 )
 
@@ -152,15 +160,30 @@ class Source(Base):
 
 
 class Destination(Base):
-    """A storage SCP that receives results (a PACS)."""
+    """Where results go (a PACS): a storage SCP (kind "dimse") or a DICOMweb service that takes
+    STOW-RS (kind "dicomweb"; host and port are then the URL's, for the export rows and lists)."""
 
     __tablename__ = "destinations"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    # A DIMSE destination's called AE title; a DICOMweb destination's name (the same rule).
     title: Mapped[str] = mapped_column(String(16), unique=True)
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    kind: Mapped[str] = mapped_column(
+        String(16), default=DestinationKind.DIMSE.value, server_default=DestinationKind.DIMSE.value
+    )
+    # DICOMweb only: the base URL (STOW-RS posts to <url>/studies), HTTP authentication, and the
+    # TLS verification of an https URL (the system's CAs, or ca_file's PEM bundle).
+    url: Mapped[str] = mapped_column(String(2000), default="", server_default="")
+    auth: Mapped[str] = mapped_column(String(16), default=WebAuth.NONE.value, server_default=WebAuth.NONE.value)
+    username: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Kept as given: the node needs them to call the service (never shown by a list or the API).
+    password: Mapped[str] = mapped_column(Text, default="", server_default="")
+    token: Mapped[str] = mapped_column(Text, default="", server_default="")
+    verify_tls: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    ca_file: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     # Always written (dicom_node.configuration fills in the settings' export.default_outputs).
     outputs: Mapped[list[Any]] = mapped_column(JSON)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -183,6 +206,26 @@ class Destination(Base):
     @validates("outputs")
     def _v_outputs(self, key: str, value: list[str]) -> list[str]:
         return list(require("outputs", check_output_kinds, value))
+
+    @validates("kind")
+    def _v_kind(self, key: str, value: str) -> str:
+        return require("kind", check_destination_kind, value)
+
+    @validates("url")
+    def _v_url(self, key: str, value: str) -> str:
+        return value if value == "" else require("url", check_dicomweb_url, value)
+
+    @validates("auth")
+    def _v_auth(self, key: str, value: str) -> str:
+        return require("auth", check_web_auth, value)
+
+    @validates("password", "token")
+    def _v_secret(self, key: str, value: str) -> str:
+        return require(key, check_web_secret, value)
+
+    @validates("ca_file")
+    def _v_ca_file(self, key: str, value: str) -> str:
+        return require("ca_file", check_ca_file, value)
 
 
 class Series(Base):

@@ -44,8 +44,11 @@ from dicom_node.db.times import as_utc, utcnow
 from dicom_node.errors import Conflict, NotFound
 from dicom_node.jobs.outbox import EXPORT_TOPIC, write_message
 from dicom_node.jobs.states import OPEN_EXPORT_STATUSES, ExportStatus, JobStatus
+from dicom_node.sending.dicomweb import WebPeer, web_echo
+from dicom_node.sending.echo import EchoResult, c_echo
 from dicom_node.sending.scu import Outcome, Peer, SendResult
 from dicom_node.settings import ExportSettings
+from dicom_node.validation import DestinationKind
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +191,21 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
     return ids
 
 
+def echo_destination(destination: Destination, *, calling_ae_title: str, timeout: float) -> EchoResult:
+    """The connection test of a destination: C-ECHO (DIMSE), or a QIDO-RS search (DICOMweb)."""
+    web = web_peer_for(destination)
+    if web is not None:
+        return web_echo(web, timeout=timeout)
+    return c_echo(
+        destination.host,
+        destination.port,
+        destination.title,
+        calling_ae_title=calling_ae_title,
+        tls=destination.tls,
+        timeout=timeout,
+    )
+
+
 @dataclass(frozen=True)
 class ExportClaim:
     """This worker now sends export ``export_id`` under ``attempt``."""
@@ -198,6 +216,24 @@ class ExportClaim:
     peer: Peer
     files: list[Path]  # relative to the results dir
     outputs: list[str]
+    # Set for a DICOMweb destination: the export is sent with STOW-RS, not C-STORE.
+    web: WebPeer | None = None
+
+
+def web_peer_for(destination: Destination) -> WebPeer | None:
+    """How to reach a destination of kind "dicomweb" (None for a DIMSE one)."""
+    if destination.kind != DestinationKind.DICOMWEB.value:
+        return None
+    return WebPeer(
+        title=destination.title,
+        url=destination.url,
+        auth=destination.auth,
+        username=destination.username,
+        password=destination.password,
+        token=destination.token,
+        verify_tls=destination.verify_tls,
+        ca_file=destination.ca_file,
+    )
 
 
 def due_for_job(db: Database, job_id: int, *, stale_after: float, now: dt.datetime | None = None) -> list[int]:
@@ -258,7 +294,8 @@ def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime 
         row.updated_at = now
         destination = s.get(Destination, row.destination_id) if row.destination_id is not None else None
         peer = Peer(row.title, row.host, row.port, tls=bool(destination.tls) if destination is not None else False)
-        return ExportClaim(row.id, job.id, row.attempts, peer, files, sorted(kinds))
+        web = web_peer_for(destination) if destination is not None else None
+        return ExportClaim(row.id, job.id, row.attempts, peer, files, sorted(kinds), web)
 
 
 def touch(db: Database, export_id: int, attempt: int, sent: int) -> None:

@@ -1,6 +1,7 @@
 """Sending a job's results: :func:`export_job` (the "export" message of a job) and :func:`export`
 (one attempt of one export). The export state machine is dicom_node.jobs.exports'; the C-STORE
-SCU is dicom_node.sending.scu's; the files are the job's artefacts (dicom_node.storage.results),
+SCU is dicom_node.sending.scu's and the STOW-RS client of a DICOMweb destination
+dicom_node.sending.dicomweb's; the files are the job's artefacts (dicom_node.storage.results),
 which a worker on another host fetches from the node when it lacks them
 (dicom_node.pipeline.remote), then sends directly to the destination.
 """
@@ -12,6 +13,7 @@ import time
 
 from dicom_node.jobs import exports
 from dicom_node.pipeline.runtime import Runtime
+from dicom_node.sending.dicomweb import stow_files
 from dicom_node.sending.scu import send_files
 from dicom_node.storage.results import JobArtefacts
 
@@ -65,18 +67,21 @@ def export(rt: Runtime, export_id: int) -> str:
             last_touch[0] = time.monotonic()
 
     try:
-        result = send_files(
-            paths,
-            claimed.peer,
-            calling_ae_title=settings.calling_ae_title,
-            timeout=settings.timeout_seconds,
-            on_progress=progress,
-        )
+        if claimed.web is not None:
+            result = stow_files(paths, claimed.web, timeout=settings.timeout_seconds, on_progress=progress)
+        else:
+            result = send_files(
+                paths,
+                claimed.peer,
+                calling_ae_title=settings.calling_ae_title,
+                timeout=settings.timeout_seconds,
+                on_progress=progress,
+            )
     except Exception as exc:  # an unreadable result file, a bug: recorded, retried with backoff
         log.exception("export %d to %s could not be attempted", export_id, claimed.peer.title)
         return exports.record_error(rt.db, claimed, f"could not send: {type(exc).__name__}: {exc}", policy)
     status = exports.record(rt.db, claimed, result, policy)
-    where = f"{claimed.peer.title} ({claimed.peer.host}:{claimed.peer.port})"
+    where = f"{claimed.peer.title} ({claimed.web.url if claimed.web else f'{claimed.peer.host}:{claimed.peer.port}'})"
     if status == "done":
         log.info(
             "job %d results sent to %s: %d object(s) in %.1f s", claimed.job_id, where, result.sent, result.seconds

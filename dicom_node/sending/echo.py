@@ -32,6 +32,8 @@ class EchoResult:
     host: str
     port: int
     tls: bool
+    # A DICOMweb destination's base URL (its test is a QIDO-RS search, dicom_node.sending.dicomweb).
+    url: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

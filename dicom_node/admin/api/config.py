@@ -17,7 +17,7 @@ from dicom_node.admin.auth import Principal
 from dicom_node.admin.config_kinds import ConfigKind
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import Destination
-from dicom_node.sending.echo import c_echo
+from dicom_node.jobs.exports import echo_destination
 
 
 def config_router(kind: ConfigKind) -> APIRouter:
@@ -97,21 +97,21 @@ def config_router(kind: ConfigKind) -> APIRouter:
 def echo_router() -> APIRouter:
     router = APIRouter(prefix="/destinations", tags=["Destinations"])
 
-    @router.post("/{item_id}/echo", summary="C-ECHO the destination and report the answer and round-trip time")
+    @router.post(
+        "/{item_id}/echo",
+        summary="Test the destination (C-ECHO; a DICOMweb one: a QIDO-RS search) and report the answer and "
+        "round-trip time",
+    )
     def echo(item_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
         context = ctx(request)
         with context.db.session() as s:
             row = s.get(Destination, item_id)
             if row is None:
                 raise HTTPException(404, f"no destination with id {item_id}")
-            target = (row.host, row.port, row.title, row.tls)
-        host, port, title, tls = target
-        result = c_echo(
-            host,
-            port,
-            title,
+            s.expunge(row)
+        result = echo_destination(
+            row,
             calling_ae_title=context.settings.export.calling_ae_title,
-            tls=tls,
             timeout=min(context.settings.export.timeout_seconds, 10.0),
         )
         return result.to_json()

@@ -23,9 +23,10 @@ from dicom_node.admin.health import check_listeners
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
 from dicom_node.db.models import Destination
 from dicom_node.errors import Refused
+from dicom_node.jobs.exports import echo_destination
 from dicom_node.outputs.kinds import OUTPUT_KINDS
-from dicom_node.sending.echo import c_echo
 from dicom_node.settings import Settings
+from dicom_node.validation import DESTINATION_KINDS, WEB_AUTHS
 
 router = APIRouter()
 
@@ -95,10 +96,27 @@ FIELDS: dict[str, list[FormField]] = {
         FormField("description", "Description"),
     ],
     DESTINATIONS.slug: [
-        FormField("title", "Called AE title", help=TITLE_HELP),
-        FormField("host", "Host", help="IP address or host name"),
-        FormField("port", "Port", "number"),
-        FormField("tls", "TLS", "checkbox"),
+        FormField("title", "Called AE title", help=TITLE_HELP + "; a DICOMweb destination: its name"),
+        FormField(
+            "kind", "Kind", "select", choices="destination_kinds", help="dimse: C-STORE; dicomweb: STOW-RS over HTTP"
+        ),
+        FormField("host", "Host", optional=True, help="DIMSE: IP address or host name"),
+        FormField("port", "Port", "number", optional=True, help="DIMSE: the storage SCP's port"),
+        FormField("tls", "TLS (DIMSE)", "checkbox"),
+        FormField(
+            "url",
+            "DICOMweb URL",
+            optional=True,
+            help="DICOMweb: the base URL, e.g. https://pacs.example.org/dicom-web (STOW-RS posts to URL/studies)",
+        ),
+        FormField("auth", "DICOMweb authentication", "select", choices="web_auths"),
+        FormField("username", "DICOMweb user", help="basic authentication"),
+        FormField("password", "DICOMweb password", "password", optional=True, help="basic; empty: keep the saved one"),
+        FormField("token", "DICOMweb token", "password", optional=True, help="bearer; empty: keep the saved one"),
+        FormField("verify_tls", "Verify the https server's certificate", "checkbox"),
+        FormField(
+            "ca_file", "CA file (PEM)", help="https: an absolute path of the CA(s) to trust; empty: the system's CAs"
+        ),
         FormField("outputs", "Outputs it receives", "choices", choices="outputs"),
         FormField("enabled", "Enabled", "checkbox"),
         FormField("description", "Description"),
@@ -114,14 +132,26 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
         ("Only allowed sources", "require_known_source"),
     ],
     SOURCES.slug: [("Host", "host"), ("Return port", "port")],
-    DESTINATIONS.slug: [("Host", "host"), ("Port", "port"), ("TLS", "tls"), ("Outputs", "outputs")],
+    DESTINATIONS.slug: [
+        ("Kind", "kind"),
+        ("Host", "host"),
+        ("Port", "port"),
+        ("TLS", "tls"),
+        ("URL", "url"),
+        ("Outputs", "outputs"),
+    ],
 }
 
 
 def _choices(request: Request) -> dict[str, list[str]]:
     with ctx(request).db.session() as s:
         destinations = [d for d in s.scalars(select(Destination.title).order_by(Destination.title))]
-    return {"destinations": destinations, "outputs": list(OUTPUT_KINDS)}
+    return {
+        "destinations": destinations,
+        "outputs": list(OUTPUT_KINDS),
+        "destination_kinds": list(DESTINATION_KINDS),
+        "web_auths": list(WEB_AUTHS),
+    }
 
 
 def _defaults(kind: ConfigKind, settings: Settings) -> dict[str, Any]:
@@ -285,16 +315,19 @@ for _kind in KINDS:
 
 @router.post("/destinations/{item_id}/echo")
 def echo(item_id: int, request: Request, data: FormData = Depends(form)) -> Response:
-    """C-ECHO the destination as saved; show the answer on its page."""
+    """Test the destination as saved (C-ECHO; a DICOMweb one: a QIDO-RS search); show the answer
+    on its page."""
     principal(request)
     context = ctx(request)
     item = _load(request, DESTINATIONS, item_id)
-    result = c_echo(
-        item["host"],
-        item["port"],
-        item["title"],
+    with context.db.session() as s:
+        row = s.get(Destination, item_id)
+        if row is None:
+            raise HTTPException(404, f"no destination with id {item_id}")
+        s.expunge(row)
+    result = echo_destination(
+        row,
         calling_ae_title=context.settings.export.calling_ae_title,
-        tls=item["tls"],
         timeout=min(context.settings.export.timeout_seconds, 10.0),
     )
     return _page(

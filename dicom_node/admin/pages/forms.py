@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData
 
-Widget = Literal["text", "number", "checkbox", "csv", "choices"]
+# "select": one of a list of options; "password": written, never shown (the input is always empty).
+Widget = Literal["text", "number", "checkbox", "csv", "choices", "select", "password"]
 GENERAL = "__all__"
 
 
@@ -22,7 +23,7 @@ class FormField:
     help: str = ""
     # An empty input means None ("no value"), not "".
     optional: bool = False
-    # For "choices": which list of options the page supplies.
+    # For "choices" and "select": which list of options the page supplies.
     choices: str = ""
 
 
@@ -71,6 +72,8 @@ def shown_values(fields: list[FormField], data: dict[str, Any]) -> dict[str, Any
             out[f.name] = [str(v) for v in value or []]
         elif f.widget == "csv":
             out[f.name] = ", ".join(str(v) for v in value or [])
+        elif f.widget == "password":
+            out[f.name] = ""
         else:
             out[f.name] = "" if value is None else str(value)
     return out
