@@ -18,19 +18,25 @@ branch_labels = None
 depends_on = None
 
 
+COLUMNS = (
+    ("kind", sa.String(length=16), "dimse"),
+    ("url", sa.String(length=2000), ""),
+    ("auth", sa.String(length=16), "none"),
+    ("username", sa.String(length=200), ""),
+    ("password", sa.Text(), ""),
+    ("token", sa.Text(), ""),
+    ("verify_tls", sa.Boolean(), sa.true()),
+    ("ca_file", sa.String(length=1000), ""),
+)
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("destinations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("kind", sa.String(length=16), server_default="dimse", nullable=False))
-        batch_op.add_column(sa.Column("url", sa.String(length=2000), server_default="", nullable=False))
-        batch_op.add_column(sa.Column("auth", sa.String(length=16), server_default="none", nullable=False))
-        batch_op.add_column(sa.Column("username", sa.String(length=200), server_default="", nullable=False))
-        batch_op.add_column(sa.Column("password", sa.Text(), server_default="", nullable=False))
-        batch_op.add_column(sa.Column("token", sa.Text(), server_default="", nullable=False))
-        batch_op.add_column(sa.Column("verify_tls", sa.Boolean(), server_default=sa.true(), nullable=False))
-        batch_op.add_column(sa.Column("ca_file", sa.String(length=1000), server_default="", nullable=False))
+    # Plain ADD COLUMN, not a batch: on SQLite a batch copies and drops the table, and with foreign
+    # keys on, dropping destinations would delete the local AEs' links to them.
+    for name, type_, default in COLUMNS:
+        op.add_column("destinations", sa.Column(name, type_, server_default=default, nullable=False))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("destinations", schema=None) as batch_op:
-        for name in ("ca_file", "verify_tls", "token", "password", "username", "auth", "url", "kind"):
-            batch_op.drop_column(name)
+    for name, _type, _default in reversed(COLUMNS):
+        op.drop_column("destinations", name)
