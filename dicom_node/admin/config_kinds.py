@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from dicom_node import configuration as c
@@ -35,6 +35,9 @@ class DestinationOut(c.DestinationIn):
     model_config = ConfigDict(extra="forbid")
 
     id: int
+    # Written, never read back.
+    password: None = Field(default=None, exclude=True)
+    token: None = Field(default=None, exclude=True)
 
 
 @dataclass(frozen=True)

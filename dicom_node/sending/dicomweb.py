@@ -8,10 +8,12 @@ One call of :func:`stow_files` is one batch in one HTTP request: ``POST <url>/st
 Conformance Statement (docs/conformance.md) lists the same:
 
 - 200 OK: every object stored (warnings in the answer are kept as stored);
-- 202 Accepted, 409 Conflict (some or all objects refused): each object in the answer's
-  FailedSOPSequence is classified by its FailureReason like a C-STORE status (0xA7xx out of
-  resources and 0x0110 processing failure retriable, every other failure permanent); an object
-  named in neither sequence of a 202 is counted as stored, of a 409 as refused;
+- 200 OK or 202 Accepted naming objects in its FailedSOPSequence: each of those is classified by
+  its FailureReason like a C-STORE status (0xA7xx out of resources and 0x0110 processing failure
+  retriable, every other failure permanent); the others were stored;
+- 409 Conflict (nothing stored: the request conflicts with what the service holds or takes, e.g.
+  a SOP class it does not support or another study than the URL's): each object is refused for
+  good unless its FailureReason is 0xA7xx (out of resources);
 - retriable: no connection, a timeout, a connection lost before the answer, 408, 429 and every
   5xx;
 - permanent: every other status (400 bad request, 401 and 403 credentials refused, 404 no such
@@ -145,8 +147,11 @@ def _answer_json(response: httpx.Response) -> Any:
         return None
 
 
-def _results(files: Sequence[tuple[Path, str]], response: httpx.Response, where: str) -> tuple[list[ObjectResult], str]:
-    """Each object's result from a STOW-RS answer, and what the answer said as a whole."""
+def read_answer(
+    files: Sequence[tuple[Path, str]], response: httpx.Response, where: str
+) -> tuple[list[ObjectResult], str]:
+    """Each object's result (``files``: path and SOP Instance UID) from a STOW-RS answer, and what
+    the answer said as a whole (see the module docstring)."""
     code = response.status_code
     body = _answer_json(response)
     failures = _failures(body)
@@ -165,6 +170,8 @@ def _results(files: Sequence[tuple[Path, str]], response: httpx.Response, where:
             per = classify_status(reason) if reason is not None else Outcome.PERMANENT
             if per is Outcome.SUCCESS:  # a failure without a failure status: refused all the same
                 per = Outcome.PERMANENT
+            if code == 409 and per is Outcome.RETRIABLE and (reason or 0) & 0xFF00 != 0xA700:
+                per = Outcome.PERMANENT  # a conflict, not a passing failure
             detail = f"{uid}: refused by {where} ({http}, FailureReason {status_name(reason)})"
             results.append(ObjectResult(path, uid, reason, per, detail))
         elif code == 409 and uid not in stored:
@@ -203,7 +210,7 @@ def stow_files(
         log.warning("export to %s", reason.removeprefix("no answer from "))
         results = [ObjectResult(p, uid, None, Outcome.RETRIABLE, "not sent") for p, uid in files]
         return SendResult(Outcome.RETRIABLE, reason, results, 0, time.monotonic() - started)
-    results, said = _results(files, response, where)
+    results, said = read_answer(files, response, where)
     outcome = worst([r.outcome for r in results])
     sent = sum(1 for r in results if r.outcome is Outcome.SUCCESS)
     if sent and on_progress is not None:
