@@ -548,6 +548,45 @@ def test_c_echo_of_a_destination(admin_app: AdminApp, tmp_path: Any) -> None:
         orthanc.stop()
 
 
+@pytest.mark.services  # Orthanc
+def test_a_dicomweb_destination_its_form_and_its_test(admin_app: AdminApp, tmp_path: Any) -> None:
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True, users={"node": "right-password"}).start()
+    url = orthanc.dicomweb_url
+    try:
+        with admin_app.admin() as api:
+            web = {"title": "WEB", "kind": "dicomweb", "url": url, "auth": "basic", "username": "node"}
+            assert field_errors(api.post("/api/destinations", json={**web, "url": "ftp://pacs/dw"})) == {
+                "url": "'ftp://pacs/dw' must start with http:// or https://"
+            }
+            assert field_errors(api.post("/api/destinations", json=web)) == {
+                "password": "is required for basic authentication"
+            }
+            made = api.post("/api/destinations", json={**web, "password": "wrong-password"})
+            assert made.status_code == 201, made.text
+            dest = made.json()
+            assert (dest["host"], dest["port"], dest["url"]) == ("127.0.0.1", orthanc.http_port, url)
+            assert "password" not in dest and "wrong-password" not in made.text
+        browser = admin_app.browser()
+        page = browser.get(f"/destinations/{dest['id']}")
+        assert 'name="url"' in page.text and 'type="password"' in page.text and "wrong-password" not in page.text
+        assert "QIDO-RS search at " + url in page.text
+        refused = browser.post(f"/destinations/{dest['id']}/echo")
+        assert 'id="echo-result"' in refused.text and "HTTP 401" in refused.text
+        # The form saved with an empty password keeps the saved one; a new one replaces it.
+        form = {**web, "token": "", "verify_tls": "on", "ca_file": "", "outputs": "sr", "enabled": "on"}
+        assert browser.post(f"/destinations/{dest['id']}", {**form, "password": ""}).status_code == 303
+        with admin_app.viewer() as viewer:
+            assert not viewer.post(f"/api/destinations/{dest['id']}/echo").json()["ok"]
+        assert browser.post(f"/destinations/{dest['id']}", {**form, "password": "right-password"}).status_code == 303
+        with admin_app.viewer() as viewer:
+            answer = viewer.post(f"/api/destinations/{dest['id']}/echo").json()
+        assert answer["ok"] and answer["status"] == "200" and answer["url"] == url, answer
+        page = browser.get(f"/destinations/{dest['id']}")
+        assert "right-password" not in page.text
+    finally:
+        orthanc.stop()
+
+
 # --- the command line ----------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ A missing peer makes the caller fail with a message that names it; nothing here 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -213,12 +214,50 @@ def storescu(
 # --- Orthanc as the PACS -------------------------------------------------------------------
 
 
+class _GuardedOrthancProcess(OrthancProcess):
+    """Orthanc whose REST API needs a user: asked as such whether it is up."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], orthanc: "Orthanc") -> None:
+        super().__init__(folder, config)
+        self.orthanc = orthanc
+
+    def alive(self) -> bool:
+        try:
+            self.orthanc.get("/system")
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """(a PEM of key and certificate for a server on ``host``, the certificate alone to trust)
+    made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        [require_tool("openssl", "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    both = folder / "server.pem"
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    return both, cert
+
+
 class Orthanc:
     """A private Orthanc (Debian package) with its own ports and storage, read over REST;
-    ``dicomweb`` loads its DICOMweb plugin (Debian package orthanc-dicomweb) for a viewer."""
+    ``dicomweb`` loads its DICOMweb plugin (Debian package orthanc-dicomweb), for a viewer or as a
+    STOW-RS destination; ``users`` ({name: password}) turns HTTP basic authentication on (the
+    REST reads here log in as the first)."""
 
     def __init__(
-        self, workdir: Path, *, aet: str = "ORTHANC", modalities: dict[str, Any] | None = None, dicomweb: bool = False
+        self,
+        workdir: Path,
+        *,
+        aet: str = "ORTHANC",
+        modalities: dict[str, Any] | None = None,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
         require_tool("Orthanc", "orthanc")
         self.workdir = Path(workdir)
@@ -227,20 +266,31 @@ class Orthanc:
         self.http_port = free_port()
         self.modalities = modalities or {}
         self.dicomweb = dicomweb
+        self.users = users or {}
         self.process: OrthancProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
     def start(self) -> "Orthanc":
+        extra: dict[str, Any] = {}
+        if self.users:
+            extra.update(AuthenticationEnabled=True, RegisteredUsers=self.users)
         try:
             config = orthanc_config(
                 self.workdir, aet=self.aet, dicom_port=self.dicom_port, http_port=self.http_port,
                 dicomweb=self.dicomweb, Name="test-pacs", DicomModalities=self.modalities, HttpServerEnabled=True,
-                LogExportedResources=False, KeepAlive=True,
+                LogExportedResources=False, KeepAlive=True, **extra,
             )  # fmt: skip
-            self.process = OrthancProcess(self.workdir, config).start()
+            if self.users:
+                self.process = _GuardedOrthancProcess(self.workdir, config, self).start()
+            else:
+                self.process = OrthancProcess(self.workdir, config).start()
         except RuntimeError as exc:  # a missing package or an Orthanc that does not start: the test fails
             raise AssertionError(str(exc)) from exc
         wait_until(lambda: port_open(self.dicom_port), 30, f"Orthanc's DICOM port {self.dicom_port}", interval=0.2)
@@ -251,7 +301,11 @@ class Orthanc:
             self.process.stop()
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+        request = urllib.request.Request(self.url + path)
+        if self.users:
+            name, password = next(iter(self.users.items()))
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode())
+        with urllib.request.urlopen(request, timeout=10) as resp:
             body = resp.read()
             return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
 
@@ -263,3 +317,31 @@ class Orthanc:
 
     def instance_file(self, instance_id: str) -> bytes:
         return bytes(self.get(f"/instances/{instance_id}/file"))
+
+
+class TlsProxy:
+    """socat terminating TLS (``certificate``: a PEM of key and certificate) on a port of its own
+    and passing each connection on to ``target_port``: https in front of a plain-HTTP server
+    (Orthanc 1.10 of Debian 12 crashes on its own https)."""
+
+    def __init__(self, certificate: Path, target_port: int) -> None:
+        self.certificate = certificate
+        self.target_port = target_port
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "TlsProxy":
+        listen = f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={self.certificate}"
+        self.proc = subprocess.Popen(
+            [require_tool("socat", "socat"), listen, f"TCP:127.0.0.1:{self.target_port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_until(lambda: port_open(self.port), 10, f"socat's TLS port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
