@@ -7,8 +7,9 @@ credentials (401, basic and bearer) refused for good; Orthanc's own 409 answer (
 than the URL's) read per instance from its FailedSOPSequence; a 202 naming failed instances by
 FailureReason (built here: Orthanc 1.10's plugin answers 200 or 409 only); https through a TLS
 terminator (socat) with a private CA file, without it (certificate not trusted: retriable), and
-unverified; the QIDO-RS connection test. Does not cover a bearer token accepted by a server
-(Orthanc has no bearer authentication): only that it is sent and a refusal is permanent.
+unverified; the QIDO-RS connection test; the command line (add, echo, update) as a subprocess.
+Does not cover a bearer token accepted by a server (Orthanc has no bearer authentication): only
+that a refusal of it is permanent.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 
 from dicom_node.sending.dicomweb import WebPeer, classify_http, read_answer, stow_files, web_echo
 from dicom_node.sending.scu import Outcome
-from tests.harness.peers import Orthanc, TlsProxy, free_port, self_signed_certificate
+from tests.harness.peers import Orthanc, TlsProxy, cli, free_port, node_env, self_signed_certificate
 from tests.sending.dicom_files import write_outputs
 
 pytestmark = pytest.mark.integration
@@ -187,3 +188,21 @@ def test_https_with_a_private_ca(tmp_path: Path, web_pacs: Orthanc, files: list[
 def test_nothing_to_send(web_pacs: Orthanc) -> None:
     assert stow_files([], WebPeer("WEB", web_pacs.dicomweb_url)).outcome is Outcome.SUCCESS
     assert not web_echo(WebPeer("WEB", f"http://127.0.0.1:{free_port()}/dicom-web")).ok
+
+
+def test_the_command_line_adds_and_tests_a_dicomweb_destination(tmp_path: Path) -> None:
+    """`ae add-destination --kind dicomweb ... --secret-stdin`, `ae echo` (a QIDO-RS search) and
+    `ae update-destination`, as a subprocess against Orthanc with basic authentication."""
+    pacs = Orthanc(tmp_path / "orthanc", dicomweb=True, users=USERS).start()
+    try:
+        env = node_env(tmp_path / "data")
+        add = ["ae", "add-destination", "WEB", "--kind", "dicomweb", "--url", pacs.dicomweb_url, "--auth", "basic"]
+        made = cli(env, *add, "--user", "node", "--secret-stdin", input=USERS["node"] + "\n")
+        assert USERS["node"] not in made.stdout
+        assert "answered a QIDO-RS search (HTTP 200)" in cli(env, "ae", "echo", "WEB").stdout
+        cli(env, "ae", "update-destination", "WEB", "--password", "not-the-password")
+        refused = cli(env, "ae", "echo", "WEB", check=False)
+        assert refused.returncode == 2 and "did not answer a QIDO-RS search: HTTP 401" in refused.stderr
+        assert "not-the-password" not in cli(env, "ae", "list", "--json").stdout
+    finally:
+        pacs.stop()
