@@ -365,6 +365,10 @@ class Export(Base):
     title: Mapped[str] = mapped_column(String(16))
     host: Mapped[str] = mapped_column(String(253))
     port: Mapped[int] = mapped_column(Integer)
+    # The destination's kind when the export was made (dimse or dicomweb; the caller: dimse).
+    kind: Mapped[str] = mapped_column(
+        String(16), default=DestinationKind.DIMSE.value, server_default=DestinationKind.DIMSE.value
+    )
     outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.ExportStatus
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -85,6 +85,7 @@ class Target:
     host: str
     port: int
     outputs: list[str]
+    kind: str = DestinationKind.DIMSE.value  # the destination's: dimse or dicomweb
 
 
 def targets_for(s: Session, series: Series, default_outputs: Sequence[str]) -> list[Target]:
@@ -95,7 +96,7 @@ def targets_for(s: Session, series: Series, default_outputs: Sequence[str]) -> l
     if ae is None:
         return []
     out = [
-        Target(f"dest:{d.id}", d.id, d.title, d.host, d.port, list(d.outputs))
+        Target(f"dest:{d.id}", d.id, d.title, d.host, d.port, list(d.outputs), d.kind)
         for d in sorted(ae.destinations, key=lambda d: d.id)
         if d.enabled
     ]
@@ -134,7 +135,7 @@ def create_for_job(
             row = Export(job_id=job.id, destination_key=t.key)
             s.add(row)
         row.destination_id = t.destination_id
-        row.title, row.host, row.port, row.outputs = t.title, t.host, t.port, t.outputs
+        row.title, row.host, row.port, row.outputs, row.kind = t.title, t.host, t.port, t.outputs, t.kind
         _reset(row, now)
         rows.append(row)
     if rows:
@@ -164,11 +165,12 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
                 if dest is None:
                     raise NotFound(f"no destination titled {destination!r}")
                 row = Export(job_id=job.id, destination_key=f"dest:{dest.id}", destination_id=dest.id)
-                row.title, row.host, row.port, row.outputs = (
+                row.title, row.host, row.port, row.outputs, row.kind = (
                     dest.title,
                     dest.host,
                     dest.port,
                     list(dest.outputs),
+                    dest.kind,
                 )
                 s.add(row)
                 rows = [row]
@@ -178,7 +180,7 @@ def reexport(db: Database, job_id: int, *, default_outputs: Sequence[str], desti
             for t in targets_for(s, series, default_outputs):
                 if t.key not in known:
                     row = Export(job_id=job.id, destination_key=t.key, destination_id=t.destination_id)
-                    row.title, row.host, row.port, row.outputs = t.title, t.host, t.port, t.outputs
+                    row.title, row.host, row.port, row.outputs, row.kind = t.title, t.host, t.port, t.outputs, t.kind
                     s.add(row)
                     rows.append(row)
         if not rows:
@@ -287,12 +289,17 @@ def claim(db: Database, export_id: int, *, stale_after: float, now: dt.datetime 
             )
             _end(s, row, ExportStatus.FAILED, reason, now)
             return None
+        destination = s.get(Destination, row.destination_id) if row.destination_id is not None else None
+        if destination is None and row.kind == DestinationKind.DICOMWEB.value:
+            # A DIMSE export goes on to the host and port it was made with; a DICOMweb one's URL and
+            # credentials went with the destination.
+            _end(s, row, ExportStatus.FAILED, "not sent: the DICOMweb destination was removed", now)
+            return None
         kinds = set(row.outputs or [])
         files = [Path(o["path"]) for o in (job.outputs or []) if o.get("kind") in kinds]
         row.status = ExportStatus.SENDING.value
         row.attempts = (row.attempts or 0) + 1
         row.updated_at = now
-        destination = s.get(Destination, row.destination_id) if row.destination_id is not None else None
         peer = Peer(row.title, row.host, row.port, tls=bool(destination.tls) if destination is not None else False)
         web = web_peer_for(destination) if destination is not None else None
         return ExportClaim(row.id, job.id, row.attempts, peer, files, sorted(kinds), web)

@@ -2,7 +2,8 @@
 and dicom_node.pipeline.export), Orthanc with its DICOMweb plugin as the PACS, read back over its REST
 API: the real output objects of a job (the hand-made predictor of test_pipeline), the destination's
 output choice, a service away (retrying with backoff, then sent), a re-export (the same instances
-again: the PACS holds each once), and refused credentials (failed at once, not retried).
+again: the PACS holds each once), refused credentials (failed at once, not retried), and an
+export whose DICOMweb destination was removed (failed: its URL and credentials are gone).
 
 Does not cover Celery (tests/e2e) or the model (tests/model).
 """
@@ -26,7 +27,7 @@ from dicom_node.pipeline.analyse import analyse
 from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.runtime import Runtime
 from dicom_node.settings import load_settings
-from tests.harness.peers import Orthanc
+from tests.harness.peers import Orthanc, free_port
 from tests.pipeline.test_pipeline import HandMadePredictor, job_row, store_series
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,20 @@ def test_refused_credentials_fail_the_export_at_once(rt: Runtime, tmp_path: Path
         assert pacs.instances() == []
     finally:
         pacs.stop()
+
+
+def test_an_export_whose_dicomweb_destination_was_removed_is_not_sent(rt: Runtime, tmp_path: Path) -> None:
+    job_id = store_series(rt, tmp_path, dest_port=1)
+    make_dicomweb(rt, f"http://127.0.0.1:{free_port()}/dicom-web")  # nothing listens: retrying
+    assert analyse(rt, job_id) == JobStatus.DONE.value
+    export = the_export(rt, job_id)
+    assert (export.status, export.kind) == (ExportStatus.RETRYING.value, "dicomweb")
+    with rt.db.session() as s:
+        row = s.get(Export, export.id)
+        assert row is not None
+        row.next_attempt_at = utcnow() - dt.timedelta(seconds=1)
+        s.delete(s.scalars(select(Destination)).one())
+    assert export_job(rt, job_id) == {export.id: "skipped"}
+    export = the_export(rt, job_id)
+    assert export.status == ExportStatus.FAILED.value and export.attempts == 1
+    assert export.last_error == "not sent: the DICOMweb destination was removed"

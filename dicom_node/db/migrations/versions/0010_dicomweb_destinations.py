@@ -1,6 +1,7 @@
 """DICOMweb destinations: a destination's kind (dimse or dicomweb), its STOW-RS base URL, HTTP
 authentication (none, basic, bearer) and TLS verification (on by default, optionally with a
-private CA file). Existing destinations are DIMSE ones.
+private CA file). Existing destinations are DIMSE ones; an export records its destination's kind
+(a DICOMweb export whose destination is removed can not be sent on).
 
 Revision ID: 0010
 Revises: 0009
@@ -35,8 +36,10 @@ def upgrade() -> None:
     # keys on, dropping destinations would delete the local AEs' links to them.
     for name, type_, default in COLUMNS:
         op.add_column("destinations", sa.Column(name, type_, server_default=default, nullable=False))
+    op.add_column("exports", sa.Column("kind", sa.String(length=16), server_default="dimse", nullable=False))
 
 
 def downgrade() -> None:
+    op.drop_column("exports", "kind")
     for name, _type, _default in reversed(COLUMNS):
         op.drop_column("destinations", name)
