@@ -11,7 +11,9 @@ log in the same transaction (the admin app and the command line both do).
 from __future__ import annotations
 
 import getpass
+import hashlib
 import os
+import secrets
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -378,10 +380,25 @@ def ensure_local_ae(db: Database, title: str, port: int, defaults: CompletionSet
 
 # --- audit hook ----------------------------------------------------------------------------
 
+# Keys the audit's fingerprints of a destination's password and token: random per process, so a
+# fingerprint in the audit log shows that a secret changed and can not be used to guess it.
+_SECRET_KEY = secrets.token_bytes(32)
+
+
+def _fingerprint(secret: str) -> str:
+    return hashlib.blake2b(secret.encode(), key=_SECRET_KEY, digest_size=6).hexdigest() if secret else ""
+
+
+def destination_audit_dict(row: Destination) -> dict[str, Any]:
+    """A destination in the audit log: its dict, and a changed password or token as a changed
+    fingerprint (never the secret)."""
+    return {**destination_dict(row), "password": _fingerprint(row.password), "token": _fingerprint(row.token)}
+
+
 _AUDITED: dict[type, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     LocalAE: ("local_ae", local_ae_dict),
     Source: ("source", source_dict),
-    Destination: ("destination", destination_dict),
+    Destination: ("destination", destination_audit_dict),
 }
 
 

@@ -583,6 +583,11 @@ def test_a_dicomweb_destination_its_form_and_its_test(admin_app: AdminApp, tmp_p
         assert answer["ok"] and answer["status"] == "200" and answer["url"] == url, answer
         page = browser.get(f"/destinations/{dest['id']}")
         assert "right-password" not in page.text
+        with admin_app.admin() as api:
+            log = api.get("/api/audit", params={"target_type": "destination"})
+        # The password's change is in the audit log as a changed fingerprint, never the password.
+        assert "password" in log.json()[0]["changed"] and "right-password" not in log.text, log.json()[0]
+        assert "wrong-password" not in log.text
     finally:
         orthanc.stop()
 
