@@ -5,8 +5,8 @@
 #    normal: only the disease differs), 192 x 192 and 256 x 256, each scan's own slices (0.625-5 mm,
 #    at most 120), phantom seeds 21 and 22;
 # 2. at the same time, one process each: the lung network (dicom-node model train-lungs, LUNG_MINUTES
-#    of training, default 60) and the classifier (dicom-node model train --recipe cpu, MAX_MINUTES of
-#    training, default 75), whose slices are prepared with the phantoms' known lungs (--lungs truth)
+#    of training, default 40) and the classifier (dicom-node model train --recipe cpu, MAX_MINUTES of
+#    training, default 65), whose slices are prepared with the phantoms' known lungs (--lungs truth)
 #    so it need not wait for the lung network; steps 1-3 take under 2 hours on the 2 cores;
 # 4. calibration on phantoms of seeds 9201-9202 (never trained on): temperature, class bias, the
 #    indeterminate margin and the region threshold (model evaluate --calibrate);
@@ -20,8 +20,8 @@ set -euo pipefail
 work=${1:?usage: benchmarks/cpu_weights.sh WORK_DIR [WEIGHTS_DIR]}
 out=${2:-$work/weights}
 node=${DICOM_NODE:-dicom-node}
-minutes=${MAX_MINUTES:-75}
-lung_minutes=${LUNG_MINUTES:-60}
+minutes=${MAX_MINUTES:-65}
+lung_minutes=${LUNG_MINUTES:-40}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$work"
 started=$(date +%s)
