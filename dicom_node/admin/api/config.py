@@ -18,6 +18,23 @@ from dicom_node.admin.config_kinds import ConfigKind
 from dicom_node.admin.deps import admin, client_addr, ctx, principal
 from dicom_node.db.models import Destination
 from dicom_node.jobs.exports import echo_destination
+from dicom_node.sending.echo import EchoResult
+
+
+def echo_saved_destination(request: Request, item_id: int) -> EchoResult:
+    """The connection test of destination ``item_id`` as saved (C-ECHO; a DICOMweb one: a QIDO-RS
+    search), from the node's calling AE, for the API and the destination's page; 404 if it is gone."""
+    context = ctx(request)
+    with context.db.session() as s:
+        row = s.get(Destination, item_id)
+        if row is None:
+            raise HTTPException(404, f"no destination with id {item_id}")
+        s.expunge(row)
+    return echo_destination(
+        row,
+        calling_ae_title=context.settings.export.calling_ae_title,
+        timeout=min(context.settings.export.timeout_seconds, 10.0),
+    )
 
 
 def config_router(kind: ConfigKind) -> APIRouter:
@@ -103,17 +120,6 @@ def echo_router() -> APIRouter:
         "round-trip time",
     )
     def echo(item_id: int, request: Request, who: Principal = Depends(principal)) -> dict[str, Any]:
-        context = ctx(request)
-        with context.db.session() as s:
-            row = s.get(Destination, item_id)
-            if row is None:
-                raise HTTPException(404, f"no destination with id {item_id}")
-            s.expunge(row)
-        result = echo_destination(
-            row,
-            calling_ae_title=context.settings.export.calling_ae_title,
-            timeout=min(context.settings.export.timeout_seconds, 10.0),
-        )
-        return result.to_json()
+        return echo_saved_destination(request, item_id).to_json()
 
     return router

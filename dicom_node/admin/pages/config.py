@@ -17,13 +17,13 @@ from starlette.datastructures import FormData
 from starlette.responses import Response
 
 from dicom_node.admin import audit
+from dicom_node.admin.api.config import echo_saved_destination
 from dicom_node.admin.config_kinds import DESTINATIONS, KINDS, LOCAL_AES, SOURCES, ConfigKind
 from dicom_node.admin.deps import admin, client_addr, ctx, form, principal, render
 from dicom_node.admin.health import check_listeners
 from dicom_node.admin.pages.forms import GENERAL, FormField, form_to_data, shown_values, validate
 from dicom_node.db.models import Destination
 from dicom_node.errors import Refused
-from dicom_node.jobs.exports import echo_destination
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.settings import Settings
 from dicom_node.validation import DESTINATION_KINDS, WEB_AUTHS
@@ -318,18 +318,8 @@ def echo(item_id: int, request: Request, data: FormData = Depends(form)) -> Resp
     """Test the destination as saved (C-ECHO; a DICOMweb one: a QIDO-RS search); show the answer
     on its page."""
     principal(request)
-    context = ctx(request)
     item = _load(request, DESTINATIONS, item_id)
-    with context.db.session() as s:
-        row = s.get(Destination, item_id)
-        if row is None:
-            raise HTTPException(404, f"no destination with id {item_id}")
-        s.expunge(row)
-    result = echo_destination(
-        row,
-        calling_ae_title=context.settings.export.calling_ae_title,
-        timeout=min(context.settings.export.timeout_seconds, 10.0),
-    )
+    result = echo_saved_destination(request, item_id)
     return _page(
         request, DESTINATIONS, item=item, values=shown_values(FIELDS[DESTINATIONS.slug], item), echo=result.to_json()
     )
