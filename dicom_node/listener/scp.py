@@ -295,9 +295,12 @@ def handlers_for(
             return
         window = f"{REFUSALS.window:g} s"
         more = f" ({left_out} more refusals of {host} in the last {window} not recorded)" if left_out else ""
+        association_event(calling_ae, host, f"refused: {reason}{more}")
+
+    def association_event(calling_ae: str, host: str, message: str) -> None:
         receiver.index.event(
             "association",
-            f"refused: {reason}{more}"[:1000],
+            message[:1000],
             level="warning",
             calling_ae=calling_ae,
             calling_host=host,
@@ -336,14 +339,7 @@ def handlers_for(
             what,
         )
         if accepted == 0:
-            receiver.index.event(
-                "association",
-                f"every presentation context rejected ({len(rejected)}): {what}"[:1000],
-                level="warning",
-                calling_ae=calling_ae,
-                calling_host=host,
-                local_ae=local_ae.title,
-            )
+            association_event(calling_ae, host, f"every presentation context rejected ({len(rejected)}): {what}")
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)
