@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from typing import Any, Callable, cast
 
 from pynetdicom import AE
@@ -272,5 +273,20 @@ def run_listener_process(settings_json: str, ready: Any = None, parent_pid: int 
     db = Database(settings.effective_database_url)
     listeners = ListenerSet(settings, db)
     signal.signal(signal.SIGTERM, lambda *_: listeners.stop())
+    if parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(parent_pid, listeners), name="parent-watch", daemon=True).start()
     listeners.run(ready=ready)
     db.dispose()
+
+
+def _watch_parent(parent_pid: int, listeners: ListenerSet, *, poll: float = 1.0, grace: float = 10.0) -> None:
+    """Beside PR_SET_PDEATHSIG (which fires when the parent's *thread* that started us ends, and
+    only on Linux): once the parent is gone, stop; a listener still running ``grace`` seconds later
+    exits at once (what it had acknowledged is on disk already)."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll)
+    log.warning("parent process %d is gone; this listener stops", parent_pid)
+    listeners.stop()
+    time.sleep(grace)
+    log.error("the listener did not stop within %g s of its parent's death; exiting", grace)
+    os._exit(1)
