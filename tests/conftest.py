@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from dicom_node.db import Database, upgrade
 from tests.harness.brokers import PrivateRabbitMQ
 from tests.harness.peers import Orthanc, create_postgres_database, drop_postgres_database, redis_db_url
 
@@ -46,6 +47,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         url, name = create_postgres_database()
         yield url
         drop_postgres_database(name)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """The node's database at ``database_url``, migrated to the head (SQLite and PostgreSQL)."""
+    upgrade(database_url)
+    database = Database(database_url)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture

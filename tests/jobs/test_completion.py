@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
-from dicom_node.db import Database, upgrade
+from dicom_node.db import Database
 from dicom_node.db.models import Instance, Job, LocalAE, OutboxMessage, Series
 from dicom_node.jobs.analyses import requeue
 from dicom_node.jobs.completion import Completion
@@ -30,14 +30,6 @@ from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 from tests.pydicom_files import pydicom_file
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture

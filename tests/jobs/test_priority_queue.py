@@ -13,12 +13,11 @@ import datetime as dt
 import itertools
 import random
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from sqlalchemy import select
 
-from dicom_node.db import Database, upgrade
+from dicom_node.db import Database
 from dicom_node.db.models import Job, LocalAE, PriorityRule, Series
 from dicom_node.db.times import utcnow
 from dicom_node.jobs import analyses
@@ -35,14 +34,6 @@ pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 STALE = 15.0
 _serial = itertools.count(1)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
 
 
 def test_completion_sets_the_priority_and_the_study_names(db: Database, tmp_path: Path) -> None:

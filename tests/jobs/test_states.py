@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_node.db import Database, upgrade
+from dicom_node.db import Database
 from dicom_node.db.models import Destination, Event, Export, Job, LocalAE, OutboxMessage, Series, Source
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.errors import Conflict, NotFound
@@ -35,14 +35,6 @@ Row = TypeVar("Row")
 # every kind of the registry, as a destination made without outputs also gets.
 OUTPUTS = tuple(ExportSettings().default_outputs)
 POLICY = exports.RetryPolicy(backoff_base=10.0, backoff_cap=40.0, max_age=300.0)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
 
 
 def make_job(

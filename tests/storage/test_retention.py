@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from dicom_node.db import Database, upgrade
+from dicom_node.db import Database
 from dicom_node.db.models import AuditEntry, Event, Export, Instance, Job, LocalAE, Series
 from dicom_node.db.times import utcnow
 from dicom_node.jobs import analyses
@@ -37,14 +37,6 @@ from dicom_node.storage.retention import (
 
 MB = 2**20
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    upgrade(database_url)
-    database = Database(database_url)
-    yield database
-    database.dispose()
 
 
 @pytest.fixture
