@@ -16,12 +16,20 @@
 # One thread per process (two processes where the work splits): on two shared cores, torch's
 # threads waiting for each other cost more than they give. DICOM_NODE names the command (default:
 # dicom-node on the PATH). Synthetic data: the weights are not for clinical use.
+# Fine-tuning instead of training from scratch: INIT=WEIGHTS_DIR starts both networks from those weights
+# (the classifier at LR, default a tenth of the recipe's learning rate; the lung network at a quarter
+# of its own), TRAIN_SEEDS="23 24" draws other training phantoms, LUNG_SERIES (default 400) is how
+# many of them the lung network trains on.
 set -euo pipefail
 work=${1:?usage: benchmarks/cpu_weights.sh WORK_DIR [WEIGHTS_DIR]}
 out=${2:-$work/weights}
 node=${DICOM_NODE:-dicom-node}
 minutes=${MAX_MINUTES:-65}
 lung_minutes=${LUNG_MINUTES:-40}
+init=${INIT:-none}
+read -r seed_a seed_b <<< "${TRAIN_SEEDS:-21 22}"
+lr_args=(); [ -z "${LR:-}" ] || lr_args=(--lr "$LR")
+lung_init=(); [ "$init" = none ] || lung_init=(--init "$init")
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$work"
 started=$(date +%s)
@@ -38,16 +46,17 @@ merge() {  # OUT PART...: one labels.csv with the sub-folder in the path
   for part in "$@"; do tail -n +2 "$out/$part/labels.csv" | sed "s|^|$part/|"; done >> "$out/labels.csv"
 }
 
-phantoms train/a 21 450 192 explicit 120 --matched &
-phantoms train/b 22 450 256 explicit 120 --matched &
+phantoms train/a "$seed_a" 450 192 explicit 120 --matched &
+phantoms train/b "$seed_b" 450 256 explicit 120 --matched &
 wait
 merge train a b
 stamp "training phantoms written"
 # (a rerun keeps what is already trained: delete WEIGHTS_DIR to train again)
 mkdir -p "$out"
 [ -s "$out/lungs.safetensors" ] || "$node" model train-lungs --data "$work/train" --out "$out" \
-  --max-minutes "$lung_minutes" --workers 1 > "$work/train-lungs.txt" &
-[ -s "$out/model.safetensors" ] || "$node" model train --recipe cpu --init none --data "$work/train" --out "$out" \
+  --max-minutes "$lung_minutes" --max-series "${LUNG_SERIES:-400}" "${lung_init[@]}" --workers 1 \
+  > "$work/train-lungs.txt" &
+[ -s "$out/model.safetensors" ] || "$node" model train --recipe cpu --init "$init" "${lr_args[@]}" --data "$work/train" --out "$out" \
   --lungs truth --max-minutes "$minutes" --workers 1 --cache "$work/cache" --log "$work/train.log" --no-progress \
   --name covid-ct-multiscale-cam --version "${VERSION:-0.3.0}" > "$work/train.json"
 wait  # whichever ends last writes the lung network's description into the metadata

@@ -256,6 +256,13 @@ def _add_train_lungs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes that read and resample the series")
     p.add_argument("--max-series", type=int, default=400, help="series drawn at random to train on (default 400)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS_DIR",
+        help="start from this weights folder's lung network (fine-tuning at a quarter of the learning rate)",
+    )
     p.set_defaults(handler=_train_lungs)
 
 
@@ -273,6 +280,7 @@ def _train_lungs(args: argparse.Namespace) -> int:
             workers=args.workers,
             seed=args.seed,
             max_series=args.max_series,
+            init=args.init,
         )
     except ValueError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)

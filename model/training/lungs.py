@@ -5,8 +5,13 @@ Every series is resampled once to the working grid (HU and mask); training draws
 with their neighbours, augmented in position (rotation, scale, shift, left-right flip) and in
 intensity (a gain and offset of the HU, noise), with the Dice + cross-entropy loss; validation is
 the 3D Dice of whole held-out series on the working grid, and the best state is kept. The loss is
-Dice plus a cross-entropy in which dense lung (consolidation, collapse: rare, and as dense as the
-chest wall it touches) counts DENSE_WEIGHT times.
+Dice plus a cross-entropy in which dense pixels (above -500 HU) near the lung border count
+DENSE_WEIGHT times, on both sides of it: dense lung (consolidation, collapse: rare, and as dense as
+the chest wall it touches) so that it is kept, and the dense tissue against the lung (effusion,
+chest wall, diaphragm, mediastinum within BORDER_MM) so that it is not taken with it. Weighting only
+the dense lung taught the network that dense tissue beside the lung is lung: its masks reached up to
+2 cm into effusions and the chest wall beside consolidations. ``init`` starts from a weights folder's
+lung network (fine-tuning) instead of from scratch.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from model.inference.lungnet import (
     stack_neighbours,
 )
 from model.inference.network import mixed_precision
-from model.inference.weights import save_lung_weights
+from model.inference.weights import load_lung_segmenter, save_lung_weights
 from model.training.datasets import SeriesRecord, discover, load_volume, lung_truth
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,10 @@ log = logging.getLogger(__name__)
 # How much a dense lung pixel (above -500 HU: consolidation, collapse, dense ground glass) counts
 # in the cross-entropy against an ordinary one.
 DENSE_WEIGHT = 5.0
+# Dense tissue outside the lungs counts DENSE_WEIGHT times within this distance of them (on the working
+# grid of about 1.5 mm: a window of 2 * _BORDER_PIXELS + 1 pixels).
+BORDER_MM = 15.0
+_BORDER_PIXELS = 10
 
 
 @dataclass
@@ -156,13 +165,16 @@ def train_lung_net(
     validate_every: int = 200,
     seed: int = 0,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> LungTrainResult:
     """Train until ``iterations`` or ``max_minutes`` (cosine decay over the time budget); keep the
-    state with the best mean validation Dice."""
+    state with the best mean validation Dice. ``init``: a state dict to start from."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     network = build_lung_net()
+    if init is not None:
+        network.load_state_dict(init, strict=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     dice_loss = DiceLoss(sigmoid=True, batch=True)
     started = time.monotonic()
@@ -180,9 +192,7 @@ def train_lung_net(
         x, y = _augment(x, y, gen)
         network.train()
         logits = network(normalise(x))  # training steps in float32 (model.training.train says why)
-        # Dense lung (consolidation, collapse, ground glass above -500 HU) is rare and looks like
-        # the chest wall: its pixels count DENSE_WEIGHT times in the cross-entropy.
-        weight = 1.0 + (DENSE_WEIGHT - 1.0) * y * (x[:, 1:2] > -500.0).float()
+        weight = pixel_weights(x[:, 1:2], y)
         bce = F.binary_cross_entropy_with_logits(logits, y, weight=weight, reduction="sum") / weight.sum()
         loss = dice_loss(logits, y) + bce
         optimiser.zero_grad(set_to_none=True)
@@ -216,6 +226,23 @@ def train_lung_net(
     return LungTrainResult(best[2], best[0], best[1], iteration, time.monotonic() - started, history)
 
 
+def pixel_weights(hu: torch.Tensor, lungs: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy weights of a batch, ``hu`` and ``lungs`` (b, 1, S, S): dense lung
+    (consolidation, collapse, ground glass above -500 HU) is rare and looks like the chest wall,
+    effusion and diaphragm it touches, so dense pixels on both sides of the lung border (within
+    _BORDER_PIXELS of the lungs) count DENSE_WEIGHT times; every other pixel once."""
+    near = F.max_pool2d(lungs, kernel_size=2 * _BORDER_PIXELS + 1, stride=1, padding=_BORDER_PIXELS)
+    return 1.0 + (DENSE_WEIGHT - 1.0) * near * (hu > -500.0).float()
+
+
+def lung_state(weights_dir: Path) -> dict[str, torch.Tensor]:
+    """The lung network's state dict of a weights folder (ValueError when it has none)."""
+    segmenter = load_lung_segmenter(weights_dir)
+    if segmenter is None:
+        raise ValueError(f"{weights_dir}: no lung network to start from (lungs.safetensors)")
+    return {k: v.detach().clone() for k, v in segmenter.network.state_dict().items()}
+
+
 def describe_training(
     result: LungTrainResult, train: Sequence[LungSample], val: Sequence[LungSample]
 ) -> dict[str, Any]:
@@ -226,8 +253,8 @@ def describe_training(
         "best_val_dice": round(result.best_dice, 4),
         "seconds": round(result.seconds, 1),
         "history": result.history,
-        "loss": "Dice (MONAI DiceLoss, sigmoid) + cross-entropy with dense lung pixels (> -500 HU) weighted "
-        f"x{DENSE_WEIGHT:g}",
+        "loss": "Dice (MONAI DiceLoss, sigmoid) + cross-entropy with dense pixels (> -500 HU) within "
+        f"{BORDER_MM:g} mm of the lungs (inside or outside) weighted x{DENSE_WEIGHT:g}",
         "augmentation": "rotation +-15 deg, scale 0.85-1.15, shift +-8 %, left-right flip, HU gain 0.9-1.1 and "
         "offset +-40, noise up to 30 HU",
     }
@@ -251,11 +278,16 @@ def train_lungs_folder(
     seed: int = 0,
     val_fraction: float = 0.1,
     max_series: int | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """Train the lung network on the series of a data folder that have a known lung mask (a tenth of
     the patients validate) and write it to ``out_dir`` (model.inference.weights.save_lung_weights).
     ``max_series``: train on that many series drawn at random (memory: every series is held on the
-    working grid). Returns the description written beside the weights."""
+    working grid). ``init``: a weights folder whose lung network training starts from. Returns the
+    description written beside the weights."""
+    start_state = None
+    if init is not None:
+        start_state = lung_state(Path(init))
     records = discover(data_dir, labels_csv)
     rng = np.random.default_rng(seed)
     if max_series is not None and len(records) > max_series:
@@ -275,9 +307,12 @@ def train_lungs_folder(
     log.info(
         "lungs: %d training, %d validation series prepared in %.0f s", len(train), len(val), time.monotonic() - started
     )
-    result = train_lung_net(train, val, max_minutes=max_minutes, seed=seed)
+    result = train_lung_net(
+        train, val, max_minutes=max_minutes, seed=seed, init=start_state, learning_rate=2e-3 if init is None else 5e-4
+    )
     description = lungnet.describe() | {
-        "training": describe_training(result, train, val) | {"data": str(data_dir), "skipped": skipped},
+        "training": describe_training(result, train, val)
+        | {"data": str(data_dir), "skipped": skipped, "init": str(init) if init is not None else None},
     }
     save_lung_weights(result.state, out_dir, description)
     return description
