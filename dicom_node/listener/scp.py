@@ -39,11 +39,14 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
+from dicom_node.db import Database
 from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
 from dicom_node.listener.dataset import DEFAULT_MAX_BYTES, RejectedInstance, parse_header
 from dicom_node.listener.limits import PeerLog
+from dicom_node.settings import Settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.index import Index, LocalAESnapshot
+from dicom_node.storage.retention import Retention
 from dicom_node.storage.spool import Spool
 from dicom_node.triage.priority import store_priority_rank
 from model.contract.uids import check_received_uid
@@ -80,6 +83,22 @@ _ALL_STORAGE_CLASSES: tuple[str, ...] = tuple(
     for uid, (name, kind, *_rest) in UID_dictionary.items()
     if kind == "SOP Class" and "Storage" in name and "Commitment" not in name and "Directory" not in name
 )
+
+
+def receiver_for(settings: Settings, db: Database, *, actor: str) -> "Receiver":
+    """The node's receiver over its storage and index, as every way in (the DIMSE listeners,
+    STOW-RS) stores instances: before an instance would be refused for want of disk, the oldest
+    finished series are purged down to the low water mark (dicom_node.storage.retention; ``actor``
+    names who purged in the audit log)."""
+    storage = Storage(settings.storage_dir)
+    retention = Retention(db, settings, storage, actor=actor)
+    storage.make_room = lambda need: retention.make_room(max(need, retention.low_water_free()))
+    return Receiver(
+        storage,
+        Index(db),
+        min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024,
+        max_dataset_bytes=settings.listener.max_dataset_bytes,
+    )
 
 
 def accepted_sop_classes(extra: tuple[str, ...] | list[str]) -> list[str]:
@@ -126,10 +145,12 @@ class Receiver:
         transfer_syntax_uid: str,
         dataset: bytes | Spool,
         priority: int = 0,
+        service: str = "C-STORE",
     ) -> tuple[Status, str]:
         """Store one instance; return the status to answer and, for a failure, why. A spool is
         stored (its file renamed into place) or discarded: nothing of it is left behind.
-        ``priority``: the request's Priority (0000,0700), recorded for the priority rules."""
+        ``priority``: the request's Priority (0000,0700), recorded for the priority rules;
+        ``service``: how the instance came (C-STORE, STOW-RS), for the log and the events."""
         spool = dataset if isinstance(dataset, Spool) else Spool.of_bytes(dataset)
         try:
             return self._store(
@@ -143,27 +164,49 @@ class Receiver:
                 priority,
             ), ""
         except RejectedInstance as exc:
-            log.warning(
-                "C-STORE refused (0x%04X %s): %s; SOP instance %s from %s@%s to %s",
-                exc.status.value,
-                exc.status.name,
-                exc.reason,
-                str(sop_instance_uid)[:80],
-                calling_ae,
-                calling_host,
-                local_ae.title,
-            )
-            self.index.event(
-                "store",
-                f"refused {str(sop_instance_uid)[:80]} with 0x{exc.status.value:04X}: {exc.reason}",
-                level="warning",
+            self.refused(
+                local_ae,
+                exc,
+                sop_instance_uid=sop_instance_uid,
                 calling_ae=calling_ae,
                 calling_host=calling_host,
-                local_ae=local_ae.title,
+                service=service,
             )
             return exc.status, exc.reason
         finally:
             spool.discard()
+
+    def refused(
+        self,
+        local_ae: LocalAESnapshot,
+        exc: RejectedInstance,
+        *,
+        sop_instance_uid: str,
+        calling_ae: str,
+        calling_host: str,
+        service: str = "C-STORE",
+    ) -> None:
+        """A refused instance in the log and the events."""
+        log.warning(
+            "%s refused (0x%04X %s): %s; SOP instance %s from %s@%s to %s",
+            service,
+            exc.status.value,
+            exc.status.name,
+            exc.reason,
+            str(sop_instance_uid)[:80] or "(unknown)",
+            calling_ae,
+            calling_host,
+            local_ae.title,
+        )
+        self.index.event(
+            "store",
+            f"{service} refused {str(sop_instance_uid)[:80] or '(unknown)'} with 0x{exc.status.value:04X}: "
+            f"{exc.reason}",
+            level="warning",
+            calling_ae=calling_ae,
+            calling_host=calling_host,
+            local_ae=local_ae.title,
+        )
 
     def _store(
         self,

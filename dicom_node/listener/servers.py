@@ -35,17 +35,15 @@ from dicom_node.listener.reactor import EventDrivenServer, quiet_pdu_logs, regis
 from dicom_node.listener.scp import (
     TRANSFER_SYNTAXES,
     FastStore,
-    Receiver,
     accepted_sop_classes,
     fast_store_handler,
     handlers_for,
+    receiver_for,
 )
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
-from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
-from dicom_node.storage.index import Index, ListenKey, LocalAESnapshot
-from dicom_node.storage.retention import Retention
+from dicom_node.storage.index import ListenKey, LocalAESnapshot
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +80,11 @@ class ListenerSet:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self.storage = Storage(settings.storage_dir)
         # Before a C-STORE would be answered 0xA700 for want of disk, the oldest finished series
         # are purged down to the low water mark (dicom_node.storage.retention).
-        retention = Retention(db, settings, self.storage, actor=f"listener {os.getpid()}")
-        self.storage.make_room = lambda need: retention.make_room(max(need, retention.low_water_free()))
-        self.index = Index(db)
-        self.receiver = Receiver(
-            self.storage,
-            self.index,
-            min_free_bytes=settings.listener.min_free_disk_mb * 1024 * 1024,
-            max_dataset_bytes=settings.listener.max_dataset_bytes,
-        )
+        self.receiver = receiver_for(settings, db, actor=f"listener {os.getpid()}")
+        self.storage = self.receiver.storage
+        self.index = self.receiver.index
         self.ssl_context = make_ssl_context(settings.listener.tls)
         self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread, PortLock]] = {}
         self._stop = threading.Event()
