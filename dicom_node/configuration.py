@@ -22,7 +22,7 @@ from sqlalchemy import event, func, inspect, select
 from sqlalchemy.orm import RelationshipProperty, Session
 
 from dicom_node.db import Database
-from dicom_node.db.models import AuditEntry, Destination, LocalAE, Source
+from dicom_node.db.models import ApiToken, AuditEntry, Destination, LocalAE, Source
 from dicom_node.errors import Refused
 from dicom_node.jobs.filters import SeriesFilter
 from dicom_node.settings import CompletionSettings, ExportSettings
@@ -75,6 +75,8 @@ class LocalAEIn(BaseModel):
     require_known_source: bool = True
     description: str = Field(default="", max_length=200)
     send_results_to: list[AETitle] = Field(default_factory=list)
+    # Ids of the API tokens that may store into this AE by STOW-RS (dicom_node.admin.stow).
+    stow_tokens: list[int] = Field(default_factory=list)
 
     @field_validator("extra_sop_classes")
     @classmethod
@@ -97,6 +99,7 @@ class LocalAEPatch(BaseModel):
     require_known_source: bool | None = None
     description: str | None = Field(default=None, max_length=200)
     send_results_to: list[AETitle] | None = None
+    stow_tokens: list[int] | None = None
 
     @field_validator("extra_sop_classes")
     @classmethod
@@ -198,6 +201,7 @@ def local_ae_dict(row: LocalAE) -> dict[str, Any]:
         "require_known_source": row.require_known_source,
         "description": row.description,
         "send_results_to": [d.title for d in row.destinations],
+        "stow_tokens": [t.id for t in row.stow_tokens],
     }
 
 
@@ -245,6 +249,19 @@ def _destinations(session: Session, titles: list[str]) -> list[Destination]:
     return rows
 
 
+def _stow_tokens(session: Session, ids: list[int]) -> list[ApiToken]:
+    """The API tokens of ``ids``, each existing and not revoked (Refused naming the field)."""
+    rows = []
+    for token_id in dict.fromkeys(ids):
+        row = session.get(ApiToken, token_id)
+        if row is None:
+            raise Refused("stow_tokens", f"no API token with id {token_id} (dicom-node admin list-tokens)")
+        if row.revoked_at is not None:
+            raise Refused("stow_tokens", f"API token {token_id} is revoked")
+        rows.append(row)
+    return rows
+
+
 def _check_unique_local(session: Session, title: str | None, port: int | None, exclude_id: int | None = None) -> None:
     if title is not None:
         other = session.scalar(select(LocalAE).where(LocalAE.title == title))
@@ -259,13 +276,14 @@ def _check_unique_local(session: Session, title: str | None, port: int | None, e
 def add_local_ae(session: Session, data: LocalAEIn, defaults: CompletionSettings) -> LocalAE:
     """A new local AE; a quiet period or maximum wait not given is the settings' default."""
     _check_unique_local(session, data.title, data.port)
-    values = data.model_dump(exclude={"send_results_to", "filters"})
+    values = data.model_dump(exclude={"send_results_to", "filters", "stow_tokens"})
     if values["quiet_seconds"] is None:
         values["quiet_seconds"] = defaults.default_quiet_seconds
     if values["max_wait_seconds"] is None:
         values["max_wait_seconds"] = defaults.default_max_wait_seconds
     row = LocalAE(**values, filters=data.filters.model_dump(exclude_defaults=True))
     row.destinations = _destinations(session, data.send_results_to)
+    row.stow_tokens = _stow_tokens(session, data.stow_tokens)
     session.add(row)
     session.flush()
     return row
@@ -276,6 +294,8 @@ def update_local_ae(session: Session, row: LocalAE, patch: LocalAEPatch) -> Loca
     _check_unique_local(session, changes.get("title"), changes.get("port"), exclude_id=row.id)
     if "send_results_to" in changes:
         row.destinations = _destinations(session, changes.pop("send_results_to") or [])
+    if "stow_tokens" in changes:
+        row.stow_tokens = _stow_tokens(session, changes.pop("stow_tokens") or [])
     if "filters" in changes:
         changes.pop("filters")
         row.filters = (patch.filters or SeriesFilter()).model_dump(exclude_defaults=True)

@@ -34,6 +34,9 @@ class Role(str, enum.Enum):
     # The triage worklist and its monitoring only: acknowledges studies and gives verdicts
     # (dicom_node.admin.app keeps every other page and API route from them).
     RADIOLOGIST = "radiologist"
+    # STOW-RS only (POST /dicomweb/<local AE>/studies, where the AE's allow-list holds the token):
+    # no page and no other API route. A scanner's or PACS' token: it reads no patient data.
+    SENDER = "sender"
 
 
 ROLES: tuple[str, ...] = tuple(r.value for r in Role)

@@ -188,7 +188,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--role",
         required=True,
         choices=ROLES,
-        help="admin: changes things; viewer: reads; radiologist: the triage worklist only (reviews results)",
+        help="admin: changes things; viewer: reads; radiologist: the triage worklist only (reviews results); "
+        "sender: STOW-RS only, to the local AEs that allow its token (ae update-local TITLE --stow-tokens ID)",
     )
     p.add_argument(
         "--password-stdin", action="store_true", help="read the password from the first line of standard input"

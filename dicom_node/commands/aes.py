@@ -46,6 +46,8 @@ def cmd_ae_add_local(args: argparse.Namespace) -> int:
             data["filters"] = json_arg("--filters", args.filters)
         if args.sop_classes:
             data["extra_sop_classes"] = csv_list(args.sop_classes)
+        if args.stow_tokens:
+            data["stow_tokens"] = _token_ids(args.stow_tokens)
         if args.return_to_caller:
             data["return_to_caller"] = True
         if args.allow_any_source:
@@ -74,11 +76,21 @@ def cmd_ae_update_local(args: argparse.Namespace) -> int:
             data["filters"] = json_arg("--filters", args.filters)
         if args.sop_classes is not None:
             data["extra_sop_classes"] = csv_list(args.sop_classes)
+        if args.stow_tokens is not None:
+            data["stow_tokens"] = _token_ids(args.stow_tokens)
         if args.enabled is not None:
             data["enabled"] = args.enabled
         return c.local_ae_dict(c.update_local_ae(s, row, c.parse(c.LocalAEPatch, data)))
 
     return apply_change(args, change)
+
+
+def _token_ids(text: str) -> list[int]:
+    """``--stow-tokens 3,7``: API token ids ("" allows none)."""
+    try:
+        return [int(v) for v in csv_list(text)]
+    except ValueError:
+        raise Invalid(f"--stow-tokens takes API token ids (dicom-node admin list-tokens), not {text!r}") from None
 
 
 def cmd_ae_add_source(args: argparse.Namespace) -> int:
@@ -297,6 +309,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_listing(ae_sub)
 
 
+_STOW_TOKENS_HELP = (
+    "ids of the API tokens (dicom-node admin create-token) that may store instances here by STOW-RS, "
+    "POST /dicomweb/TITLE/studies on the admin port; the list replaces the AE's"
+)
+
+
 def _register_local(ae_sub: argparse._SubParsersAction) -> None:
     """``ae add-local`` and ``ae update-local``: the AE titles the node listens as."""
     p = command(
@@ -333,6 +351,7 @@ def _register_local(ae_sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sop-classes", metavar="UID[,UID]", help="storage SOP classes accepted besides CT and Enhanced CT ('*' = all)"
     )
+    p.add_argument("--stow-tokens", metavar="ID[,ID]", help=_STOW_TOKENS_HELP)
     p.add_argument(
         "--return-to-caller", action="store_true", help="also send results back to the calling AE (needs its port)"
     )
@@ -347,6 +366,7 @@ def _register_local(ae_sub: argparse._SubParsersAction) -> None:
         """
         dicom-node ae update-local COVIDNODE --send-results-to PACS
         dicom-node ae update-local COVIDNODE --disable
+        dicom-node ae update-local COVIDNODE --stow-tokens 3,7
         """,
     )
     p.add_argument("title")
@@ -358,6 +378,7 @@ def _register_local(ae_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--send-results-to", metavar="DEST[,DEST]")
     p.add_argument("--filters", metavar="JSON")
     p.add_argument("--sop-classes", metavar="UID[,UID]")
+    p.add_argument("--stow-tokens", metavar="ID[,ID]", help=_STOW_TOKENS_HELP + "; '' allows none")
     p.add_argument("--enable", dest="enabled", action="store_const", const=True)
     p.add_argument("--disable", dest="enabled", action="store_const", const=False)
     p.set_defaults(handler=cmd_ae_update_local)

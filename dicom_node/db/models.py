@@ -75,6 +75,15 @@ local_ae_destinations = Table(
     Column("destination_id", ForeignKey("destinations.id", ondelete="CASCADE"), primary_key=True),
 )
 
+# The API tokens that may store instances into a local AE by STOW-RS (POST /dicomweb/<title>/studies,
+# dicom_node.admin.stow): the per-AE allow-list of DICOMweb senders, as sources are of DIMSE ones.
+local_ae_stow_tokens = Table(
+    "local_ae_stow_tokens",
+    Base.metadata,
+    Column("local_ae_id", ForeignKey("local_aes.id", ondelete="CASCADE"), primary_key=True),
+    Column("token_id", ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True),
+)
+
 
 class LocalAE(Base):
     """An AE title this node listens as, each on its own port."""
@@ -107,6 +116,10 @@ class LocalAE(Base):
     keep_images_days: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     destinations: Mapped[list["Destination"]] = relationship(secondary=local_ae_destinations, lazy="selectin")
+    # The API tokens allowed to send here by STOW-RS; none: STOW-RS to this AE is refused.
+    stow_tokens: Mapped[list["ApiToken"]] = relationship(
+        secondary=local_ae_stow_tokens, lazy="selectin", order_by="ApiToken.id"
+    )
 
     @validates("title")
     def _v_title(self, key: str, value: str) -> str:
