@@ -25,6 +25,8 @@ class Status(IntEnum):
     INVALID_ARGUMENT_VALUE = 0x0115
     NOT_AUTHORIZED = 0x0124
     DUPLICATE_SOP_INSTANCE = 0x0111
+    # STOW-RS only (PS3.18 Table 10.5.3-3): an instance in a transfer syntax the node does not take.
+    TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
     # What pynetdicom answers when an event handler raises (in the 0xCxxx "cannot understand"
     # range); the C-STORE fast lane answers the same.
     UNABLE_TO_PROCESS = 0xC211

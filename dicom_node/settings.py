@@ -281,6 +281,14 @@ class RetentionSettings(_Section):
         return self
 
 
+class DicomWebSettings(_Section):
+    """STOW-RS input (POST /dicomweb/<local AE>/studies on the admin app, dicom_node.admin.dicomweb)."""
+
+    # Largest request body taken (its instances together); a longer one is answered 413 and the
+    # instance being read then is discarded. Each instance is also held to listener.max_dataset_bytes.
+    max_request_bytes: int = Field(default=4 * 1024**3, ge=1024 * 1024)
+
+
 class AdminSettings(_Section):
     host: str = "127.0.0.1"
     # Secret for session cookies and CSRF tokens; generated and kept under the data dir if unset.
@@ -316,6 +324,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     export: ExportSettings = Field(default_factory=ExportSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    dicomweb: DicomWebSettings = Field(default_factory=DicomWebSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)

@@ -38,6 +38,9 @@ from dicom_node.admin.auth import (
     secret_key,
 )
 from dicom_node.admin.deps import HERE, SAFE_METHODS, AdminContext, render, templates
+from dicom_node.admin.dicomweb import PREFIX as DICOMWEB_PREFIX
+from dicom_node.admin.dicomweb import refuse as dicomweb_refuse
+from dicom_node.admin.dicomweb import router as dicomweb_router
 from dicom_node.admin.internal import PREFIX as INTERNAL_PREFIX
 from dicom_node.admin.internal import authorised as internal_authorised
 from dicom_node.admin.internal import router as internal_router
@@ -78,15 +81,20 @@ def is_public(path: str) -> bool:
 
 
 def wants_json(path: str) -> bool:
-    return path.startswith(("/api/", "/internal/")) or path in ("/api", "/openapi.json", "/health", "/metrics")
+    return path.startswith(("/api/", "/internal/", DICOMWEB_PREFIX + "/")) or path in (
+        "/api",
+        "/openapi.json",
+        "/health",
+        "/metrics",
+    )
 
 
-def _resolve(context: AdminContext, request: Request) -> tuple[Principal | None, str]:
-    """(principal, why not) from the bearer token or else the session cookie."""
+def _resolve(context: AdminContext, request: Request, *, token_only: bool = False) -> tuple[Principal | None, str]:
+    """(principal, why not) from the bearer token or else (unless ``token_only``) the session cookie."""
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
     with context.db.session() as s:
-        if header:
+        if header or token_only:
             if scheme.lower() != "bearer" or not credentials.strip():
                 return None, "use 'Authorization: Bearer <token>'"
             who = principal_for_token(s, credentials.strip())
@@ -145,6 +153,14 @@ async def authenticate(request: Request, call_next: Next) -> Response:
             else "not authenticated: send the node's remote.token as 'Authorization: Bearer <token>'"
         )
         return JSONResponse({"detail": detail}, status_code=code)
+    if path.startswith(DICOMWEB_PREFIX + "/"):
+        # STOW-RS (dicom_node.admin.dicomweb): an API token only, whatever its role; the route
+        # checks the local AE's allow-list. No browser session: a page must not store instances.
+        who, why = await run_in_threadpool(_resolve, context, request, token_only=True)
+        if who is None:
+            return await dicomweb_refuse(request, 401, f"not authenticated: {why}")
+        request.state.principal = who
+        return await call_next(request)
     who, why = await run_in_threadpool(_resolve, context, request)
     if who is None:
         if wants_json(path):
@@ -160,6 +176,8 @@ async def authenticate(request: Request, call_next: Next) -> Response:
                 status_code=403,
             )
     request.state.principal = who
+    if who.role == Role.SENDER.value:
+        return error_response(request, 403, f"{who.name} is a sender: it may only store instances by STOW-RS")
     if who.role == Role.RADIOLOGIST.value and not radiologist_may(path):
         if path == "/":
             return RedirectResponse("/worklist", status_code=303)
@@ -249,6 +267,7 @@ def create_app(settings: Settings, db: Database) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(monitoring_router)
     app.include_router(internal_router)
+    app.include_router(dicomweb_router)
     app.include_router(api_router())
     app.include_router(pages_router())
     return app

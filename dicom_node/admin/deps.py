@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import HTTPException, Request
 from fastapi.templating import Jinja2Templates
@@ -22,6 +22,9 @@ from dicom_node.settings import Settings
 from dicom_node.validation import Role
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
+if TYPE_CHECKING:
+    from dicom_node.listener.scp import Receiver
+
 HERE = Path(__file__).parent
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -36,6 +39,8 @@ class AdminContext:
     metrics: AdminMetrics
     templates: Jinja2Templates
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    # STOW-RS input's receiver (dicom_node.admin.dicomweb makes it on first use).
+    receiver: "Receiver | None" = None
 
 
 def ctx(request: Request) -> AdminContext:
