@@ -6,6 +6,10 @@ each table marked "*(checked: ...)*" is read and compared with what the code acc
 - association limits: the listener's maximum associations, PDU size and timeouts, the
   implementation class UID and version name written in stored files;
 - SCP statuses: every status the listener's code answers with;
+- STOW-RS service (DICOMweb input): its limits (dicomweb.max_request_bytes, the listener's
+  max_dataset_bytes), every HTTP status dicom_node.admin.dicomweb and dicom_node.dicomweb.stow
+  answer, every failure reason an instance can get (the statuses of dicom_node.dicomweb and of
+  the receiver's checks in dicom_node.listener.dataset and scp);
 - SCU SOP classes and transfer syntaxes, and the IODs created: the objects every output kind of the
   registry (dicom_node.outputs.kinds) builds for a synthetic result with a finding, their SOP
   classes, transfer syntaxes and SR templates; a new kind without its row fails here.
@@ -24,12 +28,13 @@ from pydicom.uid import RLELossless
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time
 
 from dicom_node.dicom_answers import Status
+from dicom_node.dicomweb.stow import Outcome, http_status
 from dicom_node.listener import scp as listener_scp
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import SourceSeries
 from dicom_node.outputs.kinds import KINDS, OUTPUT_KINDS
 from dicom_node.sending.scu import UNCOMPRESSED
-from dicom_node.settings import ListenerSettings
+from dicom_node.settings import DicomWebSettings, ListenerSettings
 from dicom_node.storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.harness import synthetic
 
@@ -97,6 +102,31 @@ def test_scp_statuses_are_those_the_listener_answers() -> None:
         used |= {int(Status[name]) for name in re.findall(r"\bStatus\.([A-Z_]+)\b", module.read_text())}
     documented = {int(row[1], 16) for row in table("SCP statuses")}
     assert documented == used, f"documented {sorted(map(hex, documented))}, answered {sorted(map(hex, used))}"
+
+
+def _statuses(*paths: Path) -> set[int]:
+    return {int(Status[name]) for path in paths for name in re.findall(r"\bStatus\.([A-Z_]+)\b", path.read_text())}
+
+
+def test_stow_rs_limits_statuses_and_failure_reasons_are_the_services() -> None:
+    limits = {row[0]: row[1] for row in table("STOW-RS limits")}
+    assert limits["request body"].startswith(f"{DicomWebSettings().max_request_bytes} bytes")
+    assert "listener.max_dataset_bytes" in limits["one instance"]
+
+    code = "\n".join(
+        (ROOT / "dicom_node" / name).read_text() for name in ("admin/dicomweb.py", "dicomweb/stow.py", "admin/app.py")
+    )
+    answered = {int(n) for n in re.findall(r"(?:RequestRefused|refuse)\(\s*(?:request,\s*)?(\d{3})\b", code)}
+    answered |= {http_status(outcomes) for outcomes in ([Outcome("", "", 0)], [Outcome("", "", 0xC000)])}
+    answered.add(http_status([Outcome("", "", 0), Outcome("", "", 0xC000)]))
+    documented = {int(row[0].split()[0]) for row in table("STOW-RS HTTP statuses")}
+    assert documented == answered, f"documented {sorted(documented)}, answered {sorted(answered)}"
+
+    reasons = _statuses(*(ROOT / "dicom_node" / "dicomweb").glob("*.py"))
+    reasons |= _statuses(ROOT / "dicom_node" / "listener" / "dataset.py", ROOT / "dicom_node" / "listener" / "scp.py")
+    reasons -= {int(Status.SUCCESS)}
+    documented = {int(row[1], 16) for row in table("STOW-RS failure reasons")}
+    assert documented == reasons, f"documented {sorted(map(hex, documented))}, answered {sorted(map(hex, reasons))}"
 
 
 def test_scu_sop_classes_and_syntaxes_are_what_the_outputs_are(built: dict[str, list[Dataset]]) -> None:
