@@ -15,6 +15,10 @@ The README's ``sudo`` is dropped when the test already runs as root (CI does; no
 has sudo). The covid phantom must come back as COVID-19 (``job 1 done: covid``), as the README
 says; the model's accuracy in general is measured by ``model evaluate`` (model/README.md).
 
+The "DICOMweb input (STOW-RS)" section runs as written against ``dicom-node serve`` (its port
+and the instance files swapped for the test's): a sender user and token made, the token allowed,
+two phantom CT instances posted by curl, both stored, the series complete with the job queued.
+
 Not covered: the viewer section (issue 9's browser test).
 """
 
@@ -161,6 +165,51 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
         assert event in console, f"up's console lacks {event!r}:\n{console}"
     for noise in ("celery@", "-------------- ", "superuser privileges", "copy attributes", "Traceback"):
         assert noise not in console, f"up's console shows {noise!r}:\n{console}"
+
+
+STOW_SECTION = "DICOMweb input (STOW-RS)"
+
+
+@pytest.mark.e2e
+def test_the_stow_section_runs_as_written(tmp_path: Path) -> None:
+    from model.phantoms.phantom import make_phantom  # noqa: PLC0415  this test only
+    from model.phantoms.writer import write_phantom_series  # noqa: PLC0415  this test only
+    from tests.admin.conftest import start_live_node  # noqa: PLC0415  selenium & co: this test only
+    from tests.harness.peers import cli, free_port, wait_until  # noqa: PLC0415  this test only
+
+    steps = commands(STOW_SECTION)
+    assert any(s.startswith("curl ") for s in steps) and any("--stow-tokens" in s for s in steps)
+    node = start_live_node(tmp_path / "node-data")
+    try:
+        cli(node.env, "ae", "add-local", "COVIDNODE", "--port", str(free_port()), "--quiet-seconds", "1")
+        work = tmp_path / "work"
+        write_phantom_series(make_phantom("covid", seed=5, slices=4, rows=48, columns=48), work / "series")
+        files = sorted((work / "series").glob("*.dcm"))
+        for n, path in enumerate(files[:2], 1):
+            shutil.copy(path, work / f"ct-{n}.dcm")
+        env = {**node.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        outputs = []
+        for step in steps:
+            step = step.replace("http://127.0.0.1:8080", node.url)
+            proc = subprocess.run(["bash", "-c", step], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, f"{step}\n{proc.stdout}\n{proc.stderr}"
+            outputs.append(proc.stdout)
+            if "create-token" in step:
+                made = json.loads(proc.stdout)
+                assert made["id"] == 2, "the README allows token 2: the node's first token is the test's admin's"
+                env["TOKEN"] = made["token"]
+        answer = json.loads(outputs[-1])
+        assert "00081198" not in answer, answer  # no Failed SOP Sequence
+        assert len(answer["00081199"]["Value"]) == 2  # Referenced SOP Sequence: both stored
+        with node.api() as api:
+
+            def queued() -> bool:
+                rows = api.get("/api/series").json()
+                return any(r["calling_ae"] == "STOW-RS" and r["instances"] == 2 and r["job_id"] for r in rows)
+
+            wait_until(queued, 60, "the STOW-RS series to complete and queue its job")
+    finally:
+        node.process.stop()
 
 
 def _copy_checkout(dest: Path) -> None:
