@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicom_node import __version__
 from dicom_node.admin import cli as admin_cli
-from dicom_node.commands import aes, database, run, series_jobs, storage, triage, viewer
+from dicom_node.commands import aes, backfill, database, run, series_jobs, storage, triage, viewer
 from dicom_node.errors import NodeError
 from dicom_node.settings import CONFIG_ENV, ENV_PREFIX
 from model import cli as model_cli
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         database,
         aes,
         series_jobs,
+        backfill,
         storage,
         triage,
         run,

@@ -642,3 +642,69 @@ class AuditEntry(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="")
     remote_addr: Mapped[str] = mapped_column(String(64), default="")
+
+
+# --- backfills of past studies ------------------------------------------------------------------
+
+
+class Backfill(Base):
+    """A backfill: past studies of a source PACS (a destination) queried, their series that the
+    local AE's filters take retrieved into that AE and analysed at low priority
+    (dicom_node.jobs.backfills). Resumable: what is left is in its series rows."""
+
+    __tablename__ = "backfills"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The source's title (a destination's), kept if the destination is removed.
+    source: Mapped[str] = mapped_column(String(16))
+    # How series are fetched: move (C-MOVE to the local AE), get (C-GET), wado (WADO-RS).
+    method: Mapped[str] = mapped_column(String(8))
+    local_ae: Mapped[str] = mapped_column(String(16))
+    # Study Date range (YYYYMMDD, either may be ""), modality in study, accession numbers (none: all).
+    date_from: Mapped[str] = mapped_column(String(8), default="")
+    date_to: Mapped[str] = mapped_column(String(8), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    accessions: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Studies an hour at most (0: no limit), and the daily window "HH:MM-HH:MM" ("" always).
+    rate_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    window: Mapped[str] = mapped_column(String(11), default="")
+    # Analyse again series already analysed here.
+    force: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.BackfillStatus
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(String(100), default="")
+    # Who runs it: "command" (the dicom-node backfill that started it, or --resume) or "serve"
+    # (started from the admin pages; serve runs it, and resumes it after a restart).
+    run_by: Mapped[str] = mapped_column(String(16), default="command")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    series: Mapped[list["BackfillSeries"]] = relationship(
+        back_populates="backfill", order_by="BackfillSeries.id", cascade="all, delete-orphan"
+    )
+
+
+class BackfillSeries(Base):
+    """One series a backfill found at its source, and what became of it."""
+
+    __tablename__ = "backfill_series"
+    __table_args__ = (UniqueConstraint("backfill_id", "series_uid", name="uq_backfill_series_backfill_series"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backfill_id: Mapped[int] = mapped_column(ForeignKey("backfills.id", ondelete="CASCADE"))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    # Number of Series Related Instances as the source said (0: not said).
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # dicom_node.jobs.states.BackfillSeriesStatus
+    reason: Mapped[str] = mapped_column(Text, default="")
+    retrieved_instances: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    retrieved_at: Mapped[dt.datetime | None] = mapped_column(nullable=True)
+
+    backfill: Mapped[Backfill] = relationship(back_populates="series")

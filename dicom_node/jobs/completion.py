@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from dicom_node.db import Database
 from dicom_node.db.models import Instance, Job, LocalAE, PriorityRule, Series
 from dicom_node.db.times import as_utc, utcnow
+from dicom_node.jobs.backfills import backfill_priority
 from dicom_node.jobs.filters import SeriesFacts, SeriesFilter, evaluate
 from dicom_node.jobs.outbox import ANALYSE_TOPIC, write_message
 from dicom_node.jobs.states import WAITING_JOB_STATUSES, JobStatus, SeriesStatus
@@ -210,7 +211,11 @@ class Completion:
 
 
 def _priority(s: Session, series: Series, ae: LocalAE | None, study: StudyAttributes) -> tuple[Priority, str]:
-    """The priority rules (enabled ones) applied to the series."""
+    """Low for a series a backfill brought (dicom_node.jobs.backfills), so live studies go first;
+    otherwise the priority rules (enabled ones) applied to the series."""
+    backfilled = backfill_priority(s, series.series_uid)
+    if backfilled is not None:
+        return backfilled
     rules = [
         Rule(r.name, Priority.parse(r.priority), PriorityConditions.from_json(r.conditions))
         for r in s.scalars(select(PriorityRule).where(PriorityRule.enabled.is_(True)).order_by(PriorityRule.id))

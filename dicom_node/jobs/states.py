@@ -53,3 +53,31 @@ class NotificationStatus(str, enum.Enum):
 
 
 OPEN_NOTIFICATION_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING, NotificationStatus.RETRYING)
+
+
+class BackfillStatus(str, enum.Enum):
+    """A backfill of past studies from a PACS (dicom_node.jobs.backfills)."""
+
+    QUERYING = "querying"  # asking the source for its studies and series
+    RETRIEVING = "retrieving"  # series planned; retrieving those not yet retrieved
+    DONE = "done"  # every planned series retrieved or failed (their analyses are the jobs')
+    FAILED = "failed"  # the source could not be queried
+    CANCELLED = "cancelled"
+
+
+OPEN_BACKFILL_STATUSES = (BackfillStatus.QUERYING, BackfillStatus.RETRIEVING)
+
+
+class BackfillSeriesStatus(str, enum.Enum):
+    """One series a backfill found at its source."""
+
+    PLANNED = "planned"  # to retrieve
+    RETRIEVING = "retrieving"  # asked for; a restart asks again (the node stores an instance once)
+    RETRIEVED = "retrieved"  # the source sent it (its job is made by series completion, at low priority)
+    REQUEUED = "requeued"  # already stored here and --force: its last job analyses it again
+    SKIPPED = "skipped"  # not taken: the AE's filters refuse it, or it is already analysed (reason)
+    FAILED = "failed"  # the source did not send it (reason)
+
+
+# A backfill series in one of these makes its job low priority when the series completes.
+BACKFILL_INCOMING = (BackfillSeriesStatus.PLANNED, BackfillSeriesStatus.RETRIEVING, BackfillSeriesStatus.RETRIEVED)
