@@ -10,6 +10,8 @@ each table marked "*(checked: ...)*" is read and compared with what the code acc
   max_dataset_bytes), every HTTP status dicom_node.admin.dicomweb and dicom_node.dicomweb.stow
   answer, every failure reason an instance can get (the statuses of dicom_node.dicomweb and of
   the receiver's checks in dicom_node.listener.dataset and scp);
+- Query/Retrieve SCU SOP classes: those the backfill's C-FIND, C-MOVE and C-GET use
+  (dicom_node.sending.retrieve);
 - SCU SOP classes and transfer syntaxes, and the IODs created: the objects every output kind of the
   registry (dicom_node.outputs.kinds) builds for a synthetic result with a finding, their SOP
   classes, transfer syntaxes and SR templates; a new kind without its row fails here.
@@ -33,6 +35,7 @@ from dicom_node.listener import scp as listener_scp
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import SourceSeries
 from dicom_node.outputs.kinds import KINDS, OUTPUT_KINDS
+from dicom_node.sending import retrieve
 from dicom_node.sending.scu import UNCOMPRESSED
 from dicom_node.settings import DicomWebSettings, ListenerSettings
 from dicom_node.storage.files import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -153,3 +156,15 @@ def test_every_output_kind_has_its_iod_row(built: dict[str, list[Dataset]]) -> N
         templates = {str(item.TemplateIdentifier) for ds in objects for item in ds.get("ContentTemplateSequence", [])}
         for tid in templates:
             assert f"TID {tid}" in row[3], f"{kind}: its objects use TID {tid}, which its row does not name"
+
+
+def test_query_retrieve_sop_classes_are_the_backfills() -> None:
+    used = [
+        retrieve.StudyRootQueryRetrieveInformationModelFind,
+        retrieve.StudyRootQueryRetrieveInformationModelMove,
+        retrieve.StudyRootQueryRetrieveInformationModelGet,
+    ]
+    assert uids(table("Q/R SCU SOP classes")) == [str(uid) for uid in used]
+    code = (ROOT / "dicom_node" / "sending" / "retrieve.py").read_text()
+    for name in ("send_c_find", "send_c_move", "send_c_get"):
+        assert f"assoc.{name}(" in code
