@@ -28,6 +28,7 @@ from dicom_node.jobs.completion import Completion
 from dicom_node.jobs.outbox import Dispatcher, OutboxRelay, load_dispatcher
 from dicom_node.listener.servers import run_listener_process
 from dicom_node.notify.sender import Notifier
+from dicom_node.pipeline.backfill import run_next as run_next_backfill
 from dicom_node.settings import Settings
 from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
@@ -161,6 +162,8 @@ class Node:
             BackgroundLoop("completion", tick, settings.completion.poll_seconds),
             # Notifications apart from completion: a slow endpoint must not hold up the queue.
             BackgroundLoop("notifications", notifier.run_once, settings.notify.poll_seconds),
+            # Backfills started in the admin pages (one at a time, each to its end; resumed after a restart).
+            BackgroundLoop("backfills", lambda: run_next_backfill(db, settings), 5.0),
         ]
         admin_server = self._admin_server(db) if self.admin else None
         if admin_server is not None:

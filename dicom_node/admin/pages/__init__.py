@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from dicom_node.admin.deps import SAFE_METHODS, form
-from dicom_node.admin.pages import access, config, login, overview, rules, users, worklist
+from dicom_node.admin.pages import access, backfills, config, login, overview, rules, users, worklist
 
 
 async def csrf_guard(request: Request) -> None:
@@ -24,4 +24,5 @@ def pages_router() -> APIRouter:
     router.include_router(users.router)
     router.include_router(worklist.router)
     router.include_router(rules.router)
+    router.include_router(backfills.router)
     return router
