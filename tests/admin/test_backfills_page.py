@@ -62,9 +62,7 @@ def test_a_backfill_started_from_the_page(admin_app: AdminApp, tmp_path: Path) -
         assert "1/1 retrieved" in listed
 
         browser.get("/backfills")
-        browser.post(
-            "/backfills", {"source": "ORTHANC", "date_from": "1900-01-01", "method": "get"}
-        )
+        browser.post("/backfills", {"source": "ORTHANC", "date_from": "1900-01-01", "method": "get"})
         assert run_next(admin_app.db, admin_app.settings) == 2
         again = browser.get("/backfills/2").text
         assert "0 of 0 series retrieved" in again and "b-skipped" in again and "being received now" in again
