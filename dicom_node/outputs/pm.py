@@ -20,7 +20,10 @@ Pixels: the heatmap itself, 32-bit float in 0-1 (Float Pixel Data), in steps of 
 colour maps that draw it have 256 colours), with an identity Real World Value Mapping (unit "1",
 range 0-1) and a window over that range. OHIF 3.13 reads the stored values, not the mapping
 (it multiplies them by 100 and windows 0-100), so they must be the 0-1 score: an integer map is
-drawn all or nothing there.
+drawn all or nothing there. OHIF ignores the map's own window and draws it at W 100 / L 50 over
+the score x 100 (the same 0-1 range) in its rainbow_2 colour map; ``dicom-node viewer`` adds
+OHIF's colour bar beside it and keeps that window off the series opened after it
+(dicom_node/viewer/ohif.py).
 
 Size: the file is written in Deflated Explicit VR Little Endian (the one compression the standard
 defines for float pixels). Outside the lungs the map is zero and in them it is smooth, so the

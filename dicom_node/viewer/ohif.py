@@ -70,6 +70,49 @@ def ohif_dist(version: str = OHIF_VERSION, *, cache: Path | None = None, fetch: 
     return dist
 
 
+# OHIF 3.13's Parametric Map viewport writes its colour map and window (rainbow_2, W 100 / L 50) into
+# the display-set options of the viewport it opens in, and the viewport grid hands a viewport's
+# options on to the next series opened there without options of its own: after the map, the SC
+# opened at W 100 / L 50 (washed out) and the CT under a SEG in rainbow colours. This gives every
+# series opened without options fresh ones, one per display set (the map's viewport still sets its
+# own). tests/viewer checks the CT's and the SC's window after the map.
+# And OHIF shows no colour legend for a map: a viewport showing one gets OHIF's own colour bar (the
+# map's colour map over its window, the score in % as OHIF multiplies it by 100), removed when the
+# viewport shows something else.
+OWN_DISPLAY_OPTIONS_JS = """(function ownDisplayOptions() {
+  const s = window.services;
+  const grid = s && s.viewportGridService;
+  if (!grid || !s.cornerstoneViewportService || !s.colorbarService) { setTimeout(ownDisplayOptions, 50); return; }
+  if (grid.dicomNodeOwnOptions) return;
+  grid.dicomNodeOwnOptions = true;
+  const viewports = s.cornerstoneViewportService;
+  viewports.subscribe(viewports.EVENTS.VIEWPORT_DATA_CHANGED, ({viewportData, viewportId}) => {
+    const uids = [].concat((viewportData && viewportData.data) || []).map(d => d && d.displaySetInstanceUID);
+    const map = uids.filter(Boolean).map(uid => s.displaySetService.getDisplaySetByUID(uid))
+      .find(d => d && d.Modality === 'PMAP');
+    if (!map) {
+      if (s.colorbarService.hasColorbar(viewportId)) s.colorbarService.removeColorbar(viewportId);
+      return;
+    }
+    let tries = 0;
+    (function legend() {
+      const vp = viewports.getCornerstoneViewport(viewportId);
+      if (!(vp && vp.getActors && vp.getActors().length >= 2)) {
+        if (++tries < 240) setTimeout(legend, 250);
+        return;
+      }
+      try { s.colorbarService.addColorbar(viewportId, [map.displaySetInstanceUID], {}); }
+      catch (e) { console.warn('dicom-node: no colour bar for the map', e); }
+    })();
+  });
+  const set = grid.setDisplaySetsForViewports.bind(grid);
+  grid.setDisplaySetsForViewports = (viewports, ...rest) => set((viewports || []).map(v =>
+    v && v.displaySetInstanceUIDs && !(v.displaySetOptions && v.displaySetOptions.length)
+      ? Object.assign({}, v, {displaySetOptions: v.displaySetInstanceUIDs.map(() => ({}))}) : v), ...rest);
+})();
+"""
+
+
 def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICOMWEB_PATH) -> str:
     """The viewer's ``app-config.js``: one DICOMweb data source at ``dicomweb_path`` on the page's
     own origin (the proxy passes it on to Orthanc), the study list on, nothing fetched elsewhere."""
@@ -115,6 +158,7 @@ def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICO
     return (
         "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n"
         + skip_tour
+        + OWN_DISPLAY_OPTIONS_JS
         + "window.config = "
         + json.dumps(config, indent=2)
         + ";\n"
