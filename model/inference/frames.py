@@ -214,11 +214,17 @@ def sorted_frames(frames: list[FrameRef]) -> tuple[list[FrameRef], np.ndarray, n
 # -- pixels -----------------------------------------------------------------------------------------
 
 
-def decode_frames(frames: list[FrameRef], rows: int, cols: int) -> np.ndarray:
-    """Stored values of every frame in order, rescaled to float32 HU."""
+_INT16 = np.iinfo(np.int16)
+
+
+def decode_frames(frames: list[FrameRef], rows: int, cols: int, compact: bool = False) -> np.ndarray:
+    """Stored values of every frame in order, rescaled to float32 HU; with ``compact``, int16
+    when every rescaled value is a whole number in int16's range (the same values in half the
+    memory: 0.5 GB instead of 1 GB for 1,000 slices of 512 x 512), float32 otherwise."""
     if str(frames[0].header.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         raise SeriesReadError("MONOCHROME1 images (inverted grey scale) are not CT-like: not supported")
-    hu = np.empty((len(frames), rows, cols), dtype=np.float32)
+    hu = np.empty((len(frames), rows, cols), dtype=np.int16 if compact else np.float32)
+    one = np.empty((rows, cols), dtype=np.float32)
     by_source: dict[int, list[int]] = {}
     sources: dict[int, Path | Dataset] = {}
     for i, f in enumerate(frames):
@@ -257,6 +263,18 @@ def decode_frames(frames: list[FrameRef], rows: int, cols: int) -> np.ndarray:
             frame = arr[(f.frame or 1) - 1]
             if frame.shape != (rows, cols):
                 raise SeriesReadError(f"pixel data of {where} has shape {frame.shape}, header says {rows}x{cols}")
-            np.multiply(frame, np.float32(f.slope), out=hu[i], casting="unsafe")
-            hu[i] += np.float32(f.intercept)
+            if hu.dtype == np.float32:
+                np.multiply(frame, np.float32(f.slope), out=hu[i], casting="unsafe")
+                hu[i] += np.float32(f.intercept)
+                continue
+            np.multiply(frame, np.float32(f.slope), out=one, casting="unsafe")
+            one += np.float32(f.intercept)
+            if one.size and (
+                float(one.max()) > _INT16.max or float(one.min()) < _INT16.min or not np.array_equal(one, np.rint(one))
+            ):
+                # Not whole numbers in range after all: the float32 volume, as without ``compact``.
+                hu = hu.astype(np.float32)
+                hu[i] = one
+                continue
+            hu[i] = one
     return hu

@@ -78,7 +78,7 @@ NON_CHEST_BODY_PARTS: frozenset[str] = frozenset(
 class Volume:
     """One series as a HU volume in patient order (see the module docstring for the order)."""
 
-    hu: np.ndarray  # float32 (slices, rows, columns)
+    hu: np.ndarray  # float32 (slices, rows, columns); int16 when loaded ``compact`` and exact
     spacing: tuple[float, float, float]  # (slice distance from positions, row spacing, column spacing) mm
     sop_instance_uids: list[str]
     frame_numbers: list[int | None]  # 1-based frame of a multi-frame source; None for single-frame
@@ -265,12 +265,19 @@ def _describe(source: object) -> str:
 # -- the reader -------------------------------------------------------------------------------------
 
 
-def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset], series_uid: str | None = None) -> Volume:
+def load_series(
+    source: Path | str | Sequence[Path | str] | Sequence[Dataset],
+    series_uid: str | None = None,
+    *,
+    compact: bool = False,
+) -> Volume:
     """Read one series into a :class:`Volume` (see the module docstring).
 
     ``source``: a folder (searched recursively), a file, a list of files or a list of Datasets.
     ``series_uid`` picks one series when the input holds several (otherwise that is an error).
-    HU below -1024 (padding outside the reconstruction circle) is set to -1024.
+    HU below -1024 (padding outside the reconstruction circle) is set to -1024. ``compact``: the
+    HU as int16 where that holds them exactly (model.inference.frames.decode_frames), for a reader
+    that only casts slices of it (the node's worker: half the memory of a thin-slice series).
     """
     group = read_series_headers(source, series_uid)
     frames: list[FrameRef] = []
@@ -279,8 +286,8 @@ def load_series(source: Path | str | Sequence[Path | str] | Sequence[Dataset], s
     frames, normal, along = sorted_frames(frames)
     first = frames[0].header
     rows, cols = int(first.Rows), int(first.Columns)
-    hu = decode_frames(frames, rows, cols)
-    np.maximum(hu, np.float32(AIR_HU), out=hu)
+    hu = decode_frames(frames, rows, cols, compact=compact)
+    np.maximum(hu, hu.dtype.type(AIR_HU), out=hu)
 
     warnings: list[str] = []
     distances = np.diff(along)

@@ -112,17 +112,43 @@ def density_excess(
     """Per voxel, how far above its slice's aerated lung it lies (the ``percentile``-th percentile
     of the slice's lung HU): 0 up to ``offset_hu`` above it, rising linearly to 1 at
     ``offset_hu + range_hu`` above; 0 outside the lungs. float32 of ``hu``'s shape. Slice by slice
-    (a full-series float copy of the HU is not needed)."""
+    (a full-series float copy of the HU is not needed); :func:`weight_by_density` applies it to a
+    map without the full-size result."""
     if hu.shape != lung_mask.shape:
         raise ValueError(f"hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
     out = np.zeros(hu.shape, dtype=np.float32)
     for z in np.flatnonzero(lung_mask.any(axis=(1, 2))):
-        lung = lung_mask[z]
-        aerated = float(np.percentile(hu[z][lung], percentile))
-        excess = (hu[z].astype(np.float32) - np.float32(aerated + offset_hu)) * np.float32(1.0 / range_hu)
-        np.clip(excess, 0.0, 1.0, out=excess)
-        out[z] = excess * lung
+        out[z] = _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile)
     return out
+
+
+def _slice_excess(hu: np.ndarray, lung: np.ndarray, offset_hu: float, range_hu: float, percentile: float) -> np.ndarray:
+    aerated = float(np.percentile(hu[lung].astype(np.float32, copy=False), percentile))
+    excess = (hu.astype(np.float32) - np.float32(aerated + offset_hu)) * np.float32(1.0 / range_hu)
+    np.clip(excess, 0.0, 1.0, out=excess)
+    excess *= lung
+    return excess
+
+
+def weight_by_density(
+    heat: np.ndarray,
+    hu: np.ndarray,
+    lung_mask: np.ndarray,
+    offset_hu: float = 100.0,
+    range_hu: float = 200.0,
+    percentile: float = 15.0,
+) -> np.ndarray:
+    """``heat *= density_excess(hu, lung_mask, ...)`` in place, one slice at a time: the same
+    values without a second map of the series' size (a 1,000-slice 512 x 512 series: 1 GB)."""
+    if heat.shape != hu.shape or hu.shape != lung_mask.shape:
+        raise ValueError(f"heat {heat.shape}, hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
+    has_lung = np.asarray(lung_mask.any(axis=(1, 2)))
+    for z in range(heat.shape[0]):
+        if has_lung[z]:
+            heat[z] *= _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile)
+        else:
+            heat[z] = 0.0
+    return heat
 
 
 def solid_consolidation(
@@ -300,14 +326,23 @@ def find_regions(
     if heatmap.shape != lung_mask.shape:
         raise ValueError(f"heatmap {heatmap.shape} and lung mask {lung_mask.shape} differ in shape")
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    labels = np.zeros(heatmap.shape, dtype=np.uint16)
+    # Every region lies in the lungs: threshold and label within the lungs' box only (the int32
+    # labels of a whole 1,000-slice series would be 1 GB); boxes and peaks are shifted back.
+    lung_box = _bounding_box(lung_mask)
+    if lung_box is None:
+        return labels, []
+    origin = tuple(b.start for b in lung_box)
+    lung_mask, heatmap = lung_mask[lung_box], heatmap[lung_box]
     fg = (heatmap >= threshold) & lung_mask
     # Growing the thresholded map through ``grow_into`` = the components of both together that hold
     # a thresholded voxel (one labelling pass, not an iterated dilation).
-    grown = fg | (grow_into & lung_mask) if grow_into is not None else fg
+    grown = fg | (grow_into[lung_box] & lung_mask) if grow_into is not None else fg
     raw, count = ndimage.label(grown, structure=np.ones((3, 3, 3), dtype=bool))
-    labels = np.zeros(heatmap.shape, dtype=np.uint16)
+    del grown
     if count == 0:
         return labels, []
+    boxed = labels[lung_box]
     objects = ndimage.find_objects(raw)
     candidates: list[tuple[float, int, tuple[slice, ...]]] = []
     for k, box in enumerate(objects, start=1):
@@ -327,11 +362,11 @@ def find_regions(
             break
         sub = raw[box] == k
         scores = heatmap[box][sub]
-        labels[box][sub] = index
+        boxed[box][sub] = index
         local_peak = np.argwhere(sub)[int(np.argmax(scores))]
-        peak = tuple(int(p + b.start) for p, b in zip(local_peak, box))
-        z0, y0, x0 = (b.start for b in box)
-        z1, y1, x1 = (b.stop - 1 for b in box)
+        peak = tuple(int(p + b.start + o) for p, b, o in zip(local_peak, box, origin))
+        z0, y0, x0 = (b.start + o for b, o in zip(box, origin))
+        z1, y1, x1 = (b.stop - 1 + o for b, o in zip(box, origin))
         regions.append(
             Region(
                 index=index,
@@ -344,6 +379,18 @@ def find_regions(
             )
         )
     return labels, regions
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) holding every set voxel of ``mask``; None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        where = np.flatnonzero(mask.any(axis=others))
+        if where.size == 0:
+            return None
+        box.append(slice(int(where[0]), int(where[-1]) + 1))
+    return tuple(box)
 
 
 def involvement_percent(region_labels: np.ndarray, lung_mask: np.ndarray) -> float:

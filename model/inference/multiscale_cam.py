@@ -305,8 +305,8 @@ class Predictor:
                 heat -= np.float32(settings.cam_floor)
                 heat *= np.float32(1.0 / (1.0 - settings.cam_floor))
                 np.clip(heat, 0.0, 1.0, out=heat)
-            heat *= localise.density_excess(
-                hu, lung_mask, settings.density_offset_hu, settings.density_range_hu, settings.density_percentile
+            localise.weight_by_density(
+                heat, hu, lung_mask, settings.density_offset_hu, settings.density_range_hu, settings.density_percentile
             )
             heat = localise.min_max(heat, lung_mask, inplace=True)
         timings["cam"] += time.perf_counter() - t
