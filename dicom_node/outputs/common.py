@@ -62,6 +62,10 @@ class OutputOptions:
     seg_threshold: float = 0.5
     sc_transfer_syntax_uid: str = str(ExplicitVRLittleEndian)
     created: datetime.datetime | None = None
+    # The Parametric Map without its pixels in memory: its frames are computed from the heatmap
+    # as its file is written (dicom_node.storage.part10.write_file; the same bytes). For a writer
+    # of files (the worker), not for callers that read the pixels of the built object.
+    defer_map_pixels: bool = False
 
     def series_number(self, kind: str) -> int:
         """The Series Number of ``kind``'s objects."""

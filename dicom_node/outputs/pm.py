@@ -31,6 +31,12 @@ quantised map deflates to about 1 % of the CT's bytes (a dense map over the whol
 3 %) instead of twice the CT. The sender offers the peer that transfer syntax and falls back to
 Explicit VR Little Endian for a peer that does not take it.
 
+Memory: highdicom writes the header from a pixel array that takes no memory
+(:class:`HeaderOnlyParametricMap` encodes no frames); the frames are quantised one at a time into
+the Float Pixel Data, or, with ``OutputOptions.defer_map_pixels`` (the worker), only as the file
+is written (dicom_node.storage.part10): for a 1,000-slice series no float copy of the volume at
+all, where highdicom and pydicom's deflated writer held five or more.
+
 Why float and no Palette Color LUT: highdicom allows a palette only with integer pixels, and an
 integer Parametric Map with the palette highdicom writes (and the ICC profile and Stored Value
 Color Range the palette asks for) is reported by dciodvfy 2022 as carrying palette attributes its
@@ -43,6 +49,8 @@ source: the frames derive from that instance's frames. Not for clinical use.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import highdicom as hd
 import numpy as np
@@ -59,6 +67,7 @@ from dicom_node.outputs.common import (
     slice_position,
     stamp,
 )
+from dicom_node.storage.part10 import DeferredPixels, defer_pixels
 from model.inference.io import slice_normal
 
 LUT_LABEL = "AI_SCORE"
@@ -68,13 +77,28 @@ LEVELS = 256
 
 def quantised_scores(heatmap: np.ndarray) -> np.ndarray:
     """The heatmap as the map stores it: float32 in 0-1, NaN as 0, in steps of 1/LEVELS."""
-    scores = np.array(heatmap, dtype=np.float32)  # a copy: quantised in place
-    np.nan_to_num(scores, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-    np.clip(scores, 0.0, 1.0, out=scores)
-    np.multiply(scores, LEVELS, out=scores)
-    np.rint(scores, out=scores)
-    np.divide(scores, LEVELS, out=scores)
+    scores = np.empty(heatmap.shape, dtype=np.float32)
+    for i in range(heatmap.shape[0]):
+        _quantise_into(scores[i], heatmap[i])
     return scores
+
+
+def _quantise_into(out: np.ndarray, heat: np.ndarray) -> None:
+    """One slice of :func:`quantised_scores`, written into ``out`` (float32)."""
+    np.copyto(out, heat, casting="unsafe")
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    np.multiply(out, LEVELS, out=out)
+    np.rint(out, out=out)
+    np.divide(out, LEVELS, out=out)
+
+
+class HeaderOnlyParametricMap(hd.pm.ParametricMap):
+    """highdicom's Parametric Map without its frames encoded: every attribute as highdicom makes
+    it from a pixel array of the map's shape, and empty Float Pixel Data for the caller to fill."""
+
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        return b""
 
 
 def _real_world_value_mapping(ctx: BuildContext) -> hd.pm.RealWorldValueMapping:
@@ -119,16 +143,22 @@ def build_pm(ctx: BuildContext) -> list[Dataset]:
     heatmap = ctx.result.heatmap
     if heatmap is None:
         return []
-    scores = quantised_scores(heatmap)
     slices = ctx.slices
+    if heatmap.shape[0] != len(slices):
+        raise ValueError(f"the heatmap has {heatmap.shape[0]} slices, the source {len(slices)}")
+    rows, columns = int(heatmap.shape[1]), int(heatmap.shape[2])
     measures, orientation, positions = _plane_geometry(ctx, slices)
     # One source dataset per instance (a multi-frame source is one instance); plane positions
     # are given, so highdicom does not read them from the sources.
     sources = list({s.sop_instance_uid: s.dataset for s in slices}.values())
     options = ctx.options
-    pm = hd.pm.ParametricMap(
+    pm = HeaderOnlyParametricMap(
         source_images=sources,
-        pixel_array=scores,
+        # Zeros of the map's shape that take no memory (a broadcast view): highdicom writes the
+        # header from it (functional groups, derivation, mappings) and no pixels; they are
+        # written below, one frame at a time (highdicom would hold the scores, every frame's
+        # bytes and their join: three copies of a float32 volume).
+        pixel_array=np.broadcast_to(np.zeros((1, 1, 1), dtype=np.float32), (len(slices), rows, columns)),
         series_instance_uid=ctx.series_uid("pm"),
         series_number=options.series_number("pm"),
         sop_instance_uid=ctx.instance_uid("pm", "1"),
@@ -151,30 +181,61 @@ def build_pm(ctx: BuildContext) -> list[Dataset]:
     ctx.set_software_versions(pm)
     pm.BodyPartExamined = "CHEST"
     _fix_dimension_organization(pm, ctx.uid("pm", "dimension-organization"))
-    _order_frames_along_normal(pm)
+    order = _order_frames_along_normal(pm, slices)
+    if len(pm.FloatPixelData):
+        raise ValueError("highdicom encoded the map's frames itself")
+    if options.defer_map_pixels:
+        del pm.FloatPixelData
+        length = len(slices) * rows * columns * 4
+        defer_pixels(pm, DeferredPixels("FloatPixelData", "OF", length, lambda: _frame_bytes(heatmap, order)))
+    else:
+        pm.FloatPixelData = _frames(heatmap, order)
     pm.file_meta.TransferSyntaxUID = MAP_TRANSFER_SYNTAX_UID
     stamp(pm, ctx.created)
     return [pm]
 
 
-def _order_frames_along_normal(pm: Dataset) -> None:
+def _frames(heatmap: np.ndarray, order: np.ndarray) -> bytes:
+    """Float Pixel Data: frame ``j`` the quantised heatmap of slice ``order[j]``, little endian
+    (bytes: pydicom takes a bytearray for a list of values)."""
+    frames = np.empty(heatmap.shape, dtype="<f4")
+    for j, i in enumerate(order):
+        _quantise_into(frames[j], heatmap[int(i)])
+    return frames.tobytes()
+
+
+def _frame_bytes(heatmap: np.ndarray, order: np.ndarray) -> Iterator[bytes]:
+    """The frames of :func:`_frames` one at a time (what a deferred map's file is written from)."""
+    frame = np.empty(heatmap.shape[1:], dtype="<f4")
+    for i in order:
+        _quantise_into(frame, heatmap[int(i)])
+        yield frame.tobytes()
+
+
+def _along(normal: np.ndarray, position: list[float]) -> float:
+    return float(np.dot(normal, [float(v) for v in position]))
+
+
+def _order_frames_along_normal(pm: Dataset, slices: list[SliceRef]) -> np.ndarray:
     """Put the frames in ascending order along the slice normal, cross(row, column direction):
     the order in which OHIF (cornerstone) builds the CT volume. Each frame keeps its functional
-    groups; the dimension index values follow the frame numbers."""
+    groups; the dimension index values follow the frame numbers. Returns, per frame, the index of
+    its source slice (the slices are told apart by position: highdicom refuses duplicates)."""
     shared = pm.SharedFunctionalGroupsSequence[0]
     normal = slice_normal([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
     frames = pm.PerFrameFunctionalGroupsSequence
-    along = [float(np.dot(normal, [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])) for f in frames]
+    along = [_along(normal, f.PlanePositionSequence[0].ImagePositionPatient) for f in frames]
     order = np.argsort(along, kind="stable")
-    if np.array_equal(order, np.arange(len(order))):
-        return
-    size = int(pm.Rows) * int(pm.Columns)
-    pixels = np.frombuffer(pm.FloatPixelData, dtype="<f4").reshape(len(frames), size)
-    pm.FloatPixelData = pixels[order].tobytes()
-    items = [frames[int(i)] for i in order]
-    for number, item in enumerate(items, start=1):
-        item.FrameContentSequence[0].DimensionIndexValues = number
-    pm.PerFrameFunctionalGroupsSequence = Sequence(items)
+    if not np.array_equal(order, np.arange(len(order))):
+        items = [frames[int(i)] for i in order]
+        for number, item in enumerate(items, start=1):
+            item.FrameContentSequence[0].DimensionIndexValues = number
+        pm.PerFrameFunctionalGroupsSequence = Sequence(items)
+    source_along = np.array([_along(normal, slice_position(s) or [0.0, 0.0, 0.0]) for s in slices])
+    source_order = np.argsort(source_along, kind="stable")
+    if not np.allclose(np.sort(along), source_along[source_order], atol=1e-3):
+        raise ValueError("the Parametric Map's frame positions differ from its source slices'")
+    return source_order
 
 
 def _fix_dimension_organization(pm: Dataset, uid: str) -> None:

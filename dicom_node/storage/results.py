@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from dicom_node.storage.files import fsync_dir, fsync_file, write_file_atomic
+from dicom_node.storage.part10 import write_file
 from model.contract.result import SeriesResult
 from model.contract.uids import clean_uid
 
@@ -76,7 +76,7 @@ class JobArtefacts:
             for ds in datasets:
                 uid = clean_uid(ds.SOPInstanceUID)
                 path = folder / f"{uid}.dcm"
-                pydicom.dcmwrite(path, ds, enforce_file_format=True)
+                write_file(path, ds)  # a deflated map streams through the compressor
                 fsync_file(path)
                 rows.append(
                     {
