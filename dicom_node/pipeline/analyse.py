@@ -44,7 +44,7 @@ from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.remote import RemoteError, StoredRef
-from dicom_node.pipeline.runtime import Runtime
+from dicom_node.pipeline.runtime import Runtime, release_memory
 from dicom_node.storage.files import Storage
 from dicom_node.storage.results import JobArtefacts
 from model.inference.io import SeriesReadError, load_series
@@ -137,6 +137,9 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
             log.exception("job %d failed: %s", job_id, reason)
             analyses.fail(rt.db, claimed, reason, timings=timings)
             return "failed"
+    # The volume, maps and objects are gone: hand their freed heap back to the system, so a
+    # worker's resident set between jobs stays that of an idle one.
+    release_memory()
     seconds = sum(v for k, v in timings.items() if k in ("load", "model_load", "inference", "encoding"))
     log.info("job %d %s: %s in %.1f s", job_id, status, _decision_words(fields), seconds)
     if status == JobStatus.DONE.value:
@@ -185,7 +188,8 @@ def _analyse_files(
     if not files:
         raise FileNotFoundError(f"series {claimed.series_uid} has no stored instance")
     t = time.perf_counter()
-    volume = load_series(files, series_uid=claimed.series_uid)
+    # int16 HU where exact: the model and the writers cast slices of it as they go.
+    volume = load_series(files, series_uid=claimed.series_uid, compact=True)
     timings["load"] = round(time.perf_counter() - t, 4)
     heartbeat.check()
 
@@ -202,10 +206,14 @@ def _analyse_files(
     t = time.perf_counter()
     artefacts = JobArtefacts(settings.results_dir, claimed.job_id)
     artefacts.write_result(result)
-    options = OutputOptions(sc_slices=settings.worker.sc_slices, created=_created(claimed.created_at))
+    # The Parametric Map's frames are computed from the heatmap as its file is written.
+    options = OutputOptions(
+        sc_slices=settings.worker.sc_slices, created=_created(claimed.created_at), defer_map_pixels=True
+    )
     objects = build_outputs(result, SourceSeries.from_volume(volume), kinds=OUTPUT_KINDS, options=options)
     heartbeat.check()
     outputs = artefacts.write_objects(objects, claimed.attempt)
+    del objects
     timings["encoding"] = round(time.perf_counter() - t, 4)
     heartbeat.check()
     if rt.remote is not None:
