@@ -77,8 +77,13 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 # The phantoms sent: name -> (kind, seed, instance numbers descending from the feet), one in each
 # order; small so that the suite stays within minutes on 2 CPU cores (four phantoms, each kind in
 # both orders, took the node over ten minutes on the loaded CI machine).
+# The covid phantom needs a finding, regions in the lungs and a lesion-free lung slice to look at.
+# Seed 42 has all three with weights 0.4.0; seed 31 (used before) is decided normal (4.7 % of the
+# lungs on 12 lung slices of about 12 mm, thicker than any the phantoms train on), and other seeds'
+# covid regions reach out of the lungs (both are in the model card's known failure modes) or put a
+# lesion on every lung slice.
 STUDIES = {
-    "covid-ascending": ("covid", 31, False),
+    "covid-ascending": ("covid", 42, False),
     "cap-descending": ("cap", 32, True),
 }
 SLICES, MATRIX = 24, 256
@@ -514,8 +519,8 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
             name,
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="issue 21: the model's CAP region on slice 10 is outlined 32 % outside the lungs"
-                " (the model's issue fixes the regions; remove this mark then)",
+                reason="the model's CAP region on slice 10 is outlined about a third outside the lungs, at the"
+                " dense base (model/README.md, known failure modes); remove this mark when the regions stay in",
             ),
         )
         if name == "cap-descending"
