@@ -121,7 +121,7 @@ async def store_instances(title: str, request: Request) -> Response:
             # does not send it at all).
             raise RequestRefused(413, f"request body of {length} bytes, more than {limit} (dicomweb.max_request_bytes)")
     except RequestRefused as exc:
-        return await refuse(request, exc.http_status, exc.detail, local_ae=title)
+        return await refuse(request, exc.status, exc.detail, local_ae=title)
     extra = [*ctx.settings.listener.extra_sop_classes, *local_ae.extra_sop_classes]
     reader = StowReader(
         receiver(ctx),
@@ -138,7 +138,7 @@ async def store_instances(title: str, request: Request) -> Response:
     except RequestRefused as exc:
         stored = sum(1 for o in reader.outcomes if o.stored)
         kept = f"; {stored} instance(s) before it were stored" if stored else ""
-        return await refuse(request, exc.http_status, exc.detail + kept, local_ae=title)
+        return await refuse(request, exc.status, exc.detail + kept, local_ae=title)
     except ClientDisconnect:
         host = client_addr(request)
         log.warning("STOW-RS to %s from %s: the client went away; the instance being read is discarded", title, host)

@@ -35,6 +35,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
 from dicom_node.dicom_answers import Status
+from dicom_node.errors import NodeError
 from dicom_node.listener.dataset import RejectedInstance
 from dicom_node.listener.scp import TRANSFER_SYNTAXES, Receiver
 from dicom_node.storage.index import LocalAESnapshot
@@ -55,12 +56,12 @@ META_MAX_BYTES = 64 * 1024
 _HEAD = 144  # preamble (128) + "DICM" + (0002,0000) UL 4
 
 
-class RequestRefused(Exception):
-    """The whole request is refused with an HTTP status (400, 406, 413, 415)."""
+class RequestRefused(NodeError):
+    """The whole request is refused with an HTTP status (400, 406, 413, 415): ``status``."""
 
-    def __init__(self, http_status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
-        self.http_status = http_status
+        self.status = status
         self.detail = detail
 
 

@@ -104,7 +104,7 @@ def test_invalid_user_names(name: object, reason: str) -> None:
 
 def test_roles_and_passwords() -> None:
     assert check_role("admin") == check_role("viewer") == check_role("radiologist") == (True, "")
-    assert check_role("root") == (False, "must be one of admin, viewer, radiologist")
+    assert check_role("root") == (False, "must be one of admin, viewer, radiologist, sender")
     assert check_password("x" * MIN_PASSWORD_LENGTH) == check_password("x" * MAX_PASSWORD_LENGTH) == (True, "")
     assert check_password("x" * (MIN_PASSWORD_LENGTH - 1)) == (False, "must be at least 10 characters long")
     assert not check_password("x" * (MAX_PASSWORD_LENGTH + 1))[0] and not check_password(None)[0]
