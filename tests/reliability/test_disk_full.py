@@ -123,7 +123,7 @@ def test_a_full_disk_purges_only_finished_studies_and_never_refuses_while_it_can
                 lambda: _count(db, Series.status == SeriesStatus.RECEIVING.value) == 0, 60, "every series to complete"
             )
             # A purge marks its series, then removes the files and writes its event: let the last one end.
-            wait_until(lambda: _settled(db), 60, "the last purge to end")
+            wait_until(lambda: _settled(db), 180, "the last purge to end")  # minutes on a loaded 2-core machine
             _check(db, disk, node.output(), who_purges)
         finally:
             db.dispose()
