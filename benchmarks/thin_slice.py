@@ -43,13 +43,13 @@ import psutil
 import pydicom
 from sqlalchemy import select
 
-from benchmarks.turnaround import one_run
+from benchmarks.turnaround import configure_node, one_run
 from dicom_node.db import Database
 from dicom_node.db.models import Job, Series
 from dicom_node.settings import load_settings
 from model.phantoms.phantom import make_phantom
 from model.phantoms.writer import write_phantom_series
-from tests.harness.peers import NodeProcess, Orthanc, cli, free_port, node_env, wait_until
+from tests.harness.peers import NodeProcess, Orthanc, free_port, node_env, wait_until
 
 MB = 1024 * 1024
 
@@ -184,22 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         orthanc = Orthanc(work / f"orthanc-{run}").start()
         data_dir = work / f"node-data-{run}"
         env = node_env(data_dir, admin_port=free_port(), worker__device="cpu")
-        port, title = free_port(), "COVIDNODE"
-        cli(env, "db", "upgrade")
-        cli(env, "ae", "add-destination", "ORTHANC", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
-        cli(
-            env,
-            "ae",
-            "add-local",
-            title,
-            "--port",
-            str(port),
-            "--quiet-seconds",
-            str(args.quiet_seconds),
-            "--send-results-to",
-            "ORTHANC",
-            "--allow-any-source",
-        )
+        port, title = configure_node(env, orthanc, args.quiet_seconds)
         node = NodeProcess(env, ["up", "--no-admin"]).start()
         settings = load_settings(data_dir=data_dir)
         db = Database(settings.effective_database_url)

@@ -65,6 +65,28 @@ def write_series(root: Path, seed: int, slices: int, matrix: int) -> tuple[Path,
     return out, str(pydicom.dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
 
 
+def configure_node(env: dict[str, str], orthanc: Orthanc, quiet_seconds: float) -> tuple[int, str]:
+    """A fresh node's database, Orthanc as its destination and a local AE on a free port that sends
+    its results there and takes any caller; returns the AE's port and title."""
+    port, title = free_port(), "COVIDNODE"
+    cli(env, "db", "upgrade")
+    cli(env, "ae", "add-destination", "ORTHANC", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
+    cli(
+        env,
+        "ae",
+        "add-local",
+        title,
+        "--port",
+        str(port),
+        "--quiet-seconds",
+        str(quiet_seconds),
+        "--send-results-to",
+        "ORTHANC",
+        "--allow-any-source",
+    )
+    return port, title
+
+
 def one_run(
     db: Database,
     orthanc: Orthanc,
@@ -172,22 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.localisation:
             settings["worker__localisation"] = args.localisation
         env = node_env(data_dir, **settings)
-        port, title = free_port(), "COVIDNODE"
-        cli(env, "db", "upgrade")
-        cli(env, "ae", "add-destination", "ORTHANC", "--host", "127.0.0.1", "--port", str(orthanc.dicom_port))
-        cli(
-            env,
-            "ae",
-            "add-local",
-            title,
-            "--port",
-            str(port),
-            "--quiet-seconds",
-            str(args.quiet_seconds),
-            "--send-results-to",
-            "ORTHANC",
-            "--allow-any-source",
-        )
+        port, title = configure_node(env, orthanc, args.quiet_seconds)
         procs = (
             [NodeProcess(env, ["up", "--no-admin"]).start()]
             if args.mode == "up"
