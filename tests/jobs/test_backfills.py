@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.db import Database
-from dicom_node.db.models import Job, LocalAE, Series
+from dicom_node.db.models import Job, Series
 from dicom_node.errors import Refused
 from dicom_node.jobs import backfills
 from dicom_node.jobs.completion import Completion
@@ -28,15 +28,6 @@ from dicom_node.sending.retrieve import FoundSeries
 from dicom_node.settings import CompletionSettings
 from dicom_node.storage.index import Index
 from tests.jobs.test_completion import T0, item
-
-
-@pytest.fixture
-def ae_id(db: Database) -> int:
-    with db.session() as s:
-        ae = LocalAE(title="COVIDNODE", port=11112, quiet_seconds=5.0, max_wait_seconds=60.0, filters={})
-        s.add(ae)
-        s.flush()
-        return ae.id
 
 
 def _backfill(db: Database, force: bool = False) -> int:

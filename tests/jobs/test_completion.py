@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 from sqlalchemy import func, select, update
 
 from dicom_node.db import Database
@@ -30,15 +29,6 @@ from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
 from tests.pydicom_files import pydicom_file
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
-
-
-@pytest.fixture
-def ae_id(db: Database) -> int:
-    with db.session() as s:
-        ae = LocalAE(title="COVIDNODE", port=11112, quiet_seconds=5.0, max_wait_seconds=60.0, filters={})
-        s.add(ae)
-        s.flush()
-        return ae.id
 
 
 def item(ae_id: int | None, n: int, series: str = "1.2.3.1", **kw: Any) -> ReceivedInstance:
