@@ -10,7 +10,7 @@
 #    so it need not wait for the lung network; steps 1-3 take under 2 hours on the 2 cores;
 # 4. calibration on phantoms of seeds 9201-9202 (never trained on): temperature, class bias, the
 #    indeterminate margin and the region threshold (model evaluate --calibrate);
-# 5. held-out evaluation on phantoms of seeds 8401-8403 (never used before): 24 series 256 x 256
+# 5. held-out evaluation on phantoms of seeds 8401-8403 (HELD_SEEDS, three seeds; never used before): 24 series 256 x 256
 #    explicit little endian, 21 series 384 x 384 RLE, 21 series 512 x 512 JPEG-LS, each scan's own
 #    slices (at most 300), recorded in the weights' metadata as held_out_metrics.
 # One thread per process (two processes where the work splits): on two shared cores, torch's
@@ -28,6 +28,7 @@ minutes=${MAX_MINUTES:-65}
 lung_minutes=${LUNG_MINUTES:-40}
 init=${INIT:-none}
 read -r seed_a seed_b <<< "${TRAIN_SEEDS:-21 22}"
+read -r held_a held_b held_c <<< "${HELD_SEEDS:-8401 8402 8403}"
 lr_args=(); [ -z "${LR:-}" ] || lr_args=(--lr "$LR")
 lung_init=(); [ "$init" = none ] || lung_init=(--init "$init")
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -70,10 +71,10 @@ merge calib a b
   --calibrate --overlays 0 --no-progress
 stamp "calibrated"
 
-phantoms held/a 8401 24 256 explicit 300 &
-phantoms held/b 8402 21 384 rle 300 &
+phantoms held/a "$held_a" 24 256 explicit 300 &
+phantoms held/b "$held_b" 21 384 rle 300 &
 wait
-phantoms held/c 8403 21 512 jpeg-ls 300
+phantoms held/c "$held_c" 21 512 jpeg-ls 300
 merge held a b c
 "$node" model evaluate --data "$work/held" --weights "$out" --json "$work/held-eval/metrics.json" \
   --record held_out_metrics --overlays 8 --no-progress

@@ -280,7 +280,13 @@ class Retention:
 
     def finish_interrupted(self) -> int:
         """Empty the series marked purged that still have instance rows (a crash between the two
-        steps of a purge); returns how many."""
+        steps of a purge); returns how many. It takes its turn on the lock: a series another
+        process is emptying right now looks the same as an interrupted one until that ends, and
+        emptying it twice would record its purge twice."""
+        with self._turn():
+            return self._finish_interrupted()
+
+    def _finish_interrupted(self) -> int:
         with self.db.reader() as conn:
             ids = list(
                 conn.scalars(

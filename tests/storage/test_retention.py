@@ -10,6 +10,8 @@ removed. The disk filled for real, with the listener and serve, is tests/reliabi
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +361,31 @@ def test_a_folder_removed_by_retention_is_made_again_by_the_writer(tmp_path: Pat
     stored.path.parent.rmdir()  # as a purge does, while this writer remembers the folder
     again = storage.write(relative.replace("1.2.3.4.dcm", "1.2.3.5.dcm"), b"\0" * 16, **options)
     assert again.path.is_file() and (again.path.parent / SERIES_RECORD).is_file()
+
+
+def test_finishing_an_interrupted_purge_waits_for_a_purge_in_progress(
+    node: Node, db: Database, settings: Settings
+) -> None:
+    """A series a listener is emptying (marked, rows not yet deleted) looks interrupted to serve:
+    finishing it meanwhile recorded its purge twice (seen as two events for one series)."""
+    sid = node.series(SeriesStatus.NOT_ANALYSED)
+    with db.session() as s:
+        series = s.get(Series, sid)
+        assert series is not None
+        series.purged_at = utcnow()  # another process marked it and is emptying it
+    retention = Retention(db, settings)
+    retention.lock_path.parent.mkdir(parents=True, exist_ok=True)
+    done: list[int] = []
+    with open(retention.lock_path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # that process's turn
+        finisher = threading.Thread(target=lambda: done.append(retention.finish_interrupted()))
+        finisher.start()
+        finisher.join(timeout=1.0)
+        assert finisher.is_alive() and done == []  # it waits for its turn
+        retention._empty(sid, "the other process ends its purge")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    finisher.join(timeout=30)
+    assert done == [0]
+    with db.reader() as conn:
+        events = conn.scalar(select(func.count()).select_from(Event).where(Event.category == "retention"))
+    assert events == 1
