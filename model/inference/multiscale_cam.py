@@ -294,21 +294,37 @@ class Predictor:
             for j, i in enumerate(idx):
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
             joints[idx] = localise.joint_map(m).numpy()
+        # np.zeros maps untouched pages to the kernel's zero page: only the slices from the first
+        # to the last lung slice are written below, so the rest of the map (on a thin-slice series
+        # reaching into the neck and abdomen, up to half of it) never becomes resident memory.
         heat = np.zeros(lung_mask.shape, dtype=np.float32)
         slices = analysis.lung_slices if analysis.lung_slices is not None else analysis.lung_indices
         for start in range(0, slices.size, chunk):
             part = slices[start : start + chunk]
             heat[part] = analysis.geometry.to_original(between_slabs(joints, analysis.lung_indices, part))
-        heat = localise.min_max(heat, lung_mask, inplace=True)
+        with_lung = np.flatnonzero(lung_mask.any(axis=(1, 2)))
+        ends = np.concatenate(
+            [with_lung[[0, -1]] if with_lung.size else with_lung, slices[[0, -1]] if slices.size else slices]
+        )
+        if ends.size == 0:
+            return heat
+        span = slice(int(ends.min()), int(ends.max()) + 1)  # outside it both the map and the lungs are 0
+        part_heat, part_lungs = heat[span], lung_mask[span]
+        localise.min_max(part_heat, part_lungs, inplace=True)
         if settings.density_weighting and hu is not None:
             if settings.cam_floor > 0:
-                heat -= np.float32(settings.cam_floor)
-                heat *= np.float32(1.0 / (1.0 - settings.cam_floor))
-                np.clip(heat, 0.0, 1.0, out=heat)
+                part_heat -= np.float32(settings.cam_floor)
+                part_heat *= np.float32(1.0 / (1.0 - settings.cam_floor))
+                np.clip(part_heat, 0.0, 1.0, out=part_heat)
             localise.weight_by_density(
-                heat, hu, lung_mask, settings.density_offset_hu, settings.density_range_hu, settings.density_percentile
+                part_heat,
+                hu[span],
+                part_lungs,
+                settings.density_offset_hu,
+                settings.density_range_hu,
+                settings.density_percentile,
             )
-            heat = localise.min_max(heat, lung_mask, inplace=True)
+            localise.min_max(part_heat, part_lungs, inplace=True)
         timings["cam"] += time.perf_counter() - t
         return heat
 
