@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import iter_pixels
 from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
@@ -220,61 +221,98 @@ _INT16 = np.iinfo(np.int16)
 def decode_frames(frames: list[FrameRef], rows: int, cols: int, compact: bool = False) -> np.ndarray:
     """Stored values of every frame in order, rescaled to float32 HU; with ``compact``, int16
     when every rescaled value is a whole number in int16's range (the same values in half the
-    memory: 0.5 GB instead of 1 GB for 1,000 slices of 512 x 512), float32 otherwise."""
+    memory: 0.5 GB instead of 1 GB for 1,000 slices of 512 x 512), float32 otherwise. The frames of
+    a multi-frame file are decoded one at a time (:func:`_source_frames`)."""
     if str(frames[0].header.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         raise SeriesReadError("MONOCHROME1 images (inverted grey scale) are not CT-like: not supported")
     hu = np.empty((len(frames), rows, cols), dtype=np.int16 if compact else np.float32)
     one = np.empty((rows, cols), dtype=np.float32)
-    by_source: dict[int, list[int]] = {}
+    by_source: dict[int, dict[int, list[int]]] = {}  # source -> frame number (1-based) -> volume indices
     sources: dict[int, Path | Dataset] = {}
     for i, f in enumerate(frames):
         key = id(f.source)
-        by_source.setdefault(key, []).append(i)
+        by_source.setdefault(key, {}).setdefault(f.frame or 1, []).append(i)
         sources[key] = f.source
-    for key, indices in by_source.items():
+    for key, wanted in by_source.items():
         source = sources[key]
         where = origin_name(source)
-        try:
-            ds = pydicom.dcmread(source) if isinstance(source, Path) else source
-            if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-                raise SeriesReadError(f"image {ds.get('SOPInstanceUID', '?')} ({where}) has no pixel data")
-            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-                raise SeriesReadError(
-                    f"image {ds.get('SOPInstanceUID', '?')} ({where}) is not greyscale (Samples per Pixel "
-                    f"{ds.SamplesPerPixel})"
-                )
-            arr = ds.pixel_array
-        except SeriesReadError:
-            raise
-        except (
-            InvalidDicomError,
-            NotImplementedError,
-            RuntimeError,
-            ValueError,
-            AttributeError,
-            OSError,
-            EOFError,
-        ) as exc:
-            raise SeriesReadError(f"pixel data of {where} cannot be decoded: {exc}") from exc
-        if arr.ndim == 2:
-            arr = arr[np.newaxis]
-        for i in indices:
-            f = frames[i]
-            frame = arr[(f.frame or 1) - 1]
+        for number, frame in _source_frames(source, frames[wanted[min(wanted)][0]].header, set(wanted), where):
             if frame.shape != (rows, cols):
                 raise SeriesReadError(f"pixel data of {where} has shape {frame.shape}, header says {rows}x{cols}")
-            if hu.dtype == np.float32:
-                np.multiply(frame, np.float32(f.slope), out=hu[i], casting="unsafe")
-                hu[i] += np.float32(f.intercept)
-                continue
-            np.multiply(frame, np.float32(f.slope), out=one, casting="unsafe")
-            one += np.float32(f.intercept)
-            if one.size and (
-                float(one.max()) > _INT16.max or float(one.min()) < _INT16.min or not np.array_equal(one, np.rint(one))
-            ):
-                # Not whole numbers in range after all: the float32 volume, as without ``compact``.
-                hu = hu.astype(np.float32)
+            for i in wanted[number]:
+                f = frames[i]
+                if hu.dtype == np.float32:
+                    np.multiply(frame, np.float32(f.slope), out=hu[i], casting="unsafe")
+                    hu[i] += np.float32(f.intercept)
+                    continue
+                np.multiply(frame, np.float32(f.slope), out=one, casting="unsafe")
+                one += np.float32(f.intercept)
+                if one.size and (
+                    float(one.max()) > _INT16.max
+                    or float(one.min()) < _INT16.min
+                    or not np.array_equal(one, np.rint(one))
+                ):
+                    # Not whole numbers in range after all: the float32 volume, as without ``compact``.
+                    hu = hu.astype(np.float32)
+                    hu[i] = one
+                    continue
                 hu[i] = one
-                continue
-            hu[i] = one
     return hu
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: iter_pixels cannot read it
+# Errors pydicom raises on pixel data it cannot read or decode.
+_DECODE_ERRORS = (InvalidDicomError, NotImplementedError, RuntimeError, ValueError, AttributeError, OSError, EOFError)
+
+
+def _source_frames(
+    source: Path | Dataset, header: Dataset, wanted: set[int], where: str
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame number, stored values) of the ``wanted`` frames of one file or data set. A
+    multi-frame file is read frame by frame (pydicom's iter_pixels on the path: neither its whole
+    pixel data nor the whole decoded array in memory; a 1,000-frame Enhanced CT of 512 x 512 is
+    0.5 GB each); a single frame, a data set in memory or a deflated file (iter_pixels cannot read one)
+    is decoded whole."""
+    syntax = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if isinstance(source, Path) and int(header.get("NumberOfFrames", 1) or 1) > 1 and syntax != _DEFLATED:
+        if int(header.get("SamplesPerPixel", 1) or 1) != 1:
+            raise SeriesReadError(
+                f"image {header.get('SOPInstanceUID', '?')} ({where}) is not greyscale "
+                f"(Samples per Pixel {header.SamplesPerPixel})"
+            )
+        done = 0
+        try:
+            for index, frame in enumerate(iter_pixels(source)):
+                if index + 1 in wanted:
+                    yield index + 1, frame
+                    done += 1
+                    if done == len(wanted):
+                        return
+            return
+        except _DECODE_ERRORS as exc:
+            if done:  # part of the frames are placed already: the file itself is broken
+                raise SeriesReadError(f"pixel data of {where} cannot be decoded: {exc}") from exc
+            log.debug("%s: frame by frame failed (%s); decoding it whole", where, exc)
+    try:
+        ds = pydicom.dcmread(source) if isinstance(source, Path) else source
+        _check_pixels(ds, where)
+        arr = ds.pixel_array
+    except SeriesReadError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise SeriesReadError(f"pixel data of {where} cannot be decoded: {exc}") from exc
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    for number in sorted(wanted):
+        if number > arr.shape[0]:
+            raise SeriesReadError(f"pixel data of {where} has {arr.shape[0]} frame(s), frame {number} is wanted")
+        yield number, arr[number - 1]
+
+
+def _check_pixels(ds: Dataset, where: str) -> None:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise SeriesReadError(f"image {ds.get('SOPInstanceUID', '?')} ({where}) has no pixel data")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise SeriesReadError(
+            f"image {ds.get('SOPInstanceUID', '?')} ({where}) is not greyscale (Samples per Pixel {ds.SamplesPerPixel})"
+        )
