@@ -213,6 +213,22 @@ def storescu(
 
 # --- Orthanc as the PACS -------------------------------------------------------------------
 
+# Where Debian's orthanc-webviewer puts the Orthanc Web Viewer plugin.
+WEBVIEWER_PLUGIN_PATHS = (
+    Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so"),
+    Path("/usr/lib/orthanc/plugins/libOrthancWebViewer.so"),
+)
+
+
+def webviewer_plugin() -> Path:
+    for path in WEBVIEWER_PLUGIN_PATHS:
+        if path.is_file():
+            return path
+    raise AssertionError(
+        "Orthanc's Web Viewer plugin is not installed: this test needs the Debian package orthanc-webviewer"
+        " (tests/run installs it)"
+    )
+
 
 class _GuardedOrthancProcess(OrthancProcess):
     """Orthanc whose REST API needs a user: asked as such whether it is up."""
@@ -247,8 +263,10 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
 class Orthanc:
     """A private Orthanc (Debian package) with its own ports and storage, read over REST;
     ``dicomweb`` loads its DICOMweb plugin (Debian package orthanc-dicomweb), for a viewer or as a
-    STOW-RS destination; ``users`` ({name: password}) turns HTTP basic authentication on (the
-    REST reads here log in as the first)."""
+    STOW-RS destination; ``webviewer`` loads the Orthanc Web Viewer plugin (Debian package
+    orthanc-webviewer: a second viewer, at ``webviewer_url``, its cache in ``workdir``);
+    ``users`` ({name: password}) turns HTTP basic authentication on (the REST reads here log in as
+    the first)."""
 
     def __init__(
         self,
@@ -257,6 +275,7 @@ class Orthanc:
         aet: str = "ORTHANC",
         modalities: dict[str, Any] | None = None,
         dicomweb: bool = False,
+        webviewer: bool = False,
         users: dict[str, str] | None = None,
     ) -> None:
         require_tool("Orthanc", "orthanc")
@@ -266,6 +285,7 @@ class Orthanc:
         self.http_port = free_port()
         self.modalities = modalities or {}
         self.dicomweb = dicomweb
+        self.webviewer = webviewer
         self.users = users or {}
         self.process: OrthancProcess | None = None
 
@@ -277,6 +297,10 @@ class Orthanc:
     def dicomweb_url(self) -> str:
         return f"{self.url}/dicom-web"
 
+    def webviewer_url(self, series_id: str) -> str:
+        """The Web Viewer's page for a series (Orthanc's series id, not its UID)."""
+        return f"{self.url}/web-viewer/app/viewer.html?series={series_id}"
+
     def start(self) -> "Orthanc":
         extra: dict[str, Any] = {}
         if self.users:
@@ -287,6 +311,9 @@ class Orthanc:
                 dicomweb=self.dicomweb, Name="test-pacs", DicomModalities=self.modalities, HttpServerEnabled=True,
                 LogExportedResources=False, KeepAlive=True, **extra,
             )  # fmt: skip
+            if self.webviewer:
+                config["Plugins"].append(str(webviewer_plugin()))
+                config["WebViewer"] = {"CachePath": str(self.workdir / "webviewer-cache")}
             if self.users:
                 self.process = _GuardedOrthancProcess(self.workdir, config, self).start()
             else:

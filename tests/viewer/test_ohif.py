@@ -41,39 +41,28 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from dicom_node.db.models import Job
 from dicom_node.viewer.ohif import ohif_dist
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
-from model.phantoms.writer import read_phantom_truth
-from tests.e2e.stack import Node, done_and_exported, series_uids
-from tests.harness.peers import Orthanc, require_tool, storescu
-from tests.harness.synthetic import clear_phantom
+from tests.harness.peers import Orthanc
+from tests.viewer.studies import ARTIFACTS, Study, analysed_studies, coloured
 
 # The first test's time includes the stack's: a node started and two phantoms analysed and exported.
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "viewer"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 # The phantoms sent: name -> (kind, seed, instance numbers descending from the feet), one in each
 # order; small so that the suite stays within minutes on 2 CPU cores (four phantoms, each kind in
 # both orders, took the node over ten minutes on the loaded CI machine).
@@ -86,77 +75,8 @@ STUDIES = {
     "covid-ascending": ("covid", 42, False),
     "cap-descending": ("cap", 32, True),
 }
-SLICES, MATRIX = 24, 256
 # The CT's window as the phantom writes it (lung window), as cornerstone's VOI range.
 CT_WINDOW = (-600.0, 1500.0)
-# A pixel of a screenshot is coloured when its channels differ this much (the CT is grey).
-COLOURED = 60
-
-
-@dataclass
-class Slice:
-    sop_uid: str
-    position: np.ndarray  # Image Position (Patient), mm
-
-
-@dataclass
-class Study:
-    name: str
-    kind: str
-    study_uid: str
-    decision: str
-    regions: int  # suspected-infection regions of the result
-    slices: list[Slice]  # ascending along the normal, as the masks
-    row_direction: np.ndarray  # Image Orientation (Patient): along a row (column index grows)
-    column_direction: np.ndarray
-    spacing: tuple[float, float]  # (between rows, between columns) mm
-    lungs: np.ndarray  # bool (slices, rows, columns)
-    lesions: np.ndarray
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row_direction, self.column_direction)
-
-    def slice_at(self, world: Any) -> int:
-        """The index of the slice nearest to a world point (along the normal)."""
-        along = [float(np.dot(self.normal, s.position)) for s in self.slices]
-        return int(np.argmin(np.abs(np.array(along) - float(np.dot(self.normal, np.asarray(world, dtype=float))))))
-
-    def voxel_at(self, world: Any) -> tuple[int, int, int]:
-        """(slice, row, column) of the voxel nearest to a world point."""
-        k = self.slice_at(world)
-        offset = np.asarray(world, dtype=float) - self.slices[k].position
-        row = int(round(float(np.dot(offset, self.column_direction)) / self.spacing[0]))
-        column = int(round(float(np.dot(offset, self.row_direction)) / self.spacing[1]))
-        return k, row, column
-
-    def index_of(self, sop_uid: str) -> int:
-        return next(i for i, s in enumerate(self.slices) if s.sop_uid == sop_uid)
-
-
-def read_study(name: str, kind: str, folder: Path, decision: str, regions: int) -> Study:
-    datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
-    first = datasets[0]
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
-    normal = np.cross(orientation[:3], orientation[3:])
-    datasets.sort(key=lambda ds: float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
-    truth = read_phantom_truth(folder)
-    assert truth.lung_mask.shape[0] == len(datasets)
-    return Study(
-        name=name,
-        kind=kind,
-        study_uid=str(first.StudyInstanceUID),
-        decision=decision,
-        regions=regions,
-        slices=[
-            Slice(str(ds.SOPInstanceUID), np.array([float(v) for v in ds.ImagePositionPatient])) for ds in datasets
-        ],
-        row_direction=orientation[:3],
-        column_direction=orientation[3:],
-        spacing=(float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
-        lungs=truth.lung_mask,
-        lesions=truth.lesion_mask & truth.lung_mask,
-    )
 
 
 @dataclass
@@ -174,61 +94,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     dist = ohif_dist()  # the npm package, from its cache (tests/run fetches it once)
     orthanc = Orthanc(tmp / "orthanc", aet="VIEWER", dicomweb=True).start()
     viewer = start_viewer_server(dist, orthanc.url)
-    node = Node(tmp)
-    node.configure([(orthanc.aet, orthanc.dicom_port)])
-    studies: dict[str, Study] = {}
     try:
-        # A busy CI machine may take minutes to start the node (the model, the database).
-        node.start("up", "--shutdown-seconds", "5").wait_for_port(node.port, timeout=360)
-        folders = {}
-        for name, (kind, seed, descending) in STUDIES.items():
-            # File names follow the instance numbers: storescu sends instance 1 first.
-            folder = clear_phantom(
-                kind, tmp / name, seed, slices=SLICES, rows=MATRIX,
-                reverse_instance_numbers=descending, shuffle_file_names=False,
-            )  # fmt: skip
-            sent = storescu(folder, orthanc.dicom_port, called=orthanc.aet)
-            assert sent.returncode == 0, sent.stderr
-            node.send(folder)
-            folders[name] = folder
-        for name, folder in folders.items():
-            _, series_uid = series_uids(folder)
-            job = node.wait(done_and_exported(series_uid), 420, f"the {name} job to be done and exported")
-            with node.db.session() as s:
-                row = s.get(Job, job["id"])
-                assert row is not None
-                regions = len((row.result or {}).get("regions") or [])
-            studies[name] = read_study(name, STUDIES[name][0], folder, str(job["decision"]), regions)
-        yield Stack(viewer, orthanc, studies)
+        with analysed_studies(tmp, orthanc, STUDIES) as studies:
+            yield Stack(viewer, orthanc, studies)
     finally:
-        node.stop()
         viewer.shutdown()
         viewer.server_close()
         orthanc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    require_tool("chromium", "chromium")
-    require_tool("chromedriver", "chromium-driver")
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900",
-        "--force-device-scale-factor=1",  # screenshot pixels are canvas (CSS) pixels
-        "--enable-unsafe-swiftshader",  # WebGL in software: OHIF renders with it
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    driver.set_script_timeout(60)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
 
 
 # The active viewport, its actors (volume id, and the display set each shows) and their display.
@@ -418,10 +290,6 @@ class Ohif:
             assert phrase not in body, f"{self.study.name}: OHIF says {phrase!r}: {body[:1500]}"
         severe = [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == [], f"{self.study.name}: console errors: {json.dumps(severe, indent=1)[:4000]}"
-
-
-def coloured(rgb: np.ndarray) -> np.ndarray:
-    return np.asarray((rgb.max(axis=2) - rgb.min(axis=2)) > COLOURED)
 
 
 def on_canvas(mask: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
