@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from dicom_node.errors import Invalid
 from dicom_node.outputs.kinds import OUTPUT_KINDS
+from dicom_node.triage.viewer import FIELDS as VIEWER_FIELDS
 from dicom_node.validation import AETitle, KeepDays, MaxWaitSeconds, OutputKinds, Port, QuietSeconds
 
 ENV_PREFIX = "DICOM_NODE_"
@@ -176,9 +177,11 @@ class NotifySettings(_Section):
 class TriageSettings(_Section):
     """The worklist and the monitoring of triage (dicom_node.triage)."""
 
-    # "Open in viewer" on the worklist: a URL with {study_uid}, {series_uid}, {accession_number}
-    # and {patient_id} in it, e.g. OHIF's http://viewer:3000/viewer?StudyInstanceUIDs={study_uid};
-    # None: no link.
+    # "Open in viewer" on the worklist and in notifications: a URL with {study_uid}, {series_uid},
+    # {accession_number}, {patient_id} and {key_sop_uid} (the CT image of the first key slice, the
+    # strongest finding; empty without one) in it, e.g. OHIF's
+    # http://viewer:3000/viewer?StudyInstanceUIDs={study_uid}&initialSeriesInstanceUID={series_uid}&initialSOPInstanceUID={key_sop_uid}
+    # (at that image; at the series' first without a finding); None: no link.
     viewer_url: str | None = None
     # The node's admin pages as people reach them, for links in notifications (None: no link).
     node_url: str | None = None
@@ -200,12 +203,10 @@ class TriageSettings(_Section):
     def _fields(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                v.format(study_uid="1", series_uid="1", accession_number="A", patient_id="P")
+                v.format(**{name: "1" for name in VIEWER_FIELDS})
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(
-                    f"{v!r}: only {{study_uid}}, {{series_uid}}, {{accession_number}} and {{patient_id}}"
-                    f" may be filled in ({exc})"
-                ) from None
+                names = ", ".join(f"{{{name}}}" for name in VIEWER_FIELDS)
+                raise ValueError(f"{v!r}: only {names} may be filled in ({exc})") from None
         return v
 
 

@@ -118,6 +118,16 @@ def notification_dict(row: Notification) -> dict[str, Any]:
     }
 
 
+def key_sop_uid(result: dict[str, Any]) -> str:
+    """The SOP Instance UID of a stored result's first key slice (its strongest finding, where its
+    SR shows the classification); "" without one (no finding, no result)."""
+    keys = result.get("key_slices") or []
+    uids = result.get("sop_instance_uids") or []
+    if keys and isinstance(keys[0], int) and 0 <= keys[0] < len(uids):
+        return str(uids[keys[0]])
+    return ""
+
+
 def job_dict(
     job: Job,
     series: Series,
@@ -160,6 +170,7 @@ def job_dict(
         "probabilities": dict(result.get("probabilities") or {}),
         "result_reason": result.get("reason", ""),
         "lung_involvement_percent": result.get("lung_involvement_percent"),
+        "key_sop_uid": key_sop_uid(result),
         "timings": dict(job.timings or {}),
         "outputs": outputs,
         "output_counts": counts,
