@@ -45,6 +45,7 @@ class Study:
     spacing: tuple[float, float]  # (between rows, between columns) mm
     lungs: np.ndarray  # bool (slices, rows, columns)
     lesions: np.ndarray
+    job: dict[str, Any]  # the node's job (dicom_node.jobs.queries.job_dict)
 
     @property
     def normal(self) -> np.ndarray:
@@ -67,7 +68,7 @@ class Study:
         return next(i for i, s in enumerate(self.slices) if s.sop_uid == sop_uid)
 
 
-def read_study(name: str, kind: str, folder: Path, decision: str, regions: int) -> Study:
+def read_study(name: str, kind: str, folder: Path, job: dict[str, Any], regions: int) -> Study:
     datasets = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(folder.glob("*.dcm"))]
     first = datasets[0]
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
@@ -79,7 +80,7 @@ def read_study(name: str, kind: str, folder: Path, decision: str, regions: int) 
         name=name,
         kind=kind,
         study_uid=str(first.StudyInstanceUID),
-        decision=decision,
+        decision=str(job["decision"]),
         regions=regions,
         slices=[
             Slice(str(ds.SOPInstanceUID), np.array([float(v) for v in ds.ImagePositionPatient])) for ds in datasets
@@ -89,6 +90,7 @@ def read_study(name: str, kind: str, folder: Path, decision: str, regions: int) 
         spacing=(float(first.PixelSpacing[0]), float(first.PixelSpacing[1])),
         lungs=truth.lung_mask,
         lesions=truth.lesion_mask & truth.lung_mask,
+        job=job,
     )
 
 
@@ -123,7 +125,7 @@ def analysed_studies(
                 row = s.get(Job, job["id"])
                 assert row is not None
                 regions = len((row.result or {}).get("regions") or [])
-            studies[name] = read_study(name, phantoms[name][0], folder, str(job["decision"]), regions)
+            studies[name] = read_study(name, phantoms[name][0], folder, job, regions)
         yield studies
     finally:
         node.stop()

@@ -24,7 +24,9 @@ and ``window.cornerstone``):
   OHIF's colour bar is on (dicom_node/viewer/ohif.py adds it);
 - the CT's window (VOI) and grey colour map stay the CT's while the map is fused and after the
   map, the SC and the SEG have been opened one after the other in the same viewer; the SC keeps
-  the window it opens with in a fresh viewer and shows colour.
+  the window it opens with in a fresh viewer and shows colour;
+- the "open in viewer" link (dicom_node.triage.viewer with the README's OHIF template) opens the
+  COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first.
 
 A SEVERE console message fails the test (every one that appeared concerned our objects; none is
 allowed). Screenshots of each step go to test-artifacts/viewer/. Every wait is on a condition (the
@@ -55,6 +57,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from dicom_node.triage.viewer import viewer_link
 from dicom_node.viewer.ohif import ohif_dist
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
 from tests.harness.peers import Orthanc
@@ -141,8 +144,9 @@ class Ohif:
         self.study = study
         self.driver.get_log("browser")  # drop what earlier pages logged
 
-    def open_study(self) -> None:
-        self.driver.get(f"{self.stack.viewer.url}/viewer?StudyInstanceUIDs={self.study.study_uid}")
+    def open_study(self, link: str | None = None) -> None:
+        """Open the study, by ``link`` if given (else the plain study URL), and wait for its first image."""
+        self.driver.get(link or f"{self.stack.viewer.url}/viewer?StudyInstanceUIDs={self.study.study_uid}")
         self.wait(
             lambda d: self.script(
                 "return !!(window.services && window.services.displaySetService.getActiveDisplaySets().length >= 5)"
@@ -623,3 +627,41 @@ def test_the_ct_keeps_its_window_after_the_map_the_sc_and_the_seg(
 
 def study_ct_description(study: Study) -> str:
     return "SYNTHETIC phantom"
+
+
+# OHIF's link to a study's CT at an image (README: triage.viewer_url), on the test's viewer.
+OPEN_AT = (
+    "/viewer?StudyInstanceUIDs={study_uid}&initialSeriesInstanceUID={series_uid}&initialSOPInstanceUID={key_sop_uid}"
+)
+CT_FIRST_SOP_JS = """
+const ct = window.services.displaySetService.getActiveDisplaySets().find(d => d.SeriesInstanceUID === arguments[0]);
+return ct && ct.instances.length ? ct.instances[0].SOPInstanceUID : null;
+"""
+
+
+def test_the_viewer_link_opens_the_ct_at_the_first_finding(stack: Stack, browser: webdriver.Chrome) -> None:
+    study = stack.studies["covid-ascending"]
+    expected_regions(study)
+    key_sop = str(study.job["key_sop_uid"])
+    assert key_sop in {s.sop_uid for s in study.slices}, f"the job's key slice {key_sop!r} is not a CT image"
+    link = viewer_link(stack.viewer.url + OPEN_AT, study.job)
+    assert link is not None
+    ohif = Ohif(browser, stack, study)
+    ohif.open_study(link)
+    series_uid = str(study.job["series_uid"])
+    # Where OHIF opens the CT without the link's image: the link must show another one.
+    first = ohif.script(CT_FIRST_SOP_JS, series_uid)
+    assert first in {s.sop_uid for s in study.slices} and first != key_sop, (first, key_sop)
+    try:
+        ohif.wait(lambda d: ohif.current_sop() == key_sop, 30, "the key slice")
+    except AssertionError:
+        shown = ohif.current_sop()
+        where = study.index_of(shown) if shown in {s.sop_uid for s in study.slices} else shown
+        raise AssertionError(
+            f"the link opens at {where}, not at the key slice {study.index_of(key_sop)} ({key_sop})"
+        ) from None
+    image_id = ohif.script(VIEWPORT_JS + "return vp.getCurrentImageId();")
+    assert f"/series/{series_uid}/" in image_id, f"the viewport shows {image_id}, not the CT"
+    ohif.wait_rendered("vp.render();")
+    ohif.shot("11-link-at-key-slice")
+    ohif.assert_no_errors()
