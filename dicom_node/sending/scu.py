@@ -4,7 +4,9 @@ One call of :func:`send_files` is one batch over one association, opened and rel
 association is never shared between threads. Each output SOP class present in the batch is
 requested explicitly with Explicit and Implicit VR Little Endian (and, in its own presentation
 context, the file's transfer syntax when that is another one, e.g. RLE Lossless or Deflated Explicit
-VR Little Endian; a peer that takes only the uncompressed ones gets the object uncompressed).
+VR Little Endian; a peer that takes only the uncompressed ones gets the object uncompressed). Files
+are sent as stored, in chunks, never decoded whole where the peer takes their syntax; a deflated one
+a peer takes only uncompressed is inflated to a temporary file a piece at a time (:func:`_sendable`).
 
 Every answer is classified (the Conformance Statement, docs/conformance.md 4.2.2, lists the same):
 
@@ -28,17 +30,25 @@ object the others are still sent.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import ssl
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
@@ -46,6 +56,10 @@ from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
 log = logging.getLogger(__name__)
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# A C-STORE of a file path sends the file's encoded data set in chunks, undecoded (:func:`_sendable`
+# passes a path only when the peer took the file's own transfer syntax). The node's one C-STORE SCU
+# is this module; the setting is pynetdicom's, for the process.
+pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class Outcome(str, enum.Enum):
@@ -128,8 +142,12 @@ class _FileInfo:
 
 
 def _read_info(path: Path) -> _FileInfo:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return _FileInfo(path, UID(ds.SOPClassUID), str(ds.SOPInstanceUID), UID(ds.file_meta.TransferSyntaxUID))
+    """The file meta only: pydicom reads a deflated data set by inflating all of it, even
+    without its pixels."""
+    meta = read_file_meta_info(path)
+    return _FileInfo(
+        path, UID(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID), UID(meta.TransferSyntaxUID)
+    )
 
 
 def _request_contexts(ae: AE, files: Sequence[_FileInfo]) -> None:
@@ -147,30 +165,68 @@ def _request_contexts(ae: AE, files: Sequence[_FileInfo]) -> None:
                 ae.add_requested_context(info.sop_class_uid, [info.transfer_syntax_uid])
 
 
-def _accepted(assoc: Any, info: _FileInfo) -> tuple[bool, bool]:
-    """(accepted in the file's own syntax, accepted uncompressed) for the file's SOP class."""
-    own = uncompressed = False
-    for cx in assoc.accepted_contexts:
-        if cx.abstract_syntax != info.sop_class_uid:
-            continue
-        if cx.transfer_syntax and cx.transfer_syntax[0] == info.transfer_syntax_uid:
-            own = True
-        if cx.transfer_syntax and cx.transfer_syntax[0] in UNCOMPRESSED:
-            uncompressed = True
-    return own, uncompressed
+def _accepted(assoc: Any, info: _FileInfo) -> set[str]:
+    """The transfer syntaxes the peer accepted for the file's SOP class."""
+    return {
+        str(cx.transfer_syntax[0])
+        for cx in assoc.accepted_contexts
+        if cx.abstract_syntax == info.sop_class_uid and cx.transfer_syntax
+    }
 
 
-def _dataset_for(info: _FileInfo, own: bool) -> Path | pydicom.Dataset:
-    """The file itself, or, when the peer took only uncompressed contexts for a compressed or
-    deflated file, its data set to be sent uncompressed (lossless: the values are the same)."""
-    if own or info.transfer_syntax_uid in UNCOMPRESSED:
-        return info.path
+@contextlib.contextmanager
+def _sendable(info: _FileInfo, syntaxes: set[str]) -> Iterator[Path | pydicom.Dataset]:
+    """What to give pynetdicom for one file, given the transfer syntaxes the peer accepted for its
+    SOP class. A file path is sent as it is stored, in chunks of the peer's PDU size, never decoded
+    (pynetdicom's STORE_SEND_CHUNKED_DATASET, set below): only when the peer took the file's own
+    syntax. A deflated file to a peer that took Explicit VR Little Endian is inflated, a chunk at a
+    time, into a temporary file beside it and sent from there: a deflated Parametric Map of a
+    1,000-slice series is 1 GB inflated, and read whole it cost the worker 2 GB or more. Any other
+    case (a compressed file to a peer that takes only uncompressed syntaxes, or the other
+    uncompressed syntax) is read into memory and converted by pynetdicom: small objects."""
+    if info.transfer_syntax_uid in syntaxes:
+        yield info.path
+        return
+    if info.transfer_syntax_uid == DeflatedExplicitVRLittleEndian and ExplicitVRLittleEndian in syntaxes:
+        inflated = info.path.with_name(f".{info.path.name}.inflated")
+        try:
+            _inflate_file(info.path, inflated)
+            yield inflated
+        finally:
+            inflated.unlink(missing_ok=True)
+        return
     ds = pydicom.dcmread(info.path)  # a deflated file is inflated as it is read
     if info.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    else:
+    elif info.transfer_syntax_uid not in UNCOMPRESSED:
         ds.decompress()
-    return ds
+    yield ds
+
+
+_INFLATE_CHUNK = 1 << 20  # compressed bytes read at a time
+_INFLATE_OUT = 4 << 20  # the most inflated bytes held at a time (a map of zeros inflates 1,000-fold)
+
+
+def _inflate_file(source: Path, target: Path) -> None:
+    """Write ``source`` (Deflated Explicit VR Little Endian) to ``target`` as Explicit VR Little
+    Endian: the same file meta with the transfer syntax changed, then the data set inflated in
+    bounded pieces (raw deflate, PS3.5 A.5)."""
+    stored, offset = split_dataset(source)
+    meta = FileMetaDataset(stored)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        dst.write(b"\x00" * 128 + b"DICM")
+        out = DicomFileLike(dst)
+        out.is_little_endian, out.is_implicit_VR = True, False
+        write_file_meta_info(out, meta, enforce_standard=True)
+        src.seek(offset)
+        while chunk := src.read(_INFLATE_CHUNK):
+            data = inflater.decompress(chunk, _INFLATE_OUT)
+            dst.write(data)
+            while inflater.unconsumed_tail:
+                dst.write(inflater.decompress(inflater.unconsumed_tail, _INFLATE_OUT))
+        dst.write(inflater.flush())
 
 
 class _Negotiation:
@@ -218,10 +274,11 @@ class _Negotiation:
         return Outcome.RETRIABLE, f"no association with {where}: aborted during negotiation"
 
 
-def _store_one(assoc: Any, info: _FileInfo, own: bool) -> ObjectResult:
-    """C-STORE one file on an established association (in its own transfer syntax when ``own``)
-    and classify the answer."""
-    rsp = assoc.send_c_store(_dataset_for(info, own))
+def _store_one(assoc: Any, info: _FileInfo, syntaxes: set[str]) -> ObjectResult:
+    """C-STORE one file on an established association (``syntaxes``: those the peer accepted for
+    its SOP class) and classify the answer."""
+    with _sendable(info, syntaxes) as what:
+        rsp = assoc.send_c_store(what)
     code = int(rsp.Status) if "Status" in rsp else None
     outcome = classify_status(code)
     if outcome is Outcome.SUCCESS:
@@ -242,12 +299,12 @@ def _store_all(
     """Every file in turn; after a lost association (no answer, abort) the rest is not sent."""
     results: list[ObjectResult] = []
     for i, info in enumerate(files):
-        own, uncompressed = _accepted(assoc, info)
-        if not (own or uncompressed):
+        syntaxes = _accepted(assoc, info)
+        if info.transfer_syntax_uid not in syntaxes and not syntaxes & set(UNCOMPRESSED):
             detail = f"{where} accepted no presentation context for {info.sop_class_uid.name}"
             results.append(ObjectResult(info.path, info.sop_instance_uid, None, Outcome.PERMANENT, detail))
             continue
-        result = _store_one(assoc, info, own)
+        result = _store_one(assoc, info, syntaxes)
         results.append(result)
         if result.outcome is Outcome.SUCCESS and on_progress is not None:
             on_progress(sum(1 for r in results if r.outcome is Outcome.SUCCESS))

@@ -3,6 +3,7 @@ it got: the peer for tests of the sending side."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -25,6 +26,7 @@ class Scp:
         self.statuses: dict[str, int] = {}
         self.default_status = 0x0000
         self.received: list[tuple[str, str]] = []  # (SOP Instance UID, transfer syntax)
+        self.pixels: dict[str, bytes] = {}  # SOP Instance UID -> sha256 of its (float) pixel data
         self.associations = 0  # association requests (EVT_REQUESTED), accepted or not
         self.requested: list[tuple[str, list[str]]] = []
         self.delay = 0.0
@@ -40,6 +42,9 @@ class Scp:
             time.sleep(self.delay)
         ds = event.dataset
         self.received.append((str(ds.SOPInstanceUID), str(event.context.transfer_syntax)))
+        for keyword in ("PixelData", "FloatPixelData"):
+            if keyword in ds:
+                self.pixels[str(ds.SOPInstanceUID)] = hashlib.sha256(ds[keyword].value).digest()
         return self.statuses.get(str(ds.SOPInstanceUID), self.default_status)
 
     def _requested(self, event: Any) -> None:

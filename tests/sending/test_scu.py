@@ -6,19 +6,23 @@ no listener (retriable), a peer that takes the connection but does not answer th
 request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a
 peer that accepts no presentation context, one association per batch, the requested contexts (each
 SOP class with explicit and implicit little endian), and a compressed file sent as is or
-decompressed (a deflated one inflated) when the peer takes only uncompressed syntaxes. Does not
+decompressed (a deflated one inflated) when the peer takes only uncompressed syntaxes, a deflated
+map inflated into a temporary file a piece at a time, never read whole. Does not
 cover TLS (no certificate authority here) or DCMTK/Orthanc as the peer (tests/e2e).
 """
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import threading
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -210,3 +214,40 @@ def test_progress_is_reported_after_each_stored_object(scp: Scp, files: list[Pat
     result = _send(files, scp.peer, on_progress=progress)
     assert result.outcome is Outcome.SUCCESS
     assert seen == list(range(1, len(files) + 1))
+
+
+def test_a_deflated_map_goes_to_an_uncompressed_only_peer_without_being_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's Parametric Map is deflated: a map of a 1,000-slice series inflates to 1 GB. To a
+    peer that takes only uncompressed syntaxes it is inflated a piece at a time into a temporary
+    file and sent from there, never read into memory (dcmread made to fail here), and the
+    temporary file is gone afterwards. What arrives is the same map, in Explicit VR Little Endian."""
+    frames = 64
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.SOPClassUID = OUTPUT_SOP_CLASSES["pm"]
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+    ds.PatientID = "TEST"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 128, 128, frames
+    values = np.zeros((frames, 128, 128), dtype=np.float32)
+    values[30:34, 40:60, 50:70] = np.linspace(0.1, 1.0, 4 * 20 * 20, dtype=np.float32).reshape(4, 20, 20)
+    ds.FloatPixelData = values.tobytes()
+    path = tmp_path / "pm.dcm"
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    assert path.stat().st_size < values.nbytes // 20  # mostly zeros: deflated to a few per cent
+
+    def not_whole(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the deflated map was read into memory")
+
+    monkeypatch.setattr("dicom_node.sending.scu.pydicom.dcmread", not_whole)
+    peer = Scp().start()  # Explicit and Implicit VR Little Endian only
+    try:
+        assert _send([path], peer.peer).outcome is Outcome.SUCCESS
+    finally:
+        peer.stop()
+    assert peer.received == [(ds.SOPInstanceUID, ExplicitVRLittleEndian)]
+    assert peer.pixels[ds.SOPInstanceUID] == hashlib.sha256(values.tobytes()).digest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pm.dcm"]  # no temporary file left
