@@ -133,3 +133,19 @@ def analysed_studies(
 
 def coloured(rgb: np.ndarray) -> np.ndarray:
     return np.asarray((rgb.max(axis=2) - rgb.min(axis=2)) > COLOURED)
+
+
+def on_canvas(mask: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A slice's mask (rows, columns) drawn on a canvas of ``shape`` with ``mapping`` (a 2 x 3
+    affine from (column, row) to canvas pixels): each canvas pixel takes the value of the voxel under
+    its centre."""
+    height, width = shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(float) + 0.5
+    inverse = np.linalg.inv(mapping[:, :2])
+    dx, dy = xs - mapping[0, 2], ys - mapping[1, 2]
+    column = np.rint(inverse[0, 0] * dx + inverse[0, 1] * dy).astype(int)
+    row = np.rint(inverse[1, 0] * dx + inverse[1, 1] * dy).astype(int)
+    inside = (row >= 0) & (row < mask.shape[0]) & (column >= 0) & (column < mask.shape[1])
+    out = np.zeros((height, width), dtype=bool)
+    out[inside] = mask[row[inside], column[inside]]
+    return out

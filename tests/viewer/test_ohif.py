@@ -61,7 +61,7 @@ from dicom_node.triage.viewer import viewer_link
 from dicom_node.viewer.ohif import ohif_dist
 from dicom_node.viewer.proxy import ViewerServer, start_viewer_server
 from tests.harness.peers import Orthanc
-from tests.viewer.studies import ARTIFACTS, Study, analysed_studies, coloured
+from tests.viewer.studies import ARTIFACTS, Study, analysed_studies, coloured, on_canvas
 
 # The first test's time includes the stack's: a node started and two phantoms analysed and exported.
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -294,21 +294,6 @@ class Ohif:
             assert phrase not in body, f"{self.study.name}: OHIF says {phrase!r}: {body[:1500]}"
         severe = [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
         assert severe == [], f"{self.study.name}: console errors: {json.dumps(severe, indent=1)[:4000]}"
-
-
-def on_canvas(mask: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A slice's mask (rows, columns) drawn on a canvas of ``shape`` with ``mapping`` (Ohif.canvas):
-    each canvas pixel takes the value of the voxel under its centre."""
-    height, width = shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(float) + 0.5
-    inverse = np.linalg.inv(mapping[:, :2])
-    dx, dy = xs - mapping[0, 2], ys - mapping[1, 2]
-    column = np.rint(inverse[0, 0] * dx + inverse[0, 1] * dy).astype(int)
-    row = np.rint(inverse[1, 0] * dx + inverse[1, 1] * dy).astype(int)
-    inside = (row >= 0) & (row < mask.shape[0]) & (column >= 0) & (column < mask.shape[1])
-    out = np.zeros((height, width), dtype=bool)
-    out[inside] = mask[row[inside], column[inside]]
-    return out
 
 
 def expected_regions(study: Study) -> int:

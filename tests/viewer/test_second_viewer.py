@@ -39,7 +39,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness.peers import Orthanc
-from tests.viewer.studies import ARTIFACTS, Study, analysed_studies, coloured
+from tests.viewer.studies import ARTIFACTS, Study, analysed_studies, coloured, on_canvas
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -187,21 +187,6 @@ class WebViewer:
         scale = rgb.shape[1] / float(found["width"])
         origin, along_row, along_column = (np.array(q, dtype=float) * scale for q in found["points"])
         return rgb, np.stack([along_row - origin, along_column - origin, origin], axis=1)
-
-
-def on_canvas(mask: np.ndarray, mapping: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A slice's mask (rows, columns) drawn on a canvas of ``shape`` with ``mapping``: each canvas
-    pixel takes the value of the pixel under its centre."""
-    height, width = shape[:2]
-    ys, xs = np.mgrid[0:height, 0:width].astype(float) + 0.5
-    inverse = np.linalg.inv(mapping[:, :2])
-    dx, dy = xs - mapping[0, 2], ys - mapping[1, 2]
-    column = np.rint(inverse[0, 0] * dx + inverse[0, 1] * dy).astype(int)
-    row = np.rint(inverse[1, 0] * dx + inverse[1, 1] * dy).astype(int)
-    inside = (row >= 0) & (row < mask.shape[0]) & (column >= 0) & (column < mask.shape[1])
-    out = np.zeros((height, width), dtype=bool)
-    out[inside] = mask[row[inside], column[inside]]
-    return out
 
 
 def test_the_study_page_lists_the_ct_and_every_result(stack: Stack, browser: webdriver.Chrome) -> None:
