@@ -5,7 +5,7 @@ where exact), the predictor (shipped weights, CPU), result.json and maps.npz, th
 built (Parametric Map pixels deferred to the file) and written. After each step it prints the
 high-water mark of the resident set during the step (VmHWM, reset through /proc/self/clear_refs),
 the resident set after it and the seconds; then the result files' bytes against the CT's, per
-kind. Issue 20, item 3 (the end-to-end figures are benchmarks/thin_slice.py's).
+kind (the end-to-end figures are benchmarks/thin_slice.py's).
 
 Usage (from the repository root; a phantom from ``dicom-node phantom``)::
 

@@ -1,4 +1,4 @@
-"""Reliability benchmark (issue 8): longer runs of what tests/reliability checks.
+"""Reliability benchmark: longer runs of what tests/reliability checks.
 
 1. A seeded fuzz run against `dicom-node serve` (SQLite, 2 listener processes): connections of
    mutated association requests, PDU headers, P-DATA fragments, command sets and data sets

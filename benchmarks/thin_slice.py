@@ -1,9 +1,10 @@
 """Thin-slice and multi-frame series through the real node: memory, turnaround and result sizes.
 
-Issue 20, item 3. Runs what benchmarks/turnaround.py runs (a private Orthanc as the PACS, the node
+Runs what benchmarks/turnaround.py runs (a private Orthanc as the PACS, the node
 as ``dicom-node up`` with its embedded database and broker, DCMTK's storescu) with three COVID-19
 phantoms of 512 x 512 in one run: the reference series of 300 slices at 1 mm, a thin-slice series
-of 1,000 slices at 0.5 mm, and the same 1,000 slices as one Enhanced CT (multi-frame) instance.
+of 1,000 slices at 0.5 mm, and another phantom of 1,000 slices at 0.5 mm (seed 502) as one
+Enhanced CT (multi-frame) instance.
 A warm-up series of 32 slices goes first (model loaded).
 
 For each series it prints:

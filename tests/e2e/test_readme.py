@@ -19,7 +19,7 @@ The "DICOMweb input (STOW-RS)" section runs as written against ``dicom-node serv
 and the instance files swapped for the test's): a sender user and token made, the token allowed,
 two phantom CT instances posted by curl, both stored, the series complete with the job queued.
 
-Not covered: the viewer section (issue 9's browser test).
+Not covered: the viewer section (tests/viewer's browser tests).
 """
 
 from __future__ import annotations

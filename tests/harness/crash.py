@@ -1,4 +1,4 @@
-"""kill -9 of the node during a series, restart, the sender resumes (issue 8): what the reliability
+"""kill -9 of the node during a series, restart, the sender resumes: what the reliability
 tests and benchmarks/reliability.py measure. A round: `serve` starts, storescu sends a series,
 the whole node (serve and its listeners) is killed with SIGKILL at a random moment, serve starts
 again, the instances storescu saw acknowledged must be stored and indexed, storescu sends the whole

@@ -196,7 +196,7 @@ def test_recovery_indexes_files_the_index_lost(db: Database, ae_id: int, tmp_pat
 
 
 def test_after_a_restart_every_open_series_waits_a_whole_quiet_period_again(db: Database, ae_id: int) -> None:
-    # Issue 8: the node died at T0 + 1 while a series arrived and came back at T0 + 30; the
+    # The node died at T0 + 1 while a series arrived and came back at T0 + 30; the
     # downtime is not a quiet period (the sender comes back to the listeners first).
     index = Index(db)
     index.record(item(ae_id, 1), T0)

@@ -1,5 +1,5 @@
 """A native Pixel Data shorter than Rows x Columns x SamplesPerPixel x BitsAllocated/8 x Frames is
-refused before success (issue 8): such an instance can not be decoded, and one of them made a whole
+refused before success: such an instance can not be decoded, and one of them made a whole
 series' analysis fail. Both readers (the fast one and pydicom's, for big endian) check it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The analysis of a thin-slice series without full-size temporaries (issue 20, item 3): the same
+"""The analysis of a thin-slice series without full-size temporaries: the same
 values as before, in less memory.
 
 Covers: the density weighting applied in place equals the product with density_excess; regions

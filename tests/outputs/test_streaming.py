@@ -1,4 +1,4 @@
-"""The map objects are built and written without copies of a whole volume (issue 20, item 3: a
+"""The map objects are built and written without copies of a whole volume (a
 1,000-slice series' float32 heatmap is 1 GB; every extra copy of it is a gigabyte of the worker's
 peak).
 

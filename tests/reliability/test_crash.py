@@ -1,4 +1,4 @@
-"""kill -9 of the whole node during a series, restart, the sender resumes (issue 8), a few rounds
+"""kill -9 of the whole node during a series, restart, the sender resumes, a few rounds
 on SQLite and on PostgreSQL (tests.harness.crash; benchmarks/reliability.py runs 20): every
 instance acknowledged before the kill is stored and indexed after the restart (0 lost), and the
 series is analysed once, whole (0 jobs for a partial series: the downtime is not a quiet period)."""

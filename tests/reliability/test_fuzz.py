@@ -1,4 +1,4 @@
-"""A seeded fuzz run against `dicom-node serve` (issue 8): 2,000 connections of mutated
+"""A seeded fuzz run against `dicom-node serve`: 2,000 connections of mutated
 A-ASSOCIATE-RQs, random bytes and PDU headers, and, inside associations from an allowed AE,
 mutated P-DATA fragments, command sets and data sets (tests.harness.hostile.fuzz_cases).
 Asserted afterwards: no listener process crashed (the same ones serve), each under the RSS bound, a

@@ -1,4 +1,4 @@
-"""The listener against hostile and broken peers (issue 8), over real sockets against
+"""The listener against hostile and broken peers, over real sockets against
 `dicom-node serve` with two listener processes, DCMTK's storescu as the sender that must still get
 through. Each row of the issue's table is a test here; tests/reliability/test_fuzz.py runs the
 seeded fuzz, tests/reliability/test_crash.py the kill -9 rounds.

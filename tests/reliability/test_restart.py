@@ -1,4 +1,4 @@
-"""The listener's processes and ports around crashes (issue 8): listener processes die with their
+"""The listener's processes and ports around crashes: listener processes die with their
 parent (no orphans serving after a kill -9 of serve); a port held by another program, or by
 another node, is an AE error shown by `ae list --json` and /health (not ok), logged once, never a
 silent share; the port freed, the AE listens again."""
