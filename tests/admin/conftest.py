@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +19,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -37,7 +33,8 @@ from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.settings import Settings
 from dicom_node.triage.priority import Priority
 from model.contract.uids import derived_uid
-from tests.harness.peers import NodeProcess, cli, free_port, node_env, require_tool, wait_until
+from tests.harness.browser import headless_chromium
+from tests.harness.peers import NodeProcess, cli, free_port, node_env, wait_until
 
 ADMIN, VIEWER, RADIOLOGIST = "alice", "victor", "rita"
 PASSWORD = "correct horse battery staple"
@@ -305,25 +302,11 @@ def live_node(tmp_path: Path) -> Iterator[LiveNode]:
 # --- headless Chromium (Debian's chromium and chromedriver, driven by selenium) ------------------
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "admin-browser"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 @pytest.fixture
 def browser(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebDriver]:
-    require_tool("chromium", "chromium")
-    require_tool("chromedriver", "chromium-driver")
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium must not look for drivers online
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1100",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver = headless_chromium(tmp_path / "chromium-profile", window="1280,1100", flags=("--disable-gpu",))
     yield driver
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
