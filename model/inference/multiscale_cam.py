@@ -302,13 +302,10 @@ class Predictor:
         for start in range(0, slices.size, chunk):
             part = slices[start : start + chunk]
             heat[part] = analysis.geometry.to_original(between_slabs(joints, analysis.lung_indices, part))
-        with_lung = np.flatnonzero(lung_mask.any(axis=(1, 2)))
-        ends = np.concatenate(
-            [with_lung[[0, -1]] if with_lung.size else with_lung, slices[[0, -1]] if slices.size else slices]
-        )
-        if ends.size == 0:
+        touched = np.concatenate([np.flatnonzero(lung_mask.any(axis=(1, 2))), slices])
+        if touched.size == 0:
             return heat
-        span = slice(int(ends.min()), int(ends.max()) + 1)  # outside it both the map and the lungs are 0
+        span = slice(int(touched.min()), int(touched.max()) + 1)  # outside it both the map and the lungs are 0
         part_heat, part_lungs = heat[span], lung_mask[span]
         localise.min_max(part_heat, part_lungs, inplace=True)
         if settings.density_weighting and hu is not None:
