@@ -17,7 +17,7 @@ import torch
 from model.inference import lungnet
 from model.inference.lungnet import build_lung_net
 from model.inference.weights import save_lung_weights
-from model.training.lungs import DENSE_WEIGHT, LungSample, lung_state, pixel_weights, train_lung_net
+from model.training.lungs import DENSE_WEIGHT, HARD_WEIGHT, LungSample, lung_state, pixel_weights, train_lung_net
 
 
 def test_dense_pixels_on_both_sides_of_the_lung_border_weigh_more() -> None:
@@ -32,6 +32,21 @@ def test_dense_pixels_on_both_sides_of_the_lung_border_weigh_more() -> None:
     assert w[0, 0, 25, 33] == DENSE_WEIGHT
     assert w[0, 0, 15, 15] == 1.0  # aerated lung
     assert w[0, 0, 25, 62] == 1.0  # dense, but far from the lung
+
+
+def test_pixels_the_network_gets_wrong_weigh_more() -> None:
+    hu = torch.full((1, 1, 32, 32), -850.0)
+    lungs = torch.zeros((1, 1, 32, 32))
+    lungs[..., 8:24, 8:24] = 1.0
+    hu[..., 10:14, 24:28] = 10.0  # effusion beside the lung
+    logits = torch.where(lungs > 0, 3.0, -3.0)
+    logits[..., 10:14, 24:28] = 2.0  # the effusion called lung
+    logits[..., 16, 16] = -1.0  # one lung pixel missed
+    w = pixel_weights(hu, lungs, logits)
+    assert w[0, 0, 12, 25] == DENSE_WEIGHT * HARD_WEIGHT
+    assert w[0, 0, 16, 16] == HARD_WEIGHT
+    assert w[0, 0, 12, 12] == 1.0
+    assert w[0, 0, 30, 30] == 1.0
 
 
 def _sample(name: str) -> LungSample:
