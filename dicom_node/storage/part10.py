@@ -3,10 +3,10 @@
 ``pydicom.dcmwrite`` encodes a Deflated Explicit VR Little Endian data set into one buffer, takes
 a copy of it and deflates that: for a Parametric Map of a 1,000-slice 512 x 512 series (1 GB of
 float pixels) about three more copies of the pixels at once, the worker's peak. :func:`write_file`
-writes the same bytes (the file meta as ``dcmwrite(enforce_file_format=True)`` makes it, then the
-data set deflated as one raw deflate stream, padded to even length) while the data set's encoding
-streams through the compressor: the elements before the pixels are encoded as usual, the pixel
-element's value goes in slices of a megabyte. Any other transfer syntax is written by
+writes the same file meta as ``dcmwrite(enforce_file_format=True)`` and the same data set, deflated
+as one raw deflate stream at DEFLATE_LEVEL (pydicom uses zlib's default) and padded to even length,
+while the data set's encoding streams through the compressor: the elements before the pixels are
+encoded as usual, the pixel element's value goes in slices of a megabyte. Any other transfer syntax is written by
 ``pydicom.dcmwrite`` itself.
 
 A writer may also leave a data set's pixels out and :func:`defer_pixels` them: the file then gets
@@ -62,13 +62,19 @@ def deferred_pixels(ds: Dataset) -> DeferredPixels | None:
     return value if isinstance(value, DeferredPixels) else None
 
 
+# zlib level of the deflated results. On a heatmap (mostly zeros, values in steps of 1/256) level 3
+# deflates 2.5 times as fast as zlib's default (6, what pydicom writes) into about twice the bytes:
+# 2.4 MB instead of 1.2 MB for a 1,000 x 512 x 512 map, against 500 MB of CT; the default's
+# seconds were most of the time between a thin-slice series' last image and its results.
+DEFLATE_LEVEL = 3
+
+
 class _Deflater:
-    """A write-only stream that deflates what it is given (raw deflate, zlib's default level: what
-    pydicom writes) into ``out``."""
+    """A write-only stream that deflates what it is given (raw deflate at DEFLATE_LEVEL) into ``out``."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        self._z = zlib.compressobj(DEFLATE_LEVEL, wbits=-zlib.MAX_WBITS)
         self._taken = 0
         self.written = 0
 

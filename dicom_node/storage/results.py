@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -23,7 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.storage.files import fsync_dir, fsync_file, write_file_atomic
-from dicom_node.storage.part10 import write_file
+from dicom_node.storage.part10 import DEFLATE_LEVEL, write_file
 from model.contract.result import SeriesResult
 from model.contract.uids import clean_uid
 
@@ -58,7 +59,11 @@ class JobArtefacts:
         if result.lung_mask is not None:
             arrays["lung_mask"] = np.asarray(result.lung_mask, dtype=bool)
         tmp = maps.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # the arrays are keyword arguments; numpy's stubs type allow_pickle among them
+        # np.savez_compressed's file (np.load reads it), deflated at the results' level, not zlib's default
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL, allowZip64=True) as zf:
+            for name, array in arrays.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
         fsync_file(tmp)
         os.replace(tmp, maps)
 

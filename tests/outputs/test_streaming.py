@@ -4,7 +4,8 @@ peak).
 
 Covers: the Parametric Map built frame by frame is the object highdicom builds from the whole
 quantised array (every element, every pixel); dicom_node.storage.part10.write_file writes the
-bytes ``pydicom.dcmwrite`` writes, deflated or not; the traced peak of building and writing a
+bytes ``pydicom.dcmwrite`` writes (a deflated data set: the same bytes once inflated, deflated at
+its own level); the traced peak of building and writing a
 Parametric Map stays within one copy of its pixels (was five or more). No timings.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 from dicom_node.outputs import pm as pm_module
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions
-from dicom_node.storage.part10 import write_file
+from dicom_node.storage.part10 import DEFLATE_LEVEL, write_file
 from model.contract.result import SeriesResult
 from tests.outputs.conftest import CREATED, Case
 
@@ -74,7 +76,7 @@ def test_write_file_writes_the_bytes_of_dcmwrite(covid: Case, tmp_path: Path, ki
     ours, theirs = tmp_path / "ours.dcm", tmp_path / "theirs.dcm"
     write_file(ours, ds)
     pydicom.dcmwrite(theirs, ds, enforce_file_format=True)
-    assert ours.read_bytes() == theirs.read_bytes()
+    assert _inflated(ours) == _inflated(theirs)
     back = pydicom.dcmread(ours)
     assert back.SOPInstanceUID == ds.SOPInstanceUID
 
@@ -85,7 +87,36 @@ def test_a_deferred_map_writes_the_bytes_of_the_built_one(covid: Case, tmp_path:
     assert "FloatPixelData" not in lazy
     write_file(tmp_path / "lazy.dcm", lazy)
     pydicom.dcmwrite(tmp_path / "built.dcm", covid.outputs["pm"][0], enforce_file_format=True)
-    assert (tmp_path / "lazy.dcm").read_bytes() == (tmp_path / "built.dcm").read_bytes()
+    assert _inflated(tmp_path / "lazy.dcm") == _inflated(tmp_path / "built.dcm")
+
+
+def test_a_deflated_result_is_deflated_at_the_node_s_level(covid: Case, tmp_path: Path) -> None:
+    (ds,) = covid.outputs["pm"]
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    write_file(tmp_path / "ours.dcm", ds)
+    head, body = _split(tmp_path / "ours.dcm")
+    inflated = zlib.decompress(body, -zlib.MAX_WBITS)
+    level = zlib.compressobj(DEFLATE_LEVEL, wbits=-zlib.MAX_WBITS)
+    again = level.compress(inflated) + level.flush()
+    assert body in (again, again + b"\x00")
+
+
+def _split(path: Path) -> tuple[bytes, bytes]:
+    """A Part 10 file's preamble and file meta, and its data set's bytes."""
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM" and raw[132:136] == b"\x02\x00\x00\x00"  # (0002,0000) UL
+    end = 144 + int.from_bytes(raw[140:144], "little")
+    return raw[:end], raw[end:]
+
+
+def _inflated(path: Path) -> bytes:
+    """A Part 10 file's bytes with a deflated data set inflated (the padding byte dropped)."""
+    head, body = _split(path)
+    if pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID != (
+        pydicom.uid.DeflatedExplicitVRLittleEndian
+    ):
+        return head + body
+    return head + zlib.decompressobj(-zlib.MAX_WBITS).decompress(body)
 
 
 def _large(case: Case) -> SeriesResult:
@@ -126,4 +157,4 @@ def test_building_and_writing_the_map_holds_at_most_one_copy_of_its_pixels(covid
     deferred = _traced_peak(covid, large, OutputOptions(created=CREATED, defer_map_pixels=True), tmp_path / "lazy.dcm")
     assert built < 2.25 * pixels, (built, pixels)
     assert deferred < 0.25 * pixels, (deferred, pixels)
-    assert (tmp_path / "built.dcm").read_bytes() == (tmp_path / "lazy.dcm").read_bytes()
+    assert (tmp_path / "built.dcm").read_bytes() == (tmp_path / "lazy.dcm").read_bytes()  # both written here
