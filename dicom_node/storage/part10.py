@@ -62,10 +62,9 @@ def deferred_pixels(ds: Dataset) -> DeferredPixels | None:
     return value if isinstance(value, DeferredPixels) else None
 
 
-# zlib level of the deflated results. On a heatmap (mostly zeros, values in steps of 1/256) level 3
-# deflates 2.5 times as fast as zlib's default (6, what pydicom writes) into about twice the bytes:
-# 2.4 MB instead of 1.2 MB for a 1,000 x 512 x 512 map, against 500 MB of CT; the default's
-# seconds were most of the time between a thin-slice series' last image and its results.
+# zlib level of the deflated results. On the Parametric Map of a 1,000 x 512 x 512 covid phantom
+# (mostly zeros, values in steps of 1/256) level 3 wrote the objects in 3.7 s where zlib's default
+# (6, what pydicom writes) took 7.1 s, into 11.0 MB instead of 6.3 MB (the CT: 501 MB).
 DEFLATE_LEVEL = 3
 
 
