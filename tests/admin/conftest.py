@@ -2,7 +2,8 @@
 database (SQLite and PostgreSQL), with an admin and a viewer user and a token for each (and a
 radiologist, with the worklist's viewer link set); helpers for browser-like sessions (login form,
 CSRF token), for a finished job's files and a worklist study; headless Chromium (the browser
-fixture) and the steps a person takes in it (Pages)."""
+fixture) and the steps a person takes in it (Pages); a local AE taking STOW-RS from a sender's
+token (the stow fixture)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from dicom_node import configuration as c
 from dicom_node.admin.auth import Passwords, create_token
 from dicom_node.admin.server import AdminServerThread
 from dicom_node.db import Database, upgrade
@@ -127,6 +129,29 @@ def admin_app(database_url: str, tmp_path: Path) -> Iterator[AdminApp]:
     server.stop()
     server.join(15)
     db.dispose()
+
+
+# --- STOW-RS input: a local AE and a sender's token on its allow-list -------------------------
+
+STOW_AE = "CTSTOW"
+
+
+@pytest.fixture
+def stow(admin_app: AdminApp) -> Iterator[tuple[AdminApp, str, int]]:
+    """The app with a local AE (:data:`STOW_AE`) that allows one token of a ``sender`` user:
+    (app, token, token id)."""
+    with admin_app.db.session() as s:
+        scanner = User(name="scanner", role="sender", password_hash=password_hash(), enabled=True)
+        s.add(scanner)
+        s.flush()
+        row, token = create_token(s, scanner, "stow", created_by="pytest")
+        c.add_local_ae(
+            s,
+            c.parse(c.LocalAEIn, {"title": STOW_AE, "port": 11190, "quiet_seconds": 1, "stow_tokens": [row.id]}),
+            admin_app.settings.completion,
+        )
+        token_id = row.id
+    yield admin_app, token, token_id
 
 
 # --- a finished job, written as the worker writes one (dicom_node.storage.results) ------------------

@@ -34,8 +34,8 @@ from sqlalchemy import select
 
 from dicom_node import configuration as c
 from dicom_node.admin import dicomweb
-from dicom_node.admin.auth import create_token, revoke_token
-from dicom_node.db.models import ApiToken, Event, Instance, Job, LocalAE, OutboxMessage, Series, User
+from dicom_node.admin.auth import revoke_token
+from dicom_node.db.models import ApiToken, Event, Instance, Job, LocalAE, OutboxMessage, Series
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.completion import Completion
 from dicom_node.jobs.outbox import ANALYSE_TOPIC
@@ -46,33 +46,16 @@ from dicom_node.storage.files import part10_header
 from dicom_node.storage.index import LocalAESnapshot
 from model.phantoms.phantom import make_phantom
 from model.phantoms.writer import write_phantom_series
-from tests.admin.conftest import AdminApp, password_hash
+from tests.admin.conftest import STOW_AE, AdminApp
 from tests.pydicom_files import pydicom_file
 
-TITLE = "CTSTOW"
+TITLE = STOW_AE
 
 
 @pytest.fixture(autouse=True)
 def refusals_logged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test sees its refusals logged: the rate limit's window starts afresh."""
     monkeypatch.setattr(dicomweb, "REFUSALS", PeerLog(dicomweb.log))
-
-
-@pytest.fixture
-def stow(admin_app: AdminApp) -> Iterator[tuple[AdminApp, str, int]]:
-    """The app with a local AE that allows one token of a ``sender`` user: (app, token, token id)."""
-    with admin_app.db.session() as s:
-        scanner = User(name="scanner", role="sender", password_hash=password_hash(), enabled=True)
-        s.add(scanner)
-        s.flush()
-        row, token = create_token(s, scanner, "stow", created_by="pytest")
-        c.add_local_ae(
-            s,
-            c.parse(c.LocalAEIn, {"title": TITLE, "port": 11190, "quiet_seconds": 1, "stow_tokens": [row.id]}),
-            admin_app.settings.completion,
-        )
-        token_id = row.id
-    yield admin_app, token, token_id
 
 
 def phantom_files(folder: Path, seed: int = 7, slices: int = 4) -> list[Path]:

@@ -18,7 +18,6 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.configuration import DestinationPatch, parse, update_destination
-from dicom_node.db import upgrade
 from dicom_node.db.models import Destination, Export
 from dicom_node.db.times import as_utc, utcnow
 from dicom_node.jobs.exports import reexport
@@ -28,7 +27,7 @@ from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.runtime import Runtime
 from dicom_node.settings import load_settings
 from tests.harness.peers import Orthanc, free_port
-from tests.pipeline.test_pipeline import HandMadePredictor, job_row, store_series
+from tests.pipeline.test_pipeline import hand_made_runtime, job_row, store_series
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +35,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def rt(tmp_path: Path) -> Iterator[Runtime]:
     settings = load_settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'node.sqlite3'}")
-    upgrade(settings.effective_database_url)
-    runtime = Runtime.create(settings, device="cpu", worker_name="test-worker", predictor=HandMadePredictor())
-    yield runtime
-    runtime.db.dispose()
+    with hand_made_runtime(settings) as runtime:
+        yield runtime
 
 
 def make_dicomweb(rt: Runtime, url: str, **fields: object) -> None:

@@ -11,6 +11,7 @@ destination failing without retry. Does not cover Celery (tests/e2e) or the mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -66,12 +67,21 @@ def scp() -> Iterator[Scp]:
     server.stop()
 
 
-@pytest.fixture
-def rt(settings: Settings) -> Iterator[Runtime]:
+@contextlib.contextmanager
+def hand_made_runtime(settings: Settings) -> Iterator[Runtime]:
+    """A worker's runtime over ``settings`` (its database migrated) with the hand-made predictor."""
     upgrade(settings.effective_database_url)
     runtime = Runtime.create(settings, device="cpu", worker_name="test-worker", predictor=HandMadePredictor())
-    yield runtime
-    runtime.db.dispose()
+    try:
+        yield runtime
+    finally:
+        runtime.db.dispose()
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    with hand_made_runtime(settings) as runtime:
+        yield runtime
 
 
 def store_series(rt: Runtime, tmp_path: Path, dest_port: int, dest_title: str = "PACS") -> int:
