@@ -6,6 +6,7 @@ centre is at +0.5. Every outline is a closed POLYLINE (its last point equals its
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage import measure
 
 
@@ -32,6 +33,19 @@ def outline(mask: np.ndarray) -> np.ndarray:
     if not np.array_equal(points[0], points[-1]):
         points = np.vstack([points, points[:1]])
     return points.astype(np.float32)
+
+
+def inner_point(mask: np.ndarray) -> np.ndarray:
+    """The point of a 2-D mask farthest from its edge (the centre of the pixel deepest inside the
+    largest connected part; the first of equals), (column, row) in image coordinates, float32 (1, 2)."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError("inner_point needs a non-empty 2-D mask")
+    labels = measure.label(mask, connectivity=1)
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    depth = ndimage.distance_transform_edt(np.pad(labels == largest, 1))[1:-1, 1:-1]
+    row, column = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return np.array([[column + 0.5, row + 0.5]], dtype=np.float32)
 
 
 def box(mask: np.ndarray) -> np.ndarray:

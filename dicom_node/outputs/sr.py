@@ -22,13 +22,20 @@ Content tree (PS3.16 names)::
           TID 1410 planar ROI group: the region's outline on its key slice (the slice where it
               is largest) as a closed SCOORD POLYLINE on that CT image, its area there, finding,
               TID 4019 algorithm and finding site lung under the measurement
+        and per region a TID 1410 planar ROI group of its own (tracking UID derived from the
+        region's, identifier the region's with ": centre"): the point deepest inside the region on
+        its key slice as a SCOORD POINT on that CT image, and the finding
       Qualitative Evaluations (TID 1500 row 12): the decision as a code, the decision and reason
           as text, and the "not for clinical use" statement
 
 Why every group of Imaging Measurements carries spatial coordinates: viewers (OHIF 3.x among
 them) list a TID 1500 report's measurement groups as measurements that jump to their image, and
 take a group without SCOORD/SCOORD3D for an error. The classification's box says which slice to
-look at; the planar groups draw each finding on the CT.
+look at; the planar groups draw each finding on the CT. Why the centre points: OHIF 3.13 restores
+another program's SR as its own measurements (and otherwise badges it "not compatible") only if
+one finding maps to one of its tools, by an OHIF tool name as tracking identifier or by the
+graphic of the finding's first image region: a rectangle (POLYLINE of 4 or 5 points) or a POINT,
+not an outline. A point per region, a finding of its own, keeps the outline the region's graphic.
 
 What a viewer prints, and so how the numbers are coded: OHIF 3.13 labels each number with its
 concept's meaning, its value to two decimals and its unit's code ("Probability: 0.99 1"), prints
@@ -52,7 +59,7 @@ from pydicom.uid import SegmentationStorage
 
 from dicom_node.outputs import codes
 from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, stamp
-from dicom_node.outputs.geometry import box, key_slice, outline, polygon_area
+from dicom_node.outputs.geometry import box, inner_point, key_slice, outline, polygon_area
 from model.contract.notice import DICOM_NOTICE
 from model.contract.result import CLASSES
 
@@ -217,8 +224,17 @@ def _region_groups(ctx: BuildContext) -> list[hd.sr.VolumetricROIMeasurementsAnd
     return groups
 
 
-def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """TID 1410 per region: its outline on its key slice, and its area there."""
+def centre_label(tracking_id: str) -> str:
+    """The tracking identifier of a region's centre point: the region's, with ": centre"."""
+    return f"{tracking_id}: centre"
+
+
+Planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+
+
+def _planar_groups(ctx: BuildContext) -> list[tuple[Planar, Planar]]:
+    """Two TID 1410 groups per region on its key slice: its outline with its area there (the
+    region's finding), and the point deepest inside it (a finding of its own)."""
     labels = ctx.label_volume()
     if labels is None:
         return []
@@ -244,14 +260,25 @@ def _planar_groups(ctx: BuildContext) -> list[hd.sr.PlanarROIMeasurementsAndQual
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=points, source_image=_source_for_region(s)
         )
-        groups.append(
-            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
-                referenced_region=region,
-                finding_type=finding,
-                measurements=measurements or None,
-            )
+        planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id),
+            referenced_region=region,
+            finding_type=finding,
+            measurements=measurements or None,
         )
+        centre = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=ctx.uid("region", str(segment.number), "centre", "tracking"),
+                identifier=centre_label(segment.tracking_id),
+            ),
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POINT,
+                graphic_data=inner_point(mask[s.index]),
+                source_image=_source_for_region(s),
+            ),
+            finding_type=finding,
+        )
+        groups.append((planar, centre))
     return groups
 
 
@@ -330,8 +357,8 @@ def build_sr(ctx: BuildContext) -> list[Dataset]:
         | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = [_image_level_group(ctx)]
-    for volumetric, planar in zip(_region_groups(ctx), _planar_groups(ctx), strict=True):
-        groups.extend([volumetric, planar])
+    for volumetric, (planar, centre) in zip(_region_groups(ctx), _planar_groups(ctx), strict=True):
+        groups.extend([volumetric, planar, centre])
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=codes.CT_PROCEDURE,

@@ -6,7 +6,8 @@ image-level group (finding, site, algorithm, one "Probability of <class>" per cl
 involvement, the box on the key slice they are inferred from, qualitative evaluation, source
 images), region groups (a TID 1411 and a TID 1410 group per region sharing the tracking UID = SEG
 TrackingUID; referenced segment, source images, volume, algorithm and finding site under the
-measurement; the outline on the region's key slice and its area), no zero-valued number (a
+measurement; the outline on the region's key slice and its area), a TID 1410 group per region
+with its centre point (its own derived tracking UID), no zero-valued number (a
 viewer prints it empty), every group having spatial coordinates (what viewers list), the readable decision and "not
 for clinical use" text, no Imaging Measurements without a decision, evidence and contributing
 equipment.
@@ -77,6 +78,15 @@ def template(group: Dataset) -> str:
 
 def by_template(sr: Dataset, tid: str) -> list[Dataset]:
     return [g for g in groups(sr) if template(g) == tid]
+
+
+def outlines(sr: Dataset) -> list[Dataset]:
+    """The planar groups of the regions' outlines (not of their centre points)."""
+    return [g for g in by_template(sr, "1410") if child(g, "111030").GraphicType != "POINT"]
+
+
+def centres(sr: Dataset) -> list[Dataset]:
+    return [g for g in by_template(sr, "1410") if child(g, "111030").GraphicType == "POINT"]
 
 
 def texts(item: Dataset, code_value: str) -> list[str]:
@@ -180,9 +190,9 @@ def test_classification_measurements_are_inferred_from_the_lungs_on_the_first_ke
 
 def test_each_region_is_one_finding_in_a_volumetric_and_a_planar_group(covid: Case) -> None:
     sr = covid.outputs["sr"][0]
-    assert [template(g) for g in groups(sr)] == ["1501", "1411", "1410", "1411", "1410"]
-    volumetric, planar = by_template(sr, "1411"), by_template(sr, "1410")
-    for v, p in zip(volumetric, planar):
+    assert [template(g) for g in groups(sr)] == ["1501", "1411", "1410", "1410", "1411", "1410", "1410"]
+    volumetric, planar = by_template(sr, "1411"), outlines(sr)
+    for v, p in zip(volumetric, planar, strict=True):
         assert child(v, "112040").UID == child(p, "112040").UID
         assert texts(v, "112039") == texts(p, "112039")
 
@@ -219,7 +229,7 @@ def test_planar_groups_outline_each_region_on_its_largest_slice(covid: Case) -> 
     result = covid.result
     labels = result.region_labels
     assert labels is not None
-    for region, group in zip(result.regions, by_template(sr, "1410")):
+    for region, group in zip(result.regions, outlines(sr), strict=True):
         mask = np.asarray(labels == region.index)
         key = int(mask.sum(axis=(1, 2)).argmax())
         (scoord,) = children(group, "111030")  # Image Region
@@ -241,6 +251,40 @@ def test_planar_groups_outline_each_region_on_its_largest_slice(covid: Case) -> 
         # group's finding site as its raw code ("363698007: Lung").
         assert children(group, "363698007") == []
         assert code(child(area, "363698007")) == ("39607008", "SCT")
+
+
+def test_each_region_has_a_centre_point_on_its_largest_slice(covid: Case) -> None:
+    """TID 1410 with a POINT per region, a finding of its own (OHIF 3.13 restores an SR's
+    measurements only from a rectangle or a point, not from an outline): on the region's key slice
+    (the outline's image), at the pixel deepest inside the region, its own tracking UID (derived,
+    the same in every build) and the region's identifier with ": centre"."""
+    sr = covid.outputs["sr"][0]
+    result = covid.result
+    labels = result.region_labels
+    assert labels is not None
+    again = build_outputs(covid.result, covid.sources, kinds=["sr"], options=OutputOptions(created=CREATED))["sr"][0]
+    points = centres(sr)
+    assert len(points) == len(result.regions) == len(outlines(sr))
+    assert [child(g, "112040").UID for g in points] == [child(g, "112040").UID for g in centres(again)]
+    region_uids = {child(g, "112040").UID for g in outlines(sr)}
+    for region, outline_group, group in zip(result.regions, outlines(sr), points, strict=True):
+        assert child(group, "112040").UID not in region_uids
+        assert texts(group, "112039") == [texts(outline_group, "112039")[0] + ": centre"]
+        mask = np.asarray(labels == region.index)
+        key = int(mask.sum(axis=(1, 2)).argmax())
+        scoord = child(group, "111030")
+        assert scoord.ValueType == "SCOORD" and len(scoord.GraphicData) == 2
+        image = children(scoord)[0].ReferencedSOPSequence[0]
+        assert image.ReferencedSOPInstanceUID == result.sop_instance_uids[key]
+        assert (
+            image.ReferencedSOPInstanceUID
+            == children(child(outline_group, "111030"))[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        )
+        x, y = (float(v) for v in scoord.GraphicData)
+        assert mask[key, int(y), int(x)], (x, y)
+        assert code(child(group, "121071")) == ("840539006", "SCT")
+        # No number to print and no group-level site (viewers print it as its raw code).
+        assert [c for c in walk(group) if c.ValueType == "NUM"] == [] and children(group, "363698007") == []
 
 
 def test_every_finding_has_spatial_coordinates(covid: Case, normal: Case) -> None:
