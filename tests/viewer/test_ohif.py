@@ -10,9 +10,14 @@ Checked per phantom and order, as a radiologist would, against the phantom's gro
 and lesion masks) and the viewer's own state (cornerstone3D's viewports through ``window.services``
 and ``window.cornerstone``):
 
-- the SR opens with no error; one measurement per suspected-infection region and one for the
-  classification, each drawn on a CT image; every label names what it measures and has a number
-  (the classification names each class); the viewport's arrows jump to each region's slice;
+- the SR opens with no error; one measurement per suspected-infection region, one per region's
+  centre point and one for the classification, each on a CT image; each region's outline and
+  centre drawn (an annotation of the SR) on its slice's image; every label names what it measures
+  and has a number (the classification names each class); the viewport's arrows jump to each
+  region's slice;
+- OHIF can restore the SR's measurements as its own tools: it asks to, its badge's tooltip offers
+  it and does not call the SR "not compatible"; restored, each region's centre is a probe on its
+  slice, where the SR puts it;
 - every region's outline lies in the lungs (>= 90 % of its area; the CAP phantom's first region
   does not yet: an expected failure until the model's regions are fixed);
 - the SEG loads with its segments;
@@ -33,10 +38,11 @@ allowed). Screenshots of each step go to test-artifacts/viewer/. Every wait is o
 viewer's state, a render event), with bounds rather than exact pixel counts: the test runs on a
 loaded 2-core CI machine in software WebGL.
 
-OHIF's "Measurements" panel lists only measurements it can rehydrate into its own editable tools
-(SRs it wrote itself); any other TID 1500 SR is shown read-only in the SR viewport, its findings
-stepped through with the viewport's arrows: that is what is checked. Not covered: the KOS (OHIF
-3.x does not support Key Object Selection), the SR's content beyond its labels (tests/outputs).
+OHIF's "Measurements" panel lists only measurements it can rehydrate into its own editable tools:
+of this SR, the regions' centre points (OHIF 3.13 maps a POINT to its probe, an outline to none);
+the SR viewport shows all of it, its findings stepped through with the viewport's arrows. Not
+covered: the KOS (OHIF 3.x does not support Key Object Selection), the SR's content beyond its
+labels (tests/outputs).
 """
 
 from __future__ import annotations
@@ -316,6 +322,60 @@ return sr && sr.isLoaded && sr.measurements ? sr.measurements.map(m => ({
 """
 
 
+SR_STATUS_JS = """
+const sr = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR');
+return sr && sr.isLoaded ? {rehydratable: sr.isRehydratable === true, hydrated: !!sr.isHydrated} : null;
+"""
+# The SR's drawings in the SR viewport: cornerstone3D annotations of OHIF's DICOMSRDisplay tool.
+SR_ANNOTATIONS_JS = """
+return window.cornerstoneTools.annotation.state.getAllAnnotations()
+  .filter(a => a.metadata && a.metadata.toolName === 'DICOMSRDisplay')
+  .map(a => ({uid: a.data.TrackingUniqueIdentifier || a.annotationUID, type: a.metadata.graphicType,
+              image: a.metadata.referencedImageId || null}));
+"""
+# The measurements OHIF holds as its own (editable) tools once it has restored an SR.
+RESTORED_JS = """
+return window.services.measurementService.getMeasurements().map(m => ({
+  tool: m.toolName, image: m.referencedImageId || null, points: m.points || []}));
+"""
+
+
+def region_findings(measurements: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The SR's regions (outline, volume, area) and the regions' centre points."""
+    regions = [m for m in measurements if m["id"].startswith("Suspected infection region")]
+    centres = [m for m in regions if m["id"].endswith(": centre")]
+    return [m for m in regions if m not in centres], centres
+
+
+def answer_restore_prompt(ohif: Ohif, answer: str) -> None:
+    """OHIF asks to restore (track) the measurements of an SR it can rehydrate; answer it."""
+    button = ohif.wait(
+        lambda d: (
+            next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == answer), None)
+            if "continue tracking measurements" in ohif.text()
+            else None
+        ),
+        60,
+        "OHIF asking to restore the SR's measurements",
+    )
+    button.click()
+    ohif.wait(lambda d: "continue tracking measurements" not in ohif.text(), 30, "the prompt to close")
+
+
+def assert_badge_is_compatible(ohif: Ohif, browser: webdriver.Chrome) -> None:
+    """The viewport's SR badge: its tooltip (on hover) offers to restore the measurements and does
+    not say the SR is not compatible."""
+    badge = ohif.wait(lambda d: d.find_element(By.CSS_SELECTOR, "[data-cy^='ModalityLoadBadge-']"), 30, "the SR badge")
+    ActionChains(browser).move_to_element(badge).perform()
+    ohif.wait(
+        lambda d: "restore measurements" in ohif.text() or "not compatible" in ohif.text(), 30, "the badge's tooltip"
+    )
+    ohif.shot("2-sr-badge")
+    text = ohif.text()
+    assert "not compatible" not in text and "restore measurements" in text, text[:1500]
+    ActionChains(browser).move_by_offset(0, 200).perform()
+
+
 @pytest.mark.parametrize("name", list(STUDIES))
 def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
     stack: Stack, browser: webdriver.Chrome, name: str
@@ -329,11 +389,20 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
     measurements = ohif.wait(lambda d: ohif.script(SR_MEASUREMENTS_JS), 60, "the SR's measurements")
     ohif.wait(lambda d: ohif.current_sop() is not None, 30, "the SR viewport's image")
     ohif.shot("2-sr")
+    # OHIF can restore the SR's measurements as its own (each region's centre point): it asks to,
+    # and its badge does not call the SR incompatible. Declined here: the SR viewport is checked.
+    assert ohif.script(SR_STATUS_JS) == {"rehydratable": True, "hydrated": False}
+    answer_restore_prompt(ohif, "No")
+    assert_badge_is_compatible(ohif, browser)
     ohif.assert_no_errors()
-    found = [m for m in measurements if m["id"].startswith("Suspected infection region")]
+    found, centres = region_findings(measurements)
     classification = [m for m in measurements if m["id"].startswith("Series classification")]
-    assert len(found) == regions, measurements
+    assert len(found) == regions and len(centres) == regions, measurements
     assert len(classification) == 1, measurements
+    # Each region's centre: a point on the slice of the region's outline.
+    for region, centre in zip(found, centres, strict=True):
+        assert centre["id"] == region["id"] + ": centre", (region, centre)
+        assert [g["type"] for g in centre["graphic"]] == ["POINT"] and centre["sop"] == region["sop"], centre
     assert all(m["loaded"] and m["sop"] for m in measurements), (
         f"not every measurement is on a CT image: {measurements}"
     )
@@ -366,6 +435,60 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
             ohif.shot(f"3-region-on-its-slice-{step}")
             ohif.canvas_shot(f"3-region-canvas-{step}")
     assert not to_see, f"the arrows never showed the slices {to_see}"
+    # Each region's outline and centre drawn (an annotation of the SR) on the image of its slice.
+    drawn = ohif.script(SR_ANNOTATIONS_JS)
+    for m, kind in [(m, "POLYLINE") for m in found] + [(m, "POINT") for m in centres]:
+        on = [a for a in drawn if a["type"] == kind and a["image"] and f"/instances/{m['sop']}/" in a["image"]]
+        assert on, f"{name}: {m['id']} is not drawn as a {kind} on its image {m['sop']}: {drawn}"
+    ohif.assert_no_errors()
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_the_sr_restores_each_region_centre_on_its_slice(stack: Stack, browser: webdriver.Chrome, name: str) -> None:
+    """OHIF restores an SR's measurements as its own tools when one maps to a tool of its: each
+    region's centre point (a probe) does; the outlines do not (OHIF 3.13 maps only rectangles and
+    points by their graphic)."""
+    study = stack.studies[name]
+    regions = expected_regions(study)
+    ohif = Ohif(browser, stack, study)
+    ohif.open_study()
+    ohif.open_series("COVID-CT report")
+    measurements = ohif.wait(lambda d: ohif.script(SR_MEASUREMENTS_JS), 60, "the SR's measurements")
+    _, centres = region_findings(measurements)
+    assert len(centres) == regions, measurements
+    answer_restore_prompt(ohif, "Yes")
+    restored = ohif.wait(
+        lambda d: (lambda found: found if len(found) >= regions else None)(ohif.script(RESTORED_JS)),
+        60,
+        "the restored measurements",
+    )
+    ohif.wait_rendered("vp.render();")
+    ohif.shot("3-sr-restored")
+    assert ohif.script(SR_STATUS_JS)["hydrated"], "OHIF does not call the SR restored"
+    assert sorted(m["tool"] for m in restored) == ["Probe"] * regions, restored
+    # Each centre restored on its image, where the SR puts it (within a pixel: image coordinates
+    # name a pixel's corner, cornerstone may take its centre); regions may share a slice.
+    tolerance = 1.5 * max(study.spacing)
+    left = list(restored)
+    for centre in centres:
+        k = study.index_of(centre["sop"])
+        x, y = centre["graphic"][0]["data"]
+        expected = (
+            study.slices[k].position
+            + x * study.spacing[1] * study.row_direction
+            + y * study.spacing[0] * study.column_direction
+        )
+        on = [
+            m
+            for m in left
+            if m["image"]
+            and f"/instances/{centre['sop']}/" in m["image"]
+            and len(m["points"]) == 1
+            and float(np.linalg.norm(np.asarray(m["points"][0]) - expected)) <= tolerance
+        ]
+        assert on, f"{name}: {centre['id']} is not restored at {expected} on slice {k}: {restored}"
+        assert study.slice_at(on[0]["points"][0]) == k, (centre, on[0])
+        left.remove(on[0])
     ohif.assert_no_errors()
 
 
@@ -392,7 +515,7 @@ def test_every_region_outline_is_in_the_lungs(stack: Stack, browser: webdriver.C
     ohif.open_study()
     ohif.open_series("COVID-CT report")
     measurements = ohif.wait(lambda d: ohif.script(SR_MEASUREMENTS_JS), 60, "the SR's measurements")
-    found = [m for m in measurements if m["id"].startswith("Suspected infection region")]
+    found, _ = region_findings(measurements)
     assert found, measurements
     # Every region's outline in the lungs of its slice (a few voxels of slack at the lung's edge).
     for m in found:
