@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from dicom_node import __version__
 from dicom_node.outputs import codes
+from dicom_node.outputs.geometry import key_slice
 from dicom_node.outputs.kinds import KINDS
 from model.contract.notice import DICOM_NOTICE
 from model.contract.result import SeriesResult
@@ -295,6 +296,7 @@ class Segment:
     tracking_uid: str
     volume_ml: float
     slice_indices: tuple[int, ...]  # sorted slices with content
+    key_index: int  # the slice with the most of it, the first of equals (outputs.geometry.key_slice)
 
 
 @dataclass
@@ -423,7 +425,8 @@ class BuildContext:
                 if box is None or mask is None or not mask.any():
                     raise ValueError(f"region {region.index} has no voxel in result.region_labels")
                 out[box][mask] = number
-                z = np.flatnonzero(mask.any(axis=(1, 2))) + int(box[0].start or 0)
+                first = int(box[0].start or 0)
+                z = np.flatnonzero(mask.any(axis=(1, 2))) + first
                 segments.append(
                     Segment(
                         number=number,
@@ -432,6 +435,7 @@ class BuildContext:
                         tracking_uid=self.uid("region", str(number), "tracking"),
                         volume_ml=float(region.volume_ml),
                         slice_indices=tuple(int(i) for i in z),
+                        key_index=first + key_slice(mask),
                     )
                 )
             return segments, out
@@ -448,6 +452,7 @@ class BuildContext:
             tracking_uid=self.uid("region", "1", "tracking"),
             volume_ml=float(mask.sum()) * voxel_volume_ml(self.slices),
             slice_indices=tuple(int(i) for i in z),
+            key_index=key_slice(mask),
         )
         return [segment], mask.astype(np.uint8)
 

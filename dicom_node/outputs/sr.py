@@ -241,9 +241,9 @@ def _planar_groups(ctx: BuildContext) -> list[tuple[Planar, Planar]]:
     finding, _ = _finding_and_evaluation(ctx.result.decision)
     groups = []
     for segment in ctx.segments():
-        mask = labels == segment.number
-        s = ctx.slices[key_slice(mask)]
-        points = outline(mask[s.index])
+        s = ctx.slices[segment.key_index]
+        on_slice = labels[s.index] == segment.number
+        points = outline(on_slice)
         spacing = pixel_spacing(s)
         measurements = []
         if spacing is not None:
@@ -273,7 +273,7 @@ def _planar_groups(ctx: BuildContext) -> list[tuple[Planar, Planar]]:
             ),
             referenced_region=hd.sr.ImageRegion(
                 graphic_type=hd.sr.GraphicTypeValues.POINT,
-                graphic_data=inner_point(mask[s.index]),
+                graphic_data=inner_point(on_slice),
                 source_image=_source_for_region(s),
             ),
             finding_type=finding,
