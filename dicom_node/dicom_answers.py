@@ -69,6 +69,18 @@ class PresentationRejectReason(IntEnum):
     LOCAL_LIMIT_EXCEEDED = 0x02
 
 
+# The answer to a connection or an association over one of the listener's limits (connections per
+# address, connections in all, negotiated associations): rejected-transient, DICOM UL
+# service-provider (presentation related function), local-limit-exceeded (PS3.8 Table 9-21).
+LOCAL_LIMIT_REJECTION = (
+    AssociateResult.REJECTED_TRANSIENT,
+    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+    PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
+)
+# How such a refusal ends in the log and the events, after the limit that was reached.
+LOCAL_LIMIT_ANSWER = "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded"
+
+
 class RejectReason(IntEnum):
     """A-ASSOCIATE-RJ reason/diagnostic when the source is the service user."""
 

@@ -4,9 +4,9 @@ address, and log lines.
 A DICOM port on a clinical network meets port scanners, broken senders and worse. Nothing a peer
 sends may make a listener allocate without bound (:class:`ReadLimits`, which
 dicom_node.listener.reactor applies to every PDU), hold every slot (:class:`Admission`:
-connections per remote address), or fill the log (:class:`PeerLog`: a few lines a minute per peer
-and kind of error, then a count of what was left out). No pynetdicom here: the reactor and the
-servers call these.
+connections per remote address and in all; dicom_node.listener.refusal answers a connection over
+them), or fill the log (:class:`PeerLog`: a few lines a minute per peer and kind of error, then a
+count of what was left out). No pynetdicom here: the reactor and the servers call these.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ log = logging.getLogger("dicom_node.listener")
 MAX_CONTROL_PDU = 256 * 1024
 # Largest P-DATA-TF accepted when listener.max_pdu_bytes is 0 (announced as unlimited).
 MAX_UNLIMITED_PDU = 64 * 1024 * 1024
+# A connection over a connection limit: its time to send its A-ASSOCIATE-RQ (a TLS handshake
+# first, if any) before it is closed unanswered (at most ARTIM), and how many such connections are
+# answered at once per listening socket (more are closed when accepted).
+REFUSAL_SECONDS = 3.0
+MAX_PENDING_REFUSALS = 32
 
 
 @dataclass(frozen=True)
@@ -105,45 +110,29 @@ class Admission:
     ``admit`` is asked when a connection is accepted, before anything is read from it; ``release``
     when its association thread ends. Connections that never negotiate an association can then
     hold at most ``per_address`` slots per address, and no more than ``total`` in all; the limit
-    on negotiated associations is applied at negotiation (dicom_node.listener.scp)."""
+    on negotiated associations is applied at negotiation (dicom_node.listener.scp). A connection
+    not admitted holds no slot: dicom_node.listener.refusal answers it."""
 
-    def __init__(self, *, per_address: int, total: int, peer_log: PeerLog = PEER_LOG) -> None:
+    def __init__(self, *, per_address: int, total: int) -> None:
         self.per_address = per_address
         self.total = total
-        self.peer_log = peer_log
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
         self._total = 0
 
-    def admit(self, host: str, local: str) -> bool:
+    def admit(self, host: str) -> str | None:
+        """None when a connection from ``host`` is admitted (it holds a slot until ``release``),
+        else which limit it is over."""
         with self._lock:
             count = self._open.get(host, 0)
             if count < self.per_address and self._total < self.total:
                 self._open[host] = count + 1
                 self._total += 1
-                return True
+                return None
             total = self._total
         if count >= self.per_address:
-            self.peer_log.warning(
-                host,
-                "admission",
-                "connection from %s to %s refused: %d connection(s) from that address already open "
-                "(listener.max_connections_per_address)",
-                host,
-                local,
-                count,
-            )
-        else:
-            self.peer_log.warning(
-                host,
-                "admission",
-                "connection from %s to %s refused: %d connection(s) open in this listener process "
-                "(listener.max_connections)",
-                host,
-                local,
-                total,
-            )
-        return False
+            return f"{count} connection(s) from that address already open (listener.max_connections_per_address)"
+        return f"{total} connection(s) open in this listener process (listener.max_connections)"
 
     def release(self, host: str) -> None:
         with self._lock:

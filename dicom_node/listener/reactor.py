@@ -42,7 +42,8 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 
 from dicom_node.errors import NodeError
 from dicom_node.listener.fastlane import FastLane
-from dicom_node.listener.limits import DEFAULT_READ_LIMITS, PEER_LOG, Admission, ReadLimits
+from dicom_node.listener.limits import DEFAULT_READ_LIMITS, PEER_LOG, REFUSAL_SECONDS, Admission, ReadLimits
+from dicom_node.listener.refusal import LimitRefusals
 
 LOGGER = logging.getLogger("pynetdicom")
 
@@ -529,14 +530,16 @@ class EventDrivenRequestHandler(RequestHandler):
 
 class EventDrivenServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with bounded admission: a long listen backlog; each
-    connection admitted (or closed at once) by :attr:`admission` before anything is read from it;
-    the TLS handshake done in the connection's own thread under its deadlines, not in the accept
-    loop (where one silent peer would stop every other); acceptors from
+    connection admitted by :attr:`admission` before anything is read from it, or else answered
+    by :attr:`refusals` with an A-ASSOCIATE-RJ, holding no slot and no association; the TLS
+    handshake done in the connection's own thread under its deadlines, not in the accept loop
+    (where one silent peer would stop every other); acceptors from
     :class:`EventDrivenRequestHandler`."""
 
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     admission: Admission | None = None
+    refusals: LimitRefusals | None = None
     read_limits: ReadLimits = DEFAULT_READ_LIMITS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -550,10 +553,24 @@ class EventDrivenServer(ThreadedAssociationServer):
             client_socket = self.ssl_context.wrap_socket(client_socket, server_side=True, do_handshake_on_connect=False)
         return client_socket, address
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread for an admitted connection's association; one that is not admitted goes to
+        :attr:`refusals` (or is closed at once when they are busy)."""
         if self.admission is None:
-            return True
-        return self.admission.admit(str(client_address[0]), f"{self.ae_title} (port {self.server_address[1]})")
+            super().process_request(request, client_address)
+            return
+        host = str(client_address[0])
+        reason = self.admission.admit(host)
+        if reason is None:
+            super().process_request(request, client_address)
+            return
+        if self.refusals is None:
+            self.refusals = LimitRefusals(
+                f"{self.ae_title} (port {self.server_address[1]})",
+                seconds=min(REFUSAL_SECONDS, self.read_limits.association_seconds),
+            )
+        if not self.refusals.take(request, host, reason):
+            self.shutdown_request(request)
 
 
 def _accepted_transfer_syntax(assoc: Association, context_id: int) -> str | None:

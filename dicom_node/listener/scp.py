@@ -40,7 +40,14 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import EventHandlerType
 
 from dicom_node.db import Database
-from dicom_node.dicom_answers import AssociateResult, PresentationRejectReason, RejectReason, RejectSource, Status
+from dicom_node.dicom_answers import (
+    LOCAL_LIMIT_ANSWER,
+    LOCAL_LIMIT_REJECTION,
+    AssociateResult,
+    RejectReason,
+    RejectSource,
+    Status,
+)
 from dicom_node.listener.dataset import DEFAULT_MAX_BYTES, RejectedInstance, parse_header
 from dicom_node.listener.limits import PeerLog
 from dicom_node.settings import Settings
@@ -282,12 +289,43 @@ _CONTEXT_RESULTS = {
 }
 
 
+def refusal_recorder(local_ae: LocalAESnapshot, receiver: Receiver) -> Callable[[str, str, str], None]:
+    """``refused(calling_ae, host, reason)``: a refused association of ``local_ae`` in the log and
+    the events, at most a few a minute per peer (a sender retrying in a loop would otherwise write
+    a row each time); the next one that is written says how many were left out. Every refusal of
+    the local AE goes through it: those at negotiation here, and the connections over the
+    connection limits answered by dicom_node.listener.refusal."""
+
+    def refused(calling_ae: str, host: str, reason: str) -> None:
+        message = "association refused: %s@%s to %s: %s"
+        left_out = REFUSALS.warning(host, "association refused", message, calling_ae, host, local_ae.title, reason)
+        if left_out is None:
+            return
+        window = f"{REFUSALS.window:g} s"
+        more = f" ({left_out} more refusals of {host} in the last {window} not recorded)" if left_out else ""
+        association_event(receiver, local_ae, calling_ae, host, f"refused: {reason}{more}")
+
+    return refused
+
+
+def association_event(receiver: Receiver, local_ae: LocalAESnapshot, calling_ae: str, host: str, message: str) -> None:
+    receiver.index.event(
+        "association",
+        message[:1000],
+        level="warning",
+        calling_ae=calling_ae,
+        calling_host=host,
+        local_ae=local_ae.title,
+    )
+
+
 def handlers_for(
     local_ae: LocalAESnapshot, receiver: Receiver, *, max_associations: int = 64
 ) -> list[EventHandlerType]:
     """pynetdicom event handlers binding one local AE to the receiver. ``max_associations``:
     negotiated associations of this local AE in this process (connections still negotiating do
     not count: they cannot lock senders out)."""
+    refused = refusal_recorder(local_ae, receiver)
 
     def on_requested(event: evt.Event) -> None:
         assoc = event.assoc
@@ -307,13 +345,13 @@ def handlers_for(
             assoc.kill()
             return
         if established >= max_associations:
-            reason = f"{established} associations already open (listener.max_associations); rejected as transient"
-            refused(calling_ae, host, reason)
-            assoc.acse.send_reject(
-                AssociateResult.REJECTED_TRANSIENT,
-                RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
+            # The same answer as a connection over the connection limits (dicom_node.listener.refusal).
+            refused(
+                calling_ae,
+                host,
+                f"{established} associations already open (listener.max_associations); {LOCAL_LIMIT_ANSWER}",
             )
+            assoc.acse.send_reject(*LOCAL_LIMIT_REJECTION)
             assoc.kill()
             return
         ok, reason = receiver.index.check_source(local_ae, calling_ae, host)
@@ -327,28 +365,6 @@ def handlers_for(
             # As pynetdicom's own rejections do: wait until the A-ASSOCIATE-RJ is on the wire
             # and the peer has closed, before the server shuts the socket down.
             assoc.kill()
-
-    def refused(calling_ae: str, host: str, reason: str) -> None:
-        """A refused association in the log and the events, at most a few a minute per peer (a
-        sender retrying in a loop would otherwise write a row each time); the next one that is
-        written says how many were left out."""
-        message = "association refused: %s@%s to %s: %s"
-        left_out = REFUSALS.warning(host, "association refused", message, calling_ae, host, local_ae.title, reason)
-        if left_out is None:
-            return
-        window = f"{REFUSALS.window:g} s"
-        more = f" ({left_out} more refusals of {host} in the last {window} not recorded)" if left_out else ""
-        association_event(calling_ae, host, f"refused: {reason}{more}")
-
-    def association_event(calling_ae: str, host: str, message: str) -> None:
-        receiver.index.event(
-            "association",
-            message[:1000],
-            level="warning",
-            calling_ae=calling_ae,
-            calling_host=host,
-            local_ae=local_ae.title,
-        )
 
     def on_accepted(event: evt.Event) -> None:
         assoc = event.assoc
@@ -382,7 +398,9 @@ def handlers_for(
             what,
         )
         if accepted == 0:
-            association_event(calling_ae, host, f"every presentation context rejected ({len(rejected)}): {what}")
+            association_event(
+                receiver, local_ae, calling_ae, host, f"every presentation context rejected ({len(rejected)}): {what}"
+            )
 
     def on_echo(event: evt.Event) -> int:
         return int(Status.SUCCESS)

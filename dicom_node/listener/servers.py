@@ -29,9 +29,10 @@ from sqlalchemy import select, update
 from dicom_node.db import Database
 from dicom_node.db.models import LocalAE
 from dicom_node.db.times import utcnow
-from dicom_node.listener.limits import Admission, ReadLimits
+from dicom_node.listener.limits import REFUSAL_SECONDS, Admission, ReadLimits
 from dicom_node.listener.ports import PortLock, PortTaken
 from dicom_node.listener.reactor import EventDrivenServer, quiet_pdu_logs, register_server
+from dicom_node.listener.refusal import LimitRefusals
 from dicom_node.listener.scp import (
     TRANSFER_SYNTAXES,
     FastStore,
@@ -39,6 +40,7 @@ from dicom_node.listener.scp import (
     fast_store_handler,
     handlers_for,
     receiver_for,
+    refusal_recorder,
 )
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
@@ -192,6 +194,12 @@ class ListenerSet:
         server.store_handler = fast_store_handler(snap, self.receiver)
         server.admission = Admission(per_address=settings.max_connections_per_address, total=settings.max_connections)
         server.read_limits = ReadLimits.from_settings(settings)
+        # Connections over those limits: an A-ASSOCIATE-RJ, recorded as every refused association.
+        server.refusals = LimitRefusals(
+            f"{snap.title} (port {snap.port})",
+            seconds=min(REFUSAL_SECONDS, settings.association_timeout_seconds),
+            on_refused=refusal_recorder(snap, self.receiver),
+        )
         register_server(ae, server)
         return server
 

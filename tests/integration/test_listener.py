@@ -13,6 +13,8 @@ certificates. Not covered here: the analysis that follows completion (tests/e2e)
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -93,10 +95,7 @@ def start_node(tmp: Path, database_url: str | None, **settings: object) -> Node:
         data_dir,
         database_url=database_url,
         admin_port=free_port(),
-        listener__processes=2,
-        listener__reload_seconds=0.5,
-        completion__poll_seconds=0.2,
-        **settings,
+        **{"listener__processes": 2, "listener__reload_seconds": 0.5, "completion__poll_seconds": 0.2, **settings},
     )
     port = free_port()
     cli(env, "db", "upgrade")
@@ -384,6 +383,85 @@ def test_full_disk_answers_out_of_resources(full_disk_node: Node, phantom: Path)
     assert "OutOfResources" in result.stderr, result.stderr
     wait_until(lambda: "free disk space below the watermark" in full_disk_node.log(), 10, "the watermark log line")
     assert full_disk_node.series() == []
+
+
+# What DCMTK prints for the A-ASSOCIATE-RJ of a connection or association over a listener limit.
+LOCAL_LIMIT_REJECTION = (
+    "Association Rejected:",
+    "Result: Rejected Transient, Source: Service Provider (Presentation Related)",
+    "Reason: Local Limit Exceeded",
+)
+
+
+@pytest.fixture
+def limited_node(tmp_path: Path) -> Iterator[Node]:
+    # One listener process, so that every connection meets the same limits.
+    started = start_node(
+        tmp_path,
+        None,
+        listener__processes=1,
+        listener__max_associations=2,
+        listener__max_connections_per_address=3,
+    )
+    yield started
+    started.process.stop()
+
+
+def _echoscu(port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("echoscu", "dcmtk"), "-aet", "STORESCU", "-aec", TITLE, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, TCP_NODELAY="1"),
+    )
+
+
+def test_over_the_limits_a_sender_gets_a_transient_local_limit_rejection(limited_node: Node) -> None:
+    """Over listener.max_associations (2 negotiated associations held: refused at negotiation) and
+    over listener.max_connections_per_address (3 connections held, one of them silent: refused as
+    accepted, without an association or a slot), DCMTK's echoscu is answered the same
+    A-ASSOCIATE-RJ: rejected transient, service provider (presentation), local limit exceeded.
+    Each refusal is logged with its limit and the caller and recorded as an event; once the
+    connections are gone the node answers again."""
+    node = limited_node
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate("127.0.0.1", node.port, ae_title=TITLE) for _ in range(2)]
+    silent: socket.socket | None = None
+    try:
+        assert all(assoc.is_established for assoc in held)
+        over_associations = _echoscu(node.port)
+        assert over_associations.returncode != 0
+        assert all(line in over_associations.stderr for line in LOCAL_LIMIT_REJECTION), over_associations.stderr
+        silent = socket.create_connection(("127.0.0.1", node.port))
+        over_connections = _echoscu(node.port)
+        assert over_connections.returncode != 0
+        assert all(line in over_connections.stderr for line in LOCAL_LIMIT_REJECTION), over_connections.stderr
+        print(over_connections.stderr)
+    finally:
+        for assoc in held:
+            assoc.release()
+        if silent is not None:
+            silent.close()
+    wait_until(lambda: _echoscu(node.port).returncode == 0, 10, "echoscu to get through again")
+    refusals = [
+        "2 associations already open (listener.max_associations); "
+        "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded",
+        "3 connection(s) from that address already open (listener.max_connections_per_address); "
+        "A-ASSOCIATE-RJ rejected-transient, local-limit-exceeded",
+    ]
+    for reason in refusals:
+        assert f"association refused: STORESCU@127.0.0.1 to {TITLE}: {reason}" in node.log(), node.log()[-3000:]
+    db = Database(f"sqlite:///{node.data_dir / 'dicom-node.sqlite3'}")
+    try:
+        with db.reader() as conn:
+            events = conn.execute(
+                select(Event.message, Event.calling_ae, Event.calling_host).where(Event.category == "association")
+            ).all()
+    finally:
+        db.dispose()
+    assert sorted(events) == sorted((f"refused: {reason}", "STORESCU", "127.0.0.1") for reason in refusals), events
 
 
 @pytest.fixture
