@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from dicom_node.listener.fastlane import p_data_tf
+from dicom_node.listener.limits import REFUSAL_SECONDS
 from model.phantoms.writer import write_phantom_series
 from tests.harness.hostile import (
     CT_IMAGE,
@@ -197,6 +199,65 @@ def test_half_open_connections_do_not_lock_out_a_real_sender(node: HostileNode, 
             peer.close()
     assert "connection from 127.0.0.6" in node.log() and "max_connections_per_address" in node.log()
     assert_healthy(node, phantom)
+
+
+def test_over_the_per_address_limit_a_request_gets_an_associate_rj_and_silence_or_garbage_holds_nothing(
+    node: HostileNode, phantom: Path
+) -> None:
+    """64 half-open connections from one address: each listener process admits 16 (held until
+    ARTIM); the others are refused without a slot. A real A-ASSOCIATE-RQ from that address then
+    gets an A-ASSOCIATE-RJ (transient, service provider (presentation), local limit exceeded) and
+    the connection closed; garbage gets an A-ABORT at once; silence, and the half-open ones over
+    the limit, are closed after REFUSAL_SECONDS, well before ARTIM. Once the admitted ones are
+    closed the address negotiates again."""
+    source = "127.0.0.8"
+    holders = []
+    for _ in range(4 * PER_ADDRESS):  # each process of the two gets more than PER_ADDRESS (all but surely)
+        peer = Peer(node.port, source=source, timeout=5)
+        peer.send(b"\x01\x00\x00")
+        holders.append(peer)
+    opened = time.monotonic()
+    try:
+        for _ in range(3):
+            probe = Peer(node.port, source=source)
+            assert probe.associate(TITLE, "FUZZER") == (0x03, bytes([0x00, 0x02, 0x03, 0x02]))
+            assert probe.closed_within(5) == (True, [])
+            probe.close()
+        silent = Peer(node.port, source=source)
+        silent_since = time.monotonic()
+        unknown = Peer(node.port, source=source)
+        unknown.send(bytes([0x09]) + random.Random(9).randbytes(4095))
+        huge = Peer(node.port, source=source)
+        huge.send(b"\x01\x00\xff\xff\xff\xff")
+        for garbage in (unknown, huge):
+            assert garbage.closed_within(2) == (True, [0x07])  # an A-ABORT at once
+            garbage.close()
+        assert silent.closed_within(REFUSAL_SECONDS + 3) == (True, [])
+        silent.close()
+        assert REFUSAL_SECONDS - 0.2 < time.monotonic() - silent_since < REFUSAL_SECONDS + 3
+        # The half-open ones over the limit are closed by now; the admitted ones wait for ARTIM.
+        wait_until(lambda: time.monotonic() - opened > REFUSAL_SECONDS + 1, 10, "the refusal deadline")
+        readable, _, _ = select.select([peer.sock for peer in holders], [], [], 0)
+        assert time.monotonic() - opened < ASSOCIATION_TIMEOUT - 1, "too slow to tell the refusal deadline from ARTIM"
+        assert len(holders) - len(readable) == 2 * PER_ADDRESS, f"{len(readable)} of {len(holders)} closed"
+    finally:
+        for peer in holders:
+            peer.close()
+    log = node.log()
+    limit = f"{PER_ADDRESS} connection(s) from that address already open (listener.max_connections_per_address)"
+    assert f"association refused: FUZZER@{source} to {TITLE}: {limit}; A-ASSOCIATE-RJ rejected-transient" in log
+    assert f"connection from {source} to {TITLE} (port {node.port}) refused: {limit}; no whole" in log
+    # The admission slots are given back: the address negotiates again.
+    wait_until(lambda: _negotiates(node, source), 10, f"an association from {source}")
+    assert_healthy(node, phantom)
+
+
+def _negotiates(node: HostileNode, source: str) -> bool:
+    peer = Peer(node.port, source=source)
+    try:
+        return peer.associate(TITLE, "FUZZER")[0] == 0x02
+    finally:
+        peer.close()
 
 
 def _dataset_bytes(ds: pydicom.Dataset) -> bytes:
