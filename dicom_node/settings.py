@@ -79,9 +79,10 @@ class ListenerSettings(_Section):
     network_timeout_seconds: float = Field(default=60.0, gt=0)
     # A connection must have negotiated its association this soon (ARTIM, PS3.8 9.1.5).
     association_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
-    # Connections (negotiated or not) from one remote address, per listener process and local AE.
+    # Connections (negotiated or not) from one remote address, per listener process and local AE
+    # (more: A-ASSOCIATE-RJ "local limit exceeded", transient, as for max_associations).
     max_connections_per_address: int = Field(default=32, ge=1)
-    # Connections in all, per listener process and local AE.
+    # Connections in all, per listener process and local AE (more: the same A-ASSOCIATE-RJ).
     max_connections: int = Field(default=512, ge=1)
     # Negotiated associations, per listener process and local AE (more: A-ASSOCIATE-RJ
     # "local limit exceeded", transient).
