@@ -5,7 +5,8 @@ Covers: a phantom series arriving whole, stored once, byte-identical in its data
 being idempotent; an unknown calling AE, a disabled one and one from the wrong host refused at
 association with a log line; every Part 10 file of the pydicom-data package (vendors, transfer
 syntaxes, enhanced multi-frame) accepted and stored; traversal UIDs, truncated data sets and a
-full disk answered with the right failure status while the listener goes on serving; an AE added
+full disk answered with the right failure status while the listener goes on serving; a sender over
+the association or per-address connection limit answered A-ASSOCIATE-RJ local limit exceeded; an AE added
 while the node runs answering within seconds; a series split over associations, one image per
 association, and a late instance re-opening a completed series; DICOM over TLS with client
 certificates. Not covered here: the analysis that follows completion (tests/e2e).
@@ -438,7 +439,6 @@ def test_over_the_limits_a_sender_gets_a_transient_local_limit_rejection(limited
         over_connections = _echoscu(node.port)
         assert over_connections.returncode != 0
         assert all(line in over_connections.stderr for line in LOCAL_LIMIT_REJECTION), over_connections.stderr
-        print(over_connections.stderr)
     finally:
         for assoc in held:
             assoc.release()
