@@ -78,7 +78,9 @@ def ohif_dist(version: str = OHIF_VERSION, *, cache: Path | None = None, fetch: 
 # own). tests/viewer checks the CT's and the SC's window after the map.
 # And OHIF shows no colour legend for a map: a viewport showing one gets OHIF's own colour bar (the
 # map's colour map over its window, the score in % as OHIF multiplies it by 100), removed when the
-# viewport shows something else.
+# viewport shows something else. OHIF's bar draws nothing without the colour maps to choose from
+# (its customization 'cornerstone.colorbar'), and is grey unless told the map's colour map (the map's
+# layer may not have it yet when a layout change draws the viewport again): it gets both.
 OWN_DISPLAY_OPTIONS_JS = """(function ownDisplayOptions() {
   const s = window.services;
   const grid = s && s.viewportGridService;
@@ -96,12 +98,22 @@ OWN_DISPLAY_OPTIONS_JS = """(function ownDisplayOptions() {
     }
     let tries = 0;
     (function legend() {
+      const shown = s.viewportGridService.getDisplaySetsUIDsForViewport(viewportId) || [];
+      if (!shown.includes(map.displaySetInstanceUID)) return;  // another series came since
       const vp = viewports.getCornerstoneViewport(viewportId);
-      if (!(vp && vp.getActors && vp.getActors().length >= 2)) {
+      const props = a => { try { return vp.getProperties(a.referencedId || a.uid) || {}; } catch (e) { return {}; } };
+      const coloured = vp && vp.getActors ? vp.getActors().map(props).map(p => p.colormap && p.colormap.name)
+        .find(n => n && n !== 'Grayscale') : null;
+      if (!coloured) {
         if (++tries < 240) setTimeout(legend, 250);
         return;
       }
-      try { s.colorbarService.addColorbar(viewportId, [map.displaySetInstanceUID], {}); }
+      const colormaps = {};
+      const bar = s.customizationService.getCustomization('cornerstone.colorbar') || {};
+      Object.values(bar.colormaps || {}).forEach(c => { colormaps[c.Name || c.name] = c; });
+      if (!colormaps[coloured]) { console.warn('dicom-node: OHIF has no colour bar for', coloured); return; }
+      const options = {colormaps, activeColormapName: coloured};
+      try { s.colorbarService.addColorbar(viewportId, [map.displaySetInstanceUID], options); }
       catch (e) { console.warn('dicom-node: no colour bar for the map', e); }
     })();
   });
@@ -109,6 +121,18 @@ OWN_DISPLAY_OPTIONS_JS = """(function ownDisplayOptions() {
   grid.setDisplaySetsForViewports = (viewports, ...rest) => set((viewports || []).map(v =>
     v && v.displaySetInstanceUIDs && !(v.displaySetOptions && v.displaySetOptions.length)
       ? Object.assign({}, v, {displaySetOptions: v.displaySetInstanceUIDs.map(() => ({}))}) : v), ...rest);
+})();
+"""
+
+
+# OHIF's toasts (a fixed layer at z-index 999999999, bottom right) cover the colour bar where they
+# meet it: the Parametric Map viewport's own notice ("values multiplied by 100") slides in over the
+# bar's right end each time the map is drawn in a wide viewport. The bar's corner of the viewport
+# (the one ancestor that makes a stacking context, by its translate) goes above them.
+COLOUR_BAR_ON_TOP_JS = """(function colourBarOnTop() {
+  const style = document.createElement('style');
+  style.textContent = '[class*="translate"]:has([id^="colorbar-container-"]) { z-index: 2147483647; }';
+  (document.head || document.documentElement).appendChild(style);
 })();
 """
 
@@ -159,6 +183,7 @@ def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICO
         "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n"
         + skip_tour
         + OWN_DISPLAY_OPTIONS_JS
+        + COLOUR_BAR_ON_TOP_JS
         + "window.config = "
         + json.dumps(config, indent=2)
         + ";\n"

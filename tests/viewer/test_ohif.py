@@ -31,7 +31,9 @@ and ``window.cornerstone``):
   map, the SC and the SEG have been opened one after the other in the same viewer; the SC keeps
   the window it opens with in a fresh viewer and shows colour;
 - the "open in viewer" link (dicom_node.triage.viewer with the README's OHIF template) opens the
-  COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first.
+  COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first;
+- the map's colour bar is drawn in the map's colour map and is what the page has on top at points
+  along it, in 1x1, 1x2, 2x2 and 1x3 layouts and while an OHIF notification slides across it.
 
 A SEVERE console message fails the test (every one that appeared concerned our objects; none is
 allowed). Screenshots of each step go to test-artifacts/viewer/. Every wait is on a condition (the
@@ -772,4 +774,95 @@ def test_the_viewer_link_opens_the_ct_at_the_first_finding(stack: Stack, browser
     assert f"/series/{series_uid}/" in image_id, f"the viewport shows {image_id}, not the CT"
     ohif.wait_rendered("vp.render();")
     ohif.shot("11-link-at-key-slice")
+    ohif.assert_no_errors()
+
+
+# The colour bar of the active viewport (OHIF draws it into its container): its colour map, whether
+# drawn, and what the page has on top at five points along it.
+COLOUR_BAR_JS = (
+    VIEWPORT_JS
+    + """
+const id = s.viewportGridService.getActiveViewportId();
+const bar = document.querySelector('[id^="colorbar-container-' + id + '-"]');
+const state = s.colorbarService.getViewportColorbar(id) || [];
+if (!bar || !state.length) return null;
+const r = bar.getBoundingClientRect();
+const drawn = [...bar.querySelectorAll('canvas')].some(c => c.width > 0 && c.height > 0 && c.clientHeight > 0);
+const hits = [0.1, 0.3, 0.5, 0.7, 0.9].map(f => {
+  const top = document.elementFromPoint(r.left + f * r.width, r.top + r.height / 2);
+  return top && bar.contains(top) ? true : (top ? top.tagName + '.' + String(top.className).slice(0, 80) : null);
+});
+return {colormap: state[0].colorbar.activeColormapName, drawn: drawn, hits: hits, bar: bar,
+        rect: [r.left, r.top, r.width, r.height], viewport: id};
+"""
+)
+LAYOUTS = ((1, 1), (1, 2), (2, 2), (1, 3))
+# An OHIF notification (the kind the map's viewport shows when it opens, "values multiplied by 100")
+# sliding in from the bottom across the bar: what is on top at points of the bar, frame by frame.
+TOAST_OVER_BAR_JS = (
+    VIEWPORT_JS
+    + """
+const done = arguments[arguments.length - 1];
+const id = s.viewportGridService.getActiveViewportId();
+const bar = document.querySelector('[id^="colorbar-container-' + id + '-"]');
+s.uiNotificationService.show({title: 'Colour bar', message: arguments[0], position: 'bottom-center',
+                              duration: 4000, type: 'info'});
+const start = performance.now();
+let overlapped = 0;
+const covered = [];
+(function frame() {
+  const r = bar.getBoundingClientRect();
+  const toasts = [...document.querySelectorAll('[data-sonner-toast]')].map(t => t.getBoundingClientRect());
+  if (toasts.some(t => t.left < r.right && t.right > r.left && t.top < r.bottom && t.bottom > r.top)) overlapped += 1;
+  for (const f of [0.1, 0.3, 0.5, 0.7, 0.9]) {
+    for (const g of [0.25, 0.5, 0.75]) {
+      const top = document.elementFromPoint(r.left + f * r.width, r.top + g * r.height);
+      if (!(top && bar.contains(top))) covered.push(top ? top.tagName + '.' + String(top.className).slice(0, 50) : 0);
+    }
+  }
+  if (performance.now() - start < 2000) requestAnimationFrame(frame);
+  else done({overlapped: overlapped, covered: covered.slice(0, 5)});
+})();
+"""
+)
+
+
+def test_the_map_colour_bar_is_drawn_on_top_in_every_layout(stack: Stack, browser: webdriver.Chrome) -> None:
+    study = stack.studies["covid-ascending"]
+    expected_regions(study)
+    ohif = Ohif(browser, stack, study)
+    ohif.open_study()
+    open_fused_map(ohif)
+    layers = ohif.layers()
+    assert layers is not None
+    colormaps = {layer["colormap"] for layer in layers["layers"]} - {None, "Grayscale", "gray", "Gray"}
+    assert len(colormaps) == 1, f"the fused view has no one colour map of the map: {layers}"
+    (map_colormap,) = colormaps
+    for rows, columns in LAYOUTS:
+        if (rows, columns) != (1, 1):
+            ohif.script(
+                "window.commandsManager.runCommand('setViewportGridLayout',"
+                " {numRows: arguments[0], numCols: arguments[1]});",
+                rows,
+                columns,
+            )
+        layout = f"{rows}x{columns}"
+        bar = ohif.wait(
+            lambda d: (lambda b: b if b and b["drawn"] and b["colormap"] == map_colormap else None)(
+                ohif.script(COLOUR_BAR_JS)
+            ),
+            30,
+            f"the map's colour bar drawn in {map_colormap} ({layout})",
+        )
+        ohif.shot(f"13-colour-bar-{layout}")
+        if (rows, columns) == (1, 1):
+            toast = browser.execute_async_script(TOAST_OVER_BAR_JS, "Checking that the colour bar stays on top. " * 4)
+            assert toast["overlapped"] > 0, f"the notification never crossed the colour bar at {bar['rect']}"
+            assert toast["covered"] == [], f"a notification covers the colour bar: {toast['covered']}"
+        assert all(hit is True for hit in bar["hits"]), (
+            f"{layout}: the colour bar at {bar['rect']} is under {bar['hits']}"
+        )
+        rgb = np.asarray(Image.open(io.BytesIO(bar["bar"].screenshot_as_png)).convert("RGB")).astype(int)
+        share = float(coloured(rgb).mean())
+        assert share >= 0.5, f"{layout}: only {share:.0%} of the colour bar at {bar['rect']} is coloured"
     ohif.assert_no_errors()
