@@ -125,6 +125,46 @@ OWN_DISPLAY_OPTIONS_JS = """(function ownDisplayOptions() {
 """
 
 
+# OHIF 3.13 opens a series at its first image (for a CT sorted head first: above the lungs) unless
+# the URL names an image (initialSOPInstanceUID, the node's "open in viewer" link). Its default
+# hanging protocol asks the custom attribute ``sopInstanceLocation`` where to open; this one answers
+# as OHIF's does when the URL names an image, and otherwise with the first image the study's Key
+# Object Selection references in that series (the node's strongest key slice), so that a study
+# opened from the study list shows the CT at the first finding too.
+KEY_SLICE_JS = """(function openAtKeySlice() {
+  const s = window.services;
+  const hp = s && s.hangingProtocolService;
+  if (!hp || !s.displaySetService || !hp.customAttributeRetrievalCallbacks) { setTimeout(openAtKeySlice, 50); return; }
+  if (hp.dicomNodeKeySlice) return;
+  hp.dicomNodeKeySlice = true;
+  const fromUrl = hp.customAttributeRetrievalCallbacks.sopInstanceLocation;
+  const keySops = study => {
+    const sops = [];
+    const items = list => (list || []).forEach(item => {
+      if (item.ValueType === 'IMAGE') {
+        (item.ReferencedSOPSequence || []).forEach(r => sops.push(r.ReferencedSOPInstanceUID));
+      }
+      items(item.ContentSequence);
+    });
+    s.displaySetService.getActiveDisplaySets()
+      .filter(d => d.StudyInstanceUID === study && d.SOPClassUID === '1.2.840.10008.5.1.4.1.1.88.59')
+      .forEach(d => (d.instances || []).forEach(i => items(i.ContentSequence)));
+    return sops;
+  };
+  hp.addCustomAttribute('sopInstanceLocation', 'The image to open at', function (displaySets) {
+    const given = fromUrl ? fromUrl.callback.call(this, displaySets) : undefined;
+    const ds = displaySets && displaySets[0];
+    if (given !== undefined || !ds || !ds.instances) return given;
+    for (const sop of keySops(ds.StudyInstanceUID)) {
+      const index = ds.instances.findIndex(i => i.SOPInstanceUID === sop);
+      if (index >= 0) return {index};
+    }
+    return undefined;
+  });
+})();
+"""
+
+
 # OHIF's toasts (a fixed layer at z-index 999999999, bottom right) cover the colour bar where they
 # meet it: the Parametric Map viewport's own notice ("values multiplied by 100") slides in over the
 # bar's right end each time the map is drawn in a wide viewport. The bar's corner of the viewport
@@ -183,6 +223,7 @@ def app_config(*, name: str = "COVID-CT node results", dicomweb_path: str = DICO
         "/** Written by dicom-node (dicom_node/viewer/ohif.py). */\n"
         + skip_tour
         + OWN_DISPLAY_OPTIONS_JS
+        + KEY_SLICE_JS
         + COLOUR_BAR_ON_TOP_JS
         + "window.config = "
         + json.dumps(config, indent=2)

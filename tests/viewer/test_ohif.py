@@ -31,7 +31,8 @@ and ``window.cornerstone``):
   map, the SC and the SEG have been opened one after the other in the same viewer; the SC keeps
   the window it opens with in a fresh viewer and shows colour;
 - the "open in viewer" link (dicom_node.triage.viewer with the README's OHIF template) opens the
-  COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first;
+  COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first; so
+  does the study list (its row, then "Basic Viewer"), by the KOS's first image;
 - the map's colour bar is drawn in the map's colour map and is what the page has on top at points
   along it, in 1x1, 1x2, 2x2 and 1x3 layouts and while an OHIF notification slides across it.
 
@@ -155,6 +156,10 @@ class Ohif:
     def open_study(self, link: str | None = None) -> None:
         """Open the study, by ``link`` if given (else the plain study URL), and wait for its first image."""
         self.driver.get(link or f"{self.stack.viewer.url}/viewer?StudyInstanceUIDs={self.study.study_uid}")
+        self.wait_for_study()
+
+    def wait_for_study(self) -> None:
+        """Wait until the viewer has the study's series and shows its first image."""
         self.wait(
             lambda d: self.script(
                 "return !!(window.services && window.services.displaySetService.getActiveDisplaySets().length >= 5)"
@@ -865,4 +870,52 @@ def test_the_map_colour_bar_is_drawn_on_top_in_every_layout(stack: Stack, browse
         rgb = np.asarray(Image.open(io.BytesIO(bar["bar"].screenshot_as_png)).convert("RGB")).astype(int)
         share = float(coloured(rgb).mean())
         assert share >= 0.5, f"{layout}: only {share:.0%} of the colour bar at {bar['rect']} is coloured"
+    ohif.assert_no_errors()
+
+
+def patient_name(stack: Stack, study: Study) -> list[str]:
+    """The parts of the study's Patient's Name (as Orthanc has it), for finding its row in the study list."""
+    for found in stack.orthanc.get("/studies?expand"):
+        if found["MainDicomTags"].get("StudyInstanceUID") == study.study_uid:
+            return [part for part in str(found["PatientMainDicomTags"].get("PatientName", "")).split("^") if part]
+    raise AssertionError(f"{study.name}: Orthanc has no study {study.study_uid}")
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_the_study_list_opens_the_ct_at_the_first_finding(stack: Stack, browser: webdriver.Chrome, name: str) -> None:
+    study = stack.studies[name]
+    expected_regions(study)
+    key_sop = str(study.job["key_sop_uid"])
+    ohif = Ohif(browser, stack, study)
+    # As a radiologist does: the study list, the study's row, then the viewer.
+    browser.get(stack.viewer.url + "/")
+    parts = patient_name(stack, study)
+    assert parts, f"{name}: the study has no patient name to find it by"
+    row = ohif.wait(
+        lambda d: d.find_element(By.XPATH, "//tr[" + " and ".join(f"contains(., '{p}')" for p in parts) + "]"),
+        60,
+        f"the study list's row of {parts}",
+    )
+    row.find_element(By.TAG_NAME, "td").click()
+    ohif.wait(
+        lambda d: next((b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Basic Viewer"), None),
+        30,
+        "the study's viewer button",
+    ).click()
+    ohif.wait_for_study()
+    assert study.study_uid in browser.current_url and "initialSOPInstanceUID" not in browser.current_url, (
+        browser.current_url
+    )
+    try:
+        ohif.wait(lambda d: ohif.current_sop() == key_sop, 30, "the key slice")
+    except AssertionError:
+        shown = ohif.current_sop()
+        where = study.index_of(shown) if shown in {s.sop_uid for s in study.slices} else shown
+        raise AssertionError(
+            f"{name}: the study opens at {where}, not at the key slice {study.index_of(key_sop)} ({key_sop})"
+        ) from None
+    image_id = ohif.script(VIEWPORT_JS + "return vp.getCurrentImageId();")
+    assert f"/series/{study.job['series_uid']}/" in image_id, f"{name}: the viewport shows {image_id}, not the CT"
+    ohif.wait_rendered("vp.render();")
+    ohif.shot("14-study-list-at-key-slice")
     ohif.assert_no_errors()
