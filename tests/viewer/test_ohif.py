@@ -34,7 +34,9 @@ and ``window.cornerstone``):
   COVID-19 phantom's CT at the result's first key slice, not at the image OHIF opens first; so
   does the study list (its row, then "Basic Viewer"), by the KOS's first image;
 - the map's colour bar is drawn in the map's colour map and is what the page has on top at points
-  along it, in 1x1, 1x2, 2x2 and 1x3 layouts and while an OHIF notification slides across it.
+  along it, in 1x1, 1x2, 2x2 and 1x3 layouts and while an OHIF notification slides across it;
+- OHIF reads the KOS (its key slices, the job's first) and flags it, and it alone, with its
+  "unsupported SOP class" warning (OHIF 3.13 has no handler for Key Object Selection).
 
 A SEVERE console message fails the test (every one that appeared concerned our objects; none is
 allowed). Screenshots of each step go to test-artifacts/viewer/. Every wait is on a condition (the
@@ -44,8 +46,7 @@ loaded 2-core CI machine in software WebGL.
 OHIF's "Measurements" panel lists only measurements it can rehydrate into its own editable tools:
 of this SR, the regions' centre points (OHIF 3.13 maps a POINT to its probe, an outline to none);
 the SR viewport shows all of it, its findings stepped through with the viewport's arrows. Not
-covered: the KOS (OHIF 3.x does not support Key Object Selection), the SR's content beyond its
-labels (tests/outputs).
+covered: the SR's content beyond its labels (tests/outputs).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dicom_node.triage.viewer import viewer_link
@@ -779,6 +781,68 @@ def test_the_viewer_link_opens_the_ct_at_the_first_finding(stack: Stack, browser
     assert f"/series/{series_uid}/" in image_id, f"the viewport shows {image_id}, not the CT"
     ohif.wait_rendered("vp.render();")
     ohif.shot("11-link-at-key-slice")
+    ohif.assert_no_errors()
+
+
+# OHIF 3.13 has no SOP class handler for Key Object Selection (1.2.840.10008.5.1.4.1.1.88.59): its
+# "unsupported" handler takes every KOS and flags it with DisplaySetMessage 14
+# (UNSUPPORTED_SOP_CLASS_UID), shown as a warning icon in the series list.
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
+UNSUPPORTED_SOP_CLASS_UID = 14
+DISPLAY_SETS_JS = """
+const images = (list, out) => { (list || []).forEach(item => {
+  if (item.ValueType === 'IMAGE') (item.ReferencedSOPSequence || []).forEach(r => out.push(r.ReferencedSOPInstanceUID));
+  images(item.ContentSequence, out); }); return out; };
+return window.services.displaySetService.getActiveDisplaySets().map(d => ({
+  description: d.SeriesDescription, modality: d.Modality, sopClass: d.SOPClassUID, unsupported: !!d.unsupported,
+  messages: ((d.messages && d.messages.messages) || []).map(m => ({id: m.id, args: m.args || {}})),
+  images: d.Modality === 'KO' ? images((d.instances || [])[0] && d.instances[0].ContentSequence, []) : []}));
+"""
+
+
+def test_ohif_flags_the_kos_for_its_sop_class_alone(stack: Stack, browser: webdriver.Chrome) -> None:
+    study = stack.studies["covid-ascending"]
+    expected_regions(study)
+    ohif = Ohif(browser, stack, study)
+    ohif.open_study()
+    sets = ohif.script(DISPLAY_SETS_JS)
+    (kos,) = [s for s in sets if s["modality"] == "KO"]
+    # OHIF reads the KOS: its key slices are CT images, strongest first (the job's key slice).
+    ct_sops = {s.sop_uid for s in study.slices}
+    assert kos["images"] and set(kos["images"]) <= ct_sops, kos
+    assert kos["images"][0] == study.job["key_sop_uid"], (kos["images"], study.job["key_sop_uid"])
+    # The warning is OHIF's for the SOP class, whatever the KOS holds; no other series has one.
+    assert kos["unsupported"] and kos["messages"] == [
+        {"id": UNSUPPORTED_SOP_CLASS_UID, "args": {"sopClassUid": KOS_SOP_CLASS}}
+    ], kos
+    assert [s for s in sets if s is not kos and s["messages"]] == [], sets
+    # The series list shows it as the warning icon's hover text.
+    icon = ohif.wait(
+        lambda d: d.find_element(
+            By.XPATH,
+            "//*[contains(text(), 'COVID-CT key slices')]/ancestor::*[@data-cy='study-browser-thumbnail-no-image'][1]"
+            "//button[starts-with(@id, 'display-set-tooltip-')]",
+        ),
+        30,
+        "the KOS's warning icon",
+    )
+    pane = browser.find_element(By.CSS_SELECTOR, "[data-cy='viewport-pane']")
+
+    def hover_text(d: webdriver.Chrome) -> bool:
+        # The first pointer moves after a page load may not open OHIF's tooltip: move over it again.
+        ActionChains(d).move_to_element_with_offset(icon, -3, -3).pause(0.2).move_by_offset(2, 2).pause(
+            0.2
+        ).move_by_offset(2, 2).perform()
+        return "SOP Class UID is not supported" in ohif.text()
+
+    ohif.wait(hover_text, 20, "the warning's hover text")
+    ohif.shot("12-kos-warning")
+
+    def hover_text_gone(d: webdriver.Chrome) -> bool:
+        ActionChains(d).move_to_element(pane).pause(0.2).move_by_offset(5, 5).send_keys(Keys.ESCAPE).perform()
+        return "not supported" not in ohif.text()
+
+    ohif.wait(hover_text_gone, 20, "the hover text to go")
     ohif.assert_no_errors()
 
 
