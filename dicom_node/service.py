@@ -22,6 +22,7 @@ from typing import Any, Callable, Protocol
 
 from dicom_node import logs
 from dicom_node.admin.server import AdminServerThread
+from dicom_node.commands.common import redact
 from dicom_node.db import Database, upgrade
 from dicom_node.jobs import analyses, exports
 from dicom_node.jobs.completion import Completion
@@ -111,6 +112,15 @@ class Housekeeping:
             self.retention.run_once()
 
 
+def where(settings: Settings) -> str:
+    """Where the node keeps its data and its state, as ``serve`` and ``up`` say at start: the data
+    dir, the database and the broker, their passwords masked."""
+    return (
+        f"data in {settings.data_dir}; database {redact(settings.effective_database_url)}; "
+        f"broker {redact(settings.effective_broker_url)}"
+    )
+
+
 class Node:
     def __init__(self, settings: Settings, *, admin: bool = True) -> None:
         self.settings = settings
@@ -149,6 +159,7 @@ class Node:
         # downtime: its sender comes back to the listeners first).
         completion.hold()
         dispatcher = load_dispatcher(settings.dispatcher, settings=settings)
+        log.info("%s", where(settings))
         housekeeping = Housekeeping(db, settings, dispatcher)
         relay = OutboxRelay(db, dispatcher)
 
@@ -176,12 +187,7 @@ class Node:
         admin = (
             f", admin app on http://{settings.admin.host}:{settings.admin_port}/" if admin_server is not None else ""
         )
-        log.info(
-            "node running: %d listener process(es), data in %s%s; Ctrl+C stops it",
-            len(self._children),
-            settings.data_dir,
-            admin,
-        )
+        log.info("node running: %d listener process(es)%s; Ctrl+C stops it", len(self._children), admin)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
         held_since = time.monotonic()

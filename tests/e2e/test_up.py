@@ -6,6 +6,10 @@ completes exactly once: that broker loses the killed worker's message, the job's
 brings it back (the lost-job scan, ``worker.lost_after_seconds`` = 10 s here); ``up`` killed
 alone takes its listeners and its worker with it.
 
+At start ``up`` and ``serve`` say where the data, the database and the broker are, without a
+password: the SQLite defaults through ``up``, PostgreSQL and Redis URLs with passwords through
+``serve``, an AMQP URL through the line's own function (no RabbitMQ here).
+
 Not covered: Redis redelivery (test_faults.py), PostgreSQL (test_results.py).
 """
 
@@ -23,9 +27,18 @@ import pytest
 from sqlalchemy import func, select
 
 from dicom_node.db.models import OutboxMessage
+from dicom_node.service import where
+from dicom_node.settings import load_settings
 from tests.e2e.stack import Node, check_results, done_and_exported, series_uids
 from tests.harness.jobs import hold_running_job
-from tests.harness.peers import Orthanc, port_open, wait_until
+from tests.harness.peers import (
+    Orthanc,
+    create_postgres_database,
+    drop_postgres_database,
+    port_open,
+    redis_db_url,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,6 +54,9 @@ def test_up_alone_then_killed_during_inference(
     try:
         up = node.start("up", "--shutdown-seconds", "5")
         up.wait_for_port(node.port, timeout=120)
+        data = node.data_dir
+        start = f"data in {data}; database sqlite:///{data}/dicom-node.sqlite3; broker sqlite:///{data}/broker.sqlite3"
+        assert start in up.output(), up.output()
         node.send(first)
         job = node.wait(done_and_exported(series_uid), 300, "the first job to be done and exported")
         assert job["attempts"] == 1
@@ -103,3 +119,38 @@ def test_up_killed_takes_its_listeners_and_its_worker_with_it(
         wait_until(lambda: not port_open(node.port), 30, "the DICOM port to close")
     finally:
         node.stop()
+
+
+PASSWORD = "Pw-never-shown-7"
+
+
+def test_serve_says_where_its_database_and_broker_are_without_their_passwords(tmp_path: Path) -> None:
+    """PostgreSQL (trust authentication: any password is taken) and Redis (its default user has
+    none: any password is taken) with a password in their URLs; neither password reaches the
+    console or the log file, the line names the user and the host."""
+    database, name = create_postgres_database()
+    database = database.replace("postgresql+psycopg2://postgres@", f"postgresql+psycopg2://postgres:{PASSWORD}@")
+    broker = redis_db_url().replace("redis://", f"redis://default:{PASSWORD}@")
+    node = Node(tmp_path, database_url=database, broker_url=broker)
+    try:
+        serve = node.start("serve", "--no-admin")
+        proc = serve.proc
+        assert proc is not None
+        wait_until(lambda: "node running" in serve.output() or proc.poll() is not None, 120, "serve to start")
+        console = serve.output()
+        assert "node running" in console, console
+        shown_database = database.replace(PASSWORD, "***")
+        shown_broker = broker.replace(PASSWORD, "***")
+        assert f"data in {node.data_dir}; database {shown_database}; broker {shown_broker}" in console, console
+        log_file = (node.data_dir / "logs" / "dicom-node.log").read_text()
+        assert shown_database in log_file
+        assert PASSWORD not in console and PASSWORD not in log_file
+    finally:
+        node.stop()
+        drop_postgres_database(name)
+
+
+def test_an_amqp_password_is_masked_too(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, broker_url=f"amqp://node:{PASSWORD}@rabbitmq:5672//")
+    line = where(settings)
+    assert "broker amqp://node:***@rabbitmq:5672//" in line and PASSWORD not in line
