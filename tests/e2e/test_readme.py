@@ -19,6 +19,13 @@ The "DICOMweb input (STOW-RS)" section runs as written against ``dicom-node serv
 and the instance files swapped for the test's): a sender user and token made, the token allowed,
 two phantom CT instances posted by curl, both stored, the series complete with the job queued.
 
+The "Running it for months" section's commands run as written on a fresh node (a HOME of their
+own, so ``~/.local/share/dicom-node`` is its data dir; the backup folder and the PostgreSQL URL
+swapped for the test's): ``storage status``, ``storage purge --dry-run`` (nothing to purge), the
+AE's own days, the SQLite backup (a database at the current schema), its restore (``db upgrade``,
+``db reindex``), ``pg_dump`` of a private PostgreSQL database of the node's schema and ``db
+upgrade``; the ``git pull`` of an upgrade is only checked to be there.
+
 Not covered: the viewer section (tests/viewer's browser tests).
 """
 
@@ -86,11 +93,13 @@ def test_the_test_command_is_what_ci_runs() -> None:
 
 # Sections whose commands need a PACS or a site of their own: they are parsed, not run.
 PARSED_ONLY = ("Backfill",)
+# Run on a fresh node by test_the_months_section_runs_as_written.
+MONTHS_SECTION = "Running it for months"
 
 
 def test_every_dicom_node_command_of_these_sections_parses() -> None:
     """Blocks and inline code alike (``dicom-node -v up``, ``admin create-user NAME ...``)."""
-    titles = (*SECTIONS, *PARSED_ONLY)
+    titles = (*SECTIONS, *PARSED_ONLY, MONTHS_SECTION)
     named = [c for title in titles for c in commands(title)]
     named += [m for title in titles for m in re.findall(r"`((?:\.venv/bin/)?dicom-node [^`]+)`", section(title))]
     parser = build_parser()
@@ -160,6 +169,8 @@ def test_install_run_send_and_see(tmp_path: Path) -> None:
 
     console = report["up_console"]
     for event in (
+        "/.local/share/dicom-node; database sqlite:////",
+        "/.local/share/dicom-node/dicom-node.sqlite3; broker sqlite:////",
         "listening as COVIDNODE on 0.0.0.0:11112",
         "association from STORESCU@127.0.0.1 to COVIDNODE accepted",
         "series complete: 96 image(s) from STORESCU, job 1 queued",
@@ -215,6 +226,69 @@ def test_the_stow_section_runs_as_written(tmp_path: Path) -> None:
             wait_until(queued, 60, "the STOW-RS series to complete and queue its job")
     finally:
         node.process.stop()
+
+
+@pytest.mark.e2e
+def test_the_months_section_runs_as_written(tmp_path: Path) -> None:
+    from tests.harness.peers import (  # noqa: PLC0415  this test only
+        create_postgres_database,
+        drop_postgres_database,
+        free_port,
+    )
+
+    steps = commands(MONTHS_SECTION)
+    home, backups = tmp_path / "home", tmp_path / "backups"
+    data_dir = home / ".local" / "share" / "dicom-node"
+    backups.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_") and k != "XDG_DATA_HOME"}
+    env.update(HOME=str(home), DICOM_NODE_ADMIN_PORT=str(free_port()))
+    node = str(ROOT / ".venv" / "bin" / "dicom-node")
+
+    def sh(command: str, **more_env: str) -> str:
+        proc = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, env={**env, **more_env}, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"{command}\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    sh(f"{node} ae add-local COVIDNODE --port {free_port()}")
+    database, name = create_postgres_database()
+    plain = database.replace("postgresql+psycopg2://", "postgresql://")
+    sh(f"{node} db upgrade", DICOM_NODE_DATABASE_URL=plain)
+    out: dict[str, str] = {}
+    upgrades = [s for s in steps if s.startswith("git pull")]
+    assert upgrades == ["git pull && .venv/bin/pip install -e ."], upgrades
+    try:
+        for step in steps:
+            if step in upgrades:
+                continue  # a release to pull is not there in a test
+            step = step.replace("/var/backups/", f"{backups}/")
+            step = step.replace("postgresql://dicom@db.example.org/dicom_node", plain)
+            out[step] = sh(step)
+    finally:
+        drop_postgres_database(name)
+    ran = "\n".join(out)
+    for expected in (
+        "storage status",
+        "storage purge --dry-run",
+        "--keep-images-days",
+        ".backup",
+        "pg_dump",
+        "db upgrade",
+    ):
+        assert expected in ran, f"the section runs no {expected!r}"
+    said = "\n".join(out.values())
+    assert "nothing to purge now (dry run)" in said and "is up to date" in said and "indexed 0 stored" in said, said
+    ae = json.loads(sh(f"{node} ae list --json"))
+    assert [a["keep_images_days"] for a in ae["local"] if a["title"] == "COVIDNODE"] == [7], ae
+    for copy in ("dicom-node.sqlite3", "dicom-node-before-upgrade.sqlite3"):
+        check = sh(f"sqlite3 {backups / copy} 'SELECT count(*) FROM local_aes'")
+        assert check.strip() == "1", (copy, check)
+    listed = subprocess.run(
+        ["pg_restore", "--list", str(backups / "dicom-node.dump")], capture_output=True, text=True, check=True
+    ).stdout
+    assert "TABLE public jobs" in listed, listed[:2000]
+    assert (data_dir / "dicom-node.sqlite3").is_file(), "the section's paths are the default data dir's"
 
 
 def _copy_checkout(dest: Path) -> None:
