@@ -159,7 +159,9 @@ def read_answer(
     http = f"HTTP {code} {response.reason_phrase}".strip()
     outcome = classify_http(code)
     if code not in (200, 202, 409) or (code == 409 and not failures):
-        text = " ".join(response.text[:300].split()) if response.text else ""
+        # A server's own words, but not a web page (a proxy's or a login form's HTML says nothing)
+        html = "html" in response.headers.get("content-type", "").lower()
+        text = " ".join(response.text[:300].split()) if response.text and not html else ""
         detail = f"{where} answered {http}" + (f": {text}" if text else "")
         return [ObjectResult(p, uid, None, outcome if outcome is not Outcome.SUCCESS else Outcome.PERMANENT, detail)
                 for p, uid in files], detail  # fmt: skip

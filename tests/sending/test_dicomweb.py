@@ -142,6 +142,17 @@ def test_a_202_names_each_failed_instance_by_its_reason(files: list[Path]) -> No
     assert [r.status for r in results] == [0, 0xA700, 0xC000]
 
 
+def test_a_refusal_keeps_the_servers_words_but_not_a_web_page(files: list[Path]) -> None:
+    pairs = [(p, str(pydicom.dcmread(p).SOPInstanceUID)) for p in files[:1]]
+    request = httpx.Request("POST", "http://pacs/dicom-web/studies")
+    page = "<!doctype html><html><head><title>Sign in</title></head><body>" + "x" * 400 + "</body></html>"
+    html = httpx.Response(403, text=page, headers={"content-type": "text/html; charset=utf-8"}, request=request)
+    results, said = read_answer(pairs, html, "WEB")
+    assert said == "WEB answered HTTP 403 Forbidden" and results[0].outcome is Outcome.PERMANENT
+    plain = httpx.Response(403, text="token not allowed for this AE", request=request)
+    assert read_answer(pairs, plain, "WEB")[1] == "WEB answered HTTP 403 Forbidden: token not allowed for this AE"
+
+
 def test_credentials(tmp_path: Path, files: list[Path]) -> None:
     pacs = Orthanc(tmp_path / "orthanc", dicomweb=True, users=USERS).start()
     try:
