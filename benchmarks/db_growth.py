@@ -36,7 +36,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,28 +46,15 @@ from dicom_node.db import Database
 from dicom_node.db.times import utcnow
 from dicom_node.settings import Settings, load_settings
 from dicom_node.storage.retention import Retention
-from tests.harness.peers import NodeProcess, Orthanc, free_port, node_env, wait_until
-
-
-def private_database(server: str) -> tuple[str, str]:
-    """A new database on the server of ``server`` (a PostgreSQL URL); returns (its URL, its name)."""
-    name = f"db_growth_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    return make_url(server).set(database=name).render_as_string(hide_password=False), name
-
-
-def drop_database(server: str, name: str) -> None:
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+from tests.harness.peers import (
+    NodeProcess,
+    Orthanc,
+    create_postgres_database,
+    drop_postgres_database,
+    free_port,
+    node_env,
+    wait_until,
+)
 
 
 def database_bytes(url: str, *, vacuum: bool = False) -> int:
@@ -140,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing {n} phantom(s) of {args.slices} x {m} x {m} ...", flush=True)
         series = [write_series(work / "series", args.seed + i, args.slices, m) for i in range(n)]
 
-        private = private_database(args.database) if args.database else None
+        private = create_postgres_database(args.database, "db_growth") if args.database else None
         run = time.strftime("%Y%m%d-%H%M%S")
         data_dir = work / f"node-data-{run}"
         orthanc = Orthanc(work / f"orthanc-{run}").start()
@@ -199,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             db.dispose()
             orthanc.stop()
             if private:
-                drop_database(args.database, private[1])
+                drop_postgres_database(private[1], args.database)
 
     tables = sorted(after_rows)
     report_out = {

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from dicom_node.viewer.orthanc import OrthancProcess, orthanc_config
 
@@ -72,26 +72,28 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 # --- databases -----------------------------------------------------------------------------
 
 
-def create_postgres_database() -> tuple[str, str]:
-    """Create a fresh PostgreSQL database; return (url, name). Fails if PostgreSQL is down."""
-    name = f"dicom_node_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+def create_postgres_database(server: str = POSTGRES_ADMIN_URL, prefix: str = "dicom_node_test") -> tuple[str, str]:
+    """Create a fresh PostgreSQL database on ``server`` (a URL of one of its databases); return
+    (url, name), the URL with its password. Fails if PostgreSQL is down."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # make the missing peer obvious
-        raise AssertionError(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable: {exc}") from exc
+        raise AssertionError(f"PostgreSQL at {make_url(server).render_as_string()} is not usable: {exc}") from exc
     finally:
         admin.dispose()
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    return f"{base}/{name}", name
+    return make_url(server).set(database=name).render_as_string(hide_password=False), name
 
 
-def drop_postgres_database(name: str) -> None:
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def drop_postgres_database(name: str, server: str = POSTGRES_ADMIN_URL) -> None:
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def redis_db_url() -> str:
