@@ -41,9 +41,10 @@ def test_order_filters_link_and_picture(radiologist_app: tuple[AdminApp, str]) -
         assert top["suspicion"] == pytest.approx(0.1) and 55 <= top["waiting_seconds"] <= 300
         assert [r["id"] for r in http.get("/api/worklist", params={"decision": "normal"}).json()] == [stat]
         assert [r["id"] for r in http.get("/api/worklist", params={"priority": "stat"}).json()] == [stat]
-        today = dt.datetime.now(dt.timezone.utc).date()
-        assert len(http.get("/api/worklist", params={"since": today.isoformat()}).json()) == 4
-        assert http.get("/api/worklist", params={"until": (today - dt.timedelta(days=1)).isoformat()}).json() == []
+        # A day no later than the oldest study's (50 minutes ago: yesterday, shortly after midnight)
+        first_day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=60)).date()
+        assert len(http.get("/api/worklist", params={"since": first_day.isoformat()}).json()) == 4
+        assert http.get("/api/worklist", params={"until": (first_day - dt.timedelta(days=1)).isoformat()}).json() == []
         picture = http.get(f"/worklist/{stat}/picture")
         assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
         page = http.get("/worklist")
