@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from dicom_node.dicom_answers import LOCAL_LIMIT_ANSWER, LOCAL_LIMIT_REJECTION
+from dicom_node.errors import NodeError
 from dicom_node.listener.limits import MAX_CONTROL_PDU, MAX_PENDING_REFUSALS, PEER_LOG, REFUSAL_SECONDS, PeerLog
 
 log = logging.getLogger("dicom_node.listener")
@@ -66,7 +67,7 @@ def a_abort(source: int, reason: int) -> bytes:
 LOCAL_LIMIT_RJ = associate_rj(*LOCAL_LIMIT_REJECTION)
 
 
-class _Unanswered(Exception):
+class _Unanswered(NodeError):
     """The connection gets no A-ASSOCIATE-RJ; the message says what happened instead."""
 
 

@@ -210,6 +210,18 @@ class Ohif:
             return None
         return str(image_id.split("/instances/")[1].split("/")[0])
 
+    def wait_for_image(self, study: Study, sop_uid: str, what: str) -> None:
+        """Wait for the active viewport to show ``sop_uid``, one of the study's CT images; else fail
+        saying which image ``what`` (e.g. "the link") opened at."""
+        try:
+            self.wait(lambda d: self.current_sop() == sop_uid, 30, "the key slice")
+        except AssertionError:
+            shown = self.current_sop()
+            where = study.index_of(shown) if shown in {s.sop_uid for s in study.slices} else shown
+            raise AssertionError(
+                f"{what} opens at {where}, not at the key slice {study.index_of(sop_uid)} ({sop_uid})"
+            ) from None
+
     def layers(self) -> dict[str, Any] | None:
         """The active viewport's type and, per layer, its VOI range and colour map."""
         result: dict[str, Any] | None = self.script(LAYERS_JS)
@@ -769,14 +781,7 @@ def test_the_viewer_link_opens_the_ct_at_the_first_finding(stack: Stack, browser
     # Where OHIF opens the CT without the link's image: the link must show another one.
     first = ohif.script(CT_FIRST_SOP_JS, series_uid)
     assert first in {s.sop_uid for s in study.slices} and first != key_sop, (first, key_sop)
-    try:
-        ohif.wait(lambda d: ohif.current_sop() == key_sop, 30, "the key slice")
-    except AssertionError:
-        shown = ohif.current_sop()
-        where = study.index_of(shown) if shown in {s.sop_uid for s in study.slices} else shown
-        raise AssertionError(
-            f"the link opens at {where}, not at the key slice {study.index_of(key_sop)} ({key_sop})"
-        ) from None
+    ohif.wait_for_image(study, key_sop, "the link")
     image_id = ohif.script(VIEWPORT_JS + "return vp.getCurrentImageId();")
     assert f"/series/{series_uid}/" in image_id, f"the viewport shows {image_id}, not the CT"
     ohif.wait_rendered("vp.render();")
@@ -970,14 +975,7 @@ def test_the_study_list_opens_the_ct_at_the_first_finding(stack: Stack, browser:
     assert study.study_uid in browser.current_url and "initialSOPInstanceUID" not in browser.current_url, (
         browser.current_url
     )
-    try:
-        ohif.wait(lambda d: ohif.current_sop() == key_sop, 30, "the key slice")
-    except AssertionError:
-        shown = ohif.current_sop()
-        where = study.index_of(shown) if shown in {s.sop_uid for s in study.slices} else shown
-        raise AssertionError(
-            f"{name}: the study opens at {where}, not at the key slice {study.index_of(key_sop)} ({key_sop})"
-        ) from None
+    ohif.wait_for_image(study, key_sop, f"{name}: the study")
     image_id = ohif.script(VIEWPORT_JS + "return vp.getCurrentImageId();")
     assert f"/series/{study.job['series_uid']}/" in image_id, f"{name}: the viewport shows {image_id}, not the CT"
     ohif.wait_rendered("vp.render();")
