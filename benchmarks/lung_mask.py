@@ -25,6 +25,7 @@ import numpy as np
 from model.inference.lung import find_lungs
 from model.inference.weights import load_lung_segmenter
 from model.training.datasets import discover, load_volume, read_phantom_truth
+from model.training.evaluate import lung_summary
 from model.training.truth import lung_mask_metrics
 
 
@@ -52,13 +53,8 @@ def measure(data: Path, weights: list[Path], per_series: bool = False) -> dict[s
 
 
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    inside = [r["lesion_in_mask"] for r in rows if "lesion_in_mask" in r]
-    return {
-        "series": len(rows),
-        "lung_dice_mean": float(np.mean([r["lung_dice"] for r in rows])),
-        "lung_dice_min": float(np.min([r["lung_dice"] for r in rows])),
-        "lesion_in_mask_mean": float(np.mean(inside)) if inside else None,
-        "lesion_in_mask_min": float(np.min(inside)) if inside else None,
+    """What ``dicom-node model evaluate`` reports of the lung mask, and the totals in ml."""
+    return lung_summary(rows) | {
         "false_lung_ml": float(np.sum([r["false_lung_ml"] for r in rows])),
         "air_called_lung_ml": float(np.sum([r["air_called_lung_ml"] for r in rows])),
         "missed_lung_ml": float(np.sum([r["missed_lung_ml"] for r in rows])),

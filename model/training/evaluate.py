@@ -214,7 +214,7 @@ def _report(predictor: Predictor, got: _Collected, count: int) -> dict[str, Any]
     report["localisation"] = _localisation_summary([r for r in rows if "dice" in r], settings.localisation.threshold)
     report["timings_mean_s"] = {k: float(np.mean(v)) for k, v in got.timings.items()}
     report["decisions"] = _decision_summary(rows)
-    report["lungs"] = _lung_summary(rows)
+    report["lungs"] = lung_summary(rows)
     report["by_category"] = truth.category_table(rows)
     report["calibration"] = reliability(got.probs(settings.aggregation), got.series_true)
     report["headline"] = _headline(report, settings, count)
@@ -286,7 +286,7 @@ def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _lung_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def lung_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The lung mask against the phantoms' true lungs (series with a truth)."""
     known = [r for r in rows if "lung_dice" in r]
     if not known:
