@@ -190,12 +190,24 @@ def no_decision_result(series: Series) -> SeriesResult:
 CLEAR_LESION_FRACTION = 0.02
 
 
-def clear_phantom(kind: str, folder: Path, seed: int, *, slices: int, rows: int, **writer_options: Any) -> Path:
+def clear_phantom(
+    kind: str,
+    folder: Path,
+    seed: int,
+    *,
+    slices: int,
+    rows: int,
+    slice_spacing: float | None = None,
+    **writer_options: Any,
+) -> Path:
     """Write a ``kind`` phantom series for ``seed`` or, when its lesions take less than
     CLEAR_LESION_FRACTION of the lungs, for the first of seed + 1000, seed + 2000, ... whose do
-    (deterministic). A normal phantom is written as it is."""
+    (deterministic). A normal phantom is written as it is. ``slice_spacing`` (mm): the slices that
+    far apart, centred on the lungs; None: ``slices`` over the whole scan range."""
     for attempt in range(50):
-        phantom = make_phantom(kind, seed=seed + 1000 * attempt, slices=slices, rows=rows, columns=rows)
+        phantom = make_phantom(
+            kind, seed=seed + 1000 * attempt, slices=slices, rows=rows, columns=rows, slice_spacing=slice_spacing
+        )
         if kind == "normal" or phantom.lesion_fraction >= CLEAR_LESION_FRACTION:
             return write_phantom_series(phantom, folder, **writer_options)
     raise AssertionError(
