@@ -35,14 +35,19 @@ INDETERMINATE = codes.SCT.Indeterminate
 # The node's own codes (a private coding scheme, identified in each SR that uses it): concepts the
 # standard has no code for. Viewers label a measurement with its concept's meaning only (OHIF
 # shows "Probability: 0.99" three times for three classes), so each class's probability is its
-# own concept, "Probability of <class>", the way DCM has "Probability of cancer" (111047).
+# own concept, "Probability of <class>", the way DCM has "Probability of cancer" (111047). CAP
+# is abbreviated: OHIF prints the classification's labels right of the box around the lungs, and
+# "Probability of community-acquired pneumonia: 0.00 %" ran past the viewport's edge; the SR
+# spells it out under the measurement (CLASS_PROBABILITY_IN_FULL, as TID 300's Equivalent Meaning
+# of Concept Name).
 PRIVATE_SCHEME = "99COVIDCT"
 PRIVATE_SCHEME_NAME = "COVID-CT AI node codes"
 CLASS_PROBABILITIES: dict[str, Code] = {
     "covid": Code("P-COVID", PRIVATE_SCHEME, "Probability of COVID-19"),
-    "cap": Code("P-CAP", PRIVATE_SCHEME, "Probability of community-acquired pneumonia"),
+    "cap": Code("P-CAP", PRIVATE_SCHEME, "Probability of CAP"),
     "normal": Code("P-NORMAL", PRIVATE_SCHEME, "Probability of no pneumonia"),
 }
+CLASS_PROBABILITY_IN_FULL: dict[str, str] = {"cap": "Probability of community-acquired pneumonia (CAP)"}
 
 # Concept names.
 PROBABILITY = codes.DCM.Probability  # DCM 122157

@@ -10,7 +10,8 @@ Content tree (PS3.16 names)::
         TID 1501 image-level group "Series classification": finding (COVID-19 / community
             acquired pneumonia / pneumonia), finding site lung, TID 4019 algorithm, the three
             class probabilities, each its own concept (the node's codes "Probability of
-            COVID-19", ..., scheme 99COVIDCT) in UCUM "%", lung involvement (DCM 113288 "Volume
+            COVID-19", "Probability of CAP" (spelt out as its Equivalent Meaning of Concept Name),
+            ..., scheme 99COVIDCT) in UCUM "%", lung involvement (DCM 113288 "Volume
             Ratio", UCUM "%", with its TID 300 "Equivalent Meaning of Concept Name"; only with a
             region), each measurement INFERRED FROM a SCOORD (TID 300 / TID 320): the box
             around the lungs on the first key slice, the qualitative evaluation finding =
@@ -74,12 +75,26 @@ def percent(value: float) -> float:
 
 def _probability(value: float, class_name: str, where: hd.sr.CoordinatesForMeasurement) -> hd.sr.Measurement:
     """TID 300 Measurement "Probability of <class>" (the node's code for the class) in per cent,
-    so that a viewer that prints a measurement's concept, value and unit says which class it is."""
-    return hd.sr.Measurement(
+    so that a viewer that prints a measurement's concept, value and unit says which class it is;
+    an abbreviated concept spelt out in full under it (TID 300 Equivalent Meaning of Concept Name)."""
+    measurement = hd.sr.Measurement(
         name=codes.CLASS_PROBABILITIES[class_name],
         value=percent(value),
         unit=codes.PERCENT,
         referenced_coordinates=[where],
+    )
+    in_full = codes.CLASS_PROBABILITY_IN_FULL.get(class_name)
+    if in_full:
+        _insert_equivalent_meaning(measurement, in_full)
+    return measurement
+
+
+def _insert_equivalent_meaning(measurement: hd.sr.Measurement, meaning: str) -> None:
+    measurement[0].ContentSequence.insert(
+        0,
+        hd.sr.TextContentItem(
+            name=codes.EQUIVALENT_MEANING, value=meaning, relationship_type=RelationshipType.HAS_CONCEPT_MOD
+        ),
     )
 
 
@@ -156,14 +171,7 @@ def _image_level_group(ctx: BuildContext) -> hd.sr.MeasurementsAndQualitativeEva
                 unit=codes.PERCENT,
                 referenced_coordinates=[_classification_coordinates(ctx)],
             )
-            involvement[0].ContentSequence.insert(
-                0,
-                hd.sr.TextContentItem(
-                    name=codes.EQUIVALENT_MEANING,
-                    value="Lung involvement: suspected infection volume / lung volume",
-                    relationship_type=RelationshipType.HAS_CONCEPT_MOD,
-                ),
-            )
+            _insert_equivalent_meaning(involvement, "Lung involvement: suspected infection volume / lung volume")
             measurements.append(involvement)
     looked_at = [s for s in ctx.slices if not result.lung_slices or result.lung_slices[s.index]] or ctx.slices
     source_images = [

@@ -139,17 +139,20 @@ def test_image_level_group(covid: Case) -> None:
         probabilities[name.CodeMeaning] = float(num.MeasuredValueSequence[0].NumericValue)
     assert list(probabilities) == [
         "Probability of COVID-19",
-        "Probability of community-acquired pneumonia",
+        "Probability of CAP",
         "Probability of no pneumonia",
     ]
     assert probabilities == pytest.approx(
         {
             "Probability of COVID-19": 100 * result.probabilities["covid"],
-            "Probability of community-acquired pneumonia": 100 * result.probabilities["cap"],
+            "Probability of CAP": 100 * result.probabilities["cap"],
             "Probability of no pneumonia": 100 * result.probabilities["normal"],
         },
         rel=1e-3,
     )
+    # CAP is abbreviated (OHIF's label must fit beside the box) and spelt out under its measurement.
+    cap = next(n for n in probability_items(group) if n.ConceptNameCodeSequence[0].CodeValue == "P-CAP")
+    assert texts(cap, "121050") == ["Probability of community-acquired pneumonia (CAP)"]
     (scheme,) = sr.CodingSchemeIdentificationSequence
     assert scheme.CodingSchemeDesignator == "99COVIDCT" and scheme.CodingSchemeName
     involvement = child(group, "113288")

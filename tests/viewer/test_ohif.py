@@ -333,7 +333,8 @@ def expected_regions(study: Study) -> int:
 LABEL = re.compile(r"^[A-Za-z][^:]*[A-Za-z)][^:]*:\s*-?\d+(\.\d+)?(\s*\S+)?$")
 
 
-CLASS_NAMES = {"covid": "COVID-19", "cap": "community-acquired pneumonia", "normal": "no pneumonia"}
+# As the SR's classification names them (CAP abbreviated, so that its label fits in the viewport).
+CLASS_NAMES = {"covid": "COVID-19", "cap": "CAP", "normal": "no pneumonia"}
 SR_MEASUREMENTS_JS = """
 const sr = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR');
 return sr && sr.isLoaded && sr.measurements ? sr.measurements.map(m => ({
@@ -343,6 +344,24 @@ return sr && sr.isLoaded && sr.measurements ? sr.measurements.map(m => ({
 """
 
 
+# Every text the active viewport draws (cornerstone's SVG layer: annotation labels), with how far it
+# lies inside the viewport's edges (negative: cut off); null, after asking for a render, until some
+# text is drawn.
+LABELS_IN_VIEW_JS = (
+    VIEWPORT_JS
+    + """
+if (!vp || !vp.element) return null;
+const box = vp.element.getBoundingClientRect();
+const texts = [...vp.element.querySelectorAll('svg text')].filter(t => t.textContent.trim());
+// The annotations are drawn on a render; the SR viewport may not have rendered since they loaded.
+if (!texts.length) { vp.render(); return null; }
+return texts.map(t => {
+  const r = t.getBoundingClientRect();
+  return {text: t.textContent, left: r.left - box.left, right: box.right - r.right,
+          top: r.top - box.top, bottom: box.bottom - r.bottom};
+});
+"""
+)
 SR_STATUS_JS = """
 const sr = window.services.displaySetService.getActiveDisplaySets().find(d => d.Modality === 'SR');
 return sr && sr.isLoaded ? {rehydratable: sr.isRehydratable === true, hydrated: !!sr.isHydrated} : null;
@@ -416,6 +435,12 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
     answer_restore_prompt(ohif, "No")
     assert_badge_is_compatible(ohif, browser)
     ohif.assert_no_errors()
+    # The classification's labels, as the SR opens, are whole inside the viewport (not cut off at
+    # its right edge).
+    shown = ohif.wait(lambda d: ohif.script(LABELS_IN_VIEW_JS), 30, "the SR's labels drawn")
+    assert any("Probability of" in t["text"] for t in shown), shown
+    cut = [t for t in shown if min(t["left"], t["right"], t["top"], t["bottom"]) < 0]
+    assert not cut, f"{name}: labels cut off at the viewport's edge: {cut}"
     found, centres = region_findings(measurements)
     classification = [m for m in measurements if m["id"].startswith("Series classification")]
     assert len(found) == regions and len(centres) == regions, measurements
