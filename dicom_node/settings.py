@@ -115,6 +115,10 @@ class WorkerSettings(_Section):
     # None: what the weights' metadata chose.
     localisation: Literal["auto", "cam", "cam+ig"] | None = None
     sc_slices: Literal["lung", "key"] = "key"
+    # The Parametric Map (output kind pm) is left out of a series of more slices (frames) than
+    # this; None: never. OHIF needs the map as one float frame per CT slice at the CT's matrix,
+    # which the PACS stores inflated, twice the CT's bytes (dicom_node.outputs.pm.left_out).
+    parametric_map_max_slices: int | None = Field(default=600, ge=1)
     # Redis: seconds a job may stay unacknowledged before the broker hands it to another worker.
     visibility_timeout_seconds: int = Field(default=3600, ge=10)
     # A running job's worker writes the job's heartbeat this often; a heartbeat older than three
@@ -133,6 +137,16 @@ class WorkerSettings(_Section):
                 f"{v} {what}: name a weights folder (model.safetensors + metadata.json), or leave it unset for the "
                 "shipped weights"
             )
+        return v
+
+    @field_validator("parametric_map_max_slices", mode="before")
+    @classmethod
+    def _max_slices(cls, v: Any) -> Any:
+        # true would read as 1 (no map for any series); "null" is how the environment says None.
+        if isinstance(v, bool):
+            raise ValueError(f"{v!r} is not a number of slices: a whole number, at least 1, or null for no limit")
+        if isinstance(v, str) and v.strip().lower() in ("null", "none"):
+            return None
         return v
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """Settings (environment over YAML over defaults) and the configuration command line.
 
 Covers: the fixed variable names, YAML and environment precedence, refusals that name the field,
+worker.parametric_map_max_slices (its default, null for no limit, true refused),
 `dicom-node ae ...` adding and listing with the same validators, and `series list --json`.
 Runs the CLI in-process through main(argv); tests/integration runs it as a subprocess.
 """
@@ -75,6 +76,12 @@ def test_a_remote_worker_needs_the_token(env: Path, monkeypatch: pytest.MonkeyPa
         ("DICOM_NODE_WORKER__DEVICE", "tpu", "setting worker.device:"),
         ("DICOM_NODE_REMOTE__NODE_URL", "node:8080", "setting remote.node_url: 'node:8080' is not an http"),
         ("DICOM_NODE_REMOTE__TOKEN", "short", "setting remote.token: must be at least 16 characters"),
+        (
+            "DICOM_NODE_WORKER__PARAMETRIC_MAP_MAX_SLICES",
+            "0",
+            "setting worker.parametric_map_max_slices: Input should be greater than or equal to 1",
+        ),
+        ("DICOM_NODE_WORKER__PARAMETRIC_MAP_MAX_SLICES", "many", "setting worker.parametric_map_max_slices: "),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(
@@ -83,6 +90,20 @@ def test_bad_values_are_refused_naming_the_field(
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=message.replace("\\", "\\\\")):
         load_settings()
+
+
+def test_the_parametric_map_slice_limit(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().worker.parametric_map_max_slices == 600
+    cfg = env / "node.yaml"
+    cfg.write_text("worker:\n  parametric_map_max_slices: null\n")
+    assert load_settings(cfg).worker.parametric_map_max_slices is None  # no limit
+    cfg.write_text("worker:\n  parametric_map_max_slices: true\n")  # would read as 1: no map for any series
+    with pytest.raises(SettingsError, match="setting worker.parametric_map_max_slices: True is not a number of slices"):
+        load_settings(cfg)
+    monkeypatch.setenv("DICOM_NODE_WORKER__PARAMETRIC_MAP_MAX_SLICES", "null")
+    assert load_settings().worker.parametric_map_max_slices is None
+    monkeypatch.setenv("DICOM_NODE_WORKER__PARAMETRIC_MAP_MAX_SLICES", "1000")
+    assert load_settings().worker.parametric_map_max_slices == 1000
 
 
 def test_bad_settings_exit_2_from_the_cli(
