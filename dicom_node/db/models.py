@@ -334,7 +334,8 @@ class Job(Base):
     model_name: Mapped[str] = mapped_column(String(64), default="")
     model_version: Mapped[str] = mapped_column(String(64), default="")
     decision: Mapped[str] = mapped_column(String(16), default="")
-    # SeriesResult.to_json() of the finished analysis.
+    # SeriesResult.to_json() of the finished analysis, with "left_out": {kind: why} when output
+    # kinds were not built for it (dicom_node.pipeline.analyse).
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Seconds per stage (queue wait, load, inference, encoding, export...).
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

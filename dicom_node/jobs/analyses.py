@@ -56,7 +56,7 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Sequence, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 
@@ -307,12 +307,14 @@ def finish(
     *,
     fields: dict[str, Any],
     on_done: Any = None,
+    notes: Sequence[str] = (),
     now: dt.datetime | None = None,
 ) -> str:
     """End a claimed attempt: DONE with ``fields`` (decision, result, outputs, timings...), or
     SUPERSEDED when the series re-opened meanwhile. ``on_done(session, job, series)`` runs in the
     same transaction as DONE (the exports and their outbox message), as do the job's notifications
-    (dicom_node.jobs.notifications; FAILED writes them too). Returns the job's status;
+    (dicom_node.jobs.notifications; FAILED writes them too) and an info event per note of a DONE
+    job (what admins should know of it, e.g. an output left out). Returns the job's status;
     raises :class:`LostOwnership` when the attempt no longer owns the job."""
     now = now or utcnow()
     with db.session() as s:
@@ -333,6 +335,9 @@ def finish(
             log.info("job %d superseded: %s", job.id, job.reason)
             return job.status
         job.status = JobStatus.DONE.value
+        if series is not None:
+            for note in notes:
+                _event(s, series, "info", f"job {job.id}: {note}"[:2000])
         if on_done is not None:
             on_done(s, job, series)
         notifications.create_for_job(s, job, series, now)

@@ -174,6 +174,8 @@ def job_dict(
         "timings": dict(job.timings or {}),
         "outputs": outputs,
         "output_counts": counts,
+        # Output kinds not built for this job, and why (dicom_node.pipeline.analyse).
+        "left_out": dict(result.get("left_out") or {}),
         "exports": [export_dict(e) for e in (exports if exports is not None else job.exports)],
         "notifications": [notification_dict(n) for n in notifications or []],
         "notice": NOT_FOR_CLINICAL_USE,

@@ -43,6 +43,12 @@ Color Range the palette asks for) is reported by dciodvfy 2022 as carrying palet
 Image Pixel Description rules forbid; viewers colour a map themselves (OHIF with its own colour
 map), and the SC overlays carry the colours and a colour bar for PACS that only show pictures.
 
+Thin-slice series: the map is what OHIF needs, one float frame per CT slice at the CT's matrix,
+and a PACS stores it inflated: twice the CT's bytes (1 GB for 1,000 slices of 512x512), seconds of
+encoding in the worker and more in the PACS. A series of more slices (frames) than
+``worker.parametric_map_max_slices`` gets none (:func:`left_out` says when and why; the worker
+then does not build it); its heatmap reaches viewers through the SC overlays and the SEG.
+
 Body Part Examined CHEST, content qualification RESEARCH, the model's algorithm as contributing
 equipment. A result without a heatmap (``no_decision``) gets no Parametric Map. A multi-frame
 source: the frames derive from that instance's frames. Not for clinical use.
@@ -68,11 +74,25 @@ from dicom_node.outputs.common import (
     stamp,
 )
 from dicom_node.storage.part10 import DeferredPixels, defer_pixels
+from model.contract.result import SeriesResult
 from model.inference.io import slice_normal
 
 LUT_LABEL = "AI_SCORE"
 # The map's values are multiples of 1/LEVELS: what a colour map shows, and what deflates well.
 LEVELS = 256
+
+
+def left_out(result: SeriesResult, max_slices: int | None) -> str | None:
+    """Why the map of ``result`` is not built, for people (the log, the job's result, an event):
+    a series of more slices (frames) than ``max_slices`` (``worker.parametric_map_max_slices``;
+    None: no limit). None when it is built, or when the result has no heatmap (no map either way)."""
+    slices = len(result.sop_instance_uids)
+    if result.heatmap is None or max_slices is None or slices <= max_slices:
+        return None
+    return (
+        f"parametric map left out: {slices} slices, over worker.parametric_map_max_slices = {max_slices} "
+        "(the heatmap overlays and the SEG are sent; raise the limit, or set it to null, to send the map too)"
+    )
 
 
 def quantised_scores(heatmap: np.ndarray) -> np.ndarray:

@@ -7,7 +7,9 @@ dicom_node.pipeline.remote; then model.inference.io.load_series), run the predic
 per process, dicom_node.pipeline.runtime), write the artefacts (dicom_node.storage.results:
 result.json, maps, the DICOM objects built by dicom_node.outputs.build_outputs with the job's
 creation time, so a job run twice gives the same bytes; a worker on another host hands them to the
-node before the job is done), then DONE with the exports in one
+node before the job is done; a series over ``worker.parametric_map_max_slices`` gets no
+Parametric Map, dicom_node.outputs.pm.left_out, and the log, an event and the job's result,
+``left_out``: {kind: why}, say so), then DONE with the exports in one
 transaction, and send them right away (dicom_node.pipeline.export; the "export" outbox message is
 the durable copy of that intent). Timings in ``Job.timings`` (seconds): ``queue_wait`` (queued to
 this attempt's claim; a takeover counts the lost attempt's time as waiting), ``load`` (reading the
@@ -42,6 +44,7 @@ from dicom_node.jobs.states import JobStatus
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
 from dicom_node.outputs.kinds import OUTPUT_KINDS
+from dicom_node.outputs.pm import left_out as map_left_out
 from dicom_node.pipeline.export import export_job
 from dicom_node.pipeline.remote import RemoteError, StoredRef
 from dicom_node.pipeline.runtime import Runtime, release_memory
@@ -123,7 +126,8 @@ def analyse(rt: Runtime, job_id: int, *, redelivered: bool = False) -> str:
     with analyses.Heartbeat(rt.db, job_id, claimed.attempt, rt.settings.worker.heartbeat_seconds) as heartbeat:
         try:
             fields = _run(rt, claimed, heartbeat, timings)
-            status = analyses.finish(rt.db, claimed, fields=fields, on_done=_exports_on_done(rt))
+            notes = list(((fields.get("result") or {}).get("left_out") or {}).values())
+            status = analyses.finish(rt.db, claimed, fields=fields, on_done=_exports_on_done(rt), notes=notes)
         except analyses.LostOwnership as exc:
             log.warning("%s; its results are dropped", exc)
             return "lost"
@@ -203,6 +207,13 @@ def _analyse_files(
     timings["stages"] = {k: round(float(v), 4) for k, v in result.timings.items()}
     heartbeat.check()
 
+    # Kinds not built for this series, and why: the Parametric Map of a thin-slice series (its
+    # frames are never computed; destinations that take it get the other objects).
+    left_out: dict[str, str] = {}
+    why = map_left_out(result, settings.worker.parametric_map_max_slices)
+    if why is not None:
+        left_out["pm"] = why
+        log.info("job %d: %s", claimed.job_id, why)
     t = time.perf_counter()
     artefacts = JobArtefacts(settings.results_dir, claimed.job_id)
     artefacts.write_result(result)
@@ -210,7 +221,8 @@ def _analyse_files(
     options = OutputOptions(
         sc_slices=settings.worker.sc_slices, created=_created(claimed.created_at), defer_map_pixels=True
     )
-    objects = build_outputs(result, SourceSeries.from_volume(volume), kinds=OUTPUT_KINDS, options=options)
+    kinds = [kind for kind in OUTPUT_KINDS if kind not in left_out]
+    objects = build_outputs(result, SourceSeries.from_volume(volume), kinds=kinds, options=options)
     heartbeat.check()
     outputs = artefacts.write_objects(objects, claimed.attempt)
     del objects
@@ -224,7 +236,7 @@ def _analyse_files(
     return {
         "decision": result.decision,
         "reason": result.reason,
-        "result": result.to_json(),
+        "result": result.to_json() | ({"left_out": left_out} if left_out else {}),
         "model_name": result.model.name[:64],
         "model_version": result.model.version[:64],
         "outputs": outputs,

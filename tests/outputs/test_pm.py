@@ -6,7 +6,9 @@ position and orientation, derived from it (Referenced Frame Number for a multi-f
 the frames in ascending order along cross(row, column direction), the order of OHIF's CT volume,
 whatever the source's instance or frame order; the pixel values (32-bit float) equal to the
 heatmap within its 1/256 steps; the identity real-world value mapping (unit "1", range 0-1) and
-the window; the file deflated and its size against the CT's; determinism of the bytes.
+the window; the file deflated and its size against the CT's; determinism of the bytes; when a
+series is over the slice limit (left_out: frames of an Enhanced CT counted as slices, the reason
+naming the setting; nothing at or under it, without a limit, or without a heatmap).
 Not covered: validation by external tools (test_validators.py), fusion in a viewer (tests/viewer).
 """
 
@@ -23,7 +25,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ParametricMapStorage
 
 from dicom_node.outputs.build import build_outputs
 from dicom_node.outputs.common import OutputOptions, SourceSeries
-from dicom_node.outputs.pm import LEVELS
+from dicom_node.outputs.pm import LEVELS, left_out
 from tests.outputs.conftest import CREATED, Case
 
 
@@ -182,3 +184,18 @@ def test_no_parametric_map_without_a_heatmap(no_decision: Case, normal: Case) ->
 def test_the_same_result_gives_the_same_bytes(covid: Case) -> None:
     again = build_outputs(covid.result, covid.sources, kinds=["pm"], options=OutputOptions(created=CREATED))["pm"][0]
     assert again == covid.outputs["pm"][0]
+
+
+def test_left_out_over_the_slice_limit_only(covid: Case, multiframe: Case, no_decision: Case) -> None:
+    slices = len(covid.result.sop_instance_uids)
+    assert slices == 24
+    assert left_out(covid.result, slices) is None and left_out(covid.result, None) is None
+    assert left_out(covid.result, slices - 1) == (
+        "parametric map left out: 24 slices, over worker.parametric_map_max_slices = 23 (the heatmap overlays and "
+        "the SEG are sent; raise the limit, or set it to null, to send the map too)"
+    )
+    # An Enhanced CT's frames are its slices.
+    assert len(multiframe.paths) == 1
+    assert str(left_out(multiframe.result, 10)).startswith("parametric map left out: 24 slices, over")
+    # No heatmap, no map: nothing is left out.
+    assert left_out(no_decision.result, 1) is None

@@ -5,7 +5,9 @@ the job ends DONE with its exports, which are sent at once to a real pynetdicom 
 
 Covers: artefacts and Job.outputs/timings, byte-identical objects when a job runs twice, a job
 without stored instances failing with the reason, export to a destination, a refusing
-destination failing without retry. Does not cover Celery (tests/e2e) or the model itself
+destination failing without retry, the Parametric Map left out of a series over
+worker.parametric_map_max_slices (and built at the limit) with the other objects sent to a
+destination that takes it. Does not cover Celery (tests/e2e) or the model itself
 (tests/model).
 """
 
@@ -22,9 +24,10 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node.db import Database, upgrade
-from dicom_node.db.models import Destination, Export, Instance, Job, LocalAE, Series
+from dicom_node.db.models import Destination, Event, Export, Instance, Job, LocalAE, Series
 from dicom_node.db.times import utcnow
 from dicom_node.jobs.analyses import requeue
+from dicom_node.jobs.queries import job_detail
 from dicom_node.jobs.states import ExportStatus, JobStatus, SeriesStatus
 from dicom_node.outputs.kinds import OUTPUT_KINDS
 from dicom_node.pipeline.analyse import analyse
@@ -197,3 +200,41 @@ def test_a_refusing_destination_fails_once(rt: Runtime, tmp_path: Path, scp: Scp
         export = s.scalar(select(Export).where(Export.job_id == job_id))
         assert export is not None and export.attempts == 1 and "rejected" in export.last_error
     assert scp.associations == 1  # one association request, rejected, never repeated
+
+
+@pytest.mark.parametrize("limit", [15, 16])
+def test_the_parametric_map_is_left_out_over_the_slice_limit(
+    tmp_path: Path, scp: Scp, limit: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'node.sqlite3'}",
+        worker={"parametric_map_max_slices": limit},
+    )
+    with hand_made_runtime(settings) as rt:
+        job_id = store_series(rt, tmp_path, scp.port)  # 16 slices, to a destination that takes every kind
+        with caplog.at_level("INFO", logger="dicom_node.pipeline.analyse"):
+            assert analyse(rt, job_id) == JobStatus.DONE.value
+        job = job_row(rt.db, job_id)
+        kinds = {o["kind"] for o in job.outputs}
+        detail = job_detail(rt.db, job_id)
+        with rt.db.session() as s:
+            export = s.scalar(select(Export).where(Export.job_id == job_id))
+            assert export is not None and "pm" in export.outputs
+            status, attempts, error = export.status, export.attempts, export.last_error
+            events = [e.message for e in s.scalars(select(Event).where(Event.category == "job"))]
+    why = "parametric map left out: 16 slices, over worker.parametric_map_max_slices = 15"
+    result = job.result or {}
+    logged = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    if limit == 16:  # at the limit: built and sent as before
+        assert kinds == set(OUTPUT_KINDS) and "left_out" not in result
+        assert detail["left_out"] == {} and logged == [] and events == []
+    else:
+        assert kinds == set(OUTPUT_KINDS) - {"pm"}
+        assert not (rt.settings.results_dir / str(job_id) / "dicom" / "pm").exists()
+        assert result["left_out"]["pm"].startswith(why)
+        assert detail["left_out"] == {"pm": result["left_out"]["pm"]}
+        assert logged == events == [f"job {job_id}: {result['left_out']['pm']}"]
+    # The destination takes pm: it gets every object built, once, and the export is done.
+    assert (status, attempts, error) == (ExportStatus.DONE.value, 1, "")
+    assert sorted(uid for uid, _ in scp.received) == sorted(o["sop_instance_uid"] for o in job.outputs)
