@@ -7,7 +7,8 @@ with its audit entries (before and after); 422 naming the field for a 17-charact
 backslash, an empty title, a port out of range (with the command line's reasons); tokens created,
 used and revoked; session login with CSRF checks on form posts and on API writes, logout ending
 the session on the server, login throttling; form errors shown at their field; series, jobs,
-the heatmap preview, retry and re-export; /health and /metrics; the C-ECHO test against Orthanc;
+the heatmap preview, retry and re-export, an output kind left out shown on the job and its page;
+/health and /metrics; the C-ECHO test against Orthanc;
 the ``dicom-node admin`` commands and the audit of command-line changes.
 
 Not covered here: the running listener picking changes up (test_live.py) and the pages in a real
@@ -35,7 +36,7 @@ from sqlalchemy import select
 from dicom_node.admin.auth import LoginThrottle
 from dicom_node.cli import main
 from dicom_node.configuration import cli_actor
-from dicom_node.db.models import AuditEntry, OutboxMessage, Source
+from dicom_node.db.models import AuditEntry, Job, OutboxMessage, Source
 from dicom_node.validation import check_ae_title, check_port
 from tests.admin.conftest import ADMIN, PASSWORD, VIEWER, AdminApp, Browser, finished_job
 from tests.harness.peers import Orthanc, free_port
@@ -426,6 +427,19 @@ def test_series_jobs_preview_retry_and_resend(admin_app: AdminApp) -> None:
     assert page.status_code == 200
     assert "Not for clinical use." in page.text and f"/api/jobs/{job_id}/preview?index=0" in page.text
     assert browser.http.get(f"/api/jobs/{job_id}/preview").status_code == 200  # the <img> loads with the session
+
+
+def test_an_output_left_out_is_said_on_the_job_and_its_page(admin_app: AdminApp) -> None:
+    _, job_id, _ = finished_job(admin_app)
+    why = "parametric map left out: 1000 slices, over worker.parametric_map_max_slices = 600"
+    with admin_app.db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.result = {**(job.result or {}), "left_out": {"pm": why}}
+    with admin_app.viewer() as viewer:
+        assert viewer.get(f"/api/jobs/{job_id}").json()["left_out"] == {"pm": why}
+    page = admin_app.browser(VIEWER).get(f"/jobs/{job_id}").text
+    assert f'<tr class="left-out" data-kind="pm"><td>pm</td><td colspan="2" class="muted">{why}</td></tr>' in page
 
 
 # --- health, metrics, OpenAPI, pages -------------------------------------------------------
