@@ -6,7 +6,9 @@ the kind (``dicom_node/outputs/<kind>.py``), with a function ``build_<kind>(ctx:
 list[Dataset]`` (dicom_node.outputs.common holds what writers share), and add one
 :class:`OutputKind` line below: dicom_node.outputs.build finds the writer by that rule. Destinations
 may then name it in their ``outputs``; it is built for every job and sent to the destinations that
-take it.
+take it. One exception: the worker leaves the Parametric Map (``pm``) out of a series over
+``worker.parametric_map_max_slices`` (dicom_node.outputs.pm.left_out); destinations that take it
+then get the other kinds.
 
 This module imports nothing heavy: the settings and validators read it at start-up.
 """
