@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import data_store
 import pydicom
@@ -31,6 +32,7 @@ from sqlalchemy import select
 
 from dicom_node.db import Database
 from dicom_node.db.models import Event
+from dicom_node.listener.limits import REFUSAL_SECONDS
 from model.phantoms.writer import write_phantom_series
 from tests.harness.peers import (
     NodeProcess,
@@ -408,9 +410,9 @@ def limited_node(tmp_path: Path) -> Iterator[Node]:
     started.process.stop()
 
 
-def _echoscu(port: int) -> subprocess.CompletedProcess[str]:
+def _echoscu(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [require_tool("echoscu", "dcmtk"), "-aet", "STORESCU", "-aec", TITLE, "127.0.0.1", str(port)],
+        [require_tool("echoscu", "dcmtk"), "-aet", "STORESCU", "-aec", TITLE, *extra, "127.0.0.1", str(port)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -480,8 +482,8 @@ def test_over_the_limits_a_sender_gets_a_transient_local_limit_rejection(limited
     assert [e[0] for e in events].count(f"refused: {refusals[1]}") == 1, events
 
 
-@pytest.fixture
-def tls_node(tmp_path: Path) -> Iterator[tuple[Node, Path]]:
+def _certificates(tmp_path: Path) -> Path:
+    """A CA, and a node's and a client's certificate and key signed by it, in ``tmp_path/certs``."""
     certs = tmp_path / "certs"
     certs.mkdir()
     openssl = require_tool("openssl", "openssl")
@@ -532,13 +534,26 @@ def tls_node(tmp_path: Path) -> Iterator[tuple[Node, Path]]:
             "-out",
             str(certs / f"{name}.crt"),
         )
-    started = start_node(
-        tmp_path,
-        None,
-        listener__tls__cert_file=certs / "node.crt",
-        listener__tls__key_file=certs / "node.key",
-        listener__tls__client_ca_file=certs / "ca.crt",
-    )
+    return certs
+
+
+def _tls_settings(certs: Path) -> dict[str, Path]:
+    return {
+        "listener__tls__cert_file": certs / "node.crt",
+        "listener__tls__key_file": certs / "node.key",
+        "listener__tls__client_ca_file": certs / "ca.crt",
+    }
+
+
+def _tls_client(certs: Path) -> list[str]:
+    """DCMTK's options for TLS with the client's certificate."""
+    return ["+tls", str(certs / "client.key"), str(certs / "client.crt"), "+cf", str(certs / "ca.crt")]
+
+
+@pytest.fixture
+def tls_node(tmp_path: Path) -> Iterator[tuple[Node, Path]]:
+    certs = _certificates(tmp_path)
+    started = start_node(tmp_path, None, **_tls_settings(certs))
     yield started, certs
     started.process.stop()
 
@@ -546,10 +561,64 @@ def tls_node(tmp_path: Path) -> Iterator[tuple[Node, Path]]:
 def test_tls_with_client_certificates(tls_node: tuple[Node, Path], phantom: Path) -> None:
     node, certs = tls_node
     one = sorted(phantom.glob("*.dcm"))[:1]
-    tls = ["+tls", str(certs / "client.key"), str(certs / "client.crt"), "+cf", str(certs / "ca.crt")]
-    ok = storescu(one, node.port, extra=tls)
+    ok = storescu(one, node.port, extra=_tls_client(certs))
     assert ok.returncode == 0, ok.stderr
     plain = storescu(one, node.port)
     assert plain.returncode != 0
     anonymous = storescu(one, node.port, extra=["+tla", "+cf", str(certs / "ca.crt")])
     assert anonymous.returncode != 0
+
+
+def _held_by_the_node(connect: Callable[[], socket.socket]) -> socket.socket:
+    """A connection, silent, that the node has admitted (it holds a slot of the per-address
+    limit). One that came while an earlier connection still held the slot (the harness's port
+    probe, until the node has noticed that it closed) was refused instead, and a refused
+    connection that says nothing is closed after REFUSAL_SECONDS: so wait that long, and connect
+    again if it was closed."""
+    for _ in range(5):
+        sock = connect()
+        time.sleep(REFUSAL_SECONDS + 0.5)
+        sock.settimeout(0.2)
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            return sock  # still open: admitted
+        except OSError:
+            closed = True
+        assert closed, "the node sent something on a silent connection"
+        sock.close()
+    raise AssertionError("the node closed every silent connection")
+
+
+def test_over_the_per_address_limit_a_tls_sender_gets_the_rejection_over_tls(tmp_path: Path) -> None:
+    """The refusal of a connection over listener.max_connections_per_address on a TLS listener: the
+    handshake, then the A-ASSOCIATE-RJ inside TLS, as on a plain one; echoscu (TLS with a client
+    certificate) reads it as a transient local-limit rejection; once the held connection is gone
+    it gets through."""
+    certs = _certificates(tmp_path)
+    node = start_node(
+        tmp_path, None, listener__processes=1, listener__max_connections_per_address=1, **_tls_settings(certs)
+    )
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.check_hostname = False
+    context.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
+    held: socket.socket | None = None
+    try:
+        # A TLS connection that says nothing after its handshake holds the one slot.
+        held = _held_by_the_node(lambda: context.wrap_socket(socket.create_connection(("127.0.0.1", node.port))))
+        refused = _echoscu(node.port, *_tls_client(certs))
+        assert refused.returncode != 0, node.log()[-3000:]
+        assert all(line in refused.stderr for line in LOCAL_LIMIT_REJECTION), refused.stderr
+        reason = "1 connection(s) from that address already open (listener.max_connections_per_address); "
+        wait_until(
+            lambda: f"association refused: STORESCU@127.0.0.1 to {TITLE}: {reason}" in node.log(),
+            10,
+            "the refusal in the log",
+        )
+        held.close()
+        held = None
+        wait_until(lambda: _echoscu(node.port, *_tls_client(certs)).returncode == 0, 15, "echoscu to get through")
+    finally:
+        if held is not None:
+            held.close()
+        node.process.stop()
