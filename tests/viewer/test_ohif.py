@@ -304,6 +304,11 @@ class Ohif:
         origin, along_row, along_column = (np.array(q, dtype=float) * scale for q in found["points"])
         return rgb, np.stack([along_row - origin, along_column - origin, origin], axis=1)
 
+    def pane_shot(self, step: str) -> None:
+        """A screenshot of the viewport pane: the image with what is drawn over it."""
+        element = self.driver.find_element(By.CSS_SELECTOR, "[data-cy='viewport-pane']")
+        (ARTIFACTS / f"{self.study.name}-{step}.png").write_bytes(element.screenshot_as_png)
+
     def canvas_shot(self, step: str) -> None:
         """A screenshot of the active viewport's canvas alone."""
         canvas = self.script(VIEWPORT_JS + "return vp.canvas;")
@@ -358,7 +363,7 @@ if (!texts.length) { vp.render(); return null; }
 return texts.map(t => {
   const r = t.getBoundingClientRect();
   return {text: t.textContent, left: r.left - box.left, right: box.right - r.right,
-          top: r.top - box.top, bottom: box.bottom - r.bottom};
+          top: r.top - box.top, bottom: box.bottom - r.bottom, box: [r.left, r.top, r.right, r.bottom]};
 });
 """
 )
@@ -385,6 +390,20 @@ def region_findings(measurements: list[dict[str, Any]]) -> tuple[list[dict[str, 
     regions = [m for m in measurements if m["id"].startswith("Suspected infection region")]
     centres = [m for m in regions if m["id"].endswith(": centre")]
     return [m for m in regions if m not in centres], centres
+
+
+def assert_labels_readable(ohif: Ohif, name: str, where: str) -> list[dict[str, Any]]:
+    """Every label the active viewport draws lies whole inside it (not cut off at an edge) and
+    over no other label; the labels."""
+    shown: list[dict[str, Any]] = ohif.wait(lambda d: ohif.script(LABELS_IN_VIEW_JS), 30, f"labels on {where}")
+    cut = [t["text"] for t in shown if min(t["left"], t["right"], t["top"], t["bottom"]) < 0]
+    assert not cut, f"{name}: on {where}, labels cut off at the viewport's edge: {cut}"
+    for i, a in enumerate(shown):
+        for b in shown[i + 1 :]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
+            overlap = min(ax1, bx1) - max(ax0, bx0) > 1 and min(ay1, by1) - max(ay0, by0) > 1
+            assert not overlap, f"{name}: on {where}, the labels {a['text']!r} and {b['text']!r} overlap"
+    return shown
 
 
 def answer_restore_prompt(ohif: Ohif, answer: str) -> None:
@@ -435,12 +454,10 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
     answer_restore_prompt(ohif, "No")
     assert_badge_is_compatible(ohif, browser)
     ohif.assert_no_errors()
-    # The classification's labels, as the SR opens, are whole inside the viewport (not cut off at
-    # its right edge).
-    shown = ohif.wait(lambda d: ohif.script(LABELS_IN_VIEW_JS), 30, "the SR's labels drawn")
+    # The classification's labels, as the SR opens, can be read.
+    shown = assert_labels_readable(ohif, name, "the classification")
     assert any("Probability of" in t["text"] for t in shown), shown
-    cut = [t for t in shown if min(t["left"], t["right"], t["top"], t["bottom"]) < 0]
-    assert not cut, f"{name}: labels cut off at the viewport's edge: {cut}"
+    ohif.pane_shot("2-sr-classification")
     found, centres = region_findings(measurements)
     classification = [m for m in measurements if m["id"].startswith("Series classification")]
     assert len(found) == regions and len(centres) == regions, measurements
@@ -478,6 +495,7 @@ def test_the_sr_opens_with_named_numbers_and_jumps_to_each_region(
         shown = ohif.current_sop()
         if shown in to_see:
             to_see.discard(shown)
+            assert_labels_readable(ohif, name, f"slice {study.index_of(shown)}")
             ohif.shot(f"3-region-on-its-slice-{step}")
             ohif.canvas_shot(f"3-region-canvas-{step}")
     assert not to_see, f"the arrows never showed the slices {to_see}"
