@@ -142,11 +142,9 @@ class WorkerSettings(_Section):
     @field_validator("parametric_map_max_slices", mode="before")
     @classmethod
     def _max_slices(cls, v: Any) -> Any:
-        # true would read as 1 (no map for any series); "null" is how the environment says None.
+        # true would read as 1 (no map for any series).
         if isinstance(v, bool):
             raise ValueError(f"{v!r} is not a number of slices: a whole number, at least 1, or null for no limit")
-        if isinstance(v, str) and v.strip().lower() in ("null", "none"):
-            return None
         return v
 
     @model_validator(mode="after")
@@ -321,7 +319,10 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """All settings of the node. See config/dicom-node.yaml for the documented file form."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+    # "null" in the environment is None, as in the YAML file (an optional setting's "no limit").
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", env_parse_none_str="null"
+    )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None  # default: SQLite file under data_dir

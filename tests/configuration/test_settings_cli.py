@@ -106,6 +106,14 @@ def test_the_parametric_map_slice_limit(env: Path, monkeypatch: pytest.MonkeyPat
     assert load_settings().worker.parametric_map_max_slices == 1000
 
 
+def test_null_in_the_environment_is_none_for_every_optional_setting(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the YAML file: retention's "keep until the disk needs the room", a default thread count."""
+    monkeypatch.setenv("DICOM_NODE_RETENTION__IMAGES_DAYS", "null")
+    monkeypatch.setenv("DICOM_NODE_WORKER__TORCH_THREADS", "null")
+    settings = load_settings()
+    assert settings.retention.images_days is None and settings.worker.torch_threads is None
+
+
 def test_bad_settings_exit_2_from_the_cli(
     env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
