@@ -31,6 +31,7 @@ from dicom_node.listener.servers import run_listener_process
 from dicom_node.notify.sender import Notifier
 from dicom_node.pipeline.backfill import run_next as run_next_backfill
 from dicom_node.settings import Settings
+from dicom_node.stopping import StopRequest
 from dicom_node.storage.files import Storage
 from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.recovery import clean_stop, recover_index, unclean_start
@@ -125,7 +126,7 @@ class Node:
     def __init__(self, settings: Settings, *, admin: bool = True) -> None:
         self.settings = settings
         self.admin = admin
-        self._stop = threading.Event()
+        self._stop = StopRequest()  # set by the signal handlers
         self._children: list[BaseProcess] = []
         self._ctx = multiprocessing.get_context("spawn")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
 from pathlib import Path
 
 from dicom_node.commands.common import check_port_free, command, settings_from
 from dicom_node.errors import Invalid, Unavailable
+from dicom_node.stopping import StopRequest
 from dicom_node.validation import check_ae_title, check_port
 from dicom_node.viewer.ohif import OHIF_VERSION, ohif_dist
 from dicom_node.viewer.orthanc import OrthancProcess, orthanc_config
@@ -90,7 +90,7 @@ def cmd_viewer(args: argparse.Namespace) -> int:
         "Ctrl-C stops both.",
         flush=True,
     )
-    stop = threading.Event()
+    stop = StopRequest()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         stop.wait()

@@ -44,6 +44,7 @@ from dicom_node.listener.scp import (
 )
 from dicom_node.logs import configure_logging
 from dicom_node.settings import Settings, TLSSettings
+from dicom_node.stopping import StopRequest
 from dicom_node.storage.identity import data_dir_id
 from dicom_node.storage.index import ListenKey, LocalAESnapshot
 
@@ -89,7 +90,7 @@ class ListenerSet:
         self.index = self.receiver.index
         self.ssl_context = make_ssl_context(settings.listener.tls)
         self._servers: dict[int, tuple[ListenKey, ThreadedAssociationServer, threading.Thread, PortLock]] = {}
-        self._stop = threading.Event()
+        self._stop = StopRequest()  # stop() is called from a signal handler
         self.node_id = data_dir_id(settings.data_dir, create=True) or ""
         # The listen_error of each AE as the database has it, and the last one logged here.
         self._errors_in_db: dict[int, str] = {}
@@ -281,11 +282,24 @@ def run_listener_process(settings_json: str, ready: Any = None, parent_pid: int 
 def _watch_parent(parent_pid: int, listeners: ListenerSet, *, poll: float = 1.0, grace: float = 10.0) -> None:
     """Beside PR_SET_PDEATHSIG (which fires when the parent's *thread* that started us ends, and
     only on Linux): once the parent is gone, stop; a listener still running ``grace`` seconds later
-    exits at once (what it had acknowledged is on disk already)."""
+    exits at once (what it had acknowledged is on disk already). Nothing on the way to that exit
+    takes a lock that another thread may hold for ever (a lock or semaphore the dead parent held,
+    such as the readiness event's): the stop and its log line run in a thread of their own."""
     while os.getppid() == parent_pid:
         time.sleep(poll)
+    threading.Thread(target=_stop_orphan, args=(parent_pid, listeners), name="orphan-stop", daemon=True).start()
+    time.sleep(grace)
+    _write_stderr(f"the listener did not stop within {grace:g} s of its parent's death; exiting\n")
+    os._exit(1)
+
+
+def _stop_orphan(parent_pid: int, listeners: ListenerSet) -> None:
     log.warning("parent process %d is gone; this listener stops", parent_pid)
     listeners.stop()
-    time.sleep(grace)
-    log.error("the listener did not stop within %g s of its parent's death; exiting", grace)
-    os._exit(1)
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass

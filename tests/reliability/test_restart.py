@@ -69,10 +69,25 @@ def test_listener_processes_die_with_their_parent(tmp_path: Path) -> None:
         def gone() -> bool:
             return all(not psutil.pid_exists(c.pid) or c.status() == psutil.STATUS_ZOMBIE for c in children)
 
-        wait_until(gone, 30, "the listener processes to exit after their parent died")
+        try:
+            wait_until(gone, 30, "the listener processes to exit after their parent died")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {_states(children)}\n{node.output()[-4000:]}") from None
         wait_until(lambda: not port_open(port), 30, "the port to close")
     finally:
         node.stop(signal.SIGKILL)
+
+
+def _states(processes: list[psutil.Process]) -> str:
+    """Each process's state and where its threads wait in the kernel: what a hang shows."""
+    out = []
+    for proc in processes:
+        try:
+            waits = [Path(f"/proc/{proc.pid}/task/{t.id}/wchan").read_text() for t in proc.threads()]
+            out.append(f"{proc.pid} {proc.status()} ppid {proc.ppid()} threads waiting in {waits}")
+        except (psutil.Error, OSError) as exc:
+            out.append(f"{proc.pid}: {exc}")
+    return "; ".join(out)
 
 
 def test_a_port_held_by_another_program_is_an_ae_error_until_it_is_free(tmp_path: Path) -> None:
