@@ -76,6 +76,12 @@ class LocalisationSettings:
     # None: regions are the thresholded map only.
     consolidation_hu: float | None = -300.0
     consolidation_opening_mm: float = 4.0
+    # Regions leave out the dense voxels (at least -500 HU) of the lung mask where the lung
+    # network's probability is below this: at its uncertain edge, the mask reaches into an effusion,
+    # the heart or the diaphragm beside a consolidation, which the density weighting makes hot.
+    # 0.5 (the mask's own cut) leaves them in. The mask itself (lung volume, involvement, what the
+    # map is normalised over) keeps them. Weights without a lung network: no effect.
+    region_lung_probability: float = 0.8
 
     def resolved(self, device: str) -> LocalisationSettings:
         """The settings with "auto" replaced by the mode for ``device``."""
@@ -100,6 +106,8 @@ class LocalisationSettings:
             raise ValueError(f"cam_floor must be in [0, 1), got {self.cam_floor!r}")
         if self.consolidation_opening_mm < 0:
             raise ValueError(f"consolidation_opening_mm must be >= 0, got {self.consolidation_opening_mm!r}")
+        if not 0.5 <= self.region_lung_probability < 1.0:
+            raise ValueError(f"region_lung_probability must be in [0.5, 1), got {self.region_lung_probability!r}")
 
 
 def density_excess(

@@ -62,9 +62,25 @@ def find_lungs(
 ) -> np.ndarray:
     """The lung mask of a series: the weights' learned lung network (model.inference.lungnet) when
     they have one, else the threshold method of :func:`segment_lungs` (weights without one)."""
+    return find_lungs_with_doubt(hu, spacing, superior_last=superior_last, segmenter=segmenter)[0]
+
+
+def find_lungs_with_doubt(
+    hu: np.ndarray,
+    spacing: tuple[float, float, float] | list[float],
+    *,
+    superior_last: bool | None = None,
+    segmenter: LungSegmenter | None = None,
+    doubt_below: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`find_lungs` and the mask's doubtful dense voxels (the lung network's probability
+    below ``doubt_below``: model.inference.lungnet.LungSegmenter.segment_with_doubt); None for the
+    threshold method, or when ``doubt_below`` is 0.5."""
     if segmenter is not None:
-        return segmenter.segment(hu, (float(spacing[0]), float(spacing[1]), float(spacing[2])))
-    return np.asarray(segment_lungs(hu, spacing, superior_last=superior_last), dtype=np.bool_)
+        return segmenter.segment_with_doubt(
+            hu, (float(spacing[0]), float(spacing[1]), float(spacing[2])), doubt_below=doubt_below
+        )
+    return np.asarray(segment_lungs(hu, spacing, superior_last=superior_last), dtype=np.bool_), None
 
 
 def segment_lungs(

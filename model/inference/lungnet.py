@@ -15,6 +15,10 @@ it), are interpolated back to the series' grid (linear in z, bilinear in-plane);
 they exceed 0.5, and, in the uncertain band along the edge (0.1 < p < 0.9), every aerated voxel
 (below -500 HU): the coarse grid says where the lung's edge is, the full-resolution density draws
 it. Dense voxels in the band keep the network's word, so consolidation at the edge is not cut.
+Those of them where the probability is under a second, higher cut are the mask's doubtful voxels
+(:meth:`LungSegmenter.segment_with_doubt`): the localisation leaves them out of its regions,
+since that is where the mask reaches into an effusion, the heart or the diaphragm beside a
+consolidation (model.inference.localise.LocalisationSettings.region_lung_probability).
 """
 
 from __future__ import annotations
@@ -98,10 +102,19 @@ class WorkGrid:
             out[:, sr[0] : sr[1], sc[0] : sc[1]] = small[:, sr[2] : sr[3], sc[2] : sc[3]]
         return out
 
-    def to_series(self, work: torch.Tensor, hu: np.ndarray | None = None, chunk: int = 32) -> np.ndarray:
+    def to_series(
+        self,
+        work: torch.Tensor,
+        hu: np.ndarray | None = None,
+        chunk: int = 32,
+        doubtful: np.ndarray | None = None,
+        doubt_below: float = 0.5,
+    ) -> np.ndarray:
         """(slabs, WORK_SIZE, WORK_SIZE) probabilities -> (slices, rows, columns) bool: where the
         interpolated probability exceeds 0.5; with ``hu``, the boundary refined at full resolution
-        (module docstring: aerated voxels in the uncertain band along the edge are lung)."""
+        (module docstring: aerated voxels in the uncertain band along the edge are lung). With
+        ``hu`` and ``doubtful`` (a bool array of the same shape, all False): the mask's dense voxels
+        (at least AERATED_HU) whose probability is below ``doubt_below`` are set True in it."""
         r0, c0 = self._offsets()
         sr, sc = _overlap(r0, self.resized[0]), _overlap(c0, self.resized[1])
         small = torch.zeros((self.slabs, *self.resized), dtype=torch.float32)
@@ -123,7 +136,10 @@ class WorkGrid:
                 )[:, 0].numpy()
                 mask = up > 0.5
                 if hu is not None:
-                    mask |= (up > BAND[0]) & (up < BAND[1]) & (hu[idx] < AERATED_HU)
+                    aerated = hu[idx] < AERATED_HU
+                    if doubtful is not None and doubt_below > 0.5:
+                        doubtful[idx] = mask & (up < doubt_below) & ~aerated
+                    mask |= (up > BAND[0]) & (up < BAND[1]) & aerated
                 out[idx] = mask
         return out
 
@@ -186,16 +202,25 @@ class LungSegmenter:
     def segment(self, hu: np.ndarray, spacing: tuple[float, float, float] | list[float]) -> np.ndarray:
         """Boolean lung mask (slices, rows, columns) of a HU volume; ``spacing`` (slice distance,
         row spacing, column spacing) in mm."""
+        return self.segment_with_doubt(hu, spacing)[0]
+
+    def segment_with_doubt(
+        self, hu: np.ndarray, spacing: tuple[float, float, float] | list[float], doubt_below: float = 0.5
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The lung mask and, when ``doubt_below`` > 0.5, its dense voxels (at least AERATED_HU)
+        where the network's lung probability is below ``doubt_below``: where the mask is least sure
+        of dense tissue (None otherwise)."""
         if hu.ndim != 3:
             raise ValueError(f"hu must be (slices, rows, columns), got shape {hu.shape}")
         dz, dy, dx = (float(s) for s in spacing)
         if min(dz, dy, dx) <= 0 or not all(math.isfinite(v) for v in (dz, dy, dx)):
             raise ValueError(f"spacing must be positive, got {spacing}")
+        doubtful = np.zeros(hu.shape, dtype=bool) if doubt_below > 0.5 else None
         if hu.size == 0:
-            return np.zeros(hu.shape, dtype=bool)
+            return np.zeros(hu.shape, dtype=bool), doubtful
         grid = WorkGrid.for_series(hu.shape, (dz, dy, dx))
         prob = keep_lung_components(self.probabilities(grid.to_work(hu, WINDOW_HU[0])))
-        return grid.to_series(prob, hu)
+        return grid.to_series(prob, hu, doubtful=doubtful, doubt_below=doubt_below), doubtful
 
 
 def describe() -> dict[str, Any]:

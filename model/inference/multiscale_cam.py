@@ -32,7 +32,7 @@ from model.contract.result import ModelInfo, SeriesResult
 from model.inference import localise
 from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.inference.localise import LocalisationSettings
-from model.inference.lung import find_lungs
+from model.inference.lung import find_lungs_with_doubt
 from model.inference.network import mixed_precision
 from model.inference.options import InferenceOptions
 from model.inference.preprocess import SliceGeometry, lung_slice_indices, prepare_lung_slices
@@ -152,7 +152,13 @@ class Predictor:
         sz, sy, sx = (float(s) for s in volume.spacing)
         spacing = (sz, sy, sx)
         t = time.perf_counter()
-        lung_mask = find_lungs(hu, spacing, superior_last=volume.superior_last, segmenter=self.model.lungs)
+        lung_mask, doubtful = find_lungs_with_doubt(
+            hu,
+            spacing,
+            superior_last=volume.superior_last,
+            segmenter=self.model.lungs,
+            doubt_below=self.settings.localisation.region_lung_probability,
+        )
         lung_indices = np.asarray(lung_slice_indices(lung_mask), dtype=np.int64)
         timings["lungs"] = time.perf_counter() - t
         lung_slices = [False] * hu.shape[0]
@@ -190,15 +196,17 @@ class Predictor:
         abnormal = decision in ABNORMAL_CLASSES
         if abnormal:
             loc = self.settings.localisation
+            # Regions lie where the mask is sure of its dense tissue (LocalisationSettings.region_lung_probability).
+            region_space = lung_mask & ~doubtful if doubtful is not None else lung_mask
             grow = None
             if loc.consolidation_hu is not None:
                 grow = localise.solid_consolidation(
-                    hu, lung_mask, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm
+                    hu, region_space, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm
                 )
             region_labels, regions = localise.find_regions(
-                heatmap, lung_mask, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow
+                heatmap, region_space, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow
             )
-            del grow
+            del grow, region_space, doubtful
             involvement = localise.involvement_percent(region_labels, lung_mask)
             key = self._key_slices(analysis, target, region_labels)
         else:

@@ -155,6 +155,9 @@ def test_settings_validation() -> None:
         LocalisationSettings(cam_floor=1.0)
     with pytest.raises(ValueError, match="density_range_hu"):
         LocalisationSettings(density_range_hu=0.0)
+    for bad in (0.4, 1.0):
+        with pytest.raises(ValueError, match="region_lung_probability"):
+            LocalisationSettings(region_lung_probability=bad)
 
 
 def test_density_excess_marks_what_is_denser_than_the_slice_lungs() -> None:

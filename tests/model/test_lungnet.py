@@ -3,8 +3,9 @@ lungs are known; and its working grid.
 
 Covers: the working grid maps a mask there and back; the shipped lung network keeps most of a
 consolidated lobe in the lungs, leaves stomach gas out and most of the liver dome, reaches Dice
->= 0.95 on phantoms of each class (0.97 wanted; 0.957 on a CAP phantom); a CAP series' regions lie
-mostly inside the true lungs. Where the shipped network falls short of the targets (all of a
+>= 0.95 on phantoms of each class (0.97 wanted; 0.957 on a CAP phantom); its doubtful voxels (dense,
+the network unsure) are dense voxels of the mask; a CAP series' regions lie inside the true lungs
+but for under 0.5 % of their voxels. Where the shipped network falls short of the targets (all of a
 consolidated lobe, nothing of the liver dome, no region voxel more than 3 mm outside the lungs),
 the bound is what it measures, so that it cannot get worse unseen; model/README.md lists those
 shortfalls. Not covered: real CT (no patient data here): these say the network learned what the
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from model.inference.lungnet import WorkGrid
+from model.inference.lungnet import AERATED_HU, WorkGrid
 from model.inference.multiscale_cam import Predictor, settings_for
 from model.inference.weights import load_lung_segmenter, load_weights, weights_folder
 from model.phantoms.phantom import Phantom, make_phantom
@@ -104,14 +105,30 @@ def test_dice_against_the_phantoms_lungs(segmenter, kind: str) -> None:  # type:
     assert min(scores) >= 0.95, scores
 
 
+def test_doubtful_voxels_are_dense_voxels_of_the_mask(segmenter) -> None:  # type: ignore[no-untyped-def]
+    p = _find("cap", "lobar", start=20)
+    mask, none = segmenter.segment_with_doubt(p.hu, p.spacing)
+    assert none is None  # 0.5: the mask's own cut, nothing in doubt
+    same, doubtful = segmenter.segment_with_doubt(p.hu, p.spacing, doubt_below=0.9)
+    assert np.array_equal(mask, same) and np.array_equal(mask, segmenter.segment(p.hu, p.spacing))
+    assert doubtful is not None and doubtful.any()
+    assert not (doubtful & ~mask).any()
+    assert (p.hu[doubtful] >= AERATED_HU).all()
+    # The more the probability asked for, the more is in doubt.
+    fewer = segmenter.segment_with_doubt(p.hu, p.spacing, doubt_below=0.7)[1]
+    assert fewer is not None and not (fewer & ~doubtful).any() and fewer.sum() < doubtful.sum()
+
+
 @pytest.mark.slow
 def test_no_region_outside_the_lungs(tmp_path: Path) -> None:
     p = _find("cap", "lobar", start=20)
     folder = write_phantom_series(p, tmp_path / "cap")
     result = Predictor(load_weights(None), settings_for(None)).predict(folder)
     assert result.decision == "cap" and result.region_labels is not None and result.region_labels.any()
-    # Wanted: no region voxel more than 3 mm outside the true lungs. The shipped weights leave some
-    # beside lobar consolidation, where the lung mask reaches past the lung (model/README.md, "Known
-    # failure modes"); pinned here as under a tenth of the regions' voxels.
+    # Wanted: no region voxel more than 3 mm outside the true lungs. Regions leave out the mask's
+    # doubtful dense voxels (LocalisationSettings.region_lung_probability): 363 of 17,924 region
+    # voxels lay that far out before, 36 of 15,351 with them left out. Those left lie where the
+    # lung network is sure of tissue below the dome (model/README.md, "Known failure modes");
+    # pinned here as under 0.5 % of the regions' voxels.
     outside = truth.regions_outside_lungs(result.region_labels, p.lung_mask, p.spacing)
-    assert outside <= 0.1 * np.count_nonzero(result.region_labels), (outside, np.count_nonzero(result.region_labels))
+    assert outside <= 0.005 * np.count_nonzero(result.region_labels), (outside, np.count_nonzero(result.region_labels))
