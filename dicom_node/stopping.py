@@ -1,12 +1,11 @@
 """A stop request that a signal handler may make.
 
 ``threading.Event.set`` takes the event's lock. A Python signal handler runs in the main thread
-between two bytecodes, also while that thread holds the same lock inside ``Event.wait``: the
-handler then waits on a lock its own thread holds, for ever, and every other thread that touches
-the event (a watchdog that would end the process) hangs with it. A listener whose parent was
-killed was seen to live on that way. ``StopRequest.set`` takes no lock: it sets a flag and writes
-a byte to a pipe (both safe in a handler); ``wait`` sleeps in ``select`` on that pipe, so it
-wakes at once.
+between two bytecodes, so it can run while that thread holds the same lock inside ``Event.wait``:
+the handler then waits for ever on a lock its own thread holds, and every other thread that
+touches the event (a watchdog that would end the process) hangs with it. ``StopRequest.set``
+takes no lock: it sets a flag and writes a byte to a pipe (both safe in a handler); ``wait``
+sleeps in ``select`` on that pipe, so it wakes at once.
 """
 
 from __future__ import annotations
