@@ -25,7 +25,7 @@ class StopRequest:
         self._requested = True
         try:
             os.write(self._write, b"x")
-        except (BlockingIOError, OSError):  # the pipe is full (already woken) or closed
+        except OSError:  # the pipe is full (a waiter is woken already) or closed
             pass
 
     def is_set(self) -> bool:

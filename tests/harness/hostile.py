@@ -294,6 +294,18 @@ def listener_processes(serve_pid: int) -> list[psutil.Process]:
     return out
 
 
+def exited(processes: list[psutil.Process]) -> bool:
+    """Whether every one of ``processes`` has ended (gone, or a zombie nobody has reaped yet: an
+    orphan's new parent may never reap it)."""
+    for proc in processes:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except psutil.NoSuchProcess:
+            continue
+    return True
+
+
 def max_listener_rss(serve_pid: int) -> int:
     """The largest resident set of the listener processes, in bytes."""
     sizes = []

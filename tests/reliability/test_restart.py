@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from model.phantoms.writer import write_phantom_series
-from tests.harness.hostile import listener_processes
+from tests.harness.hostile import exited, listener_processes
 from tests.harness.peers import NodeProcess, cli, cli_json, free_port, node_env, port_open, storescu, wait_until
 
 pytestmark = pytest.mark.integration
@@ -65,12 +65,8 @@ def test_listener_processes_die_with_their_parent(tmp_path: Path) -> None:
         )
         os.kill(node.proc.pid, signal.SIGKILL)  # the parent only, as an OOM killer would
         node.proc.wait(10)
-
-        def gone() -> bool:
-            return all(not psutil.pid_exists(c.pid) or c.status() == psutil.STATUS_ZOMBIE for c in children)
-
         try:
-            wait_until(gone, 30, "the listener processes to exit after their parent died")
+            wait_until(lambda: exited(children), 30, "the listener processes to exit after their parent died")
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {_states(children)}\n{node.output()[-4000:]}") from None
         wait_until(lambda: not port_open(port), 30, "the port to close")

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from dicom_node.stopping import StopRequest
+from tests.harness.hostile import exited
 from tests.harness.peers import wait_until
 
 
@@ -115,14 +116,7 @@ def test_an_orphaned_listener_exits_even_when_its_stop_hangs() -> None:
         assert child.is_running()
         parent.kill()  # as an OOM killer would: the child is orphaned
         parent.wait(10)
-
-        def gone() -> bool:
-            try:
-                return child.status() == psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return True
-
-        wait_until(gone, 30, "the orphan to exit")
+        wait_until(lambda: exited([child]), 30, "the orphan to exit")
         assert parent.stderr is not None
         assert "did not stop within 1 s of its parent's death; exiting" in parent.stderr.read()
     finally:
