@@ -344,19 +344,21 @@ class Retention:
         return report
 
     def _images(self, now: dt.datetime, *, dry_run: bool) -> Report:
-        disk = self.disk()
-        report = Report(disk=disk)
-        low_water_free = disk.total - int(disk.total * self.policy.low_water_percent / 100)
-        over_high = disk.percent_used > self.policy.high_water_percent
-        free = disk.free
-        if over_high:
-            completed_before = None  # any finished series may go, oldest first
-        else:
-            shortest = self._shortest_keep()
-            if shortest is None:
-                return report
-            completed_before = now - dt.timedelta(days=shortest)  # finished no earlier than completed
+        # The disk is read once this process has its turn: a listener may have made the room
+        # while this one waited, and a reading from before would purge what is no longer needed.
         with self._turn() if not dry_run else contextlib.nullcontext():
+            disk = self.disk()
+            report = Report(disk=disk)
+            low_water_free = disk.total - int(disk.total * self.policy.low_water_percent / 100)
+            over_high = disk.percent_used > self.policy.high_water_percent
+            free = disk.free
+            if over_high:
+                completed_before = None  # any finished series may go, oldest first
+            else:
+                shortest = self._shortest_keep()
+                if shortest is None:
+                    return report
+                completed_before = now - dt.timedelta(days=shortest)  # finished no earlier than completed
             for item in self._all_finished(completed_before):
                 if item.due(now):
                     why = f"kept {item.keep_days:g} day(s) after it was finished"
