@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-import data_store
 import pydicom
 import pytest
 from pydicom.uid import UID
@@ -46,11 +45,11 @@ from tests.harness.peers import (
     storescu,
     wait_until,
 )
+from tests.pydicom_files import PYDICOM_DATA
 
 pytestmark = pytest.mark.integration
 
 TITLE = "COVIDNODE"
-PYDICOM_DATA = Path(data_store.__file__).parent / "data"
 
 # storescu's option that proposes a given transfer syntax (and the uncompressed ones).
 STORESCU_PROPOSE = {

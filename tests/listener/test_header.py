@@ -14,16 +14,14 @@ import struct
 import zlib
 from pathlib import Path
 
-import data_store
 import pydicom
 import pytest
 
 from dicom_node.listener import header as fast_header
 from dicom_node.listener.dataset import RejectedInstance, _read_header
 from dicom_node.storage.instance import header_of
-from tests.pydicom_files import pydicom_file
+from tests.pydicom_files import PYDICOM_DATA, pydicom_file
 
-PYDICOM_DATA = Path(data_store.__file__).parent / "data"
 PYDICOM_TEST_FILES = [
     pydicom_file(n)
     for n in (

@@ -18,10 +18,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.inference.frames import native_frame
 from model.inference.io import SeriesReadError, check_chest_ct, load_series, read_series_headers
 from model.phantoms.phantom import Phantom, make_phantom
 from model.phantoms.writer import masks_path, read_phantom_truth, transfer_syntax_uid, write_phantom_series
-from tests.pydicom_files import pydicom_file
+from tests.pydicom_files import PYDICOM_DATA, pydicom_file
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +210,66 @@ def test_chest_ct_check(covid_series: Path) -> None:
     mr = load_series([_testfile("MR_small.dcm")])
     ok, reason = check_chest_ct(mr)
     assert not ok and "modality MR" in reason
+
+
+def _every_part10_file() -> list[Path]:
+    folders = [pydicom_file("CT_small.dcm").parent, PYDICOM_DATA]
+    files = []
+    for folder in folders:
+        for f in sorted(folder.rglob("*.dcm")):
+            try:
+                pydicom.filereader.read_file_meta_info(f)
+            except (pydicom.errors.InvalidDicomError, OSError):
+                continue
+            files.append(f)
+    return files
+
+
+def test_the_tail_reader_agrees_with_pydicom_on_every_file_it_takes(tmp_path: Path, tiny: Phantom) -> None:
+    """native_frame (single-frame native 16-bit files read from their tail) gives pydicom's
+    pixel_array for every file of pydicom and pydicom-data it takes, and declines the rest."""
+    taken = declined = 0
+    for f in _every_part10_file():
+        try:
+            header = pydicom.dcmread(f, stop_before_pixels=True)
+            expected = pydicom.dcmread(f).pixel_array
+        except Exception:  # files pydicom itself cannot decode are not this reader's to judge
+            continue
+        got = native_frame(f, header)
+        if got is None:
+            declined += 1
+            continue
+        taken += 1
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), f.name
+    assert taken >= 5 and declined >= 50, (taken, declined)
+    # The phantom writer's files (what the tests and the demo send) take the fast path, signed or not.
+    for signed in (True, False):
+        folder = write_phantom_series(tiny, tmp_path / f"s{signed}", signed=signed)
+        first = next(folder.iterdir())
+        assert native_frame(first, pydicom.dcmread(first, stop_before_pixels=True)) is not None
+
+
+def test_the_tail_reader_declines_a_file_whose_pixel_data_is_not_last(tmp_path: Path, tiny: Phantom) -> None:
+    folder = write_phantom_series(tiny, tmp_path / "p")
+    path = next(folder.iterdir())
+    ds = pydicom.dcmread(path)
+    ds.DataSetTrailingPadding = b"\0" * 8
+    ds.save_as(path)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    assert native_frame(path, header) is None
+    assert np.array_equal(load_series(folder).hu, np.rint(tiny.hu))
+
+
+def test_bits_above_bits_stored_are_cleared_as_pydicom_does(tmp_path: Path, tiny: Phantom) -> None:
+    folder = write_phantom_series(tiny, tmp_path / "p", signed=False)
+    path = next(folder.iterdir())
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit = 12, 11
+    values = ds.pixel_array.copy()
+    values |= np.uint16(0xA000)  # an old overlay in the unused high bits
+    ds.PixelData = values.tobytes()
+    ds.save_as(path)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    got = native_frame(path, header)
+    assert got is not None and np.array_equal(got, pydicom.dcmread(path).pixel_array)
+    assert int(got.max()) < 4096
