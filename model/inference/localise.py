@@ -180,12 +180,23 @@ def solid_consolidation(
     rows, cols = np.flatnonzero(lung_mask.any(axis=(0, 2))), np.flatnonzero(lung_mask.any(axis=(0, 1)))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     # Erosion then dilation, each as two 1D running extremes (scipy: constant time per pixel),
-    # on the lung slices cropped to the lungs' box; beyond the box counts as not dense.
+    # on the lung slices cropped to the lungs' box; beyond the box counts as not dense. What
+    # survives the erosion is mostly little (consolidation, not vessels): the dilation runs only in
+    # its box grown by the radius, where all its output lies (the same result, in a fraction of the time).
     dense = (lung_mask[zs, y0:y1, x0:x1] & (hu[zs, y0:y1, x0:x1] >= min_hu)).view(np.uint8)
-    for extreme in (ndimage.minimum_filter1d, ndimage.maximum_filter1d):
-        dense = extreme(dense, 2 * rx + 1, axis=2, mode="constant", cval=0)
-        dense = extreme(dense, 2 * ry + 1, axis=1, mode="constant", cval=0)
-    out[zs, y0:y1, x0:x1] = dense.view(bool)
+    dense = ndimage.minimum_filter1d(dense, 2 * rx + 1, axis=2, mode="constant", cval=0)
+    dense = ndimage.minimum_filter1d(dense, 2 * ry + 1, axis=1, mode="constant", cval=0)
+    kept = bounding_box(dense)
+    if kept is None:
+        return out
+    kz, ky, kx = kept
+    ky = slice(max(ky.start - ry, 0), min(ky.stop + ry, dense.shape[1]))
+    kx = slice(max(kx.start - rx, 0), min(kx.stop + rx, dense.shape[2]))
+    part = ndimage.maximum_filter1d(dense[kz, ky, kx], 2 * rx + 1, axis=2, mode="constant", cval=0)
+    part = ndimage.maximum_filter1d(part, 2 * ry + 1, axis=1, mode="constant", cval=0)
+    opened = np.zeros(dense.shape, dtype=bool)
+    opened[kz, ky, kx] = part.view(bool)
+    out[zs, y0:y1, x0:x1] = opened
     out &= lung_mask
     return out
 
@@ -337,7 +348,7 @@ def find_regions(
     labels = np.zeros(heatmap.shape, dtype=np.uint16)
     # Every region lies in the lungs: threshold and label within the lungs' box only (the int32
     # labels of a whole 1,000-slice series would be 1 GB); boxes and peaks are shifted back.
-    lung_box = _bounding_box(lung_mask)
+    lung_box = bounding_box(lung_mask)
     if lung_box is None:
         return labels, []
     origin = tuple(b.start for b in lung_box)
@@ -389,7 +400,7 @@ def find_regions(
     return labels, regions
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box (one slice per axis) holding every set voxel of ``mask``; None when empty."""
     box = []
     for axis in range(mask.ndim):

@@ -302,19 +302,23 @@ class Predictor:
             for j, i in enumerate(idx):
                 m[j] = m[j] * (factor[int(i)] if int(i) in factor else scale_level.view(-1, 1, 1))
             joints[idx] = localise.joint_map(m).numpy()
-        # np.zeros maps untouched pages to the kernel's zero page: only the slices from the first
-        # to the last lung slice are written below, so the rest of the map (on a thin-slice series
-        # reaching into the neck and abdomen, up to half of it) never becomes resident memory.
+        # The map is 0 outside the lungs: it is worked out in the lungs' box only (a third of a
+        # 512 x 512 slice, and only the slices from the first to the last lung slice), then placed
+        # in a map of the series' size whose other pages np.zeros leaves unwritten (the kernel's
+        # zero page: on a thin-slice series into the neck and abdomen, most of it).
         heat = np.zeros(lung_mask.shape, dtype=np.float32)
+        box = localise.bounding_box(lung_mask)
+        if box is None:
+            return heat
+        zs, ys, xs = box
+        part_lungs = lung_mask[box]
+        part_heat = np.zeros(part_lungs.shape, dtype=np.float32)
         slices = analysis.lung_slices if analysis.lung_slices is not None else analysis.lung_indices
+        slices = slices[(slices >= zs.start) & (slices < zs.stop)]  # beyond them the lungs are not
         for start in range(0, slices.size, chunk):
             part = slices[start : start + chunk]
-            heat[part] = analysis.geometry.to_original(between_slabs(joints, analysis.lung_indices, part))
-        touched = np.concatenate([np.flatnonzero(lung_mask.any(axis=(1, 2))), slices])
-        if touched.size == 0:
-            return heat
-        span = slice(int(touched.min()), int(touched.max()) + 1)  # outside it both the map and the lungs are 0
-        part_heat, part_lungs = heat[span], lung_mask[span]
+            mapped = analysis.geometry.to_original(between_slabs(joints, analysis.lung_indices, part))
+            part_heat[part - zs.start] = mapped[:, ys, xs]
         localise.min_max(part_heat, part_lungs, inplace=True)
         if settings.density_weighting and hu is not None:
             if settings.cam_floor > 0:
@@ -323,13 +327,14 @@ class Predictor:
                 np.clip(part_heat, 0.0, 1.0, out=part_heat)
             localise.weight_by_density(
                 part_heat,
-                hu[span],
+                hu[box],
                 part_lungs,
                 settings.density_offset_hu,
                 settings.density_range_hu,
                 settings.density_percentile,
             )
             localise.min_max(part_heat, part_lungs, inplace=True)
+        heat[box] = part_heat
         timings["cam"] += time.perf_counter() - t
         return heat
 

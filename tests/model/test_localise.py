@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from model.inference import localise
 from model.inference.localise import LocalisationSettings
@@ -130,6 +131,29 @@ def test_solid_consolidation_keeps_blobs_not_vessels() -> None:
     assert solid[1, 5:20, 5:20].all() and solid.sum() == 225
     lung[1, 5:20, 5:12] = False  # only inside the lungs
     assert localise.solid_consolidation(hu, lung, (1.0, 1.0)).sum() == 15 * 8
+
+
+def test_solid_consolidation_is_a_slice_by_slice_opening_of_the_dense_lung() -> None:
+    """The same voxels as scipy's binary opening with the square (beyond the lungs' box: not
+    dense), whatever the blobs' sizes and places, on the edges of the box included."""
+    rng = np.random.default_rng(3)
+    hu = np.full((6, 90, 120), -850.0, dtype=np.float32)
+    lung = np.zeros(hu.shape, dtype=bool)
+    lung[1:5, 4:86, 3:117] = True
+    for _ in range(40):
+        z, y, x = rng.integers(0, 6), rng.integers(0, 90), rng.integers(0, 120)
+        h, w = rng.integers(1, 14, size=2)
+        hu[z, y : y + h, x : x + w] = 30.0
+    hu[rng.random(hu.shape) < 0.02] = 40.0  # specks
+    solid = localise.solid_consolidation(hu, lung, (0.8, 0.8), min_hu=-300.0, opening_mm=4.0)
+    r = int(round(0.8 * 4.0 / 0.8))
+    box = (slice(1, 5), slice(4, 86), slice(3, 117))
+    dense = lung[box] & (hu[box] >= -300.0)
+    square = np.zeros((1, 2 * r + 1, 2 * r + 1), dtype=bool)
+    square[0] = True
+    expected = np.zeros(hu.shape, dtype=bool)
+    expected[box] = ndimage.binary_opening(dense, structure=square, border_value=0)
+    assert solid.sum() > 0 and np.array_equal(solid, expected & lung)
 
 
 def test_regions_grow_through_what_they_touch_only() -> None:
