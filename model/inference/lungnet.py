@@ -115,25 +115,13 @@ class WorkGrid:
         (module docstring: aerated voxels in the uncertain band along the edge are lung). With
         ``hu`` and ``doubtful`` (a bool array of the same shape, all False): the mask's dense voxels
         (at least AERATED_HU) whose probability is below ``doubt_below`` are set True in it."""
-        r0, c0 = self._offsets()
-        sr, sc = _overlap(r0, self.resized[0]), _overlap(c0, self.resized[1])
-        small = torch.zeros((self.slabs, *self.resized), dtype=torch.float32)
-        small[:, sr[2] : sr[3], sc[2] : sc[3]] = work[:, sr[0] : sr[1], sc[0] : sc[1]]
+        small = self.along_slices(work)
         out = np.zeros((self.slices, self.rows, self.columns), dtype=bool)
         with torch.no_grad():
-            if self.slabs != self.slices:
-                flat = small.permute(1, 2, 0).reshape(1, -1, self.slabs)
-                small = F.interpolate(flat, size=self.slices, mode="linear", align_corners=False)
-                small = small.reshape(*self.resized, self.slices).permute(2, 0, 1)
             any_z = np.flatnonzero((small > BAND[0]).flatten(1).any(dim=1).numpy())
             for start in range(0, any_z.size, chunk):
                 idx = any_z[start : start + chunk]
-                up = F.interpolate(
-                    small[torch.from_numpy(idx)][:, None],
-                    size=(self.rows, self.columns),
-                    mode="bilinear",
-                    align_corners=False,
-                )[:, 0].numpy()
+                up = self.in_plane(small, idx)
                 mask = up > 0.5
                 if hu is not None:
                     aerated = hu[idx] < AERATED_HU
@@ -142,6 +130,31 @@ class WorkGrid:
                     mask |= (up > BAND[0]) & (up < BAND[1]) & aerated
                 out[idx] = mask
         return out
+
+    def along_slices(self, work: torch.Tensor) -> torch.Tensor:
+        """(slabs, WORK_SIZE, WORK_SIZE) -> (slices, *resized): the series' part of the working
+        square, interpolated linearly from slab centres to slices."""
+        r0, c0 = self._offsets()
+        sr, sc = _overlap(r0, self.resized[0]), _overlap(c0, self.resized[1])
+        small = torch.zeros((self.slabs, *self.resized), dtype=torch.float32)
+        small[:, sr[2] : sr[3], sc[2] : sc[3]] = work[:, sr[0] : sr[1], sc[0] : sc[1]]
+        if self.slabs != self.slices:
+            with torch.no_grad():
+                flat = small.permute(1, 2, 0).reshape(1, -1, self.slabs)
+                small = F.interpolate(flat, size=self.slices, mode="linear", align_corners=False)
+                small = small.reshape(*self.resized, self.slices).permute(2, 0, 1)
+        return small
+
+    def in_plane(self, small: torch.Tensor, slices: np.ndarray) -> np.ndarray:
+        """The ``slices`` of :meth:`along_slices`' output at the series' rows and columns, bilinear."""
+        with torch.no_grad():
+            up = F.interpolate(
+                small[torch.from_numpy(np.asarray(slices, dtype=np.int64))][:, None],
+                size=(self.rows, self.columns),
+                mode="bilinear",
+                align_corners=False,
+            )
+        return up[:, 0].numpy()
 
 
 def _overlap(offset: int, size: int) -> tuple[int, int, int, int]:
