@@ -476,9 +476,10 @@ def test_over_the_limits_a_sender_gets_a_transient_local_limit_rejection(limited
             ).all()
     finally:
         db.dispose()
-    # One event per refusal: one or more of the first kind (see above), one of the second.
+    # An event per refusal, of both kinds and no other: one or more of the first (see above), and of
+    # the second, as until the node has let the closed connections go (a busy machine may take a
+    # moment) the echoes that wait for it to answer again can meet the per-address limit once more.
     assert set(events) == {(f"refused: {reason}", "STORESCU", "127.0.0.1") for reason in refusals}, events
-    assert [e[0] for e in events].count(f"refused: {refusals[1]}") == 1, events
 
 
 def _certificates(tmp_path: Path) -> Path:
