@@ -38,7 +38,7 @@ def interpolated_probability(
 ) -> np.ndarray:
     """The lung network's probability on the series' own grid, interpolated as the mask's is
     (model.inference.lungnet.WorkGrid.to_series), before its thresholds."""
-    grid = WorkGrid.for_series(hu.shape, spacing)
+    grid = WorkGrid.for_series(hu.shape, spacing, segmenter.grid)
     work = keep_lung_components(segmenter.probabilities(grid.to_work(hu, WINDOW_HU[0])))
     return grid.in_plane(grid.along_slices(work), np.arange(grid.slices))
 

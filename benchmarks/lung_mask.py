@@ -8,7 +8,10 @@ it) is compared with the true lungs by model.training.truth.lung_mask_metrics: D
 lesion voxels inside the mask, lung called where there is none (false lung, and of it air: stomach
 or bowel gas, trachea) and lung missed. Prints one row per weights folder (means over the series,
 the worst series, totals in ml) and, with --per-series, one row per series and folder; --json
-writes them all. Synthetic phantoms only: the figures say nothing about patients.
+writes them all. ``--work-xy-mm MM`` (repeatable) also runs each folder's network on a working grid of
+MM pixels it was not trained on (model.inference.lungnet.GridSpec.for_pixel), a row per grid: what a
+finer grid would place, before any training on it. Synthetic phantoms only: the figures say nothing
+about patients.
 """
 
 from __future__ import annotations
@@ -18,21 +21,31 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from model.inference.lung import find_lungs
+from model.inference.lungnet import GridSpec, LungSegmenter
 from model.inference.weights import load_lung_segmenter
 from model.training.datasets import discover, load_volume, read_phantom_truth
 from model.training.evaluate import lung_summary
 from model.training.truth import lung_mask_metrics
 
 
-def measure(data: Path, weights: list[Path], per_series: bool = False) -> dict[str, Any]:
+def measure(
+    data: Path, weights: list[Path], per_series: bool = False, grids_mm: Sequence[float] = ()
+) -> dict[str, Any]:
     records = discover(data, None)
-    segmenters = {str(w): load_lung_segmenter(w) for w in weights}
-    rows: dict[str, list[dict[str, Any]]] = {str(w): [] for w in weights}
+    segmenters: dict[str, LungSegmenter | None] = {}
+    for w in weights:
+        segmenters[str(w)] = load_lung_segmenter(w)
+        for mm in grids_mm:
+            other = load_lung_segmenter(w)
+            if other is not None:
+                other.grid = GridSpec.for_pixel(mm, other.grid.z_mm)
+            segmenters[f"{w} at {mm:g} mm"] = other
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in segmenters}
     for record in records:
         volume = load_volume(record.source, record.layout)
         truth = read_phantom_truth(record.source)
@@ -76,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, type=Path, help="a phantom data set (dicom-node phantom-dataset)")
     p.add_argument("--weights", required=True, type=Path, action="append", help="weights folder (repeatable)")
     p.add_argument("--per-series", action="store_true")
+    p.add_argument(
+        "--work-xy-mm", type=float, action="append", default=[], metavar="MM", help="also on this grid (repeatable)"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    result = measure(args.data, args.weights, args.per_series)
+    result = measure(args.data, args.weights, args.per_series, args.work_xy_mm)
     print(
         f"{'weights':<40} {'series':>6} {'Dice':>7} {'min':>7} {'lesion in':>9} {'min':>6} "
         f"{'false ml':>9} {'air ml':>7} {'missed ml':>9} {'s':>5}"

@@ -263,6 +263,14 @@ def _add_train_lungs(sub: argparse._SubParsersAction) -> None:
         metavar="WEIGHTS_DIR",
         help="start from this weights folder's lung network (fine-tuning at a quarter of the learning rate)",
     )
+    p.add_argument(
+        "--work-xy-mm",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="the working grid's pixel in mm, over a 448 mm square (default: the --init network's, else 2.8); "
+        "the grid is recorded with the weights and inference runs the network on it",
+    )
     p.set_defaults(handler=_train_lungs)
 
 
@@ -281,6 +289,7 @@ def _train_lungs(args: argparse.Namespace) -> int:
             seed=args.seed,
             max_series=args.max_series,
             init=args.init,
+            work_xy_mm=args.work_xy_mm,
         )
     except ValueError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)

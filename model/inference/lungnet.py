@@ -6,8 +6,10 @@ wall) falls out of the mask, and the stomach's gas under the left dome falls in.
 answer is a network trained on pathological lungs (lungmask's R231); this is the same idea at the
 size a 2-core CPU runs in about a second for a 300-slice series.
 
-The working grid: in-plane 2.8 mm pixels, a 448 mm square centred on the image (160 x 160; what
-lies beyond is outside any chest), slabs of 5 mm along z (the mean of the slices in each slab).
+The working grid (:class:`GridSpec`, recorded in the weights' description, so a network trained on
+another grid runs on its own): by default in-plane 2.8 mm pixels, a 448 mm square centred on the
+image (160 x 160; what lies beyond is outside any chest), slabs of 5 mm along z (the mean of the
+slices in each slab).
 The network sees three neighbouring slabs as channels (the slab and the ones above and below) in
 the window -1024..600 HU mapped to [-1, 1], and gives the lung probability of the middle one. The
 probabilities, kept in the lung components (the largest, and every other of at least a tenth of
@@ -49,6 +51,51 @@ AERATED_HU = -500.0
 _KEEP_FRACTION = 0.1
 
 
+# The U-Net halves its grid once per level after the first: the working square must divide by this.
+_GRID_MULTIPLE = 2 ** (len(CHANNELS) - 1)
+FIELD_OF_VIEW_MM = WORK_XY_MM * WORK_SIZE
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The working grid a lung network was trained on and must run on: in-plane pixel (mm), the
+    square's side (pixels) and the slab thickness along z (mm)."""
+
+    xy_mm: float = WORK_XY_MM
+    size: int = WORK_SIZE
+    z_mm: float = WORK_Z_MM
+
+    def __post_init__(self) -> None:
+        for name in ("xy_mm", "z_mm"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0.25 <= value <= 20.0):
+                raise ValueError(f"work_{name}: must be a number of mm from 0.25 to 20, got {value!r}")
+        if not isinstance(self.size, int) or self.size < _GRID_MULTIPLE or self.size % _GRID_MULTIPLE:
+            raise ValueError(f"work_size: must be a multiple of {_GRID_MULTIPLE} pixels, got {self.size!r}")
+
+    @classmethod
+    def for_pixel(cls, xy_mm: float, z_mm: float = WORK_Z_MM) -> GridSpec:
+        """Pixels of ``xy_mm`` over the default grid's field of view (448 mm), rounded up to the
+        network's multiple."""
+        if not (math.isfinite(xy_mm) and xy_mm > 0):
+            raise ValueError(f"work_xy_mm: must be a positive number of mm, got {xy_mm!r}")
+        size = math.ceil(FIELD_OF_VIEW_MM / xy_mm / _GRID_MULTIPLE) * _GRID_MULTIPLE
+        return cls(xy_mm=float(xy_mm), size=int(size), z_mm=float(z_mm))
+
+    @classmethod
+    def from_description(cls, description: dict[str, Any]) -> GridSpec:
+        """The grid a lung network's description (lungs.json, the metadata's ``lungs``) records;
+        the default one where it records none (weights from before the grid was recorded)."""
+        window = description.get("window_hu")
+        if window is not None and [float(v) for v in window] != list(WINDOW_HU):
+            raise ValueError(f"window_hu: this version reads {list(WINDOW_HU)} only, the weights say {window!r}")
+        return cls(
+            xy_mm=float(description.get("work_xy_mm", WORK_XY_MM)),
+            size=int(description.get("work_size", WORK_SIZE)),
+            z_mm=float(description.get("work_z_mm", WORK_Z_MM)),
+        )
+
+
 def build_lung_net(channels: tuple[int, ...] = CHANNELS) -> nn.Module:
     """The 2.5D U-Net: 3 input slabs, 1 output logit, ``channels`` per level (strides of 2)."""
     return UNet(
@@ -65,27 +112,31 @@ def build_lung_net(channels: tuple[int, ...] = CHANNELS) -> nn.Module:
 @dataclass(frozen=True)
 class WorkGrid:
     """How one series maps onto the working grid: its slices grouped into slabs, and its in-plane
-    size after resampling to WORK_XY_MM (then centred in WORK_SIZE x WORK_SIZE)."""
+    size after resampling to the grid's pixel (then centred in its square)."""
 
     slices: int
     rows: int
     columns: int
     slabs: int
     resized: tuple[int, int]
+    spec: GridSpec = GridSpec()
 
     @classmethod
-    def for_series(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> WorkGrid:
+    def for_series(
+        cls, shape: tuple[int, int, int], spacing: tuple[float, float, float], spec: GridSpec | None = None
+    ) -> WorkGrid:
+        spec = spec or GridSpec()
         n, rows, cols = shape
         dz, dy, dx = spacing
-        slabs = max(1, int(round(n * dz / WORK_Z_MM))) if dz < WORK_Z_MM else n
-        resized = (max(1, int(round(rows * dy / WORK_XY_MM))), max(1, int(round(cols * dx / WORK_XY_MM))))
-        return cls(slices=n, rows=rows, columns=cols, slabs=min(slabs, n), resized=resized)
+        slabs = max(1, int(round(n * dz / spec.z_mm))) if dz < spec.z_mm else n
+        resized = (max(1, int(round(rows * dy / spec.xy_mm))), max(1, int(round(cols * dx / spec.xy_mm))))
+        return cls(slices=n, rows=rows, columns=cols, slabs=min(slabs, n), resized=resized, spec=spec)
 
     def _offsets(self) -> tuple[int, int]:
-        return (WORK_SIZE - self.resized[0]) // 2, (WORK_SIZE - self.resized[1]) // 2
+        return (self.spec.size - self.resized[0]) // 2, (self.spec.size - self.resized[1]) // 2
 
     def to_work(self, volume: np.ndarray, fill: float, chunk: int = 32) -> torch.Tensor:
-        """(slices, rows, columns) -> (slabs, WORK_SIZE, WORK_SIZE) float32: area-resampled in-plane,
+        """(slices, rows, columns) -> (slabs, size, size) float32: area-resampled in-plane,
         slab means along z, centred and padded (or cropped) with ``fill``."""
         parts = []
         with torch.no_grad():
@@ -96,9 +147,9 @@ class WorkGrid:
             if self.slabs != self.slices:
                 flat = small.permute(1, 2, 0).reshape(1, -1, self.slices)
                 small = F.adaptive_avg_pool1d(flat, self.slabs).reshape(*self.resized, self.slabs).permute(2, 0, 1)
-            out = torch.full((self.slabs, WORK_SIZE, WORK_SIZE), fill, dtype=torch.float32)
+            out = torch.full((self.slabs, self.spec.size, self.spec.size), fill, dtype=torch.float32)
             r0, c0 = self._offsets()
-            sr, sc = _overlap(r0, self.resized[0]), _overlap(c0, self.resized[1])
+            sr, sc = self._overlap(r0, self.resized[0]), self._overlap(c0, self.resized[1])
             out[:, sr[0] : sr[1], sc[0] : sc[1]] = small[:, sr[2] : sr[3], sc[2] : sc[3]]
         return out
 
@@ -110,7 +161,7 @@ class WorkGrid:
         doubtful: np.ndarray | None = None,
         doubt_below: float = 0.5,
     ) -> np.ndarray:
-        """(slabs, WORK_SIZE, WORK_SIZE) probabilities -> (slices, rows, columns) bool: where the
+        """(slabs, size, size) probabilities -> (slices, rows, columns) bool: where the
         interpolated probability exceeds 0.5; with ``hu``, the boundary refined at full resolution
         (module docstring: aerated voxels in the uncertain band along the edge are lung). With
         ``hu`` and ``doubtful`` (a bool array of the same shape, all False): the mask's dense voxels
@@ -131,11 +182,18 @@ class WorkGrid:
                 out[idx] = mask
         return out
 
+    def _overlap(self, offset: int, size: int) -> tuple[int, int, int, int]:
+        """(work start, work stop, source start, source stop) of a source of ``size`` placed at
+        ``offset`` in the working square (negative: cropped)."""
+        w0, s0 = max(0, offset), max(0, -offset)
+        n = min(self.spec.size - w0, size - s0)
+        return w0, w0 + n, s0, s0 + n
+
     def along_slices(self, work: torch.Tensor) -> torch.Tensor:
-        """(slabs, WORK_SIZE, WORK_SIZE) -> (slices, *resized): the series' part of the working
-        square, interpolated linearly from slab centres to slices."""
+        """(slabs, size, size) -> (slices, *resized): the series' part of the working square,
+        interpolated linearly from slab centres to slices."""
         r0, c0 = self._offsets()
-        sr, sc = _overlap(r0, self.resized[0]), _overlap(c0, self.resized[1])
+        sr, sc = self._overlap(r0, self.resized[0]), self._overlap(c0, self.resized[1])
         small = torch.zeros((self.slabs, *self.resized), dtype=torch.float32)
         small[:, sr[2] : sr[3], sc[2] : sc[3]] = work[:, sr[0] : sr[1], sc[0] : sc[1]]
         if self.slabs != self.slices:
@@ -155,14 +213,6 @@ class WorkGrid:
                 align_corners=False,
             )
         return up[:, 0].numpy()
-
-
-def _overlap(offset: int, size: int) -> tuple[int, int, int, int]:
-    """(work start, work stop, source start, source stop) of a source of ``size`` placed at
-    ``offset`` in the working square (negative: cropped)."""
-    w0, s0 = max(0, offset), max(0, -offset)
-    n = min(WORK_SIZE - w0, size - s0)
-    return w0, w0 + n, s0, s0 + n
 
 
 def normalise(work_hu: torch.Tensor) -> torch.Tensor:
@@ -195,10 +245,13 @@ def keep_lung_components(prob: torch.Tensor, min_voxels: int = 8) -> torch.Tenso
 class LungSegmenter:
     """A trained lung network (weights loaded once) and how to run it on a series."""
 
-    def __init__(self, network: nn.Module, device: str | torch.device = "cpu", batch: int = 32) -> None:
+    def __init__(
+        self, network: nn.Module, device: str | torch.device = "cpu", batch: int = 32, grid: GridSpec | None = None
+    ) -> None:
         self.network = network.eval().to(device)
         self.device = torch.device(device)
         self.batch = batch
+        self.grid = grid or GridSpec()  # the working grid it was trained on
 
     def probabilities(self, work_hu: torch.Tensor) -> torch.Tensor:
         """(slabs, H, W) working-grid HU -> lung probabilities of the same shape."""
@@ -231,19 +284,23 @@ class LungSegmenter:
         doubtful = np.zeros(hu.shape, dtype=bool) if doubt_below > 0.5 else None
         if hu.size == 0:
             return np.zeros(hu.shape, dtype=bool), doubtful
-        grid = WorkGrid.for_series(hu.shape, (dz, dy, dx))
+        grid = WorkGrid.for_series(hu.shape, (dz, dy, dx), self.grid)
         prob = keep_lung_components(self.probabilities(grid.to_work(hu, WINDOW_HU[0])))
         return grid.to_series(prob, hu, doubtful=doubtful, doubt_below=doubt_below), doubtful
 
 
-def describe() -> dict[str, Any]:
+def describe(grid: GridSpec | None = None) -> dict[str, Any]:
     """The working grid and network, as the weights' metadata records them."""
+    grid = grid or GridSpec()
     return {
         "kind": "unet-2.5d",
         "channels": list(CHANNELS),
-        "work_xy_mm": WORK_XY_MM,
-        "work_size": WORK_SIZE,
-        "work_z_mm": WORK_Z_MM,
+        "work_xy_mm": grid.xy_mm,
+        "work_size": grid.size,
+        "work_z_mm": grid.z_mm,
         "window_hu": list(WINDOW_HU),
-        "description": "model.inference.lungnet: 3 neighbouring 5 mm slabs at 2.8 mm pixels -> lung probability",
+        "description": (
+            f"model.inference.lungnet: 3 neighbouring {grid.z_mm:g} mm slabs at {grid.xy_mm:g} mm pixels "
+            "-> lung probability"
+        ),
     }

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from model.contract.notice import WEIGHTS_NOTICE
 from model.contract.result import CLASSES, ModelInfo
-from model.inference.lungnet import LungSegmenter, build_lung_net
+from model.inference.lungnet import GridSpec, LungSegmenter, build_lung_net
 from model.inference.network import WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 
@@ -158,9 +158,13 @@ def load_lung_segmenter(weights_dir: Path | str, device: str | torch.device = "c
         raise WeightsError(f"{path} not found")
     if desc.get("weights_sha256") and sha256_file(path) != desc["weights_sha256"]:
         raise WeightsError(f"{path}: sha256 differs from its metadata")
+    try:
+        grid = GridSpec.from_description(desc)
+    except ValueError as exc:
+        raise WeightsError(f"{weights_dir}: the lung network's working grid: {exc}") from None
     network = build_lung_net(tuple(desc["channels"]))
     network.load_state_dict(load_file(str(path)), strict=True)
-    return LungSegmenter(network, device)
+    return LungSegmenter(network, device, grid=grid)
 
 
 def read_metadata(weights_dir: Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from model.inference import lungnet
 from model.inference.lungnet import (
     WINDOW_HU,
+    GridSpec,
     WorkGrid,
     build_lung_net,
     keep_lung_components,
@@ -87,12 +88,13 @@ class LungTrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def prepare_lung_sample(record: SeriesRecord) -> LungSample:
+def prepare_lung_sample(record: SeriesRecord, spec: GridSpec | None = None) -> LungSample:
+    """One series and its true lungs on the working grid ``spec`` (the default grid if None)."""
     volume = load_volume(record.source, record.layout)
     mask = lung_truth(record)
     if mask.shape != volume.hu.shape:
         raise ValueError(f"{record.series_id}: lung mask {mask.shape} does not match the series {volume.hu.shape}")
-    grid = WorkGrid.for_series(volume.hu.shape, tuple(float(s) for s in volume.spacing))  # type: ignore[arg-type]
+    grid = WorkGrid.for_series(volume.hu.shape, tuple(float(s) for s in volume.spacing), spec)  # type: ignore[arg-type]
     hu = grid.to_work(volume.hu, WINDOW_HU[0]).to(torch.float16)
     truth = grid.to_work(mask.astype(np.float32), 0.0) > 0.5
     return LungSample(record.series_id, hu, truth)
@@ -245,12 +247,13 @@ def pixel_weights(hu: torch.Tensor, lungs: torch.Tensor, logits: torch.Tensor | 
     return weight
 
 
-def lung_state(weights_dir: Path) -> dict[str, torch.Tensor]:
-    """The lung network's state dict of a weights folder (ValueError when it has none)."""
+def lung_state(weights_dir: Path) -> tuple[dict[str, torch.Tensor], GridSpec]:
+    """The lung network's state dict of a weights folder and the working grid it was trained on
+    (ValueError when it has none)."""
     segmenter = load_lung_segmenter(weights_dir)
     if segmenter is None:
         raise ValueError(f"{weights_dir}: no lung network to start from (lungs.safetensors)")
-    return {k: v.detach().clone() for k, v in segmenter.network.state_dict().items()}
+    return {k: v.detach().clone() for k, v in segmenter.network.state_dict().items()}, segmenter.grid
 
 
 def describe_training(
@@ -271,10 +274,10 @@ def describe_training(
     }
 
 
-def _prepare_or_skip(record: SeriesRecord) -> LungSample | str:
+def _prepare_or_skip(record: SeriesRecord, spec: GridSpec) -> LungSample | str:
     torch.set_num_threads(1)
     try:
-        return prepare_lung_sample(record)
+        return prepare_lung_sample(record, spec)
     except ValueError as exc:
         return str(exc)
 
@@ -290,15 +293,21 @@ def train_lungs_folder(
     val_fraction: float = 0.1,
     max_series: int | None = None,
     init: Path | None = None,
+    work_xy_mm: float | None = None,
 ) -> dict[str, Any]:
     """Train the lung network on the series of a data folder that have a known lung mask (a tenth of
     the patients validate) and write it to ``out_dir`` (model.inference.weights.save_lung_weights).
     ``max_series``: train on that many series drawn at random (memory: every series is held on the
-    working grid). ``init``: a weights folder whose lung network training starts from. Returns the
-    description written beside the weights."""
+    working grid). ``init``: a weights folder whose lung network training starts from.
+    ``work_xy_mm``: the working grid's pixel (mm; the field of view stays 448 mm); default: the
+    ``init`` network's grid, else the default grid. Returns the description written beside the
+    weights."""
     start_state = None
+    spec = GridSpec()
     if init is not None:
-        start_state = lung_state(Path(init))
+        start_state, spec = lung_state(Path(init))
+    if work_xy_mm is not None:
+        spec = GridSpec.for_pixel(work_xy_mm, spec.z_mm)
     records = discover(data_dir, labels_csv)
     rng = np.random.default_rng(seed)
     if max_series is not None and len(records) > max_series:
@@ -307,7 +316,7 @@ def train_lungs_folder(
     val_patients = set(rng.permutation(patients)[: max(1, int(round(val_fraction * len(patients))))].tolist())
     started = time.monotonic()
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        prepared = list(pool.map(_prepare_or_skip, records))
+        prepared = list(pool.map(_prepare_or_skip, records, [spec] * len(records)))
     skipped = [(r.series_id, p) for r, p in zip(records, prepared) if isinstance(p, str)]
     train = [p for r, p in zip(records, prepared) if not isinstance(p, str) and r.patient_id not in val_patients]
     val = [p for r, p in zip(records, prepared) if not isinstance(p, str) and r.patient_id in val_patients]
@@ -321,7 +330,7 @@ def train_lungs_folder(
     result = train_lung_net(
         train, val, max_minutes=max_minutes, seed=seed, init=start_state, learning_rate=2e-3 if init is None else 5e-4
     )
-    description = lungnet.describe() | {
+    description = lungnet.describe(spec) | {
         "training": describe_training(result, train, val)
         | {"data": str(data_dir), "skipped": skipped, "init": str(init) if init is not None else None},
     }

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model.inference import lungnet
-from model.inference.lungnet import build_lung_net
+from model.inference.lungnet import GridSpec, build_lung_net
 from model.inference.weights import save_lung_weights
 from model.training.lungs import DENSE_WEIGHT, HARD_WEIGHT, LungSample, lung_state, pixel_weights, train_lung_net
 
@@ -62,7 +62,8 @@ def test_fine_tuning_starts_from_the_given_lung_network(tmp_path: Path) -> None:
     torch.manual_seed(1)
     start = {k: v.clone() for k, v in build_lung_net().state_dict().items()}
     save_lung_weights(start, tmp_path, lungnet.describe())
-    loaded = lung_state(tmp_path)
+    loaded, grid = lung_state(tmp_path)
+    assert grid == GridSpec()
     assert all(torch.equal(loaded[k], start[k]) for k in start)
     result = train_lung_net([_sample("a")], [_sample("b")], iterations=1, learning_rate=0.0, init=loaded)
     parameters = [name for name, _ in build_lung_net().named_parameters()]  # not the norms' running statistics

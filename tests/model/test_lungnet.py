@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from model.inference.lungnet import AERATED_HU, WorkGrid
+from model.inference import lungnet
+from model.inference.lungnet import AERATED_HU, GridSpec, WorkGrid
 from model.inference.multiscale_cam import Predictor, settings_for
-from model.inference.weights import load_lung_segmenter, load_weights, weights_folder
+from model.inference.weights import WeightsError, load_lung_segmenter, load_weights, save_lung_weights, weights_folder
 from model.phantoms.phantom import Phantom, make_phantom
 from model.phantoms.writer import write_phantom_series
 from model.training import truth
@@ -55,6 +56,39 @@ def test_work_grid_round_trip() -> None:
     assert grid.slabs == 15  # 5 mm slabs of 1.25 mm slices
     back = grid.to_series(grid.to_work(mask.astype(np.float32), 0.0))
     assert back.shape == mask.shape and dice(back, mask) > 0.97
+
+
+def test_work_grid_round_trip_on_a_finer_grid() -> None:
+    mask = np.zeros((40, 200, 180), dtype=bool)
+    mask[5:35, 40:160, 30:150] = True
+    spec = GridSpec.for_pixel(2.0)
+    assert spec == GridSpec(xy_mm=2.0, size=224, z_mm=5.0)  # the same 448 mm square, in pixels of 16
+    grid = WorkGrid.for_series(mask.shape, (2.5, 1.4, 1.4), spec)
+    assert grid.resized == (140, 126) and grid.to_work(mask.astype(np.float32), 0.0).shape == (20, 224, 224)
+    back = grid.to_series(grid.to_work(mask.astype(np.float32), 0.0))
+    assert dice(back, mask) > 0.97
+
+
+def test_the_lung_network_runs_on_the_grid_its_weights_record(tmp_path: Path, segmenter) -> None:  # type: ignore[no-untyped-def]
+    assert segmenter.grid == GridSpec()  # the shipped network: 2.8 mm
+    spec = GridSpec.for_pixel(2.0)
+    save_lung_weights(segmenter.network.state_dict(), tmp_path, lungnet.describe(spec))
+    finer = load_lung_segmenter(tmp_path)
+    assert finer is not None and finer.grid == spec
+    p = make_phantom("cap", seed=2, rows=128, columns=128, max_slices=40)
+    on_its_own, on_the_finer = segmenter.segment(p.hu, p.spacing), finer.segment(p.hu, p.spacing)
+    assert on_the_finer.shape == p.hu.shape and dice(on_the_finer, p.lung_mask) > 0.8
+    assert not np.array_equal(on_its_own, on_the_finer)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"work_size": 100}, "work_size"), ({"work_xy_mm": 0}, "work_xy_mm"), ({"window_hu": [-1000, 400]}, "window_hu")],
+)
+def test_a_bad_working_grid_is_refused_with_its_field(tmp_path: Path, segmenter, change: dict, field: str) -> None:  # type: ignore[no-untyped-def]
+    save_lung_weights(segmenter.network.state_dict(), tmp_path, lungnet.describe() | change)
+    with pytest.raises(WeightsError, match=field):
+        load_lung_segmenter(tmp_path)
 
 
 @pytest.mark.slow
