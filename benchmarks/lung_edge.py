@@ -28,6 +28,7 @@ from model.inference.lung import find_lungs
 from model.inference.lungnet import AERATED_HU, BAND, WINDOW_HU, LungSegmenter, WorkGrid, keep_lung_components
 from model.inference.weights import load_lung_segmenter
 from model.training.datasets import discover, load_volume, read_phantom_truth
+from model.training.metrics import dice
 
 RADII_MM = (3.0, 5.0, 8.0)
 OPENING_MM = 4.0
@@ -43,11 +44,6 @@ def interpolated_probability(
     return grid.in_plane(grid.along_slices(work), np.arange(grid.slices))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / max(total, 1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -58,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.weights}: no lung network")
     inside: list[float] = []
     inside_rule: dict[float, list[float]] = {r: [] for r in RADII_MM}
-    dice: list[float] = []
+    dices: list[float] = []
     dice_rule: dict[float, list[float]] = {r: [] for r in RADII_MM}
     added = {r: [0, 0] for r in RADII_MM}  # voxels added inside / outside the true lungs
     missed_p, missed_hu, missed_dist, missed_depth = [], [], [], []
@@ -69,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
         mask = find_lungs(hu, spacing, segmenter=segmenter)
         lesion, lungs = truth.lesion_mask, truth.lung_mask
-        dice.append(_dice(mask, lungs))
+        dices.append(dice(mask, lungs))
         prob = interpolated_probability(segmenter, hu, spacing)
         dense = hu >= AERATED_HU
         band = (prob > BAND[0]) & (prob <= 0.5) & dense & ~mask
-        square = np.ones((1, 2 * _px(OPENING_MM * 0.8, spacing) + 1, 2 * _px(OPENING_MM * 0.8, spacing) + 1), bool)
+        side = 2 * _px(OPENING_MM * 0.8, spacing) + 1
+        square = np.ones((1, side, side), bool)
         solid = ndimage.binary_opening(mask & dense, structure=square)
         if lesion.any():
             inside.append(np.count_nonzero(lesion & mask) / np.count_nonzero(lesion))
@@ -91,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             added[radius][0] += int(np.count_nonzero(add & lungs))
             added[radius][1] += int(np.count_nonzero(add & ~lungs))
             grown = mask | add
-            dice_rule[radius].append(_dice(grown, lungs))
+            dice_rule[radius].append(dice(grown, lungs))
             if lesion.any():
                 inside_rule[radius].append(np.count_nonzero(lesion & grown) / np.count_nonzero(lesion))
         print(f"{record.series_id} {truth.kind}: lesion inside {inside[-1] if lesion.any() else 1.0:.3f}", flush=True)
-    print(f"\n{len(dice)} series, {len(inside)} with a lesion")
+    print(f"\n{len(dices)} series, {len(inside)} with a lesion")
     if missed_p:
         p, h = np.concatenate(missed_p), np.concatenate(missed_hu)
         d, depth = np.concatenate(missed_dist), np.concatenate(missed_depth)
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(90th percentile {np.percentile(depth, 90):.1f})"
         )
     worst = np.min(inside)
-    print(f"the mask: lesion voxels inside {np.mean(inside):.4f} (worst {worst:.3f}), Dice {np.mean(dice):.4f}")
+    print(f"the mask: lesion voxels inside {np.mean(inside):.4f} (worst {worst:.3f}), Dice {np.mean(dices):.4f}")
     for radius in RADII_MM:
         print(
             f"with the dense-edge rule, {radius:g} mm: lesion voxels inside {np.mean(inside_rule[radius]):.4f} "
