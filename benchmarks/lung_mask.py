@@ -39,12 +39,10 @@ def measure(
     records = discover(data, None)
     segmenters: dict[str, LungSegmenter | None] = {}
     for w in weights:
-        segmenters[str(w)] = load_lung_segmenter(w)
-        for mm in grids_mm:
-            other = load_lung_segmenter(w)
-            if other is not None:
-                other.grid = GridSpec.for_pixel(mm, other.grid.z_mm)
-            segmenters[f"{w} at {mm:g} mm"] = other
+        own = segmenters[str(w)] = load_lung_segmenter(w)
+        for mm in grids_mm:  # the same network, on another grid
+            grid = None if own is None else GridSpec.for_pixel(mm, own.grid.z_mm)
+            segmenters[f"{w} at {mm:g} mm"] = None if own is None else LungSegmenter(own.network, own.device, grid=grid)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in segmenters}
     for record in records:
         volume = load_volume(record.source, record.layout)
