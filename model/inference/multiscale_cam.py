@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
-from model.contract.result import ModelInfo, SeriesResult
+from model.contract.result import ModelInfo, Region, SeriesResult
 from model.inference import localise
 from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.inference.localise import LocalisationSettings
@@ -195,18 +195,8 @@ class Predictor:
         t = time.perf_counter()
         abnormal = decision in ABNORMAL_CLASSES
         if abnormal:
-            loc = self.settings.localisation
-            # Regions lie where the mask is sure of its dense tissue (LocalisationSettings.region_lung_probability).
-            region_space = lung_mask & ~doubtful if doubtful is not None else lung_mask
-            grow = None
-            if loc.consolidation_hu is not None:
-                grow = localise.solid_consolidation(
-                    hu, region_space, (sy, sx), loc.consolidation_hu, loc.consolidation_opening_mm
-                )
-            region_labels, regions = localise.find_regions(
-                heatmap, region_space, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow
-            )
-            del grow, region_space, doubtful
+            region_labels, regions = self.regions(hu, heatmap, lung_mask, doubtful, spacing)
+            del doubtful
             involvement = localise.involvement_percent(region_labels, lung_mask)
             key = self._key_slices(analysis, target, region_labels)
         else:
@@ -229,6 +219,26 @@ class Predictor:
             timings=timings,
         )
         return result, analysis
+
+    def regions(
+        self,
+        hu: np.ndarray,
+        heatmap: np.ndarray,
+        lung_mask: np.ndarray,
+        doubtful: np.ndarray | None,
+        spacing: tuple[float, float, float],
+    ) -> tuple[np.ndarray, list[Region]]:
+        """The regions of a series' joint map: thresholded inside the lungs but for the mask's
+        ``doubtful`` voxels (LocalisationSettings.region_lung_probability: regions lie where the
+        mask is sure of its dense tissue), grown through the solid consolidation they touch."""
+        loc = self.settings.localisation
+        region_space = lung_mask & ~doubtful if doubtful is not None else lung_mask
+        grow = None
+        if loc.consolidation_hu is not None:
+            grow = localise.solid_consolidation(
+                hu, region_space, (spacing[1], spacing[2]), loc.consolidation_hu, loc.consolidation_opening_mm
+            )
+        return localise.find_regions(heatmap, region_space, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow)
 
     def _no_decision(
         self,

@@ -1,0 +1,87 @@
+"""What the regions' lung-probability cut buys and costs:
+
+    python -m benchmarks.region_cut --data PHANTOM_DIR [--weights model/weights] [--cut 0.8 --cut 0.95]
+
+Regions leave out the lung mask's doubtful voxels: dense voxels (at least AERATED_HU) where the lung
+network's probability is under a cut (model.inference.localise.LocalisationSettings
+.region_lung_probability). For every phantom series of a data set (``dicom-node phantom-dataset``,
+its masks beside it) decided covid or cap, the series is read once as inference reads it
+(``Predictor.predict_with_analysis``), then its regions are made again for each cut
+(``Predictor.regions``, with the doubtful voxels of ``LungSegmenter.segment_with_doubt``) and
+compared with the truth. Printed per cut: region voxels more than 3 mm outside the true lungs
+(model.training.truth.regions_outside_lungs) and in how many series, the regions' mean Dice against
+the lesion, and the share of disease series whose lung involvement is within 5 points of the truth
+(the evaluation's measures, model.training.evaluate). Synthetic phantoms only: the figures say
+nothing about patients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model.inference import localise
+from model.inference.multiscale_cam import Predictor, settings_for
+from model.inference.weights import load_weights
+from model.training import metrics, truth
+from model.training.datasets import discover, evaluation_items, load_volume
+
+DEFAULT_CUTS = (0.8, 0.9, 0.95)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, default=Path("model/weights"))
+    parser.add_argument("--cut", type=float, action="append", help="lung probability cut (repeatable)")
+    args = parser.parse_args(argv)
+    cuts = tuple(args.cut or DEFAULT_CUTS)
+    for cut in cuts:
+        localise.LocalisationSettings(region_lung_probability=cut)  # refused with its reason when out of range
+    predictor = Predictor(load_weights(args.weights), settings_for(args.weights))
+    segmenter = predictor.model.lungs
+    if segmenter is None:
+        raise SystemExit(f"{args.weights}: no lung network, no doubtful voxels")
+    layouts = {r.series_id: r.layout for r in discover(args.data)}
+    outside: dict[float, list[int]] = {c: [] for c in cuts}
+    dices: dict[float, list[float]] = {c: [] for c in cuts}
+    within5: dict[float, list[bool]] = {c: [] for c in cuts}
+    decided = 0
+    for item in evaluation_items(args.data):
+        if item.lung_mask is None:
+            continue
+        volume = load_volume(item.source, layouts[item.series_id])
+        result, _ = predictor.predict_with_analysis(volume)
+        if result.decision not in ("covid", "cap") or result.heatmap is None or result.lung_mask is None:
+            continue
+        decided += 1
+        spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
+        lungs = np.asarray(item.lung_mask(), dtype=bool)
+        lesion = np.asarray(item.lesion_mask(), dtype=bool) if item.lesion_mask is not None else None
+        for cut in cuts:
+            mask, doubtful = segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)
+            labels, _ = predictor.regions(volume.hu, result.heatmap, mask, doubtful, spacing)
+            outside[cut].append(truth.regions_outside_lungs(labels, lungs, spacing))
+            if lesion is not None and lesion.any():
+                dices[cut].append(metrics.dice(labels > 0, lesion))
+            if item.label != "normal" and item.true_involvement_percent is not None:
+                error = abs(localise.involvement_percent(labels, mask) - item.true_involvement_percent)
+                within5[cut].append(error <= 5.0)
+        counts = " / ".join(str(outside[c][-1]) for c in cuts)
+        print(f"{item.series_id}: {item.label}, decided {result.decision}; region voxels outside {counts}", flush=True)
+    print(f"{decided} series decided covid or cap ({args.data}). Synthetic phantoms, not for clinical use.")
+    print("| cut | region voxels > 3 mm outside the lungs (series) | region Dice | involvement within 5 points |")
+    print("| --- | --- | --- | --- |")
+    for cut in cuts:
+        series = sum(1 for n in outside[cut] if n > 0)
+        dice = float(np.mean(dices[cut])) if dices[cut] else float("nan")
+        inv = float(np.mean(within5[cut])) if within5[cut] else float("nan")
+        print(f"| {cut:g} | {sum(outside[cut]):,} ({series}) | {dice:.3f} | {inv:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
