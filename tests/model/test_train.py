@@ -252,7 +252,9 @@ def test_mil_training_learns_series_whose_lesions_are_on_few_slices() -> None:
         batch_size=6,
         mil_candidates=8,
         mil_k=2,
-        iterations=150,
+        # 150 iterations reached 0.8 on the CPUs this was written on, not on an AVX2-only one (0.33
+        # to 0.67, the validation loss still falling); 300 reach 0.83-1.0 there (seeds 0-2).
+        iterations=300,
         learning_rate=3e-3,
         schedule="cosine",
         warmup=10,
