@@ -246,26 +246,36 @@ def test_mil_training_learns_series_whose_lesions_are_on_few_slices() -> None:
 
     train_set = [series(lb, seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 6)]
     val_set = [series(lb, 100 + seed) for seed, lb in enumerate(["covid", "cap", "normal"] * 2)]
-    config = TrainConfig(
-        input=InputSpec(height=32, width=32),
-        objective="mil",
-        batch_size=6,
-        mil_candidates=8,
-        mil_k=2,
-        # 150 iterations reached 0.8 on the CPUs this was written on, not on an AVX2-only one (0.33
-        # to 0.67, the validation loss still falling); 300 reach 0.83-1.0 there (seeds 0-2).
-        iterations=300,
-        learning_rate=3e-3,
-        schedule="cosine",
-        warmup=10,
-        validate_every=25,
-        patience=1000,
-        **TINY,
-    )
-    result = train(train_set, val_set, config)
-    assert (
-        result.selection == "val_series_accuracy"
-        and result.best_val_accuracy is not None
-        and result.best_val_accuracy >= 0.8
-    )
-    assert all("val_series_loss" in h for h in result.history)
+    # One run is a coin with a bias, not a fact: the network picks its own top-k slices, and a run
+    # whose first picks are blob-free can settle on them. Which seeds do depends on the CPU's kernels
+    # and thread count (seed 0 of the TINY network at batch 6 reached 0.83 with AVX-512 and 0.5 with
+    # AVX2 on one thread). With these widths and 12 series a batch, 70 of 72 runs (seeds 0-23 under
+    # AVX-512 on 1 thread, AVX2 on 1 and on 2 threads) reached 0.8; so the claim is made of the
+    # median of three seeds.
+    results = [
+        train(
+            train_set,
+            val_set,
+            TrainConfig(
+                input=InputSpec(height=32, width=32),
+                objective="mil",
+                batch_size=12,
+                mil_candidates=8,
+                mil_k=2,
+                iterations=300,
+                learning_rate=3e-3,
+                schedule="cosine",
+                warmup=10,
+                validate_every=25,
+                patience=1000,
+                seed=seed,
+                widths=(8, 16, 16, 32, 32),
+                depths=(1, 1, 1, 1, 1),
+            ),
+        )
+        for seed in range(3)
+    ]
+    assert all(r.selection == "val_series_accuracy" and r.best_val_accuracy is not None for r in results)
+    accuracies = sorted(float(r.best_val_accuracy or 0.0) for r in results)
+    assert accuracies[1] >= 0.8, accuracies
+    assert all("val_series_loss" in h for r in results for h in r.history)
