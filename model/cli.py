@@ -271,6 +271,14 @@ def _add_train_lungs(sub: argparse._SubParsersAction) -> None:
         help="the working grid's pixel in mm, over a 448 mm square (default: the --init network's, else 2.8); "
         "the grid is recorded with the weights and inference runs the network on it",
     )
+    p.add_argument(
+        "--dense-lung-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="what a dense lung pixel (above -500 HU) near the lung border counts in the cross-entropy "
+        "(default 5, as much as the dense tissue beside the lungs); more keeps more consolidation",
+    )
     p.set_defaults(handler=_train_lungs)
 
 
@@ -290,6 +298,7 @@ def _train_lungs(args: argparse.Namespace) -> int:
             max_series=args.max_series,
             init=args.init,
             work_xy_mm=args.work_xy_mm,
+            **({} if args.dense_lung_weight is None else {"dense_lung_weight": args.dense_lung_weight}),
         )
     except ValueError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)

@@ -173,9 +173,11 @@ def train_lung_net(
     seed: int = 0,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
     init: dict[str, torch.Tensor] | None = None,
+    dense_lung_weight: float = DENSE_WEIGHT,
 ) -> LungTrainResult:
     """Train until ``iterations`` or ``max_minutes`` (cosine decay over the time budget); keep the
-    state with the best mean validation Dice. ``init``: a state dict to start from."""
+    state with the best mean validation Dice. ``init``: a state dict to start from.
+    ``dense_lung_weight``: what a dense lung pixel near the border counts (:func:`pixel_weights`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -199,7 +201,7 @@ def train_lung_net(
         x, y = _augment(x, y, gen)
         network.train()
         logits = network(normalise(x))  # training steps in float32 (model.training.train says why)
-        weight = pixel_weights(x[:, 1:2], y, logits.detach())
+        weight = pixel_weights(x[:, 1:2], y, logits.detach(), dense_lung_weight)
         bce = F.binary_cross_entropy_with_logits(logits, y, weight=weight, reduction="sum") / weight.sum()
         loss = dice_loss(logits, y) + bce
         optimiser.zero_grad(set_to_none=True)
@@ -233,14 +235,21 @@ def train_lung_net(
     return LungTrainResult(best[2], best[0], best[1], iteration, time.monotonic() - started, history)
 
 
-def pixel_weights(hu: torch.Tensor, lungs: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+def pixel_weights(
+    hu: torch.Tensor,
+    lungs: torch.Tensor,
+    logits: torch.Tensor | None = None,
+    dense_lung_weight: float = DENSE_WEIGHT,
+) -> torch.Tensor:
     """Cross-entropy weights of a batch, ``hu`` and ``lungs`` (b, 1, S, S): dense lung
     (consolidation, collapse, ground glass above -500 HU) is rare and looks like the chest wall,
     effusion and diaphragm it touches, so dense pixels on both sides of the lung border (within
-    _BORDER_PIXELS of the lungs) count DENSE_WEIGHT times; every other pixel once. With the step's
-    ``logits`` (detached), a pixel on the wrong side of 0.5 counts HARD_WEIGHT times that."""
+    _BORDER_PIXELS of the lungs) count DENSE_WEIGHT times (the dense lung among them
+    ``dense_lung_weight`` times); every other pixel once. With the step's ``logits`` (detached), a
+    pixel on the wrong side of 0.5 counts HARD_WEIGHT times that."""
     near = F.max_pool2d(lungs, kernel_size=2 * _BORDER_PIXELS + 1, stride=1, padding=_BORDER_PIXELS)
-    weight = 1.0 + (DENSE_WEIGHT - 1.0) * near * (hu > -500.0).float()
+    dense = near * (hu > -500.0).float()
+    weight = 1.0 + dense * ((DENSE_WEIGHT - 1.0) + (dense_lung_weight - DENSE_WEIGHT) * lungs)
     if logits is not None:
         wrong = (logits > 0.0).float() != lungs
         weight = weight * torch.where(wrong, HARD_WEIGHT, 1.0)
@@ -257,7 +266,10 @@ def lung_state(weights_dir: Path) -> tuple[dict[str, torch.Tensor], GridSpec]:
 
 
 def describe_training(
-    result: LungTrainResult, train: Sequence[LungSample], val: Sequence[LungSample]
+    result: LungTrainResult,
+    train: Sequence[LungSample],
+    val: Sequence[LungSample],
+    dense_lung_weight: float = DENSE_WEIGHT,
 ) -> dict[str, Any]:
     return {
         "series": {"train": len(train), "validate": len(val)},
@@ -267,7 +279,8 @@ def describe_training(
         "seconds": round(result.seconds, 1),
         "history": result.history,
         "loss": "Dice (MONAI DiceLoss, sigmoid) + cross-entropy with dense pixels (> -500 HU) within "
-        f"{BORDER_MM:g} mm of the lungs (inside or outside) weighted x{DENSE_WEIGHT:g}, and every pixel the "
+        f"{BORDER_MM:g} mm of the lungs (inside or outside) weighted x{DENSE_WEIGHT:g} (the dense lung among them "
+        f"x{dense_lung_weight:g}), and every pixel the "
         f"network gets wrong at the step x{HARD_WEIGHT:g} more",
         "augmentation": "rotation +-15 deg, scale 0.85-1.15, shift +-8 %, left-right flip, HU gain 0.9-1.1 and "
         "offset +-40, noise up to 30 HU",
@@ -294,14 +307,16 @@ def train_lungs_folder(
     max_series: int | None = None,
     init: Path | None = None,
     work_xy_mm: float | None = None,
+    dense_lung_weight: float = DENSE_WEIGHT,
 ) -> dict[str, Any]:
     """Train the lung network on the series of a data folder that have a known lung mask (a tenth of
     the patients validate) and write it to ``out_dir`` (model.inference.weights.save_lung_weights).
     ``max_series``: train on that many series drawn at random (memory: every series is held on the
     working grid). ``init``: a weights folder whose lung network training starts from.
     ``work_xy_mm``: the working grid's pixel (mm; the field of view stays 448 mm); default: the
-    ``init`` network's grid, else the default grid. Returns the description written beside the
-    weights."""
+    ``init`` network's grid, else the default grid. ``dense_lung_weight``: what dense lung near the
+    border counts in the cross-entropy (:func:`pixel_weights`). Returns the description written
+    beside the weights."""
     start_state = None
     spec = GridSpec()
     if init is not None:
@@ -328,10 +343,16 @@ def train_lungs_folder(
         "lungs: %d training, %d validation series prepared in %.0f s", len(train), len(val), time.monotonic() - started
     )
     result = train_lung_net(
-        train, val, max_minutes=max_minutes, seed=seed, init=start_state, learning_rate=2e-3 if init is None else 5e-4
+        train,
+        val,
+        max_minutes=max_minutes,
+        seed=seed,
+        init=start_state,
+        learning_rate=2e-3 if init is None else 5e-4,
+        dense_lung_weight=dense_lung_weight,
     )
     description = lungnet.describe(spec) | {
-        "training": describe_training(result, train, val)
+        "training": describe_training(result, train, val, dense_lung_weight)
         | {"data": str(data_dir), "skipped": skipped, "init": str(init) if init is not None else None},
     }
     save_lung_weights(result.state, out_dir, description)

@@ -32,6 +32,10 @@ def test_dense_pixels_on_both_sides_of_the_lung_border_weigh_more() -> None:
     assert w[0, 0, 25, 33] == DENSE_WEIGHT
     assert w[0, 0, 15, 15] == 1.0  # aerated lung
     assert w[0, 0, 25, 62] == 1.0  # dense, but far from the lung
+    heavier = pixel_weights(hu, lungs, dense_lung_weight=12.0)  # only the dense lung counts more
+    assert heavier[0, 0, 25, 25] == 12.0
+    assert heavier[0, 0, 25, 33] == DENSE_WEIGHT
+    assert heavier[0, 0, 15, 15] == 1.0
 
 
 def test_pixels_the_network_gets_wrong_weigh_more() -> None:
