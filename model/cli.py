@@ -298,7 +298,7 @@ def _train_lungs(args: argparse.Namespace) -> int:
             max_series=args.max_series,
             init=args.init,
             work_xy_mm=args.work_xy_mm,
-            **({} if args.dense_lung_weight is None else {"dense_lung_weight": args.dense_lung_weight}),
+            dense_lung_weight=args.dense_lung_weight,
         )
     except ValueError as exc:
         print(f"dicom-node: {exc}", file=sys.stderr)

@@ -307,7 +307,7 @@ def train_lungs_folder(
     max_series: int | None = None,
     init: Path | None = None,
     work_xy_mm: float | None = None,
-    dense_lung_weight: float = DENSE_WEIGHT,
+    dense_lung_weight: float | None = None,
 ) -> dict[str, Any]:
     """Train the lung network on the series of a data folder that have a known lung mask (a tenth of
     the patients validate) and write it to ``out_dir`` (model.inference.weights.save_lung_weights).
@@ -315,8 +315,12 @@ def train_lungs_folder(
     working grid). ``init``: a weights folder whose lung network training starts from.
     ``work_xy_mm``: the working grid's pixel (mm; the field of view stays 448 mm); default: the
     ``init`` network's grid, else the default grid. ``dense_lung_weight``: what dense lung near the
-    border counts in the cross-entropy (:func:`pixel_weights`). Returns the description written
-    beside the weights."""
+    border counts in the cross-entropy (:func:`pixel_weights`; default DENSE_WEIGHT). Returns the
+    description written beside the weights."""
+    if dense_lung_weight is None:
+        dense_lung_weight = DENSE_WEIGHT
+    if not math.isfinite(dense_lung_weight) or dense_lung_weight <= 0:
+        raise ValueError(f"dense_lung_weight must be a number above 0, got {dense_lung_weight!r}")
     start_state = None
     spec = GridSpec()
     if init is not None:

@@ -266,3 +266,13 @@ def test_train_refuses_an_input_size_the_network_cannot_take(
     with pytest.raises(SystemExit) as exit_info:
         main(["model", "train", "--data", str(tmp_path), "--out", str(tmp_path / "w"), "--input-size", "50x96"])
     assert exit_info.value.code == 2 and "multiples of 32" in capsys.readouterr().err
+
+
+def test_train_lungs_refuses_a_dense_lung_weight_that_is_not_above_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("0", "-3", "nan"):
+        argv = ["model", "train-lungs", "--data", str(tmp_path), "--out", str(tmp_path / "w")]
+        assert main([*argv, "--dense-lung-weight", bad]) == 2
+        assert "dense_lung_weight must be a number above 0" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
