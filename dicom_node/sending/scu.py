@@ -50,6 +50,7 @@ from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.events import EventHandlerType
+from pynetdicom.pdu_primitives import A_P_ABORT
 
 from dicom_node.dicom_answers import SUCCESS_STATUSES, AssociateResult, Status
 
@@ -229,12 +230,13 @@ def _inflate_file(source: Path, target: Path) -> None:
         dst.write(inflater.flush())
 
 
-class _Negotiation:
+class Negotiation:
     """What the association request met, from pynetdicom's events: a TCP connection, an answer,
     and that answer's result (accepted, or rejected with its result, source and reason)."""
 
     def __init__(self) -> None:
         self.connected = False
+        self.connected_at = 0.0  # time.monotonic() of the TCP connection
         self.answered = False
         self.accepted = False
         self.rejected: int | None = None  # AssociateResult.REJECTED_PERMANENT or _TRANSIENT
@@ -245,10 +247,17 @@ class _Negotiation:
 
     def _on_conn_open(self, _event: Any) -> None:
         self.connected = True
+        self.connected_at = time.monotonic()
+
+    def dropped(self, timeout: float) -> bool:
+        """The peer took the connection and closed it well within the timeout, without an answer."""
+        return self.connected and not self.answered and time.monotonic() - self.connected_at < timeout / 2
 
     def _on_acse_recv(self, event: Any) -> None:
-        self.answered = True
         primitive = event.primitive
+        if isinstance(primitive, A_P_ABORT):
+            return  # the local provider's abort (the connection closed or timed out): no answer
+        self.answered = True
         result = getattr(primitive, "result", None)
         if result in (AssociateResult.REJECTED_PERMANENT, AssociateResult.REJECTED_TRANSIENT):
             self.rejected = result
@@ -256,22 +265,30 @@ class _Negotiation:
         elif result == AssociateResult.ACCEPTED:
             self.accepted = True
 
+    def was_rejected(self, assoc: Any) -> bool:
+        """An A-ASSOCIATE-RJ came back. Also when pynetdicom reports the association aborted: a
+        peer that closes its end right after the rejection can have the close seen first."""
+        return bool(assoc.is_rejected) or self.rejected is not None
+
+    def no_association(self, where: str, timeout: float) -> str:
+        """Why an association that was neither rejected nor accepted did not come about."""
+        if not self.connected:
+            return f"no association with {where}: no TCP connection (refused or timed out)"
+        if self.dropped(timeout):
+            return f"no association with {where}: the connection was closed before an answer to the association request"
+        if not self.answered:
+            return f"no association with {where}: no answer to the association request within {timeout:g} s"
+        return f"no association with {where}: aborted during negotiation"
+
     def why_not(self, assoc: Any, files: Sequence[_FileInfo], where: str, timeout: float) -> tuple[Outcome, str]:
         """The outcome and reason of an association that was not established."""
-        if assoc.is_rejected:
+        if self.was_rejected(assoc):
             outcome = Outcome.RETRIABLE if self.rejected == AssociateResult.REJECTED_TRANSIENT else Outcome.PERMANENT
             return outcome, f"association rejected by {where}: {self.rejection}"
         if self.accepted:
             classes = sorted({f.sop_class_uid.name for f in files})
             return Outcome.PERMANENT, f"{where} accepted none of the presentation contexts ({', '.join(classes)})"
-        if not self.connected:
-            return Outcome.RETRIABLE, f"no association with {where}: no TCP connection (refused or timed out)"
-        if not self.answered:
-            return (
-                Outcome.RETRIABLE,
-                f"no association with {where}: no answer to the association request within {timeout:g} s",
-            )
-        return Outcome.RETRIABLE, f"no association with {where}: aborted during negotiation"
+        return Outcome.RETRIABLE, self.no_association(where, timeout)
 
 
 def _store_one(assoc: Any, info: _FileInfo, syntaxes: set[str]) -> ObjectResult:
@@ -347,7 +364,7 @@ def send_files(
     _request_contexts(ae, files)
     tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host) if peer.tls else None
     where = f"{peer.title}@{peer.host}:{peer.port}"
-    negotiation = _Negotiation()
+    negotiation = Negotiation()
     assoc = ae.associate(
         peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=negotiation.handlers()
     )

@@ -1,0 +1,112 @@
+"""The C-ECHO test of a destination against a pynetdicom SCP and raw sockets: what each kind of
+failure is called, and that a connection dropped without an answer is asked once more."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Iterator
+
+import pytest
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # made at import time
+
+from dicom_node.sending.echo import c_echo
+from tests.harness.peers import free_port
+from tests.sending.scp import Scp
+
+
+@pytest.fixture
+def scp() -> Iterator[Scp]:
+    peer = Scp(sop_classes=[Verification]).start()
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+class _DropFirst:
+    """A TCP relay to ``port`` that closes its first ``drops`` connections at once, unanswered,
+    and relays the later ones: a peer whose connection is reset in passing."""
+
+    def __init__(self, port: int, drops: int) -> None:
+        self.target = port
+        self.drops = drops
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections <= self.drops:
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_an_answering_peer(scp: Scp) -> None:
+    answer = c_echo("127.0.0.1", scp.port, scp.title, calling_ae_title="NODE")
+    assert answer.ok and answer.outcome == "Success" and answer.status == "0x0000", answer
+    assert answer.round_trip_ms is not None and answer.round_trip_ms >= 0
+    assert scp.associations == 1
+
+
+def test_a_wrong_called_title_is_a_rejection_with_its_reason(scp: Scp) -> None:
+    answer = c_echo("127.0.0.1", scp.port, "NOTPACS", calling_ae_title="NODE")
+    assert not answer.ok and answer.outcome == "association rejected", answer
+    assert "Permanent" in answer.detail and "Called AE title not recognised" in answer.detail, answer.detail
+    assert scp.associations == 1  # a refusal is not asked again
+
+
+def test_nobody_listening_and_a_silent_peer_are_told_apart() -> None:
+    refused = c_echo("127.0.0.1", free_port(), "PACS", calling_ae_title="NODE", timeout=1.0)
+    assert refused.outcome == "no association" and "no TCP connection" in refused.detail, refused
+    # A listening socket nobody accepts from: the handshake completes, the request waits unanswered.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        answer = c_echo("127.0.0.1", silent.getsockname()[1], "PACS", calling_ae_title="NODE", timeout=1.0)
+    assert answer.outcome == "no association", answer
+    assert "no answer to the association request within 1 s" in answer.detail, answer.detail
+    assert answer.total_ms < 1900  # asked once: silence is not waited for twice
+
+
+def test_a_connection_dropped_without_an_answer_is_asked_once_more(scp: Scp) -> None:
+    once = _DropFirst(scp.port, drops=1)
+    try:
+        answer = c_echo("127.0.0.1", once.port, scp.title, calling_ae_title="NODE")
+    finally:
+        once.close()
+    assert answer.ok and answer.outcome == "Success", answer
+    assert once.connections == 2 and scp.associations == 1
+
+    always = _DropFirst(scp.port, drops=10)
+    try:
+        answer = c_echo("127.0.0.1", always.port, scp.title, calling_ae_title="NODE")
+    finally:
+        always.close()
+    assert answer.outcome == "no association", answer
+    assert "the connection was closed before an answer to the association request" in answer.detail, answer.detail
+    assert always.connections == 2
