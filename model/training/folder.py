@@ -62,8 +62,9 @@ def _describe_data(
     for s in series:
         per_class[s.label] = per_class.get(s.label, 0) + 1
     out: dict[str, Any] = {
-        "folder": str(data_dir),
-        "labels": str(labels_csv) if labels_csv else None,
+        # Folder and file names only: the metadata ships, and must not carry this machine's folders.
+        "folder": Path(data_dir).name,
+        "labels": Path(labels_csv).name if labels_csv else None,
         "layouts": sorted({r.layout for r in records}),
         "series": len(series),
         "patients": len({s.patient_id for s in series}),

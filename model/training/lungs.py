@@ -357,7 +357,7 @@ def train_lungs_folder(
     )
     description = lungnet.describe(spec) | {
         "training": describe_training(result, train, val, dense_lung_weight)
-        | {"data": str(data_dir), "skipped": skipped, "init": str(init) if init is not None else None},
+        | {"data": Path(data_dir).name, "skipped": skipped, "init": Path(init).name if init is not None else None},
     }
     save_lung_weights(result.state, out_dir, description)
     return description

@@ -78,6 +78,8 @@ def test_train_evaluate_predict_on_a_phantom_set(
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["series"] == 6 and len(summary["data"]["phantom_seeds"]) == 6
     meta = read_metadata(weights)
+    # The metadata ships: folder names only, never this machine's paths.
+    assert str(tmp_path) not in json.dumps(meta) and meta["training_data"]["folder"] == phantom_set.name
     assert (
         meta["version"] == "9.9.9"
         and (meta["input"]["height"], meta["input"]["width"]) == (32, 64)
@@ -276,3 +278,13 @@ def test_train_lungs_refuses_a_dense_lung_weight_that_is_not_above_zero(
         assert main([*argv, "--dense-lung-weight", bad]) == 2
         assert "dense_lung_weight must be a number above 0" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_train_lungs_records_folder_names_not_this_machines_paths(phantom_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    argv = ["model", "train-lungs", "--data", str(phantom_set), "--out", str(out), "--max-minutes", "0.02"]
+    assert main([*argv, "--init", str(SHIPPED_WEIGHTS_DIR)]) == 0
+    description = json.loads((out / "lungs.json").read_text())
+    assert description["training"]["data"] == phantom_set.name
+    assert description["training"]["init"] == SHIPPED_WEIGHTS_DIR.name
+    assert str(tmp_path) not in json.dumps(description) and str(SHIPPED_WEIGHTS_DIR) not in json.dumps(description)
