@@ -44,7 +44,7 @@ WORK_Z_MM = 5.0
 WINDOW_HU: tuple[float, float] = (-1024.0, 600.0)
 CHANNELS: tuple[int, ...] = (16, 32, 64, 128, 128)
 # The boundary at full resolution: where the interpolated probability is uncertain (inside BAND),
-# aerated voxels (below AERATED_HU) are lung; the network's 2.8 mm grid places the edge, the
+# aerated voxels (below AERATED_HU) are lung; the network's grid (2.4 or 2.8 mm) places the edge, the
 # density draws it (Dice 0.977 -> 0.989 on phantoms: model/README.md).
 BAND: tuple[float, float] = (0.1, 0.9)
 AERATED_HU = -500.0

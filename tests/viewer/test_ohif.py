@@ -81,10 +81,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow, pytest.mar
 # order; small so that the suite stays within minutes on 2 CPU cores (four phantoms, each kind in
 # both orders, took the node over ten minutes on the loaded CI machine).
 # The covid phantom needs a finding, regions in the lungs and a lesion-free lung slice to look at;
-# seed 42 has all three with weights 0.4.1 (studies.py writes 64 slices 5 mm apart). Written as 24
-# slices over the whole scan range (10-20 mm apart, thicker than any the phantoms train on), seed 31
-# was decided normal and other seeds' covid regions reached out of the lungs (the model card's known
-# failure modes).
+# seed 42 has all three with weights 0.4.1 and 0.4.2 (studies.py writes 64 slices 5 mm apart).
+# Written as 24 slices over the whole scan range (10-20 mm apart, thicker than any the phantoms
+# train on), seed 31 was decided normal and other seeds' covid regions reached out of the lungs
+# (the model card's known failure modes).
 STUDIES = {
     "covid-ascending": ("covid", 42, False),
     "cap-descending": ("cap", 32, True),
