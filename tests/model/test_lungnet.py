@@ -168,7 +168,7 @@ def test_no_region_outside_the_lungs(tmp_path: Path) -> None:
     # voxels lay that far out with none left out, 36 of 15,351 with 0.4.1 at its cut of 0.8 (12 of
     # 14,086 at 0.9, 2 of 13,096 at 0.95: higher cuts cost lesion, docs/experiments.md section 8);
     # the shipped 0.4.2, at its cut of 0.9: 58 of 14,052. Those left lie where the lung network is
-    # sure of tissue below the dome (model/README.md, "Known failure modes"); pinned here as under
-    # 0.5 % of the regions' voxels.
+    # sure of tissue that is not lung (0.4.1: below the dome; model/README.md, "Known failure
+    # modes"); pinned here as under 0.5 % of the regions' voxels.
     outside = truth.regions_outside_lungs(result.region_labels, p.lung_mask, p.spacing)
     assert outside <= 0.005 * np.count_nonzero(result.region_labels), (outside, np.count_nonzero(result.region_labels))
