@@ -76,6 +76,12 @@ class LocalisationSettings:
     # None: regions are the thresholded map only.
     consolidation_hu: float | None = -300.0
     consolidation_opening_mm: float = 4.0
+    # Regions also grow through the map at or above this lower threshold where it touches them
+    # (hysteresis): a thresholded core takes the fainter map around it, not a faint spot alone.
+    # Confluent ground glass over much of a lung is hot at its densest part only; the faint rest
+    # then went uncounted and the involvement was under-counted (docs/experiments.md, section 11).
+    # None: off (every shipped weights folder so far).
+    grow_threshold: float | None = None
     # Regions leave out the dense voxels (at least -500 HU) of the lung mask where the lung
     # network's probability is below this: at its uncertain edge, the mask reaches into an effusion,
     # the heart or the diaphragm beside a consolidation, which the density weighting makes hot.
@@ -106,6 +112,10 @@ class LocalisationSettings:
             raise ValueError(f"cam_floor must be in [0, 1), got {self.cam_floor!r}")
         if self.consolidation_opening_mm < 0:
             raise ValueError(f"consolidation_opening_mm must be >= 0, got {self.consolidation_opening_mm!r}")
+        if self.grow_threshold is not None and not 0.0 < self.grow_threshold < self.threshold:
+            raise ValueError(
+                f"grow_threshold must be above 0 and below threshold ({self.threshold!r}), got {self.grow_threshold!r}"
+            )
         if not 0.5 <= self.region_lung_probability < 1.0:
             raise ValueError(f"region_lung_probability must be in [0.5, 1), got {self.region_lung_probability!r}")
 
@@ -199,6 +209,27 @@ def solid_consolidation(
     out[zs, y0:y1, x0:x1] = opened
     out &= lung_mask
     return out
+
+
+def region_growth(
+    hu: np.ndarray,
+    heatmap: np.ndarray,
+    region_space: np.ndarray,
+    spacing: tuple[float, float, float],
+    settings: LocalisationSettings,
+) -> np.ndarray | None:
+    """What thresholded regions grow through (``find_regions``' ``grow_into``): the solid
+    consolidation of ``region_space`` (``settings.consolidation_hu``) and the map at or above
+    ``settings.grow_threshold``; None when both are off."""
+    grow = None
+    if settings.consolidation_hu is not None:
+        grow = solid_consolidation(
+            hu, region_space, (spacing[1], spacing[2]), settings.consolidation_hu, settings.consolidation_opening_mm
+        )
+    if settings.grow_threshold is not None:
+        faint = (heatmap >= settings.grow_threshold) & region_space
+        grow = faint if grow is None else grow | faint
+    return grow
 
 
 def upsample_cams(cams: Sequence[torch.Tensor], size: int | tuple[int, int]) -> torch.Tensor:

@@ -230,14 +230,11 @@ class Predictor:
     ) -> tuple[np.ndarray, list[Region]]:
         """The regions of a series' joint map: thresholded inside the lungs but for the mask's
         ``doubtful`` voxels (LocalisationSettings.region_lung_probability: regions lie where the
-        mask is sure of its dense tissue), grown through the solid consolidation they touch."""
+        mask is sure of its dense tissue), grown through the solid consolidation and the fainter map
+        they touch (localise.region_growth)."""
         loc = self.settings.localisation
         region_space = lung_mask & ~doubtful if doubtful is not None else lung_mask
-        grow = None
-        if loc.consolidation_hu is not None:
-            grow = localise.solid_consolidation(
-                hu, region_space, (spacing[1], spacing[2]), loc.consolidation_hu, loc.consolidation_opening_mm
-            )
+        grow = localise.region_growth(hu, heatmap, region_space, spacing, loc)
         return localise.find_regions(heatmap, region_space, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow)
 
     def _no_decision(

@@ -170,6 +170,33 @@ def test_regions_grow_through_what_they_touch_only() -> None:
     assert localise.find_regions(np.zeros_like(heat), lung, (1.0, 1.0, 1.0), 0.5, grow_into=grow)[1] == []
 
 
+def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold() -> None:
+    heat = np.zeros((2, 20, 20), dtype=np.float32)
+    hu = np.full(heat.shape, -850.0, dtype=np.float32)  # aerated: no consolidation to grow through
+    lung = np.ones(heat.shape, dtype=bool)
+    heat[0, 2:10, 2:10] = 0.25  # faint ground glass around ...
+    heat[0, 4:6, 4:6] = 0.6  # ... its hot core
+    heat[1, 14:18, 14:18] = 0.25  # faint map with no core: never a region
+    spacing = (1.0, 1.0, 1.0)
+    plain = LocalisationSettings(threshold=0.5)
+    assert localise.region_growth(hu, heat, lung, spacing, plain) is not None  # consolidation growth, here empty
+    assert not localise.region_growth(hu, heat, lung, spacing, plain).any()
+    assert localise.region_growth(hu, heat, lung, spacing, LocalisationSettings(consolidation_hu=None)) is None
+    core, _ = localise.find_regions(
+        heat, lung, spacing, 0.5, grow_into=localise.region_growth(hu, heat, lung, spacing, plain)
+    )
+    assert int((core > 0).sum()) == 4
+    faint = LocalisationSettings(threshold=0.5, grow_threshold=0.2)
+    grow = localise.region_growth(hu, heat, lung, spacing, faint)
+    labels, regions = localise.find_regions(heat, lung, spacing, 0.5, grow_into=grow)
+    assert len(regions) == 1 and int((labels > 0).sum()) == 64 and labels[1].max() == 0
+    assert regions[0].max_score == pytest.approx(0.6)
+    # Outside the region space (the lungs but for the doubtful voxels) the faint map does not count.
+    space = lung.copy()
+    space[0, 2:10, 8:10] = False
+    assert not localise.region_growth(hu, heat, space, spacing, faint)[0, 2:10, 8:10].any()
+
+
 def test_settings_validation() -> None:
     with pytest.raises(ValueError):
         LocalisationSettings(mode="gradcam")
@@ -179,6 +206,9 @@ def test_settings_validation() -> None:
         LocalisationSettings(cam_floor=1.0)
     with pytest.raises(ValueError, match="density_range_hu"):
         LocalisationSettings(density_range_hu=0.0)
+    for bad_grow in (0.0, 0.5, 0.7):
+        with pytest.raises(ValueError, match="grow_threshold"):
+            LocalisationSettings(threshold=0.5, grow_threshold=bad_grow)
     for bad in (0.4, 1.0):
         with pytest.raises(ValueError, match="region_lung_probability"):
             LocalisationSettings(region_lung_probability=bad)
