@@ -1,6 +1,7 @@
-"""What the regions' lung-probability cut buys and costs:
+"""What the regions' lung-probability cut, and their growth through the fainter map, buy and cost:
 
     python -m benchmarks.region_cut --data PHANTOM_DIR [--weights model/weights] [--cut 0.8 --cut 0.95]
+        [--grow 0.2 --grow 0.15]
 
 Regions leave out the lung mask's doubtful voxels: dense voxels (at least AERATED_HU) where the lung
 network's probability is under a cut (model.inference.localise.LocalisationSettings
@@ -11,13 +12,16 @@ its masks beside it) decided covid or cap, the series is read once as inference 
 compared with the truth. Printed per cut: region voxels more than 3 mm outside the true lungs
 (model.training.truth.regions_outside_lungs) and in how many series, the regions' mean Dice against
 the lesion, and the share of disease series whose lung involvement is within 5 points of the truth
-(the evaluation's measures, model.training.evaluate). Synthetic phantoms only: the figures say
-nothing about patients.
+(the evaluation's measures, model.training.evaluate). ``--grow G`` (repeatable) measures every cut
+again with the regions also grown through the map at or above G where it touches them
+(LocalisationSettings.grow_threshold; the weights' own setting is always measured too). Synthetic
+phantoms only: the figures say nothing about patients.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,18 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=Path("model/weights"))
     parser.add_argument("--cut", type=float, action="append", help="lung probability cut (repeatable)")
+    parser.add_argument("--grow", type=float, action="append", help="grow threshold of the map (repeatable)")
     args = parser.parse_args(argv)
-    cuts = tuple(args.cut or DEFAULT_CUTS)
-    for cut in cuts:
-        localise.LocalisationSettings(region_lung_probability=cut)  # refused with its reason when out of range
-    predictor = Predictor(load_weights(args.weights), settings_for(args.weights))
+    settings = settings_for(args.weights)
+    loc = settings.localisation
+    grows = tuple(dict.fromkeys((loc.grow_threshold, *(args.grow or ()))))
+    cuts = tuple((c, g) for c in (args.cut or DEFAULT_CUTS) for g in grows)
+    for cut, grow in cuts:  # refused with the reason when out of range
+        dataclasses.replace(loc, region_lung_probability=cut, grow_threshold=grow)
+    predictor = Predictor(load_weights(args.weights), settings)
+    variants = {
+        g: dataclasses.replace(settings, localisation=dataclasses.replace(loc, grow_threshold=g)) for g in grows
+    }
     segmenter = predictor.model.lungs
     if segmenter is None:
         raise SystemExit(f"{args.weights}: no lung network, no doubtful voxels")
     layouts = {r.series_id: r.layout for r in discover(args.data)}
-    outside: dict[float, list[int]] = {c: [] for c in cuts}
-    dices: dict[float, list[float]] = {c: [] for c in cuts}
-    within5: dict[float, list[bool]] = {c: [] for c in cuts}
+    outside: dict[tuple[float, float | None], list[int]] = {c: [] for c in cuts}
+    dices: dict[tuple[float, float | None], list[float]] = {c: [] for c in cuts}
+    within5: dict[tuple[float, float | None], list[bool]] = {c: [] for c in cuts}
     decided = 0
     for item in evaluation_items(args.data):
         if item.lung_mask is None:
@@ -61,25 +72,31 @@ def main(argv: list[str] | None = None) -> int:
         spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
         lungs = np.asarray(item.lung_mask(), dtype=bool)
         lesion = np.asarray(item.lesion_mask(), dtype=bool) if item.lesion_mask is not None else None
-        for cut in cuts:
+        for cut, grow in cuts:
             mask, doubtful = segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)
+            predictor.settings = variants[grow]
             labels, _ = predictor.regions(volume.hu, result.heatmap, mask, doubtful, spacing)
-            outside[cut].append(truth.regions_outside_lungs(labels, lungs, spacing))
+            predictor.settings = settings
+            outside[(cut, grow)].append(truth.regions_outside_lungs(labels, lungs, spacing))
             if lesion is not None and lesion.any():
-                dices[cut].append(metrics.dice(labels > 0, lesion))
+                dices[(cut, grow)].append(metrics.dice(labels > 0, lesion))
             if item.label != "normal" and item.true_involvement_percent is not None:
                 error = abs(localise.involvement_percent(labels, mask) - item.true_involvement_percent)
-                within5[cut].append(error <= 5.0)
+                within5[(cut, grow)].append(error <= 5.0)
         counts = " / ".join(str(outside[c][-1]) for c in cuts)
         print(f"{item.series_id}: {item.label}, decided {result.decision}; region voxels outside {counts}", flush=True)
     print(f"{decided} series decided covid or cap ({args.data}). Synthetic phantoms, not for clinical use.")
-    print("| cut | region voxels > 3 mm outside the lungs (series) | region Dice | involvement within 5 points |")
+    print(
+        "| cut, grow threshold | region voxels > 3 mm outside the lungs (series) | region Dice "
+        "| involvement within 5 points |"
+    )
     print("| --- | --- | --- | --- |")
     for cut in cuts:
         series = sum(1 for n in outside[cut] if n > 0)
         dice = float(np.mean(dices[cut])) if dices[cut] else float("nan")
         inv = float(np.mean(within5[cut])) if within5[cut] else float("nan")
-        print(f"| {cut:g} | {sum(outside[cut]):,} ({series}) | {dice:.3f} | {inv:.2f} |")
+        grow = "none" if cut[1] is None else f"{cut[1]:g}"
+        print(f"| {cut[0]:g}, {grow} | {sum(outside[cut]):,} ({series}) | {dice:.3f} | {inv:.2f} |")
     return 0
 
 
