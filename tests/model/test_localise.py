@@ -179,12 +179,10 @@ def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold() -> 
     heat[1, 14:18, 14:18] = 0.25  # faint map with no core: never a region
     spacing = (1.0, 1.0, 1.0)
     plain = LocalisationSettings(threshold=0.5)
-    assert localise.region_growth(hu, heat, lung, spacing, plain) is not None  # consolidation growth, here empty
-    assert not localise.region_growth(hu, heat, lung, spacing, plain).any()
+    solid = localise.region_growth(hu, heat, lung, spacing, plain)
+    assert solid is not None and not solid.any()  # consolidation growth, here empty
     assert localise.region_growth(hu, heat, lung, spacing, LocalisationSettings(consolidation_hu=None)) is None
-    core, _ = localise.find_regions(
-        heat, lung, spacing, 0.5, grow_into=localise.region_growth(hu, heat, lung, spacing, plain)
-    )
+    core, _ = localise.find_regions(heat, lung, spacing, 0.5, grow_into=solid)
     assert int((core > 0).sum()) == 4
     faint = LocalisationSettings(threshold=0.5, grow_threshold=0.2)
     grow = localise.region_growth(hu, heat, lung, spacing, faint)
@@ -194,7 +192,8 @@ def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold() -> 
     # Outside the region space (the lungs but for the doubtful voxels) the faint map does not count.
     space = lung.copy()
     space[0, 2:10, 8:10] = False
-    assert not localise.region_growth(hu, heat, space, spacing, faint)[0, 2:10, 8:10].any()
+    inside = localise.region_growth(hu, heat, space, spacing, faint)
+    assert inside is not None and not inside[0, 2:10, 8:10].any()
 
 
 def test_settings_validation() -> None:
