@@ -72,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
         lungs = np.asarray(item.lung_mask(), dtype=bool)
         lesion = np.asarray(item.lesion_mask(), dtype=bool) if item.lesion_mask is not None else None
+        doubt: dict[float, tuple[np.ndarray, np.ndarray | None]] = {}  # the mask and its doubtful voxels, once per cut
         for cut, grow in cuts:
-            mask, doubtful = segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)
+            if cut not in doubt:
+                doubt = {cut: segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)}
+            mask, doubtful = doubt[cut]
             predictor.settings = variants[grow]
             labels, _ = predictor.regions(volume.hu, result.heatmap, mask, doubtful, spacing)
             predictor.settings = settings
