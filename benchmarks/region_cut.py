@@ -46,12 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(args.weights)
     loc = settings.localisation
     grows = tuple(dict.fromkeys((loc.grow_threshold, *(args.grow or ()))))
-    cuts = tuple((c, g) for c in (args.cut or DEFAULT_CUTS) for g in grows)
+    cut_values = tuple(args.cut or DEFAULT_CUTS)
+    cuts = tuple((c, g) for c in cut_values for g in grows)
     for cut, grow in cuts:  # refused with the reason when out of range
         dataclasses.replace(loc, region_lung_probability=cut, grow_threshold=grow)
-    predictor = Predictor(load_weights(args.weights), settings)
-    variants = {
-        g: dataclasses.replace(settings, localisation=dataclasses.replace(loc, grow_threshold=g)) for g in grows
+    model = load_weights(args.weights)
+    predictor = Predictor(model, settings)
+    # One predictor per grow threshold, all on the one loaded model: each makes regions its own way.
+    growers = {
+        g: Predictor(model, dataclasses.replace(settings, localisation=dataclasses.replace(loc, grow_threshold=g)))
+        for g in grows
     }
     segmenter = predictor.model.lungs
     if segmenter is None:
@@ -72,20 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
         lungs = np.asarray(item.lung_mask(), dtype=bool)
         lesion = np.asarray(item.lesion_mask(), dtype=bool) if item.lesion_mask is not None else None
-        doubt: dict[float, tuple[np.ndarray, np.ndarray | None]] = {}  # the mask and its doubtful voxels, once per cut
-        for cut, grow in cuts:
-            if cut not in doubt:
-                doubt = {cut: segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)}
-            mask, doubtful = doubt[cut]
-            predictor.settings = variants[grow]
-            labels, _ = predictor.regions(volume.hu, result.heatmap, mask, doubtful, spacing)
-            predictor.settings = settings
-            outside[(cut, grow)].append(truth.regions_outside_lungs(labels, lungs, spacing))
-            if lesion is not None and lesion.any():
-                dices[(cut, grow)].append(metrics.dice(labels > 0, lesion))
-            if item.label != "normal" and item.true_involvement_percent is not None:
-                error = abs(localise.involvement_percent(labels, mask) - item.true_involvement_percent)
-                within5[(cut, grow)].append(error <= 5.0)
+        for cut in cut_values:
+            mask, doubtful = segmenter.segment_with_doubt(volume.hu, spacing, doubt_below=cut)
+            for grow, grower in growers.items():
+                labels, _ = grower.regions(volume.hu, result.heatmap, mask, doubtful, spacing)
+                outside[(cut, grow)].append(truth.regions_outside_lungs(labels, lungs, spacing))
+                if lesion is not None and lesion.any():
+                    dices[(cut, grow)].append(metrics.dice(labels > 0, lesion))
+                if item.label != "normal" and item.true_involvement_percent is not None:
+                    error = abs(localise.involvement_percent(labels, mask) - item.true_involvement_percent)
+                    within5[(cut, grow)].append(error <= 5.0)
         counts = " / ".join(str(outside[c][-1]) for c in cuts)
         print(f"{item.series_id}: {item.label}, decided {result.decision}; region voxels outside {counts}", flush=True)
     print(f"{decided} series decided covid or cap ({args.data}). Synthetic phantoms, not for clinical use.")
