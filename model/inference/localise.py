@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from model.contract.result import Region
+from model.contract.result import CLASSES, Region
 from model.inference.network import WeaklySupervisedNet
 
 # "auto": "cam" on a CPU, "cam+ig" on a GPU (IG costs 25 network passes per examined slice).
@@ -82,6 +82,11 @@ class LocalisationSettings:
     # then went uncounted and the involvement was under-counted (docs/experiments.md, section 11).
     # None: off (every shipped weights folder so far).
     grow_threshold: float | None = None
+    # The decisions whose regions grow through the fainter map: COVID-19's ground glass is hot at its
+    # densest part only. A CAP consolidation already grows through the solid consolidation it lies
+    # in, and the faint map around it is aerated lung made warm by noise and vessels: grown for CAP
+    # too, its regions got worse in 21 of 22 series (docs/experiments.md, section 11).
+    grow_classes: tuple[str, ...] = ("covid",)
     # Regions leave out the dense voxels (at least -500 HU) of the lung mask where the lung
     # network's probability is below this: at its uncertain edge, the mask reaches into an effusion,
     # the heart or the diaphragm beside a consolidation, which the density weighting makes hot.
@@ -116,6 +121,10 @@ class LocalisationSettings:
             raise ValueError(
                 f"grow_threshold must be above 0 and below threshold ({self.threshold!r}), got {self.grow_threshold!r}"
             )
+        object.__setattr__(self, "grow_classes", tuple(self.grow_classes))  # a JSON list from metadata
+        unknown = [c for c in self.grow_classes if c not in CLASSES or c == "normal"]
+        if unknown:
+            raise ValueError(f"grow_classes: {unknown!r} are not decisions with regions (covid, cap)")
         if not 0.5 <= self.region_lung_probability < 1.0:
             raise ValueError(f"region_lung_probability must be in [0.5, 1), got {self.region_lung_probability!r}")
 
@@ -217,16 +226,18 @@ def region_growth(
     region_space: np.ndarray,
     spacing: tuple[float, float, float],
     settings: LocalisationSettings,
+    decision: str,
 ) -> np.ndarray | None:
     """What thresholded regions grow through (``find_regions``' ``grow_into``): the solid
-    consolidation of ``region_space`` (``settings.consolidation_hu``) and the map at or above
-    ``settings.grow_threshold``; None when both are off."""
+    consolidation of ``region_space`` (``settings.consolidation_hu``) and, for a ``decision`` of
+    ``settings.grow_classes``, the map at or above ``settings.grow_threshold``; None when both are
+    off."""
     grow = None
     if settings.consolidation_hu is not None:
         grow = solid_consolidation(
             hu, region_space, (spacing[1], spacing[2]), settings.consolidation_hu, settings.consolidation_opening_mm
         )
-    if settings.grow_threshold is not None:
+    if settings.grow_threshold is not None and decision in settings.grow_classes:
         faint = (heatmap >= settings.grow_threshold) & region_space
         grow = faint if grow is None else grow | faint
     return grow

@@ -195,7 +195,7 @@ class Predictor:
         t = time.perf_counter()
         abnormal = decision in ABNORMAL_CLASSES
         if abnormal:
-            region_labels, regions = self.regions(hu, heatmap, lung_mask, doubtful, spacing)
+            region_labels, regions = self.regions(hu, heatmap, lung_mask, doubtful, spacing, decision)
             del doubtful
             involvement = localise.involvement_percent(region_labels, lung_mask)
             key = self._key_slices(analysis, target, region_labels)
@@ -227,14 +227,15 @@ class Predictor:
         lung_mask: np.ndarray,
         doubtful: np.ndarray | None,
         spacing: tuple[float, float, float],
+        decision: str,
     ) -> tuple[np.ndarray, list[Region]]:
-        """The regions of a series' joint map: thresholded inside the lungs but for the mask's
-        ``doubtful`` voxels (LocalisationSettings.region_lung_probability: regions lie where the
-        mask is sure of its dense tissue), grown through the solid consolidation and the fainter map
-        they touch (localise.region_growth)."""
+        """The regions of a series' joint map for its ``decision``: thresholded inside the lungs but
+        for the mask's ``doubtful`` voxels (LocalisationSettings.region_lung_probability: regions lie
+        where the mask is sure of its dense tissue), grown through the solid consolidation and the
+        fainter map they touch (localise.region_growth)."""
         loc = self.settings.localisation
         region_space = lung_mask & ~doubtful if doubtful is not None else lung_mask
-        grow = localise.region_growth(hu, heatmap, region_space, spacing, loc)
+        grow = localise.region_growth(hu, heatmap, region_space, spacing, loc, decision)
         return localise.find_regions(heatmap, region_space, spacing, loc.threshold, loc.min_volume_ml, grow_into=grow)
 
     def _no_decision(

@@ -170,7 +170,7 @@ def test_regions_grow_through_what_they_touch_only() -> None:
     assert localise.find_regions(np.zeros_like(heat), lung, (1.0, 1.0, 1.0), 0.5, grow_into=grow)[1] == []
 
 
-def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold() -> None:
+def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold_and_for_its_classes() -> None:
     heat = np.zeros((2, 20, 20), dtype=np.float32)
     hu = np.full(heat.shape, -850.0, dtype=np.float32)  # aerated: no consolidation to grow through
     lung = np.ones(heat.shape, dtype=bool)
@@ -179,20 +179,27 @@ def test_regions_take_the_fainter_map_around_them_only_with_grow_threshold() -> 
     heat[1, 14:18, 14:18] = 0.25  # faint map with no core: never a region
     spacing = (1.0, 1.0, 1.0)
     plain = LocalisationSettings(threshold=0.5)
-    solid = localise.region_growth(hu, heat, lung, spacing, plain)
+    solid = localise.region_growth(hu, heat, lung, spacing, plain, "covid")
     assert solid is not None and not solid.any()  # consolidation growth, here empty
-    assert localise.region_growth(hu, heat, lung, spacing, LocalisationSettings(consolidation_hu=None)) is None
+    assert localise.region_growth(hu, heat, lung, spacing, LocalisationSettings(consolidation_hu=None), "covid") is None
     core, _ = localise.find_regions(heat, lung, spacing, 0.5, grow_into=solid)
     assert int((core > 0).sum()) == 4
     faint = LocalisationSettings(threshold=0.5, grow_threshold=0.2)
-    grow = localise.region_growth(hu, heat, lung, spacing, faint)
+    grow = localise.region_growth(hu, heat, lung, spacing, faint, "covid")
     labels, regions = localise.find_regions(heat, lung, spacing, 0.5, grow_into=grow)
     assert len(regions) == 1 and int((labels > 0).sum()) == 64 and labels[1].max() == 0
     assert regions[0].max_score == pytest.approx(0.6)
+    # A CAP decision keeps its core: by default only COVID-19 regions take the fainter map.
+    not_cap = localise.region_growth(hu, heat, lung, spacing, faint, "cap")
+    assert not_cap is not None and not not_cap.any()
+    both = LocalisationSettings(threshold=0.5, grow_threshold=0.2, grow_classes=["covid", "cap"])  # type: ignore[arg-type]
+    assert both.grow_classes == ("covid", "cap")  # a JSON list from metadata becomes a tuple
+    cap_grow = localise.region_growth(hu, heat, lung, spacing, both, "cap")
+    assert cap_grow is not None and grow is not None and np.array_equal(cap_grow, grow)
     # Outside the region space (the lungs but for the doubtful voxels) the faint map does not count.
     space = lung.copy()
     space[0, 2:10, 8:10] = False
-    inside = localise.region_growth(hu, heat, space, spacing, faint)
+    inside = localise.region_growth(hu, heat, space, spacing, faint, "covid")
     assert inside is not None and not inside[0, 2:10, 8:10].any()
 
 
@@ -208,6 +215,9 @@ def test_settings_validation() -> None:
     for bad_grow in (0.0, 0.5, 0.7):
         with pytest.raises(ValueError, match="grow_threshold"):
             LocalisationSettings(threshold=0.5, grow_threshold=bad_grow)
+    for bad_classes in (("normal",), ("covid", "flu")):
+        with pytest.raises(ValueError, match="grow_classes"):
+            LocalisationSettings(grow_classes=bad_classes)
     for bad in (0.4, 1.0):
         with pytest.raises(ValueError, match="region_lung_probability"):
             LocalisationSettings(region_lung_probability=bad)
