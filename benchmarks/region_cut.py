@@ -1,7 +1,7 @@
 """What the regions' lung-probability cut, and their growth through the fainter map, buy and cost:
 
     python -m benchmarks.region_cut --data PHANTOM_DIR [--weights model/weights] [--cut 0.8 --cut 0.95]
-        [--grow 0.2 --grow 0.15] [--grow-for covid --grow-for covid,cap]
+        [--grow 0.2 --grow none] [--grow-for covid --grow-for covid,cap]
 
 Regions leave out the lung mask's doubtful voxels: dense voxels (at least AERATED_HU) where the lung
 network's probability is under a cut (model.inference.localise.LocalisationSettings
@@ -12,12 +12,12 @@ its masks beside it) decided covid or cap, the series is read once as inference 
 compared with the truth. Printed per cut: region voxels more than 3 mm outside the true lungs
 (model.training.truth.regions_outside_lungs) and in how many series, the regions' mean Dice against
 the lesion, and the share of disease series whose lung involvement is within 5 points of the truth
-(the evaluation's measures, model.training.evaluate). ``--grow G`` (repeatable) measures every cut
-again with the regions also grown through the map at or above G where it touches them
-(LocalisationSettings.grow_threshold; the weights' own setting is always measured too), for the
-decisions of each ``--grow-for`` (repeatable, comma-separated: ``--grow-for covid --grow-for
-covid,cap``; LocalisationSettings.grow_classes, the weights' own by default). Synthetic phantoms
-only: the figures say nothing about patients.
+(the evaluation's measures, model.training.evaluate). ``--grow G`` (repeatable; ``none`` for no
+growth) measures every cut again with the regions also grown through the map at or above G where
+it touches them (LocalisationSettings.grow_threshold; the weights' own setting is always measured
+too), for the decisions of each ``--grow-for`` (repeatable, comma-separated: ``--grow-for covid
+--grow-for covid,cap``; LocalisationSettings.grow_classes, the weights' own by default). Synthetic
+phantoms only: the figures say nothing about patients.
 """
 
 from __future__ import annotations
@@ -39,12 +39,17 @@ DEFAULT_CUTS = (0.8, 0.9, 0.95)
 Grow = tuple[float | None, tuple[str, ...]]  # grow threshold, the decisions it applies to
 
 
+def _grow(text: str) -> float | None:
+    """A --grow value: a threshold, or "none" for regions that do not grow through the map."""
+    return None if text.strip().lower() == "none" else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=Path("model/weights"))
     parser.add_argument("--cut", type=float, action="append", help="lung probability cut (repeatable)")
-    parser.add_argument("--grow", type=float, action="append", help="grow threshold of the map (repeatable)")
+    parser.add_argument("--grow", type=_grow, action="append", help="grow threshold of the map, or none (repeatable)")
     parser.add_argument(
         "--grow-for", action="append", help="decisions whose regions grow, comma-separated (repeatable)"
     )
