@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.contract.result import ABNORMAL_CLASSES
 from model.inference import localise
 from model.inference.multiscale_cam import Predictor, settings_for
 from model.inference.weights import load_weights
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         volume = load_volume(item.source, layouts[item.series_id])
         result, _ = predictor.predict_with_analysis(volume)
-        if result.decision not in ("covid", "cap") or result.heatmap is None or result.lung_mask is None:
+        if result.decision not in ABNORMAL_CLASSES or result.heatmap is None or result.lung_mask is None:
             continue
         decided += 1
         spacing = (float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2]))
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         dice = float(np.mean(dices[cut])) if dices[cut] else float("nan")
         inv = float(np.mean([w for _, w in within5[cut]])) if within5[cut] else float("nan")
         by_label = " / ".join(
-            f"{np.mean([w for lab, w in within5[cut] if lab == label]):.2f}" for label in ("covid", "cap")
+            f"{np.mean([w for lab, w in within5[cut] if lab == label]):.2f}" for label in ABNORMAL_CLASSES
         )
         growth = "none" if cut[1][0] is None else f"{cut[1][0]:g} ({', '.join(cut[1][1])})"
         print(f"| {cut[0]:g}, {growth} | {sum(outside[cut]):,} ({series}) | {dice:.3f} | {inv:.2f} ({by_label}) |")

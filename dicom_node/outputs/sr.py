@@ -62,7 +62,7 @@ from dicom_node.outputs import codes
 from dicom_node.outputs.common import BuildContext, SliceRef, pixel_spacing, stamp
 from dicom_node.outputs.geometry import box, inner_point, key_slice, outline, polygon_area
 from model.contract.notice import DICOM_NOTICE
-from model.contract.result import CLASSES
+from model.contract.result import ABNORMAL_CLASSES, CLASSES
 
 RelationshipType = hd.sr.RelationshipTypeValues
 
@@ -143,7 +143,7 @@ def _group_images(slices: list[SliceRef]) -> list[tuple[SliceRef, list[int] | No
 
 
 def _finding_and_evaluation(decision: str) -> tuple[Code, Code]:
-    if decision in ("covid", "cap"):
+    if decision in ABNORMAL_CLASSES:
         return codes.CLASS_FINDINGS[decision], codes.PRESENT
     if decision == "normal":
         return codes.PNEUMONIA, codes.ABSENT

@@ -14,6 +14,7 @@ import numpy as np
 from model.contract.notice import NOT_FOR_CLINICAL_USE
 
 CLASSES: tuple[str, ...] = ("covid", "cap", "normal")
+ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")  # the decisions with regions and involvement
 DECISIONS: tuple[str, ...] = ("covid", "cap", "normal", "indeterminate", "no_decision")
 
 

@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from model.contract.result import CLASSES, Region
+from model.contract.result import ABNORMAL_CLASSES, Region
 from model.inference.network import WeaklySupervisedNet
 
 # "auto": "cam" on a CPU, "cam+ig" on a GPU (IG costs 25 network passes per examined slice).
@@ -122,9 +122,11 @@ class LocalisationSettings:
                 f"grow_threshold must be above 0 and below threshold ({self.threshold!r}), got {self.grow_threshold!r}"
             )
         object.__setattr__(self, "grow_classes", tuple(self.grow_classes))  # a JSON list from metadata
-        unknown = [c for c in self.grow_classes if c not in CLASSES or c == "normal"]
+        unknown = [c for c in self.grow_classes if c not in ABNORMAL_CLASSES]
         if unknown:
-            raise ValueError(f"grow_classes: {unknown!r} are not decisions with regions (covid, cap)")
+            raise ValueError(
+                f"grow_classes: {unknown!r} are not decisions with regions ({', '.join(ABNORMAL_CLASSES)})"
+            )
         if not 0.5 <= self.region_lung_probability < 1.0:
             raise ValueError(f"region_lung_probability must be in [0.5, 1), got {self.region_lung_probability!r}")
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from model.contract.notice import NOT_FOR_CLINICAL_USE
-from model.contract.result import ModelInfo, Region, SeriesResult
+from model.contract.result import ABNORMAL_CLASSES, ModelInfo, Region, SeriesResult
 from model.inference import localise
 from model.inference.io import SeriesReadError, Volume, check_chest_ct, load_series
 from model.inference.localise import LocalisationSettings
@@ -37,7 +37,6 @@ from model.inference.network import mixed_precision
 from model.inference.options import InferenceOptions
 from model.inference.preprocess import SliceGeometry, lung_slice_indices, prepare_lung_slices
 from model.inference.series_rule import (
-    ABNORMAL_CLASSES,
     CLASS_WORDS,
     PredictorSettings,
     aggregate_series,

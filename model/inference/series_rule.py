@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from model.contract.result import CLASSES
+from model.contract.result import ABNORMAL_CLASSES, CLASSES
 from model.inference.localise import LocalisationSettings
 from model.inference.options import InferenceOptions
 
@@ -20,7 +20,6 @@ AGGREGATION_RULES: tuple[str, ...] = ("top_k", "mean")
 # The least min_margin calibration may choose (model.training.evaluate.fit_margin): a series whose two
 # likeliest classes are within 0.1 of each other is never decided.
 MIN_MARGIN_FLOOR = 0.1
-ABNORMAL_CLASSES: tuple[str, ...] = ("covid", "cap")
 CLASS_WORDS = {
     "covid": "COVID-19 pattern",
     "cap": "community-acquired pneumonia pattern",

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.contract.notice import EVALUATION_NOTICE, NOT_FOR_CLINICAL_USE
-from model.contract.result import SeriesResult
+from model.contract.result import ABNORMAL_CLASSES, SeriesResult
 from model.inference.io import SeriesReadError
 from model.inference.multiscale_cam import Predictor
 from model.inference.series_rule import AGGREGATION_RULES, PredictorSettings, aggregate_series, softmax
@@ -265,18 +265,18 @@ def _decision_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     normal series called pneumonia, lung involvement against the truth."""
     decided = [r for r in rows if not r.get("no_decision")]
     normals = [r for r in decided if r["label"] == "normal"]
-    sick = [r for r in decided if r["label"] in ("covid", "cap")]
-    called = [r for r in sick if r["decision"] in ("covid", "cap")]
+    sick = [r for r in decided if r["label"] in ABNORMAL_CLASSES]
+    called = [r for r in sick if r["decision"] in ABNORMAL_CLASSES]
     disease = [r for r in decided if r["label"] != "normal" and r.get("true_involvement_percent") is not None]
     errors = [abs(float(r["lung_involvement_percent"] or 0.0) - float(r["true_involvement_percent"])) for r in disease]
     return {
         "series": len(decided),
         "decision_accuracy": float(np.mean([r["decision"] == r["label"] for r in decided])) if decided else None,
         "indeterminate": sum(1 for r in decided if r["decision"] == "indeterminate"),
-        "pneumonia_specificity": float(np.mean([r["decision"] not in ("covid", "cap") for r in normals]))
+        "pneumonia_specificity": float(np.mean([r["decision"] not in ABNORMAL_CLASSES for r in normals]))
         if normals
         else None,
-        "pneumonia_sensitivity": float(np.mean([r["decision"] in ("covid", "cap") for r in sick])) if sick else None,
+        "pneumonia_sensitivity": float(np.mean([r["decision"] in ABNORMAL_CLASSES for r in sick])) if sick else None,
         "covid_vs_cap_accuracy": float(np.mean([r["decision"] == r["label"] for r in called])) if called else None,
         "involvement_error_pp_mean": float(np.mean(errors)) if errors else None,
         "involvement_within_5pp": float(np.mean([e <= INVOLVEMENT_TOLERANCE_PP for e in errors])) if errors else None,

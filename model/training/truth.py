@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from model.contract.result import ABNORMAL_CLASSES
 from model.training import metrics
 
 # A reported region voxel counts as outside the lungs when it lies farther than this from them.
@@ -98,7 +99,7 @@ def category_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _pneumonia(label: str) -> bool | None:
-    return None if label in ("indeterminate", "no_decision") else label in ("covid", "cap")
+    return None if label in ("indeterminate", "no_decision") else label in ABNORMAL_CLASSES
 
 
 def _category_order(name: str) -> tuple[int, str]:
