@@ -59,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     loc = settings.localisation
     thresholds = tuple(dict.fromkeys((loc.grow_threshold, *(args.grow or ()))))
     classes = tuple(tuple(c.strip() for c in f.split(",") if c.strip()) for f in args.grow_for or ())
-    # Growth for other decisions is the same as none when no threshold is set: measured once.
+    own: Grow = (loc.grow_threshold, loc.grow_classes)
+    # The weights' own growth first; growth for other decisions is the same as none when no
+    # threshold is set: measured once.
     grows: tuple[Grow, ...] = tuple(
         dict.fromkeys(
-            (g, c if g is not None else loc.grow_classes) for g in thresholds for c in classes or (loc.grow_classes,)
+            (own, *((g, c if g is not None else loc.grow_classes) for g in thresholds for c in classes or (own[1],)))
         )
     )
     cut_values = tuple(args.cut or DEFAULT_CUTS)
@@ -70,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     for cut, grow in cuts:  # refused with the reason when out of range
         dataclasses.replace(loc, region_lung_probability=cut, grow_threshold=grow[0], grow_classes=grow[1])
     model = load_weights(args.weights)
-    predictor = Predictor(model, settings)
     # One predictor per growth, all on the one loaded model: each makes regions its own way.
     growers = {
         g: Predictor(
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for g in grows
     }
+    predictor = growers[own]  # reads each series as the weights' own settings do
     segmenter = predictor.model.lungs
     if segmenter is None:
         raise SystemExit(f"{args.weights}: no lung network, no doubtful voxels")
