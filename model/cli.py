@@ -83,6 +83,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--iterations", type=int, default=None, help="maximum iterations (paper 10000, cpu 5000)")
     p.add_argument(
+        "--mil-memory",
+        type=int,
+        default=None,
+        help="objective mil: a series' N most abnormal slices at its previous visit stay among its candidates "
+        "(default 0: all random)",
+    )
+    p.add_argument(
         "--batch",
         type=int,
         default=None,
@@ -456,6 +463,7 @@ def _train(args: argparse.Namespace) -> int:
             objective=args.objective,
             batch_size=args.batch,
             iterations=args.iterations,
+            mil_memory=args.mil_memory,
             learning_rate=args.lr,
             schedule=args.schedule,
             lr_step=args.lr_step,

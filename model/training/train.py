@@ -11,7 +11,9 @@ Two objectives (:class:`TrainConfig` ``objective``):
   ``mil_k`` most abnormal (1 - p(normal)) are run in training mode, and their mean logits per scale
   are the series logits the loss sees. That is the series rule of inference (top-k mean,
   model.inference.multiscale_cam), so a covid series is not taught that its lesion-free slices are
-  covid, and a normal series shows its most suspicious-looking slices as hard negatives. The
+  covid, and a normal series shows its most suspicious-looking slices as hard negatives. With
+  ``mil_memory`` m, a series' m most abnormal slices at its previous visit stay among its
+  candidates (the rest random), so a small lesion, once found, is not lost to the next draw. The
   checkpoint with the best validation series accuracy (ties: the lower series loss) is kept.
 
 The paper's defaults (:data:`model.training.recipes.PAPER`): image 224, batch 24, Adam at 1e-4
@@ -76,6 +78,9 @@ class TrainConfig:
     batch_size: int = 24  # slices ("slice") or series ("mil")
     mil_candidates: int = 12
     mil_k: int = 4
+    # "mil": how many of a series' most abnormal slices at its previous visit stay among its next
+    # candidates (0: all candidates random, as before this option existed)
+    mil_memory: int = 0
     iterations: int = 10_000
     learning_rate: float = 1e-4
     # "step": x lr_gamma every lr_step; "cosine": to 2 % at the end (iterations or max_minutes, whichever first)
@@ -113,6 +118,8 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.mil_k > self.mil_candidates:
             raise ValueError(f"mil_k ({self.mil_k}) must not exceed mil_candidates ({self.mil_candidates})")
+        if not 0 <= self.mil_memory <= self.mil_candidates:
+            raise ValueError(f"mil_memory must be 0..mil_candidates ({self.mil_candidates}), got {self.mil_memory!r}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup!r}")
         if not 0 <= self.fold < self.folds:
