@@ -5,8 +5,7 @@ weights' inference metadata.
 - temperature and class bias: series probabilities = softmax((series logits + bias) / T), both
   fitted by minimising the negative log-likelihood of the true classes (temperature scaling, Guo et
   al. 2017, with a bias per class: the top-k rule shifts the logits of every class, not only their
-  scale), the true classes smoothed by 1 / (n + 2) so that a set decided all right does not make
-  every probability 1; the last class's bias is fixed at 0;
+  scale); the last class's bias is fixed at 0;
 - the indeterminate margin: the smallest margin between the two likeliest probabilities, at least
   MIN_MARGIN_FLOOR, that leaves the fewest wrong decisions;
 - the region threshold: the joint-map threshold with the best lesion Dice.
@@ -31,29 +30,22 @@ ECE_BINS = 10
 def fit_temperature_and_bias(
     logits: np.ndarray, labels: Sequence[int] | np.ndarray, l2: float = 1e-3
 ) -> tuple[float, tuple[float, ...], float]:
-    """(temperature, class bias, loss per series) minimising the cross-entropy of softmax((logits +
-    bias) / T), T in [0.05, 20], against the true classes smoothed by 1 / (n + 2) for n series: the
-    true class at 1 - 1 / (n + 2), the rest shared among the other classes. Without the smoothing a
-    set the rule gets all right (60 of 60 calibration phantoms) drives T towards its floor and
-    every probability to 1, a certainty no finite set supports; n right of n supports about (n + 1) /
-    (n + 2) (Laplace's rule of succession). A small L2 penalty keeps the bias finite when the
-    classes separate perfectly."""
+    """(temperature, class bias, negative log-likelihood per series) minimising the NLL of the
+    true classes under softmax((logits + bias) / T), T in [0.05, 20]; a small L2 penalty keeps the
+    bias finite when the classes separate perfectly."""
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     if z.ndim != 2 or z.shape[0] != y.shape[0] or z.shape[0] == 0:
         raise ValueError(f"need (series, classes) logits and one label per series, got {z.shape} and {y.shape}")
     free = z.shape[1] - 1
-    smoothing = 1.0 / (len(y) + 2)
-    target = np.full(z.shape, smoothing / max(1, free))
-    target[np.arange(len(y)), y] = 1.0 - smoothing
 
     def nll(params: np.ndarray) -> float:
         t = np.exp(params[0])
         b = np.concatenate([params[1:], [0.0]])
         s = (z + b) / t
         s = s - s.max(axis=1, keepdims=True)
-        logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
-        return float(-(target * logp).sum(axis=1).mean() + l2 * np.sum(params[1:] ** 2))
+        logp = s[np.arange(len(y)), y] - np.log(np.exp(s).sum(axis=1))
+        return float(-logp.mean() + l2 * np.sum(params[1:] ** 2))
 
     bounds = [(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * free
     best = minimize(nll, np.zeros(1 + free), method="L-BFGS-B", bounds=bounds)
@@ -124,9 +116,8 @@ def calibrate(weights_dir: Any, report: dict[str, Any], command: str | None = No
     weights' inference metadata. Returns what was stored."""
     fit = report["series_logits"]
     logits, labels = np.array(fit["logits"]), fit["labels"]
-    temperature, bias, _ = fit_temperature_and_bias(logits, labels)
+    temperature, bias, nll = fit_temperature_and_bias(logits, labels)
     probs = softmax((logits + np.asarray(bias)) / temperature)
-    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), np.asarray(labels)], 1e-12, None))))
     margin, wrong = fit_margin(probs, labels)
     before = reliability(softmax(logits), labels)
     after = reliability(probs, labels)
