@@ -553,6 +553,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     headline = {k: report["headline"][k] for k in report["headline"]}
     if args.calibrate:
         headline["calibration"] = calibrate(args.weights, report, command)
+        if "warning" in headline["calibration"]:
+            print(f"dicom-node: warning: {headline['calibration']['warning']}", file=sys.stderr)
     print(json.dumps(headline, indent=2))
     print(NOTICE, file=sys.stderr)
     return 0

@@ -4,11 +4,16 @@ Synthetic logits only; what calibration does to the shipped weights is in the mo
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from model.inference.series_rule import softmax
-from model.training.calibration import fit_margin, fit_temperature_and_bias, reliability
+from model.inference.weights import SHIPPED_WEIGHTS_DIR, read_metadata
+from model.training.calibration import calibrate, fit_margin, fit_temperature_and_bias, reliability
 
 
 def _overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +47,30 @@ def test_a_bias_moves_decisions_that_lean_one_way() -> None:
     t, bias, _ = fit_temperature_and_bias(z, y)
     assert bias[1] - bias[0] < -1.0
     assert np.mean(np.argmax(z + np.asarray(bias), axis=1) == y) > np.mean(np.argmax(z, axis=1) == y)
+
+
+def test_calibrating_on_a_set_decided_all_right_says_the_fit_has_nothing_to_weigh(tmp_path: Path) -> None:
+    shutil.copyfile(SHIPPED_WEIGHTS_DIR / "metadata.json", tmp_path / "metadata.json")
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 20)
+    z = rng.normal(0.0, 0.3, (60, 3))
+    z[np.arange(60), y] += rng.uniform(3.0, 6.0, 60)
+    report = {
+        "series_logits": {"logits": z.tolist(), "labels": y.tolist()},
+        "headline": {"series_accuracy": 1.0},
+        "localisation": {},
+    }
+    chosen = calibrate(tmp_path, report)
+    top = softmax((z + np.asarray(chosen["class_bias"])) / chosen["temperature"]).max(axis=1)
+    assert chosen["series_accuracy_after"] == 1.0 and top.min() > 0.99  # near 1, as the warning says
+    assert "every calibration series is decided right" in chosen["warning"]
+    assert read_metadata(tmp_path)["inference"]["calibration"]["warning"] == chosen["warning"]
+    # one wrong decision gives the fit an error to weigh: no warning
+    y_wrong = y.copy()
+    y_wrong[0] = 1
+    report["series_logits"]["labels"] = y_wrong.tolist()
+    assert "warning" not in calibrate(tmp_path, report)
+    json.dumps(chosen)  # what the metadata stores is plain JSON
 
 
 def test_fit_rejects_mismatched_labels() -> None:
