@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 
-from model.inference.network import NetworkOutput
+from model.inference.network import NetworkOutput, WeaklySupervisedNet
 from model.inference.preprocess import InputSpec
 from model.inference.weights import SHIPPED_WEIGHTS_DIR
 from model.training.augment import augment_batch, flip_batch
@@ -244,12 +244,12 @@ def test_mil_memory_keeps_a_series_best_slices_among_its_next_candidates() -> No
     found = {}
     for memory_size in (0, 4):
         config = TrainConfig(objective="mil", mil_candidates=16, mil_k=2, mil_memory=memory_size)
-        rng, memory = np.random.default_rng(3), {}
+        rng = np.random.default_rng(3)
+        memory: dict[int, np.ndarray] = {}
         tops = []
         for _ in range(60):
-            out = _mil_batch(
-                _BrightnessNet(), series, [0], config, ("covid", "cap", "normal"), rng, torch.device("cpu"), memory
-            )
+            net = cast(WeaklySupervisedNet, _BrightnessNet())
+            out = _mil_batch(net, series, [0], config, ("covid", "cap", "normal"), rng, torch.device("cpu"), memory)
             tops.append(bool(out[0].max() > 0.5))
         first = tops.index(True)
         found[memory_size] = (first, sum(tops[first:]), len(tops) - first)
