@@ -103,7 +103,6 @@ def _mil_batch(
         if kept is None or kept.size == 0:
             cand = np.sort(rng.choice(n, size=size, replace=False))
         else:
-            kept = kept[kept < n][: min(config.mil_memory, size)]
             fresh = rng.choice(np.setdiff1d(np.arange(n), kept), size=size - kept.size, replace=False)
             cand = np.sort(np.concatenate([kept, fresh]))
         candidates.append(cand)
