@@ -51,11 +51,12 @@ def dependent_atelectasis(
     rng: np.random.Generator,
     findings: list[dict[str, Any]],
 ) -> None:
-    """A band of denser lung (-600..-150 HU) along the posterior pleura of the lower lungs, a few
-    mm to 2 cm thick, thinning upwards."""
+    """A band of denser lung along the posterior pleura of the lower lungs, a few mm to 2 cm thick,
+    thinning upwards: from a faint dependent density (-600 HU) to collapsed lung as dense as a
+    consolidation (+20 HU), as compressive atelectasis is on real CT."""
     height = rng.uniform(0.2, 0.5) * ctx["H"]
     thick = rng.uniform(3.0, 20.0)
-    target = rng.uniform(-600.0, -150.0)
+    target = rng.uniform(-600.0, 20.0)
     both = rng.random() < 0.8
     sides = (1, 2) if both else (int(rng.choice([1, 2])),)
     ks = np.flatnonzero(grid.t < height)
@@ -78,6 +79,7 @@ def dependent_atelectasis(
         {
             "type": "dependent atelectasis",
             "thickness_mm": round(float(thick), 1),
+            "hu": round(float(target)),
             "sides": len(sides),
             "confounder": True,
         }

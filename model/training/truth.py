@@ -70,6 +70,11 @@ def categories(meta: dict[str, Any] | None) -> list[str]:
         out.append("rotated > 3 degrees")
     confounders = sorted({str(f["type"]) for f in meta.get("findings", []) if f.get("confounder")})
     out.extend(f"confounder: {c}" for c in confounders)
+    if any(
+        f.get("type") == "dependent atelectasis" and float(f.get("hu", -1000.0)) > -250.0
+        for f in meta.get("findings", [])
+    ):
+        out.append("confounder: dependent atelectasis denser than -250 HU")
     if not confounders:
         out.append("no confounder")
     kind, pattern = str(meta.get("kind", "")), str(meta.get("pattern", "none"))

@@ -127,6 +127,38 @@ def test_confounders_and_patterns_do_not_depend_on_the_class() -> None:
     assert patterns["covid"] == set(COVID_STAGES) and patterns["cap"] == set(CAP_PATTERNS)
 
 
+def _densest_posterior_lung_edge(p: Phantom) -> float:
+    """The highest per-slice median HU of each column's most posterior lung voxel, over the lower
+    third of the lung slices: where dependent atelectasis lies."""
+    z = np.flatnonzero(p.lung_mask.any(axis=(1, 2)))
+    medians = []
+    for k in z[: max(1, z.size // 3)]:
+        lung = p.lung_mask[k]
+        cols = np.flatnonzero(lung.any(axis=0))
+        rows = lung.shape[0] - 1 - np.argmax(lung[::-1, cols], axis=0)
+        medians.append(float(np.median(p.hu[k, rows, cols])))
+    return max(medians)
+
+
+def test_dependent_atelectasis_runs_from_faint_to_as_dense_as_consolidation_in_normal_lungs() -> None:
+    """Real compressive atelectasis at the bases is often as dense as a consolidation: normals carry
+    such bands too, so density at the back of a lower lobe does not name a pneumonia. The band is
+    lung (in the lung mask, along its posterior edge) and not lesion."""
+    bands = []
+    for seed in range(30):
+        p = make_phantom("normal", seed=seed, rows=64, columns=64, slices=24, noise=False)
+        assert not p.lesion_mask.any()
+        band = [f for f in p.findings if f["type"] == "dependent atelectasis"]
+        edge = _densest_posterior_lung_edge(p)
+        if not band:
+            assert edge < -300.0, (seed, edge)
+            continue
+        bands.append(band[0]["hu"])
+        if band[0]["hu"] > -150:
+            assert edge > -150.0, (seed, band[0], edge)
+    assert min(bands) < -400 and max(bands) > -100
+
+
 def test_each_phantom_looks_like_its_own_synthetic_patient(tmp_path: Path) -> None:
     """Viewers group studies by patient: phantoms of two kinds with one seed are two patients, and
     the series description says synthetic, the kind and the seed."""
