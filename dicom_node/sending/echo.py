@@ -11,7 +11,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # pynetdicom makes its SOP class names at import time; mypy can not see them
 
 from dicom_node.dicom_answers import Status
-from dicom_node.sending.scu import Negotiation
+from dicom_node.sending.scu import associate
 
 # The answer should come quickly; the export timeout (30 s by default) is too long for a page.
 MAX_ECHO_SECONDS = 10.0
@@ -72,19 +72,11 @@ def c_echo(
         return EchoResult(ok, outcome, status, detail, rtt, total, calling_ae_title, called_ae_title, host, port, tls)
 
     where = f"{called_ae_title}@{host}:{port}"
-    for attempt in (1, 2):
-        negotiation = Negotiation()
-        assoc = ae.associate(
-            host, port, ae_title=called_ae_title, tls_args=tls_args, evt_handlers=negotiation.handlers()
-        )
-        if assoc.is_established:
-            break
+    assoc, negotiation = associate(ae, host, port, called_ae_title, tls_args, timeout)
+    if not assoc.is_established:
         if negotiation.was_rejected(assoc):
             return result(False, "association rejected", "", negotiation.rejection, None)
-        # A peer that took the connection and dropped it at once, without an answer, is asked once
-        # more (a connection reset in passing); silence until the timeout is not (a second wait).
-        if attempt == 2 or not negotiation.dropped(timeout):
-            return result(False, "no association", "", negotiation.no_association(where, timeout), None)
+        return result(False, "no association", "", negotiation.no_association(where, timeout), None)
 
     def ms(since: float) -> float:
         return round((time.perf_counter() - since) * 1000.0, 1)

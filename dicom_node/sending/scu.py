@@ -291,6 +291,26 @@ class Negotiation:
         return Outcome.RETRIABLE, self.no_association(where, timeout)
 
 
+def associate(ae: AE, host: str, port: int, title: str, tls_args: Any, timeout: float) -> tuple[Any, Negotiation]:
+    """Request an association of ``ae`` with ``title@host:port``; the association and what the
+    request met. A peer that took the connection and dropped it at once, without an answer, is asked
+    once more: a connection reset in passing, or a rejection whose A-ASSOCIATE-RJ was lost to the
+    peer's reset of the connection. Silence until the timeout is not asked again (a second wait)."""
+    for attempt in (1, 2):
+        negotiation = Negotiation()
+        assoc = ae.associate(host, port, ae_title=title, tls_args=tls_args, evt_handlers=negotiation.handlers())
+        if assoc.is_established or negotiation.was_rejected(assoc) or not negotiation.dropped(timeout):
+            break
+        if attempt == 1:
+            log.info(
+                "association with %s@%s:%d: the connection was closed without an answer; asking once more",
+                title,
+                host,
+                port,
+            )
+    return assoc, negotiation
+
+
 def _store_one(assoc: Any, info: _FileInfo, syntaxes: set[str]) -> ObjectResult:
     """C-STORE one file on an established association (``syntaxes``: those the peer accepted for
     its SOP class) and classify the answer."""
@@ -364,10 +384,7 @@ def send_files(
     _request_contexts(ae, files)
     tls_args = (ssl.create_default_context(ssl.Purpose.SERVER_AUTH), peer.host) if peer.tls else None
     where = f"{peer.title}@{peer.host}:{peer.port}"
-    negotiation = Negotiation()
-    assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.title, tls_args=tls_args, evt_handlers=negotiation.handlers()
-    )
+    assoc, negotiation = associate(ae, peer.host, peer.port, peer.title, tls_args, timeout)
     if not assoc.is_established:
         outcome, reason = negotiation.why_not(assoc, files, where, timeout)
         log.warning("export to %s: %s", where, reason)

@@ -4,6 +4,8 @@ it got: the peer for tests of the sending side."""
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 import time
 from typing import Any
 
@@ -67,3 +69,54 @@ class Scp:
     @property
     def peer(self) -> Peer:
         return Peer(self.title, "127.0.0.1", self.port)
+
+
+class Relay:
+    """A TCP listener that closes its first ``drops`` connections at once, unanswered, and relays
+    the later ones to ``port`` (a peer whose connection is reset in passing); with no ``port`` it
+    holds them open and says nothing (a peer that never answers). It counts the connections."""
+
+    def __init__(self, port: int | None, drops: int = 0) -> None:
+        self.target = port
+        self.drops = drops
+        self.connections = 0
+        self.held: list[socket.socket] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections <= self.drops:
+                conn.close()
+                continue
+            if self.target is None:
+                self.held.append(conn)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()

@@ -3,8 +3,6 @@ failure is called, and that a connection dropped without an answer is asked once
 
 from __future__ import annotations
 
-import socket
-import threading
 from typing import Iterator
 
 import pytest
@@ -12,7 +10,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # m
 
 from dicom_node.sending.echo import c_echo
 from tests.harness.peers import free_port
-from tests.sending.scp import Scp
+from tests.sending.scp import Relay, Scp
 
 
 @pytest.fixture
@@ -22,57 +20,6 @@ def scp() -> Iterator[Scp]:
         yield peer
     finally:
         peer.stop()
-
-
-class _Relay:
-    """A TCP listener that closes its first ``drops`` connections at once, unanswered, and relays
-    the later ones to ``port`` (a peer whose connection is reset in passing); with no ``port`` it
-    holds them open and says nothing (a peer that never answers). It counts the connections."""
-
-    def __init__(self, port: int | None, drops: int = 0) -> None:
-        self.target = port
-        self.drops = drops
-        self.connections = 0
-        self.held: list[socket.socket] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.drops:
-                conn.close()
-                continue
-            if self.target is None:
-                self.held.append(conn)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.held:
-            conn.close()
 
 
 def test_an_answering_peer(scp: Scp) -> None:
@@ -92,7 +39,7 @@ def test_a_wrong_called_title_is_a_rejection_with_its_reason(scp: Scp) -> None:
 def test_nobody_listening_and_a_silent_peer_are_told_apart() -> None:
     refused = c_echo("127.0.0.1", free_port(), "PACS", calling_ae_title="NODE", timeout=1.0)
     assert refused.outcome == "no association" and "no TCP connection" in refused.detail, refused
-    silent = _Relay(None)  # takes the connection, never answers the association request
+    silent = Relay(None)  # takes the connection, never answers the association request
     try:
         answer = c_echo("127.0.0.1", silent.port, "PACS", calling_ae_title="NODE", timeout=1.0)
     finally:
@@ -103,7 +50,7 @@ def test_nobody_listening_and_a_silent_peer_are_told_apart() -> None:
 
 
 def test_a_connection_dropped_without_an_answer_is_asked_once_more(scp: Scp) -> None:
-    once = _Relay(scp.port, drops=1)
+    once = Relay(scp.port, drops=1)
     try:
         answer = c_echo("127.0.0.1", once.port, scp.title, calling_ae_title="NODE")
     finally:
@@ -111,7 +58,7 @@ def test_a_connection_dropped_without_an_answer_is_asked_once_more(scp: Scp) -> 
     assert answer.ok and answer.outcome == "Success", answer
     assert once.connections == 2 and scp.associations == 1
 
-    always = _Relay(scp.port, drops=10)
+    always = Relay(scp.port, drops=10)
     try:
         answer = c_echo("127.0.0.1", always.port, scp.title, calling_ae_title="NODE")
     finally:

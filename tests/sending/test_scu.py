@@ -4,6 +4,7 @@ Covers: the status classification (success, storage warnings, 0xA7xx retriable, 
 other failures permanent, no response retriable), association rejection (permanent and transient),
 no listener (retriable), a peer that takes the connection but does not answer the association
 request within the timeout (retriable: a stalled peer, e.g. one starved of CPU, refused nothing), a
+peer that drops the connection unanswered (asked once more at once), a
 peer that accepts no presentation context, one association per batch, the requested contexts (each
 SOP class with explicit and implicit little endian), and a compressed file sent as is or
 decompressed (a deflated one inflated) when the peer takes only uncompressed syntaxes, a deflated
@@ -36,7 +37,7 @@ from dicom_node.dicom_answers import Status
 from dicom_node.sending.scu import Outcome, Peer, classify_status, send_files, status_name, worst
 from tests.harness.peers import free_port
 from tests.sending.dicom_files import OUTPUT_SOP_CLASSES, write_object, write_outputs
-from tests.sending.scp import Scp
+from tests.sending.scp import Relay, Scp
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +152,27 @@ def test_an_unanswered_association_request_is_retriable_and_named(files: list[Pa
     assert "no answer to the association request within 1 s" in result.reason
     refused = _send(files, Peer("PACS", "127.0.0.1", free_port()), timeout=1.0)
     assert "no TCP connection" in refused.reason
+
+
+def test_a_connection_dropped_without_an_answer_is_asked_once_more(scp: Scp, files: list[Path]) -> None:
+    """A peer that closes the connection at once (a reset in passing, or a rejection whose
+    A-ASSOCIATE-RJ was lost to the reset) is asked again within the same attempt; twice is the end."""
+    once = Relay(scp.port, drops=1)
+    try:
+        result = _send(files, Peer("PACS", "127.0.0.1", once.port))
+    finally:
+        once.close()
+    assert result.outcome is Outcome.SUCCESS, result.reason
+    assert once.connections == 2 and scp.associations == 1 and result.sent == len(files)
+
+    always = Relay(scp.port, drops=10)
+    try:
+        result = _send(files, Peer("PACS", "127.0.0.1", always.port))
+    finally:
+        always.close()
+    assert result.outcome is Outcome.RETRIABLE and result.sent == 0, result
+    assert "the connection was closed before an answer to the association request" in result.reason, result.reason
+    assert always.connections == 2
 
 
 def test_a_peer_taking_none_of_the_sop_classes_is_permanent(files: list[Path]) -> None:
