@@ -72,11 +72,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="each series as its scan draws it (range over slice thickness, 0.625-5 mm), at most --slices-max slices",
     )
+    many.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=KIND_CHOICES,
+        metavar="K[,K...]",
+        help=f"the classes to make, dealt in turn (default: {','.join(KIND_CHOICES)}); e.g. 'cap' for a set "
+        "that trains the lung network on consolidation",
+    )
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
     many.add_argument(
         "--quiet", action="store_true", help="no progress bar (there is none when standard error is not a terminal)"
     )
     many.set_defaults(handler=_phantom_dataset)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    wrong = [k for k in kinds if k not in KIND_CHOICES]
+    if not kinds or wrong or len(set(kinds)) != len(kinds):
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of distinct classes among {', '.join(KIND_CHOICES)}, got {text!r}"
+        )
+    return kinds
 
 
 def _phantom(args: argparse.Namespace) -> int:
@@ -136,6 +154,7 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
             args.out_dir,
             args.count,
             seed=args.seed,
+            kinds=args.kinds,
             slices_min=args.slices_min,
             slices_max=args.slices_max,
             rows=args.rows,

@@ -282,3 +282,12 @@ def test_cli_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (tmp_path / "ds" / "labels.csv").is_file()
     assert "not for clinical use" in capsys.readouterr().out.lower()
     assert main(["phantom-dataset", str(tmp_path / "bad"), "--count", "0"]) == 2
+    cap = tmp_path / "cap"
+    args = ["--count", "2", "--rows", "48", "--slices-min", "6", "--slices-max", "6", "--quiet"]
+    assert main(["phantom-dataset", str(cap), "--kinds", "cap", *args]) == 0
+    assert [row.split(",")[1] for row in (cap / "labels.csv").read_text().splitlines()[1:]] == ["cap", "cap"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["phantom-dataset", str(tmp_path / "flu"), "--kinds", "cap,flu", *args])
+    err = capsys.readouterr().err
+    assert "--kinds" in err and "'cap,flu'" in err, err
