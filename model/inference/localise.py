@@ -65,6 +65,14 @@ class LocalisationSettings:
     density_offset_hu: float = 100.0
     density_range_hu: float = 200.0
     density_percentile: float = 15.0
+    # Where the weighting saturates (``density_offset_hu + density_range_hu`` above the slice's
+    # aerated lung) a vessel's blurred rim weighs as much as a consolidation, and the
+    # map's peak, the hottest point the viewer shows, can sit on aerated lung a few millimetres beside
+    # the lesion. This share of the weight keeps rising with density up to ``density_peak_range_hu``
+    # above ``density_offset_hu``: of two equally warm voxels the denser one is hotter, while a
+    # voxel's weight moves by at most the share. 0: off (weights before 0.4.4).
+    density_peak_share: float = 0.0
+    density_peak_range_hu: float = 600.0
     # Before the density weighting, the joint map counts from this share of its range up (rescaled
     # to [0, 1]): the low end of the network's map covers much of the lungs, and every vessel in
     # it is dense; chosen on calibration phantoms (model/README.md).
@@ -111,6 +119,10 @@ class LocalisationSettings:
             raise ValueError(f"min_volume_ml must be >= 0, got {self.min_volume_ml!r}")
         if self.density_range_hu <= 0:
             raise ValueError(f"density_range_hu must be > 0, got {self.density_range_hu!r}")
+        if not 0.0 <= self.density_peak_share < 1.0:
+            raise ValueError(f"density_peak_share must be in [0, 1), got {self.density_peak_share!r}")
+        if self.density_peak_range_hu <= 0:
+            raise ValueError(f"density_peak_range_hu must be > 0, got {self.density_peak_range_hu!r}")
         if not 0.0 <= self.density_percentile <= 100.0:
             raise ValueError(f"density_percentile must be in [0, 100], got {self.density_percentile!r}")
         if not 0.0 <= self.cam_floor < 1.0:
@@ -137,24 +149,42 @@ def density_excess(
     offset_hu: float = 100.0,
     range_hu: float = 200.0,
     percentile: float = 15.0,
+    peak_share: float = 0.0,
+    peak_range_hu: float = 600.0,
 ) -> np.ndarray:
     """Per voxel, how far above its slice's aerated lung it lies (the ``percentile``-th percentile
     of the slice's lung HU): 0 up to ``offset_hu`` above it, rising linearly to 1 at
-    ``offset_hu + range_hu`` above; 0 outside the lungs. float32 of ``hu``'s shape. Slice by slice
+    ``offset_hu + range_hu`` above; 0 outside the lungs. With ``peak_share`` s > 0 that is scaled
+    by ``1 - s + s * e`` where e rises likewise from 0 to 1 over ``peak_range_hu``: denser keeps
+    weighing more beyond the saturation. float32 of ``hu``'s shape. Slice by slice
     (a full-series float copy of the HU is not needed); :func:`weight_by_density` applies it to a
     map without the full-size result."""
     if hu.shape != lung_mask.shape:
         raise ValueError(f"hu {hu.shape} and lung mask {lung_mask.shape} differ in shape")
     out = np.zeros(hu.shape, dtype=np.float32)
     for z in np.flatnonzero(lung_mask.any(axis=(1, 2))):
-        out[z] = _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile)
+        out[z] = _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile, peak_share, peak_range_hu)
     return out
 
 
-def _slice_excess(hu: np.ndarray, lung: np.ndarray, offset_hu: float, range_hu: float, percentile: float) -> np.ndarray:
+def _slice_excess(
+    hu: np.ndarray,
+    lung: np.ndarray,
+    offset_hu: float,
+    range_hu: float,
+    percentile: float,
+    peak_share: float = 0.0,
+    peak_range_hu: float = 600.0,
+) -> np.ndarray:
     aerated = float(np.percentile(hu[lung].astype(np.float32, copy=False), percentile))
-    excess = (hu.astype(np.float32) - np.float32(aerated + offset_hu)) * np.float32(1.0 / range_hu)
+    above = hu.astype(np.float32) - np.float32(aerated + offset_hu)
+    excess = above * np.float32(1.0 / range_hu)
     np.clip(excess, 0.0, 1.0, out=excess)
+    if peak_share > 0:
+        above *= np.float32(peak_share / peak_range_hu)
+        np.clip(above, 0.0, np.float32(peak_share), out=above)
+        above += np.float32(1.0 - peak_share)
+        excess *= above
     excess *= lung
     return excess
 
@@ -166,6 +196,8 @@ def weight_by_density(
     offset_hu: float = 100.0,
     range_hu: float = 200.0,
     percentile: float = 15.0,
+    peak_share: float = 0.0,
+    peak_range_hu: float = 600.0,
 ) -> np.ndarray:
     """``heat *= density_excess(hu, lung_mask, ...)`` in place, one slice at a time: the same
     values without a second map of the series' size (a 1,000-slice 512 x 512 series: 1 GB)."""
@@ -174,7 +206,7 @@ def weight_by_density(
     has_lung = np.asarray(lung_mask.any(axis=(1, 2)))
     for z in range(heat.shape[0]):
         if has_lung[z]:
-            heat[z] *= _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile)
+            heat[z] *= _slice_excess(hu[z], lung_mask[z], offset_hu, range_hu, percentile, peak_share, peak_range_hu)
         else:
             heat[z] = 0.0
     return heat

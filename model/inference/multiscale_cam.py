@@ -339,6 +339,8 @@ class Predictor:
                 settings.density_offset_hu,
                 settings.density_range_hu,
                 settings.density_percentile,
+                settings.density_peak_share,
+                settings.density_peak_range_hu,
             )
             localise.min_max(part_heat, part_lungs, inplace=True)
         heat[box] = part_heat

@@ -212,6 +212,11 @@ def test_settings_validation() -> None:
         LocalisationSettings(cam_floor=1.0)
     with pytest.raises(ValueError, match="density_range_hu"):
         LocalisationSettings(density_range_hu=0.0)
+    for bad_share in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="density_peak_share"):
+            LocalisationSettings(density_peak_share=bad_share)
+    with pytest.raises(ValueError, match="density_peak_range_hu"):
+        LocalisationSettings(density_peak_range_hu=0.0)
     for bad_grow in (0.0, 0.5, 0.7):
         with pytest.raises(ValueError, match="grow_threshold"):
             LocalisationSettings(threshold=0.5, grow_threshold=bad_grow)
@@ -247,6 +252,27 @@ def test_density_excess_keeps_ground_glass_that_fills_most_of_the_slice() -> Non
     d = localise.density_excess(hu, lung, offset_hu=100.0, range_hu=200.0)
     assert np.all(d[0, 6:] == 1.0) and not d[0, :6].any()
     assert not localise.density_excess(hu, lung, percentile=50.0)[0, 6:].any()
+
+
+def test_density_peak_share_makes_a_consolidation_hotter_than_a_vessels_rim_beside_it() -> None:
+    # Both lie past the ramp's saturation (300 HU above aerated lung) and weigh the same without the
+    # share; with it the consolidation (850 HU above) weighs 1 and the rim (400 above) less, by at
+    # most the share; ground glass on the ramp moves by at most the share too.
+    hu = np.full((1, 20, 20), -850.0, np.float32)
+    hu[0, 2:8, 2:8] = 0.0  # consolidation
+    hu[0, 10, 10] = -450.0  # a vessel's partial-volume rim
+    hu[0, 14:16, 14:16] = -650.0  # ground glass, half way up the ramp
+    lung = np.ones(hu.shape, bool)
+    plain = localise.density_excess(hu, lung)
+    assert plain[0, 4, 4] == plain[0, 10, 10] == 1.0
+    peaked = localise.density_excess(hu, lung, peak_share=0.1, peak_range_hu=600.0)
+    assert peaked[0, 4, 4] == 1.0
+    assert peaked[0, 10, 10] == pytest.approx(1.0 - 0.1 + 0.1 * 300.0 / 600.0)
+    assert peaked[0, 15, 15] == pytest.approx(0.5 * (1.0 - 0.1 + 0.1 * 100.0 / 600.0))
+    assert peaked[0, 0, 0] == 0.0
+    heat = np.ones(hu.shape, np.float32)
+    localise.weight_by_density(heat, hu, lung, peak_share=0.1, peak_range_hu=600.0)
+    assert np.array_equal(heat, peaked)
 
 
 def test_integrated_gradients_equal_captums() -> None:
