@@ -173,8 +173,8 @@ def _slice_excess(
     offset_hu: float,
     range_hu: float,
     percentile: float,
-    peak_share: float = 0.0,
-    peak_range_hu: float = 600.0,
+    peak_share: float,
+    peak_range_hu: float,
 ) -> np.ndarray:
     aerated = float(np.percentile(hu[lung].astype(np.float32, copy=False), percentile))
     above = hu.astype(np.float32) - np.float32(aerated + offset_hu)
