@@ -13,6 +13,7 @@ from pathlib import Path
 
 from model.contract.notice import PHANTOM_NOTICE
 from model.contract.result import CLASSES
+from model.phantoms.mix import MIXES
 from model.terminal import status
 
 KIND_CHOICES = CLASSES
@@ -79,6 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K[,K...]",
         help=f"the classes to make, dealt in turn (default: {','.join(KIND_CHOICES)}); e.g. 'cap' for a set "
         "that trains the lung network on consolidation",
+    )
+    many.add_argument(
+        "--mix",
+        choices=sorted(MIXES),
+        default="default",
+        help="how often each confounder and disease pattern is drawn (default: the generator's own); 'hard' gives "
+        "every class more and denser dependent atelectasis and each disease more of its smallest forms, for "
+        "training on what a model gets wrong",
     )
     many.add_argument("--transfer-syntax", choices=SYNTAX_CHOICES, default="explicit")
     many.add_argument(
@@ -163,6 +172,7 @@ def _phantom_dataset(args: argparse.Namespace) -> int:
             transfer_syntax=args.transfer_syntax,
             matched=args.matched,
             native_slices=args.native_slices,
+            mix=MIXES[args.mix],
             progress=progress,
         )
     except ValueError as exc:

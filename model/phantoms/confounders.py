@@ -13,6 +13,7 @@ import numpy as np
 
 from model.phantoms.anatomy import Grid, smooth_noise
 from model.phantoms.lesions import Depth, blend, blob_weight, pick_point, pleural_effusion
+from model.phantoms.mix import DEFAULT, Mix
 from model.phantoms.trees import Segment, paint_segment
 
 
@@ -24,11 +25,12 @@ def confounders(
     ctx: dict[str, Any],
     rng: np.random.Generator,
     findings: list[dict[str, Any]],
+    mix: Mix = DEFAULT,
 ) -> np.ndarray:
     """Paint the confounders (each with its own probability); returns the effusion mask."""
     effusion = np.zeros(hu.shape, dtype=bool)
-    if rng.random() < 0.4:
-        dependent_atelectasis(hu, lung_side, grid, ctx, rng, findings)
+    if rng.random() < mix.dependent_atelectasis:
+        dependent_atelectasis(hu, lung_side, grid, ctx, rng, findings, mix.atelectasis_hu)
     if rng.random() < 0.2:
         plate_atelectasis(hu, lung_side, dp, grid, ctx, rng, findings)
     if rng.random() < 0.25:
@@ -50,13 +52,14 @@ def dependent_atelectasis(
     ctx: dict[str, Any],
     rng: np.random.Generator,
     findings: list[dict[str, Any]],
+    density_hu: tuple[float, float] = DEFAULT.atelectasis_hu,
 ) -> None:
     """A band of denser lung along the posterior pleura of the lower lungs, a few mm to 2 cm thick,
     thinning upwards: from a faint dependent density (-600 HU) to collapsed lung as dense as a
-    consolidation (+20 HU), as compressive atelectasis is on real CT."""
+    consolidation (+20 HU), as compressive atelectasis is on real CT (``density_hu``: the range)."""
     height = rng.uniform(0.2, 0.5) * ctx["H"]
     thick = rng.uniform(3.0, 20.0)
-    target = rng.uniform(-600.0, 20.0)
+    target = rng.uniform(*density_hu)
     both = rng.random() < 0.8
     sides = (1, 2) if both else (int(rng.choice([1, 2])),)
     ks = np.flatnonzero(grid.t < height)

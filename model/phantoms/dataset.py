@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from model.phantoms.mix import DEFAULT, Mix
 from model.phantoms.phantom import KINDS, make_phantom
 from model.phantoms.writer import write_phantom_series
 
@@ -99,11 +100,12 @@ def write_phantom_dataset(
     progress: Callable[[int, int, PhantomPlan], None] | None = None,
     matched: bool = False,
     native_slices: bool = False,
+    mix: Mix = DEFAULT,
 ) -> Path:
     """Write ``count`` phantom series (:func:`plan_phantom_dataset`) as ``out_dir/series_NNNN/``
     with their masks beside them, and ``out_dir/labels.csv`` (columns series, label, patient_id;
-    series = folder name relative to ``out_dir``). ``columns`` defaults to ``rows``. Returns the path
-    of labels.csv."""
+    series = folder name relative to ``out_dir``). ``columns`` defaults to ``rows``; ``mix``: how often
+    each confounder and disease pattern is drawn (model.phantoms.mix). Returns the path of labels.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plans = plan_phantom_dataset(
@@ -125,6 +127,7 @@ def write_phantom_dataset(
             rows=rows,
             columns=columns or rows,
             max_slices=plan.max_slices,
+            mix=mix,
         )
         write_phantom_series(
             phantom,

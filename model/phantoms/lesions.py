@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from model.phantoms.anatomy import LLL, LOBE_NAMES, LUL, RLL, RML, RUL, Grid, smooth_noise
+from model.phantoms.mix import DEFAULT
 from model.phantoms.trees import Segment, to_index
 
 COVID_STAGES: tuple[str, ...] = ("early", "progressive", "peak", "late")
@@ -137,9 +138,10 @@ def covid_lesions(
     rng: np.random.Generator,
     lesion_weight: np.ndarray,
     findings: list[dict[str, Any]],
+    stages: tuple[float, ...] = DEFAULT.covid_stages,
 ) -> str:
-    """COVID-19 signs by stage (module docstring); returns the stage."""
-    stage = str(rng.choice(COVID_STAGES, p=[0.3, 0.3, 0.25, 0.15]))
+    """COVID-19 signs by stage (module docstring; ``stages``: their probabilities); returns the stage."""
+    stage = str(rng.choice(COVID_STAGES, p=list(stages)))
     count = int(rng.integers(*{"early": (1, 5), "progressive": (3, 9), "peak": (6, 15), "late": (3, 9)}[stage]))
     largest = {"early": 22.0, "progressive": 30.0, "peak": 40.0, "late": 32.0}[stage]
     first = int(rng.choice([1, 2]))
@@ -239,9 +241,11 @@ def cap_lesions(
     rng: np.random.Generator,
     lesion_weight: np.ndarray,
     findings: list[dict[str, Any]],
+    patterns: tuple[float, ...] = DEFAULT.cap_patterns,
 ) -> tuple[str, list[int]]:
-    """CAP signs by pattern (module docstring); returns the pattern and the sides (-1/+1) involved."""
-    pattern = str(rng.choice(CAP_PATTERNS, p=[0.35, 0.3, 0.35]))
+    """CAP signs by pattern (module docstring; ``patterns``: their probabilities); returns the
+    pattern and the sides (-1/+1) involved."""
+    pattern = str(rng.choice(CAP_PATTERNS, p=list(patterns)))
     if pattern == "bronchopneumonia":
         sides = _bronchopneumonia(hu, lobes, grid, bronchi, rng, lesion_weight, findings)
     else:

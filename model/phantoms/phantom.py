@@ -49,6 +49,7 @@ from model.phantoms.anatomy import (
 )
 from model.phantoms.confounders import confounders
 from model.phantoms.lesions import cap_lesions, coarse_depth, covid_lesions, pleural_effusion
+from model.phantoms.mix import DEFAULT, Mix
 from model.phantoms.scan import (
     Scan,
     apply_kernel,
@@ -131,6 +132,7 @@ def make_phantom(
     patient_seed: int | None = None,
     noise: bool = True,
     max_slices: int = 400,
+    mix: Mix = DEFAULT,
 ) -> Phantom:
     """A synthetic chest CT of class ``kind`` (see the module docstring).
 
@@ -139,6 +141,7 @@ def make_phantom(
     slices cover the scan range, so the spacing follows from the count. The pixel spacing is the protocol's
     field of view over the matrix size, so small matrices give the same anatomy at lower resolution.
     ``noise=False`` leaves out scanner noise, kernel and artefacts (for tests of geometry).
+    ``mix``: how often each confounder and disease pattern is drawn (model.phantoms.mix).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -160,14 +163,14 @@ def make_phantom(
     vessels, bronchi = airway_vessel_trees(anatomy, grid, ctx, lung_side, extra_rng)
     depth = coarse_depth(lung_side, grid)
     findings: list[dict[str, Any]] = []
-    effusion = confounders(hu, lung_side, depth, grid, ctx, extra_rng, findings)
+    effusion = confounders(hu, lung_side, depth, grid, ctx, extra_rng, findings, mix)
     lesion_weight = np.zeros(hu.shape, dtype=np.float32)
     pattern = "none"
     if kind == "covid":
-        pattern = covid_lesions(hu, lung_side, depth, grid, ctx, lesion_rng, lesion_weight, findings)
+        pattern = covid_lesions(hu, lung_side, depth, grid, ctx, lesion_rng, lesion_weight, findings, mix.covid_stages)
     elif kind == "cap":
         pattern, sides = cap_lesions(
-            hu, lung_side, lobes, depth, grid, ctx, bronchi, lesion_rng, lesion_weight, findings
+            hu, lung_side, lobes, depth, grid, ctx, bronchi, lesion_rng, lesion_weight, findings, mix.cap_patterns
         )
         if sides and lesion_rng.random() < 0.35:
             for s in sides if lesion_rng.random() < 0.3 else sides[:1]:

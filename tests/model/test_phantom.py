@@ -24,6 +24,7 @@ from dicom_node.cli import main
 from model.contract.uids import check_uid
 from model.phantoms.dataset import plan_phantom_dataset, write_phantom_dataset
 from model.phantoms.lesions import CAP_PATTERNS, COVID_STAGES
+from model.phantoms.mix import DEFAULT, MIXES, Mix
 from model.phantoms.phantom import Phantom, make_phantom
 from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 from model.training.metrics import dilate_mm
@@ -157,6 +158,36 @@ def test_dependent_atelectasis_runs_from_faint_to_as_dense_as_consolidation_in_n
         if band[0]["hu"] > -150:
             assert edge > -150.0, (seed, band[0], edge)
     assert min(bands) < -400 and max(bands) > -100
+
+
+def test_the_hard_mix_leans_on_dense_atelectasis_and_small_disease_and_changes_no_other_draw() -> None:
+    """The 'hard' mix: more and denser dependent bands in every class, more segmental CAP and early
+    COVID-19. It moves probabilities only: the scan, its noise and the patient stay those of the seed,
+    and the default mix is the generator as it was."""
+    hard = MIXES["hard"]
+    bands = {"default": 0, "hard": 0}
+    patterns: dict[str, list[str]] = {"default": [], "hard": []}
+    for seed in range(24):
+        for name, mix in (("default", DEFAULT), ("hard", hard)):
+            p = make_phantom("normal", seed=seed, rows=48, columns=48, slices=12, noise=False, mix=mix)
+            band = [f for f in p.findings if f["type"] == "dependent atelectasis"]
+            bands[name] += bool(band)
+            if band and name == "hard":
+                assert -300 <= band[0]["hu"] <= 20
+            patterns[name].append(
+                make_phantom("cap", seed=seed, rows=48, columns=48, slices=12, noise=False, mix=mix).pattern
+            )
+    assert bands["hard"] > bands["default"]
+    assert patterns["hard"].count("segmental") > patterns["default"].count("segmental")
+    a = make_phantom("covid", seed=5, rows=48, columns=48, slices=12)
+    b = make_phantom("covid", seed=5, rows=48, columns=48, slices=12, mix=DEFAULT)
+    np.testing.assert_array_equal(a.hu, b.hu)
+    c = make_phantom("normal", seed=5, rows=48, columns=48, slices=12, mix=hard)
+    assert c.scan == a.scan and c.spacing == a.spacing
+    with pytest.raises(ValueError, match="cap_patterns"):
+        Mix(cap_patterns=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="atelectasis_hu"):
+        Mix(atelectasis_hu=(20.0, -300.0))
 
 
 def test_each_phantom_looks_like_its_own_synthetic_patient(tmp_path: Path) -> None:
