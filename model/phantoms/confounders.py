@@ -13,7 +13,7 @@ import numpy as np
 
 from model.phantoms.anatomy import Grid, smooth_noise
 from model.phantoms.lesions import Depth, blend, blob_weight, pick_point, pleural_effusion
-from model.phantoms.mix import DEFAULT, Mix
+from model.phantoms.mix import Mix
 from model.phantoms.trees import Segment, paint_segment
 
 
@@ -25,7 +25,7 @@ def confounders(
     ctx: dict[str, Any],
     rng: np.random.Generator,
     findings: list[dict[str, Any]],
-    mix: Mix = DEFAULT,
+    mix: Mix,
 ) -> np.ndarray:
     """Paint the confounders (each with its own probability); returns the effusion mask."""
     effusion = np.zeros(hu.shape, dtype=bool)
@@ -52,7 +52,7 @@ def dependent_atelectasis(
     ctx: dict[str, Any],
     rng: np.random.Generator,
     findings: list[dict[str, Any]],
-    density_hu: tuple[float, float] = DEFAULT.atelectasis_hu,
+    density_hu: tuple[float, float],
 ) -> None:
     """A band of denser lung along the posterior pleura of the lower lungs, a few mm to 2 cm thick,
     thinning upwards: from a faint dependent density (-600 HU) to collapsed lung as dense as a

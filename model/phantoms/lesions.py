@@ -26,7 +26,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from model.phantoms.anatomy import LLL, LOBE_NAMES, LUL, RLL, RML, RUL, Grid, smooth_noise
-from model.phantoms.mix import DEFAULT
 from model.phantoms.trees import Segment, to_index
 
 COVID_STAGES: tuple[str, ...] = ("early", "progressive", "peak", "late")
@@ -138,7 +137,7 @@ def covid_lesions(
     rng: np.random.Generator,
     lesion_weight: np.ndarray,
     findings: list[dict[str, Any]],
-    stages: tuple[float, ...] = DEFAULT.covid_stages,
+    stages: tuple[float, ...],
 ) -> str:
     """COVID-19 signs by stage (module docstring; ``stages``: their probabilities); returns the stage."""
     stage = str(rng.choice(COVID_STAGES, p=list(stages)))
@@ -241,7 +240,7 @@ def cap_lesions(
     rng: np.random.Generator,
     lesion_weight: np.ndarray,
     findings: list[dict[str, Any]],
-    patterns: tuple[float, ...] = DEFAULT.cap_patterns,
+    patterns: tuple[float, ...],
 ) -> tuple[str, list[int]]:
     """CAP signs by pattern (module docstring; ``patterns``: their probabilities); returns the
     pattern and the sides (-1/+1) involved."""

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 class Mix:
     """Probabilities and ranges a phantom is drawn with (see the module docstring)."""
 
-    name: str = "default"
     dependent_atelectasis: float = 0.4  # probability of a dependent band, any class
     atelectasis_hu: tuple[float, float] = (-600.0, 20.0)  # the band's density, drawn uniformly
     cap_patterns: tuple[float, float, float] = (0.35, 0.3, 0.35)  # lobar, segmental, bronchopneumonia
@@ -38,7 +37,6 @@ DEFAULT = Mix()
 MIXES: dict[str, Mix] = {
     "default": DEFAULT,
     "hard": Mix(
-        name="hard",
         dependent_atelectasis=0.7,
         atelectasis_hu=(-300.0, 20.0),
         cap_patterns=(0.2, 0.5, 0.3),
