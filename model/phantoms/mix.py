@@ -4,8 +4,10 @@ The default mix is the generator's own (the figures in model.phantoms.confounder
 model.phantoms.lesions). A training set may lean on what a model gets wrong without telling the
 class away: the "hard" mix gives every class alike (normals included) more and denser dependent
 atelectasis, and within each disease more of its smallest forms (segmental CAP, early COVID-19).
-A mix changes only probabilities and ranges, never the number of random draws, so a phantom of the
-default mix is the same with or without this module.
+A mix changes only probabilities and ranges, not the code that draws them, so a phantom of the
+default mix is the one the generator made before mixes existed. Another mix keeps a seed's patient
+and scan (drawn from their own random streams); its confounders may differ beyond the band itself,
+since a band drawn or not changes what the later confounders draw.
 """
 
 from __future__ import annotations
