@@ -7,7 +7,7 @@ folder first), in one process:
   CAM joint map in the series geometry, regions), its stage timings;
 - bare network: the same pre-processed lung slices through the network alone, same batch size,
   same device and precision (torch.inference_mode; AMP + channels_last on CUDA);
-- overhead = full-path seconds / bare-network seconds (target <= 1.3 on the CPU), and slices per
+- overhead = full-path seconds / bare-network seconds (target <= 2), and slices per
   second of both, counted over the lung slices the network sees and over all series slices;
 - CAM + Integrated Gradients: the same series with ``--ig-slices`` slices of IG; its extra cost in
   total and per IG slice;
