@@ -12,7 +12,8 @@ since a band drawn or not changes what the later confounders draw.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,9 @@ MIXES: dict[str, Mix] = {
         covid_stages=(0.5, 0.25, 0.15, 0.1),
     ),
 }
+
+
+def describe_mix(mix: Mix) -> dict[str, Any]:
+    """A phantom's mix for its description: the name it has in MIXES ("custom" if none) and its values."""
+    name = next((key for key, value in MIXES.items() if value == mix), "custom")
+    return {"name": name, **asdict(mix)}

@@ -49,7 +49,7 @@ from model.phantoms.anatomy import (
 )
 from model.phantoms.confounders import confounders
 from model.phantoms.lesions import cap_lesions, coarse_depth, covid_lesions, pleural_effusion
-from model.phantoms.mix import DEFAULT, Mix
+from model.phantoms.mix import DEFAULT, Mix, describe_mix
 from model.phantoms.scan import (
     Scan,
     apply_kernel,
@@ -89,6 +89,7 @@ class Phantom:
     findings: list[dict[str, Any]] = field(default_factory=list)  # lesions and confounders, for people
     pattern: str = "none"  # the disease's stage (covid) or pattern (cap)
     scan: dict[str, Any] = field(default_factory=dict)  # the acquisition (model.phantoms.scan.Scan)
+    mix: Mix = DEFAULT  # how often each confounder and pattern was drawn (model.phantoms.mix)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -115,6 +116,7 @@ class Phantom:
             "kernel": self.kernel,
             "pattern": self.pattern,
             "scan": self.scan,
+            "mix": describe_mix(self.mix),
             "lesion_fraction": round(self.lesion_fraction, 5),
             "findings": self.findings,
             "notice": PHANTOM_NOTICE,
@@ -211,6 +213,7 @@ def make_phantom(
         findings=findings,
         pattern=pattern,
         scan=scan.describe() | {"thickness": round(float(thickness), 3)},
+        mix=mix,
     )
 
 

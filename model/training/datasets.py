@@ -323,6 +323,18 @@ def phantom_seeds(records: Sequence[Any]) -> list[int]:
     return sorted(int(m["seed"]) for m in metas if m is not None)
 
 
+def phantom_mixes(records: Sequence[Any]) -> dict[str, int]:
+    """Phantom series per mix (model.phantoms.mix) by its name; "not recorded" for phantoms written
+    before their description named it."""
+    counts: dict[str, int] = {}
+    for r in records:
+        meta = read_phantom_meta(r.source) if r.layout == "dicom" else None
+        if meta is not None:
+            name = str(meta.get("mix", {}).get("name", "not recorded"))
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None) -> list[EvalSeries]:
     """:class:`EvalSeries` for every record of the data folder. ``source`` is the
     path (read it with :func:`load_volume`); ``lesion_mask`` loads a phantom's lesion mask when

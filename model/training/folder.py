@@ -37,7 +37,7 @@ from model.inference.weights import (
     save_weights,
 )
 from model.training.cache import TRUE_LUNGS, PreparedDataset, prepare_series
-from model.training.datasets import discover, phantom_seeds
+from model.training.datasets import discover, phantom_mixes, phantom_seeds
 from model.training.train import SeriesSlices, TrainConfig, TrainResult, split_by_patient, train
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def _describe_data(
     seeds = phantom_seeds(records)
     if seeds:
         out["phantom_seeds"] = seeds
+        out["phantom_mixes"] = phantom_mixes(records)
         out["synthetic"] = "model.phantoms chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"
     return out
 

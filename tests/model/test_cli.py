@@ -77,6 +77,7 @@ def test_train_evaluate_predict_on_a_phantom_set(
     )
     summary = json.loads(capsys.readouterr().out)
     assert summary["data"]["series"] == 6 and len(summary["data"]["phantom_seeds"]) == 6
+    assert summary["data"]["phantom_mixes"] == {"default": 6}
     meta = read_metadata(weights)
     # The metadata ships: folder names only, never this machine's paths.
     assert str(tmp_path) not in json.dumps(meta) and meta["training_data"]["folder"] == phantom_set.name

@@ -24,7 +24,7 @@ from dicom_node.cli import main
 from model.contract.uids import check_uid
 from model.phantoms.dataset import plan_phantom_dataset, write_phantom_dataset
 from model.phantoms.lesions import CAP_PATTERNS, COVID_STAGES
-from model.phantoms.mix import DEFAULT, MIXES, Mix
+from model.phantoms.mix import DEFAULT, MIXES, Mix, describe_mix
 from model.phantoms.phantom import Phantom, make_phantom
 from model.phantoms.writer import masks_path, read_phantom_truth, write_phantom_series
 from model.training.metrics import dilate_mm
@@ -181,6 +181,10 @@ def test_the_hard_mix_leans_on_dense_atelectasis_and_small_disease_and_changes_n
     a = make_phantom("covid", seed=5, rows=48, columns=48, slices=12)
     c = make_phantom("normal", seed=5, rows=48, columns=48, slices=12, mix=hard)
     assert c.scan == a.scan and c.spacing == a.spacing
+    # The description (in the masks file beside a series) names the mix, so a training set's record can count them.
+    assert a.describe()["mix"]["name"] == "default" and c.describe()["mix"]["name"] == "hard"
+    assert c.describe()["mix"]["atelectasis_hu"] == (-300.0, 20.0)
+    assert describe_mix(Mix(dependent_atelectasis=0.5))["name"] == "custom"
     with pytest.raises(ValueError, match="cap_patterns"):
         Mix(cap_patterns=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="atelectasis_hu"):
