@@ -149,10 +149,15 @@ def calibrate(weights_dir: Any, report: dict[str, Any], command: str | None = No
     }
     if accuracy_after == 1.0:
         chosen["warning"] = ALL_RIGHT_WARNING.format(temperature=temperature)
-    by_threshold = report["localisation"].get("dice_mean_by_threshold", {})
+    localisation = dict(inference.get("localisation", {}))
+    # Regions grow down to grow_threshold from where the map passes the threshold: only thresholds
+    # above it make valid settings (model.inference.localise.LocalisationSettings).
+    floor = localisation.get("grow_threshold") or 0.0
+    by_threshold = {
+        t: dice for t, dice in report["localisation"].get("dice_mean_by_threshold", {}).items() if float(t) > floor
+    }
     if by_threshold:
         best = max(by_threshold, key=lambda t: by_threshold[t])
-        localisation = dict(inference.get("localisation", {}))
         localisation["threshold"] = float(best)
         inference["localisation"] = localisation
         chosen["threshold"] = float(best)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.inference.multiscale_cam import settings_for
 from model.inference.series_rule import softmax
 from model.inference.weights import SHIPPED_WEIGHTS_DIR, read_metadata
 from model.training.calibration import calibrate, fit_margin, fit_temperature_and_bias, reliability
@@ -71,6 +72,23 @@ def test_calibrating_on_a_set_decided_all_right_says_the_fit_has_nothing_to_weig
     report["series_logits"]["labels"] = y_wrong.tolist()
     assert "warning" not in calibrate(tmp_path, report)
     json.dumps(chosen)  # what the metadata stores is plain JSON
+
+
+def test_the_region_threshold_stays_above_the_growth_threshold(tmp_path: Path) -> None:
+    """The map's best Dice may lie at or under the threshold regions grow down to; the settings
+    stored must still load (the threshold above grow_threshold)."""
+    shutil.copyfile(SHIPPED_WEIGHTS_DIR / "metadata.json", tmp_path / "metadata.json")
+    grow = read_metadata(tmp_path)["inference"]["localisation"]["grow_threshold"]
+    assert grow == 0.2
+    y = np.repeat([0, 1, 2], 10)
+    z = np.eye(3)[y] * 3.0 + np.random.default_rng(4).normal(0.0, 1.0, (30, 3))
+    report = {
+        "series_logits": {"logits": z.tolist(), "labels": y.tolist()},
+        "headline": {"series_accuracy": 0.9},
+        "localisation": {"dice_mean_by_threshold": {"0.1": 0.70, "0.2": 0.69, "0.3": 0.65, "0.4": 0.6}},
+    }
+    assert calibrate(tmp_path, report)["threshold"] == 0.3
+    settings_for(tmp_path)  # loads: the stored localisation settings are valid together
 
 
 def test_fit_rejects_mismatched_labels() -> None:
