@@ -100,7 +100,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=_input_size,
         default=None,
         metavar="HxW",
-        help="network input height x width, multiples of 32 (paper 224x224, cpu 64x96)",
+        help="network input height x width, multiples of 32 (paper 224x224, cpu 96x160)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(

@@ -5,11 +5,13 @@ overrides its value. "auto" is "cpu" on a CPU and "paper" on a GPU.
 
 The CPU recipe (what it changes from the paper, and why; the measurements are in model/README.md):
 
-- input: the box around the lungs (found by the lung network, plus 10 mm), 64 x 96 (height x
-  width: the lungs are wider than tall), thin slices averaged into 2.5 mm slabs, the window mapped
-  to [-1, 1]; nothing is masked, so what the network sees of a lesion never depends on the lung
-  mask being right (model.inference.preprocess). At the paper's 224 x 224 whole slice, on two
-  cores, an iteration costs ~10x more and a ground-glass patch is a few faint pixels;
+- input: the box around the lungs (found by the lung network, plus 10 mm), 96 x 160 (height x
+  width: the lungs are wider than tall; about 2 mm a pixel over the chest; 64 x 96, about 3 mm, up
+  to weights 0.4.4: small disease on one to three slabs was too faint there), thin slices
+  averaged into 2.5 mm slabs, the window mapped to [-1, 1]; nothing is masked, so what the
+  network sees of a lesion never depends on the lung mask being right (model.inference.preprocess).
+  At the paper's 224 x 224 whole slice, on two cores, an iteration costs ~10x more and a
+  ground-glass patch is a few faint pixels;
 - objective "mil": series batches, the network's own top-k slices per series (model.training.train).
   The paper's slice objective labels every slice of a covid series covid, lesion-free ones
   included; with a few hundred series it memorised the training set and stayed at chance on
@@ -34,8 +36,8 @@ PAPER = TrainConfig(recipe="paper")
 CPU = TrainConfig(
     recipe="cpu",
     input=InputSpec(
-        height=64,
-        width=96,
+        height=96,
+        width=160,
         crop="lungs",
         crop_margin_mm=10.0,
         outside_lungs="keep",
