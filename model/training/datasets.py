@@ -317,22 +317,23 @@ class EvalSeries:
     meta: dict[str, Any] | None = None  # a phantom's description (its scan, findings, pattern), or None
 
 
+def phantom_provenance(records: Sequence[Any]) -> dict[str, Any]:
+    """For the metadata, from the masks file beside each phantom series (one read each): the
+    phantoms' seeds and their series per mix (model.phantoms.mix) by name, "not recorded" for
+    phantoms written before their description named it. Empty without phantoms."""
+    metas = [m for m in (read_phantom_meta(r.source) for r in records if r.layout == "dicom") if m is not None]
+    if not metas:
+        return {}
+    mixes: dict[str, int] = {}
+    for m in metas:
+        name = str(m.get("mix", {}).get("name", "not recorded"))
+        mixes[name] = mixes.get(name, 0) + 1
+    return {"phantom_seeds": sorted(int(m["seed"]) for m in metas), "phantom_mixes": dict(sorted(mixes.items()))}
+
+
 def phantom_seeds(records: Sequence[Any]) -> list[int]:
     """Seeds of phantom series (from the masks file beside each folder), for the metadata."""
-    metas = [read_phantom_meta(r.source) for r in records if r.layout == "dicom"]
-    return sorted(int(m["seed"]) for m in metas if m is not None)
-
-
-def phantom_mixes(records: Sequence[Any]) -> dict[str, int]:
-    """Phantom series per mix (model.phantoms.mix) by its name; "not recorded" for phantoms written
-    before their description named it."""
-    counts: dict[str, int] = {}
-    for r in records:
-        meta = read_phantom_meta(r.source) if r.layout == "dicom" else None
-        if meta is not None:
-            name = str(meta.get("mix", {}).get("name", "not recorded"))
-            counts[name] = counts.get(name, 0) + 1
-    return dict(sorted(counts.items()))
+    return list(phantom_provenance(records).get("phantom_seeds", []))
 
 
 def evaluation_items(data_dir: Path | str, labels_csv: Path | str | None = None) -> list[EvalSeries]:

@@ -37,7 +37,7 @@ from model.inference.weights import (
     save_weights,
 )
 from model.training.cache import TRUE_LUNGS, PreparedDataset, prepare_series
-from model.training.datasets import discover, phantom_mixes, phantom_seeds
+from model.training.datasets import discover, phantom_provenance
 from model.training.train import SeriesSlices, TrainConfig, TrainResult, split_by_patient, train
 
 log = logging.getLogger(__name__)
@@ -72,10 +72,9 @@ def _describe_data(
         "lung_slices": int(sum(s.slices.shape[0] for s in series)),
         "skipped": [{"series": r.series_id, "reason": why} for r, why in skipped],
     }
-    seeds = phantom_seeds(records)
-    if seeds:
-        out["phantom_seeds"] = seeds
-        out["phantom_mixes"] = phantom_mixes(records)
+    provenance = phantom_provenance(records)
+    if provenance:
+        out.update(provenance)
         out["synthetic"] = "model.phantoms chest CT phantoms (dicom-node phantom-dataset): synthetic, not patients"
     return out
 
